@@ -1,0 +1,67 @@
+"""The naive loss attack (spec/attacks.md §4): a member's denoising loss is lower.
+
+score(x0) = -mean_{t, d} err(eps(x_t, t) - noise_{t,d}),
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise_{t,d},
+err = sum (or mean) over C, H, W of the squared difference. The noise of each (row, t, draw) comes
+from its own seeded generator, so a row's score does not depend on the batch it is scored in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from raydefense.attacks.base import ATTACKS
+from raydefense.config import LossAttackConfig
+from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.diffusion.unet import EpsModel
+from raydefense.seeding import STREAM_LOSS_ATTACK, per_row_normal
+
+
+@ATTACKS.register("loss")
+class LossAttack:
+    """Denoising-loss attack averaged over `timesteps` x `draws` fresh noises per row."""
+
+    name = "loss"
+    access = "white-box"
+
+    def __init__(self, cfg: LossAttackConfig | dict[str, Any]) -> None:
+        self.cfg = (cfg if isinstance(cfg, LossAttackConfig)
+                    else LossAttackConfig.model_validate(cfg))
+
+    def params(self) -> dict[str, Any]:
+        return {"timesteps": list(self.cfg.timesteps), "draws": self.cfg.draws,
+                "reduction": self.cfg.reduction}
+
+    @torch.no_grad()
+    def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
+              row_ids: torch.Tensor, seed: int) -> torch.Tensor:
+        """Args:
+            eps: noise predictor, called once per timestep on a [draws * B, C, H, W] batch.
+            x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids. seed: base seed.
+        Returns:
+            [B] float32 = -(average squared error), <= 0, higher = member.
+        """
+        b = x0.shape[0]
+        draws = self.cfg.draws
+        if not self.cfg.timesteps:
+            raise ValueError("attacks.loss.timesteps is empty; list at least one timestep")
+        for t in self.cfg.timesteps:
+            if not 0 <= t < schedule.num_train_timesteps:
+                raise ValueError(f"attacks.loss.timesteps has {t}, outside "
+                                 f"[0, {schedule.num_train_timesteps})")
+        x = x0.float()
+        total = torch.zeros(b, dtype=torch.float32, device=x.device)
+        # Draw-major layout: rows [d*B, (d+1)*B) hold draw d of every sample.
+        x_rep = x.repeat(draws, *([1] * (x.dim() - 1)))
+        for t in self.cfg.timesteps:
+            noise = torch.cat([per_row_normal(tuple(x.shape[1:]), row_ids, seed,
+                                              STREAM_LOSS_ATTACK, t, d) for d in range(draws)])
+            noise = noise.to(device=x.device, dtype=x.dtype)
+            t_vec = torch.full((b * draws,), t, dtype=torch.long, device=x.device)
+            x_t = schedule.q_sample(x_rep, t_vec, noise)
+            sq = (eps(x_t, t_vec).float() - noise).pow(2).flatten(1)
+            err = sq.sum(1) if self.cfg.reduction == "sum" else sq.mean(1)  # [draws * B]
+            total += err.view(draws, b).mean(0)
+        return (-total / len(self.cfg.timesteps)).float()

@@ -1,0 +1,263 @@
+"""Membership-inference metrics (spec/attacks.md §7; DESIGN.md invariant 5).
+
+Scores are oriented higher = member; labels are 1 = member, 0 = non-member. The ROC is sklearn's
+exact curve over every distinct score (no grid, no dropped points). Operating-point thresholds are
+chosen on a calibration split and applied to a disjoint test split; every reported number is on the
+test split. Pure numpy + sklearn; no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+TPR_RULES = ("max_below", "closest", "strict_below")
+# Tolerance in false-positive *counts* so that FPR == alpha is not lost to float rounding.
+_COUNT_TOL = 1e-9
+
+TPR_RULE_TEXT = (
+    "TPR@FPR = max TPR over ROC points with FPR <= alpha (test split); asr_calibrated applies the "
+    "accuracy-maximising threshold (member iff score >= threshold) chosen on the calibration split "
+    "to the test split; asr_oracle picks that threshold on the test split itself."
+)
+
+
+def _validate(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (scores [N] float64, labels [N] int64 in {0, 1}) or raises ValueError."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if s.ndim != 1 or y.ndim != 1 or s.shape != y.shape:
+        raise ValueError(f"scores and labels must be 1-D of equal length (got shapes {s.shape} "
+                         f"and {y.shape})")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"scores contain {int(np.sum(~np.isfinite(s)))} non-finite values")
+    if y.dtype == bool:
+        y = y.astype(np.int64)
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 1 (member) or 0 (non-member)")
+    y = y.astype(np.int64)
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        raise ValueError(f"need both members and non-members (got {n_pos} members, "
+                         f"{y.size - n_pos} non-members)")
+    return s, y
+
+
+def roc(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ROC curve, member positive.
+
+    Args:
+        scores: [N] floats, higher = member. labels: [N] in {0, 1}.
+    Returns:
+        (fpr, tpr, thresholds), each [M]; fpr and tpr nondecreasing in [0, 1], starting at (0, 0)
+        with threshold +inf; point i predicts member iff score >= thresholds[i].
+    """
+    s, y = _validate(scores, labels)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr, thr
+
+
+def auc(scores: Any, labels: Any) -> float:
+    """Area under the exact ROC curve, in [0, 1] (0.5 = chance)."""
+    s, y = _validate(scores, labels)
+    return float(roc_auc_score(y, s))
+
+
+def tpr_at_fpr(scores: Any, labels: Any, alpha: float, rule: str = "max_below") -> float:
+    """TPR at a false-positive rate alpha, in [0, 1].
+
+    Rules:
+        "max_below":    max TPR over ROC points with FPR <= alpha (canonical, conservative).
+        "closest":      TPR at the ROC point whose FPR is closest to alpha (SecMI; the FPR may
+                        exceed alpha).
+                        The ROC is read as a curve: at that FPR the highest TPR counts; if two
+                        FPRs are equally close, the lower one wins.
+        "strict_below": TPR at the last ROC point with FPR < alpha (PIA); 0.0 when alpha = 0.
+    """
+    if rule not in TPR_RULES:
+        raise ValueError(f"unknown TPR@FPR rule {rule!r}; choose one of: {', '.join(TPR_RULES)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (got {alpha})")
+    s, y = _validate(scores, labels)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    n_neg = int(y.size - y.sum())
+    fp = np.rint(fpr * n_neg)  # exact false-positive counts
+    target = alpha * n_neg
+    if rule == "max_below":
+        return float(tpr[fp <= target + _COUNT_TOL].max())  # fp[0] = 0 is always included
+    if rule == "strict_below":
+        mask = fp < target - _COUNT_TOL
+        return float(tpr[mask].max()) if mask.any() else 0.0
+    dist = np.abs(fp - target)
+    f_star = fp[dist <= dist.min() + _COUNT_TOL].min()  # equidistant: the FPR below alpha wins
+    return float(tpr[fp == f_star].max())  # the curve's TPR at that FPR (top of a vertical step)
+
+
+def best_threshold(scores: Any, labels: Any) -> tuple[float, float]:
+    """The accuracy-maximising threshold (predict member iff score >= threshold).
+
+    Candidates are +inf (nobody is a member) and every distinct score; ties go to the highest.
+    Returns:
+        (threshold, accuracy in [0, 1]) on the given data.
+    """
+    s, y = _validate(scores, labels)
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    acc = (tpr * n_pos + (1.0 - fpr) * n_neg) / y.size
+    i = int(np.argmax(acc))
+    return float(thr[i]), float(acc[i])
+
+
+def accuracy_at(scores: Any, labels: Any, threshold: float) -> float:
+    """Accuracy in [0, 1] of "member iff score >= threshold"."""
+    s, y = _validate(scores, labels)
+    return float(np.mean((s >= threshold) == (y == 1)))
+
+
+@dataclass(frozen=True)
+class TprAtFpr:
+    """tpr_at_fpr with fixed (alpha, rule) as a metric callable (scores, labels) -> float.
+
+    bootstrap_ci recognises it (and `auc`) and evaluates all resamples at once from counts.
+    """
+
+    alpha: float
+    rule: str = "max_below"
+
+    def __call__(self, scores: Any, labels: Any) -> float:
+        return tpr_at_fpr(scores, labels, self.alpha, self.rule)
+
+
+def _resample_chunks(y: np.ndarray, n: int, seed: int) -> Iterator[np.ndarray]:
+    """Stratified bootstrap indices into the original arrays, in chunks of shape [m, N].
+
+    Columns 0..n_pos-1 are resampled members, the rest resampled non-members, so the label row of
+    every resample is the fixed vector [1]*n_pos + [0]*n_neg. Chunks bound memory to ~2M indices.
+    """
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n, 2_000_000 // y.size))
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        yield np.concatenate([pos[rng.integers(0, pos.size, (m, pos.size))],
+                              neg[rng.integers(0, neg.size, (m, neg.size))]], axis=1)
+        done += m
+
+
+def _group_counts(group: np.ndarray, n_groups: int, n_pos: int, idx: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-resample member / non-member multiplicities of each distinct score.
+
+    Args:
+        group: [N] rank of each sample's score among the distinct scores (ascending).
+        n_groups: number of distinct scores G. n_pos: members (the first n_pos columns of idx).
+        idx: [m, N] resample indices from _resample_chunks.
+    Returns:
+        (w_pos, w_neg), each [m, G] float64.
+    """
+    m = idx.shape[0]
+    keys = np.arange(m)[:, None] * n_groups + group[idx]  # one bincount for all resamples
+    size = m * n_groups
+    w_pos = np.bincount(keys[:, :n_pos].ravel(), minlength=size).reshape(m, n_groups)
+    w_neg = np.bincount(keys[:, n_pos:].ravel(), minlength=size).reshape(m, n_groups)
+    return w_pos.astype(np.float64), w_neg.astype(np.float64)
+
+
+def _auc_counts(w_pos: np.ndarray, w_neg: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC (ties count 1/2) per resample: [m]."""
+    below = np.cumsum(w_neg, axis=1) - w_neg  # non-members strictly below each distinct score
+    return (w_pos * (below + 0.5 * w_neg)).sum(1) / (w_pos.sum(1) * w_neg.sum(1))
+
+
+def _tpr_max_below_counts(w_pos: np.ndarray, w_neg: np.ndarray, alpha: float) -> np.ndarray:
+    """max TPR over thresholds (distinct scores, member iff >=) with FPR <= alpha: [m]."""
+    n_pos, n_neg = w_pos.sum(1, keepdims=True), w_neg.sum(1, keepdims=True)
+    tp = np.cumsum(w_pos[:, ::-1], axis=1)[:, ::-1]  # members with score >= each distinct score
+    fp = np.cumsum(w_neg[:, ::-1], axis=1)[:, ::-1]
+    ok = fp <= alpha * n_neg + _COUNT_TOL
+    return np.where(ok, tp, 0.0).max(1) / n_pos[:, 0]  # 0.0 stands for the +inf threshold
+
+
+def bootstrap_ci(fn: Callable[[np.ndarray, np.ndarray], float], scores: Any, labels: Any, n: int,
+                 seed: int, level: float = 0.95) -> list[float] | None:
+    """Percentile CI of fn(scores, labels) under a stratified bootstrap.
+
+    Members and non-members are resampled separately (with replacement, own sizes), so every
+    resample keeps both classes and the original class balance. `auc` and
+    `TprAtFpr(alpha, "max_below")` are evaluated for all resamples at once from per-score counts
+    (no per-resample sort); any other fn is called once per resample on the same resamples.
+
+    Args:
+        fn: metric of (scores [N], labels [N]) -> float. n: resamples (0 -> None).
+        seed: numpy seed; the same seed gives the same resamples. level: in (0, 1).
+    Returns:
+        [lo, hi] with lo <= hi, or None when n == 0.
+    """
+    if n < 0:
+        raise ValueError(f"bootstrap resamples must be >= 0 (got {n})")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1) (got {level})")
+    if n == 0:
+        return None
+    s, y = _validate(scores, labels)
+    n_pos = int(y.sum())
+    lab = np.concatenate([np.ones(n_pos, np.int64), np.zeros(y.size - n_pos, np.int64)])
+    fast = fn is auc or (isinstance(fn, TprAtFpr) and fn.rule == "max_below")
+    uniq, group = np.unique(s, return_inverse=True)
+    parts: list[np.ndarray] = []
+    for idx in _resample_chunks(y, n, seed):
+        if fast:
+            w_pos, w_neg = _group_counts(group, uniq.size, n_pos, idx)
+            parts.append(_auc_counts(w_pos, w_neg) if fn is auc
+                         else _tpr_max_below_counts(w_pos, w_neg, fn.alpha))
+        else:
+            parts.append(np.array([fn(row, lab) for row in s[idx]], dtype=np.float64))
+    values = np.concatenate(parts)
+    lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return [float(lo), float(hi)]
+
+
+def attack_metrics(cal_scores: Any, cal_labels: Any, test_scores: Any, test_labels: Any,
+                   bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The results.json metric fields for one (target, attack setting), all on the test split.
+
+    Args:
+        cal_scores, cal_labels: calibration split ([N_cal]); used only to choose the threshold of
+            asr_calibrated. test_scores, test_labels: disjoint test split ([N_test]).
+        bootstrap: stratified resamples for the *_ci keys (0 -> the keys are omitted).
+        seed: bootstrap seed.
+    Returns:
+        JSON-serialisable dict with keys auc, auc_ci, tpr_at_1pct_fpr, tpr_at_1pct_fpr_ci,
+        tpr_at_0.1pct_fpr, tpr_at_0pct_fpr, asr_calibrated, asr_oracle, tpr_rule, n_members,
+        n_nonmembers (the *_ci keys only when bootstrap > 0).
+    """
+    try:
+        cal_s, cal_y = _validate(cal_scores, cal_labels)
+    except ValueError as e:
+        raise ValueError(f"calibration split: {e}") from None
+    try:
+        s, y = _validate(test_scores, test_labels)
+    except ValueError as e:
+        raise ValueError(f"test split: {e}") from None
+
+    tpr1 = TprAtFpr(0.01)
+    threshold, _ = best_threshold(cal_s, cal_y)
+    out: dict[str, Any] = {"auc": auc(s, y)}
+    if bootstrap:
+        out["auc_ci"] = bootstrap_ci(auc, s, y, bootstrap, seed)
+    out["tpr_at_1pct_fpr"] = tpr1(s, y)
+    if bootstrap:
+        out["tpr_at_1pct_fpr_ci"] = bootstrap_ci(tpr1, s, y, bootstrap, seed)
+    out["tpr_at_0.1pct_fpr"] = tpr_at_fpr(s, y, 0.001)
+    out["tpr_at_0pct_fpr"] = tpr_at_fpr(s, y, 0.0)
+    out["asr_calibrated"] = accuracy_at(s, y, threshold)
+    out["asr_oracle"] = best_threshold(s, y)[1]
+    out["tpr_rule"] = TPR_RULE_TEXT
+    out["n_members"] = int(y.sum())
+    out["n_nonmembers"] = int(y.size - y.sum())
+    return out

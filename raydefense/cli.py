@@ -1,0 +1,149 @@
+"""`raydefense` command line: run the pipeline, or up to one stage, on a local Ray or a cluster.
+
+    raydefense run [--preset NAME | --config FILE.yaml] [--set KEY=VALUE ...] [--force STAGE]
+    raydefense prepare|train|distill|attack|report  (same options; runs up to that stage)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from typing import Optional
+
+from raydefense.config import ExperimentConfig, load_config, preset_names
+from raydefense.errors import RaydefenseError
+
+COMMANDS = {"run": "report", "prepare": "prepare", "train": "train", "distill": "distill",
+            "attack": "evaluate", "report": "report"}
+HELP = {
+    "run": "the whole pipeline: prepare, train, distill, evaluate, report",
+    "prepare": "split the data and write the Parquet tables and membership matrix",
+    "train": "train the baseline and the shard teachers (Ray Train), after prepare",
+    "distill": "soft targets (Ray Data actor pool) and the DistillMD student, after train",
+    "attack": "run the membership-inference attacks against every target, after distill",
+    "report": "regenerate report/ from stored scores (no model is touched)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raydefense", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        s = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        add_config_args(s)
+    return p
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help=f"a shipped preset: {', '.join(preset_names())} "
+                                    "(default: digits)")
+    g.add_argument("--config", help="a YAML file (may name a preset in `base:`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=500 (repeatable)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="rerun a stage even if it is complete (repeatable)")
+
+
+class LazyRayExecutor:
+    """Starts Ray only when a stage actually needs it (a fully cached rerun never does)."""
+
+    def __init__(self, cfg: ExperimentConfig, tracking_uri: Optional[str]) -> None:
+        self._args, self._impl = (cfg, tracking_uri), None
+
+    def __getattr__(self, name):
+        if self._impl is None:
+            from raydefense.distributed.executor import RayExecutor
+
+            self._impl = RayExecutor(*self._args)
+        return getattr(self._impl, name)
+
+
+def git_sha() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, cwd=os.path.dirname(__file__)).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def execute(command: str, preset: Optional[str] = None, config: Optional[str] = None,
+            overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> Optional[dict]:
+    """Run one CLI command in-process (also the entry of jobs/pipeline.py). Returns results."""
+    from raydefense.pipeline import (STAGES, RunContext, absolutize, run_pipeline,
+                                     validate_config, versions)
+    from raydefense.storage import Storage
+    from raydefense.tracking.mlflow_tracker import make_tracker
+
+    cfg = load_config(preset, config, overrides)
+    validate_config(cfg)
+    cfg = absolutize(cfg)
+    bad = [s for s in force or [] if s not in STAGES]
+    if bad:
+        raise RaydefenseError(f"--force {bad[0]!r} is not a stage; choose from {', '.join(STAGES)}")
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    storage.check_writable()
+    tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled)
+    tracking_uri = getattr(tracker, "uri", None)
+    tags = {"raydefense.command": command, **{f"version.{k}": v for k, v in versions().items()}}
+    sha = git_sha()
+    if sha:
+        tags["mlflow.source.git.commit"] = sha
+    parent = tracker.start_run(f"pipeline/{command}", params=cfg.flat_params(), tags=tags)
+    ctx = RunContext(cfg=cfg, storage=storage, executor=LazyRayExecutor(cfg, tracking_uri),
+                     tracker=tracker, parent_run=parent, force=set(force or []))
+    status = "FAILED"
+    try:
+        if command == "report":
+            from raydefense.pipeline import is_complete, stage_fingerprints
+
+            ctx.fingerprints = stage_fingerprints(cfg)
+            if not is_complete(storage, "evaluate/_COMPLETE.json", ctx.fingerprints["evaluate"]):
+                raise RaydefenseError("no complete evaluation for this config under "
+                                      f"{storage.uri()}; run `raydefense attack` (or run) first")
+            ctx.skipped = STAGES[:-1]
+            from raydefense.pipeline import stage_report
+
+            results = stage_report(ctx)
+        else:
+            results = run_pipeline(ctx, until=COMMANDS[command])
+        status = "FINISHED"
+    finally:
+        tracker.end_run(parent, status)
+    if results:
+        print(summary(results, storage))
+    return results
+
+
+def summary(results: dict, storage) -> str:
+    lines = [f"raydefense: results in {storage.uri('report')}/ (results.json, report.md)"]
+    for r in results["attacks"]:
+        lines.append(f"  {r['target']:<10} {r['attack']:<11} AUC {r['auc']:.3f}  "
+                     f"TPR@1%FPR {r['tpr_at_1pct_fpr']:.3f}")
+    t = results.get("timings", {})
+    if t:
+        lines.append("  timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[raydefense] %(message)s")
+    for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        execute(args.command, args.preset, args.config, args.overrides, args.force)
+    except RaydefenseError as e:
+        print(f"raydefense: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raydefense: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Typed config tree, YAML presets shipped with the package, and `--set a.b=v` overrides.
+
+A config is an `ExperimentConfig` (pydantic, unknown keys forbidden). Presets live in
+`raydefense/presets/*.yaml`; a user file may name a preset in `base:` and override parts of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raydefense.errors import ConfigError
+
+DEFAULT_PRESET = "digits"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where images come from and how they are split (members/non-members, shards, eval parts)."""
+
+    source: str = "digits"
+    root: Optional[str] = None
+    split_file: Optional[str] = None
+    num_members: Optional[int] = Field(None, ge=2, description="None: half of the pool")
+    num_nonmembers: Optional[int] = Field(None, ge=2, description="None: the other half")
+    num_shards: int = Field(2, ge=2)
+    calibration_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    on_duplicate: Literal["error", "drop"] = "error"
+
+
+class ModelConfig(_Section):
+    """A diffusers UNet2DModel and its DDPM noise schedule."""
+
+    block_out_channels: list[int] = [32, 64]
+    layers_per_block: int = Field(1, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    attention: bool = False
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if not self.block_out_channels:
+            raise ValueError("model.block_out_channels must list at least one width")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"model.block_out_channels {bad} are not divisible by model.norm_num_groups="
+                f"{self.norm_num_groups}; change one of them"
+            )
+        if self.beta_end <= self.beta_start:
+            raise ValueError("model.beta_end must be larger than model.beta_start")
+        return self
+
+
+class TrainConfig(_Section):
+    """One budget for every model (paper A.2.2): baseline, each teacher and the student."""
+
+    steps: int = Field(4000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    log_every: int = Field(100, ge=1)
+
+
+class DistillConfig(_Section):
+    """DistillMD soft targets (Algorithm 2) and the student."""
+
+    draws_per_row: int | Literal["auto"] = Field(
+        "auto",
+        description="soft-target (t, noise) draws per member row; 'auto' = enough that no draw is "
+        "reused during student training (equivalent to fresh noise every step)",
+    )
+    batching: Literal["alternate", "mixed"] = Field(
+        "alternate",
+        description="alternate: whole batches alternate between shards (Algorithm 2, literal); "
+        "mixed: every batch mixes rows of all shards",
+    )
+    teacher_weights: Literal["ema", "raw"] = "ema"
+    label_batch_size: int = Field(1024, ge=1)
+
+
+class LossAttackConfig(_Section):
+    timesteps: list[int] = [100]
+    draws: int = Field(10, ge=1)
+    reduction: Literal["sum", "mean"] = "sum"
+
+
+class SecMIConfig(_Section):
+    t_sec: int = Field(100, ge=2)
+    k: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SecMIConfig":
+        if self.t_sec < 2 * self.k:
+            raise ValueError(
+                f"attacks.secmi_stat needs t_sec >= 2*k (got t_sec={self.t_sec}, k={self.k})"
+            )
+        if self.t_sec % self.k:
+            raise ValueError(f"attacks.secmi_stat needs t_sec to be a multiple of k "
+                             f"(got t_sec={self.t_sec}, k={self.k})")
+        return self
+
+
+class AttacksConfig(_Section):
+    """Which attacks run in `evaluate`, and their hyperparameters."""
+
+    enabled: list[str] = ["loss", "secmi_stat"]
+    weights: Literal["ema", "raw"] = "ema"
+    batch_size: int = Field(256, ge=1)
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for CIs (0 = no CIs)")
+    loss: LossAttackConfig = LossAttackConfig()
+    secmi_stat: SecMIConfig = SecMIConfig()
+
+
+class SamplingConfig(_Section):
+    """Sample grids (baseline, DualMD, student) and the held-out quality metric."""
+
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    num_steps: int = Field(50, ge=1)
+    num_images: int = Field(64, ge=1)
+    quality_draws: int = Field(4, ge=1)
+
+
+class TrackingConfig(_Section):
+    uri: str = "sqlite:///mlflow.db"
+    enabled: bool = True
+
+
+class StorageConfig(_Section):
+    root: str = "./runs"
+
+
+class ResourcesConfig(_Section):
+    workers_per_model: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    concurrent_fits: int = Field(3, ge=1)
+    label_actors: int = Field(1, ge=1, description="soft-target actor pool size")
+    local_num_cpus: Optional[int] = Field(
+        None, ge=1, description="logical CPUs of a local Ray cluster; None = 2 x os.cpu_count()"
+    )
+
+
+class ExperimentConfig(_Section):
+    experiment: str = "digits"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+    attacks: AttacksConfig = AttacksConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted keys -> string values, as logged to MLflow params."""
+        return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+                for k, v in _flatten(self.model_dump(mode="json")).items()}
+
+    def section_fingerprint(self, *sections: str) -> str:
+        """SHA-256 of the named sections (stable JSON), used by stage fingerprints."""
+        dump = self.model_dump(mode="json")
+        payload = {s: dump[s] if s in dump else getattr(self, s) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    files = resources.files("raydefense.presets").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    text = resources.files("raydefense.presets").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars/lists: 3, 1e-3, true, null, [32, 64], s3://b/p."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r} is not KEY=VALUE (for example train.steps=500)")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = tree
+    known: Any = ExperimentConfig.model_fields
+    for i, part in enumerate(parts):
+        if known is None or part not in known:
+            where = ".".join(parts[:i]) or "the top level"
+            choices = ", ".join(sorted(known)) if known else "(none: not a section)"
+            raise ConfigError(f"unknown config key {key!r}: {part!r} is not in {where}; "
+                              f"valid keys there: {choices}")
+        annotation = known[part].annotation
+        sub = getattr(annotation, "model_fields", None)
+        if i == len(parts) - 1:
+            node[part] = _parse_value(value)
+        else:
+            node = node.setdefault(part, {})
+            known = sub
+
+
+def load_config(preset: Optional[str] = None, config_file: Optional[str] = None,
+                overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Build a config from a preset or a YAML file (which may name a `base:` preset) + overrides.
+
+    Raises:
+        ConfigError: one line naming the bad key or value.
+    """
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {config_file!r} does not exist")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {config_file!r} is not valid YAML: {e}") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"config file {config_file!r} must hold a mapping of sections")
+        base = user.pop("base", None)
+        tree = _deep_merge(_preset_dict(base), user) if base else user
+    else:
+        tree = _preset_dict(preset or DEFAULT_PRESET)
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"invalid config value at {loc}: {err['msg']} "
+                          f"(got {err.get('input')!r})") from None

@@ -1,0 +1,1 @@
+"""Data: image sources (registry), the split plan + membership matrix, Parquet tables."""

@@ -1,0 +1,80 @@
+"""The Parquet tables under `<root>/<experiment>/`, their paths, and typed readers.
+
+prepare/rows.parquet        row_id, hash, split, shard, part, label, image (uint8 bytes)
+prepare/membership.parquet  row_id + one bool column per model (the membership matrix)
+prepare/plan.json           sizes, models, image shape, source
+distill/soft_targets/       row_id, draw, shard, t, teachers, x_t and target (float32 bytes)
+evaluate/scores.parquet     target, attack, params, row_id, is_member, part, score
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from raydefense.data.plan import Plan, plan_from_tables
+from raydefense.data.sources import to_model_range
+from raydefense.diffusion.training import ImageData, SoftTargetData
+from raydefense.storage import Storage
+
+ROWS = "prepare/rows.parquet"
+MEMBERSHIP = "prepare/membership.parquet"
+PLAN_JSON = "prepare/plan.json"
+SOFT_TARGETS = "distill/soft_targets"
+SCORES = "evaluate/scores.parquet"
+
+
+def write_plan(storage: Storage, plan: Plan) -> None:
+    storage.write_table(ROWS, plan.to_table())
+    storage.write_table(MEMBERSHIP, plan.membership_table())
+    storage.write_json(PLAN_JSON, plan.summary())
+
+
+def read_plan(storage: Storage) -> Plan:
+    shape = storage.read_json(PLAN_JSON)["image_shape"]
+    return plan_from_tables(storage.read_table(ROWS), storage.read_table(MEMBERSHIP), shape)
+
+
+def image_shape(storage: Storage) -> tuple[int, int, int]:
+    c, h, w = storage.read_json(PLAN_JSON)["image_shape"]
+    return int(c), int(h), int(w)
+
+
+def decode_images(column: list[bytes] | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 bytes per row -> float32 [N, *shape] in [-1, 1]."""
+    raw = np.frombuffer(b"".join(column), dtype=np.uint8).reshape(-1, *shape)
+    return to_model_range(raw)
+
+
+def model_training_images(storage: Storage, model: str) -> ImageData:
+    """Exactly the rows the membership matrix assigns to `model` (invariant 2)."""
+    plan = read_plan(storage)
+    if model not in plan.models:
+        raise KeyError(f"{model!r} is not in the membership matrix ({plan.models})")
+    mask = plan.membership[plan.models.index(model)]
+    return ImageData(images=torch.from_numpy(to_model_range(plan.images[mask])))
+
+
+def encode_float_rows(arr: np.ndarray) -> list[bytes]:
+    """float32 [N, ...] -> one bytes value per row (portable: plain pyarrow reads it)."""
+    flat = np.ascontiguousarray(arr, dtype=np.float32).reshape(len(arr), -1)
+    return [r.tobytes() for r in flat]
+
+
+def read_soft_targets(storage: Storage, shape: tuple[int, int, int]) -> SoftTargetData:
+    files = [f for f in storage.listdir(SOFT_TARGETS) if f.endswith(".parquet")]
+    table = pa.concat_tables(
+        [pq.read_table(storage.path(f"{SOFT_TARGETS}/{f}"), filesystem=storage.fs)
+         for f in files])
+    # A stable order makes student batches independent of how Ray Data split the files.
+    table = table.sort_by([("row_id", "ascending"), ("draw", "ascending")])
+
+    def floats(col: str) -> torch.Tensor:
+        raw = b"".join(table.column(col).to_pylist())
+        return torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(-1, *shape).copy())
+
+    return SoftTargetData(x_t=floats("x_t"), t=torch.from_numpy(table.column("t").to_numpy()),
+                          target=floats("target"),
+                          group=torch.from_numpy(table.column("shard").to_numpy().astype(np.int64)))

@@ -1,0 +1,1 @@
+"""The two defenses: DualMD (alternating inference) and DistillMD (soft-target distillation)."""

@@ -1,0 +1,1 @@
+"""Diffusion core: schedule math, UNet builder, samplers, EMA, objectives, checkpoints, training."""

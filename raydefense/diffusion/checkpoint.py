@@ -1,0 +1,34 @@
+"""Checkpoints: diffusers `save_pretrained` directories (raw `unet/` and `ema/`) + `state.pt`.
+
+`UNet2DModel.from_pretrained(<dir>/ema)` loads a model with no raydefense installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from diffusers import UNet2DModel
+
+STATE_FILE = "state.pt"
+
+
+def save_checkpoint(directory: str, unet: torch.nn.Module, ema_unet: torch.nn.Module,
+                    state: dict) -> None:
+    """Writes <directory>/{unet,ema}/ (safetensors + config.json) and <directory>/state.pt."""
+    os.makedirs(directory, exist_ok=True)
+    unet.save_pretrained(os.path.join(directory, "unet"))
+    ema_unet.save_pretrained(os.path.join(directory, "ema"))
+    torch.save(state, os.path.join(directory, STATE_FILE))
+
+
+def load_unet(directory: str, weights: str = "ema") -> UNet2DModel:
+    """Load the `ema` or `raw` weights of a checkpoint/model directory, in eval mode."""
+    sub = "ema" if weights == "ema" else "unet"
+    # low_cpu_mem_usage=False: the default path wants `accelerate` and warns without it.
+    unet = UNet2DModel.from_pretrained(os.path.join(directory, sub), low_cpu_mem_usage=False)
+    return unet.eval().requires_grad_(False)
+
+
+def load_state(directory: str) -> dict:
+    return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)

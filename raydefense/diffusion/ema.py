@@ -1,0 +1,22 @@
+"""Exponential moving average of model weights (what the attacks target, as SecMI/PIA do)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+class EMA:
+    """Keeps `shadow`, a frozen copy of the model whose parameters track an EMA of the live ones."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for s, p in zip(self.shadow.parameters(), model.parameters()):
+            s.lerp_(p.detach(), 1.0 - self.decay)
+        for s, b in zip(self.shadow.buffers(), model.buffers()):
+            s.copy_(b)

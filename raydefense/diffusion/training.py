@@ -1,0 +1,210 @@
+"""The training loop for every model (baseline, teachers, student), plain PyTorch.
+
+Batches are a pure function of (seed, model, rank, step), so a run resumed from a checkpoint at
+step s continues exactly as an uninterrupted one would. Distributed wiring (DDP wrapping, reporting,
+checkpoint storage) comes from the caller through `Reporter` and `wrap_model`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional, Protocol, Union
+
+import numpy as np
+import torch
+
+from raydefense.config import ModelConfig, TrainConfig
+from raydefense.diffusion.checkpoint import load_state, load_unet, save_checkpoint
+from raydefense.diffusion.ema import EMA
+from raydefense.diffusion.objectives import ddpm_loss, distill_loss
+from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.diffusion.unet import build_unet
+from raydefense.seeding import STREAM_TRAIN, derive_seed
+
+
+class Reporter(Protocol):
+    """How the loop talks to its runtime (Ray Train, or a plain list in tests)."""
+
+    world_rank: int
+    world_size: int
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
+        """Called by every rank at the same steps; checkpoint_dir only from rank 0."""
+        ...
+
+    def latest_checkpoint(self) -> Optional[str]:
+        """A local directory holding the latest checkpoint, or None for a fresh start."""
+        ...
+
+
+@dataclass
+class ImageData:
+    """DDPM training data: images [N, C, H, W] float32 in [-1, 1]."""
+
+    images: torch.Tensor
+
+
+@dataclass
+class SoftTargetData:
+    """DistillMD training data: precomputed (x_t, t, soft target) examples.
+
+    x_t, target: [N, C, H, W] float32. t: [N] int64. group: [N] int64, the shard of the source row
+    (batches alternate between groups under batching='alternate').
+    """
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    target: torch.Tensor
+    group: torch.Tensor
+
+
+TrainData = Union[ImageData, SoftTargetData]
+
+
+class _Permutations:
+    """Epoch-wise seeded permutations of a group's items, cached for the current epoch."""
+
+    def __init__(self, items: np.ndarray, seed: int) -> None:
+        self.items, self.seed, self._cache = items, seed, {}
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        n = len(self.items)
+        out = []
+        while count > 0:
+            epoch, off = divmod(start, n)
+            if epoch not in self._cache:
+                self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
+            chunk = self._cache[epoch][off:off + count]
+            out.append(self.items[chunk])
+            start += len(chunk)
+            count -= len(chunk)
+        return np.concatenate(out)
+
+
+class BatchSource:
+    """Deterministic per-(step, rank) batches.
+
+    Image data: rows drawn with replacement, t ~ U{0..T-1}, noise ~ N(0, I), all from a generator
+    seeded by (seed, model, rank, step). Soft targets: items taken without replacement from seeded
+    per-epoch permutations; under 'alternate', step i reads only group i mod G (Algorithm 2).
+    """
+
+    def __init__(self, data: TrainData, schedule: NoiseSchedule, global_batch: int, rank: int,
+                 world_size: int, seed: int, model_index: int,
+                 batching: Literal["alternate", "mixed"] = "alternate") -> None:
+        if global_batch % world_size:
+            raise ValueError(f"train.batch_size={global_batch} is not divisible by "
+                             f"{world_size} workers; change one of them")
+        self.data, self.schedule = data, schedule
+        self.global_batch, self.local_batch = global_batch, global_batch // world_size
+        self.rank, self.seed, self.model_index = rank, seed, model_index
+        self.batching = batching
+        if isinstance(data, SoftTargetData):
+            groups = data.group.numpy()
+            if batching == "alternate":
+                ids = sorted(set(groups.tolist()))
+                self.groups = [_Permutations(np.flatnonzero(groups == g),
+                                             derive_seed(seed, STREAM_TRAIN, model_index, g))
+                               for g in ids]
+            else:
+                self.groups = [_Permutations(np.arange(len(groups)),
+                                             derive_seed(seed, STREAM_TRAIN, model_index, -1))]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        if isinstance(self.data, ImageData):
+            g = torch.Generator().manual_seed(
+                derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step))
+            n = len(self.data.images)
+            idx = torch.randint(n, (self.local_batch,), generator=g)
+            t = torch.randint(self.schedule.num_train_timesteps, (self.local_batch,), generator=g)
+            x0 = self.data.images[idx]
+            return x0, t, torch.randn(x0.shape, generator=g)
+        n_groups = len(self.groups)
+        group = self.groups[step % n_groups]
+        start = (step // n_groups) * self.global_batch + self.rank * self.local_batch
+        idx = torch.from_numpy(group.take(start, self.local_batch))
+        return self.data.x_t[idx], self.data.t[idx], self.data.target[idx]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Constant lr after a linear warmup over cfg.warmup_steps (pytorch-ddpm's schedule)."""
+    if cfg.warmup_steps <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def fit(data: TrainData, model_cfg: ModelConfig, train_cfg: TrainConfig, schedule: NoiseSchedule,
+        image_shape: tuple[int, int, int], *, seed: int, model_index: int, reporter: Reporter,
+        device: torch.device | str = "cpu",
+        wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+        batching: Literal["alternate", "mixed"] = "alternate") -> dict:
+    """Train one UNet to train_cfg.steps, resuming from reporter.latest_checkpoint().
+
+    The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. Returns the last metrics.
+    """
+    torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
+    c, h, _ = image_shape
+    unet = build_unet(model_cfg, image_size=h, channels=c)
+    ema = EMA(unet, train_cfg.ema_decay)
+    start_step, opt_state = 0, None
+    ckpt = reporter.latest_checkpoint()
+    if ckpt is not None:
+        state = load_state(ckpt)
+        unet.load_state_dict(load_unet(ckpt, "raw").state_dict())
+        ema.shadow.load_state_dict(load_unet(ckpt, "ema").state_dict())
+        start_step, opt_state = int(state["step"]), state["optimizer"]
+    unet.to(device)
+    ema.shadow.to(device)
+    model = wrap_model(unet)
+    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr,
+                            weight_decay=train_cfg.weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    source = BatchSource(data, schedule, train_cfg.batch_size, reporter.world_rank,
+                         reporter.world_size, seed, model_index, batching)
+    is_distill = isinstance(data, SoftTargetData)
+    losses: list[float] = []
+    window_start, t0 = time.perf_counter(), time.perf_counter()
+    metrics: dict = {"step": start_step}
+    model.train()
+    for step in range(start_step, train_cfg.steps):
+        lr = lr_at(step, train_cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        a, b, c_ = (x.to(device) for x in source.batch(step))
+        loss = distill_loss(model, a, b, c_) if is_distill else ddpm_loss(model, schedule, a, b, c_)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        opt.step()
+        ema.update(unet)
+        losses.append(loss.item())
+        done = step + 1
+        is_ckpt = done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
+        if done % train_cfg.log_every == 0 or is_ckpt:
+            now = time.perf_counter()
+            metrics = {
+                "step": done, "loss": float(np.mean(losses)), "lr": lr,
+                "grad_norm": float(grad_norm),
+                "samples_per_s": len(losses) * train_cfg.batch_size / max(now - window_start, 1e-9),
+                "elapsed_s": now - t0,
+            }
+            losses, window_start = [], now
+            _report(reporter, metrics, unet, ema, opt, done, is_ckpt)
+    return metrics
+
+
+def _report(reporter: Reporter, metrics: dict, unet: torch.nn.Module, ema: EMA,
+            opt: torch.optim.Optimizer, step: int, with_checkpoint: bool) -> None:
+    if not (with_checkpoint and reporter.world_rank == 0):
+        reporter.report(metrics, None)
+        return
+    tmp = tempfile.mkdtemp(prefix="raydefense-ckpt-")
+    try:
+        save_checkpoint(tmp, unet, ema.shadow, {"step": step, "optimizer": opt.state_dict()})
+        reporter.report(metrics, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

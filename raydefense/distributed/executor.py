@@ -1,0 +1,35 @@
+"""The Ray executor of the pipeline's heavy work."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from raydefense.config import ExperimentConfig
+from raydefense.data.tables import PLAN_JSON
+from raydefense.distributed.runtime import check_fit_resources, init_ray
+from raydefense.distributed.scoring import evaluate_targets
+from raydefense.distributed.soft_targets import label_soft_targets
+from raydefense.distributed.train import FitSpec, fit_many
+from raydefense.storage import Storage
+
+
+class RayExecutor:
+    """Ray Train for fits, a Ray Data actor pool for soft targets, Ray tasks for scoring."""
+
+    def __init__(self, cfg: ExperimentConfig, tracking_uri: Optional[str]) -> None:
+        self.cluster = init_ray(cfg.resources)
+        self.tracking_uri = tracking_uri
+
+    def check_resources(self, cfg: ExperimentConfig) -> None:
+        check_fit_resources(cfg.resources, self.cluster)
+
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict]) -> None:
+        fit_many(cfg, storage, [FitSpec(**s) for s in specs], self.tracking_uri)
+
+    def label_soft_targets(self, cfg: ExperimentConfig, storage: Storage, teachers: list[str],
+                           owners: dict[int, list[str]], draws: int) -> int:
+        shape = storage.read_json(PLAN_JSON)["image_shape"]
+        return label_soft_targets(cfg, storage, teachers, owners, draws, shape)
+
+    def evaluate(self, cfg: ExperimentConfig, targets: list[str]) -> dict[str, dict]:
+        return evaluate_targets(cfg, targets)

@@ -1,0 +1,49 @@
+"""Connect to a Ray cluster (under `ray job submit` / RAY_ADDRESS) or start a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from raydefense.config import ResourcesConfig
+from raydefense.errors import ResourceError
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(res: ResourcesConfig) -> dict:
+    """Initialise Ray once per process and return the cluster's resources.
+
+    A local cluster declares `local_num_cpus` logical CPUs (default 2 x cores): concurrent fits
+    each hold a CPU, and Ray Data needs free CPUs beside them or ingestion deadlocks.
+    """
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=True)
+        else:
+            num_cpus = res.local_num_cpus or 2 * (os.cpu_count() or 1)
+            # The dashboard serves the State API that Ray Train's placement-group cleaner polls.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
+                     dashboard_host="127.0.0.1",
+                     object_store_memory=512 * 1024**2, log_to_driver=True,
+                     logging_level=logging.WARNING)
+    return ray.cluster_resources()
+
+
+def check_fit_resources(res: ResourcesConfig, cluster: dict) -> None:
+    """Refuse a fit that can never be placed (instead of waiting forever for a placement group)."""
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    need_cpu = res.workers_per_model * res.cpus_per_worker
+    need_gpu = res.workers_per_model * res.gpus_per_worker
+    if need_cpu > cpus:
+        raise ResourceError(
+            f"one model needs {need_cpu:g} CPUs (resources.workers_per_model="
+            f"{res.workers_per_model} x cpus_per_worker={res.cpus_per_worker:g}) but the cluster "
+            f"has {cpus:g}; lower them or add nodes")
+    if need_gpu > gpus:
+        raise ResourceError(
+            f"one model needs {need_gpu:g} GPUs (resources.workers_per_model="
+            f"{res.workers_per_model} x gpus_per_worker={res.gpus_per_worker:g}) but the cluster "
+            f"has {gpus:g}; set resources.gpus_per_worker=0 or add GPU nodes")

@@ -1,0 +1,70 @@
+"""The soft-target actor pool: Ray Data map_batches over member rows with a callable class that
+holds every teacher (ActorPoolStrategy); output written as Parquet."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import ray.data
+from ray.data.expressions import col
+import torch
+
+from raydefense.config import ExperimentConfig
+from raydefense.data.tables import ROWS, SOFT_TARGETS, decode_images, encode_float_rows
+from raydefense.defense.distillmd import SoftTargetLabeller
+from raydefense.diffusion.checkpoint import load_unet
+from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.diffusion.unet import UNetEps
+from raydefense.storage import Storage
+
+
+class LabellerActor:
+    """One actor of the pool: loads all teachers once, then labels batches of member rows."""
+
+    def __init__(self, cfg_dict: dict, teachers: list[str], owners: dict[int, list[str]],
+                 draws: int, image_shape: list[int], threads: int) -> None:
+        torch.set_num_threads(threads)
+        cfg = ExperimentConfig.model_validate(cfg_dict)
+        storage = Storage(cfg.storage.root, cfg.experiment)
+        cache = tempfile.mkdtemp(prefix="raydefense-teachers-")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        models = {t: UNetEps(load_unet(storage.local_dir(f"models/{t}", cache),
+                                       cfg.distill.teacher_weights).to(device))
+                  for t in teachers}
+        schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
+                                 cfg.model.beta_end)
+        self.shape = tuple(image_shape)
+        self.labeller = SoftTargetLabeller(models, {int(r): frozenset(o) for r, o in owners.items()},
+                                           schedule, draws, cfg.seed, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.labeller({"row_id": batch["row_id"], "shard": batch["shard"],
+                             "image": decode_images(list(batch["image"]), self.shape)})
+        out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
+        out["target"] = np.array(encode_float_rows(out["target"]), dtype=object)
+        return out
+
+
+def label_soft_targets(cfg: ExperimentConfig, storage: Storage, teachers: list[str],
+                       owners: dict[int, list[str]], draws: int, image_shape: list[int]) -> int:
+    """Write soft targets for every member row to distill/soft_targets/; returns the row count."""
+    storage.delete(SOFT_TARGETS)
+    ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs, columns=["row_id", "shard", "split", "image"]
+                               ).filter(expr=col("split") == "member")
+    rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
+    labelled = ds.map_batches(
+        LabellerActor,
+        fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json"), "teachers": teachers,
+                               "owners": owners, "draws": draws, "image_shape": image_shape,
+                               "threads": max(1, int(cfg.resources.cpus_per_worker))},
+        batch_size=rows_per_batch, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.resources.label_actors),
+        num_cpus=cfg.resources.cpus_per_worker, num_gpus=cfg.resources.gpus_per_worker,
+    )
+    labelled.write_parquet(storage.path(SOFT_TARGETS), filesystem=storage.fs)
+    files = [f for f in storage.listdir(SOFT_TARGETS) if f.endswith(".parquet")]
+    return sum(pq.read_metadata(storage.path(f"{SOFT_TARGETS}/{f}"), filesystem=storage.fs).num_rows
+               for f in files)

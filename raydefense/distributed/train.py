@@ -1,0 +1,162 @@
+"""Ray Train wiring: one TorchTrainer per model, fits running concurrently from driver threads.
+
+Run names are deterministic (`<model>-<fingerprint>`) under `<root>/<experiment>/ray_train`, so a
+rerun with the same config resumes from the last reported checkpoint (Ray Train V2 semantics).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from raydefense.config import ExperimentConfig
+from raydefense.data.tables import image_shape, model_training_images, read_soft_targets
+from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.diffusion.training import fit
+from raydefense.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One model to train. kind 'ddpm' reads its member rows; 'distill' reads soft targets."""
+
+    model: str
+    kind: str
+    model_index: int
+    run_name: str
+    mlflow_run_id: Optional[str] = None
+
+
+class RayReporter:
+    """Reporter for the core loop: ray.train.report + rank-0 MLflow metrics."""
+
+    def __init__(self, tracking_uri: Optional[str], experiment: str,
+                 run_id: Optional[str]) -> None:
+        ctx = ray.train.get_context()
+        self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self._tracker = None
+        if run_id and tracking_uri and self.world_rank == 0:
+            from raydefense.tracking.mlflow_tracker import MlflowTracker
+
+            self._tracker = MlflowTracker(tracking_uri, experiment)
+        self._run_id = run_id
+        self._restored: Optional[str] = None
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+        if self._tracker is not None:
+            self._tracker.log_metrics(self._run_id, {k: v for k, v in metrics.items()
+                                                     if k != "step"}, step=metrics["step"])
+
+    def latest_checkpoint(self) -> Optional[str]:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._restored = ckpt.to_directory(tempfile.mkdtemp(prefix="raydefense-restore-"))
+        return self._restored
+
+
+class ProgressCallback(ray.train.UserCallback):
+    """One progress line per report, printed by the fit's controller (forwarded to the driver)."""
+
+    def __init__(self, model: str, total_steps: int) -> None:
+        self.model, self.total = model, total_steps
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        m = metrics[0] if metrics else {}
+        if "loss" not in m:
+            return
+        step, rate = m["step"], m.get("samples_per_s", 0.0)
+        steps_per_s = step / max(m.get("elapsed_s", 0.0), 1e-9)
+        eta = (self.total - step) / max(steps_per_s, 1e-9)
+        print(f"[raydefense] train {self.model}: step {step}/{self.total} "
+              f"({100 * step / self.total:.0f}%) loss {m['loss']:.4f}, {rate:.0f} samples/s, "
+              f"ETA {eta / 60:.1f} min" + (", checkpoint saved" if checkpoint else ""),
+              flush=True)
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train logs every report and checkpoint at INFO (one logger is named by file path);
+    the driver's progress lines are what a user reads."""
+    for name in list(logging.root.manager.loggerDict):
+        if "ray.train" in name or "ray/train" in name:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    cfg = ExperimentConfig.model_validate(config["cfg"])
+    spec = FitSpec(**config["spec"])
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    _quiet_ray_train_logs()
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    shape = image_shape(storage)
+    data = (read_soft_targets(storage, shape) if spec.kind == "distill"
+            else model_training_images(storage, spec.model))
+    reporter = RayReporter(config.get("tracking_uri"), cfg.experiment, spec.mlflow_run_id)
+    world = reporter.world_size
+    schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
+                             cfg.model.beta_end)
+    fit(data, cfg.model, cfg.train, schedule, shape, seed=cfg.seed, model_index=spec.model_index,
+        reporter=reporter, device=ray.train.torch.get_device(),
+        wrap_model=(lambda m: ray.train.torch.prepare_model(m)) if world > 1 else (lambda m: m),
+        batching=cfg.distill.batching)
+    if reporter._restored:
+        shutil.rmtree(reporter._restored, ignore_errors=True)
+
+
+def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
+            tracking_uri: Optional[str]) -> str:
+    """Run (or resume) one TorchTrainer and copy its final checkpoint to models/<model>.
+
+    Returns the storage-relative model directory.
+    """
+    res = cfg.resources
+    trainer = ray.train.torch.TorchTrainer(
+        _train_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "spec": spec.__dict__,
+                           "tracking_uri": tracking_uri},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers_per_model, use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={"CPU": res.cpus_per_worker,
+                                  **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}),
+        run_config=ray.train.RunConfig(
+            name=spec.run_name, storage_path=storage.path("ray_train"),
+            storage_filesystem=storage.fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            callbacks=[ProgressCallback(spec.model, cfg.train.steps)]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {spec.model} reported no checkpoint")
+    rel = f"models/{spec.model}"
+    with result.checkpoint.as_directory() as local:
+        storage.upload_dir(local, rel)
+    log.info("trained %s -> %s", spec.model, storage.uri(rel))
+    return rel
+
+
+def fit_many(cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec],
+             tracking_uri: Optional[str]) -> dict[str, str]:
+    """Fit models concurrently (at most resources.concurrent_fits at once); model -> model dir.
+
+    Each fit gets its own placement group; fits that do not fit the cluster wait for resources.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, min(cfg.resources.concurrent_fits, len(specs))),
+                            thread_name_prefix="fit") as pool:
+        futures = {s.model: pool.submit(fit_one, cfg, storage, s, tracking_uri) for s in specs}
+        return {m: f.result() for m, f in futures.items()}
+

@@ -1,0 +1,324 @@
+"""The stage graph: prepare -> train -> distill -> evaluate -> report.
+
+Each stage has a fingerprint (its config sections + its inputs' fingerprints + the code version) and
+publishes `<stage>/_COMPLETE.json` only after all its outputs are written (invariant 7). A rerun skips
+complete stages with a matching fingerprint and resumes the rest (training resumes from the last
+Ray Train checkpoint). Work that needs a cluster goes through an `Executor` (Ray lives in
+`raydefense.distributed`); this module stays plain Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+import raydefense
+from raydefense.config import ExperimentConfig
+from raydefense.data.plan import MEMBER, make_plan
+from raydefense.data.sources import DATASETS
+from raydefense.data.tables import MEMBERSHIP, PLAN_JSON, SCORES, read_plan, write_plan
+from raydefense.defense.distillmd import auto_draws
+from raydefense.errors import ConfigError, DataError
+from raydefense.evaluation import DUALMD, STUDENT, build_attacks, metric_rows
+from raydefense.storage import Storage
+from raydefense.tracking.base import NullTracker, Tracker
+
+log = logging.getLogger("raydefense")
+
+STAGES = ["prepare", "train", "distill", "evaluate", "report"]
+
+
+class Executor(Protocol):
+    """Places the heavy work (Ray in production: raydefense.distributed.executor.RayExecutor)."""
+
+    def check_resources(self, cfg: ExperimentConfig) -> None: ...
+
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict]) -> None:
+        """Train the models described by specs ({model, kind, model_index, run_name,
+        mlflow_run_id}) and leave each final checkpoint under models/<model>."""
+        ...
+
+    def label_soft_targets(self, cfg: ExperimentConfig, storage: Storage, teachers: list[str],
+                           owners: dict[int, list[str]], draws: int) -> int: ...
+
+    def evaluate(self, cfg: ExperimentConfig, targets: list[str]) -> dict[str, dict]: ...
+
+
+@dataclass
+class RunContext:
+    cfg: ExperimentConfig
+    storage: Storage
+    executor: Executor
+    tracker: Tracker = field(default_factory=NullTracker)
+    parent_run: Optional[str] = None
+    force: set[str] = field(default_factory=set)
+    timings: dict[str, float] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
+    """Fingerprint of each stage's inputs. Resources, tracking and sampling-only settings do not
+    change what a model learns, so they are not part of the training fingerprints."""
+    d = cfg.model_dump(mode="json")
+    v = raydefense.__version__
+    fp: dict[str, str] = {}
+    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"])
+    fp["train"] = _hash("train", v, fp["prepare"], d["model"], d["train"])
+    fp["distill"] = _hash("distill", v, fp["train"], d["distill"])
+    fp["evaluate"] = _hash("evaluate", v, fp["distill"], d["attacks"], d["sampling"])
+    fp["report"] = _hash("report", v, fp["evaluate"])
+    return fp
+
+
+def _marker(stage: str) -> str:
+    return f"{stage}/_COMPLETE.json"
+
+
+def is_complete(storage: Storage, rel_marker: str, fingerprint: str) -> bool:
+    if not storage.exists(rel_marker):
+        return False
+    return storage.read_json(rel_marker).get("fingerprint") == fingerprint
+
+
+def mark_complete(storage: Storage, rel_marker: str, fingerprint: str, outputs: dict) -> None:
+    storage.write_json(rel_marker, {"fingerprint": fingerprint, "completed_at": time.time(),
+                                    "outputs": outputs})
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Checks that need the registries (they are not expressible in the pydantic schema)."""
+    DATASETS.get(cfg.data.source)
+    build_attacks(cfg)
+    if cfg.data.split_file and not os.path.isfile(cfg.data.split_file):
+        raise DataError(f"data.split_file {cfg.data.split_file!r} does not exist")
+    if cfg.data.root and not os.path.exists(cfg.data.root):
+        raise DataError(f"data.root {cfg.data.root!r} does not exist; point it at the dataset")
+    if cfg.train.batch_size % cfg.resources.workers_per_model:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
+                          f"resources.workers_per_model={cfg.resources.workers_per_model}")
+
+
+def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Local storage roots and split files become absolute, so Ray workers in other working
+    directories read the same files."""
+    cfg = cfg.model_copy(deep=True)
+    if "://" not in cfg.storage.root:
+        cfg.storage.root = os.path.abspath(os.path.expanduser(cfg.storage.root))
+    if cfg.data.split_file:
+        cfg.data.split_file = os.path.abspath(cfg.data.split_file)
+    if cfg.data.root:
+        cfg.data.root = os.path.abspath(cfg.data.root)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_prepare(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    pool = DATASETS.get(cfg.data.source)(cfg.data)
+    plan = make_plan(pool, cfg.data, cfg.seed)
+    write_plan(ctx.storage, plan)
+    for rel in (PLAN_JSON, MEMBERSHIP):
+        ctx.tracker.log_artifact(ctx.parent_run, _local_copy(ctx, rel), "prepare")
+    log.info("prepare: %s", json.dumps(plan.summary()))
+
+
+def _spec(ctx: RunContext, model: str, kind: str, index: int) -> dict:
+    run_id = ctx.tracker.start_run(f"train/{model}", ctx.parent_run,
+                                   tags={"raydefense.model": model, "raydefense.kind": kind})
+    return {"model": model, "kind": kind, "model_index": index,
+            "run_name": f"{model}-{ctx.fingerprints['train' if kind == 'ddpm' else 'distill'][:12]}",
+            "mlflow_run_id": run_id}
+
+
+def stage_train(ctx: RunContext) -> None:
+    plan_models = ctx.storage.read_json(PLAN_JSON)["models"]
+    todo = [m for m in plan_models
+            if "train" in ctx.force or not is_complete(ctx.storage, f"models/{m}/_COMPLETE.json",
+                                                 ctx.fingerprints["train"])]
+    specs = [_spec(ctx, m, "ddpm", plan_models.index(m)) for m in todo]
+    _fit(ctx, specs, "train")
+
+
+def _fit(ctx: RunContext, specs: list[dict], fp_stage: str) -> None:
+    if not specs:
+        return
+    try:
+        ctx.executor.fit(ctx.cfg, ctx.storage, specs)
+    except BaseException:
+        for s in specs:
+            ctx.tracker.end_run(s["mlflow_run_id"], "FAILED")
+        raise
+    for s in specs:
+        mark_complete(ctx.storage, f"models/{s['model']}/_COMPLETE.json",
+                      ctx.fingerprints[fp_stage], {"run_name": s["run_name"]})
+        ctx.tracker.end_run(s["mlflow_run_id"])
+
+
+def stage_distill(ctx: RunContext) -> None:
+    cfg, storage = ctx.cfg, ctx.storage
+    plan = read_plan(storage)
+    teachers = plan.models[1:]
+    members = plan.split == MEMBER
+    targets_marker = "distill/soft_targets/_COMPLETE.json"
+    draws = (auto_draws(cfg.train.steps, cfg.train.batch_size, int(members.sum()))
+             if cfg.distill.draws_per_row == "auto" else int(cfg.distill.draws_per_row))
+    if "distill" in ctx.force or not is_complete(storage, targets_marker, ctx.fingerprints["distill"]):
+        owners = {int(r): [teachers[k] for k in range(len(teachers))
+                           if plan.membership[1 + k][i]]
+                  for i, r in enumerate(plan.row_id) if members[i]}
+        run_id = ctx.tracker.start_run("distill/soft_targets", ctx.parent_run,
+                                       params={"draws_per_row": str(draws)})
+        t0 = time.perf_counter()
+        n = ctx.executor.label_soft_targets(cfg, storage, teachers, owners, draws)
+        secs = time.perf_counter() - t0
+        expected = int(members.sum()) * draws
+        if n != expected:
+            raise DataError(f"soft targets: wrote {n} rows, expected {expected}; rerun distill")
+        ctx.tracker.log_metrics(run_id, {"rows": n, "rows_per_s": n / max(secs, 1e-9),
+                                         "draws_per_row": draws})
+        ctx.tracker.end_run(run_id)
+        mark_complete(storage, targets_marker, ctx.fingerprints["distill"],
+                      {"rows": n, "draws_per_row": draws})
+        log.info("distill: %d soft targets (%d draws x %d rows) in %.1fs", n, draws,
+                 int(members.sum()), secs)
+    if "distill" in ctx.force or not is_complete(storage, f"models/{STUDENT}/_COMPLETE.json",
+                                               ctx.fingerprints["distill"]):
+        _fit(ctx, [_spec(ctx, STUDENT, "distill", len(plan.models))], "distill")
+
+
+def stage_evaluate(ctx: RunContext) -> None:
+    cfg, storage = ctx.cfg, ctx.storage
+    models = storage.read_json(PLAN_JSON)["models"]
+    targets = models + [STUDENT, DUALMD]
+    out = ctx.executor.evaluate(cfg, targets)
+    tables = [r["scores"] for r in out.values() if r["scores"] is not None]
+    storage.write_table(SCORES, pa.concat_tables(tables))
+    storage.write_json("evaluate/quality.json", [q for r in out.values() for q in r["quality"]])
+    for target, r in out.items():
+        if r["samples"] is not None:
+            buf = _npy_bytes(r["samples"])
+            storage.write_bytes(f"evaluate/samples/{target}.npy", buf)
+
+
+def stage_report(ctx: RunContext) -> dict:
+    from raydefense.report import write_report
+
+    cfg, storage = ctx.cfg, ctx.storage
+    rows, curves = metric_rows(storage.read_table(SCORES), cfg.attacks.bootstrap, cfg.seed)
+    quality = storage.read_json("evaluate/quality.json")
+    grids = {}
+    for f in storage.listdir("evaluate/samples"):
+        if f.endswith(".npy"):
+            grids[f[:-4]] = np.load(_bytes_io(storage.read_bytes(f"evaluate/samples/{f}")))
+    timings = dict(storage.read_json("report/timings.json")) if storage.exists(
+        "report/timings.json") else {}
+    timings.update(ctx.timings)
+    results = {
+        "experiment": cfg.experiment,
+        "config_fingerprint": cfg.fingerprint(),
+        "versions": versions(),
+        "timings": timings,
+        "attacks": rows,
+        "quality": quality,
+    }
+    with tempfile.TemporaryDirectory(prefix="raydefense-report-") as tmp:
+        write_report(tmp, results, roc_curves=curves, sample_grids=grids)
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as f:
+                storage.write_bytes(f"report/{name}", f.read())
+        ctx.tracker.log_artifact(ctx.parent_run, tmp, "report")
+    storage.write_json("report/timings.json", timings)
+    for r in rows:
+        ctx.tracker.log_metrics(ctx.parent_run, {
+            f"{r['target']}.{r['attack']}.{k}": r[k]
+            for k in ("auc", "tpr_at_1pct_fpr", "asr_calibrated") if k in r})
+    for q in quality:
+        ctx.tracker.log_metrics(ctx.parent_run, {f"{q['target']}.{q['metric']}": q["value"]})
+    return results
+
+
+STAGE_FUNCS = {"prepare": stage_prepare, "train": stage_train, "distill": stage_distill,
+               "evaluate": stage_evaluate, "report": stage_report}
+
+
+def run_pipeline(ctx: RunContext, until: str = "report") -> Optional[dict]:
+    """Run stages up to and including `until`, skipping complete ones. Returns results (if the
+    report stage ran)."""
+    if until not in STAGES:
+        raise ConfigError(f"unknown stage {until!r}; choose one of: {', '.join(STAGES)}")
+    ctx.fingerprints = stage_fingerprints(ctx.cfg)
+    stages = STAGES[: STAGES.index(until) + 1]
+    todo = [s for s in stages if s == "report" or s in ctx.force
+            or not is_complete(ctx.storage, _marker(s), ctx.fingerprints[s])]
+    if set(todo) & {"train", "distill", "evaluate"}:
+        ctx.executor.check_resources(ctx.cfg)  # fail fast, before anything is written
+    results = None
+    for stage in stages:
+        if stage not in todo:
+            log.info("%s: complete (fingerprint %s), skipped", stage, ctx.fingerprints[stage][:12])
+            ctx.skipped.append(stage)
+            continue
+        t0 = time.perf_counter()
+        out = STAGE_FUNCS[stage](ctx)
+        ctx.timings[stage] = round(time.perf_counter() - t0, 2)
+        if stage == "report":
+            results = out
+        else:
+            mark_complete(ctx.storage, _marker(stage), ctx.fingerprints[stage], {})
+        log.info("%s: done in %.1fs", stage, ctx.timings[stage])
+        ctx.tracker.log_metrics(ctx.parent_run, {f"time_{stage}_s": ctx.timings[stage]})
+    return results
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"raydefense": raydefense.__version__, "python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "ray", "mlflow", "pyarrow", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _bytes_io(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+def _local_copy(ctx: RunContext, rel: str) -> str:
+    path = os.path.join(tempfile.mkdtemp(prefix="raydefense-art-"), os.path.basename(rel))
+    with open(path, "wb") as f:
+        f.write(ctx.storage.read_bytes(rel))
+    return path
+

@@ -1,0 +1,250 @@
+"""Markdown tables for report.md, built from the rows of results.json.
+
+Pure functions over plain dicts: no plotting, no I/O. Missing fields print as "–" (a stage that did
+not compute a number leaves it absent, and the table must not invent one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+MISSING = "–"  # en dash: shown for any field a row does not have
+
+_TARGET_GROUPS: tuple[str, ...] = ("baseline", "teacher", "dualmd", "student")
+
+
+def _natural_key(text: str) -> tuple[Any, ...]:
+    """Splits digits out so that "teacher_10" sorts after "teacher_2"."""
+    return tuple(int(part) if part.isdigit() else part.lower()
+                 for part in re.split(r"(\d+)", text))
+
+
+def target_order_key(target: str) -> tuple[int, tuple[Any, ...]]:
+    """Sort key for targets: baseline, teacher_1, teacher_2, ... (natural), dualmd*, student, rest.
+
+    Prefix matching keeps variants such as "dualmd_graybox" next to "dualmd".
+    """
+    name = str(target)
+    for rank, group in enumerate(_TARGET_GROUPS):
+        if name == group or name.startswith(group + "_") or (
+                group == "teacher" and re.fullmatch(r"teacher\d+", name)):
+            return rank, _natural_key(name)
+    return len(_TARGET_GROUPS), _natural_key(name)
+
+
+def sort_targets(targets: Iterable[str]) -> list[str]:
+    """Unique targets in report order (see `target_order_key`)."""
+    return sorted(dict.fromkeys(targets), key=target_order_key)
+
+
+def _is_number(value: Any) -> bool:
+    """True for Python and NumPy ints/floats (numbers.Real), never for bools."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _fmt(value: Any, digits: int) -> str:
+    """A number with fixed decimals; "–" for None/absent; other values as text."""
+    if value is None:
+        return MISSING
+    if _is_number(value):
+        return f"{float(value):.{digits}f}"
+    return _escape(str(value))
+
+
+def _fmt_count(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if _is_number(value) and float(value).is_integer():
+        return str(int(value))
+    return _fmt(value, 3)
+
+
+def _escape(text: str) -> str:
+    """Keeps a cell from breaking the Markdown table (pipes and newlines)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- attack settings (columns) ---------------------------------------------------------------------
+
+def params_key(params: Any) -> str:
+    """A canonical, hashable identity for a params value (dict order does not matter)."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _fmt_param_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_fmt_param_value(v) for v in value) + "]"
+    return str(value)
+
+
+def attack_settings(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """The distinct attack settings of `rows`, as (attack, params_key, column label).
+
+    Order: attacks by first appearance, settings of one attack by first appearance. The label is
+    the attack name, plus only the params that differ between its settings (e.g. "secmi (k=10)"),
+    so a column header stays short when an attack is swept.
+    """
+    by_attack: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        attack = str(row.get("attack"))
+        by_attack.setdefault(attack, {}).setdefault(params_key(row.get("params")),
+                                                     row.get("params"))
+    settings: list[tuple[str, str, str]] = []
+    for attack, variants in by_attack.items():
+        if len(variants) == 1:
+            key = next(iter(variants))
+            settings.append((attack, key, attack))
+            continue
+        dicts = [p if isinstance(p, Mapping) else {"params": p} for p in variants.values()]
+        all_keys = list(dict.fromkeys(k for d in dicts for k in d))
+        varying = [k for k in all_keys
+                   if len({params_key(d.get(k)) for d in dicts}) > 1]
+        for key, params in zip(variants, dicts):
+            label = ", ".join(f"{k}={_fmt_param_value(params[k])}" if k in params else f"{k}=–"
+                              for k in varying)
+            settings.append((attack, key, f"{attack} ({label})"))
+    return settings
+
+
+def _index_rows(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], Mapping[str, Any]]:
+    """(target, attack, params_key) -> row; the first row wins if a key repeats."""
+    index: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    for row in rows:
+        key = (str(row.get("target")), str(row.get("attack")), params_key(row.get("params")))
+        index.setdefault(key, row)
+    return index
+
+
+def attack_cell(row: Mapping[str, Any] | None) -> str:
+    """One cell "AUC [lo, hi] / TPR@1%FPR", e.g. "0.990 [0.970, 1.000] / 0.71".
+
+    AUC and its CI with 3 decimals, TPR with 2; the CI is left out when the row has none.
+    """
+    if row is None:
+        return MISSING
+    auc = _fmt(row.get("auc"), 3)
+    ci = row.get("auc_ci")
+    if auc != MISSING and isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2 \
+            and all(v is not None for v in ci):
+        auc = f"{auc} [{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]"
+    return f"{auc} / {_fmt(row.get('tpr_at_1pct_fpr'), 2)}"
+
+
+def attack_table_markdown(rows: list[dict]) -> str:
+    """Paper-style Markdown tables of attack results.
+
+    First table: one row per target (baseline, teacher_k, dualmd, student, others), one column per
+    attack setting, cells "AUC [CI] / TPR@1%FPR". Second table: ASR (calibrated), ASR (oracle),
+    TPR@0.1%FPR and the member/non-member counts per (target, setting). Then the TPR@FPR rule(s),
+    each distinct sentence once.
+
+    Args:
+        rows: attack rows of results.json (keys as in DESIGN.md; absent fields print as "–").
+    Returns:
+        Markdown text (no trailing newline).
+    """
+    if not rows:
+        return "No attack results."
+    settings = attack_settings(rows)
+    index = _index_rows(rows)
+    targets = sort_targets(str(r.get("target")) for r in rows)
+
+    header = ["Target"] + [_escape(label) for _, _, label in settings]
+    body = [[_escape(t)] + [attack_cell(index.get((t, attack, key))) for attack, key, _ in settings]
+            for t in targets]
+    main = _markdown_table(header, body)
+    caption = "Cells: AUC [95% CI] / TPR@1%FPR."
+
+    asr_header = ["Target", "Attack", "ASR (calibrated)", "ASR (oracle)", "TPR@0.1%FPR",
+                  "n_members", "n_nonmembers"]
+    asr_body = []
+    for t in targets:
+        for attack, key, label in settings:
+            row = index.get((t, attack, key))
+            if row is None:
+                continue
+            asr_body.append([_escape(t), _escape(label), _fmt(row.get("asr_calibrated"), 3),
+                             _fmt(row.get("asr_oracle"), 3), _fmt(row.get("tpr_at_0.1pct_fpr"), 3),
+                             _fmt_count(row.get("n_members")), _fmt_count(row.get("n_nonmembers"))])
+    asr = _markdown_table(asr_header, asr_body)
+
+    rules = list(dict.fromkeys(str(r["tpr_rule"]) for r in rows if r.get("tpr_rule")))
+    if len(rules) == 1:
+        footnote = f"*TPR@FPR rule:* {rules[0]}"
+    elif rules:
+        footnote = "*TPR@FPR rules:*\n" + "\n".join(f"- {rule}" for rule in rules)
+    else:
+        footnote = f"*TPR@FPR rule:* {MISSING}"
+    return "\n\n".join([main, caption, asr, footnote])
+
+
+def _fmt_quality(value: Any) -> str:
+    """FID-sized numbers with 2 decimals, small scores (IS, rates) with 3."""
+    if value is None:
+        return MISSING
+    if _is_number(value):
+        v = float(value)
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.2f}" if abs(v) >= 100 else f"{v:.3f}"
+    return _escape(str(value))
+
+
+def quality_table_markdown(quality: list[dict]) -> str:
+    """Markdown table of utility metrics: targets as rows (report order), metrics as columns.
+
+    Args:
+        quality: rows {"target", "metric", "value"}; the first value wins if a pair repeats.
+    """
+    if not quality:
+        return "No quality results."
+    metrics = list(dict.fromkeys(str(q.get("metric")) for q in quality))
+    values: dict[tuple[str, str], Any] = {}
+    for q in quality:
+        values.setdefault((str(q.get("target")), str(q.get("metric"))), q.get("value"))
+    targets = sort_targets(str(q.get("target")) for q in quality)
+    body = [[_escape(t)] + [_fmt_quality(values.get((t, m))) if (t, m) in values else MISSING
+                            for m in metrics] for t in targets]
+    return _markdown_table(["Target"] + [_escape(m) for m in metrics], body)
+
+
+def _fmt_duration(seconds: float) -> str:
+    """E.g. 3723.4 -> "1h 02m 03s"; sub-minute values keep one decimal."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def timings_table_markdown(timings: dict[str, float]) -> str:
+    """Markdown table of wall-clock seconds per stage (insertion order) plus a total row."""
+    if not timings:
+        return "No timings recorded."
+    body = []
+    total = 0.0
+    for stage, seconds in timings.items():
+        if _is_number(seconds):
+            total += float(seconds)
+            body.append([_escape(str(stage)), f"{float(seconds):.1f}", _fmt_duration(float(seconds))])
+        else:
+            body.append([_escape(str(stage)), _fmt(seconds, 1), MISSING])
+    body.append(["**total**", f"**{total:.1f}**", f"**{_fmt_duration(total)}**"])
+    return _markdown_table(["Stage", "Seconds", "Duration"], body)

@@ -1,0 +1,213 @@
+"""Writes the report directory: results.json, report.md, ROC plots and sample grids.
+
+The writer works on a LOCAL directory; uploading it to the storage root or MLflow is the caller's
+job. Every file is first written under a hidden temporary name in the same directory and then
+renamed into place, so a reader never sees a half-written file. Figures are written before
+results.json and report.md, so that when report.md appears every image it links exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from raydefense.report.plots import plot_roc, save_image_grid
+from raydefense.report.tables import (
+    params_key,
+    attack_table_markdown,
+    quality_table_markdown,
+    sort_targets,
+    timings_table_markdown,
+)
+
+REQUIRED_KEYS: tuple[str, ...] = ("experiment", "config_fingerprint", "versions", "timings",
+                                  "attacks", "quality")
+REQUIRED_ATTACK_KEYS: tuple[str, ...] = ("target", "attack", "params", "auc", "tpr_at_1pct_fpr",
+                                         "tpr_rule", "n_members", "n_nonmembers")
+REQUIRED_QUALITY_KEYS: tuple[str, ...] = ("target", "metric", "value")
+
+HOW_TO_READ = (
+    "**How to read.** Each attack scores every evaluation image; higher means \"more likely a "
+    "training member\". AUC is threshold-free: 0.5 is chance and 1.0 is a perfect attack, so for "
+    "a defense, closer to 0.5 is better. TPR@1%FPR is the fraction of members the attack finds "
+    "while wrongly flagging at most 1% of non-members; lower TPR@1%FPR means better privacy. "
+    "ASR (calibrated) uses a threshold chosen on the calibration split and is reported on the "
+    "disjoint test split; ASR (oracle) picks the best threshold on the reported data itself and "
+    "is an optimistic upper bound for the attacker. Bracketed ranges are 95% confidence intervals."
+)
+
+
+def validate_results(results: Mapping[str, Any]) -> None:
+    """Checks the results.json contract (DESIGN.md) before anything is written.
+
+    Raises:
+        ValueError: naming the first missing key (and which row lacks it), a non-list
+            attacks/quality section, or a repeated (target, attack, params) row.
+    """
+    if not isinstance(results, Mapping):
+        raise ValueError(f"results must be a dict, got {type(results).__name__}")
+    for key in REQUIRED_KEYS:
+        if key not in results:
+            raise ValueError(f"results is missing required key {key!r}")
+    if not isinstance(results["timings"], Mapping):
+        raise ValueError("results['timings'] must be a dict {stage: seconds}")
+    for section, required in (("attacks", REQUIRED_ATTACK_KEYS),
+                              ("quality", REQUIRED_QUALITY_KEYS)):
+        rows = results[section]
+        if not isinstance(rows, (list, tuple)):
+            raise ValueError(f"results[{section!r}] must be a list of rows, "
+                             f"got {type(rows).__name__}")
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise ValueError(f"results[{section!r}][{i}] must be a dict, "
+                                 f"got {type(row).__name__}")
+            for key in required:
+                if key not in row:
+                    ident = ", ".join(f"{k}={row[k]!r}" for k in ("target", "attack", "metric")
+                                      if k in row)
+                    raise ValueError(f"results[{section!r}][{i}] ({ident}) is missing "
+                                     f"required key {key!r}")
+    seen: set[tuple[str, str, str]] = set()
+    for i, row in enumerate(results["attacks"]):
+        ident = (str(row["target"]), str(row["attack"]), params_key(row["params"]))
+        if ident in seen:
+            # The contract is one row per (target, attack setting); a repeat is an upstream bug.
+            raise ValueError(f"results['attacks'][{i}] repeats target={row['target']!r}, "
+                             f"attack={row['attack']!r} with the same params")
+        seen.add(ident)
+
+
+def safe_filename(label: str) -> str:
+    """A filename-safe form of a label: [A-Za-z0-9._-] only, never empty or hidden."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(label)).strip("._")
+    return safe or "unnamed"
+
+
+def _unique_names(labels: list[str], prefix: str) -> dict[str, str]:
+    """label -> f"{prefix}{safe}.png", suffixing _2, _3, ... when two labels collide."""
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for label in labels:
+        base = f"{prefix}{safe_filename(label)}"
+        name, k = f"{base}.png", 2
+        while name.lower() in used:  # case-insensitive: some file systems fold case
+            name, k = f"{base}_{k}.png", k + 1
+        used.add(name.lower())
+        names[label] = name
+    return names
+
+
+def _atomic_write(out_dir: str, name: str, write: Callable[[str], None]) -> str:
+    """Calls write(tmp_path) for a temp file in out_dir, then renames it to out_dir/name."""
+    final = os.path.join(out_dir, name)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the report is meant to be shared
+        os.replace(tmp, final)  # atomic on POSIX within one directory
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return final
+
+
+def _json_default(value: Any) -> Any:
+    """NumPy scalars and arrays become their Python equivalents (values unchanged)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"results contains a {type(value).__name__}, which JSON cannot encode")
+
+
+def _write_text(text: str) -> Callable[[str], None]:
+    def write(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return write
+
+
+def _meta_lines(results: Mapping[str, Any]) -> list[str]:
+    lines = [f"- Config fingerprint: `{results['config_fingerprint']}`"]
+    versions = results["versions"]
+    if isinstance(versions, Mapping) and versions:
+        lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    elif versions:
+        lines.append(f"- Versions: {versions}")
+    return lines
+
+
+def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, str],
+                           sample_files: Mapping[str, str]) -> str:
+    """The text of report.md.
+
+    Args:
+        results: a validated results dict.
+        roc_files: attack label -> ROC PNG file name (relative to the report directory).
+        sample_files: target -> sample-grid PNG file name.
+    """
+    parts = [f"# Membership-inference report: {results['experiment']}", "",
+             *_meta_lines(results), "", HOW_TO_READ, "",
+             "## Attacks", "", attack_table_markdown(list(results["attacks"])), "",
+             "## Quality", "", quality_table_markdown(list(results["quality"])), "",
+             "## Timings", "", timings_table_markdown(dict(results["timings"])), ""]
+    if roc_files:
+        parts += ["## ROC curves", ""]
+        for label, name in roc_files.items():
+            parts += [f"### {label}", "", f"![roc]({name})", ""]
+    if sample_files:
+        parts += ["## Samples", ""]
+        for target, name in sample_files.items():
+            parts += [f"### {target}", "", f"![samples]({name})", ""]
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str, results: dict,
+                 roc_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+                 sample_grids: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Writes the report files into the local directory `out_dir` (created if needed).
+
+    Args:
+        out_dir: local directory.
+        results: the results.json dict (DESIGN.md, "Contracts users rely on"); validated first and
+            written as given (NumPy scalars/arrays converted to plain JSON values).
+        roc_curves: roc_curves[attack_label][target] = (fpr, tpr), 1-D arrays in [0, 1]; one
+            roc_<attack_label>.png per attack label (label made filename-safe).
+        sample_grids: target -> images [N, C, H, W] float in [-1, 1]; one samples_<target>.png each.
+    Returns:
+        Paths of the written files, in write order (figures, results.json, report.md).
+    Raises:
+        ValueError: the results dict breaks the contract (message names the missing key).
+    """
+    validate_results(results)
+    # Serialize before touching the disk, so an unencodable value leaves no partial report.
+    results_text = json.dumps(results, indent=2, default=_json_default) + "\n"
+    os.makedirs(out_dir, exist_ok=True)
+    written: list[str] = []
+
+    roc_curves = roc_curves or {}
+    roc_files = _unique_names(list(roc_curves), "roc_")
+    for label, name in roc_files.items():
+        curves = roc_curves[label]
+        written.append(_atomic_write(
+            out_dir, name, lambda p, c=curves, t=label: plot_roc(c, f"ROC: {t}", p)))
+
+    sample_grids = sample_grids or {}
+    ordered_targets = sort_targets(list(sample_grids))
+    sample_files = _unique_names(ordered_targets, "samples_")
+    for target, name in sample_files.items():
+        images = sample_grids[target]
+        written.append(_atomic_write(out_dir, name, lambda p, x=images: save_image_grid(x, p)))
+
+    written.append(_atomic_write(out_dir, "results.json", _write_text(results_text)))
+    report = render_report_markdown(results, roc_files, sample_files)
+    written.append(_atomic_write(out_dir, "report.md", _write_text(report)))
+    return written

@@ -1,0 +1,43 @@
+"""The tracker protocol and its null implementation."""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+
+class Tracker(Protocol):
+    """Explicit run ids everywhere (no thread-local 'active run'), so threads and Ray workers can
+    log to the run the driver created."""
+
+    def start_run(self, name: str, parent_id: Optional[str] = None,
+                  params: Optional[dict[str, str]] = None,
+                  tags: Optional[dict[str, str]] = None) -> Optional[str]: ...
+
+    def log_metrics(self, run_id: Optional[str], metrics: dict[str, float],
+                    step: Optional[int] = None) -> None: ...
+
+    def log_artifact(self, run_id: Optional[str], local_path: str,
+                     artifact_path: Optional[str] = None) -> None: ...
+
+    def set_tags(self, run_id: Optional[str], tags: dict[str, str]) -> None: ...
+
+    def end_run(self, run_id: Optional[str], status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Logs nothing (tracking.enabled = false, tests)."""
+
+    def start_run(self, name, parent_id=None, params=None, tags=None):
+        return None
+
+    def log_metrics(self, run_id, metrics, step=None):
+        pass
+
+    def log_artifact(self, run_id, local_path, artifact_path=None):
+        pass
+
+    def set_tags(self, run_id, tags):
+        pass
+
+    def end_run(self, run_id, status="FINISHED"):
+        pass

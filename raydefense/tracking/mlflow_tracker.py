@@ -1,0 +1,84 @@
+"""MLflow implementation of the tracker, through MlflowClient with explicit run ids."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+from raydefense.errors import ConfigError
+
+
+def _resolve_uri(uri: str) -> str:
+    """Make relative sqlite paths absolute, so Ray workers in other cwds hit the same DB."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
+class MlflowTracker:
+    """One experiment (named after the config's experiment); runs nested by mlflow.parentRunId."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = _resolve_uri(uri)
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=self.uri)
+        # Creating/migrating a fresh SQLite DB happens here, once, on the driver: concurrent
+        # first use from several processes races in the schema migration.
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (exp.experiment_id if exp is not None
+                                  else self.client.create_experiment(experiment))
+        except Exception as e:  # MLflow raises several types for a bad URI
+            raise ConfigError(f"tracking.uri {uri!r} is not usable: {str(e).splitlines()[0]}"
+                              ) from None
+
+    def start_run(self, name, parent_id=None, params=None, tags=None):
+        all_tags = dict(tags or {})
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        if params:
+            from mlflow.entities import Param
+
+            items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return run.info.run_id
+
+    def log_metrics(self, run_id, metrics, step=None):
+        if run_id is None or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step or 0)
+                                               for k, v in metrics.items()])
+
+    def log_artifact(self, run_id, local_path, artifact_path=None):
+        if run_id is None:
+            return
+        if os.path.isdir(local_path):
+            self.client.log_artifacts(run_id, local_path, artifact_path)
+        else:
+            self.client.log_artifact(run_id, local_path, artifact_path)
+
+    def set_tags(self, run_id, tags):
+        if run_id is None:
+            return
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def end_run(self, run_id, status="FINISHED"):
+        if run_id is not None:
+            self.client.set_terminated(run_id, status)
+
+
+def make_tracker(uri: str, experiment: str, enabled: bool = True):
+    """The configured tracker (NullTracker when tracking is disabled)."""
+    from raydefense.tracking.base import NullTracker
+
+    return MlflowTracker(uri, experiment) if enabled else NullTracker()

@@ -1,0 +1,130 @@
+"""End to end: `raydefense run --preset smoke` as a user runs it (real local Ray, SQLite MLflow,
+Parquet under ./runs), then a cached rerun, then bad input through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+TARGETS = {"baseline", "teacher_1", "teacher_2", "student"}
+ROW_KEYS = {"target", "attack", "params", "auc", "auc_ci", "tpr_at_1pct_fpr",
+            "tpr_at_1pct_fpr_ci", "tpr_at_0.1pct_fpr", "asr_calibrated", "asr_oracle",
+            "tpr_rule", "n_members", "n_nonmembers"}
+
+
+def cli(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "raydefense.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("smoke")
+    t0 = time.perf_counter()
+    first = cli(cwd, "run", "--preset", "smoke")
+    first_s = time.perf_counter() - t0
+    assert first.returncode == 0, first.stderr[-3000:]
+    return cwd, first, first_s
+
+
+def test_results_json_follows_the_contract(smoke_run):
+    cwd, _, _ = smoke_run
+    report = cwd / "runs" / "smoke" / "report"
+    results = json.loads((report / "results.json").read_text())
+    assert results["experiment"] == "smoke" and len(results["config_fingerprint"]) == 64
+    assert {"torch", "ray", "mlflow", "diffusers"} <= set(results["versions"])
+    assert {"prepare", "train", "distill", "evaluate"} <= set(results["timings"])
+    rows = results["attacks"]
+    assert {(r["target"], r["attack"]) for r in rows} == {
+        (t, a) for t in TARGETS for a in ("loss", "secmi_stat")}
+    for r in rows:
+        assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
+        assert 0.0 <= r["auc"] <= 1.0 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
+        expect = 16 if r["target"].startswith("teacher") else 32
+        assert (r["n_members"], r["n_nonmembers"]) == (expect, 32)
+    quality = {(q["target"], q["metric"]) for q in results["quality"]}
+    assert ("student", "heldout_eps_mse") in quality
+    md = (report / "report.md").read_text()
+    assert "baseline" in md and "student" in md
+    for f in ("roc_loss.png", "roc_secmi_stat.png", "samples_baseline.png",
+              "samples_dualmd.png", "samples_student.png"):
+        assert (report / f).stat().st_size > 0, f
+    # the membership matrix and Parquet tables are where DESIGN.md says
+    import pyarrow.parquet as pq
+
+    membership = pq.read_table(cwd / "runs" / "smoke" / "prepare" / "membership.parquet")
+    assert membership.column_names == ["row_id", "baseline", "teacher_1", "teacher_2"]
+    from diffusers import UNet2DModel
+
+    UNet2DModel.from_pretrained(cwd / "runs" / "smoke" / "models" / "student" / "ema")
+
+
+def test_mlflow_run_tree(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    cwd, _, _ = smoke_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.info.run_name == "pipeline/run"]
+    assert len(parents) >= 1
+    parent = parents[-1]  # the first invocation
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"train/baseline", "train/teacher_1", "train/teacher_2", "distill/soft_targets",
+            "train/student"} <= set(children)
+    assert parent.data.params["train.steps"] == "300"
+    assert parent.data.tags.get("version.ray")
+    assert "student.loss.auc" in parent.data.metrics
+    history = client.get_metric_history(children["train/baseline"].info.run_id, "loss")
+    assert len(history) >= 3 and history[-1].step == 300
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"prepare", "report"} <= artifacts
+
+
+def test_second_run_trains_nothing_and_is_fast(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    cwd, _, _ = smoke_run
+    t0 = time.perf_counter()
+    second = cli(cwd, "run", "--preset", "smoke")
+    elapsed = time.perf_counter() - t0
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert elapsed < 60, elapsed
+    for stage in ("prepare", "train", "distill", "evaluate"):
+        assert f"{stage}: complete" in second.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    trains = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+              if r.info.run_name.startswith("train/")]
+    assert len(trains) == 4  # from the first run only
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "train.stepz=3"], "train.stepz"),
+    (["--set", "data.split_file=/nonexistent/split.npz"], "does not exist"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--set", "attacks.enabled=[loss, nope]"], "secmi_stat"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, needle):
+    out = cli(tmp_path, "run", *args, timeout=120)
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], out.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_impossible_resources_fail_fast(tmp_path):
+    out = cli(tmp_path, "train", "--preset", "smoke", "--set", "resources.workers_per_model=64",
+              "--set", "tracking.enabled=false", timeout=300)
+    assert out.returncode == 2
+    assert "workers_per_model=64" in out.stderr.strip().splitlines()[-1]

@@ -1,0 +1,97 @@
+"""Split plan: disjointness (index and content), coverage, determinism, duplicates, split files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_SPLITS
+from raydefense.config import DataConfig
+from raydefense.data.plan import MEMBER, NONMEMBER, TEST, make_plan, plan_from_tables
+from raydefense.data.sources import DATASETS, ImagePool
+from raydefense.errors import DataError, SplitOverlapError
+
+
+def unique_pool(n: int, shape=(1, 2, 2), seed: int = 0) -> ImagePool:
+    """n distinct uint8 images (the row index is written into the pixels)."""
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    flat = imgs.reshape(n, -1)
+    flat[:, 0] = np.arange(n) % 256
+    flat[:, 1] = (np.arange(n) // 256) % 256
+    flat[:, 2] = (np.arange(n) // 65536) % 256
+    return ImagePool(images=imgs, labels=np.zeros(n, np.int64), name="fake")
+
+
+def test_digits_plan_is_disjoint_covering_and_deterministic():
+    pool = DATASETS.get("digits")(DataConfig())
+    assert pool.images.shape == (1797, 1, 8, 8)
+    cfg = DataConfig(num_members=200, num_nonmembers=150, num_shards=2)
+    a, b = make_plan(pool, cfg, seed=3), make_plan(pool, cfg, seed=3)
+    assert np.array_equal(a.row_id, b.row_id) and np.array_equal(a.shard, b.shard)
+    c = make_plan(pool, cfg, seed=4)
+    assert not np.array_equal(a.row_id, c.row_id)
+    members = a.split == MEMBER
+    assert members.sum() == 200 and (~members).sum() == 150
+    assert set(a.row_id[members]).isdisjoint(a.row_id[~members])
+    t1, t2 = a.membership[1], a.membership[2]
+    assert not (t1 & t2).any() and np.array_equal(t1 | t2, members)
+    assert abs(int(t1.sum()) - int(t2.sum())) <= 1
+    assert np.array_equal(a.membership[0], members)
+    # calibration/test parts are stratified: every shard and the non-members have both parts
+    for grp in (t1, t2, ~members):
+        parts = set(a.part[grp])
+        assert parts == {"calibration", TEST}
+
+
+def test_default_split_is_equal_halves():
+    plan = make_plan(unique_pool(101), DataConfig(), seed=0)
+    s = plan.summary()
+    assert s["num_members"] == 50 and s["num_nonmembers"] == 51
+
+
+def test_duplicates_across_splits_are_refused_or_dropped():
+    pool = unique_pool(40)
+    pool.images[5] = pool.images[6]  # an exact duplicate somewhere in the pool
+    pool.images[7] = pool.images[6]
+    with pytest.raises(SplitOverlapError, match="on_duplicate=drop"):
+        for seed in range(20):  # some seed puts the copies in different groups
+            make_plan(pool, DataConfig(), seed=seed)
+    for seed in range(5):
+        plan = make_plan(pool, DataConfig(on_duplicate="drop"), seed=seed)
+        assert len(set(plan.hash)) == len(plan.hash)
+        assert plan.duplicates_dropped >= 1
+
+
+def test_too_many_members_is_a_clear_error():
+    with pytest.raises(DataError, match="data.num_members"):
+        make_plan(unique_pool(20), DataConfig(num_members=50), seed=0)
+
+
+def test_round_trip_through_tables_revalidates():
+    plan = make_plan(unique_pool(30), DataConfig(), seed=1)
+    back = plan_from_tables(plan.to_table(), plan.membership_table(), list(plan.images.shape[1:]))
+    assert np.array_equal(back.images, plan.images) and back.models == plan.models
+    tampered = plan.membership_table().to_pydict()
+    first_member = int(np.flatnonzero(plan.membership[1])[0])
+    tampered["teacher_2"][first_member] = True  # a row now in two shards
+    import pyarrow as pa
+
+    with pytest.raises(SplitOverlapError):
+        plan_from_tables(plan.to_table(), pa.table(tampered), list(plan.images.shape[1:]))
+
+
+@pytest.mark.skipif(not (SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz").exists(),
+                    reason="shared/mia_splits is not beside the checkout")
+def test_secmi_split_file_drives_membership():
+    path = SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz"
+    with np.load(path) as z:
+        members_all, nonmembers_all = set(z["mia_train_idxs"]), set(z["mia_eval_idxs"])
+    pool = unique_pool(50_000)
+    cfg = DataConfig(split_file=str(path), num_members=64, num_nonmembers=64)
+    plan = make_plan(pool, cfg, seed=0)
+    assert set(plan.row_id[plan.split == MEMBER]) <= members_all
+    assert set(plan.row_id[plan.split == NONMEMBER]) <= nonmembers_all
+    assert np.array_equal(make_plan(pool, cfg, seed=0).row_id, plan.row_id)
+    with pytest.raises(DataError, match="only 100 images"):
+        make_plan(unique_pool(100), DataConfig(split_file=str(path)), seed=0)

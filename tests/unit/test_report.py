@@ -1,0 +1,188 @@
+"""Unit tests for raydefense.report: tables, plots and the report writer (no Ray, no torch)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raydefense.report import write_report
+from raydefense.report.plots import grid_layout
+from raydefense.report.tables import (
+    attack_table_markdown,
+    quality_table_markdown,
+    sort_targets,
+    timings_table_markdown,
+)
+
+RULE = "TPR@α = max TPR over ROC points with FPR ≤ α (test split)"
+TARGETS = ["student", "teacher_2", "baseline", "teacher_1"]  # deliberately out of report order
+
+
+def _row(target: str, attack: str, params: dict, auc: float, tpr: float,
+         ci: list[float] | None = None, **extra: object) -> dict:
+    row = {"target": target, "attack": attack, "params": params, "auc": auc,
+           "tpr_at_1pct_fpr": tpr, "tpr_rule": RULE, "n_members": 500, "n_nonmembers": 500}
+    if ci is not None:
+        row["auc_ci"] = ci
+        row["tpr_at_1pct_fpr_ci"] = [max(0.0, tpr - 0.05), min(1.0, tpr + 0.05)]
+    row.update(extra)
+    return row
+
+
+def _results() -> dict:
+    """Two attacks x four targets; CIs and ASR on some rows only (absent fields stay absent)."""
+    secmi = {"k": 10, "t_sec": 100}
+    pia = {"t": 200, "pia_n": False}
+    attacks = [
+        _row("baseline", "secmi", secmi, 0.99, 0.71, [0.97, 1.0], asr_calibrated=0.951,
+             asr_oracle=0.962, **{"tpr_at_0.1pct_fpr": 0.402}),
+        _row("baseline", "pia", pia, 0.934, 0.352, [0.902, 0.951]),
+        _row("teacher_2", "secmi", secmi, 0.612, 0.031),
+        _row("teacher_2", "pia", pia, 0.55, 0.02, [0.51, 0.59]),
+        _row("student", "secmi", secmi, 0.511, 0.012, [0.48, 0.54], asr_calibrated=0.503),
+        _row("student", "pia", pia, 0.503, 0.009),
+        _row("teacher_1", "secmi", secmi, 0.603, 0.028),
+        _row("teacher_1", "pia", pia, 0.547, 0.019, [0.5, 0.6]),
+    ]
+    quality = [{"target": t, "metric": m, "value": v}
+               for t, base in zip(TARGETS, (31.2, 40.5, 28.9, 41.0))
+               for m, v in (("fid", base), ("is", 7.5))]
+    return {"experiment": "digits-unit", "config_fingerprint": "3f2a9c0d",
+            "versions": {"raydefense": "0.1.0", "numpy": np.__version__},
+            "timings": {"prepare": 1.25, "train": 3723.4, "report": 0.5},
+            "attacks": attacks, "quality": quality}
+
+
+def _roc(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    fpr = np.concatenate([[0.0], np.sort(rng.uniform(size=40)), [1.0]])
+    tpr = np.maximum(fpr, np.sort(rng.uniform(size=42)))
+    tpr[0], tpr[-1] = 0.0, 1.0
+    return fpr, tpr
+
+
+@pytest.fixture
+def written(tmp_path):
+    rng = np.random.default_rng(0)
+    results = _results()
+    roc = {label: {t: _roc(rng) for t in TARGETS} for label in ("secmi", "pia k=2/x")}
+    grids = {t: rng.uniform(-1.0, 1.0, size=(16, 1, 8, 8)).astype(np.float32)
+             for t in ("baseline", "student")}
+    paths = write_report(str(tmp_path), results, roc, grids)
+    return tmp_path, results, paths
+
+
+def test_all_files_written_atomically(written):
+    out, _, paths = written
+    names = {"results.json", "report.md", "roc_secmi.png", "roc_pia_k_2_x.png",
+             "samples_baseline.png", "samples_student.png"}
+    assert {os.path.basename(p) for p in paths} == names
+    assert all(os.path.isfile(p) and os.path.dirname(p) == str(out) for p in paths)
+    assert set(os.listdir(out)) == names  # no temporary files left behind
+    assert os.path.basename(paths[-1]) == "report.md"  # written last: its links already resolve
+
+
+def test_results_json_round_trips(written):
+    out, results, _ = written
+    with open(out / "results.json", encoding="utf-8") as fh:
+        assert json.load(fh) == results
+
+
+def test_report_markdown_tables_and_links(written):
+    out, _, _ = written
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert text.startswith("# ") and "digits-unit" in text
+    assert "AUC 0.5" in text or "0.5 is chance" in text
+    assert "calibration split" in text and "test split" in text
+    assert "| Target | secmi | pia |" in text
+    assert "| baseline | 0.990 [0.970, 1.000] / 0.71 | 0.934 [0.902, 0.951] / 0.35 |" in text
+    assert "| teacher_2 | 0.612 / 0.03 |" in text  # no CI on this row
+    # Report order, whatever the input order.
+    pos = [text.index(f"| {t} |") for t in ("baseline", "teacher_1", "teacher_2", "student")]
+    assert pos == sorted(pos)
+    # ASR table: present values, "–" for absent ones, counts.
+    assert "ASR (calibrated)" in text and "ASR (oracle)" in text
+    assert "| baseline | secmi | 0.951 | 0.962 | 0.402 | 500 | 500 |" in text
+    assert "| student | pia | – | – | – | 500 | 500 |" in text
+    assert text.count(RULE) == 1
+    # Quality and timings.
+    assert "| Target | fid | is |" in text and "| baseline | 28.900 | 7.500 |" in text
+    assert "| train | 3723.4 | 1h 02m 03s |" in text
+    for link in ("![roc](roc_secmi.png)", "![roc](roc_pia_k_2_x.png)",
+                 "![samples](samples_baseline.png)", "![samples](samples_student.png)"):
+        assert link in text
+
+
+def test_pngs_are_valid_images_of_expected_size(written):
+    out, _, _ = written
+    cols, rows, scale, h, w = grid_layout(16, 8, 8)
+    assert (cols, rows, scale) == (4, 4, 4)  # 8x8 digits upscaled to 32 px tiles
+    assert (h, w) == (4 * 32 + 5 * 2, 4 * 32 + 5 * 2)
+    for target in ("baseline", "student"):
+        with Image.open(out / f"samples_{target}.png") as im:
+            im.load()
+            assert im.format == "PNG" and im.mode == "L" and im.size == (w, h)
+    with Image.open(out / "roc_secmi.png") as im:
+        im.load()
+        assert im.format == "PNG" and im.size[0] > 500 and im.size[1] > 300
+
+
+def test_grid_pixels_follow_value_range(tmp_path):
+    from raydefense.report.plots import image_grid
+
+    images = np.full((2, 3, 4, 4), -1.0, dtype=np.float32)
+    images[1] = 1.0
+    grid = image_grid(images, nrow=2, padding=1)
+    assert grid.shape == (32 + 2, 2 * 32 + 3, 3)
+    assert grid[1, 1].tolist() == [0, 0, 0]  # -1 -> black
+    assert grid[1, 34].tolist() == [255, 255, 255]  # +1 -> white
+
+
+@pytest.mark.parametrize("key", ["experiment", "versions", "attacks", "quality"])
+def test_missing_top_level_key_raises(tmp_path, key):
+    results = _results()
+    del results[key]
+    with pytest.raises(ValueError, match=repr(key)):
+        write_report(str(tmp_path), results)
+    assert os.listdir(tmp_path) == []  # nothing written on a contract violation
+
+
+@pytest.mark.parametrize("key", ["auc", "tpr_rule", "n_nonmembers", "params"])
+def test_missing_attack_key_raises(tmp_path, key):
+    results = copy.deepcopy(_results())
+    del results["attacks"][3][key]
+    with pytest.raises(ValueError, match=rf"\['attacks'\]\[3\].*{key}"):
+        write_report(str(tmp_path), results)
+
+
+def test_repeated_attack_row_raises(tmp_path):
+    results = _results()
+    results["attacks"].append(dict(results["attacks"][0]))
+    with pytest.raises(ValueError, match="repeats"):
+        write_report(str(tmp_path), results)
+
+
+def test_same_attack_with_several_params_gets_compact_labels():
+    rows = [_row("baseline", "secmi", {"k": 10, "t_sec": 100}, 0.9, 0.5),
+            _row("baseline", "secmi", {"k": 20, "t_sec": 100}, 0.8, 0.4),
+            _row("dualmd", "secmi", {"k": 10, "t_sec": 100}, 0.6, 0.1)]
+    table = attack_table_markdown(rows)
+    assert "| Target | secmi (k=10) | secmi (k=20) |" in table
+    assert "| dualmd | 0.600 / 0.10 | – |" in table
+
+
+def test_target_order_and_other_tables():
+    assert sort_targets(["other", "student", "dualmd", "teacher_10", "teacher_2", "baseline",
+                         "teacher_1"]) == ["baseline", "teacher_1", "teacher_2", "teacher_10",
+                                           "dualmd", "student", "other"]
+    assert quality_table_markdown([]) == "No quality results."
+    assert "| fid | 12.500 |" not in quality_table_markdown(
+        [{"target": "student", "metric": "fid", "value": 12.5}])
+    assert "| student | 12.500 |" in quality_table_markdown(
+        [{"target": "student", "metric": "fid", "value": 12.5}])
+    assert "**total**" in timings_table_markdown({"a": 1.0, "b": 2.0})
+    assert attack_table_markdown([]) == "No attack results."
