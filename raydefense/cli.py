@@ -93,6 +93,7 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     if sha:
         tags["mlflow.source.git.commit"] = sha
     parent = tracker.start_run(f"pipeline/{command}", params=cfg.flat_params(), tags=tags)
+    _log_config(tracker, parent, cfg)
     ctx = RunContext(cfg=cfg, storage=storage, executor=LazyRayExecutor(cfg, tracking_uri),
                      tracker=tracker, parent_run=parent, force=set(force or []))
     status = "FAILED"
@@ -116,6 +117,16 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     if results:
         print(summary(results, storage))
     return results
+
+
+def _log_config(tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
+    import json
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="raydefense-cfg-"), "config.json")
+    with open(path, "w") as f:
+        json.dump(cfg.model_dump(mode="json"), f, indent=2)
+    tracker.log_artifact(run_id, path)
 
 
 def summary(results: dict, storage) -> str:

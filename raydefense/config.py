@@ -150,6 +150,9 @@ class ResourcesConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     concurrent_fits: int = Field(3, ge=1)
+    torch_threads: Optional[int] = Field(
+        None, ge=1, description="threads per worker; None = the node's cores shared among the "
+        "workers running at once (at least cpus_per_worker)")
     label_actors: int = Field(1, ge=1, description="soft-target actor pool size")
     local_num_cpus: Optional[int] = Field(
         None, ge=1, description="logical CPUs of a local Ray cluster; None = 2 x os.cpu_count()"

@@ -245,13 +245,28 @@ def stage_report(ctx: RunContext) -> dict:
                 storage.write_bytes(f"report/{name}", f.read())
         ctx.tracker.log_artifact(ctx.parent_run, tmp, "report")
     storage.write_json("report/timings.json", timings)
-    for r in rows:
-        ctx.tracker.log_metrics(ctx.parent_run, {
-            f"{r['target']}.{r['attack']}.{k}": r[k]
-            for k in ("auc", "tpr_at_1pct_fpr", "asr_calibrated") if k in r})
-    for q in quality:
-        ctx.tracker.log_metrics(ctx.parent_run, {f"{q['target']}.{q['metric']}": q["value"]})
+    _log_evaluations(ctx, rows, quality)
     return results
+
+
+def _log_evaluations(ctx: RunContext, rows: list[dict], quality: list[dict]) -> None:
+    """Metrics on the parent (`<target>.<attack>.auc`, ...) and one child run per evaluated
+    target (`evaluate/<target>`), plus the raw scores as an artifact."""
+    keys = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "asr_calibrated", "asr_oracle")
+    by_target: dict[str, dict[str, float]] = {}
+    for r in rows:
+        for k in keys:
+            if k in r:
+                by_target.setdefault(r["target"], {})[f"{r['attack']}.{k}"] = r[k]
+    for q in quality:
+        by_target.setdefault(q["target"], {})[q["metric"]] = q["value"]
+    for target, metrics in by_target.items():
+        ctx.tracker.log_metrics(ctx.parent_run, {f"{target}.{k}": v for k, v in metrics.items()})
+        child = ctx.tracker.start_run(f"evaluate/{target}", ctx.parent_run,
+                                      tags={"raydefense.target": target})
+        ctx.tracker.log_metrics(child, metrics)
+        ctx.tracker.end_run(child)
+    ctx.tracker.log_artifact(ctx.parent_run, _local_copy(ctx, SCORES), "evaluate")
 
 
 STAGE_FUNCS = {"prepare": stage_prepare, "train": stage_train, "distill": stage_distill,

@@ -7,6 +7,7 @@ rerun with the same config resumes from the last reported checkpoint (Ray Train 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -95,11 +96,21 @@ def _quiet_ray_train_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def worker_threads(cfg: ExperimentConfig, running_workers: int) -> int:
+    """Torch threads of one worker: resources.torch_threads, or this node's cores shared among
+    the workers that run at once (a fit that runs alone gets the whole machine)."""
+    res = cfg.resources
+    if res.torch_threads:
+        return res.torch_threads
+    share = (os.cpu_count() or 1) // max(1, running_workers)
+    return max(1, int(res.cpus_per_worker), share)
+
+
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = ExperimentConfig.model_validate(config["cfg"])
     spec = FitSpec(**config["spec"])
-    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    torch.set_num_threads(worker_threads(cfg, config["running_workers"]))
     _quiet_ray_train_logs()
     storage = Storage(cfg.storage.root, cfg.experiment)
     shape = image_shape(storage)
@@ -118,7 +129,7 @@ def _train_loop(config: dict) -> None:
 
 
 def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
-            tracking_uri: Optional[str]) -> str:
+            tracking_uri: Optional[str], running_fits: int = 1) -> str:
     """Run (or resume) one TorchTrainer and copy its final checkpoint to models/<model>.
 
     Returns the storage-relative model directory.
@@ -127,7 +138,8 @@ def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
     trainer = ray.train.torch.TorchTrainer(
         _train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "spec": spec.__dict__,
-                           "tracking_uri": tracking_uri},
+                           "tracking_uri": tracking_uri,
+                           "running_workers": running_fits * res.workers_per_model},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_model, use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker,
@@ -155,8 +167,9 @@ def fit_many(cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec],
 
     Each fit gets its own placement group; fits that do not fit the cluster wait for resources.
     """
-    with ThreadPoolExecutor(max_workers=max(1, min(cfg.resources.concurrent_fits, len(specs))),
-                            thread_name_prefix="fit") as pool:
-        futures = {s.model: pool.submit(fit_one, cfg, storage, s, tracking_uri) for s in specs}
+    running = max(1, min(cfg.resources.concurrent_fits, len(specs)))
+    with ThreadPoolExecutor(max_workers=running, thread_name_prefix="fit") as pool:
+        futures = {s.model: pool.submit(fit_one, cfg, storage, s, tracking_uri, running)
+                   for s in specs}
         return {m: f.result() for m, f in futures.items()}
 

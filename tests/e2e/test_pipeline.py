@@ -81,14 +81,16 @@ def test_mlflow_run_tree(smoke_run):
     children = {r.info.run_name: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {"train/baseline", "train/teacher_1", "train/teacher_2", "distill/soft_targets",
-            "train/student"} <= set(children)
+            "train/student", "evaluate/baseline", "evaluate/teacher_1", "evaluate/teacher_2",
+            "evaluate/student"} <= set(children)
+    assert "loss.auc" in children["evaluate/student"].data.metrics
     assert parent.data.params["train.steps"] == "300"
     assert parent.data.tags.get("version.ray")
     assert "student.loss.auc" in parent.data.metrics
     history = client.get_metric_history(children["train/baseline"].info.run_id, "loss")
     assert len(history) >= 3 and history[-1].step == 300
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"prepare", "report"} <= artifacts
+    assert {"prepare", "report", "evaluate", "config.json"} <= artifacts
 
 
 def test_second_run_trains_nothing_and_is_fast(smoke_run):

@@ -40,7 +40,7 @@ def test_two_concurrent_two_worker_fits(experiment):
     assert set(dirs) == {"teacher_1", "teacher_2"}
     for model, rel in dirs.items():
         unet = load_unet(storage.path(rel), "ema")
-        assert unet.config.block_out_channels == (16, 32)
+        assert list(unet.config.block_out_channels) == [16, 32]
         state = torch.load(storage.path(f"{rel}/state.pt"), weights_only=False)
         assert state["step"] == 10
         # both workers' runs were recorded by Ray Train under the deterministic run name
