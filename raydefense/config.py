@@ -44,6 +44,8 @@ class ModelConfig(_Section):
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(8, ge=1)
     attention: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1, description="ResNet-block dropout (DDPM's CIFAR "
+                           "model uses 0.1)")
     num_train_timesteps: int = Field(1000, ge=10)
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0, lt=1)

@@ -78,7 +78,9 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     v = raydefense.__version__
     fp: dict[str, str] = {}
     fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"])
-    fp["train"] = _hash("train", v, fp["prepare"], d["model"], d["train"])
+    # How often a fit logs or checkpoints does not change the model it produces.
+    train = {k: x for k, x in d["train"].items() if k not in ("log_every", "checkpoint_every")}
+    fp["train"] = _hash("train", v, fp["prepare"], d["model"], train)
     fp["distill"] = _hash("distill", v, fp["train"], d["distill"])
     fp["evaluate"] = _hash("evaluate", v, fp["distill"], d["attacks"], d["sampling"])
     fp["report"] = _hash("report", v, fp["evaluate"])

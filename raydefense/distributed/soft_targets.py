@@ -3,6 +3,7 @@ holds every teacher (ActorPoolStrategy); output written as Parquet."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 import numpy as np
@@ -25,9 +26,9 @@ class LabellerActor:
     """One actor of the pool: loads all teachers once, then labels batches of member rows."""
 
     def __init__(self, cfg_dict: dict, teachers: list[str], owners: dict[int, list[str]],
-                 draws: int, image_shape: list[int], threads: int) -> None:
-        torch.set_num_threads(threads)
+                 draws: int, image_shape: list[int], threads: int | None = None) -> None:
         cfg = ExperimentConfig.model_validate(cfg_dict)
+        torch.set_num_threads(threads or label_threads(cfg))
         storage = Storage(cfg.storage.root, cfg.experiment)
         cache = tempfile.mkdtemp(prefix="raydefense-teachers-")
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,6 +49,15 @@ class LabellerActor:
         return out
 
 
+def label_threads(cfg: ExperimentConfig) -> int:
+    """Torch threads per labelling actor (evaluated on the actor's node): resources.torch_threads,
+    or the node's cores shared among the pool's actors (the labelling stage runs alone)."""
+    res = cfg.resources
+    if res.torch_threads:
+        return res.torch_threads
+    return max(1, int(res.cpus_per_worker), (os.cpu_count() or 1) // res.label_actors)
+
+
 def label_soft_targets(cfg: ExperimentConfig, storage: Storage, teachers: list[str],
                        owners: dict[int, list[str]], draws: int, image_shape: list[int]) -> int:
     """Write soft targets for every member row to distill/soft_targets/; returns the row count."""
@@ -58,8 +68,7 @@ def label_soft_targets(cfg: ExperimentConfig, storage: Storage, teachers: list[s
     labelled = ds.map_batches(
         LabellerActor,
         fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json"), "teachers": teachers,
-                               "owners": owners, "draws": draws, "image_shape": image_shape,
-                               "threads": max(1, int(cfg.resources.cpus_per_worker))},
+                               "owners": owners, "draws": draws, "image_shape": image_shape},
         batch_size=rows_per_batch, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.label_actors),
         num_cpus=cfg.resources.cpus_per_worker, num_gpus=cfg.resources.gpus_per_worker,

@@ -84,11 +84,11 @@ def test_mlflow_run_tree(smoke_run):
             "train/student", "evaluate/baseline", "evaluate/teacher_1", "evaluate/teacher_2",
             "evaluate/student"} <= set(children)
     assert "loss.auc" in children["evaluate/student"].data.metrics
-    assert parent.data.params["train.steps"] == "300"
+    assert parent.data.params["train.steps"] == "200"
     assert parent.data.tags.get("version.ray")
     assert "student.loss.auc" in parent.data.metrics
     history = client.get_metric_history(children["train/baseline"].info.run_id, "loss")
-    assert len(history) >= 3 and history[-1].step == 300
+    assert len(history) >= 3 and history[-1].step == 200
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"prepare", "report", "evaluate", "config.json"} <= artifacts
 
@@ -130,3 +130,16 @@ def test_impossible_resources_fail_fast(tmp_path):
               "--set", "tracking.enabled=false", timeout=300)
     assert out.returncode == 2
     assert "workers_per_model=64" in out.stderr.strip().splitlines()[-1]
+
+
+def test_ray_job_entrypoint_runs_a_stage(tmp_path):
+    """jobs/pipeline.py (what `ray job submit` runs) is the same CLI; `prepare` needs no cluster."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    script = Path(__file__).resolve().parents[2] / "jobs" / "pipeline.py"
+    out = subprocess.run([sys.executable, str(script), "--stage", "prepare", "--preset", "smoke",
+                          "--set", "tracking.enabled=false"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads((tmp_path / "runs" / "smoke" / "prepare" / "plan.json").read_text())
+    assert plan["num_members"] == 64 and plan["shard_sizes"] == [32, 32]
+    assert (tmp_path / "runs" / "smoke" / "prepare" / "_COMPLETE.json").exists()
