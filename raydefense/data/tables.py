@@ -75,6 +75,7 @@ def read_soft_targets(storage: Storage, shape: tuple[int, int, int]) -> SoftTarg
         raw = b"".join(table.column(col).to_pylist())
         return torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(-1, *shape).copy())
 
-    return SoftTargetData(x_t=floats("x_t"), t=torch.from_numpy(table.column("t").to_numpy()),
-                          target=floats("target"),
-                          group=torch.from_numpy(table.column("shard").to_numpy().astype(np.int64)))
+    return SoftTargetData(
+        x_t=floats("x_t"), t=torch.from_numpy(table.column("t").to_numpy().astype(np.int64)),
+        target=floats("target"),
+        group=torch.from_numpy(table.column("shard").to_numpy().astype(np.int64)))

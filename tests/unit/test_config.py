@@ -67,6 +67,6 @@ def test_flat_params_and_fingerprint_are_stable():
     a, b = load_config("smoke"), load_config("smoke")
     assert a.fingerprint() == b.fingerprint()
     flat = a.flat_params()
-    assert flat["train.steps"] == "200" and flat["data.source"] == "digits"
+    assert flat["train.steps"] == "100" and flat["data.source"] == "digits"
     assert load_config("smoke", overrides=["seed=1"]).fingerprint() != a.fingerprint()
     assert isinstance(ExperimentConfig.model_validate(a.model_dump()), ExperimentConfig)
