@@ -15,7 +15,6 @@ STREAM_SOFT_TARGET = 2
 STREAM_QUALITY = 3
 STREAM_SPLIT = 4
 STREAM_TRAIN = 5
-STREAM_SAMPLING = 6
 
 
 def derive_seed(*parts: int) -> int:
@@ -39,10 +38,3 @@ def per_row_normal(shape_per_row: tuple[int, ...], row_ids: torch.Tensor | list[
         out[i] = torch.randn(shape_per_row, generator=row_generator(seed, r, *stream))
     return out
 
-
-def per_row_randint(high: int, row_ids: torch.Tensor | list[int], seed: int, *stream: int
-                    ) -> torch.Tensor:
-    """[B] int64 uniform in [0, high), row i from its own generator."""
-    ids = row_ids.tolist() if isinstance(row_ids, torch.Tensor) else list(row_ids)
-    return torch.tensor([int(np.random.default_rng(derive_seed(seed, r, *stream, 7)).integers(high))
-                         for r in ids], dtype=torch.long)

@@ -3,5 +3,5 @@
 Importing this package registers every built-in attack.
 """
 
-from raydefense.attacks.base import ATTACKS, Attack, AttackSetting  # noqa: F401
+from raydefense.attacks.base import ATTACKS, Attack  # noqa: F401
 from raydefense.attacks import loss, secmi  # noqa: F401  (registration side effects)

@@ -6,7 +6,6 @@ member**, through an EpsModel only. Attacks never touch Ray, MLflow or the file 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -14,7 +13,6 @@ import torch
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
 from raydefense.registry import Registry
-from raydefense.seeding import per_row_normal, row_generator  # noqa: F401  (re-exported)
 
 
 class Attack(Protocol):
@@ -37,14 +35,6 @@ class Attack(Protocol):
             [B] float32, higher = member.
         """
         ...
-
-
-@dataclass(frozen=True)
-class AttackSetting:
-    """One (attack, params) combination, as a row key of results.json."""
-
-    attack: str
-    params: dict[str, Any]
 
 
 ATTACKS: Registry[type] = Registry("attack")
