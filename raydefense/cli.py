@@ -73,8 +73,8 @@ def git_sha() -> Optional[str]:
 def execute(command: str, preset: Optional[str] = None, config: Optional[str] = None,
             overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> Optional[dict]:
     """Run one CLI command in-process (also the entry of jobs/pipeline.py). Returns results."""
-    from raydefense.pipeline import (STAGES, RunContext, absolutize, run_pipeline,
-                                     validate_config, versions)
+    from raydefense.pipeline import (STAGES, RunContext, absolutize, is_complete, run_pipeline,
+                                     stage_fingerprints, stage_report, validate_config, versions)
     from raydefense.storage import Storage
     from raydefense.tracking.mlflow_tracker import make_tracker
 
@@ -99,15 +99,11 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     status = "FAILED"
     try:
         if command == "report":
-            from raydefense.pipeline import is_complete, stage_fingerprints
-
             ctx.fingerprints = stage_fingerprints(cfg)
             if not is_complete(storage, "evaluate/_COMPLETE.json", ctx.fingerprints["evaluate"]):
                 raise RaydefenseError("no complete evaluation for this config under "
                                       f"{storage.uri()}; run `raydefense attack` (or run) first")
             ctx.skipped = STAGES[:-1]
-            from raydefense.pipeline import stage_report
-
             results = stage_report(ctx)
         else:
             results = run_pipeline(ctx, until=COMMANDS[command])

@@ -10,6 +10,7 @@ Ray Train checkpoint). Work that needs a cluster goes through an `Executor` (Ray
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -228,7 +229,7 @@ def stage_report(ctx: RunContext) -> dict:
     grids = {}
     for f in storage.listdir("evaluate/samples"):
         if f.endswith(".npy"):
-            grids[f[:-4]] = np.load(_bytes_io(storage.read_bytes(f"evaluate/samples/{f}")))
+            grids[f[:-4]] = np.load(io.BytesIO(storage.read_bytes(f"evaluate/samples/{f}")))
     timings = dict(storage.read_json("report/timings.json")) if storage.exists(
         "report/timings.json") else {}
     timings.update(ctx.timings)
@@ -320,17 +321,9 @@ def versions() -> dict[str, str]:
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, arr)
     return buf.getvalue()
-
-
-def _bytes_io(data: bytes):
-    import io
-
-    return io.BytesIO(data)
 
 
 def _local_copy(ctx: RunContext, rel: str) -> str:
