@@ -126,9 +126,12 @@ def _log_config(tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
 
 
 def summary(results: dict, storage) -> str:
+    from raydefense.report.tables import headline_rows, target_order_key
+
     lines = [f"raydefense: results in {storage.uri('report')}/ (results.json, report.md)"]
-    for r in results["attacks"]:
-        lines.append(f"  {r['target']:<10} {r['attack']:<11} AUC {r['auc']:.3f}  "
+    for r in sorted(headline_rows(results["attacks"]),
+                    key=lambda r: target_order_key(r["target"])):
+        lines.append(f"  {r['target']:<10} {r['line']:<32} AUC {r['auc']:.3f}  "
                      f"TPR@1%FPR {r['tpr_at_1pct_fpr']:.3f}")
     t = results.get("timings", {})
     if t:

@@ -97,36 +97,132 @@ class DistillConfig(_Section):
 
 
 class LossAttackConfig(_Section):
+    """Naive loss attack: -mean over (t, draw) of the denoising error (spec/attacks.md §4)."""
+
     timesteps: list[int] = [100]
     draws: int = Field(10, ge=1)
     reduction: Literal["sum", "mean"] = "sum"
 
 
 class SecMIConfig(_Section):
+    """SecMI_stat: t-error at t_sec with DDIM stride k (official code convention)."""
+
     t_sec: int = Field(100, ge=2)
     k: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "SecMIConfig":
         if self.t_sec < 2 * self.k:
-            raise ValueError(
-                f"attacks.secmi_stat needs t_sec >= 2*k (got t_sec={self.t_sec}, k={self.k})"
-            )
+            raise ValueError(f"SecMI needs t_sec >= 2*k (got t_sec={self.t_sec}, k={self.k})")
         if self.t_sec % self.k:
-            raise ValueError(f"attacks.secmi_stat needs t_sec to be a multiple of k "
+            raise ValueError(f"SecMI needs t_sec to be a multiple of k "
                              f"(got t_sec={self.t_sec}, k={self.k})")
         return self
 
 
+class SecMINNConfig(SecMIConfig):
+    """SecMI_NNs: a ResNet-18 on |x_tilde - x_hat| maps (spec/attacks.md §2.4), trained on the
+    calibration part only; calibration scores are out-of-fold (cv_folds) so thresholds stay
+    honest, test scores come from a model fitted on the whole calibration part."""
+
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    cv_folds: int = Field(2, ge=2)
+
+
+class PIAConfig(_Section):
+    """PIA / PIAN: eps(x0, 0) proximal initialisation, l_p distance (spec/attacks.md §3).
+
+    timesteps: None = the official sweep 10, 20, ..., 300 (scaled to the schedule when T != 1000);
+    canonical_t (scaled the same way) is always included and marked canonical in results.
+    """
+
+    timesteps: Optional[list[int]] = None
+    canonical_t: int = Field(200, ge=0)
+    p: float = Field(4.0, gt=0)
+
+
+class SimAConfig(_Section):
+    """SimA: sum |eps(x0, t)|^p on the clean image (spec/attacks.md §6.1).
+
+    timesteps: None = the official sweep 0, 10, ..., 200 (scaled when T != 1000)."""
+
+    timesteps: Optional[list[int]] = None
+    p: float = Field(4.0, gt=0)
+
+
+class GSAConfig(_Section):
+    """GSA1 / GSA2 gradient attacks (spec/attacks.md §5): per-parameter-tensor gradient norms at
+    num_timesteps equidistant t, a gradient-boosting classifier trained on shadow models."""
+
+    num_timesteps: int = Field(10, ge=1)
+    weights: Literal["ema", "raw"] = Field("raw", description="the official code attacks the "
+                                           "raw training weights")
+    classifier: Literal["auto", "xgboost", "sklearn"] = "auto"
+    n_estimators: int = Field(200, ge=1)
+    scaling: Literal["separate", "shadow"] = Field(
+        "separate", description="separate: shadow and target features z-scored with their own "
+        "statistics (the official code); shadow: the target reuses the shadow scaler")
+    batch_size: int = Field(16, ge=1, description="rows per per-sample-gradient chunk")
+
+
+class ShadowConfig(_Section):
+    """Shadow models for attacks that learn from them (GSA). Each is trained exactly like the
+    baseline on `members` rows drawn from data disjoint from the target's rows; as many other
+    rows drawn with them are its non-members."""
+
+    num_models: int = Field(1, ge=0)
+    members: Optional[int] = Field(None, ge=2, description="None: the baseline's member count")
+
+
+class BlackboxNNConfig(_Section):
+    """Black-box nearest-neighbour attack: distance of a query image to the nearest of
+    num_generated images from the target's public sampler."""
+
+    num_generated: int = Field(512, ge=1)
+    features: list[Literal["pixel", "domain"]] = ["pixel", "domain"]
+
+
 class AttacksConfig(_Section):
-    """Which attacks run in `evaluate`, and their hyperparameters."""
+    """Which attacks run in `evaluate`, against which targets, and their hyperparameters."""
 
     enabled: list[str] = ["loss", "secmi_stat"]
+    targets: Optional[list[str]] = Field(
+        None, description="None: every target, skipping (and reporting) attacks a target's "
+        "access level cannot serve; an explicit list makes such a pair an error")
+    dualmd_access: Literal["gray-box", "black-box"] = Field(
+        "gray-box", description="gray-box: eps queries reach DualMD through its step router "
+        "(an extension beyond the paper); black-box: generated images only")
     weights: Literal["ema", "raw"] = "ema"
     batch_size: int = Field(256, ge=1)
+    score_actors: int = Field(1, ge=1, description="scoring actors per target (Ray Data pool)")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for CIs (0 = no CIs)")
     loss: LossAttackConfig = LossAttackConfig()
     secmi_stat: SecMIConfig = SecMIConfig()
+    secmi_nn: SecMINNConfig = SecMINNConfig()
+    pia: PIAConfig = PIAConfig()
+    pian: PIAConfig = PIAConfig()
+    sima: SimAConfig = SimAConfig()
+    gsa1: GSAConfig = GSAConfig()
+    gsa2: GSAConfig = GSAConfig()
+    blackbox_nn: BlackboxNNConfig = BlackboxNNConfig()
+    shadow: ShadowConfig = ShadowConfig()
+
+
+class QualityConfig(_Section):
+    """Utility and memorization of generated samples (evaluate)."""
+
+    num_generated: int = Field(512, ge=2, description="samples per target for FID/memorization")
+    inception_weights: Optional[str] = Field(
+        None, description="local path of torch-fidelity's Inception weights; None = no "
+        "FID/IS (nothing is downloaded)")
+    domain_classifier_epochs: int = Field(30, ge=1)
+    memorization_k: int = Field(50, ge=1)
+    memorization_threshold: float = Field(1 / 3, gt=0)
+    precision_recall_k: int = Field(3, ge=1)
 
 
 class SamplingConfig(_Section):
@@ -170,6 +266,7 @@ class ExperimentConfig(_Section):
     distill: DistillConfig = DistillConfig()
     attacks: AttacksConfig = AttacksConfig()
     sampling: SamplingConfig = SamplingConfig()
+    quality: QualityConfig = QualityConfig()
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
     resources: ResourcesConfig = ResourcesConfig()

@@ -1,39 +1,57 @@
-"""Evaluation core: which rows each target is audited on, scoring them with the registered attacks,
-held-out utility, and the per-(target, attack) metric rows of results.json.
+"""Evaluation core: which targets are audited on which rows by which attacks, the scoring worker,
+generation, learned-attack fits, utility/memorization, and the metric rows of results.json.
 
-Targets: `baseline` and the `student` are audited on all members vs the non-members; each
-`teacher_k` on its own shard vs the non-members. Thresholds are chosen on the calibration part and
-reported on the test part (invariant 5).
+Targets and their access: `baseline`, `teacher_k` and the `student` are white-box; `dualmd` is
+gray-box (eps queries through its step router, an extension beyond the paper) or black-box
+(`attacks.dualmd_access`). `baseline`, `student` and `dualmd` are audited on all members vs the
+non-members, each `teacher_k` on its own shard vs the non-members. Thresholds are chosen on the
+calibration part and reported on the test part (invariant 5); an attack that learns on the
+calibration part (secmi_nn) gives out-of-fold calibration scores.
+
+Nothing here imports Ray: an `EvalExecutor` places the work (Ray Data actor pools and Ray tasks in
+`raydefense.distributed.scoring`, `SerialExecutor` below in-process).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from raydefense.attacks import ATTACKS
-from raydefense.attacks.metrics import attack_metrics, roc
+from raydefense.attacks.base import AccessError, check_access
+from raydefense.attacks.metrics import attack_metrics, auc, roc
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, NONMEMBER, TEST, Plan
+from raydefense.data.sources import to_model_range
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
 from raydefense.errors import ConfigError
-from raydefense.seeding import STREAM_QUALITY
+from raydefense.seeding import STREAM_QUALITY, derive_seed
 from raydefense.storage import Storage
+
+log = logging.getLogger("raydefense")
 
 STUDENT = "student"
 DUALMD = "dualmd"
+GRAYBOX_NOTE = "gray-box via DualMD's step router (an extension beyond the paper)"
+
+
+# ----------------------------------------------------------------------------- attacks, targets
 
 
 def build_attacks(cfg: ExperimentConfig) -> list[Any]:
     """Instantiate the enabled attacks from their config sections.
 
     Raises:
-        ConfigError: an unknown attack name (lists the valid ones) or one without a config section.
+        UnknownComponentError: an unknown attack name (the message lists the valid ones).
+        ConfigError: an attack without a config section, or shadow models missing.
     """
     out = []
     for name in cfg.attacks.enabled:
@@ -41,141 +59,520 @@ def build_attacks(cfg: ExperimentConfig) -> list[Any]:
         section = getattr(cfg.attacks, name, None)
         if section is None:
             raise ConfigError(f"attack {name!r} has no config section attacks.{name}")
-        out.append(cls(section))
+        attack = cls(section, cfg.model.num_train_timesteps)
+        if getattr(attack, "trains_on", None) == "shadow" and cfg.attacks.shadow.num_models < 1:
+            raise ConfigError(f"attack {name!r} learns from shadow models; set "
+                              "attacks.shadow.num_models >= 1 or drop it from attacks.enabled")
+        out.append(attack)
     return out
+
+
+def shadows_needed(cfg: ExperimentConfig) -> int:
+    """Number of shadow models prepare must plan (0 unless an enabled attack learns from them)."""
+    uses = any(getattr(ATTACKS.get(n), "trains_on", None) == "shadow" for n in cfg.attacks.enabled)
+    return cfg.attacks.shadow.num_models if uses else 0
+
+
+def target_access(cfg: ExperimentConfig, target: str) -> str:
+    return cfg.attacks.dualmd_access if target == DUALMD else "white-box"
+
+
+def all_targets(plan: Plan) -> list[str]:
+    return ["baseline", *plan.teachers, DUALMD, STUDENT]
+
+
+@dataclass
+class AttackPlan:
+    """Per target, the attacks that run; and the (target, attack, reason) pairs refused."""
+
+    targets: list[str]
+    attacks: dict[str, list[Any]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def plan_attacks(cfg: ExperimentConfig, plan: Plan) -> AttackPlan:
+    """Match attacks to targets by access level.
+
+    With `attacks.targets` unset every target is audited and pairs its access cannot serve are
+    skipped (and reported); naming targets explicitly makes such a pair an error.
+
+    Raises:
+        AccessError: an explicitly requested target cannot serve an enabled attack.
+        ConfigError: an unknown target name.
+    """
+    known = all_targets(plan)
+    explicit = cfg.attacks.targets is not None
+    targets = list(cfg.attacks.targets) if explicit else known
+    for t in targets:
+        if t not in known:
+            raise ConfigError(f"unknown target {t!r} in attacks.targets; choose from: "
+                              f"{', '.join(known)}")
+    attacks = build_attacks(cfg)
+    out = AttackPlan(targets=targets, attacks={})
+    for t in targets:
+        out.attacks[t] = []
+        for a in attacks:
+            try:
+                check_access(a, t, target_access(cfg, t))
+            except AccessError as e:
+                if explicit:
+                    raise
+                out.skipped.append({"target": t, "attack": a.name, "reason": str(e).split(";")[0]})
+                continue
+            out.attacks[t].append(a)
+    return out
+
+
+def check_explicit_targets(cfg: ExperimentConfig) -> None:
+    """Fail fast (before any stage runs) on an explicit target that is unknown or cannot serve
+    an enabled attack; the same rules as plan_attacks, without a plan."""
+    if cfg.attacks.targets is None:
+        return
+    known = ["baseline", *[f"teacher_{k + 1}" for k in range(cfg.data.num_shards)], DUALMD,
+             STUDENT]
+    attacks = build_attacks(cfg)
+    for t in cfg.attacks.targets:
+        if t not in known:
+            raise ConfigError(f"unknown target {t!r} in attacks.targets; choose from: "
+                              f"{', '.join(known)}")
+        for a in attacks:
+            check_access(a, t, target_access(cfg, t))
 
 
 def audited_rows(plan: Plan, target: str) -> np.ndarray:
     """Bool [R]: the member rows of `target`'s training set plus every non-member row."""
     nonmember = plan.split == NONMEMBER
-    if target == STUDENT:
+    if target in (STUDENT, DUALMD, "baseline"):
         return (plan.split == MEMBER) | nonmember
     if target not in plan.models:
         raise KeyError(f"unknown target {target!r}")
-    return plan.membership[plan.models.index(target)] | nonmember
+    return plan.rows_of(target) | nonmember
 
 
-def setting_key(attack: Any) -> str:
-    return f"{attack.name}:{json.dumps(attack.params(), sort_keys=True)}"
+def training_rows(plan: Plan, target: str) -> np.ndarray:
+    """Bool [R]: the images a target learned from (dualmd: its teachers' shards; the student:
+    the members its soft targets were computed on)."""
+    if target in (STUDENT, DUALMD):
+        return plan.split == MEMBER
+    return plan.rows_of(target)
+
+
+def setting_label(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def schedule_of(cfg: ExperimentConfig) -> NoiseSchedule:
+    return NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end)
+
+
+def load_eps(storage: Storage, model: str, weights: str, cache_dir: str,
+             device: str = "cpu") -> EpsModel:
+    from raydefense.diffusion.checkpoint import load_unet
+    from raydefense.diffusion.unet import UNetEps
+
+    return UNetEps(load_unet(storage.local_dir(f"models/{model}", cache_dir), weights).to(device))
+
+
+def load_target(cfg: ExperimentConfig, storage: Storage, target: str, weights: str,
+                cache_dir: str, teachers: list[str], device: str = "cpu") -> EpsModel:
+    """A target's eps interface: its UNet, or DualMD's step router over its teachers."""
+    if target == DUALMD:
+        from raydefense.defense.dualmd import DualMDStepRouter
+
+        return DualMDStepRouter([load_eps(storage, m, weights, cache_dir, device)
+                                 for m in teachers], schedule_of(cfg), cfg.sampling.num_steps)
+    return load_eps(storage, target, weights, cache_dir, device)
+
+
+# ----------------------------------------------------------------------------- scoring worker
+
+
+QUALITY_COL = "heldout_eps_mse"
+
+
+def query_col(attack: str, i: int) -> str:
+    return f"q:{attack}:{i}"
+
+
+def feature_col(attack: str) -> str:
+    return f"f:{attack}"
+
+
+class ScoringWorker:
+    """Scores batches of one model's rows with a set of attacks (what one Ray Data actor runs).
+
+    Output per batch: `row_id`, one float32 column per query-attack setting (`q:<attack>:<i>`),
+    one [B, F] float32 feature column per learned attack (`f:<attack>`), and the per-row held-out
+    eps-MSE (`heldout_eps_mse`, seeded t and noise; averaged later over non-member test rows).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, storage: Storage, model: str, attacks: list[str],
+                 teachers: list[str], cache_dir: str, device: str = "cpu",
+                 with_quality: bool = True) -> None:
+        self.cfg, self.schedule, self.device = cfg, schedule_of(cfg), device
+        self.attacks = [a for a in build_attacks(cfg) if a.name in attacks]
+        self.with_quality = with_quality
+        w = cfg.attacks.weights
+        self.eps: dict[str, EpsModel] = {w: load_target(cfg, storage, model, w, cache_dir, teachers,
+                                                        device)}
+        for a in self.attacks:  # GSA attacks the raw training weights by default
+            aw = getattr(a.cfg, "weights", w)
+            if aw not in self.eps:
+                self.eps[aw] = load_target(cfg, storage, model, aw, cache_dir, teachers, device)
+
+    def __call__(self, images: np.ndarray, row_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Args: images [B, C, H, W] float32 in [-1, 1]; row_ids [B] int64.
+        Returns: columns as described in the class docstring."""
+        x0 = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        ids = torch.from_numpy(np.array(row_ids, dtype=np.int64))
+        seed, cache = self.cfg.seed, {}
+        out: dict[str, np.ndarray] = {"row_id": np.asarray(row_ids, dtype=np.int64)}
+        w = self.cfg.attacks.weights
+        for a in self.attacks:
+            eps = self.eps[getattr(a.cfg, "weights", w)]
+            if a.kind == "query":
+                s = a.score(eps, self.schedule, x0, ids, seed, cache).cpu().numpy()
+                for i in range(s.shape[1]):
+                    out[query_col(a.name, i)] = s[:, i].astype(np.float32)
+            elif a.kind == "learned":
+                out[feature_col(a.name)] = (a.features(eps, self.schedule, x0, ids, seed, cache)
+                                            .cpu().numpy().astype(np.float32))
+        if self.with_quality:
+            out[QUALITY_COL] = heldout_eps_mse_rows(self.eps[w], self.schedule, x0, row_ids, seed,
+                                                    self.cfg.sampling.quality_draws)
+        return out
+
+    def generate(self, n: int, image_shape: tuple[int, ...]) -> np.ndarray:
+        """n images from the model's public sampler (DualMD: the alternating pipeline, teacher 1
+        first), seeded by the base seed. -> [n, C, H, W] float32 in [-1, 1]."""
+        from raydefense.defense.dualmd import DualMDPipeline, DualMDStepRouter
+        from raydefense.diffusion.sampling import sample
+
+        s, eps = self.cfg.sampling, self.eps[self.cfg.attacks.weights]
+        shape = (n, *image_shape)
+        if isinstance(eps, DualMDStepRouter):
+            return DualMDPipeline(eps.teachers, self.schedule).generate(
+                shape, s.sampler, s.num_steps, self.cfg.seed).cpu().numpy()
+        return sample([eps], self.schedule, shape, s.sampler, s.num_steps, self.cfg.seed,
+                      device=self.device).cpu().numpy()
 
 
 @torch.no_grad()
-def score_rows(eps: EpsModel, schedule: NoiseSchedule, attacks: list[Any], images: np.ndarray,
-               row_ids: np.ndarray, seed: int, batch_size: int) -> dict[str, np.ndarray]:
-    """Args: images [N, C, H, W] float32 in [-1, 1]; row_ids [N] int64.
-    Returns: setting key -> [N] float32 scores (higher = member)."""
-    out: dict[str, list[np.ndarray]] = {setting_key(a): [] for a in attacks}
-    for s in range(0, len(images), batch_size):
-        x0 = torch.from_numpy(images[s:s + batch_size])
-        ids = torch.from_numpy(row_ids[s:s + batch_size])
-        for a in attacks:
-            out[setting_key(a)].append(a.score(eps, schedule, x0, ids, seed).numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-@torch.no_grad()
-def heldout_eps_mse(eps: EpsModel, schedule: NoiseSchedule, images: np.ndarray,
-                    row_ids: np.ndarray, seed: int, draws: int, batch_size: int = 512) -> float:
-    """Mean eps-prediction MSE on held-out images, t ~ U{0..T-1} and noise seeded per row:
-    the denoising utility of a model on data it never saw (lower is better)."""
-    total, count = 0.0, 0
+def heldout_eps_mse_rows(eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
+                         row_ids: np.ndarray, seed: int, draws: int) -> np.ndarray:
+    """Per-row eps-prediction MSE, t ~ U{0..T-1} and noise seeded per (row, draw): averaged over
+    held-out rows it is a model's denoising utility on unseen data (lower is better). -> [B]."""
     T = schedule.num_train_timesteps
-    for s in range(0, len(images), batch_size):
-        x0 = torch.from_numpy(images[s:s + batch_size])
-        for d in range(draws):
-            ts, noise = [], []
-            for r in row_ids[s:s + batch_size].tolist():
-                rng = np.random.default_rng([seed, r, STREAM_QUALITY, d])
-                ts.append(int(rng.integers(T)))
-                noise.append(rng.standard_normal(x0.shape[1:], dtype=np.float32))
-            t = torch.tensor(ts, dtype=torch.long)
-            n = torch.from_numpy(np.stack(noise))
-            err = (eps(schedule.q_sample(x0, t, n), t) - n).pow(2).flatten(1).mean(1)
-            total += float(err.sum())
-            count += len(err)
-    return total / max(count, 1)
+    total = np.zeros(len(row_ids))
+    for d in range(draws):
+        ts, noise = [], []
+        for r in np.asarray(row_ids).tolist():
+            rng = np.random.default_rng([seed, r, STREAM_QUALITY, d])
+            ts.append(int(rng.integers(T)))
+            noise.append(rng.standard_normal(tuple(x0.shape[1:]), dtype=np.float32))
+        t = torch.tensor(ts, dtype=torch.long, device=x0.device)
+        n = torch.from_numpy(np.stack(noise)).to(x0.device)
+        err = (eps(schedule.q_sample(x0.float(), t, n), t).float() - n).pow(2).flatten(1).mean(1)
+        total += err.cpu().numpy()
+    return (total / draws).astype(np.float32)
 
 
-def scores_table(target: str, plan: Plan, mask: np.ndarray, scores: dict[str, np.ndarray]
-                 ) -> pa.Table:
-    """Long-format raw scores (one row per target x setting x image), saved so every metric can
-    be recomputed without models."""
-    n = int(mask.sum())
+# ----------------------------------------------------------------------------- executor protocol
+
+
+@dataclass
+class ScoreJob:
+    """Score `row_ids` (all rows of the plan where `mask`) of `model` with `attacks`."""
+
+    model: str
+    mask: np.ndarray
+    attacks: list[str]
+    with_quality: bool = True
+
+
+class EvalExecutor(Protocol):
+    def score(self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob],
+              generate: dict[str, int]) -> tuple[list[dict[str, np.ndarray]],
+                                                 dict[str, np.ndarray]]:
+        """Per job, ScoringWorker's columns for all its rows (in plan row order); and per
+        target in `generate`, that many generated images (ScoringWorker.generate)."""
+        ...
+
+    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+        """[fn(*item) for item in items], possibly in parallel."""
+        ...
+
+
+def merge_columns(parts: list[dict[str, np.ndarray]], row_ids: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+    """Concatenate ScoringWorker outputs and reorder them to `row_ids` (any batch order)."""
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    pos = {int(r): i for i, r in enumerate(cols["row_id"])}
+    order = np.array([pos[int(r)] for r in row_ids])
+    return {k: v[order] for k, v in cols.items()}
+
+
+class SerialExecutor:
+    """In-process executor (tests, debugging): the same workers, one batch after another."""
+
+    def __init__(self, storage: Storage, cache_dir: str) -> None:
+        self.storage, self.cache_dir = storage, cache_dir
+
+    def score(self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob],
+              generate: dict[str, int]) -> tuple[list[dict[str, np.ndarray]],
+                                                 dict[str, np.ndarray]]:
+        results = []
+        for job in jobs:
+            worker = ScoringWorker(cfg, self.storage, job.model, job.attacks, plan.teachers,
+                                   self.cache_dir, with_quality=job.with_quality)
+            images = to_model_range(plan.images[job.mask])
+            ids = plan.row_id[job.mask]
+            bs = cfg.attacks.batch_size
+            parts = [worker(images[s:s + bs], ids[s:s + bs]) for s in range(0, len(ids), bs)]
+            results.append(merge_columns(parts, ids))
+        generated = {t: ScoringWorker(cfg, self.storage, t, [], plan.teachers, self.cache_dir)
+                     .generate(n, plan.images.shape[1:]) for t, n in generate.items()}
+        return results, generated
+
+    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+        return [fn(*it) for it in items]
+
+
+# ----------------------------------------------------------------------------- generation, quality
+
+
+@dataclass
+class DomainFeatures:
+    """The domain classifier (trained on the non-member pool) and the reference embedding."""
+
+    model: Any
+    reference: np.ndarray  # [N_ref, D] embeddings of the non-member images
+    train_accuracy: float
+
+    def embed(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        from raydefense.quality.domain import embed
+
+        x = images if isinstance(images, np.ndarray) else images.cpu().numpy()
+        return embed(self.model, np.asarray(x, dtype=np.float32))
+
+    def feature_fn(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.embed(images))
+
+
+def train_domain_features(cfg: ExperimentConfig, plan: Plan) -> Optional[DomainFeatures]:
+    """A small classifier trained on the non-member pool's labelled images; None without labels.
+
+    Its penultimate features stand in for Inception's on datasets like digits ("domain FID")."""
+    from raydefense.quality.domain import embed, train_domain_classifier
+
+    rows = plan.split == NONMEMBER
+    labels = plan.label[rows]
+    if (labels < 0).any() or len(np.unique(labels)) < 2:
+        return None
+    images = to_model_range(plan.images[rows])
+    model, acc = train_domain_classifier(images, labels, int(labels.max()) + 1,
+                                         cfg.quality.domain_classifier_epochs,
+                                         derive_seed(cfg.seed, STREAM_QUALITY))
+    return DomainFeatures(model, embed(model, images), acc)
+
+
+def quality_rows(cfg: ExperimentConfig, plan: Plan, target: str, generated: np.ndarray,
+                 domain: Optional[DomainFeatures]) -> list[dict[str, Any]]:
+    """Utility and memorization of a target's generated images (results.json quality rows)."""
+    from raydefense.quality.fid import fid_from_features, inception_score, precision_recall
+    from raydefense.quality.memorization import memorization_summary, nearest_neighbour_ratio
+
+    q = cfg.quality
+    out: list[dict[str, Any]] = []
+
+    def add(metric: str, value: float) -> None:
+        out.append({"target": target, "metric": metric, "value": float(value)})
+
+    if domain is not None:
+        fake = domain.embed(generated)
+        add("domain_fid", fid_from_features(domain.reference, fake))
+        p, r = precision_recall(domain.reference, fake, q.precision_recall_k)
+        add("domain_precision", p)
+        add("domain_recall", r)
+        with torch.no_grad():
+            probs = torch.softmax(domain.model(torch.from_numpy(generated)), dim=1).numpy()
+        add("domain_is", inception_score(probs)[0])
+    if q.inception_weights:
+        from raydefense.quality.inception import inception_fid_is
+
+        real = torch.from_numpy(plan.images[plan.split == NONMEMBER])
+        fake = torch.from_numpy(np.rint((generated + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
+        for k, v in inception_fid_is(real, fake, q.inception_weights).items():
+            add(k, v)
+    train = to_model_range(plan.images[training_rows(plan, target)])
+    ratios = nearest_neighbour_ratio(generated, train, q.memorization_k)
+    for k, v in memorization_summary(ratios, q.memorization_threshold).items():
+        add(f"memorization_{k}" if not k.startswith("memor") else k, v)
+    return out
+
+
+# ----------------------------------------------------------------------------- learned attacks
+
+
+def fit_learned(attack_name: str, cfg_dict: dict, train_x: np.ndarray, train_y: np.ndarray,
+                eval_x: list[np.ndarray], image_shape: tuple[int, ...],
+                cross_fit_x: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Fit one learned attack and score (a Ray task in production). Returns
+    {"eval": [scores per eval matrix], "oof": out-of-fold scores of train_x or None}."""
+    cfg = ExperimentConfig.model_validate(cfg_dict)
+    attack = next(a for a in build_attacks(cfg) if a.name == attack_name)
+    seed = derive_seed(cfg.seed, STREAM_QUALITY, len(attack_name))
+    scores = attack.fit_predict(train_x, train_y, eval_x, seed, image_shape=image_shape)
+    oof = (attack.cross_fit(train_x, train_y, seed, image_shape=image_shape)
+           if cross_fit_x is not None else None)
+    return {"eval": scores, "oof": oof}
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class EvaluationResult:
+    scores: pa.Table
+    quality: list[dict[str, Any]]
+    samples: dict[str, np.ndarray]
+    skipped: list[dict[str, str]]
+
+
+def _long_rows(cols: dict[str, list], target: str, attack: str, params: dict, row_ids: np.ndarray,
+               is_member: np.ndarray, part: np.ndarray, score: np.ndarray) -> None:
+    n = len(row_ids)
+    cols["target"] += [target] * n
+    cols["attack"] += [attack] * n
+    cols["params"] += [setting_label(params)] * n
+    cols["row_id"] += row_ids.tolist()
+    cols["is_member"] += is_member.tolist()
+    cols["part"] += part.tolist()
+    cols["score"] += np.asarray(score, dtype=float).tolist()
+
+
+def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor: EvalExecutor,
+                   cache_dir: str) -> EvaluationResult:
+    """Everything the evaluate stage computes. Steps:
+
+    1. per target, one scoring job over its audited rows (query scores, learned features,
+       held-out eps-MSE) and, for shadow-trained attacks, one job per shadow model;
+    2. generation from every target's public sampler (sample grids, blackbox_nn, quality);
+    3. the domain classifier; learned-attack fits (one task per target x attack);
+    4. long-format raw scores + quality rows.
+    """
+    ap = plan_attacks(cfg, plan)
+    by_name = {a.name: a for t in ap.targets for a in ap.attacks[t]}
+    shadow_attacks = sorted({a.name for t in ap.targets for a in ap.attacks[t]
+                             if a.kind == "learned" and a.trains_on == "shadow"})
+    jobs = [ScoreJob(t, audited_rows(plan, t),
+                     [a.name for a in ap.attacks[t] if a.kind in ("query", "learned")])
+            for t in ap.targets if target_access(cfg, t) != "black-box"]
+    jobs += [ScoreJob(m, plan.rows_of(m) | plan.shadow_heldout[j], shadow_attacks, False)
+             for j, m in enumerate(plan.shadows) if shadow_attacks]
+    # The same pool generates images (grids, black-box attack, quality) with the models it holds.
+    needs_bb = any(a.kind == "generated" for t in ap.targets for a in ap.attacks[t])
+    n_gen = max(cfg.sampling.num_images, cfg.quality.num_generated,
+                cfg.attacks.blackbox_nn.num_generated if needs_bb else 0)
+    t0 = time.perf_counter()
+    columns, gen = executor.score(cfg, plan, jobs, {t: n_gen for t in ap.targets})
+    scored = dict(zip([j.model for j in jobs], columns))
+    log.info("evaluate: scored %d models and generated %d images per target in %.1fs",
+             len(jobs), n_gen, time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    domain = train_domain_features(cfg, plan)
+    t0 = time.perf_counter()
+
     cols: dict[str, list] = {k: [] for k in
                              ("target", "attack", "params", "row_id", "is_member", "part", "score")}
-    for key, s in scores.items():
-        name, params = key.split(":", 1)
-        cols["target"] += [target] * n
-        cols["attack"] += [name] * n
-        cols["params"] += [params] * n
-        cols["row_id"] += plan.row_id[mask].tolist()
-        cols["is_member"] += (plan.split[mask] == MEMBER).tolist()
-        cols["part"] += plan.part[mask].tolist()
-        cols["score"] += s.astype(float).tolist()
-    return pa.table(cols)
+    quality: list[dict[str, Any]] = []
+    fits: list[tuple] = []
+    fit_keys: list[tuple[str, str]] = []
+    shape = tuple(plan.images.shape[1:])
+    for t in ap.targets:
+        mask = audited_rows(plan, t)
+        ids, member = plan.row_id[mask], plan.split[mask] == MEMBER
+        part = plan.part[mask]
+        res = scored.get(t, {})
+        for a in ap.attacks[t]:
+            if a.kind == "query":
+                for i, params in enumerate(a.settings()):
+                    _long_rows(cols, t, a.name, params, ids, member, part,
+                               res[query_col(a.name, i)])
+            elif a.kind == "generated":
+                s = a.score_generated(torch.tensor(gen[t][:a.cfg.num_generated]),
+                                      torch.from_numpy(to_model_range(plan.images[mask])),
+                                      domain.feature_fn if domain is not None else None).numpy()
+                for i, params in enumerate(a.settings(with_features=domain is not None)):
+                    _long_rows(cols, t, a.name, params, ids, member, part, s[:, i])
+            elif a.trains_on == "calibration":
+                f = res[feature_col(a.name)]
+                cal = part != TEST
+                fits.append((a.name, cfg.model_dump(mode="json"), f[cal],
+                             member[cal].astype(np.int64), [f[~cal]], shape, f[cal]))
+                fit_keys.append((t, a.name))
+            else:  # shadow-trained: every shadow's members vs its held-out rows
+                xs, ys = [], []
+                for j, m in enumerate(plan.shadows):
+                    smask = plan.rows_of(m) | plan.shadow_heldout[j]
+                    xs.append(scored[m][feature_col(a.name)])
+                    ys.append(plan.rows_of(m)[smask].astype(np.int64))
+                fits.append((a.name, cfg.model_dump(mode="json"), np.concatenate(xs),
+                             np.concatenate(ys), [res[feature_col(a.name)]], shape, None))
+                fit_keys.append((t, a.name))
+        if QUALITY_COL in res:
+            held = (plan.split[mask] == NONMEMBER) & (part == TEST)
+            quality.append({"target": t, "metric": "heldout_eps_mse",
+                            "value": float(res[QUALITY_COL][held].mean())})
+        quality += quality_rows(cfg, plan, t, gen[t][:cfg.quality.num_generated], domain)
+    log.info("evaluate: domain classifier, generated-image attacks and quality in %.1fs",
+             time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for (t, name), out in zip(fit_keys, executor.map(fit_learned, fits)):
+        mask = audited_rows(plan, t)
+        ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
+        params = by_name[name].settings()[0]
+        if out["oof"] is not None:  # calibration-trained: out-of-fold cal + held-out test scores
+            cal = part != TEST
+            score = np.empty(len(ids))
+            score[cal], score[~cal] = out["oof"], out["eval"][0]
+        else:
+            score = out["eval"][0]
+        _long_rows(cols, t, name, params, ids, member, part, score)
+    log.info("evaluate: fitted %d learned attacks in %.1fs", len(fits), time.perf_counter() - t0)
+    if domain is not None:
+        quality.append({"target": "real", "metric": "domain_classifier_train_accuracy",
+                        "value": float(domain.train_accuracy)})
+    samples = {t: g[:cfg.sampling.num_images] for t, g in gen.items()}
+    return EvaluationResult(pa.table(cols), quality, samples, ap.skipped)
+
+
+# ----------------------------------------------------------------------------- metrics
 
 
 def metric_rows(table: pa.Table, bootstrap: int, seed: int
                 ) -> tuple[list[dict], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
     """results.json attack rows and ROC curves (test part) from a raw scores table.
 
-    Returns: (rows, roc_curves[attack_label][target] = (fpr, tpr)).
+    Each row also carries `auc_calibration` (the AUC on the calibration part, what a sweep may
+    select on without touching the test part) and, for DualMD's gray-box rows, a `note`.
+    Returns: (rows, roc_curves[attack label][target] = (fpr, tpr)).
     """
     df = table.to_pandas()
     rows, curves = [], {}
     for (target, attack, params), g in df.groupby(["target", "attack", "params"], sort=False):
         cal, test = g[g.part != TEST], g[g.part == TEST]
-        m = attack_metrics(cal.score.to_numpy(), cal.is_member.to_numpy().astype(int),
-                           test.score.to_numpy(), test.is_member.to_numpy().astype(int),
-                           bootstrap=bootstrap, seed=seed)
-        rows.append({"target": target, "attack": attack, "params": json.loads(params), **m})
+        cal_y = cal.is_member.to_numpy().astype(int)
+        m = attack_metrics(cal.score.to_numpy(), cal_y, test.score.to_numpy(),
+                           test.is_member.to_numpy().astype(int), bootstrap=bootstrap, seed=seed)
+        row = {"target": target, "attack": attack, "params": json.loads(params), **m,
+               "auc_calibration": auc(cal.score.to_numpy(), cal_y)}
+        if target == DUALMD and attack in ATTACKS and ATTACKS.get(attack).access != "black-box":
+            row["note"] = GRAYBOX_NOTE
+        rows.append(row)
         fpr, tpr, _ = roc(test.score.to_numpy(), test.is_member.to_numpy().astype(int))
-        curves.setdefault(attack, {})[target] = (fpr, tpr)
+        curves.setdefault(f"{attack} {params}", {})[target] = (fpr, tpr)
     return rows, curves
-
-
-def load_eps(storage: Storage, model: str, weights: str, cache_dir: str) -> EpsModel:
-    from raydefense.diffusion.checkpoint import load_unet
-    from raydefense.diffusion.unet import UNetEps
-
-    return UNetEps(load_unet(storage.local_dir(f"models/{model}", cache_dir), weights))
-
-
-def evaluate_target(cfg: ExperimentConfig, storage: Storage, plan: Plan, target: str,
-                    cache_dir: str) -> dict[str, Any]:
-    """Everything evaluate computes for one target.
-
-    White-box targets (baseline, teacher_k, student): attack scores on their audited rows, the
-    held-out eps-MSE on the non-member test rows, and (baseline, student) a sample grid. `dualmd`
-    is black-box: only its alternating sampler's grid (its teachers' white-box rows are their own).
-
-    Returns: {"scores": pa.Table | None, "quality": [rows], "samples": [N, C, H, W] | None}.
-    """
-    from raydefense.data.sources import to_model_range
-    from raydefense.defense.dualmd import DualMDPipeline
-    from raydefense.diffusion.sampling import sample
-
-    schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
-                             cfg.model.beta_end)
-    s = cfg.sampling
-    shape = (s.num_images, *plan.images.shape[1:])
-    seed = cfg.seed
-    if target == DUALMD:
-        teachers = [load_eps(storage, m, cfg.attacks.weights, cache_dir) for m in plan.models[1:]]
-        grid = DualMDPipeline(teachers, schedule).generate(shape, s.sampler, s.num_steps, seed)
-        return {"scores": None, "quality": [], "samples": grid.numpy()}
-
-    eps = load_eps(storage, target, cfg.attacks.weights, cache_dir)
-    mask = audited_rows(plan, target)
-    images = to_model_range(plan.images[mask])
-    scores = score_rows(eps, schedule, build_attacks(cfg), images, plan.row_id[mask], seed,
-                        cfg.attacks.batch_size)
-    held = (plan.split == NONMEMBER) & (plan.part == TEST)
-    quality = [{"target": target, "metric": "heldout_eps_mse",
-                "value": heldout_eps_mse(eps, schedule, to_model_range(plan.images[held]),
-                                         plan.row_id[held], seed, s.quality_draws)}]
-    grid = None
-    if not target.startswith("teacher_"):
-        grid = sample([eps], schedule, shape, s.sampler, s.num_steps, seed).numpy()
-    return {"scores": scores_table(target, plan, mask, scores), "quality": quality,
-            "samples": grid}

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 import numpy as np
-import pyarrow as pa
 
 import raydefense
 from raydefense.config import ExperimentConfig
-from raydefense.data.plan import MEMBER, make_plan
+from raydefense.data.plan import MEMBER, make_plan, model_index
 from raydefense.data.sources import DATASETS
 from raydefense.data.tables import MEMBERSHIP, PLAN_JSON, SCORES, read_plan, write_plan
 from raydefense.defense.distillmd import auto_draws
 from raydefense.errors import ConfigError, DataError
-from raydefense.evaluation import DUALMD, STUDENT, build_attacks, metric_rows
+from raydefense.evaluation import (STUDENT, build_attacks, check_explicit_targets, metric_rows,
+                                   run_evaluation, shadows_needed)
 from raydefense.storage import Storage
 from raydefense.tracking.base import NullTracker, Tracker
 
@@ -52,7 +52,11 @@ class Executor(Protocol):
     def label_soft_targets(self, cfg: ExperimentConfig, storage: Storage, teachers: list[str],
                            owners: dict[int, list[str]], draws: int) -> int: ...
 
-    def evaluate(self, cfg: ExperimentConfig, targets: list[str]) -> dict[str, dict]: ...
+    def score(self, cfg: ExperimentConfig, plan: Any, jobs: list, generate: dict) -> Any:
+        """See raydefense.evaluation.EvalExecutor."""
+        ...
+
+    def map(self, fn: Any, items: list[tuple]) -> list[Any]: ...
 
 
 @dataclass
@@ -78,14 +82,27 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     d = cfg.model_dump(mode="json")
     v = raydefense.__version__
     fp: dict[str, str] = {}
-    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"])
+    shadows = shadows_needed(cfg)
+    shadow = d["attacks"]["shadow"] if shadows else None
+    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], shadow)
     # How often a fit logs or checkpoints does not change the model it produces.
     train = {k: x for k, x in d["train"].items() if k not in ("log_every", "checkpoint_every")}
     fp["train"] = _hash("train", v, fp["prepare"], d["model"], train)
-    fp["distill"] = _hash("distill", v, fp["train"], d["distill"])
-    fp["evaluate"] = _hash("evaluate", v, fp["distill"], d["attacks"], d["sampling"])
+    # The target models (and so the student) do not depend on the attacker's shadow models.
+    fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
+    fp["shadows"] = _hash("shadows", fp["targets"], shadow)
+    fp["distill"] = _hash("distill", v, fp["targets"], d["distill"])
+    fp["evaluate"] = _hash("evaluate", v, fp["train"], fp["distill"], d["attacks"], d["sampling"],
+                           d["quality"])
     fp["report"] = _hash("report", v, fp["evaluate"])
     return fp
+
+
+def model_fingerprint(fps: dict[str, str], model: str) -> str:
+    """Per-model fingerprint of a fit (its run name and completion marker)."""
+    if model == STUDENT:
+        return fps["distill"]
+    return fps["shadows"] if model.startswith("shadow_") else fps["targets"]
 
 
 def _marker(stage: str) -> str:
@@ -107,6 +124,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     """Checks that need the registries (they are not expressible in the pydantic schema)."""
     DATASETS.get(cfg.data.source)
     build_attacks(cfg)
+    check_explicit_targets(cfg)
     if cfg.data.split_file and not os.path.isfile(cfg.data.split_file):
         raise DataError(f"data.split_file {cfg.data.split_file!r} does not exist")
     if cfg.data.root and not os.path.exists(cfg.data.root):
@@ -135,31 +153,32 @@ def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
 def stage_prepare(ctx: RunContext) -> None:
     cfg = ctx.cfg
     pool = DATASETS.get(cfg.data.source)(cfg.data)
-    plan = make_plan(pool, cfg.data, cfg.seed)
+    plan = make_plan(pool, cfg.data, cfg.seed, shadows_needed(cfg), cfg.attacks.shadow.members)
     write_plan(ctx.storage, plan)
     for rel in (PLAN_JSON, MEMBERSHIP):
         ctx.tracker.log_artifact(ctx.parent_run, _local_copy(ctx, rel), "prepare")
     log.info("prepare: %s", json.dumps(plan.summary()))
 
 
-def _spec(ctx: RunContext, model: str, kind: str, index: int) -> dict:
+def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict:
     run_id = ctx.tracker.start_run(f"train/{model}", ctx.parent_run,
                                    tags={"raydefense.model": model, "raydefense.kind": kind})
-    return {"model": model, "kind": kind, "model_index": index,
-            "run_name": f"{model}-{ctx.fingerprints['train' if kind == 'ddpm' else 'distill'][:12]}",
+    return {"model": model, "kind": kind, "model_index": model_index(model, num_shards),
+            "run_name": f"{model}-{model_fingerprint(ctx.fingerprints, model)[:12]}",
             "mlflow_run_id": run_id}
 
 
 def stage_train(ctx: RunContext) -> None:
     plan_models = ctx.storage.read_json(PLAN_JSON)["models"]
+    k = sum(m.startswith("teacher_") for m in plan_models)
     todo = [m for m in plan_models
-            if "train" in ctx.force or not is_complete(ctx.storage, f"models/{m}/_COMPLETE.json",
-                                                 ctx.fingerprints["train"])]
-    specs = [_spec(ctx, m, "ddpm", plan_models.index(m)) for m in todo]
-    _fit(ctx, specs, "train")
+            if "train" in ctx.force or not is_complete(
+                ctx.storage, f"models/{m}/_COMPLETE.json", model_fingerprint(ctx.fingerprints, m))]
+    specs = [_spec(ctx, m, "ddpm", k) for m in todo]
+    _fit(ctx, specs)
 
 
-def _fit(ctx: RunContext, specs: list[dict], fp_stage: str) -> None:
+def _fit(ctx: RunContext, specs: list[dict]) -> None:
     if not specs:
         return
     try:
@@ -170,21 +189,20 @@ def _fit(ctx: RunContext, specs: list[dict], fp_stage: str) -> None:
         raise
     for s in specs:
         mark_complete(ctx.storage, f"models/{s['model']}/_COMPLETE.json",
-                      ctx.fingerprints[fp_stage], {"run_name": s["run_name"]})
+                      model_fingerprint(ctx.fingerprints, s["model"]), {"run_name": s["run_name"]})
         ctx.tracker.end_run(s["mlflow_run_id"])
 
 
 def stage_distill(ctx: RunContext) -> None:
     cfg, storage = ctx.cfg, ctx.storage
     plan = read_plan(storage)
-    teachers = plan.models[1:]
+    teachers = plan.teachers
     members = plan.split == MEMBER
     targets_marker = "distill/soft_targets/_COMPLETE.json"
     draws = (auto_draws(cfg.train.steps, cfg.train.batch_size, int(members.sum()))
              if cfg.distill.draws_per_row == "auto" else int(cfg.distill.draws_per_row))
     if "distill" in ctx.force or not is_complete(storage, targets_marker, ctx.fingerprints["distill"]):
-        owners = {int(r): [teachers[k] for k in range(len(teachers))
-                           if plan.membership[1 + k][i]]
+        owners = {int(r): [t for t in teachers if plan.rows_of(t)[i]]
                   for i, r in enumerate(plan.row_id) if members[i]}
         run_id = ctx.tracker.start_run("distill/soft_targets", ctx.parent_run,
                                        params={"draws_per_row": str(draws)})
@@ -203,29 +221,33 @@ def stage_distill(ctx: RunContext) -> None:
                  int(members.sum()), secs)
     if "distill" in ctx.force or not is_complete(storage, f"models/{STUDENT}/_COMPLETE.json",
                                                ctx.fingerprints["distill"]):
-        _fit(ctx, [_spec(ctx, STUDENT, "distill", len(plan.models))], "distill")
+        _fit(ctx, [_spec(ctx, STUDENT, "distill", plan.num_shards)])
 
 
 def stage_evaluate(ctx: RunContext) -> None:
     cfg, storage = ctx.cfg, ctx.storage
-    models = storage.read_json(PLAN_JSON)["models"]
-    targets = models + [STUDENT, DUALMD]
-    out = ctx.executor.evaluate(cfg, targets)
-    tables = [r["scores"] for r in out.values() if r["scores"] is not None]
-    storage.write_table(SCORES, pa.concat_tables(tables))
-    storage.write_json("evaluate/quality.json", [q for r in out.values() for q in r["quality"]])
-    for target, r in out.items():
-        if r["samples"] is not None:
-            buf = _npy_bytes(r["samples"])
-            storage.write_bytes(f"evaluate/samples/{target}.npy", buf)
+    with tempfile.TemporaryDirectory(prefix="raydefense-eval-") as cache:
+        out = run_evaluation(cfg, storage, read_plan(storage), ctx.executor, cache)
+    storage.write_table(SCORES, out.scores)
+    storage.write_json("evaluate/quality.json", out.quality)
+    storage.write_json("evaluate/skipped.json", out.skipped)
+    for target, grid in out.samples.items():
+        storage.write_bytes(f"evaluate/samples/{target}.npy", _npy_bytes(grid))
 
 
 def stage_report(ctx: RunContext) -> dict:
     from raydefense.report import write_report
+    from raydefense.report.tables import headline_rows
 
     cfg, storage = ctx.cfg, ctx.storage
-    rows, curves = metric_rows(storage.read_table(SCORES), cfg.attacks.bootstrap, cfg.seed)
+    rows, all_curves = metric_rows(storage.read_table(SCORES), cfg.attacks.bootstrap, cfg.seed)
+    curves: dict[str, dict] = {}  # ROC figures for the paper-table lines only
+    for h in headline_rows(rows):
+        key = f"{h['attack']} {json.dumps(h['params'], sort_keys=True)}"
+        curves.setdefault(h["line"], {})[h["target"]] = all_curves[key][h["target"]]
     quality = storage.read_json("evaluate/quality.json")
+    skipped = (storage.read_json("evaluate/skipped.json")
+               if storage.exists("evaluate/skipped.json") else [])
     grids = {}
     for f in storage.listdir("evaluate/samples"):
         if f.endswith(".npy"):
@@ -240,6 +262,7 @@ def stage_report(ctx: RunContext) -> dict:
         "timings": timings,
         "attacks": rows,
         "quality": quality,
+        "skipped": skipped,
     }
     with tempfile.TemporaryDirectory(prefix="raydefense-report-") as tmp:
         write_report(tmp, results, roc_curves=curves, sample_grids=grids)

@@ -15,6 +15,8 @@ STREAM_SOFT_TARGET = 2
 STREAM_QUALITY = 3
 STREAM_SPLIT = 4
 STREAM_TRAIN = 5
+STREAM_SHADOW = 7
+STREAM_GSA = 6
 
 
 def derive_seed(*parts: int) -> int:

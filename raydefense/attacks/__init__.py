@@ -4,4 +4,5 @@ Importing this package registers every built-in attack.
 """
 
 from raydefense.attacks.base import ATTACKS, Attack  # noqa: F401
-from raydefense.attacks import loss, secmi  # noqa: F401  (registration side effects)
+# Registration side effects.
+from raydefense.attacks import blackbox, gsa, loss, pia, secmi, secmi_nn, sima  # noqa: F401

@@ -1,40 +1,126 @@
-"""The attack protocol and registry.
+"""The attack protocols, access levels and registry.
 
-An attack maps a batch of clean images to a membership score per image, **higher = more likely a
-member**, through an EpsModel only. Attacks never touch Ray, MLflow or the file system.
+Every attack orients its output **higher = more likely a member** and declares:
+- `name`: its registry name;
+- `access`: what it needs from a target, one of ACCESS_LEVELS (weakest first):
+  "black-box" (generated images only), "gray-box" (eps(x_t, t) queries), "white-box" (parameters
+  and gradients);
+- `kind`: how it is computed:
+  - "query": per-row scores from eps queries, `score(...) -> [B, S]`, one column per setting;
+  - "learned": per-row features (`features(...) -> [B, F]`) that a classifier turns into scores;
+    `trains_on` says whether that classifier is fitted on the target's calibration part
+    ("calibration", out-of-fold scores there) or on shadow models' rows ("shadow");
+  - "generated": scores from the target's generated images (`score_generated(...) -> [B, S]`).
+- `settings()`: one params dict per output column (a t sweep is several settings of one attack).
+
+Attacks never touch Ray, MLflow or the file system. `cache` is a per-batch dict that attacks use to
+share work (SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2 one gradient pass).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Optional, Protocol
 
+import numpy as np
 import torch
 
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
+from raydefense.errors import ConfigError
 from raydefense.registry import Registry
 
+ACCESS_LEVELS = ("black-box", "gray-box", "white-box")
+ACCESS_MEANING = {
+    "black-box": "generated images only",
+    "gray-box": "noise predictions eps(x_t, t)",
+    "white-box": "model parameters and gradients",
+}
 
-class Attack(Protocol):
-    """Scores a batch. Constructed from its config section (a pydantic model or dict)."""
 
+class AccessError(ConfigError):
+    """An attack needs more access than a target exposes."""
+
+
+def check_access(attack: Any, target: str, target_access: str) -> None:
+    """Raise AccessError when `attack` needs more than `target_access` gives."""
+    need, have = ACCESS_LEVELS.index(attack.access), ACCESS_LEVELS.index(target_access)
+    if need > have:
+        raise AccessError(
+            f"attack {attack.name!r} needs {attack.access} access "
+            f"({ACCESS_MEANING[attack.access]}) but target {target!r} exposes only "
+            f"{target_access} access ({ACCESS_MEANING[target_access]}); drop it from "
+            f"attacks.enabled or from attacks.targets")
+
+
+class QueryAttack(Protocol):
     name: str
-    access: str  # "white-box" (needs eps(x_t, t)) or "black-box" (needs generated images only)
+    access: str
+    kind: str  # "query"
 
-    def params(self) -> dict[str, Any]:
-        """The hyperparameters that identify this attack setting (logged, in results.json)."""
-        ...
+    def settings(self) -> list[dict[str, Any]]: ...
 
     def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int) -> torch.Tensor:
+              row_ids: torch.Tensor, seed: int, cache: Optional[dict] = None) -> torch.Tensor:
         """Args:
-            x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64, stable row identifiers, so that any
-                randomness is seeded per row (a batch's composition never changes a score).
-            seed: the experiment's base seed.
+            x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids (randomness is seeded
+                per row, so a batch's composition never changes a score). seed: the base seed.
         Returns:
-            [B] float32, higher = member.
+            [B, S] float32, S = len(settings()), higher = member.
         """
         ...
 
 
+class LearnedAttack(Protocol):
+    name: str
+    access: str
+    kind: str  # "learned"
+    trains_on: str  # "calibration" | "shadow"
+
+    def settings(self) -> list[dict[str, Any]]: ...
+
+    def features(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
+                 row_ids: torch.Tensor, seed: int, cache: Optional[dict] = None) -> torch.Tensor:
+        """[B, F] float32 features per row (flattened)."""
+        ...
+
+    def fit_predict(self, train_x: np.ndarray, train_y: np.ndarray,
+                    eval_x: list[np.ndarray], seed: int) -> list[np.ndarray]:
+        """Fit the attack model on (train_x [N, F], train_y [N] in {0, 1}) and score each
+        matrix of eval_x ([M_i, F] -> [M_i], higher = member)."""
+        ...
+
+
+class GeneratedAttack(Protocol):
+    name: str
+    access: str
+    kind: str  # "generated"
+
+    def settings(self) -> list[dict[str, Any]]: ...
+
+    def score_generated(self, generated: torch.Tensor, x0: torch.Tensor,
+                        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                        ) -> torch.Tensor:
+        """Args: generated [M, C, H, W] and x0 [B, C, H, W], both in [-1, 1]; feature_fn maps
+        images to [N, D] features when a feature extractor is configured.
+        Returns: [B, S] float32, higher = member."""
+        ...
+
+
+Attack = Any  # QueryAttack | LearnedAttack | GeneratedAttack
+
 ATTACKS: Registry[type] = Registry("attack")
+
+
+def scaled_timestep(t: int, schedule: NoiseSchedule) -> int:
+    """A timestep given for T = 1000 (the papers' schedule), scaled to this schedule's length."""
+    T = schedule.num_train_timesteps
+    return int(min(T - 1, max(0, round(t * T / 1000))))
+
+
+def check_timesteps(name: str, timesteps: list[int], schedule: NoiseSchedule) -> None:
+    if not timesteps:
+        raise ValueError(f"attacks.{name}.timesteps is empty; list at least one timestep")
+    for t in timesteps:
+        if not 0 <= t < schedule.num_train_timesteps:
+            raise ValueError(f"attacks.{name}.timesteps has {t}, outside "
+                             f"[0, {schedule.num_train_timesteps})")

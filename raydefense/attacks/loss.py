@@ -24,24 +24,26 @@ class LossAttack:
     """Denoising-loss attack averaged over `timesteps` x `draws` fresh noises per row."""
 
     name = "loss"
-    access = "white-box"
+    access = "gray-box"
+    kind = "query"
 
-    def __init__(self, cfg: LossAttackConfig | dict[str, Any]) -> None:
+    def __init__(self, cfg: LossAttackConfig | dict[str, Any], num_train_timesteps: int = 1000
+                 ) -> None:
         self.cfg = (cfg if isinstance(cfg, LossAttackConfig)
                     else LossAttackConfig.model_validate(cfg))
 
-    def params(self) -> dict[str, Any]:
-        return {"timesteps": list(self.cfg.timesteps), "draws": self.cfg.draws,
-                "reduction": self.cfg.reduction}
+    def settings(self) -> list[dict[str, Any]]:
+        return [{"timesteps": list(self.cfg.timesteps), "draws": self.cfg.draws,
+                 "reduction": self.cfg.reduction}]
 
     @torch.no_grad()
     def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int) -> torch.Tensor:
+              row_ids: torch.Tensor, seed: int, cache: dict | None = None) -> torch.Tensor:
         """Args:
             eps: noise predictor, called once per timestep on a [draws * B, C, H, W] batch.
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids. seed: base seed.
         Returns:
-            [B] float32 = -(average squared error), <= 0, higher = member.
+            [B, 1] float32 = -(average squared error), <= 0, higher = member.
         """
         b = x0.shape[0]
         draws = self.cfg.draws
@@ -64,4 +66,4 @@ class LossAttack:
             sq = (eps(x_t, t_vec).float() - noise).pow(2).flatten(1)
             err = sq.sum(1) if self.cfg.reduction == "sum" else sq.mean(1)  # [draws * B]
             total += err.view(draws, b).mean(0)
-        return (-total / len(self.cfg.timesteps)).float()
+        return (-total / len(self.cfg.timesteps)).float()[:, None]

@@ -19,7 +19,8 @@ TPR_RULES = ("max_below", "closest", "strict_below")
 _COUNT_TOL = 1e-9
 
 TPR_RULE_TEXT = (
-    "TPR@FPR = max TPR over ROC points with FPR <= alpha (test split); asr_calibrated applies the "
+    "TPR@FPR = max TPR over ROC points with FPR <= alpha (test split; tpr_at_1pct_fpr_closest "
+    "uses the ROC point whose FPR is closest to 1%, as SecMI/GSA do); asr_calibrated applies the "
     "accuracy-maximising threshold (member iff score >= threshold) chosen on the calibration split "
     "to the test split; asr_oracle picks that threshold on the test split itself."
 )
@@ -253,6 +254,7 @@ def attack_metrics(cal_scores: Any, cal_labels: Any, test_scores: Any, test_labe
     out["tpr_at_1pct_fpr"] = tpr1(s, y)
     if bootstrap:
         out["tpr_at_1pct_fpr_ci"] = bootstrap_ci(tpr1, s, y, bootstrap, seed)
+    out["tpr_at_1pct_fpr_closest"] = tpr_at_fpr(s, y, 0.01, "closest")  # SecMI/GSA's rule
     out["tpr_at_0.1pct_fpr"] = tpr_at_fpr(s, y, 0.001)
     out["tpr_at_0pct_fpr"] = tpr_at_fpr(s, y, 0.0)
     out["asr_calibrated"] = accuracy_at(s, y, threshold)

@@ -89,23 +89,34 @@ class SecMIStat:
     """SecMI_stat: score = -sum_{c,h,w} (x_tilde - x_hat)^2 (higher = member)."""
 
     name = "secmi_stat"
-    access = "white-box"
+    access = "gray-box"
+    kind = "query"
 
-    def __init__(self, cfg: SecMIConfig | dict[str, Any]) -> None:
+    def __init__(self, cfg: SecMIConfig | dict[str, Any], num_train_timesteps: int = 1000
+                 ) -> None:
         self.cfg = cfg if isinstance(cfg, SecMIConfig) else SecMIConfig.model_validate(cfg)
-        if self.cfg.t_sec % self.cfg.k:
-            raise ValueError(f"attacks.secmi_stat.t_sec={self.cfg.t_sec} must be a multiple of "
-                             f"attacks.secmi_stat.k={self.cfg.k}")
 
-    def params(self) -> dict[str, Any]:
-        return {"t_sec": self.cfg.t_sec, "k": self.cfg.k}
+    def settings(self) -> list[dict[str, Any]]:
+        return [{"t_sec": self.cfg.t_sec, "k": self.cfg.k}]
 
     def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int) -> torch.Tensor:
+              row_ids: torch.Tensor, seed: int, cache: dict | None = None) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (the attack is deterministic).
+            cache: per-batch dict shared with SecMI_NN (one round trip for both).
         Returns:
-            [B] float32 = -t-error, <= 0, higher = member.
+            [B, 1] float32 = -t-error, <= 0, higher = member.
         """
-        x_tilde, x_hat = secmi_error_maps(eps, schedule, x0, self.cfg.t_sec, self.cfg.k)
-        return -(x_tilde - x_hat).pow(2).flatten(1).sum(1).float()
+        x_tilde, x_hat = cached_error_maps(eps, schedule, x0, self.cfg.t_sec, self.cfg.k, cache)
+        return -(x_tilde - x_hat).pow(2).flatten(1).sum(1).float()[:, None]
+
+
+def cached_error_maps(eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor, t_sec: int,
+                      k: int, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """secmi_error_maps, memoised in the per-batch cache under ("secmi", t_sec, k)."""
+    if cache is None:
+        return secmi_error_maps(eps, schedule, x0, t_sec, k)
+    key = ("secmi", t_sec, k)
+    if key not in cache:
+        cache[key] = secmi_error_maps(eps, schedule, x0, t_sec, k)
+    return cache[key]

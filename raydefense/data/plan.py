@@ -19,10 +19,11 @@ import pyarrow as pa
 from raydefense.config import DataConfig
 from raydefense.data.sources import ImagePool
 from raydefense.errors import DataError, SplitOverlapError
-from raydefense.seeding import STREAM_SPLIT, derive_seed
+from raydefense.seeding import STREAM_SHADOW, STREAM_SPLIT, derive_seed
 
-MEMBER, NONMEMBER = "member", "nonmember"
+MEMBER, NONMEMBER, SHADOW = "member", "nonmember", "shadow"
 CALIBRATION, TEST = "calibration", "test"
+SHADOW_MODEL_INDEX0 = 100  # shadow_j trains with model_index 100 + j (seeds apart from targets)
 
 
 def teacher_name(shard: int) -> str:
@@ -30,9 +31,30 @@ def teacher_name(shard: int) -> str:
     return f"teacher_{shard + 1}"
 
 
-def model_names(num_shards: int) -> list[str]:
-    """Rows of the membership matrix: the undefended baseline, then one teacher per shard."""
-    return ["baseline"] + [teacher_name(k) for k in range(num_shards)]
+def shadow_name(j: int) -> str:
+    """Shadow index 0..S-1 -> model name shadow_1..shadow_S."""
+    return f"shadow_{j + 1}"
+
+
+def model_names(num_shards: int, num_shadows: int = 0) -> list[str]:
+    """Rows of the membership matrix: the undefended baseline, one teacher per shard, then the
+    attacker's shadow models (trained on rows disjoint from every target row)."""
+    return (["baseline"] + [teacher_name(k) for k in range(num_shards)]
+            + [shadow_name(j) for j in range(num_shadows)])
+
+
+def model_index(model: str, num_shards: int) -> int:
+    """The index that seeds a model's training batches: baseline 0, teacher_k k, the student
+    K + 1, shadow_j 100 + j - 1 (independent of how many shadows exist)."""
+    if model == "baseline":
+        return 0
+    if model.startswith("teacher_"):
+        return int(model.split("_")[1])
+    if model.startswith("shadow_"):
+        return SHADOW_MODEL_INDEX0 + int(model.split("_")[1]) - 1
+    if model == "student":
+        return num_shards + 1
+    raise KeyError(f"unknown model {model!r}")
 
 
 def content_hash(image_u8: np.ndarray) -> str:
@@ -43,9 +65,11 @@ def content_hash(image_u8: np.ndarray) -> str:
 class Plan:
     """A materialised split. Arrays are aligned: one entry per selected row.
 
-    row_id: [R] int64, index into the source pool. split: [R] MEMBER/NONMEMBER. shard: [R] int,
-    0..K-1 for members, -1 for non-members. part: [R] CALIBRATION/TEST. images: [R, C, H, W] uint8.
-    membership: [M, R] bool, M = 1 + K models (see model_names).
+    row_id: [R] int64, index into the source pool. split: [R] MEMBER/NONMEMBER/SHADOW.
+    shard: [R] int, 0..K-1 for members, -1 otherwise. part: [R] CALIBRATION/TEST (SHADOW for
+    shadow rows). images: [R, C, H, W] uint8. membership: [M, R] bool, M = 1 + K + S models (see
+    model_names). shadow_heldout: [S, R] bool, the rows drawn for shadow_j that it never trained
+    on (its non-members when an attack learns from it).
     """
 
     row_id: np.ndarray
@@ -57,19 +81,37 @@ class Plan:
     images: np.ndarray
     models: list[str]
     membership: np.ndarray
+    shadow_heldout: Optional[np.ndarray] = None
     duplicates_dropped: int = 0
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.shadow_heldout is None:
+            self.shadow_heldout = np.zeros((0, len(self.row_id)), dtype=bool)
+
+    @property
+    def teachers(self) -> list[str]:
+        return [m for m in self.models if m.startswith("teacher_")]
+
+    @property
+    def shadows(self) -> list[str]:
+        return [m for m in self.models if m.startswith("shadow_")]
+
     @property
     def num_shards(self) -> int:
-        return len(self.models) - 1
+        return len(self.teachers)
+
+    def rows_of(self, model: str) -> np.ndarray:
+        """Bool [R]: the rows `model` trains on (its row of the membership matrix)."""
+        return self.membership[self.models.index(model)]
 
     def summary(self) -> dict:
         members = self.split == MEMBER
         return {
             "num_rows": int(len(self.row_id)),
             "num_members": int(members.sum()),
-            "num_nonmembers": int((~members).sum()),
+            "num_nonmembers": int((self.split == NONMEMBER).sum()),
+            "num_shadow_rows": int((self.split == SHADOW).sum()),
             "shard_sizes": [int((self.shard == k).sum()) for k in range(self.num_shards)],
             "calibration": {s: int(((self.split == s) & (self.part == CALIBRATION)).sum())
                             for s in (MEMBER, NONMEMBER)},
@@ -97,6 +139,11 @@ class Plan:
     def membership_table(self) -> pa.Table:
         cols = {"row_id": pa.array(self.row_id, pa.int64())}
         cols.update({m: pa.array(self.membership[i]) for i, m in enumerate(self.models)})
+        return pa.table(cols)
+
+    def shadow_heldout_table(self) -> pa.Table:
+        cols = {"row_id": pa.array(self.row_id, pa.int64())}
+        cols.update({m: pa.array(self.shadow_heldout[j]) for j, m in enumerate(self.shadows)})
         return pa.table(cols)
 
 
@@ -138,8 +185,14 @@ def _assign_parts(n: int, frac: float) -> np.ndarray:
     return np.array([CALIBRATION] * n_cal + [TEST] * (n - n_cal), dtype=object)
 
 
-def make_plan(pool: ImagePool, cfg: DataConfig, seed: int) -> Plan:
+def make_plan(pool: ImagePool, cfg: DataConfig, seed: int, num_shadows: int = 0,
+              shadow_members: Optional[int] = None) -> Plan:
     """Split the pool (seeded; deterministic for a given seed and config).
+
+    Shadow models (num_shadows > 0) each draw 2 * shadow_members rows (default: the baseline's
+    member count) from the rows no target uses, the first half to train on and the second held
+    out; shadows may share rows with each other, never with the targets' rows. Their draws use
+    their own seed stream, so adding shadows leaves the target split unchanged.
 
     Raises:
         SplitOverlapError: duplicate images across splits/shards with on_duplicate='error'.
@@ -165,33 +218,71 @@ def make_plan(pool: ImagePool, cfg: DataConfig, seed: int) -> Plan:
     for s, chunk in enumerate(np.array_split(rng.permutation(len(members)), k)):
         shard_of_member[chunk] = s
 
-    row_id = np.concatenate([members, nonmembers])
-    split = np.array([MEMBER] * len(members) + [NONMEMBER] * len(nonmembers), dtype=object)
-    shard = np.concatenate([shard_of_member, -np.ones(len(nonmembers), dtype=np.int64)])
+    shadow_rows, shadow_train, shadow_held = _draw_shadows(
+        n_pool, np.concatenate([members, nonmembers]), num_shadows,
+        shadow_members or len(members), seed)
+    row_id = np.concatenate([members, nonmembers, shadow_rows])
+    split = np.array([MEMBER] * len(members) + [NONMEMBER] * len(nonmembers)
+                     + [SHADOW] * len(shadow_rows), dtype=object)
+    shard = np.concatenate([shard_of_member,
+                            -np.ones(len(nonmembers) + len(shadow_rows), dtype=np.int64)])
     images = pool.images[row_id]
     hashes = [content_hash(im) for im in images]
 
     keep, dropped = _check_duplicates(hashes, split, shard, cfg.on_duplicate)
     row_id, split, shard, images = row_id[keep], split[keep], shard[keep], images[keep]
     hashes = [hashes[i] for i in np.flatnonzero(keep)]
+    keep_shadow = keep[len(keep) - len(shadow_rows):]
+    shadow_train, shadow_held = shadow_train[:, keep_shadow], shadow_held[:, keep_shadow]
 
     # Calibration/test parts, stratified per shard (members) and over the non-members.
     part = np.empty(len(row_id), dtype=object)
     groups = [np.flatnonzero(shard == s) for s in range(k)] + [np.flatnonzero(split == NONMEMBER)]
     for g in groups:
         part[g] = _assign_parts(len(g), cfg.calibration_fraction)
+    part[split == SHADOW] = SHADOW
 
-    models = model_names(k)
+    models = model_names(k, num_shadows)
     membership = np.zeros((len(models), len(row_id)), dtype=bool)
     membership[0] = split == MEMBER
     for s in range(k):
         membership[1 + s] = shard == s
+    n_target = len(row_id) - shadow_train.shape[1]
+    heldout = np.zeros((num_shadows, len(row_id)), dtype=bool)
+    for j in range(num_shadows):
+        membership[1 + k + j, n_target:] = shadow_train[j]
+        heldout[j, n_target:] = shadow_held[j]
     labels = pool.labels[row_id] if pool.labels is not None else -np.ones(len(row_id), np.int64)
     plan = Plan(row_id=row_id, hash=hashes, split=split, shard=shard, part=part, label=labels,
-                images=images, models=models, membership=membership, duplicates_dropped=dropped,
-                meta={"source": pool.name, "split_file": cfg.split_file})
+                images=images, models=models, membership=membership, shadow_heldout=heldout,
+                duplicates_dropped=dropped, meta={"source": pool.name, "split_file": cfg.split_file})
     validate_plan(plan)
     return plan
+
+
+def _draw_shadows(n_pool: int, target_rows: np.ndarray, num_shadows: int, n: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows for the shadow models, from the pool rows no target uses.
+
+    Returns (rows [U] sorted source indices, train [S, U] bool, heldout [S, U] bool)."""
+    empty = np.zeros((num_shadows, 0), dtype=bool)
+    if num_shadows == 0:
+        return np.zeros(0, np.int64), empty, empty
+    free = np.setdiff1d(np.arange(n_pool), target_rows)
+    if 2 * n > len(free):
+        raise DataError(f"each shadow model needs 2 x {n} rows disjoint from the targets' rows but "
+                        f"only {len(free)} are left; lower attacks.shadow.members or "
+                        "data.num_members/num_nonmembers, or set attacks.shadow.num_models=0")
+    draws = [np.random.default_rng(derive_seed(seed, STREAM_SHADOW, j)).permutation(free)[:2 * n]
+             for j in range(num_shadows)]
+    rows = np.unique(np.concatenate(draws))
+    pos = {int(r): i for i, r in enumerate(rows)}
+    train = np.zeros((num_shadows, len(rows)), dtype=bool)
+    held = np.zeros((num_shadows, len(rows)), dtype=bool)
+    for j, d in enumerate(draws):
+        train[j, [pos[int(r)] for r in d[:n]]] = True
+        held[j, [pos[int(r)] for r in d[n:]]] = True
+    return rows, train, held
 
 
 def _check_duplicates(hashes: list[str], split: np.ndarray, shard: np.ndarray,
@@ -232,7 +323,7 @@ def validate_plan(plan: Plan) -> None:
     non_h = {h for h, m in zip(plan.hash, members) if not m}
     if mem_h & non_h:
         raise SplitOverlapError(f"{len(mem_h & non_h)} images are both member and non-member")
-    teachers = plan.membership[1:]
+    teachers = np.stack([plan.rows_of(t) for t in plan.teachers])
     if (teachers.sum(axis=0) > 1).any():
         raise SplitOverlapError("member shards overlap: a row belongs to two teachers")
     if not np.array_equal(teachers.any(axis=0), members):
@@ -245,9 +336,19 @@ def validate_plan(plan: Plan) -> None:
         for b in range(a + 1, plan.num_shards):
             if shard_hashes[a] & shard_hashes[b]:
                 raise SplitOverlapError(f"shards {a + 1} and {b + 1} share image content")
+    shadow_rows = plan.split == SHADOW
+    for j, m in enumerate(plan.shadows):
+        if (plan.rows_of(m) & ~shadow_rows).any() or (plan.shadow_heldout[j] & ~shadow_rows).any():
+            raise SplitOverlapError(f"{m} reads rows of the targets' member/non-member sets")
+        if (plan.rows_of(m) & plan.shadow_heldout[j]).any():
+            raise SplitOverlapError(f"{m} trains on rows it also holds out")
+    target_h = {h for h, sp in zip(plan.hash, plan.split) if sp != SHADOW}
+    if target_h & {h for h, sp in zip(plan.hash, plan.split) if sp == SHADOW}:
+        raise SplitOverlapError("shadow rows share image content with target rows")
 
 
-def plan_from_tables(rows: pa.Table, membership: pa.Table, image_shape: list[int]) -> Plan:
+def plan_from_tables(rows: pa.Table, membership: pa.Table, image_shape: list[int],
+                     shadow_heldout: Optional[pa.Table] = None) -> Plan:
     """Rebuild a Plan from the Parquet tables written by `prepare` (and re-validate it)."""
     d = rows.to_pydict()
     images = np.frombuffer(b"".join(d["image"]), dtype=np.uint8).reshape(-1, *image_shape)
@@ -259,6 +360,10 @@ def plan_from_tables(rows: pa.Table, membership: pa.Table, image_shape: list[int
                 part=np.array(d["part"], dtype=object), label=np.array(d["label"], np.int64),
                 images=images.copy(), models=models,
                 membership=np.stack([membership.column(m).to_numpy(zero_copy_only=False)
-                                     for m in models]).astype(bool))
+                                     for m in models]).astype(bool),
+                shadow_heldout=(np.stack([shadow_heldout.column(m).to_numpy(zero_copy_only=False)
+                                          for m in models if m.startswith("shadow_")]).astype(bool)
+                                if shadow_heldout is not None and shadow_heldout.num_columns > 1
+                                else None))
     validate_plan(plan)
     return plan

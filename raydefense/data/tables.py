@@ -3,6 +3,7 @@
 prepare/rows.parquet        row_id, hash, split, shard, part, label, image (uint8 bytes)
 prepare/membership.parquet  row_id + one bool column per model (the membership matrix)
 prepare/plan.json           sizes, models, image shape, source
+prepare/shadow_heldout.parquet  row_id + one bool column per shadow model (its held-out rows)
 distill/soft_targets/       row_id, draw, shard, t, teachers, x_t and target (float32 bytes)
 evaluate/scores.parquet     target, attack, params, row_id, is_member, part, score
 """
@@ -22,6 +23,7 @@ from raydefense.storage import Storage
 ROWS = "prepare/rows.parquet"
 MEMBERSHIP = "prepare/membership.parquet"
 PLAN_JSON = "prepare/plan.json"
+SHADOW_HELDOUT = "prepare/shadow_heldout.parquet"
 SOFT_TARGETS = "distill/soft_targets"
 SCORES = "evaluate/scores.parquet"
 
@@ -29,12 +31,14 @@ SCORES = "evaluate/scores.parquet"
 def write_plan(storage: Storage, plan: Plan) -> None:
     storage.write_table(ROWS, plan.to_table())
     storage.write_table(MEMBERSHIP, plan.membership_table())
+    storage.write_table(SHADOW_HELDOUT, plan.shadow_heldout_table())
     storage.write_json(PLAN_JSON, plan.summary())
 
 
 def read_plan(storage: Storage) -> Plan:
     shape = storage.read_json(PLAN_JSON)["image_shape"]
-    return plan_from_tables(storage.read_table(ROWS), storage.read_table(MEMBERSHIP), shape)
+    held = storage.read_table(SHADOW_HELDOUT) if storage.exists(SHADOW_HELDOUT) else None
+    return plan_from_tables(storage.read_table(ROWS), storage.read_table(MEMBERSHIP), shape, held)
 
 
 def image_shape(storage: Storage) -> tuple[int, int, int]:

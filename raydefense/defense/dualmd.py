@@ -10,7 +10,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from raydefense.diffusion.sampling import sample
+from raydefense.diffusion.sampling import sample, sampler_timesteps
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
 
@@ -28,3 +28,43 @@ class DualMDPipeline:
                  num_steps: int = 50, seed: int = 0) -> torch.Tensor:
         """[N, C, H, W] images in [-1, 1]; no intermediate states are exposed."""
         return sample(self._teachers, self._schedule, shape, sampler, num_steps, seed)
+
+
+class DualMDStepRouter:
+    """DualMD's gray-box interface (an extension beyond the paper): eps(x_t, t) is answered by the
+    teacher that the alternating sampler assigns to timestep t.
+
+    The sampler's grid (`sampler_timesteps`) runs teacher k mod K at iteration k; a query at a t
+    off the grid goes to the teacher of the grid timestep nearest to t (ties: the lower t). The
+    choice depends on t only, never on x (invariant 6). Mixed timesteps in one batch are split
+    per teacher.
+    """
+
+    def __init__(self, teachers: Sequence[EpsModel], schedule: NoiseSchedule,
+                 num_steps: int) -> None:
+        if len(teachers) < 2:
+            raise ValueError("DualMD needs at least two teachers trained on disjoint shards")
+        self._teachers = list(teachers)
+        grid = torch.tensor(sampler_timesteps(schedule, num_steps))  # descending
+        ts = torch.arange(schedule.num_train_timesteps)
+        dist = (ts[:, None] - grid[None, :]).abs()  # [T, steps]
+        # argmin returns the first minimum; grid is descending, so flip to prefer the lower t.
+        step = grid.numel() - 1 - dist.flip(1).argmin(1)
+        self.owner = step % len(self._teachers)  # [T] teacher index per timestep
+
+    @property
+    def teachers(self) -> list[EpsModel]:
+        return list(self._teachers)
+
+    def teacher_index(self, t: int) -> int:
+        return int(self.owner[t])
+
+    @torch.no_grad()
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t [B, C, H, W], t [B] long -> eps [B, C, H, W] from each element's routed teacher."""
+        who = self.owner[t.cpu()].to(t.device)
+        out = torch.empty_like(x_t)
+        for k in who.unique().tolist():
+            m = who == k
+            out[m] = self._teachers[k](x_t[m], t[m]).to(out.dtype)
+        return out

@@ -7,14 +7,15 @@ from typing import Optional
 from raydefense.config import ExperimentConfig
 from raydefense.data.tables import PLAN_JSON
 from raydefense.distributed.runtime import check_fit_resources, init_ray
-from raydefense.distributed.scoring import evaluate_targets
+from raydefense.distributed.scoring import RayEvalExecutor
 from raydefense.distributed.soft_targets import label_soft_targets
 from raydefense.distributed.train import FitSpec, fit_many
 from raydefense.storage import Storage
 
 
 class RayExecutor:
-    """Ray Train for fits, a Ray Data actor pool for soft targets, Ray tasks for scoring."""
+    """Ray Train for fits, Ray Data actor pools for soft targets and attack scoring, Ray tasks
+    for per-target evaluation work."""
 
     def __init__(self, cfg: ExperimentConfig, tracking_uri: Optional[str]) -> None:
         self.cluster = init_ray(cfg.resources)
@@ -31,5 +32,8 @@ class RayExecutor:
         shape = storage.read_json(PLAN_JSON)["image_shape"]
         return label_soft_targets(cfg, storage, teachers, owners, draws, shape)
 
-    def evaluate(self, cfg: ExperimentConfig, targets: list[str]) -> dict[str, dict]:
-        return evaluate_targets(cfg, targets)
+    def score(self, cfg: ExperimentConfig, plan, jobs, generate):
+        return RayEvalExecutor().score(cfg, plan, jobs, generate)
+
+    def map(self, fn, items):
+        return RayEvalExecutor().map(fn, items)

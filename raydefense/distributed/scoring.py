@@ -1,36 +1,130 @@
-"""Evaluation fan-out: one Ray task per target (model loading, attack scoring, sampling)."""
+"""Evaluation on Ray: attack scoring and generation as one Ray Data `map_batches` over blocks of
+one model's rows, with an actor pool (each actor loads a model once and keeps it; GPUs when
+present), and learned-attack fits as Ray tasks. The work itself is `raydefense.evaluation`."""
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
+import pyarrow as pa
 import ray
+import ray.data
 import torch
 
 from raydefense.config import ExperimentConfig
-from raydefense.data.tables import read_plan
-from raydefense.evaluation import evaluate_target
+from raydefense.data.plan import Plan
+from raydefense.data.tables import decode_images
+from raydefense.evaluation import ScoreJob, ScoringWorker, merge_columns
 from raydefense.storage import Storage
 
 
-@ray.remote
-def _evaluate(cfg_dict: dict, target: str, threads: int) -> dict[str, Any]:
-    torch.set_num_threads(threads)
-    cfg = ExperimentConfig.model_validate(cfg_dict)
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    cache = tempfile.mkdtemp(prefix="raydefense-eval-")
-    try:
-        return evaluate_target(cfg, storage, read_plan(storage), target, cache)
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+GENERATE, SCORE = "generate", "score"
 
 
-def evaluate_targets(cfg: ExperimentConfig, targets: list[str]) -> dict[str, dict[str, Any]]:
-    """Evaluate all targets concurrently; target -> evaluate_target's dict."""
+def score_threads(cfg: ExperimentConfig) -> int:
+    """Torch threads per scoring actor: resources.torch_threads, or the node's cores shared among
+    the pool (scoring runs one model at a time)."""
     res = cfg.resources
-    threads = max(1, int(res.cpus_per_worker))
-    refs = {t: _evaluate.options(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker)
-            .remote(cfg.model_dump(mode="json"), t, threads) for t in targets}
-    return {t: ray.get(r) for t, r in refs.items()}
+    if res.torch_threads:
+        return res.torch_threads
+    return max(1, int(res.cpus_per_worker), (os.cpu_count() or 1) // cfg.attacks.score_actors)
+
+
+class ScoringActor:
+    """One actor of the scoring pool. Every block holds rows of a single model; the actor loads
+    each model the first time it sees one (then keeps it) and returns one record per block: the
+    model name and its pickled columns (column sets differ between models, e.g. shadows carry
+    only GSA features, so they travel as one opaque value instead of a ragged Arrow schema)."""
+
+    def __init__(self, cfg_dict: dict, jobs: dict[str, tuple[list[str], bool]],
+                 teachers: list[str], image_shape: list[int]) -> None:
+        self.cfg = ExperimentConfig.model_validate(cfg_dict)
+        torch.set_num_threads(score_threads(self.cfg))
+        self._cache = tempfile.mkdtemp(prefix="raydefense-score-")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.storage = Storage(self.cfg.storage.root, self.cfg.experiment)
+        self.jobs, self.teachers, self.shape = jobs, teachers, tuple(image_shape)
+        self.workers: dict[str, ScoringWorker] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model, op = str(batch["model"][0]), str(batch["op"][0])
+        if model not in self.workers:
+            attacks, with_quality = self.jobs.get(model, ([], False))
+            self.workers[model] = ScoringWorker(self.cfg, self.storage, model, attacks,
+                                                self.teachers, self._cache, device=self.device,
+                                                with_quality=with_quality)
+        if op == GENERATE:  # a one-row block whose row_id is the number of images
+            out = {"generated": self.workers[model].generate(int(batch["row_id"][0]), self.shape)}
+        else:
+            out = self.workers[model](decode_images(list(batch["image"]), self.shape),
+                                      np.array(batch["row_id"], dtype=np.int64))
+        return {"model": np.array([model]), "op": np.array([op]),
+                "payload": np.array([pickle.dumps(out, protocol=5)], dtype=object)}
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "_cache", ""), ignore_errors=True)
+
+
+class RayEvalExecutor:
+    """EvalExecutor on Ray (see raydefense.evaluation.EvalExecutor)."""
+
+    def score(self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob],
+              generate: dict[str, int]) -> tuple[list[dict[str, np.ndarray]],
+                                                 dict[str, np.ndarray]]:
+        """All jobs and generations through one Ray Data pipeline and one actor pool (actors
+        start once and keep the models they load)."""
+        res = cfg.resources
+        bs = cfg.attacks.batch_size
+        width = int(np.prod(plan.images.shape[1:]))
+
+        def block(model: str, op: str, ids: np.ndarray, flat: np.ndarray) -> pa.Table:
+            return pa.table({"model": pa.array([model] * len(ids), pa.string()),
+                             "op": pa.array([op] * len(ids), pa.string()),
+                             "row_id": pa.array(ids, pa.int64()),
+                             "image": pa.array([r.tobytes() for r in flat], pa.binary(width))})
+
+        # Generation first (long blocks), then one block per batch of one model's rows.
+        blocks = [block(t, GENERATE, np.array([n]), np.zeros((1, width), np.uint8))
+                  for t, n in generate.items()]
+        for job in jobs:
+            ids = plan.row_id[job.mask]
+            table = block(job.model, SCORE, ids, plan.images[job.mask].reshape(len(ids), -1))
+            blocks += [table.slice(s, bs) for s in range(0, len(ids), bs)]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            ScoringActor,
+            fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json"),
+                                   "jobs": {j.model: (j.attacks, j.with_quality) for j in jobs},
+                                   "teachers": plan.teachers,
+                                   "image_shape": list(plan.images.shape[1:])},
+            batch_size=None, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.attacks.score_actors),
+            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker)
+        parts: dict[str, list[dict[str, np.ndarray]]] = {j.model: [] for j in jobs}
+        generated: dict[str, np.ndarray] = {}
+        done = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for model, op, payload in zip(batch["model"], batch["op"], batch["payload"]):
+                out = pickle.loads(payload)
+                if op == GENERATE:
+                    generated[str(model)] = out["generated"]
+                else:
+                    parts[str(model)].append(out)
+                done += 1
+                if done == len(blocks) or done % max(1, len(blocks) // 10) == 0:
+                    print(f"[raydefense] evaluate: scored {done}/{len(blocks)} batches",
+                          flush=True)
+        return [merge_columns(parts[j.model], plan.row_id[j.mask]) for j in jobs], generated
+
+    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+        remote = ray.remote(_call)
+        return ray.get([remote.options(num_cpus=1).remote(fn, *it) for it in items])
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    torch.set_num_threads(1)
+    return fn(*args)

@@ -248,3 +248,118 @@ def timings_table_markdown(timings: dict[str, float]) -> str:
             body.append([_escape(str(stage)), _fmt(seconds, 1), MISSING])
     body.append(["**total**", f"**{total:.1f}**", f"**{_fmt_duration(total)}**"])
     return _markdown_table(["Stage", "Seconds", "Duration"], body)
+
+
+# --- paper-style table: one line per attack (headline setting), one column per target ------------
+
+def _short_params(params: Any) -> str:
+    if not isinstance(params, Mapping):
+        return str(params)
+    return ", ".join(f"{k}={_fmt_param_value(v)}" for k, v in params.items() if k != "canonical")
+
+
+def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """One line per (target, attack) for the paper-style table.
+
+    An attack with a single setting shows it. A swept attack shows its canonical setting (params
+    flag `canonical`, e.g. PIA t=200) and the setting with the best *calibration* AUC — chosen
+    without looking at the test part, so the reported test numbers stay honest. The returned rows
+    carry `line` (the table line label) and `setting` (the chosen params, as text).
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    settings: dict[str, set[str]] = {}
+    for r in rows:
+        groups.setdefault((str(r.get("target")), str(r.get("attack"))), []).append(r)
+        settings.setdefault(str(r.get("attack")), set()).add(params_key(r.get("params")))
+    out: list[dict] = []
+    for (_, attack), rs in groups.items():
+        if len(settings[attack]) == 1:
+            out.append({**rs[0], "line": attack, "setting": _short_params(rs[0].get("params"))})
+            continue
+        for r in rs:
+            if isinstance(r.get("params"), Mapping) and r["params"].get("canonical"):
+                out.append({**r, "line": f"{attack} (canonical)",
+                            "setting": _short_params(r["params"])})
+        best = max(rs, key=lambda r: (r.get("auc_calibration") is not None,
+                                      r.get("auc_calibration") or 0.0))
+        out.append({**best, "line": f"{attack} (best on calibration)",
+                    "setting": _short_params(best.get("params"))})
+    return out
+
+
+def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
+                         skipped: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Attacks x targets, cells "AUC [CI] / TPR@1%FPR" (like the paper's Table 2), from the
+    headline setting of each attack; a swept attack's "best on calibration" cells name the chosen
+    setting. Pairs refused for lack of access print "n/a", explained below the table."""
+    if not rows:
+        return "No attack results."
+    head = headline_rows(rows)
+    targets = sort_targets([str(r.get("target")) for r in rows]
+                           + [str(s.get("target")) for s in skipped])
+    lines = list(dict.fromkeys(r["line"] for r in head))
+    index = {(r["line"], str(r["target"])): r for r in head}
+    refused = {(str(s.get("attack")), str(s.get("target"))) for s in skipped}
+    body = []
+    for line in lines:
+        attack = line.split(" (")[0]
+        cells = []
+        for t in targets:
+            r = index.get((line, t))
+            if r is None:
+                cells.append("n/a" if (attack, t) in refused else MISSING)
+                continue
+            cell = attack_cell(r)
+            if line.endswith("(best on calibration)"):
+                cell += f" ({_escape(r['setting'])})"
+            if r.get("note"):
+                cell += " †"
+            cells.append(cell)
+        body.append([_escape(line)] + cells)
+    text = [_markdown_table(["Attack"] + [_escape(t) for t in targets], body),
+            "Cells: AUC [95% CI] / TPR@1%FPR on the test split."]
+    notes = list(dict.fromkeys(str(r["note"]) for r in head if r.get("note")))
+    text += [f"† {n}." for n in notes]
+    if skipped:
+        text.append("n/a: " + "; ".join(dict.fromkeys(
+            f"{s.get('attack')} on {s.get('target')}: {s.get('reason')}" for s in skipped)) + ".")
+    return "\n\n".join(text)
+
+
+def operating_points_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """ASR (calibrated / oracle), TPR@0.1%FPR and the set sizes for each headline line."""
+    head = headline_rows(rows)
+    body = [[_escape(str(r["target"])), _escape(r["line"]), _escape(r["setting"]),
+             _fmt(r.get("asr_calibrated"), 3), _fmt(r.get("asr_oracle"), 3),
+             _fmt(r.get("tpr_at_0.1pct_fpr"), 3), _fmt_count(r.get("n_members")),
+             _fmt_count(r.get("n_nonmembers"))]
+            for r in sorted(head, key=lambda r: target_order_key(str(r["target"])))]
+    return _markdown_table(["Target", "Attack", "Setting", "ASR (calibrated)", "ASR (oracle)",
+                            "TPR@0.1%FPR", "n_members", "n_nonmembers"], body)
+
+
+def sweep_tables_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """For every attack with several settings: settings x targets, cells "AUC (cal. AUC)"."""
+    by_attack: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_attack.setdefault(str(r.get("attack")), []).append(r)
+    parts = []
+    for attack, rs in by_attack.items():
+        settings = list(dict.fromkeys(params_key(r.get("params")) for r in rs))
+        if len(settings) < 2:
+            continue
+        targets = sort_targets(str(r.get("target")) for r in rs)
+        index = {(params_key(r.get("params")), str(r.get("target"))): r for r in rs}
+        body = []
+        for key in settings:
+            params = json.loads(key)
+            cells = []
+            for t in targets:
+                r = index.get((key, t))
+                cells.append(MISSING if r is None else
+                             f"{_fmt(r.get('auc'), 3)} ({_fmt(r.get('auc_calibration'), 3)})")
+            body.append([_escape(_short_params(params))] + cells)
+        parts += [f"### {attack}", "", _markdown_table(["Setting"] + list(targets), body), ""]
+    if not parts:
+        return "No swept attacks."
+    return "\n".join(["Cells: test AUC (calibration AUC).", ""] + parts).rstrip()

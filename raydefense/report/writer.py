@@ -19,10 +19,12 @@ import numpy as np
 
 from raydefense.report.plots import plot_roc, save_image_grid
 from raydefense.report.tables import (
+    operating_points_markdown,
+    paper_table_markdown,
     params_key,
-    attack_table_markdown,
     quality_table_markdown,
     sort_targets,
+    sweep_tables_markdown,
     timings_table_markdown,
 )
 
@@ -135,6 +137,22 @@ def _write_text(text: str) -> Callable[[str], None]:
     return write
 
 
+QUALITY_NOTE = (
+    "domain_* metrics use the penultimate features / softmax of a small classifier trained on the "
+    "non-member pool (a stand-in for Inception on small datasets such as digits; not comparable "
+    "to published FID/IS). fid / inception_score appear only when quality.inception_weights "
+    "points at local Inception weights. memorization_*: Carlini et al. 2023's ratio of the l2 "
+    "distance to the nearest training image over the mean distance to the k nearest; "
+    "memorized_count counts generated images under the threshold. heldout_eps_mse: "
+    "eps-prediction MSE on non-member test images (lower is better).")
+
+
+def _rules(results: Mapping[str, Any]) -> str:
+    rules = list(dict.fromkeys(str(r["tpr_rule"]) for r in results["attacks"]
+                               if r.get("tpr_rule")))
+    return "\n".join(f"*TPR@FPR rule:* {rule}" for rule in rules)
+
+
 def _meta_lines(results: Mapping[str, Any]) -> list[str]:
     lines = [f"- Config fingerprint: `{results['config_fingerprint']}`"]
     versions = results["versions"]
@@ -156,8 +174,13 @@ def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, s
     """
     parts = [f"# Membership-inference report: {results['experiment']}", "",
              *_meta_lines(results), "", HOW_TO_READ, "",
-             "## Attacks", "", attack_table_markdown(list(results["attacks"])), "",
-             "## Quality", "", quality_table_markdown(list(results["quality"])), "",
+             "## Attacks", "",
+             paper_table_markdown(list(results["attacks"]), list(results.get("skipped", []))),
+             "", "### Operating points", "", operating_points_markdown(list(results["attacks"])),
+             "", _rules(results), "",
+             "## Quality", "", QUALITY_NOTE, "", quality_table_markdown(list(results["quality"])),
+             "",
+             "## Attack sweeps", "", sweep_tables_markdown(list(results["attacks"])), "",
              "## Timings", "", timings_table_markdown(dict(results["timings"])), ""]
     if roc_files:
         parts += ["## ROC curves", ""]

@@ -14,7 +14,8 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-TARGETS = {"baseline", "teacher_1", "teacher_2", "student"}
+TARGETS = {"baseline", "teacher_1", "teacher_2", "dualmd", "student"}
+ATTACKS = {"loss", "secmi_stat", "secmi_nn", "pia", "pian", "sima", "gsa1", "gsa2", "blackbox_nn"}
 ROW_KEYS = {"target", "attack", "params", "auc", "auc_ci", "tpr_at_1pct_fpr",
             "tpr_at_1pct_fpr_ci", "tpr_at_0.1pct_fpr", "asr_calibrated", "asr_oracle",
             "tpr_rule", "n_members", "n_nonmembers"}
@@ -44,25 +45,31 @@ def test_results_json_follows_the_contract(smoke_run):
     assert {"torch", "ray", "mlflow", "diffusers"} <= set(results["versions"])
     assert {"prepare", "train", "distill", "evaluate"} <= set(results["timings"])
     rows = results["attacks"]
+    refused = {("dualmd", "gsa1"), ("dualmd", "gsa2")}  # gradients: DualMD is gray-box
     assert {(r["target"], r["attack"]) for r in rows} == {
-        (t, a) for t in TARGETS for a in ("loss", "secmi_stat")}
+        (t, a) for t in TARGETS for a in ATTACKS} - refused
+    assert {(s["target"], s["attack"]) for s in results["skipped"]} == refused
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
         assert 0.0 <= r["auc"] <= 1.0 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
         expect = 16 if r["target"].startswith("teacher") else 32
         assert (r["n_members"], r["n_nonmembers"]) == (expect, 32)
+    pia = [r for r in rows if r["target"] == "baseline" and r["attack"] == "pia"]
+    assert sorted(r["params"]["t"] for r in pia) == [50, 100, 200]
     quality = {(q["target"], q["metric"]) for q in results["quality"]}
-    assert ("student", "heldout_eps_mse") in quality
+    for t in TARGETS:
+        assert {(t, "heldout_eps_mse"), (t, "domain_fid"), (t, "memorized_count")} <= quality
     md = (report / "report.md").read_text()
-    assert "baseline" in md and "student" in md
-    for f in ("roc_loss.png", "roc_secmi_stat.png", "samples_baseline.png",
-              "samples_dualmd.png", "samples_student.png"):
+    assert "| Attack | baseline | teacher_1 | teacher_2 | dualmd | student |" in md
+    assert "| pia (canonical) |" in md and "| gsa1 |" in md and "n/a" in md
+    for f in ("roc_loss.png", "roc_secmi_stat.png", "roc_pia_canonical.png",
+              "samples_baseline.png", "samples_dualmd.png", "samples_student.png"):
         assert (report / f).stat().st_size > 0, f
     # the membership matrix and Parquet tables are where DESIGN.md says
     import pyarrow.parquet as pq
 
     membership = pq.read_table(cwd / "runs" / "smoke" / "prepare" / "membership.parquet")
-    assert membership.column_names == ["row_id", "baseline", "teacher_1", "teacher_2"]
+    assert membership.column_names == ["row_id", "baseline", "teacher_1", "teacher_2", "shadow_1"]
     from diffusers import UNet2DModel
 
     UNet2DModel.from_pretrained(cwd / "runs" / "smoke" / "models" / "student" / "ema")
@@ -81,8 +88,8 @@ def test_mlflow_run_tree(smoke_run):
     children = {r.info.run_name: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {"train/baseline", "train/teacher_1", "train/teacher_2", "distill/soft_targets",
-            "train/student", "evaluate/baseline", "evaluate/teacher_1", "evaluate/teacher_2",
-            "evaluate/student"} <= set(children)
+            "train/student", "train/shadow_1", "evaluate/baseline", "evaluate/teacher_1",
+            "evaluate/teacher_2", "evaluate/dualmd", "evaluate/student"} <= set(children)
     assert "loss.auc" in children["evaluate/student"].data.metrics
     assert parent.data.params["train.steps"] == "100"
     assert parent.data.tags.get("version.ray")
@@ -108,7 +115,7 @@ def test_second_run_trains_nothing_and_is_fast(smoke_run):
     exp = client.get_experiment_by_name("smoke")
     trains = [r for r in client.search_runs([exp.experiment_id], max_results=100)
               if r.info.run_name.startswith("train/")]
-    assert len(trains) == 4  # from the first run only
+    assert len(trains) == 5  # from the first run only (baseline, 2 teachers, shadow, student)
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -116,6 +123,8 @@ def test_second_run_trains_nothing_and_is_fast(smoke_run):
     (["--set", "data.split_file=/nonexistent/split.npz"], "does not exist"),
     (["--preset", "nope"], "unknown preset"),
     (["--set", "attacks.enabled=[loss, nope]"], "secmi_stat"),
+    (["--set", "attacks.enabled=[gsa1]", "--set", "attacks.targets=[dualmd]"],
+     "needs white-box access"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, needle):
     out = cli(tmp_path, "run", *args, timeout=120)

@@ -38,11 +38,11 @@ def nonlinear_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def test_registry_and_params() -> None:
     assert ATTACKS.get("loss") is LossAttack and ATTACKS.get("secmi_stat") is SecMIStat
     la = LossAttack(LossAttackConfig(timesteps=[50, 100], draws=3, reduction="mean"))
-    assert la.params() == {"timesteps": [50, 100], "draws": 3, "reduction": "mean"}
-    assert (la.name, la.access) == ("loss", "white-box")
+    assert la.settings() == [{"timesteps": [50, 100], "draws": 3, "reduction": "mean"}]
+    assert (la.name, la.access, la.kind) == ("loss", "gray-box", "query")
     sm = SecMIStat({"t_sec": 40, "k": 10})
-    assert sm.params() == {"t_sec": 40, "k": 10}
-    assert (sm.name, sm.access) == ("secmi_stat", "white-box")
+    assert sm.settings() == [{"t_sec": 40, "k": 10}]
+    assert (sm.name, sm.access, sm.kind) == ("secmi_stat", "gray-box", "query")
 
 
 def test_secmi_hand_computed() -> None:
@@ -65,7 +65,7 @@ def test_secmi_hand_computed() -> None:
     assert torch.allclose(x_tilde, f_tilde * X0, rtol=1e-5)
     assert torch.allclose(x_hat, f_hat * X0, rtol=1e-5)
     score = SecMIStat(SecMIConfig(t_sec=20, k=10)).score(lin_eps, SCHED, X0, torch.tensor([0]), 0)
-    assert score.shape == (1,) and score.dtype == torch.float32
+    assert score.shape == (1, 1) and score.dtype == torch.float32
     assert score.item() == pytest.approx(-expected, rel=1e-4)
 
 
@@ -98,7 +98,7 @@ def test_loss_hand_computed_one_draw() -> None:
         err += (0.5 * x_t - n) ** 2
     att = LossAttack(LossAttackConfig(timesteps=[t], draws=1, reduction="sum"))
     score = att.score(half_eps, SCHED, X0, torch.tensor([row]), seed)
-    assert score.shape == (1,) and score.dtype == torch.float32
+    assert score.shape == (1, 1) and score.dtype == torch.float32
     assert score.item() == pytest.approx(-err, rel=1e-5)
     mean_att = LossAttack(LossAttackConfig(timesteps=[t], draws=1, reduction="mean"))
     assert mean_att.score(half_eps, SCHED, X0, torch.tensor([row]), seed).item() == \
@@ -127,8 +127,8 @@ def test_scores_independent_of_batch_composition(attack: object) -> None:
     def run(ids: list[int]) -> dict[int, float]:
         x = torch.stack([images[i] for i in ids])
         s = attack.score(nonlinear_eps, SCHED, x, torch.tensor(ids), 17)
-        assert s.shape == (len(ids),) and s.dtype == torch.float32
-        return dict(zip(ids, s.tolist()))
+        assert s.shape == (len(ids), 1) and s.dtype == torch.float32
+        return dict(zip(ids, s[:, 0].tolist()))
 
     first, second = run([3, 7, 11]), run([11, 5, 3])
     for rid in (3, 11):
@@ -164,5 +164,5 @@ def test_tiny_unet_gives_finite_scores() -> None:
     for attack in (LossAttack(LossAttackConfig(timesteps=[10, 100], draws=2)),
                    SecMIStat(SecMIConfig(t_sec=20, k=10))):
         s = attack.score(eps, SCHED, x, ids, 0)
-        assert s.shape == (3,) and s.dtype == torch.float32
+        assert s.shape == (3, 1) and s.dtype == torch.float32
         assert torch.isfinite(s).all()

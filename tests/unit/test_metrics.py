@@ -19,6 +19,7 @@ from raydefense.attacks.metrics import (
 )
 
 KEYS = {"auc", "auc_ci", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci", "tpr_at_0.1pct_fpr",
+        "tpr_at_1pct_fpr_closest",
         "tpr_at_0pct_fpr", "asr_calibrated", "asr_oracle", "tpr_rule", "n_members", "n_nonmembers"}
 
 

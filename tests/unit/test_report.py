@@ -14,6 +14,9 @@ from raydefense.report import write_report
 from raydefense.report.plots import grid_layout
 from raydefense.report.tables import (
     attack_table_markdown,
+    headline_rows,
+    paper_table_markdown,
+    sweep_tables_markdown,
     quality_table_markdown,
     sort_targets,
     timings_table_markdown,
@@ -98,19 +101,18 @@ def test_report_markdown_tables_and_links(written):
     assert text.startswith("# ") and "digits-unit" in text
     assert "AUC 0.5" in text or "0.5 is chance" in text
     assert "calibration split" in text and "test split" in text
-    assert "| Target | secmi | pia |" in text
-    assert "| baseline | 0.990 [0.970, 1.000] / 0.71 | 0.934 [0.902, 0.951] / 0.35 |" in text
-    assert "| teacher_2 | 0.612 / 0.03 |" in text  # no CI on this row
-    # Report order, whatever the input order.
-    pos = [text.index(f"| {t} |") for t in ("baseline", "teacher_1", "teacher_2", "student")]
-    assert pos == sorted(pos)
-    # ASR table: present values, "–" for absent ones, counts.
+    # Paper-style: attacks as lines, targets as columns in report order.
+    assert "| Attack | baseline | teacher_1 | teacher_2 | student |" in text
+    assert ("| secmi | 0.990 [0.970, 1.000] / 0.71 | 0.603 / 0.03 | 0.612 / 0.03 | "
+            "0.511 [0.480, 0.540] / 0.01 |") in text  # no CI on the teacher rows
+    # Operating points: present values, "–" for absent ones, counts.
     assert "ASR (calibrated)" in text and "ASR (oracle)" in text
-    assert "| baseline | secmi | 0.951 | 0.962 | 0.402 | 500 | 500 |" in text
-    assert "| student | pia | – | – | – | 500 | 500 |" in text
+    assert "| baseline | secmi | k=10, t_sec=100 | 0.951 | 0.962 | 0.402 | 500 | 500 |" in text
+    assert "| student | pia | t=200, pia_n=False | – | – | – | 500 | 500 |" in text
     assert text.count(RULE) == 1
     # Quality and timings.
     assert "| Target | fid | is |" in text and "| baseline | 28.900 | 7.500 |" in text
+    assert "No swept attacks." in text
     assert "| train | 3723.4 | 1h 02m 03s |" in text
     for link in ("![roc](roc_secmi.png)", "![roc](roc_pia_k_2_x.png)",
                  "![samples](samples_baseline.png)", "![samples](samples_student.png)"):
@@ -186,3 +188,25 @@ def test_target_order_and_other_tables():
         [{"target": "student", "metric": "fid", "value": 12.5}])
     assert "**total**" in timings_table_markdown({"a": 1.0, "b": 2.0})
     assert attack_table_markdown([]) == "No attack results."
+
+
+def test_paper_table_headline_settings_and_refusals():
+    rows = [_row("baseline", "pia", {"t": t, "p": 4, **({"canonical": True} if t == 200 else {})},
+                 auc, 0.1, auc_calibration=cal)
+            for t, auc, cal in ((100, 0.8, 0.85), (200, 0.7, 0.75), (300, 0.9, 0.6))]
+    rows.append(_row("dualmd", "pia", {"t": 200, "p": 4, "canonical": True}, 0.6, 0.02,
+                     auc_calibration=0.6, note="gray-box via DualMD's step router"))
+    skipped = [{"target": "dualmd", "attack": "gsa1", "reason": "needs white-box access"}]
+    rows.append(_row("baseline", "gsa1", {"num_timesteps": 10}, 0.99, 0.9))
+    head = headline_rows(rows)
+    best = [h for h in head if h["line"] == "pia (best on calibration)" and h["target"] == "baseline"]
+    assert best[0]["params"]["t"] == 100  # best calibration AUC, not best test AUC (t=300)
+    table = paper_table_markdown(rows, skipped)
+    assert "| Attack | baseline | dualmd |" in table
+    assert "| pia (canonical) | 0.700 / 0.10 | 0.600 / 0.02 † |" in table
+    assert "| pia (best on calibration) | 0.800 / 0.10 (t=100, p=4) |" in table
+    assert "| gsa1 | 0.990 / 0.90 | n/a |" in table
+    assert "† gray-box via DualMD's step router." in table
+    assert "n/a: gsa1 on dualmd: needs white-box access." in table
+    sweeps = sweep_tables_markdown(rows)
+    assert "### pia" in sweeps and "| p=4, t=300 | 0.900 (0.600) | – |" in sweeps

@@ -1,0 +1,241 @@
+"""GSA1 / GSA2 white-box gradient attacks (Pang et al., PoPETs 2025; spec/attacks.md §5).
+
+Per image x0 and each of S equidistant timesteps K_j = round(T j / S) - 1 (j = 1..S; T = 1000,
+S = 10 gives 99, 199, ..., 999), with noise_j drawn per (row, j):
+    x_t = q_sample(x0, K_j, noise_j),
+    L_j = mean over C*H*W of (unet(x_t, K_j) - noise_j)^2,  g_j = dL_j / dtheta.
+GSA1 features: per-parameter-tensor L2 norm of (1/S) sum_j g_j. The gradient is linear, so this is
+exactly the norm of the gradient of the official mean-over-S loss (eval mode has no
+cross-sample ops: GroupNorm is per sample, dropout is off).
+GSA2 features: (1/S) sum_j of the per-tensor L2 norms of g_j.
+One feature per parameter tensor (every weight and bias), in unet.parameters() order.
+A gradient-boosting classifier trained on shadow models' features scores the target's rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from raydefense.attacks.base import ATTACKS
+from raydefense.attacks.classifiers import Standardizer, gradient_boosting, zscore
+from raydefense.config import GSAConfig
+from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.diffusion.unet import EpsModel
+from raydefense.seeding import STREAM_GSA, per_row_normal
+
+
+def gsa_timesteps(num_train_timesteps: int, num_timesteps: int) -> list[int]:
+    """K_j = round(T j / S) - 1 for j = 1..S (0-based indices; T / S * j - 1 when S divides T).
+
+    Integer round-half-up, so no float error creeps into the indices.
+    """
+    T, S = num_train_timesteps, num_timesteps
+    if not 1 <= S <= T:
+        raise ValueError(f"GSA num_timesteps must be in [1, {T}] (got {S})")
+    return [(2 * T * j + S) // (2 * S) - 1 for j in range(1, S + 1)]
+
+
+def _item_loss(unet: torch.nn.Module, params: dict[str, torch.Tensor],
+               rest: dict[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
+               noise: torch.Tensor) -> torch.Tensor:
+    """One item's denoising loss: x_t, noise [C, H, W], t [] long -> scalar."""
+    out = functional_call(unet, (params, rest), (x_t[None], t[None])).sample
+    return (out[0].float() - noise).pow(2).mean()
+
+
+def _grads_vmap(unet: torch.nn.Module, params: dict[str, torch.Tensor],
+                rest: dict[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
+                noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-item gradients, each [N, *param.shape], in one vmapped backward."""
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, tt: torch.Tensor,
+             n: torch.Tensor) -> torch.Tensor:
+        return _item_loss(unet, p, rest, x, tt, n)
+
+    with warnings.catch_warnings():
+        # CPU SDPA (the mid-block attention) has no batching rule yet: torch falls back to a
+        # slower per-item loop for that op only, and warns on every call.
+        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        return vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, x_t, t, noise)
+
+
+def _grads_loop(unet: torch.nn.Module, params: dict[str, torch.Tensor],
+                rest: dict[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
+                noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Fallback: the same per-item gradients, one backward per item."""
+    names = list(params)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    with torch.enable_grad():
+        for i in range(x_t.shape[0]):
+            loss = _item_loss(unet, leaves, rest, x_t[i], t[i], noise[i])
+            gs = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
+            for k, g in zip(names, gs):
+                out[k].append(torch.zeros_like(leaves[k]) if g is None else g)
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def gsa_features(unet: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor,
+                 row_ids: torch.Tensor, seed: int, num_timesteps: int, batch_size: int = 16
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSA1 and GSA2 features of every row (module docstring for the definitions).
+
+    Per-(row, j) gradients come from torch.func (functional_call + vmap(grad)) over chunks of
+    `batch_size` rows (batch_size * S items at once, memory ~ that many gradient copies), in
+    float32 with the unet in eval mode (its mode is restored after). If vmap cannot handle some
+    op of the model, a per-item backward loop computes the same values (a warning says so).
+
+    Args:
+        unet: a diffusers UNet2DModel (any nn.Module called as unet(x, t).sample).
+        x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64; noise of (row, j) comes from
+            per_row_normal(..., seed, STREAM_GSA, j), so a row's features do not depend on its
+            batch. num_timesteps: S.
+    Returns:
+        (f1, f2), each [B, P] float32 >= 0, P = number of parameter tensors in
+        unet.parameters() order; f1 <= f2 elementwise (norm of a mean <= mean of norms).
+    """
+    S = num_timesteps
+    ks = gsa_timesteps(schedule.num_train_timesteps, S)
+    # Every parameter tensor, whatever its requires_grad flag (inference loaders freeze them):
+    # torch.func differentiates the detached copies below.
+    params = {n: p.detach().float() for n, p in unet.named_parameters()}
+    if not params:
+        raise ValueError("GSA needs a model with parameters")
+    rest = {n: (b.float() if b.is_floating_point() else b) for n, b in unet.named_buffers()}
+    dev = next(iter(params.values())).device
+    x0 = x0.to(dev, torch.float32)
+    b = x0.shape[0]
+    shape = tuple(x0.shape[1:])
+    # [B, S, C, H, W]: noise of row i at K_j from its own stream (j = 1..S as in K_j's formula).
+    noise = torch.stack([per_row_normal(shape, row_ids, seed, STREAM_GSA, j)
+                         for j in range(1, S + 1)], dim=1).to(dev)
+    t_rows = torch.tensor(ks, dtype=torch.long, device=dev)
+
+    f1 = torch.empty(b, len(params), dtype=torch.float32, device=dev)
+    f2 = torch.empty_like(f1)
+    was_training = unet.training
+    unet.eval()
+    use_vmap = True
+    try:
+        for lo in range(0, b, max(1, batch_size)):
+            hi = min(b, lo + max(1, batch_size))
+            nb = hi - lo
+            # Row-major items: item r*S + j is row lo + r at timestep K_j.
+            xi = x0[lo:hi, None].expand(nb, S, *shape).reshape(nb * S, *shape)
+            ni = noise[lo:hi].reshape(nb * S, *shape)
+            ti = t_rows.repeat(nb)
+            x_t = schedule.q_sample(xi, ti, ni)
+            grads = None
+            if use_vmap:
+                try:
+                    grads = _grads_vmap(unet, params, rest, x_t, ti, ni)
+                except torch.OutOfMemoryError:
+                    raise
+                except (RuntimeError, NotImplementedError) as e:
+                    warnings.warn(f"GSA: vmap over the model failed ({e}); falling back to a "
+                                  f"per-item backward loop (same values, slower)")
+                    use_vmap = False
+            if grads is None:
+                grads = _grads_loop(unet, params, rest, x_t, ti, ni)
+            for c, name in enumerate(params):
+                g = grads[name].reshape(nb, S, -1).float()
+                f1[lo:hi, c] = g.mean(dim=1).norm(dim=1)
+                f2[lo:hi, c] = g.norm(dim=2).mean(dim=1)
+            del grads
+    finally:
+        unet.train(was_training)
+    return f1, f2
+
+
+class _GSA:
+    """Shared body of GSA1 / GSA2; `variant` picks the feature."""
+
+    name = ""
+    variant = 1
+    access = "white-box"
+    kind = "learned"
+    trains_on = "shadow"
+
+    def __init__(self, cfg: GSAConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:
+        self.cfg = cfg if isinstance(cfg, GSAConfig) else GSAConfig.model_validate(cfg)
+
+    def settings(self) -> list[dict[str, Any]]:
+        return [{"num_timesteps": self.cfg.num_timesteps, "classifier": self.cfg.classifier,
+                 "scaling": self.cfg.scaling}]
+
+    def features(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
+                 row_ids: torch.Tensor, seed: int, cache: Optional[dict] = None) -> torch.Tensor:
+        """Args:
+            eps: a UNetEps (white-box: its `.unet` gives parameters and gradients).
+            x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64. seed: base seed.
+            cache: per-batch dict; the gradient pass is memoised under ("gsa", S) so GSA1 and
+                GSA2 share it.
+        Returns:
+            [B, P] float32 per-parameter-tensor gradient norms (>= 0).
+        """
+        unet = getattr(eps, "unet", None)
+        if not isinstance(unet, torch.nn.Module):
+            raise TypeError(f"{self.name} is a white-box attack and needs a UNetEps (an eps "
+                            f"model with a .unet module); got {type(eps).__name__}")
+        key = ("gsa", self.cfg.num_timesteps)
+        if cache is not None and key in cache:
+            f1, f2 = cache[key]
+        else:
+            f1, f2 = gsa_features(unet, schedule, x0, row_ids, seed, self.cfg.num_timesteps,
+                                  self.cfg.batch_size)
+            if cache is not None:
+                cache[key] = (f1, f2)
+        return f1 if self.variant == 1 else f2
+
+    def fit_predict(self, train_x: np.ndarray, train_y: np.ndarray, eval_x: list[np.ndarray],
+                    seed: int, image_shape: Optional[tuple[int, int, int]] = None
+                    ) -> list[np.ndarray]:
+        """Fit the gradient-boosting classifier on shadow features and score each eval matrix.
+
+        Scaling "separate" (the official code, transductive): the shadow matrix and each eval
+        matrix are z-scored with their own statistics, so the caller passes a target's whole
+        audited matrix as one eval matrix. "shadow": eval matrices reuse the shadow statistics.
+        The official code fits on a random 70% of the shadow rows (the 30% is only a sanity
+        report) and truncates members to the non-member count; here the classifier is fitted on
+        all shadow rows given (balancing is the caller's choice).
+
+        Args:
+            train_x: [N, P] shadow features, train_y: [N] in {0, 1} (member = 1).
+            eval_x: matrices [M_i, P]. image_shape: unused (uniform signature with secmi_nn).
+        Returns:
+            [M_i] float32 member probabilities per eval matrix, higher = member.
+        """
+        train_x = np.asarray(train_x, dtype=np.float32)
+        y = np.asarray(train_y).astype(np.int64).reshape(-1)
+        if self.cfg.scaling == "separate":
+            tr, scale = zscore(train_x), zscore
+        else:
+            st = Standardizer().fit(train_x)
+            tr, scale = st.transform(train_x), st.transform
+        evs = [np.asarray(e, dtype=np.float32) for e in eval_x]
+        evs = [scale(e) if len(e) else e for e in evs]
+        clf = gradient_boosting(self.cfg.classifier, self.cfg.n_estimators, seed)
+        clf.fit(tr, y)
+        return [clf.predict_proba(e)[:, 1].astype(np.float32) if len(e)
+                else np.zeros(0, dtype=np.float32) for e in evs]
+
+
+@ATTACKS.register("gsa1")
+class GSA1(_GSA):
+    """GSA1: norm of the gradient of the mean loss over the S timesteps."""
+
+    name = "gsa1"
+    variant = 1
+
+
+@ATTACKS.register("gsa2")
+class GSA2(_GSA):
+    """GSA2: mean over the S timesteps of the per-timestep gradient norms."""
+
+    name = "gsa2"
+    variant = 2

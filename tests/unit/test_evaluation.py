@@ -1,0 +1,119 @@
+"""The evaluation core without Ray: every attack against every target on tiny random models,
+through SerialExecutor (the same ScoringWorker the Ray actors run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from raydefense.attacks.base import AccessError
+from raydefense.data.plan import MEMBER, NONMEMBER, SHADOW, make_plan
+from raydefense.data.sources import DATASETS
+from raydefense.data.tables import read_plan, write_plan
+from raydefense.diffusion.checkpoint import save_checkpoint
+from raydefense.diffusion.unet import build_unet
+from raydefense.evaluation import (DUALMD, STUDENT, SerialExecutor, audited_rows, metric_rows,
+                                   plan_attacks, run_evaluation, shadows_needed)
+from raydefense.report.tables import headline_rows
+from raydefense.storage import Storage
+
+ALL = "[loss, secmi_stat, secmi_nn, pia, pian, sima, gsa1, gsa2, blackbox_nn]"
+
+
+def _cfg(tmp_path: Path, **extra: str):
+    sets = {"attacks.enabled": ALL, "attacks.pia.timesteps": "[10, 100]",
+            "attacks.pia.canonical_t": "50", "attacks.pian.timesteps": "[10]",
+            "attacks.pian.canonical_t": "10", "attacks.sima.timesteps": "[0, 50]",
+            "attacks.secmi_nn.t_sec": "20", "attacks.secmi_nn.epochs": "1",
+            "attacks.secmi_nn.batch_size": "8", "attacks.gsa1.num_timesteps": "2",
+            "attacks.gsa2.num_timesteps": "2", "attacks.gsa1.n_estimators": "5",
+            "attacks.gsa2.n_estimators": "5", "attacks.shadow.num_models": "1",
+            "attacks.shadow.members": "8", "attacks.blackbox_nn.num_generated": "8",
+            "quality.num_generated": "16", "quality.domain_classifier_epochs": "1",
+            "quality.memorization_k": "4", "model.block_out_channels": "[8, 16]",
+            "model.norm_num_groups": "4", "attacks.batch_size": "16"}
+    sets.update(extra)
+    return tiny_config(tmp_path, **sets)
+
+
+def _prepare(cfg) -> Storage:
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, shadows_needed(cfg),
+                     cfg.attacks.shadow.members)
+    write_plan(storage, plan)
+    for i, m in enumerate(plan.models + [STUDENT]):
+        torch.manual_seed(i)
+        unet = build_unet(cfg.model, 8, 1)
+        local = Path(cfg.storage.root) / cfg.experiment / "models" / m
+        save_checkpoint(str(local), unet, unet, {"step": 0})
+    return storage
+
+
+def test_every_attack_every_target(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    storage = _prepare(cfg)
+    plan = read_plan(storage)
+    assert plan.shadows == ["shadow_1"] and (plan.split == SHADOW).sum() == 16
+    out = run_evaluation(cfg, storage, plan, SerialExecutor(storage, str(tmp_path / "c")),
+                         str(tmp_path / "c"))
+    df = out.scores.to_pandas()
+    targets = ["baseline", "teacher_1", "teacher_2", DUALMD, STUDENT]
+    assert sorted(df.target.unique()) == sorted(targets)
+    # GSA needs gradients: refused on DualMD (gray-box), reported, never invented.
+    assert {(s["target"], s["attack"]) for s in out.skipped} == {(DUALMD, "gsa1"),
+                                                                 (DUALMD, "gsa2")}
+    assert "needs white-box access" in out.skipped[0]["reason"]
+    for t in targets:
+        mask = audited_rows(plan, t)
+        g = df[df.target == t]
+        expected = {"loss", "secmi_stat", "secmi_nn", "pia", "pian", "sima", "blackbox_nn"}
+        if t != DUALMD:
+            expected |= {"gsa1", "gsa2"}
+        assert set(g.attack) == expected
+        for (a, p), gg in g.groupby(["attack", "params"]):
+            assert len(gg) == mask.sum() and np.isfinite(gg.score).all(), (t, a, p)
+            assert set(gg.row_id) == set(plan.row_id[mask].tolist())
+    assert df[df.attack == "pia"].params.nunique() == 3  # two timesteps + the canonical one
+    assert df[(df.target == "baseline") & (df.attack == "blackbox_nn")].params.nunique() == 2
+    q = {(r["target"], r["metric"]): r["value"] for r in out.quality}
+    for t in targets:
+        assert (t, "domain_fid") in q and q[(t, "domain_fid")] >= 0
+        assert 0 <= q[(t, "memorized_fraction")] <= 1
+    assert (DUALMD, "heldout_eps_mse") in q  # through the step router
+    assert set(out.samples) == set(targets) and out.samples[DUALMD].shape == (4, 1, 8, 8)
+
+    rows, curves = metric_rows(out.scores, bootstrap=10, seed=0)
+    assert all(0 <= r["auc"] <= 1 and 0 <= r["auc_calibration"] <= 1 for r in rows)
+    assert all(r.get("note") for r in rows if r["target"] == DUALMD and r["attack"] != "blackbox_nn")
+    lines = {(h["target"], h["line"]) for h in headline_rows(rows)}
+    assert ("baseline", "pia (canonical)") in lines
+    assert ("baseline", "pia (best on calibration)") in lines
+    assert ("baseline", "gsa1") in lines
+
+
+def test_black_box_dualmd_and_explicit_refusal(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, **{"attacks.dualmd_access": "black-box"})
+    storage = _prepare(cfg)
+    plan = read_plan(storage)
+    ap = plan_attacks(cfg, plan)
+    assert [a.name for a in ap.attacks[DUALMD]] == ["blackbox_nn"]
+    assert len([s for s in ap.skipped if s["target"] == DUALMD]) == 8
+    explicit = _cfg(tmp_path, **{"attacks.dualmd_access": "black-box",
+                                 "attacks.targets": "[baseline, dualmd]"})
+    with pytest.raises(AccessError, match="'loss' needs gray-box access"):
+        plan_attacks(explicit, plan)
+
+
+def test_shadow_rows_are_disjoint_from_targets(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 2, 8)
+    target = set(plan.row_id[(plan.split == MEMBER) | (plan.split == NONMEMBER)].tolist())
+    for j, m in enumerate(plan.shadows):
+        rows = set(plan.row_id[plan.rows_of(m) | plan.shadow_heldout[j]].tolist())
+        assert len(rows) == 16 and not rows & target
+    no_shadow = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed)
+    assert np.array_equal(no_shadow.row_id, plan.row_id[plan.split != SHADOW])
