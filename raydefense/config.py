@@ -122,8 +122,9 @@ class SecMIConfig(_Section):
 
 class SecMINNConfig(SecMIConfig):
     """SecMI_NNs: a ResNet-18 on |x_tilde - x_hat| maps (spec/attacks.md §2.4), trained on the
-    calibration part only; calibration scores are out-of-fold (cv_folds) so thresholds stay
-    honest, test scores come from a model fitted on the whole calibration part."""
+    calibration part only, cross-fitted: cv_folds models, each trained on the other folds, score
+    their held-out fold (honest calibration scores for thresholds) and their mean scores the test
+    part (the same models, so calibration and test scores share one scale)."""
 
     epochs: int = Field(15, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -131,6 +132,9 @@ class SecMINNConfig(SecMIConfig):
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
     cv_folds: int = Field(2, ge=2)
+    width: int = Field(64, ge=1, description="ResNet-18 stem width (64 = the original)")
+    min_steps: int = Field(0, ge=0, description="train at least this many SGD steps (more "
+                           "epochs on small calibration sets); 0 = exactly `epochs`")
 
 
 class PIAConfig(_Section):

@@ -419,16 +419,19 @@ def quality_rows(cfg: ExperimentConfig, plan: Plan, target: str, generated: np.n
 
 def fit_learned(attack_name: str, cfg_dict: dict, train_x: np.ndarray, train_y: np.ndarray,
                 eval_x: list[np.ndarray], image_shape: tuple[int, ...],
-                cross_fit_x: Optional[np.ndarray] = None) -> dict[str, Any]:
+                cross_fit: bool = False) -> dict[str, Any]:
     """Fit one learned attack and score (a Ray task in production). Returns
-    {"eval": [scores per eval matrix], "oof": out-of-fold scores of train_x or None}."""
+    {"eval": [scores per eval matrix], "oof": out-of-fold scores of train_x (cross_fit) or
+    None}."""
     cfg = ExperimentConfig.model_validate(cfg_dict)
     attack = next(a for a in build_attacks(cfg) if a.name == attack_name)
     seed = derive_seed(cfg.seed, STREAM_QUALITY, len(attack_name))
-    scores = attack.fit_predict(train_x, train_y, eval_x, seed, image_shape=image_shape)
-    oof = (attack.cross_fit(train_x, train_y, seed, image_shape=image_shape)
-           if cross_fit_x is not None else None)
-    return {"eval": scores, "oof": oof}
+    if cross_fit:
+        oof, scores = attack.cross_fit_predict(train_x, train_y, eval_x, seed,
+                                               image_shape=image_shape)
+        return {"eval": scores, "oof": oof}
+    return {"eval": attack.fit_predict(train_x, train_y, eval_x, seed, image_shape=image_shape),
+            "oof": None}
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -512,7 +515,7 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
                 f = res[feature_col(a.name)]
                 cal = part != TEST
                 fits.append((a.name, cfg.model_dump(mode="json"), f[cal],
-                             member[cal].astype(np.int64), [f[~cal]], shape, f[cal]))
+                             member[cal].astype(np.int64), [f[~cal]], shape, True))
                 fit_keys.append((t, a.name))
             else:  # shadow-trained: every shadow's members vs its held-out rows
                 xs, ys = [], []
@@ -521,7 +524,7 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
                     xs.append(scored[m][feature_col(a.name)])
                     ys.append(plan.rows_of(m)[smask].astype(np.int64))
                 fits.append((a.name, cfg.model_dump(mode="json"), np.concatenate(xs),
-                             np.concatenate(ys), [res[feature_col(a.name)]], shape, None))
+                             np.concatenate(ys), [res[feature_col(a.name)]], shape, False))
                 fit_keys.append((t, a.name))
         if QUALITY_COL in res:
             held = (plan.split[mask] == NONMEMBER) & (part == TEST)

@@ -2,8 +2,9 @@
 
 score(x0) = -mean_{t, d} err(eps(x_t, t) - noise_{t,d}),
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise_{t,d},
-err = sum (or mean) over C, H, W of the squared difference. The noise of each (row, t, draw) comes
-from its own seeded generator, so a row's score does not depend on the batch it is scored in.
+err = sum (or mean) over C, H, W of the squared difference. The noises of each (row, t) come from
+one generator seeded by (seed, row, t) (draw d is its d-th [C, H, W] block), so a row's score does
+not depend on the batch it is scored in.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class LossAttack:
         # Draw-major layout: rows [d*B, (d+1)*B) hold draw d of every sample.
         x_rep = x.repeat(draws, *([1] * (x.dim() - 1)))
         for t in self.cfg.timesteps:
-            noise = torch.cat([per_row_normal(tuple(x.shape[1:]), row_ids, seed,
-                                              STREAM_LOSS_ATTACK, t, d) for d in range(draws)])
+            # One generator per (row, t) draws all `draws` noises: [B, draws, ...] -> draw-major.
+            noise = per_row_normal((draws, *x.shape[1:]), row_ids, seed, STREAM_LOSS_ATTACK, t)
+            noise = noise.transpose(0, 1).reshape(b * draws, *x.shape[1:])
             noise = noise.to(device=x.device, dtype=x.dtype)
             t_vec = torch.full((b * draws,), t, dtype=torch.long, device=x.device)
             x_t = schedule.q_sample(x_rep, t_vec, noise)

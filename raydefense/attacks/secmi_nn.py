@@ -96,3 +96,30 @@ class SecMINN:
             model = train_resnet_regressor(maps[tr], y[tr], self.cfg, derive_seed(seed, f))
             out[te] = predict_resnet(model, maps[te])
         return out
+
+    def cross_fit_predict(self, train_x: np.ndarray, train_y: np.ndarray,
+                          eval_x: list[np.ndarray], seed: int,
+                          image_shape: Optional[tuple[int, int, int]] = None
+                          ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Cross-fitting: cfg.cv_folds stratified folds (seeded); the model trained on the other
+        folds scores each fold, and the mean of the fold models scores every eval matrix.
+
+        Returns:
+            (out-of-fold scores [N], [scores [M_i] per eval matrix]), float32, higher = member.
+        """
+        from sklearn.model_selection import StratifiedKFold
+
+        maps = self._maps(train_x, image_shape)
+        y = np.asarray(train_y).astype(np.int64).reshape(-1)
+        oof = np.empty(len(y), dtype=np.float32)
+        evals = [np.zeros(len(e), dtype=np.float64) for e in eval_x]
+        eval_maps = [self._maps(e, image_shape) for e in eval_x]
+        folds = StratifiedKFold(n_splits=self.cfg.cv_folds, shuffle=True,
+                                random_state=int(seed) % (2 ** 32))
+        for f, (tr, te) in enumerate(folds.split(np.zeros(len(y)), y)):
+            model = train_resnet_regressor(maps[tr], y[tr], self.cfg, derive_seed(seed, f))
+            oof[te] = predict_resnet(model, maps[te])
+            for acc, m in zip(evals, eval_maps):
+                acc += predict_resnet(model, m) / self.cfg.cv_folds
+        return oof, [e.astype(np.float32) for e in evals]
+

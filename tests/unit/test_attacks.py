@@ -90,7 +90,7 @@ def test_secmi_rejects_bad_grid() -> None:
 
 def test_loss_hand_computed_one_draw() -> None:
     t, seed, row = 100, 3, 42
-    noise = per_row_normal((1, 2, 2), [row], seed, STREAM_LOSS_ATTACK, t, 0).flatten().tolist()
+    noise = per_row_normal((1, 1, 2, 2), [row], seed, STREAM_LOSS_ATTACK, t)[0, 0].flatten().tolist()
     a = SCHED.alphas_cumprod.double()[t].item()
     err = 0.0
     for x, n in zip(X0.flatten().tolist(), noise):
@@ -111,7 +111,7 @@ def test_loss_averages_draws_and_timesteps() -> None:
     total = 0.0
     for t in (10, 200):
         for d in range(3):
-            n = per_row_normal((1, 2, 2), [row], seed, STREAM_LOSS_ATTACK, t, d)
+            n = per_row_normal((3, 1, 2, 2), [row], seed, STREAM_LOSS_ATTACK, t)[:, d]
             x_t = SCHED.q_sample(X0, t, n)
             total += (half_eps(x_t, torch.tensor([t])) - n).pow(2).sum().item()
     got = att.score(half_eps, SCHED, X0, torch.tensor([row]), seed).item()

@@ -301,3 +301,15 @@ def test_gsa_known_answer_one_sample() -> None:
     assert f1[0].tolist() == pytest.approx([abs(sum(gw) / 2), abs(sum(gb) / 2)], rel=1e-5)
     assert f2[0].tolist() == pytest.approx([(abs(gw[0]) + abs(gw[1])) / 2,
                                             (abs(gb[0]) + abs(gb[1])) / 2], rel=1e-5)
+
+
+def test_secmi_nn_cross_fit_predict_shares_models() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.random((24, 1 * 8 * 8)).astype(np.float32)
+    y = np.array([0, 1] * 12)
+    att = SecMINN(SecMINNConfig(epochs=1, batch_size=8, width=4, min_steps=5, cv_folds=2))
+    oof, (ev,) = att.cross_fit_predict(maps, y, [maps[:5]], seed=3, image_shape=(1, 8, 8))
+    assert oof.shape == (24,) and ev.shape == (5,)
+    oof2, (ev2,) = att.cross_fit_predict(maps, y, [maps[:5]], seed=3, image_shape=(1, 8, 8))
+    assert np.array_equal(oof, oof2) and np.array_equal(ev, ev2)
+    assert AttackResNet(1, width=4).linear.in_features == 32
