@@ -35,6 +35,14 @@ class DataConfig(_Section):
     num_shards: int = Field(2, ge=2)
     calibration_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     on_duplicate: Literal["error", "drop"] = "error"
+    resolution: Optional[int] = Field(
+        None, ge=1, description="resize every image to resolution x resolution (PIL bicubic); "
+        "None = the source's native size (cifar 32, stl10_unlabeled 96, tiny_imagenet 64)")
+    image_column: str = Field("image", description="parquet: encoded image bytes or raw uint8 "
+                              "arrays")
+    label_column: Optional[str] = Field("label", description="parquet: int class labels (None or "
+                                        "an absent default column = unlabeled)")
+    caption_column: Optional[str] = Field(None, description="parquet: string captions")
 
 
 class ModelConfig(_Section):

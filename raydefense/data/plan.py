@@ -9,6 +9,7 @@ written once here and is the single source of truth for which rows a model may r
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -165,6 +166,39 @@ def _load_split_file(path: str, pool_size: int) -> tuple[np.ndarray, np.ndarray]
         raise SplitOverlapError(f"data.split_file {path!r} lists rows as both member and "
                                 "non-member")
     return members.astype(np.int64), nonmembers.astype(np.int64)
+
+
+def write_split_file(path: str, members: np.ndarray, nonmembers: np.ndarray,
+                     ratio: Optional[float] = None) -> None:
+    """Write a split in the SecMI/PIA `*_train_ratio0.5.npz` format, readable by data.split_file.
+
+    Keys: mia_train_idxs (members) and mia_eval_idxs (non-members), int64 indices into the
+    source's canonical order, and ratio (float64; default len(members) / (len(members) +
+    len(nonmembers)), 0.5 for the published files). The file is written at exactly `path` (no
+    '.npz' is appended); parent folders are created.
+
+    Raises:
+        DataError: indices that are not 1-D non-negative integers.
+        SplitOverlapError: a row listed as both member and non-member.
+    """
+    arrays = []
+    for what, idx in (("members", members), ("nonmembers", nonmembers)):
+        a = np.asarray(idx)
+        if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)) \
+                or (a.size and a.min() < 0):
+            raise DataError(f"write_split_file: {what} must be a 1-D array of non-negative "
+                            f"row indices (got {a.dtype} {list(a.shape)})")
+        arrays.append(a.astype(np.int64))
+    if np.intersect1d(*arrays).size:
+        raise SplitOverlapError("write_split_file: some rows are both member and non-member")
+    total = len(arrays[0]) + len(arrays[1])
+    if ratio is None:
+        ratio = len(arrays[0]) / total if total else 0.0
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, mia_train_idxs=arrays[0], mia_eval_idxs=arrays[1],
+                 ratio=np.float64(ratio))
 
 
 def _take(pool_idx: np.ndarray, n: Optional[int], what: str, rng: np.random.Generator,
