@@ -77,8 +77,8 @@ def target_access(cfg: ExperimentConfig, target: str) -> str:
     return cfg.attacks.dualmd_access if target == DUALMD else "white-box"
 
 
-def all_targets(plan: Plan) -> list[str]:
-    return ["baseline", *plan.teachers, DUALMD, STUDENT]
+def all_targets(num_shards: int) -> list[str]:
+    return ["baseline", *[f"teacher_{k + 1}" for k in range(num_shards)], DUALMD, STUDENT]
 
 
 @dataclass
@@ -100,13 +100,9 @@ def plan_attacks(cfg: ExperimentConfig, plan: Plan) -> AttackPlan:
         AccessError: an explicitly requested target cannot serve an enabled attack.
         ConfigError: an unknown target name.
     """
-    known = all_targets(plan)
     explicit = cfg.attacks.targets is not None
-    targets = list(cfg.attacks.targets) if explicit else known
-    for t in targets:
-        if t not in known:
-            raise ConfigError(f"unknown target {t!r} in attacks.targets; choose from: "
-                              f"{', '.join(known)}")
+    check_explicit_targets(cfg)
+    targets = list(cfg.attacks.targets) if explicit else all_targets(plan.num_shards)
     attacks = build_attacks(cfg)
     out = AttackPlan(targets=targets, attacks={})
     for t in targets:
@@ -114,9 +110,7 @@ def plan_attacks(cfg: ExperimentConfig, plan: Plan) -> AttackPlan:
         for a in attacks:
             try:
                 check_access(a, t, target_access(cfg, t))
-            except AccessError as e:
-                if explicit:
-                    raise
+            except AccessError as e:  # explicit targets were checked above
                 out.skipped.append({"target": t, "attack": a.name, "reason": str(e).split(";")[0]})
                 continue
             out.attacks[t].append(a)
@@ -128,8 +122,7 @@ def check_explicit_targets(cfg: ExperimentConfig) -> None:
     an enabled attack; the same rules as plan_attacks, without a plan."""
     if cfg.attacks.targets is None:
         return
-    known = ["baseline", *[f"teacher_{k + 1}" for k in range(cfg.data.num_shards)], DUALMD,
-             STUDENT]
+    known = all_targets(cfg.data.num_shards)
     attacks = build_attacks(cfg)
     for t in cfg.attacks.targets:
         if t not in known:
