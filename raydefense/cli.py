@@ -86,7 +86,7 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
         raise RaydefenseError(f"--force {bad[0]!r} is not a stage; choose from {', '.join(STAGES)}")
     storage = Storage(cfg.storage.root, cfg.experiment)
     storage.check_writable()
-    tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled)
+    tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled, storage.uri())
     tracking_uri = getattr(tracker, "uri", None)
     tags = {"raydefense.command": command, **{f"version.{k}": v for k, v in versions().items()}}
     sha = git_sha()
@@ -142,7 +142,7 @@ def summary(results: dict, storage) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[raydefense] %(message)s")
-    for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
+    for noisy in ("mlflow", "alembic", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         execute(args.command, args.preset, args.config, args.overrides, args.force)

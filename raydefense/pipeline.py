@@ -26,7 +26,8 @@ import raydefense
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, make_plan, model_index
 from raydefense.data.sources import DATASETS
-from raydefense.data.tables import MEMBERSHIP, PLAN_JSON, SCORES, read_plan, write_plan
+from raydefense.data.tables import (MEMBERSHIP, PLAN_JSON, SCORES, SOFT_TARGETS, read_plan,
+                                    write_plan)
 from raydefense.defense.distillmd import auto_draws
 from raydefense.errors import ConfigError, DataError
 from raydefense.evaluation import (STUDENT, build_attacks, check_explicit_targets, metric_rows,
@@ -110,14 +111,39 @@ def _marker(stage: str) -> str:
 
 
 def is_complete(storage: Storage, rel_marker: str, fingerprint: str) -> bool:
+    """True when the marker exists, matches the fingerprint, and every file its manifest lists
+    is still there with the size it had when the stage completed."""
     if not storage.exists(rel_marker):
         return False
-    return storage.read_json(rel_marker).get("fingerprint") == fingerprint
+    marker = storage.read_json(rel_marker)
+    if marker.get("fingerprint") != fingerprint:
+        return False
+    bad = storage.verify_manifest(marker.get("manifest", {}))
+    if bad:
+        log.warning("%s: %d published file(s) are missing or changed (%s); redoing it",
+                    rel_marker.rsplit("/", 1)[0], len(bad), bad[0])
+        return False
+    return True
 
 
-def mark_complete(storage: Storage, rel_marker: str, fingerprint: str, outputs: dict) -> None:
+def mark_complete(storage: Storage, rel_marker: str, fingerprint: str, outputs: dict,
+                  prefixes: tuple[str, ...] = (), manifest: Optional[dict] = None) -> None:
+    """Publish a completion marker (last, after every output): the fingerprint, a summary of the
+    outputs, and a manifest {path: {bytes, sha256[, rows]}} of the files under `prefixes`."""
+    files = dict(manifest or {})
+    for p in prefixes:
+        files.update(storage.manifest(p))
     storage.write_json(rel_marker, {"fingerprint": fingerprint, "completed_at": time.time(),
-                                    "outputs": outputs})
+                                    "outputs": outputs, "manifest": files})
+
+
+def unpublish(storage: Storage, rel_marker: str) -> None:
+    """Drop a marker before its outputs are rewritten, so an interrupted rewrite (say under
+    --force) is never mistaken for a complete stage."""
+    storage.delete(rel_marker)
+
+
+STAGE_OUTPUTS = {"prepare": ("prepare",), "train": (), "distill": (), "evaluate": ("evaluate",)}
 
 
 def validate_config(cfg: ExperimentConfig) -> None:
@@ -181,6 +207,8 @@ def stage_train(ctx: RunContext) -> None:
 def _fit(ctx: RunContext, specs: list[dict]) -> None:
     if not specs:
         return
+    for s in specs:
+        unpublish(ctx.storage, f"models/{s['model']}/_COMPLETE.json")
     try:
         ctx.executor.fit(ctx.cfg, ctx.storage, specs)
     except BaseException:
@@ -189,7 +217,8 @@ def _fit(ctx: RunContext, specs: list[dict]) -> None:
         raise
     for s in specs:
         mark_complete(ctx.storage, f"models/{s['model']}/_COMPLETE.json",
-                      model_fingerprint(ctx.fingerprints, s["model"]), {"run_name": s["run_name"]})
+                      model_fingerprint(ctx.fingerprints, s["model"]), {"run_name": s["run_name"]},
+                      prefixes=(f"models/{s['model']}",))
         ctx.tracker.end_run(s["mlflow_run_id"])
 
 
@@ -202,6 +231,7 @@ def stage_distill(ctx: RunContext) -> None:
     draws = (auto_draws(cfg.train.steps, cfg.train.batch_size, int(members.sum()))
              if cfg.distill.draws_per_row == "auto" else int(cfg.distill.draws_per_row))
     if "distill" in ctx.force or not is_complete(storage, targets_marker, ctx.fingerprints["distill"]):
+        unpublish(storage, targets_marker)
         owners = {int(r): [t for t in teachers if plan.rows_of(t)[i]]
                   for i, r in enumerate(plan.row_id) if members[i]}
         run_id = ctx.tracker.start_run("distill/soft_targets", ctx.parent_run,
@@ -216,7 +246,7 @@ def stage_distill(ctx: RunContext) -> None:
                                          "draws_per_row": draws})
         ctx.tracker.end_run(run_id)
         mark_complete(storage, targets_marker, ctx.fingerprints["distill"],
-                      {"rows": n, "draws_per_row": draws})
+                      {"rows": n, "draws_per_row": draws}, prefixes=(SOFT_TARGETS,))
         log.info("distill: %d soft targets (%d draws x %d rows) in %.1fs", n, draws,
                  int(members.sum()), secs)
     if "distill" in ctx.force or not is_complete(storage, f"models/{STUDENT}/_COMPLETE.json",
@@ -317,18 +347,34 @@ def run_pipeline(ctx: RunContext, until: str = "report") -> Optional[dict]:
             ctx.skipped.append(stage)
             continue
         t0 = time.perf_counter()
+        unpublish(ctx.storage, _marker(stage))
         out = STAGE_FUNCS[stage](ctx)
         ctx.timings[stage] = round(time.perf_counter() - t0, 2)
         if stage == "report":
             results = out
         else:
-            mark_complete(ctx.storage, _marker(stage), ctx.fingerprints[stage], {})
+            mark_complete(ctx.storage, _marker(stage), ctx.fingerprints[stage], {},
+                          prefixes=STAGE_OUTPUTS[stage], manifest=_model_manifests(ctx, stage))
         log.info("%s: done in %.1fs", stage, ctx.timings[stage])
         ctx.tracker.log_metrics(ctx.parent_run, {f"time_{stage}_s": ctx.timings[stage]})
     return results
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _model_manifests(ctx: RunContext, stage: str) -> dict:
+    """The train/distill stage manifest: the per-model (and soft-target) manifests, not rehashed."""
+    if stage == "train":
+        markers = [f"models/{m}/_COMPLETE.json" for m in ctx.storage.read_json(PLAN_JSON)["models"]]
+    elif stage == "distill":
+        markers = ["distill/soft_targets/_COMPLETE.json", f"models/{STUDENT}/_COMPLETE.json"]
+    else:
+        return {}
+    out: dict = {}
+    for m in markers:
+        out.update(ctx.storage.read_json(m).get("manifest", {}))
+    return out
 
 
 def versions() -> dict[str, str]:

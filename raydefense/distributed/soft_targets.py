@@ -62,8 +62,8 @@ def label_soft_targets(cfg: ExperimentConfig, storage: Storage, teachers: list[s
                        owners: dict[int, list[str]], draws: int, image_shape: list[int]) -> int:
     """Write soft targets for every member row to distill/soft_targets/; returns the row count."""
     storage.delete(SOFT_TARGETS)
-    ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs, columns=["row_id", "shard", "split", "image"]
-                               ).filter(expr=col("split") == "member")
+    ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs,
+                               columns=["row_id", "shard", "split", "image"]).filter(expr=col("split") == "member")
     rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
     labelled = ds.map_batches(
         LabellerActor,
@@ -73,7 +73,10 @@ def label_soft_targets(cfg: ExperimentConfig, storage: Storage, teachers: list[s
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.label_actors),
         num_cpus=cfg.resources.cpus_per_worker, num_gpus=cfg.resources.gpus_per_worker,
     )
-    labelled.write_parquet(storage.path(SOFT_TARGETS), filesystem=storage.fs)
+    # Ray Data writes into a staging prefix; only complete files are then published.
+    with storage.staging(SOFT_TARGETS) as staging:
+        labelled.write_parquet(storage.path(staging), filesystem=storage.fs)
+        storage.publish_dir(staging, SOFT_TARGETS)
     files = [f for f in storage.listdir(SOFT_TARGETS) if f.endswith(".parquet")]
     return sum(pq.read_metadata(storage.path(f"{SOFT_TARGETS}/{f}"), filesystem=storage.fs).num_rows
                for f in files)

@@ -88,7 +88,9 @@ class LocalS3:
                 f"-volume.port={volume}", f"-volume.port.grpc={volume + 10000}",
                 "-master.volumeSizeLimitMB=64", "-volume.max=64",
                 "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
-                "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3 + 10000}", f"-s3.config={config}"]
+                "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3 + 10000}", f"-s3.config={config}",
+                # fixed default ports (8181, 9101) would clash between servers: not needed
+                "-s3.port.iceberg=0", "-s3.port.lance=0"]
         self._log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

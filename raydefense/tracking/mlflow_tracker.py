@@ -20,7 +20,7 @@ def _resolve_uri(uri: str) -> str:
 class MlflowTracker:
     """One experiment (named after the config's experiment); runs nested by mlflow.parentRunId."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_location: Optional[str] = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = _resolve_uri(uri)
@@ -30,8 +30,8 @@ class MlflowTracker:
         # first use from several processes races in the schema migration.
         try:
             exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (exp.experiment_id if exp is not None
-                                  else self.client.create_experiment(experiment))
+            self.experiment_id = (exp.experiment_id if exp is not None else
+                                  self.client.create_experiment(experiment, artifact_location))
         except Exception as e:  # MLflow raises several types for a bad URI
             raise ConfigError(f"tracking.uri {uri!r} is not usable: {str(e).splitlines()[0]}"
                               ) from None
@@ -77,8 +77,19 @@ class MlflowTracker:
             self.client.set_terminated(run_id, status)
 
 
-def make_tracker(uri: str, experiment: str, enabled: bool = True):
-    """The configured tracker (NullTracker when tracking is disabled)."""
+def make_tracker(uri: str, experiment: str, enabled: bool = True,
+                 storage_uri: Optional[str] = None):
+    """The configured tracker (NullTracker when tracking is disabled).
+
+    With an S3 storage root and a local tracking store (SQLite, file), a new MLflow experiment
+    keeps its artifacts next to the run's other outputs (`<storage root>/<experiment>/mlflow`).
+    An MLflow server (http[s]://) decides its artifact store itself (`--artifacts-destination`).
+    """
     from raydefense.tracking.base import NullTracker
 
-    return MlflowTracker(uri, experiment) if enabled else NullTracker()
+    if not enabled:
+        return NullTracker()
+    remote = uri.startswith(("http://", "https://", "databricks"))
+    location = (f"{storage_uri.rstrip('/')}/mlflow"
+                if storage_uri and storage_uri.startswith("s3://") and not remote else None)
+    return MlflowTracker(uri, experiment, artifact_location=location)

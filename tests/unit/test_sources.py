@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from conftest import SHARED_SPLITS
+from fakes import hwc, png_bytes, random_images, write_cifar10
 from raydefense.config import DataConfig, load_config
 from raydefense.data.plan import MEMBER, NONMEMBER, _load_split_file, make_plan, write_split_file
 from raydefense.data.sources import DATASETS, ImagePool, resize_image
@@ -24,38 +24,7 @@ def load(name: str, root, **kw) -> ImagePool:
     return DATASETS.get(name)(DataConfig(source=name, root=str(root), **kw))
 
 
-def random_images(n: int, c: int = 3, side: int = 32, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, c, side, side), dtype=np.uint8)
-
-
-def hwc(chw: np.ndarray) -> np.ndarray:
-    return chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)
-
-
-def png_bytes(chw: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(hwc(chw)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------- CIFAR
-
-
-def write_cifar10(folder: Path, per_batch: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """cifar-10-batches-py with 5 python-2-style pickles (bytes keys) + a test_batch."""
-    folder.mkdir(parents=True)
-    images = random_images(5 * per_batch, seed=seed)
-    labels = np.arange(5 * per_batch) % 10
-    for b in range(5):
-        sl = slice(b * per_batch, (b + 1) * per_batch)
-        batch = {b"batch_label": f"training batch {b + 1} of 5".encode(),
-                 b"labels": labels[sl].tolist(),
-                 b"data": images[sl].reshape(per_batch, 3072),  # R plane, G plane, B plane
-                 b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]}
-        (folder / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch, protocol=2))
-    test = {b"labels": [0], b"data": np.zeros((1, 3072), np.uint8)}
-    (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
-    return images, labels
 
 
 def test_cifar10_reads_the_training_batches_in_order(tmp_path):
