@@ -100,6 +100,12 @@ class DistillConfig(_Section):
         description="alternate: whole batches alternate between shards (Algorithm 2, literal); "
         "mixed: every batch mixes rows of all shards",
     )
+    teacher_assignment: Literal["mean", "one_other"] = Field(
+        "mean",
+        description="K > 2 shards: who labels a member row. mean: the mean of the K - 1 teachers "
+        "that did not train on it; one_other: one of them, chosen uniformly per row from a seeded "
+        "stream (every draw of the row uses it). K = 2: identical (the single other teacher)",
+    )
     teacher_weights: Literal["ema", "raw"] = "ema"
     label_batch_size: int = Field(1024, ge=1)
 

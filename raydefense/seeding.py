@@ -17,6 +17,7 @@ STREAM_SPLIT = 4
 STREAM_TRAIN = 5
 STREAM_SHADOW = 7
 STREAM_GSA = 6
+STREAM_ASSIGNMENT = 8  # distill.teacher_assignment = one_other: the teacher chosen per row
 
 
 def derive_seed(*parts: int) -> int:

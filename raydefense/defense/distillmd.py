@@ -2,16 +2,26 @@
 never trained on it.
 
 For K = 2 shards the label of a shard-k row is the other teacher's eps(x_t, t) on the same (x_t, t).
-For K > 2 it is the mean of the K - 1 teachers that exclude the row. The labeller re-checks this
-against the membership matrix for every row at run time and raises if it would ever be violated
-(invariant 3). (t, noise) are seeded per (row, draw), so a retried batch is byte-identical
-(invariant 4).
+For K > 2 the K - 1 teachers that exclude the row are all allowed, and `distill.teacher_assignment`
+says which of them label it:
+
+- "mean" (default): the mean of all K - 1 allowed teachers' eps(x_t, t).
+- "one_other": one allowed teacher, chosen uniformly per row (allowed teachers sorted by name,
+  index drawn from numpy's generator keyed by (seed, row_id, STREAM_ASSIGNMENT)). The choice
+  depends only on the row, never on the batch, actor or retry, and every draw of the row uses the
+  same teacher.
+
+For K = 2 both are the single other teacher and give identical bytes. The output column "teachers"
+names the teacher(s) actually used. The labeller re-checks the assignment against the membership
+matrix for every row at run time and raises if a row would ever be labelled by a teacher that
+trained on it (invariant 3). (t, noise) are seeded per (row, draw), so a retried batch is
+byte-identical (invariant 4).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Mapping
+from typing import Literal, Mapping
 
 import numpy as np
 import torch
@@ -19,7 +29,10 @@ import torch
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
 from raydefense.errors import PrivacyInvariantError
-from raydefense.seeding import STREAM_SOFT_TARGET
+from raydefense.seeding import STREAM_ASSIGNMENT, STREAM_SOFT_TARGET
+
+TEACHER_ASSIGNMENTS = ("mean", "one_other")
+TeacherAssignment = Literal["mean", "one_other"]
 
 
 def auto_draws(steps: int, batch_size: int, num_members: int) -> int:
@@ -35,6 +48,29 @@ def labelling_teachers(owners: frozenset[str], teachers: list[str]) -> list[str]
         raise PrivacyInvariantError(
             f"no teacher excludes a row owned by {sorted(owners)}; shards must be disjoint")
     return allowed
+
+
+def assigned_teachers(owners: frozenset[str], teachers: list[str], assignment: TeacherAssignment,
+                      seed: int, row_id: int) -> list[str]:
+    """Teachers whose eps is averaged into the label of row `row_id` (owned by `owners`).
+
+    "mean": every allowed teacher (`labelling_teachers`). "one_other": one of them, chosen
+    uniformly by a generator keyed by (seed, row_id, STREAM_ASSIGNMENT), so the choice is a
+    function of the row alone (batch- and retry-independent). Raises PrivacyInvariantError if the
+    result would contain an owner."""
+    allowed = labelling_teachers(owners, sorted(teachers))
+    if assignment == "mean":
+        used = allowed
+    elif assignment == "one_other":
+        rng = np.random.default_rng([seed, row_id, STREAM_ASSIGNMENT])
+        used = [allowed[int(rng.integers(len(allowed)))]]
+    else:
+        raise ValueError(f"unknown teacher_assignment {assignment!r}; "
+                         f"expected one of {TEACHER_ASSIGNMENTS}")
+    # defensive: labelling_teachers must never allow an owner
+    if set(used) & owners or not set(used) <= set(allowed):
+        raise PrivacyInvariantError(f"row {row_id} would be labelled by its own teacher")
+    return used
 
 
 def draw_t_noise(seed: int, row_id: int, draw: int, num_timesteps: int,
@@ -53,11 +89,18 @@ class SoftTargetLabeller:
         owners: row_id -> names of the teachers whose membership includes the row (from the
             membership matrix; exactly one for disjoint shards).
         draws: soft-target draws R per row. seed: the experiment's base seed.
+        teacher_assignment: "mean" (all allowed teachers averaged) or "one_other" (one allowed
+            teacher per row, seeded by row); see the module docstring.
     """
 
     def __init__(self, teachers: Mapping[str, EpsModel], owners: Mapping[int, frozenset[str]],
                  schedule: NoiseSchedule, draws: int, seed: int,
-                 device: torch.device | str = "cpu", max_batch: int = 4096) -> None:
+                 device: torch.device | str = "cpu", max_batch: int = 4096,
+                 teacher_assignment: TeacherAssignment = "mean") -> None:
+        if teacher_assignment not in TEACHER_ASSIGNMENTS:
+            raise ValueError(f"unknown teacher_assignment {teacher_assignment!r}; "
+                             f"expected one of {TEACHER_ASSIGNMENTS}")
+        self.teacher_assignment = teacher_assignment
         self.teachers = dict(teachers)
         self.owners = owners
         self.schedule = schedule
@@ -71,7 +114,8 @@ class SoftTargetLabeller:
             batch: "row_id" [B] int64, "shard" [B], "image" [B, C, H, W] float32 in [-1, 1].
         Returns:
             B * draws rows: "row_id", "draw", "shard" [N]; "t" [N] int64; "x_t", "target"
-            [N, C, H, W] float32; "teachers" [N] str (comma-joined names that labelled the row).
+            [N, C, H, W] float32; "teachers" [N] str (comma-joined names of the teachers whose
+            eps was averaged into the target, i.e. that actually labelled the row).
         """
         row_ids = np.asarray(batch["row_id"], dtype=np.int64)
         images = np.asarray(batch["image"], dtype=np.float32)
@@ -90,7 +134,9 @@ class SoftTargetLabeller:
         x0 = torch.from_numpy(np.repeat(images, self.draws, axis=0))
         x_t = self.schedule.q_sample(x0, torch.from_numpy(t_all), torch.from_numpy(noise))
 
-        # Group items by their set of allowed teachers (one group per shard for K disjoint shards).
+        # Group items by the teachers that label them (for "mean", one group per shard with K
+        # disjoint shards; for "one_other", one group per chosen teacher). All draws of a row
+        # share its teachers.
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         labelled_by = np.empty(len(row_ids), dtype=object)
         for j, r in enumerate(row_ids.tolist()):
@@ -98,20 +144,20 @@ class SoftTargetLabeller:
             if owners is None:
                 raise PrivacyInvariantError(f"row {r} is not a member of any teacher; only member "
                                             "rows get soft targets")
-            allowed = labelling_teachers(owners, names)
-            if set(allowed) & owners:  # defensive: labelling_teachers must never allow an owner
+            used = assigned_teachers(owners, names, self.teacher_assignment, self.seed, r)
+            if set(used) & owners:  # defensive: re-checked here, where the labels are made
                 raise PrivacyInvariantError(f"row {r} would be labelled by its own teacher")
-            labelled_by[j] = ",".join(allowed)
-            groups[tuple(allowed)].extend(range(j * self.draws, (j + 1) * self.draws))
+            labelled_by[j] = ",".join(used)
+            groups[tuple(used)].extend(range(j * self.draws, (j + 1) * self.draws))
 
         target = torch.empty_like(x_t)
-        for allowed, items in groups.items():
+        for used, items in groups.items():
             idx = torch.tensor(items, dtype=torch.long)
             xs, ts = x_t[idx], torch.from_numpy(t_all)[idx]
             acc = torch.zeros_like(xs)
-            for name in allowed:
+            for name in used:
                 acc += self._eps(self.teachers[name], xs, ts)
-            target[idx] = acc / len(allowed)
+            target[idx] = acc / len(used)
         return {
             "row_id": out_row, "draw": out_draw, "shard": out_shard, "t": t_all,
             "x_t": x_t.numpy(), "target": target.numpy(),

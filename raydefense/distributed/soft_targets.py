@@ -39,7 +39,8 @@ class LabellerActor:
                                  cfg.model.beta_end)
         self.shape = tuple(image_shape)
         self.labeller = SoftTargetLabeller(models, {int(r): frozenset(o) for r, o in owners.items()},
-                                           schedule, draws, cfg.seed, device=device)
+                                           schedule, draws, cfg.seed, device=device,
+                                           teacher_assignment=cfg.distill.teacher_assignment)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.labeller({"row_id": batch["row_id"], "shard": batch["shard"],

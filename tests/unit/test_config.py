@@ -18,12 +18,15 @@ def test_presets_ship_with_the_package():
 def test_set_overrides_parse_yaml_values():
     cfg = load_config("smoke", overrides=["train.steps=7", "model.block_out_channels=[8, 16]",
                                           "storage.root=s3://bucket/prefix", "train.lr=3e-4",
-                                          "distill.draws_per_row=5"])
+                                          "distill.draws_per_row=5",
+                                          "distill.teacher_assignment=one_other"])
     assert cfg.train.steps == 7
     assert cfg.model.block_out_channels == [8, 16]
     assert cfg.storage.root == "s3://bucket/prefix"
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.distill.draws_per_row == 5
+    assert cfg.distill.teacher_assignment == "one_other"
+    assert load_config("smoke").distill.teacher_assignment == "mean"  # the default
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -42,6 +45,14 @@ def test_bad_overrides_name_the_key(override, needle):
         load_config("smoke", overrides=[override])
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
+
+
+def test_bad_teacher_assignment_lists_the_choices():
+    with pytest.raises(ConfigError) as e:
+        load_config("smoke", overrides=["distill.teacher_assignment=random"])
+    msg = str(e.value)
+    assert "distill.teacher_assignment" in msg and "'mean'" in msg and "'one_other'" in msg
+    assert "random" in msg and "\n" not in msg
 
 
 def test_unknown_preset_lists_choices():
@@ -70,3 +81,12 @@ def test_flat_params_and_fingerprint_are_stable():
     assert flat["train.steps"] == "100" and flat["data.source"] == "digits"
     assert load_config("smoke", overrides=["seed=1"]).fingerprint() != a.fingerprint()
     assert isinstance(ExperimentConfig.model_validate(a.model_dump()), ExperimentConfig)
+
+
+def test_teacher_assignment_reruns_distill_but_not_the_teachers():
+    from raydefense.pipeline import stage_fingerprints
+
+    a = stage_fingerprints(load_config("smoke"))
+    b = stage_fingerprints(load_config("smoke", overrides=["distill.teacher_assignment=one_other"]))
+    assert a["targets"] == b["targets"] and a["train"] == b["train"]
+    assert a["distill"] != b["distill"]

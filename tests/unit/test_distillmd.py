@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from raydefense.defense.distillmd import (SoftTargetLabeller, auto_draws, draw_t_noise,
-                                          labelling_teachers)
+from raydefense.defense.distillmd import (SoftTargetLabeller, assigned_teachers, auto_draws,
+                                          draw_t_noise, labelling_teachers)
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import PrivacyInvariantError
 
@@ -52,12 +52,89 @@ def test_k_shards_use_the_mean_of_the_other_teachers():
         == ["teacher_1", "teacher_3"]
 
 
+# K = 4 disjoint shards: teacher_k has the constant eps 10**k, so a target names who labelled it.
+TEACHERS4 = {f"teacher_{k}": ConstTeacher(10.0 ** k) for k in range(1, 5)}
+OWNERS4 = {r: frozenset({f"teacher_{1 + r % 4}"}) for r in range(400)}
+
+
+def batch4(rows):
+    return {"row_id": np.array(rows, dtype=np.int64), "shard": np.array([r % 4 for r in rows]),
+            "image": np.stack([np.full((1, 2, 2), (r % 7) / 10, np.float32) for r in rows])}
+
+
+def by_row_draw(out):
+    return {(int(r), int(d)): i for i, (r, d) in enumerate(zip(out["row_id"], out["draw"]))}
+
+
+def test_mean_assignment_averages_every_excluded_teacher():
+    lab = SoftTargetLabeller(TEACHERS4, OWNERS4, SCHED, draws=2, seed=3, teacher_assignment="mean")
+    out = lab(batch4(list(range(8))))
+    for r, target, who in zip(out["row_id"], out["target"], out["teachers"]):
+        others = [f"teacher_{k}" for k in range(1, 5) if f"teacher_{k}" not in OWNERS4[int(r)]]
+        assert who == ",".join(others)
+        assert np.allclose(target, np.mean([TEACHERS4[t].value for t in others]))
+
+
+def test_one_other_assignment_uses_one_allowed_teacher_per_row():
+    rows = list(range(400))
+    lab = SoftTargetLabeller(TEACHERS4, OWNERS4, SCHED, draws=3, seed=5,
+                             teacher_assignment="one_other")
+    out = lab(batch4(rows))
+    value = {t.value: name for name, t in TEACHERS4.items()}
+    chosen: dict[int, str] = {}
+    for r, target, who in zip(out["row_id"], out["target"], out["teachers"]):
+        r = int(r)
+        assert who in TEACHERS4 and who not in OWNERS4[r]  # one teacher, never the owner
+        vals = np.unique(target)
+        assert len(vals) == 1 and value[float(vals[0])] == who  # the target is that teacher's eps
+        assert chosen.setdefault(r, who) == who  # every draw of a row uses the same teacher
+        assert who == assigned_teachers(OWNERS4[r], list(TEACHERS4), "one_other", 5, r)[0]
+    # roughly uniform: per shard, each of the 3 allowed teachers labels about a third of 100 rows
+    for k in range(1, 5):
+        owner = f"teacher_{k}"
+        counts = {t: sum(1 for r, w in chosen.items() if OWNERS4[r] == {owner} and w == t)
+                  for t in TEACHERS4 if t != owner}
+        assert sum(counts.values()) == 100 and all(15 <= c <= 55 for c in counts.values()), counts
+    # deterministic across calls, and independent of batch composition and order
+    again = lab(batch4(rows))
+    for key in ("t", "x_t", "target", "teachers"):
+        assert np.array_equal(out[key], again[key])
+    sub = lab(batch4([397, 3, 250, 41]))
+    ia = by_row_draw(out)
+    for j, rd in enumerate(zip(sub["row_id"], sub["draw"])):
+        i = ia[(int(rd[0]), int(rd[1]))]
+        assert sub["teachers"][j] == out["teachers"][i]
+        assert np.array_equal(sub["target"][j], out["target"][i])
+        assert np.array_equal(sub["x_t"][j], out["x_t"][i])
+    # a different seed gives a different assignment
+    other = SoftTargetLabeller(TEACHERS4, OWNERS4, SCHED, draws=1, seed=6,
+                               teacher_assignment="one_other")(batch4(rows))
+    assert list(other["teachers"]) != list(out["teachers"][::3])
+
+
+def test_k2_assignments_are_identical():
+    outs = [SoftTargetLabeller(TEACHERS, OWNERS, SCHED, draws=3, seed=1, teacher_assignment=a)(
+        batch([10, 11, 12])) for a in ("mean", "one_other")]
+    for key in outs[0]:
+        assert np.array_equal(outs[0][key], outs[1][key]), key
+    assert list(outs[0]["teachers"]) == ["teacher_2"] * 3 + ["teacher_1"] * 3 + ["teacher_2"] * 3
+
+
+def test_unknown_assignment_is_refused():
+    with pytest.raises(ValueError, match="one_other"):
+        SoftTargetLabeller(TEACHERS, OWNERS, SCHED, draws=1, seed=0, teacher_assignment="random")
+
+
 def test_violations_raise():
     bad = {10: frozenset({"teacher_1", "teacher_2"})}
     with pytest.raises(PrivacyInvariantError):
         SoftTargetLabeller(TEACHERS, bad, SCHED, draws=1, seed=0)(batch([10]))
     with pytest.raises(PrivacyInvariantError, match="not a member"):
         SoftTargetLabeller(TEACHERS, {}, SCHED, draws=1, seed=0)(batch([10]))
+    for assignment in ("mean", "one_other"):
+        with pytest.raises(PrivacyInvariantError):
+            SoftTargetLabeller(TEACHERS4, {10: frozenset(TEACHERS4)}, SCHED, draws=1, seed=0,
+                               teacher_assignment=assignment)(batch([10]))
 
 
 def test_draws_are_seeded_per_row_and_draw():
