@@ -68,3 +68,58 @@ def s3_env(local_s3, monkeypatch):
     for k, v in local_s3.env().items():
         monkeypatch.setenv(k, v)
     return local_s3
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, local_s3):
+    """A real `mlflow server` process (SQLite backend) whose proxied artifact store is the local
+    S3 server (`--artifacts-destination s3://mlflow-artifacts/server`); only it holds the S3 keys.
+    Yields {"uri", "db", "log", "bucket", "prefix"}."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    work = tmp_path_factory.mktemp("mlflow-server")
+    bucket, prefix = "mlflow-artifacts", "server"
+    local_s3.create_bucket(bucket)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(local_s3.env(), MLFLOW_S3_ENDPOINT_URL=local_s3.endpoint,
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no huey workers (~2 GB)
+    db = work / "mlflow.db"
+    log = open(work / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", f"s3://{bucket}/{prefix}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"{uri}/health", timeout=2).read().strip() == b"OK":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start; see {work / 'server.log'}")
+        time.sleep(0.5)
+    yield {"uri": uri, "db": db, "log": work / "server.log", "bucket": bucket, "prefix": prefix}
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()

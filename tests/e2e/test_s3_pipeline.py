@@ -1,7 +1,8 @@
 """End to end on S3 with a CIFAR-format dataset: `raydefense run --preset smoke` with
-data.source=cifar10 (a fake `cifar-10-batches-py` at 32x32), a SecMI/PIA-format split file and
-storage.root=s3://... on a real local S3 server; then a cached rerun, the fail-fast storage
-checks through the CLI, and a scan for leaked credentials."""
+data.source=cifar10 (a fake `cifar-10-batches-py` at 32x32), a SecMI/PIA-format split file,
+storage.root=s3://... on a real local S3 server, and tracking on a real `mlflow server` whose
+artifacts go to S3; then a cached rerun, the fail-fast storage checks through the CLI, and a scan
+for leaked credentials."""
 
 from __future__ import annotations
 
@@ -33,15 +34,15 @@ def cli(cwd: Path, env: dict, *args: str, timeout: int = 1200) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout)
 
 
-def s3_args(data: Path, *extra: str) -> list[str]:
-    sets = ["data.source=cifar10", f"data.root={data}",
+def s3_args(data: Path, tracking_uri: str, *extra: str) -> list[str]:
+    sets = ["data.source=cifar10", f"data.root={data}", f"tracking.uri={tracking_uri}",
             f"data.split_file={data / 'FAKE_train_ratio0.5.npz'}",
             f"storage.root=s3://{BUCKET}/{PREFIX}", *SETS, *extra]
     return ["--preset", "smoke", *[a for s in sets for a in ("--set", s)]]
 
 
 @pytest.fixture(scope="module")
-def s3_run(tmp_path_factory, local_s3):
+def s3_run(tmp_path_factory, local_s3, mlflow_server):
     from raydefense.data.plan import write_split_file
 
     data = tmp_path_factory.mktemp("cifar")
@@ -54,10 +55,10 @@ def s3_run(tmp_path_factory, local_s3):
     env.update(local_s3.env())
     cwd = tmp_path_factory.mktemp("work")
     started = time.time()
-    first = cli(cwd, env, "run", *s3_args(data))
+    first = cli(cwd, env, "run", *s3_args(data, mlflow_server["uri"]))
     assert first.returncode == 0, first.stderr[-3000:]
     return {"cwd": cwd, "data": data, "env": env, "first": first, "started": started,
-            "s3": local_s3, "perm": perm}
+            "s3": local_s3, "perm": perm, "mlflow": mlflow_server}
 
 
 def read_json(s3, key: str) -> dict:
@@ -69,11 +70,10 @@ def test_everything_lands_on_s3_and_nothing_locally(s3_run):
     base = f"{PREFIX}/smoke"
     keys = s3.list_keys(BUCKET, base + "/")
     tops = {k[len(base) + 1:].split("/", 1)[0] for k in keys}
-    assert {"prepare", "models", "ray_train", "distill", "evaluate", "report", "mlflow"} <= tops
+    assert {"prepare", "models", "ray_train", "distill", "evaluate", "report"} <= tops
     assert any(k.startswith(f"{base}/ray_train/student-") and "/checkpoint_" in k for k in keys)
     assert any(k.startswith(f"{base}/distill/soft_targets/") and k.endswith(".parquet")
                for k in keys)
-    assert any(k.startswith(f"{base}/mlflow/") and k.endswith("report/report.md") for k in keys)
     assert not [k for k in keys if ".staging-" in k or ".tmp-" in k or "/_probe" in k]
     assert not (cwd / "runs").exists() and not (cwd / "mlruns").exists()
     results = read_json(s3, f"{base}/report/results.json")
@@ -113,11 +113,36 @@ def test_markers_carry_manifests_of_their_outputs(s3_run):
 
 def test_cached_rerun_on_s3_trains_nothing(s3_run):
     t0 = time.perf_counter()
-    second = cli(s3_run["cwd"], s3_run["env"], "run", *s3_args(s3_run["data"]))
+    second = cli(s3_run["cwd"], s3_run["env"], "run",
+                 *s3_args(s3_run["data"], s3_run["mlflow"]["uri"]))
     assert second.returncode == 0, second.stderr[-3000:]
     for stage in ("prepare", "train", "distill", "evaluate"):
         assert f"{stage}: complete" in second.stderr, second.stderr[-2000:]
     assert time.perf_counter() - t0 < 90
+
+
+def test_runs_read_back_from_the_mlflow_server(s3_run):
+    """The run tree through a real tracking server, its artifacts in the server's S3 store."""
+    from mlflow.tracking import MlflowClient
+
+    server = s3_run["mlflow"]
+    client = MlflowClient(tracking_uri=server["uri"])
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    parent = [r for r in runs if r.info.run_name == "pipeline/run"][-1]  # the first invocation
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["data.source"] == "cifar10"
+    assert parent.data.tags.get("version.mlflow") and "teacher_1.loss.auc" in parent.data.metrics
+    children = {r.info.run_name: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {"train/baseline", "train/teacher_1", "train/teacher_2", "distill/soft_targets",
+            "train/student", "evaluate/dualmd", "evaluate/student"} <= set(children)
+    history = client.get_metric_history(children["train/student"].info.run_id, "loss")
+    assert history and history[-1].step == 30
+    assert {"prepare", "report", "evaluate"} <= {a.path for a in
+                                                 client.list_artifacts(parent.info.run_id)}
+    keys = s3_run["s3"].list_keys(server["bucket"], server["prefix"] + "/")
+    assert any(k.endswith("/report/report.md") for k in keys), keys[:20]
 
 
 def test_credentials_never_leak(s3_run):
@@ -132,7 +157,11 @@ def test_credentials_never_leak(s3_run):
     for key in s3.list_keys(BUCKET):
         body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         assert secret not in body and key_id not in body, key
-    for path in cwd.rglob("*"):
+    server = s3_run["mlflow"]
+    for key in s3.list_keys(server["bucket"]):
+        body = client.get_object(Bucket=server["bucket"], Key=key)["Body"].read()
+        assert secret not in body and key_id not in body, key
+    for path in [*cwd.rglob("*"), server["db"], server["log"]]:
         if path.is_file():
             body = path.read_bytes()
             assert secret not in body and key_id not in body, path
@@ -156,7 +185,7 @@ def test_cli_storage_checks_fail_fast(s3_run, tmp_path, case, needle):
     else:
         env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-for-the-test"
     out = cli(tmp_path, env, "run", "--preset", "smoke", "--set", f"storage.root={root}",
-              "--set", "tracking.enabled=false", timeout=180)
+              "--set", f"tracking.uri={s3_run['mlflow']['uri']}", timeout=180)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
