@@ -201,14 +201,17 @@ def stage_train(ctx: RunContext) -> None:
             if "train" in ctx.force or not is_complete(
                 ctx.storage, f"models/{m}/_COMPLETE.json", model_fingerprint(ctx.fingerprints, m))]
     specs = [_spec(ctx, m, "ddpm", k) for m in todo]
-    _fit(ctx, specs)
+    _fit(ctx, specs, fresh="train" in ctx.force)
 
 
-def _fit(ctx: RunContext, specs: list[dict]) -> None:
+def _fit(ctx: RunContext, specs: list[dict], fresh: bool = False) -> None:
+    """Fit (or resume) the models of specs; `fresh` (--force) starts them over."""
     if not specs:
         return
     for s in specs:
         unpublish(ctx.storage, f"models/{s['model']}/_COMPLETE.json")
+        if fresh:  # run names are deterministic: Ray Train would "resume" the finished run
+            ctx.storage.delete(f"ray_train/{s['run_name']}")
     try:
         ctx.executor.fit(ctx.cfg, ctx.storage, specs)
     except BaseException:
@@ -251,7 +254,7 @@ def stage_distill(ctx: RunContext) -> None:
                  int(members.sum()), secs)
     if "distill" in ctx.force or not is_complete(storage, f"models/{STUDENT}/_COMPLETE.json",
                                                ctx.fingerprints["distill"]):
-        _fit(ctx, [_spec(ctx, STUDENT, "distill", plan.num_shards)])
+        _fit(ctx, [_spec(ctx, STUDENT, "distill", plan.num_shards)], fresh="distill" in ctx.force)
 
 
 def stage_evaluate(ctx: RunContext) -> None:

@@ -25,7 +25,9 @@ from raydefense.data.tables import PLAN_JSON, SOFT_TARGETS, read_soft_targets
 from raydefense.diffusion.checkpoint import load_state, load_unet
 from raydefense.storage import Storage
 
-pytestmark = pytest.mark.ray
+# Four CLI runs with their own Ray clusters: ~6 min alone on 2 cores, so it runs in the slow
+# suite (`python -m pytest -q -m slow`, which .ci/run also runs).
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 psutil = pytest.importorskip("psutil")
 

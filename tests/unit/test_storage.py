@@ -93,3 +93,41 @@ def test_storage_errors_never_echo_the_secret(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
     msg = explain_storage_error("s3://b/p", OSError("signature mismatch for s3cr3t-value"))
     assert "s3cr3t-value" not in msg and "rejected the credentials" in msg
+
+
+class _RecordingExecutor:
+    """Sees what a fit would resume from: the Ray Train run dir of each spec at fit time."""
+
+    def __init__(self, storage):
+        self.storage, self.seen = storage, {}
+
+    def fit(self, cfg, storage, specs):
+        for s in specs:
+            self.seen[s["model"]] = storage.files(f"ray_train/{s['run_name']}")
+            storage.write_bytes(f"models/{s['model']}/ema/w.bin", b"trained")
+
+
+def test_force_train_starts_over_instead_of_resuming_the_finished_run(tmp_path):
+    from conftest import tiny_config
+    from raydefense.pipeline import RunContext, stage_fingerprints, stage_prepare, stage_train
+
+    cfg = tiny_config(tmp_path, **{"attacks.enabled": "[loss]"})
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    executor = _RecordingExecutor(storage)
+    ctx = RunContext(cfg=cfg, storage=storage, executor=executor)
+    ctx.fingerprints = stage_fingerprints(cfg)
+    stage_prepare(ctx)
+    stage_train(ctx)
+    assert set(executor.seen) == {"baseline", "teacher_1", "teacher_2"}
+    # a finished Ray Train run under each deterministic run name
+    runs = {m: f"ray_train/{m}-{ctx.fingerprints['targets'][:12]}" for m in executor.seen}
+    for rel in runs.values():
+        storage.write_bytes(f"{rel}/checkpoint_final/state.pt", b"final")
+    executor.seen.clear()
+    stage_train(ctx)  # complete: nothing to fit
+    assert executor.seen == {}
+    ctx.force = {"train"}
+    stage_train(ctx)
+    assert executor.seen == {m: [] for m in runs}  # nothing left to "resume"
+    assert all(is_complete(storage, f"models/{m}/_COMPLETE.json", ctx.fingerprints["targets"])
+               for m in runs)
