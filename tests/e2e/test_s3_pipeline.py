@@ -24,7 +24,8 @@ BUCKET = "raydefense-e2e"
 PREFIX = "ci/runs"
 # The smoke preset at 32x32, trimmed to what this test checks (storage, formats, resume), so it
 # stays a few minutes on 2 cores; the digits smoke run covers every attack.
-SETS = ["train.steps=30", "attacks.enabled=[loss, secmi_stat, pia, blackbox_nn]",
+SETS = ["train.steps=30", "attacks.enabled=[loss, pia, blackbox_nn]", "attacks.loss.draws=2",
+        "attacks.pia.timesteps=[100, 200]", "attacks.bootstrap=50",
         "attacks.blackbox_nn.num_generated=16", "quality.num_generated=16",
         "sampling.num_images=4", "sampling.num_steps=5"]
 
