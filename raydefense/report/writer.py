@@ -1,4 +1,5 @@
-"""Writes the report directory: results.json, report.md, ROC plots and sample grids.
+"""Writes the report directory: results.json, report.md, report.html (self-contained), ROC plots
+and sample grids.
 
 The writer works on a LOCAL directory; uploading it to the storage root or MLflow is the caller's
 job. Every file is first written under a hidden temporary name in the same directory and then
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from raydefense.report.html import markdown_to_html
 from raydefense.report.plots import plot_roc, save_image_grid
 from raydefense.report.tables import (
     operating_points_markdown,
@@ -206,7 +208,8 @@ def write_report(out_dir: str, results: dict,
             roc_<attack_label>.png per attack label (label made filename-safe).
         sample_grids: target -> images [N, C, H, W] float in [-1, 1]; one samples_<target>.png each.
     Returns:
-        Paths of the written files, in write order (figures, results.json, report.md).
+        Paths of the written files, in write order (figures, results.json, report.html,
+        report.md).
     Raises:
         ValueError: the results dict breaks the contract (message names the missing key).
     """
@@ -232,5 +235,7 @@ def write_report(out_dir: str, results: dict,
 
     written.append(_atomic_write(out_dir, "results.json", _write_text(results_text)))
     report = render_report_markdown(results, roc_files, sample_files)
+    page = markdown_to_html(report, out_dir, f"raydefense report: {results['experiment']}")
+    written.append(_atomic_write(out_dir, "report.html", _write_text(page)))
     written.append(_atomic_write(out_dir, "report.md", _write_text(report)))
     return written

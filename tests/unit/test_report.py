@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -81,7 +83,7 @@ def written(tmp_path):
 
 def test_all_files_written_atomically(written):
     out, _, paths = written
-    names = {"results.json", "report.md", "roc_secmi.png", "roc_pia_k_2_x.png",
+    names = {"results.json", "report.md", "report.html", "roc_secmi.png", "roc_pia_k_2_x.png",
              "samples_baseline.png", "samples_student.png"}
     assert {os.path.basename(p) for p in paths} == names
     assert all(os.path.isfile(p) and os.path.dirname(p) == str(out) for p in paths)
@@ -117,6 +119,24 @@ def test_report_markdown_tables_and_links(written):
     for link in ("![roc](roc_secmi.png)", "![roc](roc_pia_k_2_x.png)",
                  "![samples](samples_baseline.png)", "![samples](samples_student.png)"):
         assert link in text
+
+
+def test_report_html_is_self_contained(written):
+    import base64
+
+    out, _, _ = written
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and "<title>raydefense report: digits-unit" in page
+    # the same tables as report.md, as HTML
+    assert "<th>Attack</th><th>baseline</th><th>teacher_1</th><th>teacher_2</th>" in page
+    assert "<td>0.990 [0.970, 1.000] / 0.71</td>" in page
+    # every figure inlined (no links to files next to it), byte-identical to the PNG files
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(uris) == 4 and 'src="roc_' not in page and "http" not in page.split("<body>")[1]
+    pngs = {(out / f).read_bytes() for f in ("roc_secmi.png", "roc_pia_k_2_x.png",
+                                            "samples_baseline.png", "samples_student.png")}
+    assert {base64.b64decode(u) for u in uris} == pngs
+    assert "<figcaption>secmi</figcaption>" in page
 
 
 def test_pngs_are_valid_images_of_expected_size(written):
@@ -210,3 +230,19 @@ def test_paper_table_headline_settings_and_refusals():
     assert "n/a: gsa1 on dualmd: needs white-box access." in table
     sweeps = sweep_tables_markdown(rows)
     assert "### pia" in sweeps and "| p=4, t=300 | 0.900 (0.600) | – |" in sweeps
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_report_html_renders_its_figures_in_headless_chromium(written, tmp_path):
+    """A real browser draws the inlined ROC curves and sample grids: the screenshot has coloured
+    pixels (the curves), and the same page with its images removed has almost none."""
+    from raydefense.report.screenshot import colour_fraction, screenshot
+
+    out, _, _ = written
+    page = (out / "report.html").read_text(encoding="utf-8")
+    shot = screenshot(str(out / "report.html"), str(tmp_path / "shot.png"), 1200, 6000)
+    broken = tmp_path / "broken.html"
+    broken.write_text(re.sub(r'src="data:image/png;base64,[^"]+"', 'src="missing.png"', page))
+    blank = screenshot(str(broken), str(tmp_path / "broken.png"), 1200, 6000)
+    drawn, missing = colour_fraction(shot), colour_fraction(blank)
+    assert drawn > 1e-4 and drawn > 10 * missing, (drawn, missing)
