@@ -30,8 +30,11 @@ def find_chromium() -> Optional[str]:
 
 
 def screenshot(target: str, out: str, width: int = 1400, height: int = 2400,
-               timeout_s: float = 120.0) -> str:
-    """Render `target` (a local .html path or a URL) to the PNG `out`; returns out."""
+               timeout_s: float = 120.0, budget_ms: int = 5000) -> str:
+    """Render `target` (a local .html path or a URL) to the PNG `out`; returns out.
+
+    budget_ms: virtual time the page gets to load and run scripts (single-page apps such as the
+    MLflow UI need several seconds)."""
     browser = find_chromium()
     if browser is None:
         raise FileNotFoundError("no Chromium found; install it (Debian: apt-get install chromium)")
@@ -39,7 +42,7 @@ def screenshot(target: str, out: str, width: int = 1400, height: int = 2400,
     with tempfile.TemporaryDirectory(prefix="raydefense-chromium-") as profile:
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-               f"--window-size={width},{height}", "--virtual-time-budget=5000",
+               f"--window-size={width},{height}", f"--virtual-time-budget={budget_ms}",
                f"--screenshot={os.path.abspath(out)}", url]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0 or not os.path.isfile(out):
@@ -64,12 +67,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default="report.png")
     p.add_argument("--width", type=int, default=1400)
     p.add_argument("--height", type=int, default=2400)
+    p.add_argument("--wait-ms", type=int, default=5000, help="virtual time to load (default 5000)")
     args = p.parse_args(argv)
     target = args.target
     if os.path.isdir(target):
         target = os.path.join(target, "report.html")
     try:
-        screenshot(target, args.out, args.width, args.height)
+        screenshot(target, args.out, args.width, args.height, budget_ms=args.wait_ms)
     except (FileNotFoundError, RuntimeError) as e:
         print(f"raydefense: error: {e}", file=sys.stderr)
         return 2
