@@ -290,6 +290,7 @@ def stage_report(ctx: RunContext) -> dict:
     timings.update(ctx.timings)
     results = {
         "experiment": cfg.experiment,
+        "dataset": cfg.data.source,
         "config_fingerprint": cfg.fingerprint(),
         "versions": versions(),
         "timings": timings,

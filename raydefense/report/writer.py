@@ -22,6 +22,7 @@ from raydefense.report.html import markdown_to_html
 from raydefense.report.plots import plot_roc, save_image_grid
 from raydefense.report.tables import (
     operating_points_markdown,
+    paper_comparison_markdown,
     paper_table_markdown,
     params_key,
     quality_table_markdown,
@@ -180,6 +181,8 @@ def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, s
              paper_table_markdown(list(results["attacks"]), list(results.get("skipped", []))),
              "", "### Operating points", "", operating_points_markdown(list(results["attacks"])),
              "", _rules(results), "",
+             "### Compared with the paper", "",
+             paper_comparison_markdown(list(results["attacks"]), results.get("dataset")), "",
              "## Quality", "", QUALITY_NOTE, "", quality_table_markdown(list(results["quality"])),
              "",
              "## Attack sweeps", "", sweep_tables_markdown(list(results["attacks"])), "",

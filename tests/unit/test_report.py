@@ -246,3 +246,23 @@ def test_report_html_renders_its_figures_in_headless_chromium(written, tmp_path)
     blank = screenshot(str(broken), str(tmp_path / "broken.png"), 1200, 6000)
     drawn, missing = colour_fraction(shot), colour_fraction(blank)
     assert drawn > 1e-4 and drawn > 10 * missing, (drawn, missing)
+
+
+def test_paper_comparison_where_the_dataset_matches():
+    from raydefense.report.tables import paper_comparison_markdown
+
+    def row(target, attack, params, auc):
+        return {"target": target, "attack": attack, "params": params, "auc": auc,
+                "tpr_at_1pct_fpr": 0.1, "auc_calibration": auc}
+
+    rows = [row("baseline", "secmi_stat", {"t_sec": 100, "k": 10}, 0.91),
+            row("student", "secmi_stat", {"t_sec": 100, "k": 10}, 0.55),
+            row("baseline", "pia", {"t": 200, "canonical": True}, 0.88),
+            row("baseline", "pia", {"t": 20}, 0.97),
+            row("student", "pia", {"t": 200, "canonical": True}, 0.57),
+            row("student", "pia", {"t": 20}, 0.52)]
+    text = paper_comparison_markdown(rows, "cifar10")
+    assert "| SecMIA | No defense | 0.93 / 0.35 | 0.910 / 0.10 |" in text
+    assert "| PIA | DistillMD | 0.59 / 0.02 | 0.570 / 0.10 |" in text  # canonical t, not best
+    assert "not expected to match" in text
+    assert "no attack numbers for `digits`" in paper_comparison_markdown(rows, "digits")
