@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import subprocess
 import sys
 from typing import Optional
@@ -88,7 +89,15 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     storage.check_writable()
     tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled, storage.uri())
     tracking_uri = getattr(tracker, "uri", None)
-    tags = {"raydefense.command": command, **{f"version.{k}": v for k, v in versions().items()}}
+    host = socket.gethostname()
+    if hasattr(tracker, "close_orphans"):  # runs a SIGKILLed driver left RUNNING
+        closed = tracker.close_orphans(host, _pid_alive)
+        if closed:
+            logging.getLogger("raydefense").info(
+                "marked %d MLflow run(s) of a killed earlier invocation as KILLED", len(closed))
+    tags = {"raydefense.command": command, "raydefense.host": host,
+            "raydefense.pid": str(os.getpid()),
+            **{f"version.{k}": v for k, v in versions().items()}}
     sha = git_sha()
     if sha:
         tags["mlflow.source.git.commit"] = sha
@@ -113,6 +122,16 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     if results:
         print(summary(results, storage))
     return results
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _log_config(tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from raydefense.errors import ConfigError
 
@@ -75,6 +75,29 @@ class MlflowTracker:
     def end_run(self, run_id, status="FINISHED"):
         if run_id is not None:
             self.client.set_terminated(run_id, status)
+
+    def close_orphans(self, host: str, alive: Callable[[int], bool]) -> list[str]:
+        """Mark KILLED the RUNNING pipeline runs that an earlier invocation on this host left
+        behind when its driver died (SIGKILL, a lost node), and their RUNNING children.
+
+        A run is an orphan when its `raydefense.host` tag is `host` and its `raydefense.pid`
+        is no longer alive. Returns the ids of the runs it closed.
+        """
+        closed: list[str] = []
+        parents = self.client.search_runs(
+            [self.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+            f"tags.`raydefense.host` = '{host}'", max_results=200)
+        for run in parents:
+            pid = run.data.tags.get("raydefense.pid", "")
+            if not pid.isdigit() or alive(int(pid)):
+                continue
+            children = self.client.search_runs(
+                [self.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=500)
+            for r in [*children, run]:
+                self.client.set_terminated(r.info.run_id, "KILLED")
+                closed.append(r.info.run_id)
+        return closed
 
 
 def make_tracker(uri: str, experiment: str, enabled: bool = True,

@@ -131,3 +131,4 @@ def test_force_train_starts_over_instead_of_resuming_the_finished_run(tmp_path):
     assert executor.seen == {m: [] for m in runs}  # nothing left to "resume"
     assert all(is_complete(storage, f"models/{m}/_COMPLETE.json", ctx.fingerprints["targets"])
                for m in runs)
+
