@@ -117,3 +117,24 @@ def test_shadow_rows_are_disjoint_from_targets(tmp_path: Path) -> None:
         assert len(rows) == 16 and not rows & target
     no_shadow = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed)
     assert np.array_equal(no_shadow.row_id, plan.row_id[plan.split != SHADOW])
+
+
+def test_three_shards_are_audited_end_to_end(tmp_path: Path) -> None:
+    """K = 3: three teachers on disjoint shards, DualMD cycling through them, every one audited
+    on its own shard; K is a config value, not a constant."""
+    cfg = _cfg(tmp_path, **{"data.num_shards": "3", "data.num_members": "24",
+                            "attacks.enabled": "[loss, pia]"})
+    storage = _prepare(cfg)
+    plan = read_plan(storage)
+    assert plan.teachers == ["teacher_1", "teacher_2", "teacher_3"]
+    owned = np.stack([plan.rows_of(t) for t in plan.teachers])
+    assert (owned.sum(axis=0) <= 1).all() and owned.sum() == (plan.split == MEMBER).sum()
+    out = run_evaluation(cfg, storage, plan, SerialExecutor(storage, str(tmp_path / "c")),
+                         str(tmp_path / "c"))
+    df = out.scores.to_pandas()
+    assert sorted(df.target.unique()) == sorted(["baseline", "teacher_1", "teacher_2",
+                                                 "teacher_3", DUALMD, STUDENT])
+    for t in plan.teachers:
+        members = set(df[(df.target == t) & df.is_member].row_id)
+        assert members == set(plan.row_id[plan.rows_of(t) & (plan.split == MEMBER)
+                                          & audited_rows(plan, t)].tolist())
