@@ -291,6 +291,9 @@ def stage_report(ctx: RunContext) -> dict:
     results = {
         "experiment": cfg.experiment,
         "dataset": cfg.data.source,
+        "data": {k: v for k, v in storage.read_json(PLAN_JSON).items()
+                 if k in ("num_members", "num_nonmembers", "shard_sizes", "image_shape",
+                          "duplicates_dropped", "split_file")},
         "config_fingerprint": cfg.fingerprint(),
         "versions": versions(),
         "timings": timings,

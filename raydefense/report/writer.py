@@ -157,7 +157,17 @@ def _rules(results: Mapping[str, Any]) -> str:
 
 
 def _meta_lines(results: Mapping[str, Any]) -> list[str]:
-    lines = [f"- Config fingerprint: `{results['config_fingerprint']}`"]
+    lines = []
+    data = results.get("data")
+    if isinstance(data, Mapping) and data:
+        shape = "x".join(str(v) for v in data.get("image_shape", []))
+        split = os.path.basename(str(data["split_file"])) if data.get("split_file") else "seeded"
+        lines.append(f"- Data: `{results.get('dataset', '?')}` {shape}, "
+                     f"{data.get('num_members', '?')} members (shards "
+                     f"{data.get('shard_sizes', '?')}) vs {data.get('num_nonmembers', '?')} "
+                     f"non-members, split {split}, exact duplicates dropped: "
+                     f"{data.get('duplicates_dropped', 0)}")
+    lines.append(f"- Config fingerprint: `{results['config_fingerprint']}`")
     versions = results["versions"]
     if isinstance(versions, Mapping) and versions:
         lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))

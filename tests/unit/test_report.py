@@ -262,6 +262,15 @@ def test_paper_comparison_where_the_dataset_matches():
             row("student", "pia", {"t": 200, "canonical": True}, 0.57),
             row("student", "pia", {"t": 20}, 0.52)]
     text = paper_comparison_markdown(rows, "cifar10")
+    from raydefense.report.writer import _meta_lines
+
+    meta = _meta_lines({"config_fingerprint": "f", "versions": {}, "dataset": "cifar10",
+                        "data": {"num_members": 64, "num_nonmembers": 64, "shard_sizes": [32, 32],
+                                 "image_shape": [3, 32, 32], "duplicates_dropped": 2,
+                                 "split_file": "/x/CIFAR10_train_ratio0.5.npz"}})
+    assert meta[0] == ("- Data: `cifar10` 3x32x32, 64 members (shards [32, 32]) vs 64 "
+                       "non-members, split CIFAR10_train_ratio0.5.npz, exact duplicates "
+                       "dropped: 2")
     assert "| SecMIA | No defense | 0.93 / 0.35 | 0.910 / 0.10 |" in text
     assert "| PIA | DistillMD | 0.59 / 0.02 | 0.570 / 0.10 |" in text  # canonical t, not best
     assert "not expected to match" in text
