@@ -80,6 +80,9 @@ def test_everything_lands_on_s3_and_nothing_locally(s3_run):
     results = read_json(s3, f"{base}/report/results.json")
     assert {r["target"] for r in results["attacks"]} == {"baseline", "teacher_1", "teacher_2",
                                                          "dualmd", "student"}
+    assert results["dataset"] == "cifar10" and results["data"]["split_file"].endswith(
+        "FAKE_train_ratio0.5.npz")
+    assert f"{base}/report/report.html" in keys
     plan = read_json(s3, f"{base}/prepare/plan.json")
     assert plan["image_shape"] == [3, 32, 32] and plan["source"] == "cifar10"
     assert plan["num_members"] == 64 and plan["num_nonmembers"] == 64
