@@ -288,14 +288,14 @@ def summary(results: dict[str, Any], where: str) -> str:
     lines = [f"raydefense: sweep {results['sweep']!r}: {results['num_trials']} trials; results "
              f"in {where}/ (results.json, scores.parquet)",
              "  worst case per target (highest calibration AUC; metrics on the test part):",
-             f"  {'target':<10} {'attack':<11} {'setting':<34} {'cal AUC':>7} {'AUC':>6} "
-             f"{'TPR@1%FPR':>9} {'ASR':>6}"]
+             f"  {'target':<10} {'cal AUC':>7} {'AUC':>6} {'TPR@1%FPR':>9} {'ASR':>6}  "
+             "attack setting"]
     for t in sorted(results["worst_case"], key=target_order_key):
         r = results["worst_case"][t]
         setting = json.dumps(r["params"], sort_keys=True, separators=(",", ":"))
-        lines.append(f"  {t:<10} {r['attack']:<11} {setting[:34]:<34} "
-                     f"{r['auc_calibration']:>7.3f} {r['auc']:>6.3f} "
-                     f"{r['tpr_at_1pct_fpr']:>9.3f} {r['asr_calibrated']:>6.3f}")
+        lines.append(f"  {t:<10} {r['auc_calibration']:>7.3f} {r['auc']:>6.3f} "
+                     f"{r['tpr_at_1pct_fpr']:>9.3f} {r['asr_calibrated']:>6.3f}  "
+                     f"{r['attack']} {setting}")
     return "\n".join(lines)
 
 
