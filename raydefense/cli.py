@@ -2,6 +2,7 @@
 
     raydefense run [--preset NAME | --config FILE.yaml] [--set KEY=VALUE ...] [--force STAGE]
     raydefense prepare|train|distill|attack|report  (same options; runs up to that stage)
+    raydefense sweep  (same options; after distill, the attack sweep of the `sweep` section)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from raydefense.config import ExperimentConfig, load_config, preset_names
 from raydefense.errors import RaydefenseError
 
 COMMANDS = {"run": "report", "prepare": "prepare", "train": "train", "distill": "distill",
-            "attack": "evaluate", "report": "report"}
+            "attack": "evaluate", "report": "report", "sweep": "distill"}
 HELP = {
     "run": "the whole pipeline: prepare, train, distill, evaluate, report",
     "prepare": "split the data and write the Parquet tables and membership matrix",
@@ -26,6 +27,7 @@ HELP = {
     "distill": "soft targets (Ray Data actor pool) and the DistillMD student, after train",
     "attack": "run the membership-inference attacks against every target, after distill",
     "report": "regenerate report/ from stored scores (no model is touched)",
+    "sweep": "Ray Tune sweep over attack hyperparameters (config section `sweep`), after distill",
 }
 
 
@@ -82,9 +84,15 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     cfg = load_config(preset, config, overrides)
     validate_config(cfg)
     cfg = absolutize(cfg)
-    bad = [s for s in force or [] if s not in STAGES]
+    forceable = STAGES + (["sweep"] if command == "sweep" else [])
+    bad = [s for s in force or [] if s not in forceable]
     if bad:
-        raise RaydefenseError(f"--force {bad[0]!r} is not a stage; choose from {', '.join(STAGES)}")
+        raise RaydefenseError(f"--force {bad[0]!r} is not a stage; choose from "
+                              f"{', '.join(forceable)}")
+    if command == "sweep":
+        from raydefense.sweep import sweep_points
+
+        sweep_points(cfg)  # a bad search space fails before any stage runs
     storage = Storage(cfg.storage.root, cfg.experiment)
     storage.check_writable()
     tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled, storage.uri())
@@ -114,12 +122,21 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
                                       f"{storage.uri()}; run `raydefense attack` (or run) first")
             ctx.skipped = STAGES[:-1]
             results = stage_report(ctx)
+        elif command == "sweep":
+            from raydefense.sweep import run_sweep
+
+            run_pipeline(ctx, until=COMMANDS[command])
+            results = run_sweep(ctx)
         else:
             results = run_pipeline(ctx, until=COMMANDS[command])
         status = "FINISHED"
     finally:
         tracker.end_run(parent, status)
-    if results:
+    if results and command == "sweep":
+        from raydefense.sweep import summary as sweep_summary, sweep_dir
+
+        print(sweep_summary(results, storage.uri(sweep_dir(cfg))))
+    elif results:
         print(summary(results, storage))
     return results
 

@@ -275,6 +275,22 @@ class ResourcesConfig(_Section):
     )
 
 
+class SweepConfig(_Section):
+    """Attack sweeps (`raydefense sweep`): per attack, a grid over fields of its `attacks.<name>`
+    section (the Cartesian product of the listed values; unlisted fields keep their
+    `attacks.<name>` value). Validated against the attack registry by `raydefense.sweep`."""
+
+    name: str = Field("attacks", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="outputs under <root>/<experiment>/sweeps/<name>/")
+    attacks: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="{attack: {field: [values, ...]}}, e.g. "
+        "{secmi_stat: {t_sec: [50, 100], k: [10]}, loss: {timesteps: [[50], [200]]}}")
+    max_concurrent_trials: Optional[int] = Field(
+        None, ge=1, description="None: the cluster's CPUs / cpus_per_trial (at least 1)")
+    cpus_per_trial: float = Field(0.5, gt=0, description="CPUs reserved per Tune trial "
+                                  "(fractional: a trial is a vectorised ROC over stored scores)")
+
+
 class ExperimentConfig(_Section):
     experiment: str = "digits"
     seed: int = 0
@@ -288,6 +304,7 @@ class ExperimentConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    sweep: SweepConfig = SweepConfig()
 
     def flat_params(self) -> dict[str, str]:
         """Dotted keys -> string values, as logged to MLflow params."""
@@ -358,6 +375,12 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     node: Any = tree
     known: Any = ExperimentConfig.model_fields
     for i, part in enumerate(parts):
+        if known == "free":  # below a dict-typed field (sweep.attacks): any key
+            if i == len(parts) - 1:
+                node[part] = _parse_value(value)
+            else:
+                node = node.setdefault(part, {})
+            continue
         if known is None or part not in known:
             where = ".".join(parts[:i]) or "the top level"
             choices = ", ".join(sorted(known)) if known else "(none: not a section)"
@@ -365,6 +388,8 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
                               f"valid keys there: {choices}")
         annotation = known[part].annotation
         sub = getattr(annotation, "model_fields", None)
+        if sub is None and getattr(annotation, "__origin__", None) is dict:
+            sub = "free"
         if i == len(parts) - 1:
             node[part] = _parse_value(value)
         else:

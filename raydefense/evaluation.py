@@ -206,12 +206,18 @@ class ScoringWorker:
                  teachers: list[str], cache_dir: str, device: str = "cpu",
                  with_quality: bool = True) -> None:
         self.cfg, self.schedule, self.device = cfg, schedule_of(cfg), device
-        self.attacks = [a for a in build_attacks(cfg) if a.name in attacks]
+        # (output name, attack): the enabled attacks by name, and sweep grid points by their
+        # key `<attack>@<index>` (raydefense.sweep), each its own attack object.
+        self.attacks = [(a.name, a) for a in build_attacks(cfg) if a.name in attacks]
+        if any("@" in name for name in attacks):
+            from raydefense.sweep import resolve_attack
+
+            self.attacks += [(k, resolve_attack(cfg, k)) for k in attacks if "@" in k]
         self.with_quality = with_quality
         w = cfg.attacks.weights
         self.eps: dict[str, EpsModel] = {w: load_target(cfg, storage, model, w, cache_dir, teachers,
                                                         device)}
-        for a in self.attacks:  # GSA attacks the raw training weights by default
+        for _, a in self.attacks:  # GSA attacks the raw training weights by default
             aw = getattr(a.cfg, "weights", w)
             if aw not in self.eps:
                 self.eps[aw] = load_target(cfg, storage, model, aw, cache_dir, teachers, device)
@@ -224,14 +230,14 @@ class ScoringWorker:
         seed, cache = self.cfg.seed, {}
         out: dict[str, np.ndarray] = {"row_id": np.asarray(row_ids, dtype=np.int64)}
         w = self.cfg.attacks.weights
-        for a in self.attacks:
+        for name, a in self.attacks:
             eps = self.eps[getattr(a.cfg, "weights", w)]
             if a.kind == "query":
                 s = a.score(eps, self.schedule, x0, ids, seed, cache).cpu().numpy()
                 for i in range(s.shape[1]):
-                    out[query_col(a.name, i)] = s[:, i].astype(np.float32)
+                    out[query_col(name, i)] = s[:, i].astype(np.float32)
             elif a.kind == "learned":
-                out[feature_col(a.name)] = (a.features(eps, self.schedule, x0, ids, seed, cache)
+                out[feature_col(name)] = (a.features(eps, self.schedule, x0, ids, seed, cache)
                                             .cpu().numpy().astype(np.float32))
         if self.with_quality:
             out[QUALITY_COL] = heldout_eps_mse_rows(self.eps[w], self.schedule, x0, row_ids, seed,

@@ -59,6 +59,12 @@ class Executor(Protocol):
 
     def map(self, fn: Any, items: list[tuple]) -> list[Any]: ...
 
+    def sweep_trials(self, cfg: ExperimentConfig, storage: Storage, rel_path: str,
+                     run_name: str, trials: list[dict], scores: Any) -> list[dict]:
+        """Attack-sweep trials (raydefense.sweep): one per {attack, params}, run or resumed
+        under rel_path/run_name; returns them with `metrics` {target: {...}} and `trial_id`."""
+        ...
+
 
 @dataclass
 class RunContext:

@@ -15,7 +15,7 @@ from raydefense.storage import Storage
 
 class RayExecutor:
     """Ray Train for fits, Ray Data actor pools for soft targets and attack scoring, Ray tasks
-    for per-target evaluation work."""
+    for per-target evaluation work, Ray Tune for attack sweeps."""
 
     def __init__(self, cfg: ExperimentConfig, tracking_uri: Optional[str]) -> None:
         self.cluster = init_ray(cfg.resources)
@@ -37,3 +37,9 @@ class RayExecutor:
 
     def map(self, fn, items):
         return RayEvalExecutor().map(fn, items)
+
+    def sweep_trials(self, cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name: str,
+                     trials: list[dict], scores) -> list[dict]:
+        from raydefense.distributed.sweep import run_trials
+
+        return run_trials(cfg, storage, rel_path, run_name, trials, scores)

@@ -1,0 +1,387 @@
+"""Attack sweeps (`raydefense sweep`): the core, without Ray.
+
+The search space is `sweep.attacks`: per query attack, a grid over fields of its `attacks.<name>`
+section. Every grid point becomes an attack object (`point_attack`); one scoring pass through the
+evaluation machinery (`EvalExecutor.score`, the same Ray Data actor pool as `evaluate`) scores all
+of them for every target and writes `sweeps/<name>/scores.parquet` (long format, like
+`evaluate/scores.parquet`) with a completion marker, so a rerun does not rescore.
+
+A Tune trial is one (attack, setting): `trial_metrics` computes, per target, the whole ROC of the
+stored scores in one vectorised call (`raydefense.attacks.metrics`), the accuracy-maximising
+threshold on the calibration part, and test-part AUC / TPR@1%FPR / calibrated ASR. Thresholds are
+never trials. Per target, the defender's worst case is the setting with the highest
+**calibration** AUC (`worst_case`; test numbers are never used to choose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+from pydantic import ValidationError
+
+import raydefense
+from raydefense.attacks import ATTACKS
+from raydefense.attacks.base import AccessError, check_access
+from raydefense.attacks.metrics import attack_metrics, auc
+from raydefense.config import AttacksConfig, ExperimentConfig
+from raydefense.data.plan import MEMBER, TEST, Plan
+from raydefense.errors import ConfigError
+from raydefense.storage import Storage
+
+log = logging.getLogger("raydefense")
+
+SCORES_COLUMNS = ("target", "attack", "params", "row_id", "is_member", "part", "score")
+TRIAL_METRICS = ("auc", "tpr_at_1pct_fpr", "asr_calibrated", "auc_calibration")
+SELECTION_RULE = ("per target, the (attack, setting) with the highest calibration-part AUC "
+                  "(ties: the first in sweep order); its test-part metrics are reported")
+
+
+def sweep_dir(cfg: ExperimentConfig) -> str:
+    return f"sweeps/{cfg.sweep.name}"
+
+
+def sweepable_attacks() -> list[str]:
+    """Registry names of the attacks a sweep can score (query attacks: per-row scores from eps
+    queries; learned and generated attacks need fits or generation)."""
+    return [n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "kind", None) == "query"]
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One grid point of one attack: `values` overrides fields of `attacks.<attack>`."""
+
+    attack: str
+    index: int
+    values: tuple[tuple[str, Any], ...]
+
+    @property
+    def key(self) -> str:
+        """The attack name the scoring worker resolves (`<attack>@<index>`)."""
+        return f"{self.attack}@{self.index}"
+
+    def section(self, cfg: ExperimentConfig) -> Any:
+        base = getattr(cfg.attacks, self.attack)
+        return type(base).model_validate({**base.model_dump(), **dict(self.values)})
+
+
+def sweep_points(cfg: ExperimentConfig) -> list[SweepPoint]:
+    """Expand `sweep.attacks` into grid points (attacks in the given order, each the Cartesian
+    product of its fields' value lists).
+
+    Raises:
+        ConfigError: one line naming the unknown attack or field and the valid choices, an empty
+            or non-list value list, or a grid point the attack's config refuses.
+    """
+    space = cfg.sweep.attacks
+    valid = sweepable_attacks()
+    if not space:
+        raise ConfigError("sweep.attacks is empty; give a grid per attack, e.g. --set "
+                          "'sweep.attacks={secmi_stat: {t_sec: [50, 100]}}' (sweepable attacks: "
+                          f"{', '.join(valid)})")
+    points: list[SweepPoint] = []
+    for name, grid in space.items():
+        if name in ATTACKS and name not in valid:
+            raise ConfigError(f"attack {name!r} in sweep.attacks cannot be swept (a "
+                              f"{ATTACKS.get(name).kind} attack; sweeps rescore query attacks "
+                              f"only); choose from: {', '.join(valid)}")
+        if name not in valid:
+            raise ConfigError(f"unknown attack {name!r} in sweep.attacks; choose from: "
+                              f"{', '.join(valid)}")
+        section_type = type(getattr(AttacksConfig(), name))
+        fields = sorted(section_type.model_fields)
+        if not grid:
+            raise ConfigError(f"sweep.attacks.{name} is empty; list values for some of its "
+                              f"fields: {', '.join(fields)}")
+        for field, values in grid.items():
+            if field not in section_type.model_fields:
+                raise ConfigError(f"unknown field {field!r} in sweep.attacks.{name}; valid "
+                                  f"fields of attacks.{name}: {', '.join(fields)}")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"sweep.attacks.{name}.{field} must be a non-empty list of "
+                                  f"values (got {values!r})")
+        names = list(grid)
+        for i, combo in enumerate(itertools.product(*(grid[f] for f in names))):
+            p = SweepPoint(name, i, tuple(zip(names, combo)))
+            try:
+                p.section(cfg)
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise ConfigError(f"sweep.attacks.{name} point {dict(p.values)} is invalid: "
+                                  f"{err['msg'].removeprefix('Value error, ')}") from None
+            points.append(p)
+    return points
+
+
+def point_attack(cfg: ExperimentConfig, point: SweepPoint) -> Any:
+    """The attack object of one grid point."""
+    return ATTACKS.get(point.attack)(point.section(cfg), cfg.model.num_train_timesteps)
+
+
+def resolve_attack(cfg: ExperimentConfig, key: str) -> Any:
+    """`<attack>@<index>` -> that grid point's attack object (what a scoring actor builds)."""
+    for p in sweep_points(cfg):
+        if p.key == key:
+            return point_attack(cfg, p)
+    raise ConfigError(f"no sweep point {key!r} in sweep.attacks")
+
+
+def sweep_targets(cfg: ExperimentConfig, plan: Plan, attacks: list[Any]) -> list[str]:
+    """The targets a sweep audits: `attacks.targets` (every swept attack must be servable) or
+    every target whose access serves the swept attacks."""
+    from raydefense.evaluation import all_targets, check_explicit_targets, target_access
+
+    if cfg.attacks.targets is not None:
+        check_explicit_targets(cfg)
+        for t in cfg.attacks.targets:
+            for a in attacks:
+                check_access(a, t, target_access(cfg, t))
+        return list(cfg.attacks.targets)
+    out = []
+    for t in all_targets(plan.num_shards):
+        try:
+            for a in attacks:
+                check_access(a, t, target_access(cfg, t))
+        except AccessError:
+            log.info("sweep: target %s skipped (its access cannot serve the swept attacks)", t)
+            continue
+        out.append(t)
+    return out
+
+
+def scores_fingerprint(cfg: ExperimentConfig, fps: dict[str, str]) -> str:
+    """What the sweep's scores depend on: the trained models (train, distill), the swept
+    attacks' base sections and grids, targets/access/weights, and sampling (DualMD's router)."""
+    d = cfg.model_dump(mode="json")
+    attacks = {k: d["attacks"][k] for k in ("targets", "dualmd_access", "weights")}
+    attacks.update({n: d["attacks"][n] for n in d["sweep"]["attacks"]})
+    payload = ["sweep-scores", raydefense.__version__, cfg.seed, fps["train"], fps["distill"],
+               attacks, d["sampling"], d["sweep"]["attacks"]]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def score_sweep(cfg: ExperimentConfig, plan: Plan, executor: Any) -> pa.Table:
+    """Score every grid point's attack for every target in ONE pass of `executor.score` (one
+    job per target with all points' attacks; no generation, no held-out quality).
+
+    Returns the long-format table (SCORES_COLUMNS); a setting produced by two grid points (say
+    PIA's canonical t) appears once.
+    """
+    from raydefense.evaluation import ScoreJob, audited_rows, query_col, setting_label
+
+    points = sweep_points(cfg)
+    attacks = [point_attack(cfg, p) for p in points]
+    targets = sweep_targets(cfg, plan, attacks)
+    jobs = [ScoreJob(t, audited_rows(plan, t), [p.key for p in points], with_quality=False)
+            for t in targets]
+    t0 = time.perf_counter()
+    columns, _ = executor.score(cfg, plan, jobs, {})
+    log.info("sweep: scored %d settings of %d attacks on %d targets in %.1fs",
+             sum(len(a.settings()) for a in attacks), len(cfg.sweep.attacks), len(targets),
+             time.perf_counter() - t0)
+    cols: dict[str, list] = {k: [] for k in SCORES_COLUMNS}
+    for t, res in zip(targets, columns):
+        mask = audited_rows(plan, t)
+        ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
+        seen: set[tuple[str, str]] = set()
+        for p, a in zip(points, attacks):
+            for i, params in enumerate(a.settings()):
+                label = setting_label(params)
+                if (p.attack, label) in seen:
+                    continue
+                seen.add((p.attack, label))
+                n = len(ids)
+                cols["target"] += [t] * n
+                cols["attack"] += [p.attack] * n
+                cols["params"] += [label] * n
+                cols["row_id"] += ids.tolist()
+                cols["is_member"] += member.tolist()
+                cols["part"] += part.tolist()
+                cols["score"] += np.asarray(res[query_col(p.key, i)], dtype=float).tolist()
+    return pa.table(cols)
+
+
+def trials_of(scores: pa.Table) -> list[dict[str, str]]:
+    """The (attack, params) pairs of a scores table, in first-appearance order: one trial each."""
+    seen: dict[tuple[str, str], None] = {}
+    for a, p in zip(scores.column("attack").to_pylist(), scores.column("params").to_pylist()):
+        seen.setdefault((a, p), None)
+    return [{"attack": a, "params": p} for a, p in seen]
+
+
+def trial_metrics(scores: pa.Table, attack: str, params: str) -> dict[str, dict[str, float]]:
+    """One trial: per target, the ROC-derived metrics of one (attack, setting).
+
+    The accuracy-maximising threshold is chosen on the calibration part and applied to the test
+    part (asr_calibrated); auc and tpr_at_1pct_fpr (max TPR with FPR <= 1%) are on the test
+    part; auc_calibration is what the worst case is selected by.
+    Returns: {target: {auc, tpr_at_1pct_fpr, asr_calibrated, auc_calibration}}.
+    """
+    import pyarrow.compute as pc
+
+    sel = scores.filter(pc.and_(pc.equal(scores["attack"], attack),
+                                pc.equal(scores["params"], params)))
+    if sel.num_rows == 0:
+        raise KeyError(f"no scores for attack {attack!r} with params {params}")
+    target = np.asarray(sel.column("target").to_pylist())
+    score = sel.column("score").to_numpy()
+    member = sel.column("is_member").to_numpy(zero_copy_only=False).astype(np.int64)
+    test = sel.column("part").to_numpy(zero_copy_only=False) == TEST
+    out: dict[str, dict[str, float]] = {}
+    for t in dict.fromkeys(target.tolist()):
+        m = target == t
+        cal, tst = m & ~test, m & test
+        full = attack_metrics(score[cal], member[cal], score[tst], member[tst], bootstrap=0)
+        out[t] = {"auc": full["auc"], "tpr_at_1pct_fpr": full["tpr_at_1pct_fpr"],
+                  "asr_calibrated": full["asr_calibrated"],
+                  "auc_calibration": auc(score[cal], member[cal])}
+    return out
+
+
+def flatten_metrics(per_target: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{target: {metric: v}} -> {"<target>.<metric>": v} (what a trial reports to Tune)."""
+    return {f"{t}.{k}": float(v) for t, m in per_target.items() for k, v in m.items()}
+
+
+def unflatten_metrics(flat: dict[str, Any]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key, v in flat.items():
+        t, _, k = key.rpartition(".")
+        if t and k in TRIAL_METRICS:
+            out.setdefault(t, {})[k] = float(v)
+    return out
+
+
+def worst_case(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per target, the row (one per trial x target) with the highest calibration AUC; ties go
+    to the first row in sweep order. Test metrics never take part in the choice."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        b = best.get(r["target"])
+        if b is None or r["auc_calibration"] > b["auc_calibration"]:
+            best[r["target"]] = r
+    return best
+
+
+def sweep_rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tune results ({attack, params, metrics: {target: {...}}}) -> one row per (trial, target),
+    in trial order (params parsed back into a dict)."""
+    rows = []
+    for tr in trials:
+        for t, m in tr["metrics"].items():
+            rows.append({"target": t, "attack": tr["attack"], "params": json.loads(tr["params"]),
+                         **{k: m[k] for k in TRIAL_METRICS}})
+    return rows
+
+
+def summary(results: dict[str, Any], where: str) -> str:
+    """The table the CLI prints: per target, the worst-case setting and its metrics."""
+    from raydefense.report.tables import target_order_key
+
+    lines = [f"raydefense: sweep {results['sweep']!r}: {results['num_trials']} trials; results "
+             f"in {where}/ (results.json, scores.parquet)",
+             "  worst case per target (highest calibration AUC; metrics on the test part):",
+             f"  {'target':<10} {'cal AUC':>7} {'AUC':>6} {'TPR@1%FPR':>9} {'ASR':>6}  "
+             "attack setting"]
+    for t in sorted(results["worst_case"], key=target_order_key):
+        r = results["worst_case"][t]
+        setting = json.dumps(r["params"], sort_keys=True, separators=(",", ":"))
+        lines.append(f"  {t:<10} {r['auc_calibration']:>7.3f} {r['auc']:>6.3f} "
+                     f"{r['tpr_at_1pct_fpr']:>9.3f} {r['asr_calibrated']:>6.3f}  "
+                     f"{r['attack']} {setting}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def run_sweep(ctx: Any) -> dict[str, Any]:
+    """The sweep command after the pipeline is complete through distill (ctx: a RunContext with
+    fingerprints set). Scores (skipped when the marker matches), Tune trials (resumed when
+    their run storage exists), MLflow parent `sweep/<name>` with one child per trial, and
+    `sweeps/<name>/results.json`. Returns the results dict."""
+    from raydefense.data.tables import read_plan
+    from raydefense.pipeline import is_complete, mark_complete, unpublish
+
+    cfg, storage = ctx.cfg, ctx.storage
+    base = sweep_dir(cfg)
+    points = sweep_points(cfg)
+    fp = scores_fingerprint(cfg, ctx.fingerprints)
+    marker, scores_rel = f"{base}/_COMPLETE.json", f"{base}/scores.parquet"
+    t0 = time.perf_counter()
+    if "sweep" in ctx.force or not is_complete(storage, marker, fp):
+        unpublish(storage, marker)
+        table = score_sweep(cfg, read_plan(storage), ctx.executor)
+        storage.write_table(scores_rel, table)
+        mark_complete(storage, marker, fp, {"rows": table.num_rows},
+                      manifest=storage.manifest(scores_rel))
+        rescored = True
+    else:
+        log.info("sweep: scores complete (fingerprint %s), not rescored", fp[:12])
+        table, rescored = storage.read_table(scores_rel), False
+    score_s = time.perf_counter() - t0
+    trials = trials_of(table)
+    tracker = ctx.tracker
+    parent = tracker.start_run(f"sweep/{cfg.sweep.name}", ctx.parent_run,
+                               params={"sweep.name": cfg.sweep.name,
+                                       "sweep.attacks": json.dumps(cfg.sweep.attacks),
+                                       "sweep.num_trials": str(len(trials)),
+                                       "sweep.scores_fingerprint": fp},
+                               tags={"raydefense.sweep": cfg.sweep.name})
+    status = "FAILED"
+    try:
+        t0 = time.perf_counter()
+        done = ctx.executor.sweep_trials(cfg, storage, f"{base}/tune", f"trials-{fp[:12]}",
+                                         trials, table)
+        tune_s = time.perf_counter() - t0
+        for tr in done:
+            child = tracker.start_run(
+                f"sweep/{cfg.sweep.name}/{tr['attack']}", parent,
+                params={"attack": tr["attack"], "setting": tr["params"],
+                        **{f"setting.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+                           for k, v in json.loads(tr["params"]).items()}},
+                tags={"raydefense.sweep": cfg.sweep.name,
+                      "raydefense.trial_id": str(tr.get("trial_id", ""))})
+            tracker.log_metrics(child, flatten_metrics(tr["metrics"]))
+            tracker.end_run(child)
+        rows = sweep_rows(done)
+        worst = worst_case(rows)
+        results = {
+            "experiment": cfg.experiment, "sweep": cfg.sweep.name,
+            "scores_fingerprint": fp, "space": cfg.sweep.attacks,
+            "grid_points": [{"attack": p.attack, **dict(p.values)} for p in points],
+            "num_trials": len(done), "selection": SELECTION_RULE, "rescored": rescored,
+            "timings": {"scores_s": round(score_s, 2), "tune_s": round(tune_s, 2)},
+            "trials": rows, "worst_case": worst,
+        }
+        storage.write_json(f"{base}/results.json", results)
+        for t, r in worst.items():
+            tracker.log_metrics(parent, {f"{t}.worst.{k}": r[k] for k in TRIAL_METRICS})
+            tracker.set_tags(parent, {f"worst.{t}": f"{r['attack']} "
+                                      f"{json.dumps(r['params'], sort_keys=True)}"})
+        _log_json(tracker, parent, results)
+        status = "FINISHED"
+        return results
+    finally:
+        tracker.end_run(parent, status)
+
+
+def _log_json(tracker: Any, run_id: Optional[str], results: dict) -> None:
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="raydefense-sweep-"), "results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    tracker.log_artifact(run_id, path, "sweep")
+
+
+def read_results(storage: Storage, cfg: ExperimentConfig) -> dict[str, Any]:
+    return storage.read_json(f"{sweep_dir(cfg)}/results.json")

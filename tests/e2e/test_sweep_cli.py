@@ -1,0 +1,57 @@
+"""End to end: `raydefense sweep --preset smoke` as a user runs it (the pipeline through distill,
+then 12 Tune trials), and a second invocation that neither retrains, rescores nor reruns trials.
+About 5 minutes on 2 cores, so it is marked slow (`python -m pytest -m slow`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def cli(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "raydefense.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_sweep_smoke_preset_then_a_cached_rerun(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    t0 = time.perf_counter()
+    first = cli(tmp_path, "sweep", "--preset", "smoke")
+    first_s = time.perf_counter() - t0
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "sweep 'smoke': 12 trials" in first.stdout
+    base = tmp_path / "runs" / "smoke" / "sweeps" / "smoke"
+    results = json.loads((base / "results.json").read_text())
+    assert results["num_trials"] == 12 and results["rescored"] is True
+    assert set(results["worst_case"]) == {"baseline", "teacher_1", "teacher_2", "dualmd",
+                                          "student"}
+    assert (base / "scores.parquet").is_file() and (base / "_COMPLETE.json").is_file()
+
+    t0 = time.perf_counter()
+    second = cli(tmp_path, "sweep", "--preset", "smoke")
+    second_s = time.perf_counter() - t0
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "not rescored" in second.stderr and "resuming Tune run" in second.stderr
+    again = json.loads((base / "results.json").read_text())
+    assert again["rescored"] is False and again["trials"] == results["trials"]
+    assert second_s < first_s / 3
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("smoke")
+    parents = client.search_runs([exp.experiment_id], "tags.mlflow.runName = 'sweep/smoke'")
+    assert len(parents) == 2
+    for p in parents:
+        children = client.search_runs([exp.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{p.info.run_id}'")
+        assert len(children) == 12 and p.info.status == "FINISHED"
+    print(f"raydefense sweep --preset smoke: {first_s:.0f}s, rerun {second_s:.0f}s")

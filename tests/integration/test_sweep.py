@@ -1,0 +1,260 @@
+"""Attack sweep on a real local Ray: a tiny experiment trained through distill, the sweep's one
+scoring pass on Ray Data, Tune trials (one per attack setting) fed through the object store, the
+worst case per target, MLflow parent + children, a rerun that neither rescores nor reruns trials,
+and an interrupted Tune run that resumes only its failed trial."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from conftest import tiny_config
+from raydefense.attacks.metrics import accuracy_at, auc, best_threshold, tpr_at_fpr
+from raydefense.data.plan import TEST
+from raydefense.pipeline import RunContext, run_pipeline
+from raydefense.storage import Storage
+from raydefense.sweep import TRIAL_METRICS, run_sweep, sweep_points, point_attack, trials_of
+
+pytestmark = pytest.mark.ray
+
+TARGETS = {"baseline", "teacher_1", "teacher_2", "dualmd", "student"}
+SPACE = ("{secmi_stat: {t_sec: [20, 40], k: [10]}, loss: {timesteps: [[10], [200]]}, "
+         "pia: {p: [4.0]}}")
+
+
+class Counting:
+    """The Ray executor, counting scoring passes and sweep runs."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.scores, self.sweeps = inner, 0, 0
+
+    def score(self, *a, **k):
+        self.scores += 1
+        return self.inner.score(*a, **k)
+
+    def sweep_trials(self, *a, **k):
+        self.sweeps += 1
+        return self.inner.sweep_trials(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, ray_cluster):
+    from raydefense.distributed.executor import RayExecutor
+    from raydefense.tracking.mlflow_tracker import MlflowTracker
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    cfg = tiny_config(tmp, **{"attacks.enabled": "[loss, secmi_stat]", "train.steps": "6",
+                              "train.checkpoint_every": "6", "distill.draws_per_row": "1",
+                              "attacks.pia.timesteps": "[50]", "sweep.name": "it",
+                              "sweep.attacks": SPACE, "sweep.cpus_per_trial": "0.5",
+                              "sweep.max_concurrent_trials": "2"})
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    tracker = MlflowTracker(cfg.tracking.uri, cfg.experiment)
+
+    def invoke():
+        ex = Counting(RayExecutor(cfg, tracker.uri))
+        parent = tracker.start_run("pipeline/sweep")
+        ctx = RunContext(cfg=cfg, storage=storage, executor=ex, tracker=tracker,
+                         parent_run=parent)
+        run_pipeline(ctx, until="distill")
+        t0 = time.perf_counter()
+        results = run_sweep(ctx)
+        secs = time.perf_counter() - t0
+        tracker.end_run(parent)
+        return results, ex, secs
+
+    first = invoke()
+    marker = storage.read_json("sweeps/it/_COMPLETE.json")
+    second = invoke()
+    return cfg, storage, tracker, first, marker, second
+
+
+def test_every_attack_setting_and_target_has_a_trial(swept):
+    cfg, storage, _, (results, ex, secs), _, _ = swept
+    assert ex.scores == 1 and ex.sweeps == 1
+    expected = []
+    for p in sweep_points(cfg):
+        for s in point_attack(cfg, p).settings():
+            if (p.attack, s) not in expected:
+                expected.append((p.attack, s))
+    # secmi 2 + loss 2 + PIA (t=50, canonical t=200) = 6 trials
+    assert len(expected) == 6 and results["num_trials"] == 6
+    got = {(r["attack"], json.dumps(r["params"], sort_keys=True), r["target"])
+           for r in results["trials"]}
+    assert got == {(a, json.dumps(s, sort_keys=True), t) for a, s in expected for t in TARGETS}
+    assert len(results["trials"]) == 6 * len(TARGETS)
+    assert storage.exists("sweeps/it/scores.parquet") and storage.exists("sweeps/it/results.json")
+    assert storage.read_json("sweeps/it/results.json")["worst_case"] == results["worst_case"]
+    print(f"first sweep (scoring + 6 trials): {secs:.1f}s")
+
+
+def test_worst_case_is_the_max_calibration_auc_over_trials(swept):
+    _, _, _, (results, _, _), _, _ = swept
+    assert set(results["worst_case"]) == TARGETS
+    for t, w in results["worst_case"].items():
+        rows = [r for r in results["trials"] if r["target"] == t]
+        best = max(r["auc_calibration"] for r in rows)
+        assert w["auc_calibration"] == best
+        assert w == next(r for r in rows if r["auc_calibration"] == best)  # first in order
+
+
+def test_trial_metrics_match_the_metrics_module_on_the_stored_scores(swept):
+    _, storage, _, (results, _, _), _, _ = swept
+    df = storage.read_table("sweeps/it/scores.parquet").to_pandas()
+    for r in results["trials"]:
+        g = df[(df.target == r["target"]) & (df.attack == r["attack"])
+               & (df.params == json.dumps(r["params"], sort_keys=True))]
+        cal, test = g[g.part != TEST], g[g.part == TEST]
+        cy, ty = cal.is_member.astype(int), test.is_member.astype(int)
+        thr, _ = best_threshold(cal.score, cy)
+        assert r["auc"] == pytest.approx(auc(test.score, ty))
+        assert r["auc_calibration"] == pytest.approx(auc(cal.score, cy))
+        assert r["tpr_at_1pct_fpr"] == pytest.approx(tpr_at_fpr(test.score, ty, 0.01))
+        assert r["asr_calibrated"] == pytest.approx(accuracy_at(test.score, ty, thr))
+
+
+def test_mlflow_parent_with_one_child_per_trial(swept):
+    from mlflow.tracking import MlflowClient
+
+    cfg, _, tracker, (results, _, _), _, _ = swept
+    client = MlflowClient(tracking_uri=tracker.uri)
+    parents = client.search_runs([tracker.experiment_id],
+                                 filter_string="tags.mlflow.runName = 'sweep/it'",
+                                 order_by=["attributes.start_time ASC"])
+    assert len(parents) >= 2  # one per invocation
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([tracker.experiment_id], filter_string=(
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}'"))
+    assert len(children) == results["num_trials"] == 6
+    seen = set()
+    for c in children:
+        attack, setting = c.data.params["attack"], c.data.params["setting"]
+        seen.add((attack, setting))
+        row = next(r for r in results["trials"] if r["attack"] == attack and r["target"] ==
+                   "baseline" and json.dumps(r["params"], sort_keys=True) == setting)
+        assert c.data.metrics["baseline.auc"] == pytest.approx(row["auc"])
+        assert {f"{t}.{k}" for t in TARGETS for k in TRIAL_METRICS} <= set(c.data.metrics)
+    assert len(seen) == 6
+    for t, w in results["worst_case"].items():
+        assert parent.data.metrics[f"{t}.worst.auc_calibration"] == pytest.approx(
+            w["auc_calibration"])
+        assert parent.data.tags[f"worst.{t}"].startswith(w["attack"] + " ")
+    assert "sweep/results.json" in [a.path for a in client.list_artifacts(
+        parent.info.run_id, "sweep")]
+
+
+def test_a_second_invocation_neither_rescores_nor_reruns_trials(swept):
+    _, storage, _, (first, _, first_s), marker, (second, ex, second_s) = swept
+    assert ex.scores == 0 and second["rescored"] is False and first["rescored"] is True
+    assert storage.read_json("sweeps/it/_COMPLETE.json") == marker
+    # the restored Tune run returns the same trials (ids and metrics), not new ones
+    assert second["trials"] == first["trials"]
+    assert second["worst_case"] == first["worst_case"]
+    print(f"second sweep (no scoring, restored Tune run): {second_s:.1f}s vs {first_s:.1f}s")
+
+
+def test_the_cli_sweep_command_reuses_the_complete_experiment(swept, tmp_path, capsys):
+    """`raydefense sweep` in-process on the same config: every stage and the scores are
+    complete, the Tune run is restored; the worst-case table is printed."""
+    import yaml
+
+    from raydefense.cli import main
+
+    cfg, _, _, (first, _, _), _, _ = swept
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert main(["sweep", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'it': 6 trials" in out and "highest calibration AUC" in out
+    for t, w in first["worst_case"].items():
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(t + " "))
+        assert w["attack"] in line and f"{w['auc_calibration']:.3f}" in line
+    assert main(["sweep", "--config", str(path), "--set",
+                 "sweep.attacks={secmi: {t_sec: [20]}}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("raydefense: error: unknown attack 'secmi' in sweep.attacks; choose from: "
+                   "loss, pia, pian, secmi_stat, sima")
+
+
+def _synthetic_scores():
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    cols: dict[str, list] = {k: [] for k in ("target", "attack", "params", "row_id",
+                                             "is_member", "part", "score")}
+    for target in ("baseline", "student"):
+        for attack, params in (("loss", '{"t": 1}'), ("loss", '{"t": 2}'), ("pia", '{"t": 5}')):
+            n = 40
+            member = np.arange(n) % 2 == 0
+            cols["target"] += [target] * n
+            cols["attack"] += [attack] * n
+            cols["params"] += [params] * n
+            cols["row_id"] += list(range(n))
+            cols["is_member"] += member.tolist()
+            cols["part"] += np.where(np.arange(n) < 20, "calibration", TEST).tolist()
+            cols["score"] += (rng.normal(size=n) + member).tolist()
+    return pa.table(cols)
+
+
+def test_an_interrupted_tune_run_resumes_only_its_failed_trial(tmp_path, ray_cluster):
+    """The first run lacks one setting's scores, so that trial fails (as if interrupted); the
+    rerun restores the Tune run: finished trials keep their results, the failed one reruns."""
+    from ray import tune
+
+    from raydefense.distributed.sweep import _trial, run_trials
+
+    cfg = tiny_config(tmp_path)
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    table = _synthetic_scores()
+    trials = trials_of(table)
+    drop = trials[-1]
+    partial = table.filter(pc.invert(pc.and_(pc.equal(table["attack"], drop["attack"]),
+                                             pc.equal(table["params"], drop["params"]))))
+    with pytest.raises(RuntimeError, match="1 sweep trial"):
+        run_trials(cfg, storage, "sweeps/resume/tune", "run", trials, partial)
+    path = storage.path("sweeps/resume/tune/run")
+    assert tune.Tuner.can_restore(path)
+    grid = tune.Tuner.restore(path, trainable=_trial).get_results()
+    done = {r.config["setting"]: (r.metrics["trial_id"], r.metrics["timestamp"])
+            for r in grid if r.error is None}
+    assert len(done) == len(trials) - 1
+    time.sleep(1.1)  # Tune's timestamps are in seconds
+    resumed = run_trials(cfg, storage, "sweeps/resume/tune", "run", trials, table)
+    assert [(r["attack"], r["params"]) for r in resumed] == [(t["attack"], t["params"])
+                                                             for t in trials]
+    for r in resumed[:-1]:  # the finished trials were restored, not rerun
+        assert done[f"{r['attack']} {r['params']}"] == (r["trial_id"], r["reported_at"])
+    assert resumed[-1]["reported_at"] > max(ts for _, ts in done.values())
+    last = resumed[-1]["metrics"]
+    assert set(last) == {"baseline", "student"}
+    assert all(np.isfinite(v) for m in last.values() for v in m.values())
+
+
+def test_trial_concurrency_follows_the_cluster():
+    from raydefense.distributed.sweep import concurrency
+    from raydefense.errors import ResourceError
+
+    cfg = tiny_config_default()
+    assert concurrency(cfg, {"CPU": 2.0}, 100) == 4  # 2 CPUs / 0.5 per trial
+    assert concurrency(cfg, {"CPU": 2.0}, 3) == 3  # never more than the trials
+    cfg.sweep.cpus_per_trial = 1.5
+    assert concurrency(cfg, {"CPU": 2.0}, 100) == 1  # at least one
+    cfg.sweep.max_concurrent_trials = 3
+    assert concurrency(cfg, {"CPU": 2.0}, 100) == 3
+    cfg.sweep.cpus_per_trial = 4
+    with pytest.raises(ResourceError, match="sweep.cpus_per_trial=4 exceeds the cluster's 2 CPUs"):
+        concurrency(cfg, {"CPU": 2.0}, 100)
+
+
+def tiny_config_default():
+    from raydefense.config import load_config
+
+    return load_config("smoke")
