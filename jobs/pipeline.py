@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raydefense.cli import COMMANDS, add_config_args, main
+from raydefense.cli import COMMANDS, add_config_args, config_argv, main
 
 
 def parse() -> list[str]:
@@ -17,16 +17,7 @@ def parse() -> list[str]:
                    help="run (default) or the command to stop after")
     add_config_args(p)
     args = p.parse_args()
-    argv = [args.stage]
-    if args.preset:
-        argv += ["--preset", args.preset]
-    if args.config:
-        argv += ["--config", args.config]
-    for o in args.overrides:
-        argv += ["--set", o]
-    for f in args.force:
-        argv += ["--force", f]
-    return argv
+    return [args.stage, *config_argv(args)]
 
 
 if __name__ == "__main__":

@@ -8,23 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raydefense.cli import add_config_args, main
+from raydefense.cli import add_config_args, config_argv, main
 
 
 def parse() -> list[str]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_config_args(p)
     args = p.parse_args()
-    argv = ["sweep"]
-    if args.preset:
-        argv += ["--preset", args.preset]
-    if args.config:
-        argv += ["--config", args.config]
-    for o in args.overrides:
-        argv += ["--set", o]
-    for f in args.force:
-        argv += ["--force", f]
-    return argv
+    return ["sweep", *config_argv(args)]
 
 
 if __name__ == "__main__":

@@ -51,6 +51,21 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="rerun a stage even if it is complete (repeatable)")
 
 
+def config_argv(args: argparse.Namespace) -> list[str]:
+    """The config options of parsed `add_config_args` arguments, back as CLI arguments (for the
+    Ray job entrypoints in jobs/, which forward them to `main`)."""
+    argv: list[str] = []
+    if args.preset:
+        argv += ["--preset", args.preset]
+    if args.config:
+        argv += ["--config", args.config]
+    for o in args.overrides:
+        argv += ["--set", o]
+    for f in args.force:
+        argv += ["--force", f]
+    return argv
+
+
 class LazyRayExecutor:
     """Starts Ray only when a stage actually needs it (a fully cached rerun never does)."""
 
