@@ -116,7 +116,7 @@ class RayEvalExecutor:
                     parts[str(model)].append(out)
                 done += 1
                 if done == len(blocks) or done % max(1, len(blocks) // 10) == 0:
-                    print(f"[raydefense] evaluate: scored {done}/{len(blocks)} batches",
+                    print(f"[raydefense] scoring: {done}/{len(blocks)} batches",
                           flush=True)
         return [merge_columns(parts[j.model], plan.row_id[j.mask]) for j in jobs], generated
 
