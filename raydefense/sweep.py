@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -308,7 +308,7 @@ def run_sweep(ctx: Any) -> dict[str, Any]:
     their run storage exists), MLflow parent `sweep/<name>` with one child per trial, and
     `sweeps/<name>/results.json`. Returns the results dict."""
     from raydefense.data.tables import read_plan
-    from raydefense.pipeline import is_complete, mark_complete, unpublish
+    from raydefense.pipeline import _local_copy, is_complete, mark_complete, unpublish
 
     cfg, storage = ctx.cfg, ctx.storage
     base = sweep_dir(cfg)
@@ -366,21 +366,11 @@ def run_sweep(ctx: Any) -> dict[str, Any]:
             tracker.log_metrics(parent, {f"{t}.worst.{k}": r[k] for k in TRIAL_METRICS})
             tracker.set_tags(parent, {f"worst.{t}": f"{r['attack']} "
                                       f"{json.dumps(r['params'], sort_keys=True)}"})
-        _log_json(tracker, parent, results)
+        tracker.log_artifact(parent, _local_copy(ctx, f"{base}/results.json"), "sweep")
         status = "FINISHED"
         return results
     finally:
         tracker.end_run(parent, status)
-
-
-def _log_json(tracker: Any, run_id: Optional[str], results: dict) -> None:
-    import os
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(prefix="raydefense-sweep-"), "results.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    tracker.log_artifact(run_id, path, "sweep")
 
 
 def read_results(storage: Storage, cfg: ExperimentConfig) -> dict[str, Any]:
