@@ -1,4 +1,5 @@
-"""Ray job entrypoint for an attack sweep (`raydefense sweep`).
+"""Ray job entrypoint for a sweep (`raydefense sweep`): attack hyperparameters, or training
+hyperparameters with `--set sweep.kind=training`.
 
     ray job submit --working-dir . -- python jobs/sweep.py --preset digits [--set k=v ...]
 """

@@ -2,7 +2,8 @@
 
     raydefense run [--preset NAME | --config FILE.yaml] [--set KEY=VALUE ...] [--force STAGE]
     raydefense prepare|train|distill|attack|report  (same options; runs up to that stage)
-    raydefense sweep  (same options; after distill, the attack sweep of the `sweep` section)
+    raydefense sweep  (same options; the `sweep` section: kind=attacks after distill, or
+                       kind=training, one small pipeline per grid point)
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ HELP = {
     "distill": "soft targets (Ray Data actor pool) and the DistillMD student, after train",
     "attack": "run the membership-inference attacks against every target, after distill",
     "report": "regenerate report/ from stored scores (no model is touched)",
-    "sweep": "Ray Tune sweep over attack hyperparameters (config section `sweep`), after distill",
+    "sweep": "Ray Tune sweep (config section `sweep`): attack hyperparameters after distill "
+             "(sweep.kind=attacks), or training hyperparameters with ASHA and a privacy-utility "
+             "Pareto front (sweep.kind=training)",
 }
 
 
@@ -104,10 +107,15 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     if bad:
         raise RaydefenseError(f"--force {bad[0]!r} is not a stage; choose from "
                               f"{', '.join(forceable)}")
-    if command == "sweep":
-        from raydefense.sweep import sweep_points
+    if command == "sweep":  # a bad search space fails before any stage runs
+        if cfg.sweep.kind == "training":
+            from raydefense.sweep_training import check_training_sweep
 
-        sweep_points(cfg)  # a bad search space fails before any stage runs
+            check_training_sweep(cfg)
+        else:
+            from raydefense.sweep import sweep_points
+
+            sweep_points(cfg)
     storage = Storage(cfg.storage.root, cfg.experiment)
     storage.check_writable()
     tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled, storage.uri())
@@ -137,6 +145,10 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
                                       f"{storage.uri()}; run `raydefense attack` (or run) first")
             ctx.skipped = STAGES[:-1]
             results = stage_report(ctx)
+        elif command == "sweep" and cfg.sweep.kind == "training":
+            from raydefense.sweep_training import run_training_sweep
+
+            results = run_training_sweep(ctx)  # every trial runs a pipeline of its own
         elif command == "sweep":
             from raydefense.sweep import run_sweep
 
@@ -148,8 +160,10 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     finally:
         tracker.end_run(parent, status)
     if results and command == "sweep":
-        from raydefense.sweep import summary as sweep_summary, sweep_dir
-
+        if cfg.sweep.kind == "training":
+            from raydefense.sweep_training import summary as sweep_summary, sweep_dir
+        else:
+            from raydefense.sweep import summary as sweep_summary, sweep_dir
         print(sweep_summary(results, storage.uri(sweep_dir(cfg))))
     elif results:
         print(summary(results, storage))

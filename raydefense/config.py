@@ -85,6 +85,9 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(100, ge=1)
+    val_rows: int = Field(64, ge=0, description="calibration-part non-members on which every "
+                          "report measures the EMA weights' held-out eps-MSE (val_eps_mse; the "
+                          "ASHA metric of training sweeps); 0 = off")
 
 
 class DistillConfig(_Section):
@@ -275,10 +278,21 @@ class ResourcesConfig(_Section):
     )
 
 
+class AshaConfig(_Section):
+    """ASHA early stopping of training-sweep trials on the watched model's held-out eps-MSE
+    (`val_eps_mse`, reported at every `train.log_every` step; lower is better)."""
+
+    enabled: bool = True
+    grace_period: int = Field(2, ge=1, description="reports before a trial can be stopped")
+    reduction_factor: int = Field(2, ge=2)
+
+
 class SweepConfig(_Section):
-    """Attack sweeps (`raydefense sweep`): per attack, a grid over fields of its `attacks.<name>`
+    """`raydefense sweep`. kind=attacks: per attack, a grid over fields of its `attacks.<name>`
     section (the Cartesian product of the listed values; unlisted fields keep their
-    `attacks.<name>` value). Validated against the attack registry by `raydefense.sweep`."""
+    `attacks.<name>` value), validated against the attack registry by `raydefense.sweep`.
+    kind=training: a grid over dotted config paths (`train.lr`, `distill.draws_per_row`,
+    `data.num_shards`, ...); every point is a small pipeline (`raydefense.sweep_training`)."""
 
     name: str = Field("attacks", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
                       description="outputs under <root>/<experiment>/sweeps/<name>/")
@@ -289,6 +303,19 @@ class SweepConfig(_Section):
         None, ge=1, description="None: the cluster's CPUs / cpus_per_trial (at least 1)")
     cpus_per_trial: float = Field(0.5, gt=0, description="CPUs reserved per Tune trial "
                                   "(fractional: a trial is a vectorised ROC over stored scores)")
+    kind: Literal["attacks", "training"] = "attacks"
+    training: dict[str, list[Any]] = Field(
+        default_factory=dict, description="kind=training: {dotted.path: [values, ...]}, e.g. "
+        "{train.lr: [0.001, 0.002], distill.draws_per_row: [1, 4]}")
+    target: str = Field("student", description="kind=training: the model whose worst-case "
+                        "attack AUC and utility are the trial's objectives (its own training "
+                        "curve drives ASHA; dualmd: teacher_0's)")
+    trial_attacks: Optional[list[str]] = Field(
+        None, description="kind=training: the query attacks each trial runs (None: the query "
+        "attacks of attacks.enabled)")
+    utility: Literal["domain_fid", "heldout_eps_mse"] = Field(
+        "domain_fid", description="kind=training: the utility objective (lower is better)")
+    asha: AshaConfig = AshaConfig()
 
 
 class ExperimentConfig(_Section):

@@ -28,7 +28,7 @@ from raydefense.attacks import ATTACKS
 from raydefense.attacks.base import AccessError, check_access
 from raydefense.attacks.metrics import attack_metrics, auc, roc
 from raydefense.config import ExperimentConfig
-from raydefense.data.plan import MEMBER, NONMEMBER, TEST, Plan
+from raydefense.data.plan import CALIBRATION, MEMBER, NONMEMBER, TEST, Plan
 from raydefense.data.sources import to_model_range
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
@@ -279,6 +279,35 @@ def heldout_eps_mse_rows(eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tenso
     return (total / draws).astype(np.float32)
 
 
+def validation_rows(plan: Plan, n: int) -> np.ndarray:
+    """The first n calibration-part non-members (plan row order): rows no target trains on and
+    whose test-part siblings alone decide the reported attack metrics. -> bool mask [R]."""
+    mask = (plan.split == NONMEMBER) & (plan.part == CALIBRATION)
+    keep = np.flatnonzero(mask)[:n]
+    out = np.zeros(len(mask), dtype=bool)
+    out[keep] = True
+    return out
+
+
+def heldout_validator(plan: Plan, schedule: NoiseSchedule, n: int, seed: int
+                      ) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """A training-loop hook: unet (EMA weights) -> {"val_eps_mse": mean held-out eps-MSE on
+    `validation_rows(plan, n)`}, one seeded (t, noise) draw per row, so successive reports
+    of one fit (and fits of different trials) are measured on identical inputs."""
+    from raydefense.diffusion.unet import UNetEps
+
+    mask = validation_rows(plan, n)
+    x0 = torch.from_numpy(to_model_range(plan.images[mask]))
+    ids = plan.row_id[mask]
+
+    def validate(unet: torch.nn.Module) -> dict[str, float]:
+        dev = next(unet.parameters()).device
+        mse = heldout_eps_mse_rows(UNetEps(unet), schedule, x0.to(dev), ids, seed, 1)
+        return {"val_eps_mse": float(mse.mean())}
+
+    return validate
+
+
 # ----------------------------------------------------------------------------- executor protocol
 
 
@@ -486,7 +515,6 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
              len(jobs), n_gen, time.perf_counter() - t0)
     t0 = time.perf_counter()
     domain = train_domain_features(cfg, plan)
-    t0 = time.perf_counter()
 
     cols: dict[str, list] = {k: [] for k in
                              ("target", "attack", "params", "row_id", "is_member", "part", "score")}

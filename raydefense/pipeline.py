@@ -65,6 +65,12 @@ class Executor(Protocol):
         under rel_path/run_name; returns them with `metrics` {target: {...}} and `trial_id`."""
         ...
 
+    def training_trials(self, cfg: ExperimentConfig, storage: Storage, rel_path: str,
+                        run_name: str, points: list, trials_root: str) -> list[dict]:
+        """Training-sweep trials (raydefense.sweep_training): one pipeline per point under
+        trials_root/<key>; returns per point {status, trial_id, metrics, history}."""
+        ...
+
 
 @dataclass
 class RunContext:
@@ -92,8 +98,9 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     shadows = shadows_needed(cfg)
     shadow = d["attacks"]["shadow"] if shadows else None
     fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], shadow)
-    # How often a fit logs or checkpoints does not change the model it produces.
-    train = {k: x for k, x in d["train"].items() if k not in ("log_every", "checkpoint_every")}
+    # How often a fit logs, checkpoints or validates does not change the model it produces.
+    train = {k: x for k, x in d["train"].items()
+             if k not in ("log_every", "checkpoint_every", "val_rows")}
     fp["train"] = _hash("train", v, fp["prepare"], d["model"], train)
     # The target models (and so the student) do not depend on the attacker's shadow models.
     fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
@@ -277,6 +284,7 @@ def stage_evaluate(ctx: RunContext) -> None:
 def stage_report(ctx: RunContext) -> dict:
     from raydefense.report import write_report
     from raydefense.report.tables import headline_rows
+    from raydefense.report.tradeoff import tradeoff
 
     cfg, storage = ctx.cfg, ctx.storage
     rows, all_curves = metric_rows(storage.read_table(SCORES), cfg.attacks.bootstrap, cfg.seed)
@@ -307,6 +315,8 @@ def stage_report(ctx: RunContext) -> dict:
         "quality": quality,
         "skipped": skipped,
     }
+    results.update(tradeoff(results, _sweep_results(ctx, "attacks"),
+                            _sweep_results(ctx, "training")))
     with tempfile.TemporaryDirectory(prefix="raydefense-report-") as tmp:
         write_report(tmp, results, roc_curves=curves, sample_grids=grids)
         for name in sorted(os.listdir(tmp)):
@@ -315,7 +325,37 @@ def stage_report(ctx: RunContext) -> dict:
         ctx.tracker.log_artifact(ctx.parent_run, tmp, "report")
     storage.write_json("report/timings.json", timings)
     _log_evaluations(ctx, rows, quality)
+    ctx.tracker.log_metrics(ctx.parent_run, {
+        f"{t}.worst_case.{k}": w[k] for t, w in results["privacy"].items()
+        for k in ("auc", "auc_calibration", "tpr_at_1pct_fpr")})
     return results
+
+
+def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
+    """The `sweep.name` sweep of this kind, if it ran over exactly these models / this config
+    (its results.json's fingerprint matches); None otherwise."""
+    if kind == "attacks":
+        from raydefense import sweep
+
+        if not ctx.cfg.sweep.attacks:
+            return None
+        rel, key = sweep.sweep_dir(ctx.cfg), "scores_fingerprint"
+        expected = sweep.scores_fingerprint(ctx.cfg, ctx.fingerprints)
+    else:
+        from raydefense import sweep_training
+
+        if not ctx.cfg.sweep.training:
+            return None
+        rel, key = sweep_training.sweep_dir(ctx.cfg), "fingerprint"
+        expected = sweep_training.sweep_fingerprint(ctx.cfg)
+    if not ctx.storage.exists(f"{rel}/results.json"):
+        return None
+    res = ctx.storage.read_json(f"{rel}/results.json")
+    if res.get(key) != expected:
+        log.info("report: %s sweep %r is from other models or settings; not used", kind,
+                 ctx.cfg.sweep.name)
+        return None
+    return res
 
 
 def _log_evaluations(ctx: RunContext, rows: list[dict], quality: list[dict]) -> None:

@@ -149,10 +149,13 @@ def fit(data: TrainData, model_cfg: ModelConfig, train_cfg: TrainConfig, schedul
         image_shape: tuple[int, int, int], *, seed: int, model_index: int, reporter: Reporter,
         device: torch.device | str = "cpu",
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-        batching: Literal["alternate", "mixed"] = "alternate") -> dict:
+        batching: Literal["alternate", "mixed"] = "alternate",
+        validate: Optional[Callable[[torch.nn.Module], dict]] = None) -> dict:
     """Train one UNet to train_cfg.steps, resuming from reporter.latest_checkpoint().
 
-    The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. Returns the last metrics.
+    The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. `validate(ema_unet)`,
+    when given, adds its metrics (say held-out eps-MSE) to every report. Returns the last
+    metrics.
     """
     torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
     c, h, _ = image_shape
@@ -200,6 +203,8 @@ def fit(data: TrainData, model_cfg: ModelConfig, train_cfg: TrainConfig, schedul
                 "samples_per_s": len(losses) * train_cfg.batch_size / max(now - window_start, 1e-9),
                 "elapsed_s": now - t0,
             }
+            if validate is not None:
+                metrics.update(validate(ema.shadow))
             losses, window_start = [], now
             _report(reporter, metrics, unet, ema, opt, done, is_ckpt)
     return metrics

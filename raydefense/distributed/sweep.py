@@ -10,6 +10,7 @@ are not rerun; errored ones are retried).
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -94,3 +95,145 @@ def run_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name:
         raise RuntimeError(f"the Tune run under {storage.uri(rel_path)} lacks {len(missing)} "
                            f"setting(s), e.g. {missing[0]!r}; delete it and rerun")
     return [{**t, **by_setting[s]} for t, s in zip(trials, settings)]
+
+
+# ----------------------------------------------------------------------------- training sweeps
+
+
+def _training_trial(config: dict, base: dict = None, points: list = None,
+                    trials_root: str = None) -> None:
+    """One training-sweep trial (a Tune function trainable, the V2 pattern): its pipeline builds
+    the TorchTrainers; the watched fit's reports reach Tune through TuneReportCallback (ASHA
+    reads their val_eps_mse), and one last report carries the objectives."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raydefense.distributed.executor import RayExecutor
+    from raydefense.sweep_training import run_trial, watched_model, watched_value
+
+    import ray.data
+
+    # A trial is a Ray worker: no Ray Data progress bars or plan logs in its log stream (the
+    # fits' and scoring's one-line progress still reaches the driver).
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    cfg = ExperimentConfig.model_validate(base)
+    point = points[config["point"]]
+    _stage_lines(point.key)
+    watched = {watched_model(cfg.sweep.target): [TuneReportCallback()]}
+    out = run_trial(cfg, point, trials_root, RayExecutor(cfg, None, fit_callbacks=watched))
+    # ASHA needs its metric in every result: the watched model's final value, measured on the
+    # stored model (also when its fit was complete before this trial attempt).
+    final = watched_value(cfg, point, trials_root)
+    tune.report({**{k: v for k, v in out.items() if isinstance(v, (int, float))},
+                 **{k: v for k, v in out.items() if isinstance(v, str)},
+                 "val_eps_mse": final, "completed": 1})
+
+
+def _stage_lines(key: str) -> None:
+    """The trial pipeline's one-line stage summaries, labelled with the trial, reach the
+    driver's output (a worker's loggers default to WARNING)."""
+    logger = logging.getLogger("raydefense")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"[raydefense] trial {key}: %(message)s"))
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class AshaMemory(tune.Callback):
+    """Carries ASHA's rung records across `Tuner.restore`.
+
+    Tune checkpoints its searcher and callbacks with the experiment state but not its scheduler
+    (Ray 2.60), so a restored ASHA would judge the remaining trials against no one. This
+    callback holds the scheduler (pickled together with it in the Tuner's state, so both
+    unpickle as one pair) and saves/restores its rungs {milestone: {trial_id: reward}}.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"rungs": [[(m, dict(rec)) for m, rec in b._rungs]
+                          for b in self.scheduler._brackets],
+                "num_stopped": self.scheduler._num_stopped}
+
+    def set_state(self, state: dict) -> None:
+        for bracket, rungs in zip(self.scheduler._brackets, state["rungs"]):
+            bracket._rungs = [(m, dict(rec)) for m, rec in rungs]
+        self.scheduler._num_stopped = state["num_stopped"]
+
+
+def training_concurrency(cfg: ExperimentConfig, cluster: dict, num_trials: int) -> int:
+    """sweep.max_concurrent_trials, or as many trials as the cluster's CPUs hold when each runs
+    resources.concurrent_fits fits at once (at least 1, at most the number of trials)."""
+    res = cfg.resources
+    per_trial = res.concurrent_fits * res.workers_per_model * res.cpus_per_worker
+    n = cfg.sweep.max_concurrent_trials or int(float(cluster.get("CPU", 0)) // per_trial)
+    return max(1, min(n, num_trials))
+
+
+def run_training_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name: str,
+                        points: list, trials_root: str) -> list[dict[str, Any]]:
+    """Run (or resume) the training sweep's Tune experiment: one trial per grid point, ASHA on
+    val_eps_mse (sweep.asha). Returns per point, in order: {status: completed | stopped,
+    trial_id, metrics (the last result), history: [{iteration, val_eps_mse}]}.
+
+    Raises:
+        RuntimeError: trials errored (rerun to resume them).
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    # The trial function only orchestrates; its TorchTrainers and Ray Data pools reserve the
+    # real resources, so a trial holds a sliver of a CPU (no deadlock on 2 cores).
+    trainable = tune.with_resources(
+        tune.with_parameters(_training_trial, base=cfg.model_dump(mode="json"), points=points,
+                             trials_root=trials_root),
+        {"cpu": 0.01})
+    storage_path = storage.path(rel_path)
+    path = f"{storage_path}/{run_name}"
+    if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
+        log.info("training sweep: resuming Tune run %s", storage.uri(f"{rel_path}/{run_name}"))
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=storage.fs)
+    else:
+        n = training_concurrency(cfg, ray.cluster_resources(), len(points))
+        a = cfg.sweep.asha
+        max_t = max(dict(p.values).get("train.steps", cfg.train.steps) for p in points) + 2
+        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                   grace_period=a.grace_period, reduction_factor=a.reduction_factor)
+                     if a.enabled else FIFOScheduler())
+        callbacks = [AshaMemory(scheduler)] if a.enabled else []
+        log.info("training sweep: %d trials, at most %d at once%s", len(points), n,
+                 f", ASHA on val_eps_mse (grace {a.grace_period}, factor {a.reduction_factor})"
+                 if a.enabled else "")
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search(list(range(len(points))))},
+            tune_config=tune.TuneConfig(metric="val_eps_mse", mode="min", scheduler=scheduler,
+                                        max_concurrent_trials=n, trial_dirname_creator=_dirname),
+            run_config=tune.RunConfig(name=run_name, storage_path=storage_path,
+                                      storage_filesystem=storage.fs, verbose=0,
+                                      callbacks=callbacks,
+                                      failure_config=tune.FailureConfig(max_failures=1)))
+    grid = tuner.fit()
+    if grid.num_errors:
+        raise RuntimeError(f"{grid.num_errors} training-sweep trial(s) failed; see the Tune logs "
+                           f"under {storage.uri(f'{rel_path}/{run_name}')} and rerun to resume")
+    by_point = {}
+    for r in grid:
+        df = r.metrics_dataframe
+        history = []
+        if df is not None and "val_eps_mse" in df:
+            for it, v in zip(df["training_iteration"], df["val_eps_mse"]):
+                if v == v:  # not NaN
+                    history.append({"iteration": int(it), "val_eps_mse": float(v)})
+        done = bool(r.metrics.get("completed"))
+        by_point[r.config["point"]] = {"status": "completed" if done else "stopped",
+                                       "trial_id": r.metrics.get("trial_id"),
+                                       "metrics": dict(r.metrics) if done else {},
+                                       "history": history}
+    missing = [i for i in range(len(points)) if i not in by_point]
+    if missing:
+        raise RuntimeError(f"the Tune run under {storage.uri(rel_path)} lacks trial(s) for grid "
+                           f"point(s) {missing}; delete it and rerun")
+    return [by_point[i] for i in range(len(points))]

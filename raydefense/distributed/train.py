@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import ray
 import ray.train
@@ -83,7 +83,9 @@ class ProgressCallback(ray.train.UserCallback):
         steps_per_s = step / max(m.get("elapsed_s", 0.0), 1e-9)
         eta = (self.total - step) / max(steps_per_s, 1e-9)
         print(f"[raydefense] train {self.model}: step {step}/{self.total} "
-              f"({100 * step / self.total:.0f}%) loss {m['loss']:.4f}, {rate:.0f} samples/s, "
+              f"({100 * step / self.total:.0f}%) loss {m['loss']:.4f}"
+              + (f", val_eps_mse {m['val_eps_mse']:.4f}" if "val_eps_mse" in m else "")
+              + f", {rate:.0f} samples/s, "
               f"ETA {eta / 60:.1f} min" + (", checkpoint saved" if checkpoint else ""),
               flush=True)
 
@@ -120,17 +122,25 @@ def _train_loop(config: dict) -> None:
     world = reporter.world_size
     schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
                              cfg.model.beta_end)
+    validate = None
+    if cfg.train.val_rows:
+        from raydefense.data.tables import read_plan
+        from raydefense.evaluation import heldout_validator
+
+        validate = heldout_validator(read_plan(storage), schedule, cfg.train.val_rows, cfg.seed)
     fit(data, cfg.model, cfg.train, schedule, shape, seed=cfg.seed, model_index=spec.model_index,
         reporter=reporter, device=ray.train.torch.get_device(),
         wrap_model=(lambda m: ray.train.torch.prepare_model(m)) if world > 1 else (lambda m: m),
-        batching=cfg.distill.batching)
+        batching=cfg.distill.batching, validate=validate)
     if reporter._restored:
         shutil.rmtree(reporter._restored, ignore_errors=True)
 
 
 def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
-            tracking_uri: Optional[str], running_fits: int = 1) -> str:
+            tracking_uri: Optional[str], running_fits: int = 1,
+            callbacks: Sequence[ray.train.UserCallback] = ()) -> str:
     """Run (or resume) one TorchTrainer and copy its final checkpoint to models/<model>.
+    `callbacks` join the progress callback (a training sweep's TuneReportCallback).
 
     Returns the storage-relative model directory.
     """
@@ -149,7 +159,7 @@ def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
             storage_filesystem=storage.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=2),
-            callbacks=[ProgressCallback(spec.model, cfg.train.steps)]),
+            callbacks=[ProgressCallback(spec.model, cfg.train.steps), *callbacks]),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -162,14 +172,17 @@ def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
 
 
 def fit_many(cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec],
-             tracking_uri: Optional[str]) -> dict[str, str]:
+             tracking_uri: Optional[str],
+             callbacks: Optional[dict[str, list]] = None) -> dict[str, str]:
     """Fit models concurrently (at most resources.concurrent_fits at once); model -> model dir.
+    `callbacks`: extra Ray Train callbacks per model name.
 
     Each fit gets its own placement group; fits that do not fit the cluster wait for resources.
     """
     running = max(1, min(cfg.resources.concurrent_fits, len(specs)))
     with ThreadPoolExecutor(max_workers=running, thread_name_prefix="fit") as pool:
-        futures = {s.model: pool.submit(fit_one, cfg, storage, s, tracking_uri, running)
+        futures = {s.model: pool.submit(fit_one, cfg, storage, s, tracking_uri, running,
+                                        (callbacks or {}).get(s.model, ()))
                    for s in specs}
         return {m: f.result() for m, f in futures.items()}
 

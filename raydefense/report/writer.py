@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -150,6 +150,14 @@ QUALITY_NOTE = (
     "eps-prediction MSE on non-member test images (lower is better).")
 
 
+PRIVACY_NOTE = (
+    "Per target, the strongest attack over everything this experiment ran (the evaluate stage "
+    "and, where one exists over the same models, the attack sweep), chosen by its AUC on the "
+    "calibration split; the AUC and TPR@1%FPR shown are on the disjoint test split. This is the "
+    "privacy number to quote."
+)
+
+
 def _rules(results: Mapping[str, Any]) -> str:
     rules = list(dict.fromkeys(str(r["tpr_rule"]) for r in results["attacks"]
                                if r.get("tpr_rule")))
@@ -176,17 +184,34 @@ def _meta_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[str]:
+    """The defender's worst case per target and the privacy-utility trade-off (when
+    results.json has them: raydefense.report.tradeoff)."""
+    if "privacy" not in results:
+        return []
+    from raydefense.report.tradeoff import privacy_markdown, tradeoff_markdown
+
+    parts = ["## Privacy: the defender's worst case", "", PRIVACY_NOTE, "",
+             privacy_markdown(results["privacy"]), ""]
+    if results.get("privacy_utility"):
+        parts += ["## Privacy-utility trade-off", "",
+                  tradeoff_markdown(results["privacy_utility"], figure), ""]
+    return parts
+
+
 def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, str],
-                           sample_files: Mapping[str, str]) -> str:
+                           sample_files: Mapping[str, str], figure: Optional[str] = None) -> str:
     """The text of report.md.
 
     Args:
         results: a validated results dict.
         roc_files: attack label -> ROC PNG file name (relative to the report directory).
         sample_files: target -> sample-grid PNG file name.
+        figure: the privacy-utility PNG file name, if one was drawn.
     """
     parts = [f"# Membership-inference report: {results['experiment']}", "",
              *_meta_lines(results), "", HOW_TO_READ, "",
+             *_privacy_parts(results, figure),
              "## Attacks", "",
              paper_table_markdown(list(results["attacks"]), list(results.get("skipped", []))),
              "", "### Operating points", "", operating_points_markdown(list(results["attacks"])),
@@ -246,8 +271,16 @@ def write_report(out_dir: str, results: dict,
         images = sample_grids[target]
         written.append(_atomic_write(out_dir, name, lambda p, x=images: save_image_grid(x, p)))
 
+    figure = None
+    if results.get("privacy_utility", {}).get("points"):
+        from raydefense.report.tradeoff import TRADEOFF_PNG, plot_tradeoff
+
+        figure = TRADEOFF_PNG
+        written.append(_atomic_write(
+            out_dir, figure, lambda p: plot_tradeoff(results["privacy_utility"], p)))
+
     written.append(_atomic_write(out_dir, "results.json", _write_text(results_text)))
-    report = render_report_markdown(results, roc_files, sample_files)
+    report = render_report_markdown(results, roc_files, sample_files, figure)
     page = markdown_to_html(report, out_dir, f"raydefense report: {results['experiment']}")
     written.append(_atomic_write(out_dir, "report.html", _write_text(page)))
     written.append(_atomic_write(out_dir, "report.md", _write_text(report)))

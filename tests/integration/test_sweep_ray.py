@@ -258,3 +258,46 @@ def tiny_config_default():
     from raydefense.config import load_config
 
     return load_config("smoke")
+
+
+def test_asha_remembers_its_rungs_across_a_restore(tmp_path, ray_cluster) -> None:
+    """Tune does not checkpoint its scheduler; AshaMemory does. Point 0 finishes, point 1 errors
+    before reporting; after Tuner.restore, point 1's worse curve is stopped at the first rung
+    by point 0's record (a fresh ASHA, with no records, would let it run to the end)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raydefense.distributed.sweep import AshaMemory
+
+    # Local, so cloudpickle ships it by value (workers cannot import a test module).
+    def _curve_trial(config: dict, marker: str = "") -> None:
+        """Reports a fixed val_eps_mse curve per point; point 1's first attempt dies before it
+        reports (as a trial does when its driver is killed)."""
+        import os
+
+        from ray import tune
+
+        if config["point"] == 1 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("interrupted")
+        for i in range(6):
+            tune.report({"val_eps_mse": (0.5 if config["point"] == 0 else 1.0) - 0.01 * i})
+
+    trainable = tune.with_parameters(_curve_trial, marker=str(tmp_path / "attempted"))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=10, grace_period=2,
+                              reduction_factor=2)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.01}),
+        param_space={"point": tune.grid_search([0, 1])},
+        tune_config=tune.TuneConfig(metric="val_eps_mse", mode="min", scheduler=scheduler,
+                                    max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0,
+                                  callbacks=[AshaMemory(scheduler)]))
+    first = tuner.fit()
+    assert first.num_errors == 1
+    restored = tune.Tuner.restore(str(tmp_path / "asha"), trainable=tune.with_resources(
+        trainable, {"cpu": 0.01}), resume_errored=True)
+    grid = restored.fit()
+    assert grid.num_errors == 0
+    iters = {r.config["point"]: r.metrics["training_iteration"] for r in grid}
+    assert iters == {0: 6, 1: 2}

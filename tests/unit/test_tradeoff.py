@@ -1,0 +1,96 @@
+"""The report's privacy section (the defender's worst case, sweeps included) and its
+privacy-utility scatter / Pareto front."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+
+from raydefense.report import write_report
+from raydefense.report.tradeoff import TRADEOFF_PNG, tradeoff, worst_case_privacy
+
+
+def _row(target, attack, params, auc, auc_cal, tpr=0.01):
+    return {"target": target, "attack": attack, "params": params, "auc": auc,
+            "auc_calibration": auc_cal, "tpr_at_1pct_fpr": tpr, "tpr_rule": "r",
+            "n_members": 10, "n_nonmembers": 10}
+
+
+def _results():
+    attacks = [_row("baseline", "loss", {"t": 100}, 0.80, 0.82, 0.2),
+               _row("baseline", "pia", {"t": 200}, 0.90, 0.78, 0.3),  # higher test, lower cal
+               _row("teacher_1", "loss", {"t": 100}, 0.70, 0.71),
+               _row("dualmd", "loss", {"t": 100}, 0.58, 0.60),
+               _row("student", "loss", {"t": 100}, 0.52, 0.53)]
+    quality = [{"target": t, "metric": "domain_fid", "value": v}
+               for t, v in (("baseline", 1.0), ("teacher_1", 1.6), ("dualmd", 1.4),
+                            ("student", 1.8))]
+    quality.append({"target": "student", "metric": "heldout_eps_mse", "value": 0.3})
+    return {"experiment": "unit", "config_fingerprint": "f", "versions": {}, "timings": {},
+            "attacks": attacks, "quality": quality, "skipped": []}
+
+
+def test_worst_case_is_chosen_by_calibration_auc_and_a_sweep_can_raise_it() -> None:
+    res = _results()
+    w = worst_case_privacy(res["attacks"])
+    assert (w["baseline"]["attack"], w["baseline"]["auc"]) == ("loss", 0.80)  # not pia's 0.90
+    sweep = {"sweep": "s", "worst_case": {
+        "student": {"attack": "secmi_stat", "params": {"t_sec": 40}, "auc": 0.61,
+                    "auc_calibration": 0.64, "tpr_at_1pct_fpr": 0.05},
+        "baseline": {"attack": "secmi_stat", "params": {}, "auc": 0.99, "auc_calibration": 0.5,
+                     "tpr_at_1pct_fpr": 0.5}}}
+    w = worst_case_privacy(res["attacks"], sweep)
+    assert w["student"] == {"attack": "secmi_stat", "params": {"t_sec": 40}, "source": "sweep s",
+                            "auc": 0.61, "auc_calibration": 0.64, "tpr_at_1pct_fpr": 0.05}
+    assert w["baseline"]["source"] == "evaluate"  # the sweep's weaker setting does not win
+
+
+def test_points_and_pareto_front_of_targets_and_training_trials() -> None:
+    res = _results()
+    training = {"sweep": "tr", "target": "student", "utility_metric": "domain_fid",
+                "num_trials": 3, "num_stopped": 1, "trials": [
+                    {"key": "p000-a", "setting": "{}", "status": "completed",
+                     "privacy_auc": 0.5, "utility": 2.0, "pareto": True},
+                    {"key": "p001-b", "setting": "{}", "status": "stopped"},
+                    {"key": "p002-c", "setting": "{}", "status": "completed",
+                     "privacy_auc": 0.6, "utility": 2.5, "pareto": False}]}
+    out = tradeoff(res, None, training)
+    pu = out["privacy_utility"]
+    assert pu["utility_metric"] == "domain_fid"
+    by = {p["label"]: p for p in pu["points"]}
+    assert set(by) == {"baseline", "teacher_1", "dualmd", "student", "p000-a", "p002-c"}
+    # teacher_1 (0.70, 1.6) is dominated by dualmd (0.58, 1.4); the others trade off.
+    assert {k for k, p in by.items() if p["kind"] == "target" and p["pareto"]} == {
+        "baseline", "dualmd", "student"}
+    assert by["p000-a"]["pareto"] and not by["p002-c"]["pareto"]
+    # A training sweep measured with another utility is not mixed into the same axes.
+    training["utility_metric"] = "heldout_eps_mse"
+    pts = tradeoff(res, None, training)["privacy_utility"]["points"]
+    assert {p["kind"] for p in pts} == {"target"}
+
+
+def test_report_has_the_privacy_sections_and_the_figure(tmp_path) -> None:
+    res = _results()
+    res.update(tradeoff(res))
+    write_report(str(tmp_path), res)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Privacy: the defender's worst case" in md
+    assert "## Privacy-utility trade-off" in md and f"![privacy-utility]({TRADEOFF_PNG})" in md
+    assert "| student | loss {\"t\": 100} | evaluate | 0.530 | **0.520** |" in md
+    with Image.open(tmp_path / TRADEOFF_PNG) as im:
+        assert im.size[0] > 600 and im.size[1] > 400
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and TRADEOFF_PNG not in html.split("<body")[1]
+
+
+@pytest.mark.parametrize("quality", [[], [{"target": "student", "metric": "memorized", "value": 1}]])
+def test_no_utility_metric_means_no_figure(tmp_path, quality) -> None:
+    res = _results()
+    res["quality"] = quality
+    res.update(tradeoff(res))
+    assert res["privacy_utility"]["points"] == []
+    write_report(str(tmp_path), res)
+    assert not os.path.exists(tmp_path / TRADEOFF_PNG)
+    assert "No utility metric" in (tmp_path / "report.md").read_text()
