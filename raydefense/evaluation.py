@@ -452,14 +452,53 @@ def fit_learned(attack_name: str, cfg_dict: dict, train_x: np.ndarray, train_y: 
     {"eval": [scores per eval matrix], "oof": out-of-fold scores of train_x (cross_fit) or
     None}."""
     cfg = ExperimentConfig.model_validate(cfg_dict)
-    attack = next(a for a in build_attacks(cfg) if a.name == attack_name)
-    seed = derive_seed(cfg.seed, STREAM_QUALITY, len(attack_name))
+    if "@" in attack_name:  # an attack sweep's grid point
+        from raydefense.sweep import resolve_attack
+
+        attack = resolve_attack(cfg, attack_name)
+    else:
+        attack = next(a for a in build_attacks(cfg) if a.name == attack_name)
+    # A sweep point (`gsa1@3`) seeds like its attack, so the base setting reproduces evaluate.
+    seed = derive_seed(cfg.seed, STREAM_QUALITY, len(attack_name.split("@")[0]))
     if cross_fit:
         oof, scores = attack.cross_fit_predict(train_x, train_y, eval_x, seed,
                                                image_shape=image_shape)
         return {"eval": scores, "oof": oof}
     return {"eval": attack.fit_predict(train_x, train_y, eval_x, seed, image_shape=image_shape),
             "oof": None}
+
+
+def learned_fit_args(cfg: ExperimentConfig, plan: Plan, target: str, name: str, attack: Any,
+                     scored: dict[str, dict[str, np.ndarray]]) -> tuple:
+    """The `fit_learned` arguments of one (target, learned attack): calibration-trained attacks
+    cross-fit on the target's calibration part and score its test part; shadow-trained ones
+    learn every shadow's members vs its held-out rows and score the target's audited rows.
+    `name` is the feature column's attack name (a sweep point's `<attack>@<i>`)."""
+    f = scored[target][feature_col(name)]
+    shape = tuple(plan.images.shape[1:])
+    if attack.trains_on == "calibration":
+        mask = audited_rows(plan, target)
+        cal = plan.part[mask] != TEST
+        member = (plan.split[mask] == MEMBER).astype(np.int64)
+        return (name, cfg.model_dump(mode="json"), f[cal], member[cal], [f[~cal]], shape, True)
+    xs, ys = [], []
+    for j, m in enumerate(plan.shadows):
+        smask = plan.rows_of(m) | plan.shadow_heldout[j]
+        xs.append(scored[m][feature_col(name)])
+        ys.append(plan.rows_of(m)[smask].astype(np.int64))
+    return (name, cfg.model_dump(mode="json"), np.concatenate(xs), np.concatenate(ys), [f],
+            shape, False)
+
+
+def learned_scores(out: dict[str, Any], part: np.ndarray) -> np.ndarray:
+    """A `fit_learned` result -> one score per audited row (calibration-trained: out-of-fold
+    scores on the calibration part, held-out scores on the test part)."""
+    if out["oof"] is None:
+        return np.asarray(out["eval"][0])
+    cal = part != TEST
+    score = np.empty(len(part))
+    score[cal], score[~cal] = out["oof"], out["eval"][0]
+    return score
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -521,7 +560,6 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
     quality: list[dict[str, Any]] = []
     fits: list[tuple] = []
     fit_keys: list[tuple[str, str]] = []
-    shape = tuple(plan.images.shape[1:])
     for t in ap.targets:
         mask = audited_rows(plan, t)
         ids, member = plan.row_id[mask], plan.split[mask] == MEMBER
@@ -538,20 +576,8 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
                                       domain.feature_fn if domain is not None else None).numpy()
                 for i, params in enumerate(a.settings(with_features=domain is not None)):
                     _long_rows(cols, t, a.name, params, ids, member, part, s[:, i])
-            elif a.trains_on == "calibration":
-                f = res[feature_col(a.name)]
-                cal = part != TEST
-                fits.append((a.name, cfg.model_dump(mode="json"), f[cal],
-                             member[cal].astype(np.int64), [f[~cal]], shape, True))
-                fit_keys.append((t, a.name))
-            else:  # shadow-trained: every shadow's members vs its held-out rows
-                xs, ys = [], []
-                for j, m in enumerate(plan.shadows):
-                    smask = plan.rows_of(m) | plan.shadow_heldout[j]
-                    xs.append(scored[m][feature_col(a.name)])
-                    ys.append(plan.rows_of(m)[smask].astype(np.int64))
-                fits.append((a.name, cfg.model_dump(mode="json"), np.concatenate(xs),
-                             np.concatenate(ys), [res[feature_col(a.name)]], shape, False))
+            else:
+                fits.append(learned_fit_args(cfg, plan, t, a.name, a, scored))
                 fit_keys.append((t, a.name))
         if QUALITY_COL in res:
             held = (plan.split[mask] == NONMEMBER) & (part == TEST)
@@ -565,13 +591,7 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
         mask = audited_rows(plan, t)
         ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
         params = by_name[name].settings()[0]
-        if out["oof"] is not None:  # calibration-trained: out-of-fold cal + held-out test scores
-            cal = part != TEST
-            score = np.empty(len(ids))
-            score[cal], score[~cal] = out["oof"], out["eval"][0]
-        else:
-            score = out["eval"][0]
-        _long_rows(cols, t, name, params, ids, member, part, score)
+        _long_rows(cols, t, name, params, ids, member, part, learned_scores(out, part))
     log.info("evaluate: fitted %d learned attacks in %.1fs", len(fits), time.perf_counter() - t0)
     if domain is not None:
         quality.append({"target": "real", "metric": "domain_classifier_train_accuracy",

@@ -34,6 +34,7 @@ from raydefense.attacks.metrics import attack_metrics, auc
 from raydefense.config import AttacksConfig, ExperimentConfig
 from raydefense.data.plan import MEMBER, TEST, Plan
 from raydefense.errors import ConfigError
+from raydefense.evaluation import shadows_needed
 from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")
@@ -49,8 +50,14 @@ def sweep_dir(cfg: ExperimentConfig) -> str:
 
 
 def sweepable_attacks() -> list[str]:
-    """Registry names of the attacks a sweep can score (query attacks: per-row scores from eps
-    queries; learned and generated attacks need fits or generation)."""
+    """Registry names of the attacks a sweep can score: query attacks (per-row scores from eps
+    queries) and learned ones (per-row features, then one classifier fit per grid point and
+    target during scoring). Generated-image attacks need generation and are not swept."""
+    return [n for n in ATTACKS.names()
+            if getattr(ATTACKS.get(n), "kind", None) in ("query", "learned")]
+
+
+def query_attacks() -> list[str]:
     return [n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "kind", None) == "query"]
 
 
@@ -90,11 +97,16 @@ def sweep_points(cfg: ExperimentConfig) -> list[SweepPoint]:
     for name, grid in space.items():
         if name in ATTACKS and name not in valid:
             raise ConfigError(f"attack {name!r} in sweep.attacks cannot be swept (a "
-                              f"{ATTACKS.get(name).kind} attack; sweeps rescore query attacks "
-                              f"only); choose from: {', '.join(valid)}")
+                              f"{ATTACKS.get(name).kind} attack; sweeps rescore query and "
+                              f"learned attacks); choose from: {', '.join(valid)}")
         if name not in valid:
             raise ConfigError(f"unknown attack {name!r} in sweep.attacks; choose from: "
                               f"{', '.join(valid)}")
+        if (getattr(ATTACKS.get(name), "trains_on", None) == "shadow"
+                and not shadows_needed(cfg)):
+            raise ConfigError(f"sweeping {name!r} needs shadow models, which prepare plans only "
+                              f"when a shadow-trained attack is enabled; add {name} to "
+                              "attacks.enabled")
         section_type = type(getattr(AttacksConfig(), name))
         fields = sorted(section_type.model_fields)
         if not grid:
@@ -133,9 +145,11 @@ def resolve_attack(cfg: ExperimentConfig, key: str) -> Any:
     raise ConfigError(f"no sweep point {key!r} in sweep.attacks")
 
 
-def sweep_targets(cfg: ExperimentConfig, plan: Plan, attacks: list[Any]) -> list[str]:
-    """The targets a sweep audits: `attacks.targets` (every swept attack must be servable) or
-    every target whose access serves the swept attacks."""
+def sweep_targets(cfg: ExperimentConfig, plan: Plan, attacks: list[Any]
+                  ) -> dict[str, list[int]]:
+    """target -> indices of the swept attacks its access serves. `attacks.targets`, when set,
+    must serve every swept attack; otherwise every target serving at least one is audited
+    (say DualMD's gray-box access: the query attacks, not GSA)."""
     from raydefense.evaluation import all_targets, check_explicit_targets, target_access
 
     if cfg.attacks.targets is not None:
@@ -143,16 +157,21 @@ def sweep_targets(cfg: ExperimentConfig, plan: Plan, attacks: list[Any]) -> list
         for t in cfg.attacks.targets:
             for a in attacks:
                 check_access(a, t, target_access(cfg, t))
-        return list(cfg.attacks.targets)
-    out = []
+        return {t: list(range(len(attacks))) for t in cfg.attacks.targets}
+    out: dict[str, list[int]] = {}
     for t in all_targets(plan.num_shards):
-        try:
-            for a in attacks:
+        ok = []
+        for i, a in enumerate(attacks):
+            try:
                 check_access(a, t, target_access(cfg, t))
-        except AccessError:
-            log.info("sweep: target %s skipped (its access cannot serve the swept attacks)", t)
-            continue
-        out.append(t)
+                ok.append(i)
+            except AccessError:
+                pass
+        if len(ok) < len(attacks):
+            refused = sorted({attacks[i].name for i in range(len(attacks)) if i not in ok})
+            log.info("sweep: target %s cannot serve %s (its access)", t, ", ".join(refused))
+        if ok:
+            out[t] = ok
     return out
 
 
@@ -169,34 +188,57 @@ def scores_fingerprint(cfg: ExperimentConfig, fps: dict[str, str]) -> str:
 
 def score_sweep(cfg: ExperimentConfig, plan: Plan, executor: Any) -> pa.Table:
     """Score every grid point's attack for every target in ONE pass of `executor.score` (one
-    job per target with all points' attacks; no generation, no held-out quality).
+    job per target with all points' attacks, plus one per shadow model for shadow-trained
+    points; no generation, no held-out quality). Learned points then fit their classifier once
+    per target (`executor.map(fit_learned, ...)`, as evaluate does) and give per-row scores.
 
     Returns the long-format table (SCORES_COLUMNS); a setting produced by two grid points (say
     PIA's canonical t) appears once.
     """
-    from raydefense.evaluation import ScoreJob, audited_rows, query_col, setting_label
+    from raydefense.evaluation import (ScoreJob, audited_rows, fit_learned, learned_fit_args,
+                                       learned_scores, query_col, setting_label)
 
     points = sweep_points(cfg)
     attacks = [point_attack(cfg, p) for p in points]
-    targets = sweep_targets(cfg, plan, attacks)
-    jobs = [ScoreJob(t, audited_rows(plan, t), [p.key for p in points], with_quality=False)
-            for t in targets]
+    served = sweep_targets(cfg, plan, attacks)
+    targets = list(served)
+    jobs = [ScoreJob(t, audited_rows(plan, t), [points[i].key for i in served[t]],
+                     with_quality=False) for t in targets]
+    shadow_keys = [p.key for p, a in zip(points, attacks)
+                   if getattr(a, "trains_on", None) == "shadow"]
+    jobs += [ScoreJob(m, plan.rows_of(m) | plan.shadow_heldout[j], shadow_keys, False)
+             for j, m in enumerate(plan.shadows) if shadow_keys]
     t0 = time.perf_counter()
     columns, _ = executor.score(cfg, plan, jobs, {})
+    scored = dict(zip([j.model for j in jobs], columns))
     log.info("sweep: scored %d settings of %d attacks on %d targets in %.1fs",
              sum(len(a.settings()) for a in attacks), len(cfg.sweep.attacks), len(targets),
              time.perf_counter() - t0)
+    learned = [(t, points[i], attacks[i]) for t in targets for i in served[t]
+               if attacks[i].kind == "learned"]
+    fitted: dict[tuple[str, str], np.ndarray] = {}
+    if learned:
+        t0 = time.perf_counter()
+        outs = executor.map(fit_learned, [learned_fit_args(cfg, plan, t, p.key, a, scored)
+                                          for t, p, a in learned])
+        for (t, p, _), out in zip(learned, outs):
+            fitted[(t, p.key)] = learned_scores(out, plan.part[audited_rows(plan, t)])
+        log.info("sweep: fitted %d learned-attack classifiers in %.1fs", len(learned),
+                 time.perf_counter() - t0)
     cols: dict[str, list] = {k: [] for k in SCORES_COLUMNS}
-    for t, res in zip(targets, columns):
+    for t in targets:
+        res = scored[t]
         mask = audited_rows(plan, t)
         ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
         seen: set[tuple[str, str]] = set()
-        for p, a in zip(points, attacks):
+        for p, a in ((points[j], attacks[j]) for j in served[t]):
             for i, params in enumerate(a.settings()):
-                label = setting_label(params)
+                # swept fields an attack's settings() omit (GSA's n_estimators) stay visible
+                label = setting_label({**dict(p.values), **params})
                 if (p.attack, label) in seen:
                     continue
                 seen.add((p.attack, label))
+                score = fitted[(t, p.key)] if a.kind == "learned" else res[query_col(p.key, i)]
                 n = len(ids)
                 cols["target"] += [t] * n
                 cols["attack"] += [p.attack] * n
@@ -204,7 +246,7 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, executor: Any) -> pa.Table:
                 cols["row_id"] += ids.tolist()
                 cols["is_member"] += member.tolist()
                 cols["part"] += part.tolist()
-                cols["score"] += np.asarray(res[query_col(p.key, i)], dtype=float).tolist()
+                cols["score"] += np.asarray(score, dtype=float).tolist()
     return pa.table(cols)
 
 

@@ -128,9 +128,9 @@ def training_points(cfg: ExperimentConfig) -> list[TrainingPoint]:
 def trial_attacks(cfg: ExperimentConfig) -> list[str]:
     """The query attacks every trial runs: `sweep.trial_attacks`, or the query attacks of
     `attacks.enabled`."""
-    from raydefense.sweep import sweepable_attacks
+    from raydefense.sweep import query_attacks
 
-    valid = sweepable_attacks()
+    valid = query_attacks()
     chosen = cfg.sweep.trial_attacks
     if chosen is None:
         chosen = [a for a in cfg.attacks.enabled if a in valid]

@@ -1,5 +1,5 @@
 """End to end: `raydefense sweep --preset smoke` as a user runs it (the pipeline through distill,
-then 12 Tune trials), and a second invocation that neither retrains, rescores nor reruns trials.
+then 14 Tune trials), and a second invocation that neither retrains, rescores nor reruns trials.
 About 5 minutes on 2 cores, so it is marked slow (`python -m pytest -m slow`)."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def test_sweep_smoke_preset_then_a_cached_rerun(tmp_path: Path) -> None:
     first = cli(tmp_path, "sweep", "--preset", "smoke")
     first_s = time.perf_counter() - t0
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "sweep 'smoke': 12 trials" in first.stdout
+    assert "sweep 'smoke': 14 trials" in first.stdout
     base = tmp_path / "runs" / "smoke" / "sweeps" / "smoke"
     results = json.loads((base / "results.json").read_text())
-    assert results["num_trials"] == 12 and results["rescored"] is True
+    assert results["num_trials"] == 14 and results["rescored"] is True
     assert set(results["worst_case"]) == {"baseline", "teacher_1", "teacher_2", "dualmd",
                                           "student"}
     assert (base / "scores.parquet").is_file() and (base / "_COMPLETE.json").is_file()
@@ -53,5 +53,5 @@ def test_sweep_smoke_preset_then_a_cached_rerun(tmp_path: Path) -> None:
     for p in parents:
         children = client.search_runs([exp.experiment_id],
                                       f"tags.mlflow.parentRunId = '{p.info.run_id}'")
-        assert len(children) == 12 and p.info.status == "FINISHED"
+        assert len(children) == 14 and p.info.status == "FINISHED"
     print(f"raydefense sweep --preset smoke: {first_s:.0f}s, rerun {second_s:.0f}s")

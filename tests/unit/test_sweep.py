@@ -69,9 +69,10 @@ def test_grid_expansion_is_the_product_of_each_attacks_fields(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("space, needle", [
-    ("{secmi: {t_sec: [20]}}", "unknown attack 'secmi' in sweep.attacks; choose from: loss, pia, "
-                               "pian, secmi_stat, sima"),
-    ("{gsa1: {n_estimators: [5]}}", "attack 'gsa1' in sweep.attacks cannot be swept"),
+    ("{secmi: {t_sec: [20]}}", "unknown attack 'secmi' in sweep.attacks; choose from: gsa1, "
+                               "gsa2, loss, pia, pian, secmi_nn, secmi_stat, sima"),
+    ("{blackbox_nn: {num_generated: [5]}}", "attack 'blackbox_nn' in sweep.attacks cannot be "
+                                            "swept (a generated attack"),
     ("{secmi_stat: {t_secc: [20]}}", "unknown field 't_secc' in sweep.attacks.secmi_stat; valid "
                                      "fields of attacks.secmi_stat: k, t_sec"),
     ("{secmi_stat: {t_sec: [25], k: [10]}}", "multiple of k"),
@@ -83,6 +84,60 @@ def test_bad_search_spaces_give_one_line_config_errors(tmp_path, space, needle) 
     with pytest.raises(ConfigError) as e:
         sweep_points(cfg)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_shadow_trained_attack_is_swept_only_when_shadows_are_planned(tmp_path) -> None:
+    cfg = tiny_config(tmp_path, **{"attacks.enabled": "[loss]",
+                                   "sweep.attacks": "{gsa1: {num_timesteps: [2]}}"})
+    with pytest.raises(ConfigError, match="sweeping 'gsa1' needs shadow models.*add gsa1 to "
+                                          "attacks.enabled"):
+        sweep_points(cfg)
+
+
+def test_learned_sweep_points_fit_once_per_target_like_evaluate(tmp_path: Path) -> None:
+    """GSA grid points: features in the one scoring pass (shadow model included), a classifier
+    per (point, target); DualMD (gray-box) keeps its query attacks only; the point equal to a
+    configured GSA scores exactly what evaluate's fit gives."""
+    from raydefense.evaluation import (build_attacks, fit_learned, learned_fit_args,
+                                       learned_scores)
+
+    cfg = _cfg(tmp_path, **{"attacks.enabled": "[loss, gsa1]", "attacks.gsa1.n_estimators": "5",
+                            "attacks.gsa1.classifier": "sklearn", "attacks.gsa1.batch_size": "8",
+                            "sweep.attacks": "{gsa1: {num_timesteps: [2, 3]}, "
+                                             "loss: {timesteps: [[10]]}}"})
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, None)
+    write_plan(storage, plan)
+    for i, m in enumerate(plan.models + [STUDENT]):
+        torch.manual_seed(i)
+        unet = build_unet(cfg.model, 8, 1)
+        save_checkpoint(str(Path(cfg.storage.root) / cfg.experiment / "models" / m), unet, unet,
+                        {"step": 0})
+    plan = read_plan(storage)
+    ex = SerialExecutor(storage, str(tmp_path / "cache"))
+    df = score_sweep(cfg, plan, ex).to_pandas()
+    assert set(df[df.attack == "loss"].target) == {"baseline", "teacher_1", "teacher_2",
+                                                   "dualmd", "student"}
+    assert set(df[df.attack == "gsa1"].target) == {"baseline", "teacher_1", "teacher_2",
+                                                   "student"}
+    labels = [{"classifier": "sklearn", "num_timesteps": n, "scaling": "separate"} for n in (2, 3)]
+    assert sorted(set(df[df.attack == "gsa1"].params)) == [
+        json.dumps(p, sort_keys=True) for p in labels]
+    # evaluate's path for gsa1 configured with num_timesteps=3, on the student
+    single = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]", "attacks.gsa1.n_estimators": "5",
+                               "attacks.gsa1.classifier": "sklearn",
+                               "attacks.gsa1.batch_size": "8", "attacks.gsa1.num_timesteps": "3"})
+    jobs = [ScoreJob(m, audited_rows(plan, m) if m == STUDENT else
+                     plan.rows_of(m) | plan.shadow_heldout[0], ["gsa1"], False)
+            for m in (STUDENT, plan.shadows[0])]
+    cols, _ = SerialExecutor(storage, str(tmp_path / "c2")).score(single, plan, jobs, {})
+    scored = {j.model: c for j, c in zip(jobs, cols)}
+    (gsa,) = build_attacks(single)
+    out = fit_learned(*learned_fit_args(single, plan, STUDENT, "gsa1", gsa, scored))
+    ref = learned_scores(out, plan.part[audited_rows(plan, STUDENT)])
+    got = df[(df.target == STUDENT) & (df.attack == "gsa1")
+             & (df.params == json.dumps(labels[1], sort_keys=True))]
+    np.testing.assert_allclose(got.score.to_numpy(), ref, rtol=1e-6)
 
 
 def test_one_scoring_pass_equals_evaluating_each_setting(tmp_path: Path) -> None:

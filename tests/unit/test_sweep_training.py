@@ -176,3 +176,16 @@ def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
     unet = build_unet(cfg.model, image_size=plan.images.shape[2], channels=plan.images.shape[1])
     a, b = validate(unet)["val_eps_mse"], validate(unet)["val_eps_mse"]
     assert a == b and json.dumps(a)
+
+
+def test_cli_refuses_a_bad_grid_before_writing_anything(tmp_path, capsys) -> None:
+    from raydefense.cli import main
+
+    rc = main(["sweep", "--preset", "smoke", "--set", "sweep.kind=training",
+               "--set", "sweep.training={attacks.loss.draws: [1, 2]}",
+               "--set", f"storage.root={tmp_path / 'runs'}",
+               "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "'attacks.loss.draws' is not a training hyperparameter" in err[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
