@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import ray
@@ -50,6 +50,30 @@ def concurrency(cfg: ExperimentConfig, cluster: dict, num_trials: int) -> int:
     return max(1, min(n, num_trials))
 
 
+def _fit_or_resume(what: str, storage: Storage, rel_path: str, run_name: str, trainable: Any,
+                   new_tuner: Callable[[str], tune.Tuner]) -> Any:
+    """Restore the Tune run under rel_path/run_name when it exists (finished trials keep their
+    results, errored and unfinished ones run), else start it with new_tuner(storage_path).
+
+    Raises:
+        RuntimeError: trials still errored after the run (rerun to resume them).
+    """
+    storage_path = storage.path(rel_path)
+    path = f"{storage_path}/{run_name}"
+    where = storage.uri(f"{rel_path}/{run_name}")
+    if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
+        log.info("%s: resuming Tune run %s", what, where)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=storage.fs)
+    else:
+        tuner = new_tuner(storage_path)
+    grid = tuner.fit()
+    if grid.num_errors:
+        raise RuntimeError(f"{grid.num_errors} {what} trial(s) failed; see the Tune logs under "
+                           f"{where} and rerun to resume")
+    return grid
+
+
 def run_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name: str,
                trials: list[dict[str, str]], scores: pa.Table) -> list[dict[str, Any]]:
     """Run (or resume) the Tune experiment; one result per trial, in `trials` order:
@@ -63,17 +87,11 @@ def run_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name:
     settings = [f"{t['attack']} {t['params']}" for t in trials]
     trainable = tune.with_resources(tune.with_parameters(_trial, scores=scores),
                                     {"cpu": cfg.sweep.cpus_per_trial})
-    storage_path = storage.path(rel_path)
-    path = f"{storage_path}/{run_name}"
-    if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
-        log.info("sweep: resuming Tune run %s", storage.uri(f"{rel_path}/{run_name}"))
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
-                                   storage_filesystem=storage.fs)
-    else:
+    def new_tuner(storage_path: str) -> tune.Tuner:
         n = concurrency(cfg, ray.cluster_resources(), len(trials))
         log.info("sweep: %d trials, at most %d at once (%g CPU each)", len(trials), n,
                  cfg.sweep.cpus_per_trial)
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             param_space={"setting": tune.grid_search(settings)},
             tune_config=tune.TuneConfig(max_concurrent_trials=n, reuse_actors=True,
@@ -81,10 +99,8 @@ def run_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name:
             run_config=tune.RunConfig(name=run_name, storage_path=storage_path,
                                       storage_filesystem=storage.fs, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)))
-    grid = tuner.fit()
-    if grid.num_errors:
-        raise RuntimeError(f"{grid.num_errors} sweep trial(s) failed; see the Tune logs under "
-                           f"{storage.uri(f'{rel_path}/{run_name}')} and rerun to resume")
+
+    grid = _fit_or_resume("sweep", storage, rel_path, run_name, trainable, new_tuner)
     by_setting = {}
     for r in grid:
         by_setting[r.config["setting"]] = {"trial_id": r.metrics.get("trial_id"),
@@ -189,36 +205,27 @@ def run_training_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, 
         tune.with_parameters(_training_trial, base=cfg.model_dump(mode="json"), points=points,
                              trials_root=trials_root),
         {"cpu": 0.01})
-    storage_path = storage.path(rel_path)
-    path = f"{storage_path}/{run_name}"
-    if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
-        log.info("training sweep: resuming Tune run %s", storage.uri(f"{rel_path}/{run_name}"))
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
-                                   storage_filesystem=storage.fs)
-    else:
+    def new_tuner(storage_path: str) -> tune.Tuner:
         n = training_concurrency(cfg, ray.cluster_resources(), len(points))
         a = cfg.sweep.asha
         max_t = max(dict(p.values).get("train.steps", cfg.train.steps) for p in points) + 2
         scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                    grace_period=a.grace_period, reduction_factor=a.reduction_factor)
                      if a.enabled else FIFOScheduler())
-        callbacks = [AshaMemory(scheduler)] if a.enabled else []
         log.info("training sweep: %d trials, at most %d at once%s", len(points), n,
                  f", ASHA on val_eps_mse (grace {a.grace_period}, factor {a.reduction_factor})"
                  if a.enabled else "")
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             param_space={"point": tune.grid_search(list(range(len(points))))},
             tune_config=tune.TuneConfig(metric="val_eps_mse", mode="min", scheduler=scheduler,
                                         max_concurrent_trials=n, trial_dirname_creator=_dirname),
             run_config=tune.RunConfig(name=run_name, storage_path=storage_path,
                                       storage_filesystem=storage.fs, verbose=0,
-                                      callbacks=callbacks,
+                                      callbacks=[AshaMemory(scheduler)] if a.enabled else [],
                                       failure_config=tune.FailureConfig(max_failures=1)))
-    grid = tuner.fit()
-    if grid.num_errors:
-        raise RuntimeError(f"{grid.num_errors} training-sweep trial(s) failed; see the Tune logs "
-                           f"under {storage.uri(f'{rel_path}/{run_name}')} and rerun to resume")
+
+    grid = _fit_or_resume("training sweep", storage, rel_path, run_name, trainable, new_tuner)
     by_point = {}
     for r in grid:
         df = r.metrics_dataframe

@@ -12,10 +12,8 @@ the finished Tune run. About 5 minutes on 2 cores: slow suite (`python -m pytest
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 pytest.importorskip("psutil")
-from processes import kill_run  # noqa: E402
+from processes import finish_cli, kill_run, start_cli  # noqa: E402
 
 TIMEOUT_S = 900
 
@@ -45,25 +43,11 @@ def flags(base: Path) -> list[str]:
 
 
 def start(base: Path, log_name: str) -> tuple[subprocess.Popen, Path]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    log = base / log_name
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "raydefense.cli", *flags(base)], cwd=base,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    return proc, log
+    return start_cli(flags(base), base, log_name)
 
 
 def finish(base: Path, log_name: str) -> str:
-    proc, log = start(base, log_name)
-    try:
-        rc = proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        kill_run(proc)
-        pytest.fail(f"{log_name}: no result in {TIMEOUT_S}s\n{log.read_text()[-4000:]}")
-    text = log.read_text(errors="replace")
-    assert rc == 0, f"{log_name}: exit {rc}\n{text[-4000:]}"
-    return text
+    return finish_cli(flags(base), base, log_name, TIMEOUT_S)
 
 
 def test_training_sweep_is_killed_resumed_and_asha_stops_the_bad_point(tmp_path: Path) -> None:

@@ -10,9 +10,7 @@ resumes from the stage markers and the Ray Train checkpoints under `<root>/<expe
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,7 +27,7 @@ from raydefense.storage import Storage
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 pytest.importorskip("psutil")
-from processes import kill_run  # noqa: E402
+from processes import finish_cli, kill_run, start_cli  # noqa: E402
 
 EXPERIMENT = "tiny"
 STEPS = 20
@@ -59,15 +57,8 @@ def flags(base: Path) -> list[str]:
 
 
 def start(base: Path, log_name: str) -> tuple[subprocess.Popen, Path]:
-    """`raydefense distill` in its own session (its process group holds the driver and Ray's head
-    processes), output to base/<log_name>."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # start a local cluster
-    log = base / log_name
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "raydefense.cli", "distill", "--preset", "smoke", *flags(base)],
-            cwd=base, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
+    """`raydefense distill` in its own session, output to base/<log_name>."""
+    return start_cli(["distill", "--preset", "smoke", *flags(base)], base, log_name)
 
 
 def tail(log: Path, n: int = 4000) -> str:
@@ -75,14 +66,8 @@ def tail(log: Path, n: int = 4000) -> str:
 
 
 def run_to_completion(base: Path, log_name: str) -> str:
-    proc, log = start(base, log_name)
-    try:
-        rc = proc.wait(timeout=ATTEMPT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        kill_run(proc)
-        pytest.fail(f"{log_name}: no result in {ATTEMPT_TIMEOUT_S}s\n{tail(log)}")
-    assert rc == 0, f"{log_name}: exit {rc}\n{tail(log)}"
-    return log.read_text(errors="replace")
+    return finish_cli(["distill", "--preset", "smoke", *flags(base)], base, log_name,
+                      ATTEMPT_TIMEOUT_S)
 
 
 def kill_when(base: Path, log_name: str, ready: Callable[[], bool]) -> str:

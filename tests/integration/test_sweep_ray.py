@@ -181,7 +181,7 @@ def test_the_cli_sweep_command_reuses_the_complete_experiment(swept, tmp_path, c
                  "sweep.attacks={secmi: {t_sec: [20]}}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("raydefense: error: unknown attack 'secmi' in sweep.attacks; choose from: "
-                   "loss, pia, pian, secmi_stat, sima")
+                   "gsa1, gsa2, loss, pia, pian, secmi_nn, secmi_stat, sima")
 
 
 def _synthetic_scores():

@@ -37,9 +37,10 @@ def _cfg(tmp_path: Path, **extra: str):
     return tiny_config(tmp_path, **sets)
 
 
-def _prepare(cfg) -> Storage:
+def _prepare(cfg, num_shadows: int = 0) -> Storage:
+    """The plan and a randomly initialised checkpoint per model (shadows included)."""
     storage = Storage(cfg.storage.root, cfg.experiment)
-    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 0, None)
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, num_shadows, None)
     write_plan(storage, plan)
     for i, m in enumerate(plan.models + [STUDENT]):
         torch.manual_seed(i)
@@ -105,14 +106,7 @@ def test_learned_sweep_points_fit_once_per_target_like_evaluate(tmp_path: Path) 
                             "attacks.gsa1.classifier": "sklearn", "attacks.gsa1.batch_size": "8",
                             "sweep.attacks": "{gsa1: {num_timesteps: [2, 3]}, "
                                              "loss: {timesteps: [[10]]}}"})
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, None)
-    write_plan(storage, plan)
-    for i, m in enumerate(plan.models + [STUDENT]):
-        torch.manual_seed(i)
-        unet = build_unet(cfg.model, 8, 1)
-        save_checkpoint(str(Path(cfg.storage.root) / cfg.experiment / "models" / m), unet, unet,
-                        {"step": 0})
+    storage = _prepare(cfg, num_shadows=1)
     plan = read_plan(storage)
     ex = SerialExecutor(storage, str(tmp_path / "cache"))
     df = score_sweep(cfg, plan, ex).to_pandas()
