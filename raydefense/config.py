@@ -398,13 +398,22 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r} is not KEY=VALUE (for example train.steps=500)")
     key, value = assignment.split("=", 1)
-    parts = key.strip().split(".")
+    set_path(tree, key.strip(), _parse_value(value))
+
+
+def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted config key in a config dict (as `--set` does), checked against the schema.
+
+    Raises:
+        ConfigError: one line naming the unknown part of the key and the valid keys there.
+    """
+    parts = key.split(".")
     node: Any = tree
     known: Any = ExperimentConfig.model_fields
     for i, part in enumerate(parts):
         if known == "free":  # below a dict-typed field (sweep.attacks): any key
             if i == len(parts) - 1:
-                node[part] = _parse_value(value)
+                node[part] = value
             else:
                 node = node.setdefault(part, {})
             continue
@@ -418,7 +427,7 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
         if sub is None and getattr(annotation, "__origin__", None) is dict:
             sub = "free"
         if i == len(parts) - 1:
-            node[part] = _parse_value(value)
+            node[part] = value
         else:
             node = node.setdefault(part, {})
             known = sub

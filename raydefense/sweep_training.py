@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 import raydefense
-from raydefense.config import ExperimentConfig
+from raydefense.config import ExperimentConfig, set_path
 from raydefense.errors import ConfigError
 
 log = logging.getLogger("raydefense")
@@ -64,28 +64,11 @@ class TrainingPoint:
         return json.dumps(dict(self.values), sort_keys=True, separators=(",", ":"))
 
 
-def _set_path(tree: dict, path: str, value: Any) -> None:
-    node = tree
-    *parents, leaf = path.split(".")
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-
-
-def _known_path(path: str) -> bool:
-    node: Any = ExperimentConfig.model_fields
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        ann = node[part].annotation
-        node = getattr(ann, "model_fields", None)
-    return True
-
-
 def apply_values(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
+    """cfg with dotted config paths set (as `--set` sets them), validated."""
     tree = cfg.model_dump(mode="json")
     for path, v in values.items():
-        _set_path(tree, path, v)
+        set_path(tree, path, v)
     return ExperimentConfig.model_validate(tree)
 
 
@@ -105,8 +88,11 @@ def training_points(cfg: ExperimentConfig) -> list[TrainingPoint]:
             raise ConfigError(f"sweep.training path {path!r} is not a training hyperparameter; "
                               f"use {', '.join(p + '*' for p in SWEEPABLE_PREFIXES)} or "
                               f"{', '.join(SWEEPABLE_PATHS)} (attack settings: sweep.kind=attacks)")
-        if not _known_path(path):
-            raise ConfigError(f"unknown config path {path!r} in sweep.training")
+        try:
+            set_path(cfg.model_dump(mode="json"), path, None)
+        except ConfigError as e:
+            raise ConfigError(f"unknown config path {path!r} in sweep.training: "
+                              f"{str(e).split(': ', 1)[1]}") from None
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.training.{path} must be a non-empty list of values "
                               f"(got {values!r})")
@@ -236,6 +222,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def run_trial(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str,
               executor: Any) -> dict[str, Any]:
     """One trial's pipeline (resumes its complete stages) and its objectives."""
+    from raydefense.data.tables import SCORES
     from raydefense.pipeline import RunContext, run_pipeline
     from raydefense.storage import Storage
 
@@ -243,8 +230,6 @@ def run_trial(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str,
     storage = Storage(tcfg.storage.root, tcfg.experiment)
     ctx = RunContext(cfg=tcfg, storage=storage, executor=executor)
     run_pipeline(ctx, until="evaluate")
-    from raydefense.data.tables import SCORES
-
     obj = trial_objectives(storage.read_table(SCORES), storage.read_json("evaluate/quality.json"),
                            cfg.sweep.target, cfg.sweep.utility)
     return {**obj, "timings": ctx.timings}

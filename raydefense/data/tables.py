@@ -10,6 +10,8 @@ evaluate/scores.parquet     target, attack, params, row_id, is_member, part, sco
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,9 +54,10 @@ def decode_images(column: list[bytes] | np.ndarray, shape: tuple[int, ...]) -> n
     return to_model_range(raw)
 
 
-def model_training_images(storage: Storage, model: str) -> ImageData:
-    """Exactly the rows the membership matrix assigns to `model` (invariant 2)."""
-    plan = read_plan(storage)
+def model_training_images(storage: Storage, model: str, plan: Optional[Plan] = None) -> ImageData:
+    """Exactly the rows the membership matrix assigns to `model` (invariant 2); `plan`: the
+    already-read plan of this storage, else it is read."""
+    plan = plan if plan is not None else read_plan(storage)
     if model not in plan.models:
         raise KeyError(f"{model!r} is not in the membership matrix ({plan.models})")
     mask = plan.membership[plan.models.index(model)]

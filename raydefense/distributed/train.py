@@ -20,7 +20,8 @@ import ray.train.torch
 import torch
 
 from raydefense.config import ExperimentConfig
-from raydefense.data.tables import image_shape, model_training_images, read_soft_targets
+from raydefense.data.tables import (image_shape, model_training_images, read_plan,
+                                    read_soft_targets)
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
 from raydefense.storage import Storage
@@ -116,18 +117,19 @@ def _train_loop(config: dict) -> None:
     _quiet_ray_train_logs()
     storage = Storage(cfg.storage.root, cfg.experiment)
     shape = image_shape(storage)
+    # One read of the plan (the image table) serves both the DDPM rows and the validation rows.
+    plan = read_plan(storage) if (spec.kind != "distill" or cfg.train.val_rows) else None
     data = (read_soft_targets(storage, shape) if spec.kind == "distill"
-            else model_training_images(storage, spec.model))
+            else model_training_images(storage, spec.model, plan))
     reporter = RayReporter(config.get("tracking_uri"), cfg.experiment, spec.mlflow_run_id)
     world = reporter.world_size
     schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
                              cfg.model.beta_end)
     validate = None
     if cfg.train.val_rows:
-        from raydefense.data.tables import read_plan
         from raydefense.evaluation import heldout_validator
 
-        validate = heldout_validator(read_plan(storage), schedule, cfg.train.val_rows, cfg.seed)
+        validate = heldout_validator(plan, schedule, cfg.train.val_rows, cfg.seed)
     fit(data, cfg.model, cfg.train, schedule, shape, seed=cfg.seed, model_index=spec.model_index,
         reporter=reporter, device=ray.train.torch.get_device(),
         wrap_model=(lambda m: ray.train.torch.prepare_model(m)) if world > 1 else (lambda m: m),
