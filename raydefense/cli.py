@@ -4,6 +4,8 @@
     raydefense prepare|train|distill|attack|report  (same options; runs up to that stage)
     raydefense sweep  (same options; the `sweep` section: kind=attacks after distill, or
                        kind=training, one small pipeline per grid point)
+    raydefense seeds  (same options) --seeds 0,1,2 [--aggregate-only]: `run` once per training
+                      seed, then mean ± sd over the seeds in <experiment>/seeds/
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ HELP = {
              "(sweep.kind=attacks), or training hyperparameters with ASHA and a privacy-utility "
              "Pareto front (sweep.kind=training)",
 }
+SEEDS_HELP = ("training-seed study: `run` once per seed, then mean ± sd per target x attack "
+              "(and of each target's worst case) in <experiment>/seeds/summary.{json,md}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         s = sub.add_parser(name, help=HELP[name], description=HELP[name])
         add_config_args(s)
+    s = sub.add_parser("seeds", help=SEEDS_HELP, description=SEEDS_HELP)
+    add_config_args(s)
+    s.add_argument("--seeds", nargs="+", required=True, metavar="SEEDS",
+                   help="training seeds, e.g. 0,1,2 (at least 2); the config's `seed` keeps its "
+                        "experiment, seed s runs in <experiment>-seed<s>")
+    s.add_argument("--aggregate-only", action="store_true",
+                   help="run nothing: aggregate the seeds' existing report/results.json")
     return p
 
 
@@ -210,7 +221,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     for noisy in ("mlflow", "alembic", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        execute(args.command, args.preset, args.config, args.overrides, args.force)
+        if args.command == "seeds":
+            from raydefense.seeds import parse_seeds, run_seeds
+
+            run_seeds(args.preset, args.config, args.overrides, args.force,
+                      parse_seeds(" ".join(args.seeds)), args.aggregate_only)
+        else:
+            execute(args.command, args.preset, args.config, args.overrides, args.force)
     except RaydefenseError as e:
         print(f"raydefense: error: {e}", file=sys.stderr)
         return 2

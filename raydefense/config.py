@@ -207,6 +207,20 @@ class BlackboxNNConfig(_Section):
     features: list[Literal["pixel", "domain"]] = ["pixel", "domain"]
 
 
+class DualMDAdaptiveConfig(_Section):
+    """Router-aware gray-box attack on DualMD (raydefense.attacks.adaptive): per teacher, the
+    base attack's best setting (calibration AUC) among the timesteps that teacher serves,
+    standardised on calibration non-members, then combined."""
+
+    bases: Optional[list[str]] = Field(
+        None, description="query attacks whose per-timestep scores are combined; None: every "
+        "enabled query attack with a single-timestep setting served by each teacher")
+    combine: list[Literal["max", "learned"]] = Field(
+        ["max", "learned"], min_length=1, description="max: max of the standardised per-teacher "
+        "scores; learned: logistic regression on them, fitted on calibration (out-of-fold)")
+    cv_folds: int = Field(2, ge=2, description="folds of the learned combination's cross-fit")
+
+
 class AttacksConfig(_Section):
     """Which attacks run in `evaluate`, against which targets, and their hyperparameters."""
 
@@ -230,6 +244,7 @@ class AttacksConfig(_Section):
     gsa1: GSAConfig = GSAConfig()
     gsa2: GSAConfig = GSAConfig()
     blackbox_nn: BlackboxNNConfig = BlackboxNNConfig()
+    dualmd_adaptive: DualMDAdaptiveConfig = DualMDAdaptiveConfig()
     shadow: ShadowConfig = ShadowConfig()
 
 

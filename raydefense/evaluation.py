@@ -25,6 +25,7 @@ import pyarrow as pa
 import torch
 
 from raydefense.attacks import ATTACKS
+from raydefense.attacks.adaptive import check_router, settings_by_teacher
 from raydefense.attacks.base import AccessError, check_access
 from raydefense.attacks.metrics import attack_metrics, auc, roc
 from raydefense.config import ExperimentConfig
@@ -40,7 +41,11 @@ log = logging.getLogger("raydefense")
 
 STUDENT = "student"
 DUALMD = "dualmd"
+ADAPTIVE = "dualmd_adaptive"
 GRAYBOX_NOTE = "gray-box via DualMD's step router (an extension beyond the paper)"
+ADAPTIVE_NOTE = ("gray-box, router-aware: one timestep served by each teacher, scores "
+                 "standardised on calibration non-members and combined (beyond the paper, "
+                 "whose threat model is black-box)")
 
 
 # ----------------------------------------------------------------------------- attacks, targets
@@ -110,6 +115,7 @@ def plan_attacks(cfg: ExperimentConfig, plan: Plan) -> AttackPlan:
         for a in attacks:
             try:
                 check_access(a, t, target_access(cfg, t))
+                check_router(a, t)
             except AccessError as e:  # explicit targets were checked above
                 out.skipped.append({"target": t, "attack": a.name, "reason": str(e).split(";")[0]})
                 continue
@@ -130,6 +136,50 @@ def check_explicit_targets(cfg: ExperimentConfig) -> None:
                               f"{', '.join(known)}")
         for a in attacks:
             check_access(a, t, target_access(cfg, t))
+            check_router(a, t)
+
+
+def adaptive_bases(cfg: ExperimentConfig, num_shards: Optional[int] = None
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """The base attacks of `dualmd_adaptive` ({name: settings}): the configured
+    `attacks.dualmd_adaptive.bases`, or (None) every enabled query attack with a single-timestep
+    setting served by each of DualMD's teachers. Empty when the attack is not enabled or DualMD
+    is audited black-box only.
+
+    Raises:
+        ConfigError: a named base is not an enabled query attack or misses a teacher, or no
+            enabled query attack can serve as a base.
+    """
+    if ADAPTIVE not in cfg.attacks.enabled or cfg.attacks.dualmd_access == "black-box":
+        return {}
+    from raydefense.defense.dualmd import timestep_owners
+
+    k = num_shards or cfg.data.num_shards
+    owners = timestep_owners(schedule_of(cfg), cfg.sampling.num_steps, k).tolist()
+    query = {a.name: a.settings() for a in build_attacks(cfg) if a.kind == "query"}
+
+    def covers(settings: list[dict[str, Any]]) -> bool:
+        return all(settings_by_teacher(settings, owners, k).values())
+
+    named = cfg.attacks.dualmd_adaptive.bases
+    if named is not None:
+        for b in named:
+            if b not in query:
+                raise ConfigError(f"attacks.dualmd_adaptive.bases names {b!r}, which is not an "
+                                  f"enabled query attack; enabled query attacks: "
+                                  f"{', '.join(query) or 'none'}")
+            if not covers(query[b]):
+                raise ConfigError(f"attacks.dualmd_adaptive.bases: {b!r} has no timestep served "
+                                  f"by every teacher under sampling.num_steps="
+                                  f"{cfg.sampling.num_steps}; give it more timesteps")
+        return {b: query[b] for b in named}
+    out = {b: st for b, st in query.items() if covers(st)}
+    if not out:
+        raise ConfigError("attack 'dualmd_adaptive' needs a query attack that asks eps about one "
+                          "timestep served by each teacher, and none of the enabled ones "
+                          f"({', '.join(query) or 'none'}) does; enable sima or pia (their "
+                          "timestep sweeps cover every teacher)")
+    return out
 
 
 def audited_rows(plan: Plan, target: str) -> np.ndarray:
@@ -501,6 +551,24 @@ def learned_scores(out: dict[str, Any], part: np.ndarray) -> np.ndarray:
     return score
 
 
+def adaptive_scores(cfg: ExperimentConfig, plan: Plan, attack: Any,
+                    columns: dict[str, np.ndarray], mask: np.ndarray
+                    ) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """`dualmd_adaptive` over DualMD's scored query columns (`q:<base>:<i>`), for every base
+    attack and combine rule: [(params, scores over the audited rows `mask`)]."""
+    from raydefense.defense.dualmd import timestep_owners
+
+    owners = timestep_owners(schedule_of(cfg), cfg.sampling.num_steps, plan.num_shards).tolist()
+    member = plan.split[mask] == MEMBER
+    calibration = plan.part[mask] != TEST
+    out = []
+    for base, settings in adaptive_bases(cfg, plan.num_shards).items():
+        cols = np.stack([columns[query_col(base, i)] for i in range(len(settings))], axis=1)
+        out += attack.combine(base, settings, cols, owners, plan.num_shards, member, calibration,
+                              derive_seed(cfg.seed, STREAM_QUALITY, len(attack.name)))
+    return out
+
+
 # ----------------------------------------------------------------------------- orchestration
 
 
@@ -570,6 +638,9 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
                 for i, params in enumerate(a.settings()):
                     _long_rows(cols, t, a.name, params, ids, member, part,
                                res[query_col(a.name, i)])
+            elif a.kind == "adaptive":
+                for params, score in adaptive_scores(cfg, plan, a, res, mask):
+                    _long_rows(cols, t, a.name, params, ids, member, part, score)
             elif a.kind == "generated":
                 s = a.score_generated(torch.tensor(gen[t][:a.cfg.num_generated]),
                                       torch.from_numpy(to_model_range(plan.images[mask])),
@@ -618,11 +689,13 @@ def metric_rows(table: pa.Table, bootstrap: int, seed: int
         cal_y = cal.is_member.to_numpy().astype(int)
         m = attack_metrics(cal.score.to_numpy(), cal_y, test.score.to_numpy(),
                            test.is_member.to_numpy().astype(int), bootstrap=bootstrap, seed=seed)
-        row = {"target": target, "attack": attack, "params": json.loads(params), **m,
-               "auc_calibration": auc(cal.score.to_numpy(), cal_y)}
-        if target == DUALMD and attack in ATTACKS and ATTACKS.get(attack).access != "black-box":
-            row["note"] = GRAYBOX_NOTE
+        row = {"target": target, "attack": attack, "params": json.loads(params), **m}
+        if attack in ATTACKS:
+            row["access"] = ATTACKS.get(attack).access
+        if target == DUALMD and row.get("access") not in (None, "black-box"):
+            row["note"] = ADAPTIVE_NOTE if attack == ADAPTIVE else GRAYBOX_NOTE
         rows.append(row)
-        fpr, tpr, _ = roc(test.score.to_numpy(), test.is_member.to_numpy().astype(int))
+        fpr, tpr, _ = roc(m["orientation"] * test.score.to_numpy(),
+                          test.is_member.to_numpy().astype(int))
         curves.setdefault(f"{attack} {params}", {})[target] = (fpr, tpr)
     return rows, curves

@@ -30,8 +30,9 @@ from raydefense.data.tables import (MEMBERSHIP, PLAN_JSON, SCORES, SOFT_TARGETS,
                                     write_plan)
 from raydefense.defense.distillmd import auto_draws
 from raydefense.errors import ConfigError, DataError
-from raydefense.evaluation import (STUDENT, build_attacks, check_explicit_targets, metric_rows,
-                                   run_evaluation, shadows_needed)
+from raydefense.evaluation import (STUDENT, adaptive_bases, build_attacks,
+                                   check_explicit_targets, metric_rows, run_evaluation,
+                                   shadows_needed)
 from raydefense.storage import Storage
 from raydefense.tracking.base import NullTracker, Tracker
 
@@ -164,6 +165,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     DATASETS.get(cfg.data.source)
     build_attacks(cfg)
     check_explicit_targets(cfg)
+    adaptive_bases(cfg)
     if cfg.data.split_file and not os.path.isfile(cfg.data.split_file):
         raise DataError(f"data.split_file {cfg.data.split_file!r} does not exist")
     if cfg.data.root and not os.path.exists(cfg.data.root):
@@ -325,9 +327,12 @@ def stage_report(ctx: RunContext) -> dict:
         ctx.tracker.log_artifact(ctx.parent_run, tmp, "report")
     storage.write_json("report/timings.json", timings)
     _log_evaluations(ctx, rows, quality)
+    worst = {**results["privacy"], **{f"{t}.black_box": w["black_box"]
+                                      for t, w in results["privacy"].items() if "black_box" in w}}
     ctx.tracker.log_metrics(ctx.parent_run, {
-        f"{t}.worst_case.{k}": w[k] for t, w in results["privacy"].items()
-        for k in ("auc", "auc_calibration", "tpr_at_1pct_fpr")})
+        f"{t}.worst_case.{k}": w[k] for t, w in worst.items()
+        for k in ("auc", "auc_calibration", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_calibrated",
+                  "fpr_at_1pct_fpr_calibrated") if w.get(k) is not None})
     return results
 
 
@@ -361,11 +366,12 @@ def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
 def _log_evaluations(ctx: RunContext, rows: list[dict], quality: list[dict]) -> None:
     """Metrics on the parent (`<target>.<attack>.auc`, ...) and one child run per evaluated
     target (`evaluate/<target>`), plus the raw scores as an artifact."""
-    keys = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "asr_calibrated", "asr_oracle")
+    keys = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr_calibrated",
+            "fpr_at_1pct_fpr_calibrated", "asr_calibrated", "asr_oracle")
     by_target: dict[str, dict[str, float]] = {}
     for r in rows:
         for k in keys:
-            if k in r:
+            if r.get(k) is not None:
                 by_target.setdefault(r["target"], {})[f"{r['attack']}.{k}"] = r[k]
     for q in quality:
         by_target.setdefault(q["target"], {})[q["metric"]] = q["value"]

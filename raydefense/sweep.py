@@ -30,17 +30,19 @@ from pydantic import ValidationError
 import raydefense
 from raydefense.attacks import ATTACKS
 from raydefense.attacks.base import AccessError, check_access
-from raydefense.attacks.metrics import attack_metrics, auc
+from raydefense.attacks.metrics import attack_metrics
 from raydefense.config import AttacksConfig, ExperimentConfig
 from raydefense.data.plan import MEMBER, TEST, Plan
 from raydefense.errors import ConfigError
 from raydefense.evaluation import shadows_needed
+from raydefense.selection import strongest_per_target
 from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")
 
 SCORES_COLUMNS = ("target", "attack", "params", "row_id", "is_member", "part", "score")
-TRIAL_METRICS = ("auc", "tpr_at_1pct_fpr", "asr_calibrated", "auc_calibration")
+TRIAL_METRICS = ("auc", "tpr_at_1pct_fpr", "asr_calibrated", "auc_calibration", "orientation",
+                 "tpr_at_1pct_fpr_calibrated", "fpr_at_1pct_fpr_calibrated")
 SELECTION_RULE = ("per target, the (attack, setting) with the highest calibration-part AUC "
                   "(ties: the first in sweep order); its test-part metrics are reported")
 
@@ -281,15 +283,14 @@ def trial_metrics(scores: pa.Table, attack: str, params: str) -> dict[str, dict[
         m = target == t
         cal, tst = m & ~test, m & test
         full = attack_metrics(score[cal], member[cal], score[tst], member[tst], bootstrap=0)
-        out[t] = {"auc": full["auc"], "tpr_at_1pct_fpr": full["tpr_at_1pct_fpr"],
-                  "asr_calibrated": full["asr_calibrated"],
-                  "auc_calibration": auc(score[cal], member[cal])}
+        out[t] = {k: full[k] for k in TRIAL_METRICS}
     return out
 
 
 def flatten_metrics(per_target: dict[str, dict[str, float]]) -> dict[str, float]:
     """{target: {metric: v}} -> {"<target>.<metric>": v} (what a trial reports to Tune)."""
-    return {f"{t}.{k}": float(v) for t, m in per_target.items() for k, v in m.items()}
+    return {f"{t}.{k}": float(v) for t, m in per_target.items() for k, v in m.items()
+            if v is not None}  # a resolution-limited metric has no value
 
 
 def unflatten_metrics(flat: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -304,12 +305,7 @@ def unflatten_metrics(flat: dict[str, Any]) -> dict[str, dict[str, float]]:
 def worst_case(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per target, the row (one per trial x target) with the highest calibration AUC; ties go
     to the first row in sweep order. Test metrics never take part in the choice."""
-    best: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        b = best.get(r["target"])
-        if b is None or r["auc_calibration"] > b["auc_calibration"]:
-            best[r["target"]] = r
-    return best
+    return dict(strongest_per_target(rows))
 
 
 def sweep_rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -319,8 +315,12 @@ def sweep_rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for tr in trials:
         for t, m in tr["metrics"].items():
             rows.append({"target": t, "attack": tr["attack"], "params": json.loads(tr["params"]),
-                         **{k: m[k] for k in TRIAL_METRICS}})
+                         **{k: m.get(k) for k in TRIAL_METRICS}})
     return rows
+
+
+def _num(v: Any) -> str:
+    return "res.lim." if v is None else f"{v:.3f}"
 
 
 def summary(results: dict[str, Any], where: str) -> str:
@@ -336,7 +336,7 @@ def summary(results: dict[str, Any], where: str) -> str:
         r = results["worst_case"][t]
         setting = json.dumps(r["params"], sort_keys=True, separators=(",", ":"))
         lines.append(f"  {t:<10} {r['auc_calibration']:>7.3f} {r['auc']:>6.3f} "
-                     f"{r['tpr_at_1pct_fpr']:>9.3f} {r['asr_calibrated']:>6.3f}  "
+                     f"{_num(r.get('tpr_at_1pct_fpr')):>9} {r['asr_calibrated']:>6.3f}  "
                      f"{r['attack']} {setting}")
     return "\n".join(lines)
 
@@ -405,7 +405,8 @@ def run_sweep(ctx: Any) -> dict[str, Any]:
         }
         storage.write_json(f"{base}/results.json", results)
         for t, r in worst.items():
-            tracker.log_metrics(parent, {f"{t}.worst.{k}": r[k] for k in TRIAL_METRICS})
+            tracker.log_metrics(parent, {f"{t}.worst.{k}": r[k] for k in TRIAL_METRICS
+                                         if r.get(k) is not None})
             tracker.set_tags(parent, {f"worst.{t}": f"{r['attack']} "
                                       f"{json.dumps(r['params'], sort_keys=True)}"})
         tracker.log_artifact(parent, _local_copy(ctx, f"{base}/results.json"), "sweep")

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 import raydefense
 from raydefense.config import ExperimentConfig, set_path
 from raydefense.errors import ConfigError
+from raydefense.selection import best_trial, pareto_front
 
 log = logging.getLogger("raydefense")
 
@@ -182,7 +183,8 @@ def trial_objectives(scores: pa.Table, quality: list[dict], target: str, utility
                      ) -> dict[str, Any]:
     """A finished trial's objectives from its evaluate outputs.
 
-    Returns {privacy_auc, privacy_auc_calibration, privacy_tpr_at_1pct_fpr, privacy_attack,
+    Returns {privacy_auc, privacy_auc_calibration, privacy_tpr_at_1pct_fpr (None when 1% is
+    below the test split's resolution), privacy_{tpr,fpr}_at_1pct_fpr_calibrated, privacy_attack,
     privacy_setting, utility, utility_metric}: privacy is the worst-case (attack, setting) by
     calibration AUC, its test-part metrics; utility is the target's `utility` quality row.
     """
@@ -203,20 +205,12 @@ def trial_objectives(scores: pa.Table, quality: list[dict], target: str, utility
         raise ValueError(f"no {utility} quality row for target {target!r} (domain FID needs "
                          "class labels; set sweep.utility=heldout_eps_mse)")
     return {"privacy_auc": w["auc"], "privacy_auc_calibration": w["auc_calibration"],
-            "privacy_tpr_at_1pct_fpr": w["tpr_at_1pct_fpr"], "privacy_attack": w["attack"],
+            "privacy_tpr_at_1pct_fpr": w["tpr_at_1pct_fpr"],
+            "privacy_tpr_at_1pct_fpr_calibrated": w.get("tpr_at_1pct_fpr_calibrated"),
+            "privacy_fpr_at_1pct_fpr_calibrated": w.get("fpr_at_1pct_fpr_calibrated"),
+            "privacy_attack": w["attack"],
             "privacy_setting": w["params"], "utility": float(values[0]),
             "utility_metric": utility}
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated points when both coordinates are minimised (a point is
-    dominated when another is <= in both and < in one); in input order."""
-    front = []
-    for i, (a, b) in enumerate(points):
-        if not any((c <= a and d <= b) and (c < a or d < b) for j, (c, d) in enumerate(points)
-                   if j != i):
-            front.append(i)
-    return front
 
 
 def run_trial(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str,
@@ -310,7 +304,8 @@ def run_training_sweep(ctx: Any) -> dict[str, Any]:
                         if k.startswith("privacy_") or k.startswith("utility")})
             trials.append(row)
         completed = [t for t in trials if t["status"] == "completed"]
-        front = pareto_front([(t["privacy_auc"], t["utility"]) for t in completed])
+        # Chosen on calibration: the front and `best.*` never look at test AUCs.
+        front = pareto_front([(t["privacy_auc_calibration"], t["utility"]) for t in completed])
         for i in front:
             completed[i]["pareto"] = True
         for t in trials:
@@ -325,7 +320,10 @@ def run_training_sweep(ctx: Any) -> dict[str, Any]:
             if t["status"] == "completed":
                 tracker.log_metrics(child, {k: t[k] for k in
                                             ("privacy_auc", "privacy_auc_calibration",
-                                             "privacy_tpr_at_1pct_fpr", "utility")})
+                                             "privacy_tpr_at_1pct_fpr",
+                                             "privacy_tpr_at_1pct_fpr_calibrated",
+                                             "privacy_fpr_at_1pct_fpr_calibrated", "utility")
+                                            if t.get(k) is not None})
             tracker.end_run(child, "FINISHED" if t["status"] == "completed" else "KILLED")
         results = {
             "experiment": cfg.experiment, "sweep": cfg.sweep.name, "kind": "training",
@@ -334,14 +332,17 @@ def run_training_sweep(ctx: Any) -> dict[str, Any]:
             "asha": cfg.sweep.asha.model_dump(), "num_trials": len(trials),
             "num_completed": len(completed),
             "num_stopped": sum(t["status"] == "stopped" for t in trials),
-            "objectives": "minimise worst-case attack AUC (test part, chosen by calibration "
-                          "AUC) and utility", "trials": trials,
+            "objectives": "minimise worst-case attack AUC (chosen by calibration AUC; test AUC "
+                          "reported) and utility; the Pareto front and best trial use the "
+                          "calibration AUC", "trials": trials,
             "pareto": [t["key"] for t in completed if t["pareto"]],
         }
         storage.write_json(f"{base}/results.json", results)
-        if completed:
-            best = min(completed, key=lambda t: (t["privacy_auc"], t["utility"]))
+        best = best_trial(completed)
+        if best is not None:
             tracker.log_metrics(parent, {"best.privacy_auc": best["privacy_auc"],
+                                         "best.privacy_auc_calibration":
+                                             best["privacy_auc_calibration"],
                                          "best.utility": best["utility"],
                                          "pareto_size": len(front)})
             tracker.set_tags(parent, {"best.setting": best["setting"]})

@@ -19,8 +19,9 @@ TPR_RULES = ("max_below", "closest", "strict_below")
 _COUNT_TOL = 1e-9
 
 TPR_RULE_TEXT = (
-    "TPR@FPR = max TPR over ROC points with FPR <= alpha (test split; tpr_at_1pct_fpr_closest "
-    "uses the ROC point whose FPR is closest to 1%, as SecMI/GSA do); asr_calibrated applies the "
+    "TPR@FPR = max TPR over ROC points with FPR <= alpha, read off the test split's ROC (its "
+    "threshold is picked with test labels; tpr_at_1pct_fpr_closest uses the ROC point whose FPR "
+    "is closest to 1%, as SecMI/GSA do); asr_calibrated applies the "
     "accuracy-maximising threshold (member iff score >= threshold) chosen on the calibration split "
     "to the test split; asr_oracle picks that threshold on the test split itself."
 )
@@ -223,19 +224,83 @@ def bootstrap_ci(fn: Callable[[np.ndarray, np.ndarray], float], scores: Any, lab
     return [float(lo), float(hi)]
 
 
+def orientation(cal_scores: Any, cal_labels: Any) -> int:
+    """+1 when the scores separate members upward on the calibration split (AUC >= 0.5), -1 when
+    an attacker who sees the calibration labels would flip them. Ties keep the attack's sign."""
+    return 1 if auc(cal_scores, cal_labels) >= 0.5 else -1
+
+
+def resolvable(alpha: float, n_nonmembers: int) -> bool:
+    """An FPR level alpha is resolvable with n non-members when it allows at least one false
+    positive (alpha * n >= 1); below that every threshold means 0% FPR."""
+    return alpha * n_nonmembers >= 1.0 - _COUNT_TOL
+
+
+def threshold_at_fpr(nonmember_scores: Any, alpha: float) -> float:
+    """The lowest threshold ("member iff score >= threshold") that flags at most
+    floor(alpha * n) of the given non-members: just above the (floor(alpha * n) + 1)-th largest
+    non-member score. Ties at that score are all excluded, so the FPR never exceeds alpha on
+    these scores.
+
+    Args: nonmember_scores [N] finite floats; alpha in [0, 1).
+    Returns: a float threshold (+inf-free: the next float above a score)."""
+    s = np.sort(np.asarray(nonmember_scores, dtype=np.float64))[::-1]
+    if s.size == 0 or not np.all(np.isfinite(s)):
+        raise ValueError("threshold_at_fpr needs finite non-member scores")
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1) (got {alpha})")
+    k = int(np.floor(alpha * s.size + _COUNT_TOL))  # false positives allowed
+    return float(np.nextafter(s[k], np.inf))
+
+
+def calibrated_operating_point(cal_scores: Any, cal_labels: Any, test_scores: Any,
+                               test_labels: Any, alpha: float) -> dict[str, Any]:
+    """TPR and FPR realised on the test split by the threshold fixed at FPR <= alpha on the
+    calibration split's non-members (what an attacker without test labels can do).
+
+    Returns {"tpr", "fpr", "threshold"}; all None (and "resolution_limited": True) when alpha is
+    below 1 / (calibration non-members): no threshold can aim at that level."""
+    cal_s, cal_y = _validate(cal_scores, cal_labels)
+    s, y = _validate(test_scores, test_labels)
+    neg = cal_s[cal_y == 0]
+    if not resolvable(alpha, neg.size):
+        return {"tpr": None, "fpr": None, "threshold": None, "resolution_limited": True}
+    thr = threshold_at_fpr(neg, alpha)
+    flagged = s >= thr
+    return {"tpr": float(flagged[y == 1].mean()), "fpr": float(flagged[y == 0].mean()),
+            "threshold": thr, "resolution_limited": False}
+
+
+OPERATING_LEVELS = ((0.01, "1pct"), (0.001, "0.1pct"))
+
+CALIBRATED_RULE_TEXT = (
+    "Scores are oriented on the calibration split (flipped when its AUC < 0.5; `orientation`). "
+    "tpr_at_<a>_fpr_calibrated / fpr_at_<a>_fpr_calibrated: the threshold that flags at most a of "
+    "the calibration non-members, applied to the test split (realised TPR and FPR). A level below "
+    "1 / n_nonmembers of its split is resolution-limited: no number is given."
+)
+
+
 def attack_metrics(cal_scores: Any, cal_labels: Any, test_scores: Any, test_labels: Any,
                    bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The results.json metric fields for one (target, attack setting), all on the test split.
+    """The results.json metric fields for one (target, attack setting).
+
+    The score orientation is fixed on the calibration split (`orientation`: -1 flips an attack
+    whose calibration AUC is below 0.5, as an attacker holding calibration labels would); every
+    metric below is of the oriented scores. Choices (orientation, thresholds) use the calibration
+    split only; every reported number is on the test split, except `auc_calibration`.
 
     Args:
-        cal_scores, cal_labels: calibration split ([N_cal]); used only to choose the threshold of
-            asr_calibrated. test_scores, test_labels: disjoint test split ([N_test]).
+        cal_scores, cal_labels: calibration split ([N_cal]). test_scores, test_labels: disjoint
+            test split ([N_test]). Labels 1 = member.
         bootstrap: stratified resamples for the *_ci keys (0 -> the keys are omitted).
         seed: bootstrap seed.
     Returns:
-        JSON-serialisable dict with keys auc, auc_ci, tpr_at_1pct_fpr, tpr_at_1pct_fpr_ci,
-        tpr_at_0.1pct_fpr, tpr_at_0pct_fpr, asr_calibrated, asr_oracle, tpr_rule, n_members,
-        n_nonmembers (the *_ci keys only when bootstrap > 0).
+        JSON-serialisable dict with keys orientation, auc_calibration, auc, auc_as_scored, auc_ci,
+        tpr_at_1pct_fpr, tpr_at_1pct_fpr_ci, tpr_at_1pct_fpr_closest, tpr_at_0.1pct_fpr,
+        tpr_at_0pct_fpr, tpr_at_{1,0.1}pct_fpr_calibrated, fpr_at_{1,0.1}pct_fpr_calibrated,
+        resolution_limited (the keys left None because their FPR level is below
+        1 / n_nonmembers), asr_calibrated, asr_oracle, tpr_rule, n_members, n_nonmembers.
     """
     try:
         cal_s, cal_y = _validate(cal_scores, cal_labels)
@@ -246,20 +311,39 @@ def attack_metrics(cal_scores: Any, cal_labels: Any, test_scores: Any, test_labe
     except ValueError as e:
         raise ValueError(f"test split: {e}") from None
 
+    sign = orientation(cal_s, cal_y)
+    auc_as_scored = auc(s, y)
+    cal_s, s = sign * cal_s, sign * s
+    n_neg = int(y.size - y.sum())
+    limited: list[str] = []
     tpr1 = TprAtFpr(0.01)
     threshold, _ = best_threshold(cal_s, cal_y)
-    out: dict[str, Any] = {"auc": auc(s, y)}
+    out: dict[str, Any] = {"orientation": sign, "auc_calibration": auc(cal_s, cal_y),
+                           "auc": auc(s, y), "auc_as_scored": auc_as_scored}
     if bootstrap:
         out["auc_ci"] = bootstrap_ci(auc, s, y, bootstrap, seed)
-    out["tpr_at_1pct_fpr"] = tpr1(s, y)
-    if bootstrap:
-        out["tpr_at_1pct_fpr_ci"] = bootstrap_ci(tpr1, s, y, bootstrap, seed)
-    out["tpr_at_1pct_fpr_closest"] = tpr_at_fpr(s, y, 0.01, "closest")  # SecMI/GSA's rule
-    out["tpr_at_0.1pct_fpr"] = tpr_at_fpr(s, y, 0.001)
+    for alpha, tag in OPERATING_LEVELS:
+        key = f"tpr_at_{tag}_fpr"
+        if resolvable(alpha, n_neg):
+            out[key] = tpr_at_fpr(s, y, alpha)
+            if bootstrap and alpha == 0.01:
+                out[f"{key}_ci"] = bootstrap_ci(tpr1, s, y, bootstrap, seed)
+        else:
+            out[key] = None
+            limited.append(key)
+        if alpha == 0.01:
+            out["tpr_at_1pct_fpr_closest"] = tpr_at_fpr(s, y, 0.01, "closest")  # SecMI/GSA's rule
     out["tpr_at_0pct_fpr"] = tpr_at_fpr(s, y, 0.0)
+    for alpha, tag in OPERATING_LEVELS:
+        op = calibrated_operating_point(cal_s, cal_y, s, y, alpha)
+        out[f"tpr_at_{tag}_fpr_calibrated"] = op["tpr"]
+        out[f"fpr_at_{tag}_fpr_calibrated"] = op["fpr"]
+        if op["resolution_limited"]:
+            limited += [f"tpr_at_{tag}_fpr_calibrated", f"fpr_at_{tag}_fpr_calibrated"]
+    out["resolution_limited"] = limited
     out["asr_calibrated"] = accuracy_at(s, y, threshold)
     out["asr_oracle"] = best_threshold(s, y)[1]
-    out["tpr_rule"] = TPR_RULE_TEXT
+    out["tpr_rule"] = f"{TPR_RULE_TEXT} {CALIBRATED_RULE_TEXT}"
     out["n_members"] = int(y.sum())
-    out["n_nonmembers"] = int(y.size - y.sum())
+    out["n_nonmembers"] = n_neg
     return out

@@ -30,6 +30,19 @@ class DualMDPipeline:
         return sample(self._teachers, self._schedule, shape, sampler, num_steps, seed)
 
 
+def timestep_owners(schedule: NoiseSchedule, num_steps: int, num_teachers: int) -> torch.Tensor:
+    """Which teacher answers eps(x_t, t) for every t: the alternating sampler's grid
+    (`sampler_timesteps`) runs teacher k mod K at iteration k, and an off-grid t goes to the
+    teacher of the nearest grid timestep (ties: the lower t). Public knowledge: it follows from
+    the sampler settings alone. -> [T] long, values in [0, K)."""
+    grid = torch.tensor(sampler_timesteps(schedule, num_steps))  # descending
+    ts = torch.arange(schedule.num_train_timesteps)
+    dist = (ts[:, None] - grid[None, :]).abs()  # [T, steps]
+    # argmin returns the first minimum; grid is descending, so flip to prefer the lower t.
+    step = grid.numel() - 1 - dist.flip(1).argmin(1)
+    return step % num_teachers
+
+
 class DualMDStepRouter:
     """DualMD's gray-box interface (an extension beyond the paper): eps(x_t, t) is answered by the
     teacher that the alternating sampler assigns to timestep t.
@@ -45,12 +58,7 @@ class DualMDStepRouter:
         if len(teachers) < 2:
             raise ValueError("DualMD needs at least two teachers trained on disjoint shards")
         self._teachers = list(teachers)
-        grid = torch.tensor(sampler_timesteps(schedule, num_steps))  # descending
-        ts = torch.arange(schedule.num_train_timesteps)
-        dist = (ts[:, None] - grid[None, :]).abs()  # [T, steps]
-        # argmin returns the first minimum; grid is descending, so flip to prefer the lower t.
-        step = grid.numel() - 1 - dist.flip(1).argmin(1)
-        self.owner = step % len(self._teachers)  # [T] teacher index per timestep
+        self.owner = timestep_owners(schedule, num_steps, len(self._teachers))
 
     @property
     def teachers(self) -> list[EpsModel]:

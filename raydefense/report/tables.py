@@ -131,10 +131,23 @@ def _index_rows(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str],
     return index
 
 
+RESOLUTION_LIMITED = "res.-limited"  # an FPR level below 1/n of the split's non-members
+FLIPPED = "↕"  # scores negated: the calibration split showed the attack's sign inverted
+
+
+def rate(row: Mapping[str, Any], key: str, digits: int = 2) -> str:
+    """A rate field of an attack row; "res.-limited" when its FPR level is below the split's
+    resolution (the row lists it in `resolution_limited`), "–" when absent."""
+    if key in (row.get("resolution_limited") or ()):
+        return RESOLUTION_LIMITED
+    return _fmt(row.get(key), digits)
+
+
 def attack_cell(row: Mapping[str, Any] | None) -> str:
     """One cell "AUC [lo, hi] / TPR@1%FPR", e.g. "0.990 [0.970, 1.000] / 0.71".
 
-    AUC and its CI with 3 decimals, TPR with 2; the CI is left out when the row has none.
+    AUC and its CI with 3 decimals, TPR with 2; the CI is left out when the row has none; "↕"
+    marks scores flipped on calibration.
     """
     if row is None:
         return MISSING
@@ -143,7 +156,8 @@ def attack_cell(row: Mapping[str, Any] | None) -> str:
     if auc != MISSING and isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2 \
             and all(v is not None for v in ci):
         auc = f"{auc} [{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]"
-    return f"{auc} / {_fmt(row.get('tpr_at_1pct_fpr'), 2)}"
+    flip = f" {FLIPPED}" if row.get("orientation") == -1 else ""
+    return f"{auc}{flip} / {rate(row, 'tpr_at_1pct_fpr')}"
 
 
 def attack_table_markdown(rows: list[dict]) -> str:
@@ -317,7 +331,11 @@ def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
             cells.append(cell)
         body.append([_escape(line)] + cells)
     text = [_markdown_table(["Attack"] + [_escape(t) for t in targets], body),
-            "Cells: AUC [95% CI] / TPR@1%FPR on the test split."]
+            "Cells: AUC [95% CI] / TPR@1%FPR on the test split (TPR read off the test ROC). "
+            "\"best on calibration\" lines: the setting is chosen by calibration AUC, never "
+            f"by test numbers. {FLIPPED}: scores negated because the calibration AUC was below "
+            "0.5 (the orientation is chosen on calibration too). "
+            f"{RESOLUTION_LIMITED}: 1% FPR is below one false positive on the test split."]
     notes = list(dict.fromkeys(str(r["note"]) for r in head if r.get("note")))
     text += [f"† {n}." for n in notes]
     if skipped:
@@ -327,15 +345,27 @@ def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
 
 
 def operating_points_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """ASR (calibrated / oracle), TPR@0.1%FPR and the set sizes for each headline line."""
+    """For each headline line: TPR / FPR realised on test at the thresholds fixed on calibration
+    (1% and 0.1% FPR), the test-ROC TPR@0.1%FPR, ASR (calibrated / oracle) and the set sizes.
+    Levels below a split's resolution print "res.-limited"."""
     head = headline_rows(rows)
     body = [[_escape(str(r["target"])), _escape(r["line"]), _escape(r["setting"]),
-             _fmt(r.get("asr_calibrated"), 3), _fmt(r.get("asr_oracle"), 3),
-             _fmt(r.get("tpr_at_0.1pct_fpr"), 3), _fmt_count(r.get("n_members")),
+             f"{rate(r, 'tpr_at_1pct_fpr_calibrated')} / {rate(r, 'fpr_at_1pct_fpr_calibrated', 3)}",
+             f"{rate(r, 'tpr_at_0.1pct_fpr_calibrated')} / "
+             f"{rate(r, 'fpr_at_0.1pct_fpr_calibrated', 3)}",
+             rate(r, "tpr_at_0.1pct_fpr", 3), _fmt(r.get("asr_calibrated"), 3),
+             _fmt(r.get("asr_oracle"), 3), _fmt_count(r.get("n_members")),
              _fmt_count(r.get("n_nonmembers"))]
             for r in sorted(head, key=lambda r: target_order_key(str(r["target"])))]
-    return _markdown_table(["Target", "Attack", "Setting", "ASR (calibrated)", "ASR (oracle)",
-                            "TPR@0.1%FPR", "n_members", "n_nonmembers"], body)
+    table = _markdown_table(["Target", "Attack", "Setting", "TPR / FPR at calibrated 1%",
+                             "TPR / FPR at calibrated 0.1%", "TPR@0.1%FPR (test ROC)",
+                             "ASR (calibrated)", "ASR (oracle)", "n_members", "n_nonmembers"],
+                            body)
+    return table + ("\n\nCalibrated columns: the threshold that flags at most 1% (0.1%) of the "
+                    "calibration non-members, applied to the test split; the FPR it realises "
+                    "there is shown beside the TPR. Test-ROC columns pick their threshold with "
+                    f"test labels. {RESOLUTION_LIMITED}: the level is below one false positive "
+                    "among that split's non-members, so any number would mean 0% FPR.")
 
 
 def sweep_tables_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -379,7 +409,11 @@ PAPER_TABLE2: dict[str, dict[tuple[str, str], tuple[float, float]]] = {
                         ("secmi_stat", "student"): (0.58, 0.02),
                         ("pia", "baseline"): (0.83, 0.09), ("pia", "student"): (0.58, 0.02)},
 }
-_PAPER_LINES = (("secmi_stat", "secmi_stat", "SecMIA"), ("pia", "pia (canonical)", "PIA"))
+# The paper's SecMIA numbers are SecMI_NN's (its stronger, learned variant); SecMI_stat is shown
+# beside them, labelled.
+_PAPER_LINES = (("secmi_stat", "secmi_nn", "secmi_nn", "SecMIA (ours: SecMI_NN)"),
+                ("secmi_stat", "secmi_stat", "secmi_stat", "SecMIA (ours: SecMI_stat)"),
+                ("pia", "pia", "pia (canonical)", "PIA"))
 
 
 def paper_comparison_markdown(rows: Sequence[Mapping[str, Any]], dataset: str | None) -> str:
@@ -391,9 +425,9 @@ def paper_comparison_markdown(rows: Sequence[Mapping[str, Any]], dataset: str | 
                 "CIFAR-10, CIFAR-100, Tiny-ImageNet and STL10-Unlabeled).")
     ours = {(h["attack"], h["line"], h["target"]): h for h in headline_rows(rows)}
     body = []
-    for attack, line, label in _PAPER_LINES:
+    for paper_attack, attack, line, label in _PAPER_LINES:
         for target, method in (("baseline", "No defense"), ("student", "DistillMD")):
-            paper = published[(attack, target)]
+            paper = published[(paper_attack, target)]
             row = ours.get((attack, line, target))
             body.append([label, method, f"{paper[0]:.2f} / {paper[1]:.2f}",
                          attack_cell(row) if row else MISSING])

@@ -160,6 +160,6 @@ def test_access_levels() -> None:
         check_access(gsa, "dualmd", "gray-box")
     with pytest.raises(AccessError, match="needs gray-box access .* black-box"):
         check_access(pia, "dualmd", "black-box")
-    with pytest.raises(UnknownComponentError, match="choose one of: blackbox_nn, gsa1, gsa2, "
+    with pytest.raises(UnknownComponentError, match="choose one of: blackbox_nn, dualmd_adaptive, gsa1, gsa2, "
                                                     "loss, pia, pian, secmi_nn, secmi_stat, sima"):
         ATTACKS.get("secmi")

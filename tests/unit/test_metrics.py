@@ -14,12 +14,18 @@ from raydefense.attacks.metrics import (
     auc,
     best_threshold,
     bootstrap_ci,
+    calibrated_operating_point,
+    orientation,
+    resolvable,
     roc,
+    threshold_at_fpr,
     tpr_at_fpr,
 )
 
 KEYS = {"auc", "auc_ci", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci", "tpr_at_0.1pct_fpr",
-        "tpr_at_1pct_fpr_closest",
+        "tpr_at_1pct_fpr_closest", "orientation", "auc_calibration", "auc_as_scored",
+        "tpr_at_1pct_fpr_calibrated", "fpr_at_1pct_fpr_calibrated", "tpr_at_0.1pct_fpr_calibrated",
+        "fpr_at_0.1pct_fpr_calibrated", "resolution_limited",
         "tpr_at_0pct_fpr", "asr_calibrated", "asr_oracle", "tpr_rule", "n_members", "n_nonmembers"}
 
 
@@ -39,7 +45,9 @@ def test_perfect_separator() -> None:
     thr, acc = best_threshold(s, y)
     assert acc == 1.0 and 3.0 < thr <= 5.0
     m = attack_metrics(s, y, s, y, bootstrap=50, seed=0)
-    assert m["auc"] == 1.0 and m["tpr_at_1pct_fpr"] == 1.0 and m["tpr_at_0pct_fpr"] == 1.0
+    # 4 non-members: 1% FPR cannot be resolved (no number), 0% can.
+    assert m["auc"] == 1.0 and m["tpr_at_1pct_fpr"] is None and m["tpr_at_0pct_fpr"] == 1.0
+    assert "tpr_at_1pct_fpr" in m["resolution_limited"]
     assert m["asr_calibrated"] == 1.0 and m["asr_oracle"] == 1.0
     assert m["auc_ci"] == [1.0, 1.0]
 
@@ -99,6 +107,7 @@ def test_calibrated_threshold_applied_on_test() -> None:
     assert m["asr_oracle"] == 0.75  # threshold 2.5 (or 1.5) on the test split itself
     assert m["n_members"] == 2 and m["n_nonmembers"] == 2
     assert set(m) == KEYS - {"auc_ci", "tpr_at_1pct_fpr_ci"}
+    assert m["tpr_at_1pct_fpr"] is None and m["tpr_at_1pct_fpr_calibrated"] is None
 
 
 def test_attack_metrics_keys_and_json() -> None:
@@ -109,10 +118,53 @@ def test_attack_metrics_keys_and_json() -> None:
     assert m["n_members"] == 400 and m["n_nonmembers"] == 500
     assert m["tpr_rule"].startswith("TPR@FPR = max TPR over ROC points with FPR <= alpha")
     assert m["asr_calibrated"] <= m["asr_oracle"]
-    assert m["tpr_at_0pct_fpr"] <= m["tpr_at_0.1pct_fpr"] <= m["tpr_at_1pct_fpr"]
+    assert m["tpr_at_0pct_fpr"] <= m["tpr_at_1pct_fpr"]
     json.dumps(m)
+    # 0.1% of 500 test (300 calibration) non-members is below one false positive: no number.
+    assert m["resolution_limited"] == ["tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_calibrated",
+                                       "fpr_at_0.1pct_fpr_calibrated"]
     for k, v in m.items():
-        assert type(v) in (float, int, str, list), k
+        assert type(v) in (float, int, str, list) or (v is None and k in m["resolution_limited"]), k
+
+
+def test_orientation_is_chosen_on_calibration_never_on_test() -> None:
+    # Calibration says "lower = member" (AUC < 0.5), test says the opposite: the attacker flips
+    # on calibration and reports the (bad) flipped test AUC, not the better test orientation.
+    cal_s, cal_y = _split(200, 200, -1.0, seed=11)
+    s, y = _split(200, 200, 0.5, seed=12)
+    assert orientation(cal_s, cal_y) == -1
+    m = attack_metrics(cal_s, cal_y, s, y, bootstrap=0)
+    assert m["orientation"] == -1
+    assert m["auc_calibration"] == pytest.approx(1.0 - auc(cal_s, cal_y)) and m["auc_calibration"] > 0.5
+    assert m["auc"] == pytest.approx(auc(-s, y)) and m["auc"] < 0.5
+    assert m["auc_as_scored"] == pytest.approx(auc(s, y)) and m["auc_as_scored"] > 0.5
+    same = attack_metrics(-cal_s, cal_y, -s, y, bootstrap=0)  # already flipped: kept as is
+    assert same["orientation"] == 1 and same["auc"] == pytest.approx(m["auc"])
+
+
+def test_threshold_at_fpr_flags_at_most_alpha_of_the_nonmembers() -> None:
+    neg = np.arange(200, dtype=float)  # 0..199
+    thr = threshold_at_fpr(neg, 0.01)  # 2 false positives allowed: 198 and 199
+    assert 197.0 < thr <= 198.0 and np.sum(neg >= thr) == 2
+    ties = np.array([5.0, 5.0, 5.0] + [0.0] * 97)
+    assert np.sum(ties >= threshold_at_fpr(ties, 0.02)) == 0  # a tie never pushes FPR past alpha
+    assert resolvable(0.01, 100) and not resolvable(0.01, 99) and not resolvable(0.001, 128)
+
+
+def test_calibrated_operating_point_realised_on_test() -> None:
+    cal_s = np.r_[np.arange(100, 200, dtype=float), np.arange(100, dtype=float)]
+    cal_y = np.r_[np.ones(100), np.zeros(100)].astype(int)
+    # Threshold from calibration: flags 1 of 100 non-members (score 99), so thr is just above 98.
+    s = np.array([98.5, 99.5, 150.0, 50.0, 98.7, 10.0, 20.0, 30.0])
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    op = calibrated_operating_point(cal_s, cal_y, s, y, 0.01)
+    assert 98.0 < op["threshold"] <= 99.0 and not op["resolution_limited"]
+    assert op["tpr"] == 0.75 and op["fpr"] == 0.25  # realised on test: above the 1% it aimed at
+    m = attack_metrics(cal_s, cal_y, s, y, bootstrap=0)
+    assert m["tpr_at_1pct_fpr_calibrated"] == 0.75 and m["fpr_at_1pct_fpr_calibrated"] == 0.25
+    assert m["tpr_at_1pct_fpr"] is None  # 4 test non-members cannot resolve 1%
+    limited = calibrated_operating_point(cal_s[:150], cal_y[:150], s, y, 0.01)  # 50 non-members
+    assert limited["resolution_limited"] and limited["tpr"] is None
 
 
 def test_bootstrap_ci_contains_point_and_is_ordered() -> None:

@@ -109,8 +109,9 @@ def test_report_markdown_tables_and_links(written):
             "0.511 [0.480, 0.540] / 0.01 |") in text  # no CI on the teacher rows
     # Operating points: present values, "–" for absent ones, counts.
     assert "ASR (calibrated)" in text and "ASR (oracle)" in text
-    assert "| baseline | secmi | k=10, t_sec=100 | 0.951 | 0.962 | 0.402 | 500 | 500 |" in text
-    assert "| student | pia | t=200, pia_n=False | – | – | – | 500 | 500 |" in text
+    assert ("| baseline | secmi | k=10, t_sec=100 | – / – | – / – | 0.402 | 0.951 | 0.962 | 500 "
+            "| 500 |") in text
+    assert "| student | pia | t=200, pia_n=False | – / – | – / – | – | – | – | 500 | 500 |" in text
     assert text.count(RULE) == 1
     # Quality and timings.
     assert "| Target | fid | is |" in text and "| baseline | 28.900 | 7.500 |" in text
@@ -257,6 +258,7 @@ def test_paper_comparison_where_the_dataset_matches():
 
     rows = [row("baseline", "secmi_stat", {"t_sec": 100, "k": 10}, 0.91),
             row("student", "secmi_stat", {"t_sec": 100, "k": 10}, 0.55),
+            row("baseline", "secmi_nn", {"t_sec": 100, "k": 10}, 0.83),
             row("baseline", "pia", {"t": 200, "canonical": True}, 0.88),
             row("baseline", "pia", {"t": 20}, 0.97),
             row("student", "pia", {"t": 200, "canonical": True}, 0.57),
@@ -271,7 +273,10 @@ def test_paper_comparison_where_the_dataset_matches():
     assert meta[0] == ("- Data: `cifar10` 3x32x32, 64 members (shards [32, 32]) vs 64 "
                        "non-members, split CIFAR10_train_ratio0.5.npz, exact duplicates "
                        "dropped: 2")
-    assert "| SecMIA | No defense | 0.93 / 0.35 | 0.910 / 0.10 |" in text
+    # The paper's SecMIA is SecMI_NN; SecMI_stat stands beside it, labelled.
+    assert "| SecMIA (ours: SecMI_NN) | No defense | 0.93 / 0.35 | 0.830 / 0.10 |" in text
+    assert "| SecMIA (ours: SecMI_NN) | DistillMD | 0.59 / 0.03 | – |" in text
+    assert "| SecMIA (ours: SecMI_stat) | No defense | 0.93 / 0.35 | 0.910 / 0.10 |" in text
     assert "| PIA | DistillMD | 0.59 / 0.02 | 0.570 / 0.10 |" in text  # canonical t, not best
     assert "not expected to match" in text
     assert "no attack numbers for `digits`" in paper_comparison_markdown(rows, "digits")

@@ -17,8 +17,9 @@ from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import ImageData, fit
 from raydefense.errors import ConfigError
 from raydefense.evaluation import heldout_validator, validation_rows
+from raydefense.selection import pareto_front
 from raydefense.sweep_training import (TrainingPoint, apply_values, check_training_sweep,
-                                       pareto_front, sweep_fingerprint, trial_config,
+                                       sweep_fingerprint, trial_config,
                                        trial_objectives, training_points)
 
 

@@ -43,7 +43,10 @@ def test_worst_case_is_chosen_by_calibration_auc_and_a_sweep_can_raise_it() -> N
                      "tpr_at_1pct_fpr": 0.5}}}
     w = worst_case_privacy(res["attacks"], sweep)
     assert w["student"] == {"attack": "secmi_stat", "params": {"t_sec": 40}, "source": "sweep s",
-                            "auc": 0.61, "auc_calibration": 0.64, "tpr_at_1pct_fpr": 0.05}
+                            "access": None, "auc": 0.61, "auc_calibration": 0.64,
+                            "tpr_at_1pct_fpr": 0.05, "orientation": None,
+                            "tpr_at_1pct_fpr_calibrated": None,
+                            "fpr_at_1pct_fpr_calibrated": None}
     assert w["baseline"]["source"] == "evaluate"  # the sweep's weaker setting does not win
 
 
@@ -78,7 +81,7 @@ def test_report_has_the_privacy_sections_and_the_figure(tmp_path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "## Privacy: the defender's worst case" in md
     assert "## Privacy-utility trade-off" in md and f"![privacy-utility]({TRADEOFF_PNG})" in md
-    assert "| student | loss {\"t\": 100} | evaluate | 0.530 | **0.520** |" in md
+    assert "| student |  | loss {\"t\": 100} | evaluate | 0.530 | **0.520** | 0.01 |" in md
     with Image.open(tmp_path / TRADEOFF_PNG) as im:
         assert im.size[0] > 600 and im.size[1] > 400
     html = (tmp_path / "report.html").read_text()
@@ -94,3 +97,43 @@ def test_no_utility_metric_means_no_figure(tmp_path, quality) -> None:
     write_report(str(tmp_path), res)
     assert not os.path.exists(tmp_path / TRADEOFF_PNG)
     assert "No utility metric" in (tmp_path / "report.md").read_text()
+
+
+def test_dualmd_worst_case_is_the_adaptive_attack_and_black_box_is_its_own_line(tmp_path) -> None:
+    res = _results()
+    res["attacks"] += [
+        {**_row("dualmd", "dualmd_adaptive", {"base": "sima", "combine": "max",
+                                              "timesteps": [60, 50]}, 0.99, 0.98, 0.9),
+         "access": "gray-box", "tpr_at_1pct_fpr_calibrated": 0.85,
+         "fpr_at_1pct_fpr_calibrated": 0.02, "orientation": 1},
+        {**_row("dualmd", "blackbox_nn", {"space": "pixel"}, 0.75, 0.70, 0.1),
+         "access": "black-box"},
+        # PIAN-like: scores inverted (calibration AUC below 0.5 before orientation): once
+        # oriented its calibration AUC (0.9) beats the loss row and it is the worst case.
+        {**_row("teacher_1", "pian", {"t": 20}, 0.88, 0.90, 0.4), "orientation": -1},
+    ]
+    out = tradeoff(res)
+    w = out["privacy"]
+    assert (w["dualmd"]["attack"], w["dualmd"]["auc"]) == ("dualmd_adaptive", 0.99)
+    assert (w["dualmd"]["black_box"]["attack"], w["dualmd"]["black_box"]["auc"]) == (
+        "blackbox_nn", 0.75)
+    assert "black_box" not in w["baseline"]  # no black-box rows: no claim line
+    assert (w["teacher_1"]["attack"], w["teacher_1"]["orientation"]) == ("pian", -1)
+    kinds = {p["label"]: p["kind"] for p in out["privacy_utility"]["points"]}
+    assert kinds["dualmd (black-box)"] == "black-box claim"
+    res.update(out)
+    write_report(str(tmp_path), res)
+    md = (tmp_path / "report.md").read_text()
+    assert "| dualmd, black-box only | black-box | blackbox_nn" in md
+    assert "0.85 / 0.02" in md and "(flipped)" in md
+    assert "DualMD protects against **black-box** attackers only" in md
+
+
+def test_pareto_front_of_targets_is_chosen_on_calibration_auc() -> None:
+    res = _results()
+    # dualmd: lower test AUC than the student would make it dominate; on calibration it does not.
+    res["attacks"] = [r for r in res["attacks"] if r["target"] in ("dualmd", "student")]
+    res["attacks"][0].update(auc=0.50, auc_calibration=0.70)  # dualmd (fid 1.4)
+    res["attacks"][1].update(auc=0.52, auc_calibration=0.53)  # student (fid 1.8)
+    pts = {p["label"]: p for p in tradeoff(res)["privacy_utility"]["points"]}
+    assert pts["dualmd"]["pareto"] and pts["student"]["pareto"]  # both on the calibration front

@@ -1,0 +1,391 @@
+"""Training-seed study: the same config over several `seed` values, aggregated as mean ± sd.
+
+A bootstrap CI in results.json resamples the test rows of one run; it says nothing about how much
+the numbers move when the models are trained again from another seed. `raydefense seeds` runs the
+pipeline once per seed (each seed in its own experiment, see `seed_experiment`) and summarises
+every (target, attack line) and every target's worst case over the seeds:
+
+    <root>/<base experiment>/seeds/summary.json, summary.md
+
+Plain Python and NumPy (no Ray): the CLI calls `run_seeds`, which runs the pipeline through
+`raydefense.cli.execute` only when asked to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from raydefense.errors import ConfigError, RaydefenseError
+from raydefense.report.tables import (MISSING, _escape, _is_number, _markdown_table,
+                                      _short_params, headline_rows, sort_targets)
+
+log = logging.getLogger("raydefense")
+
+METRICS = ("auc", "auc_calibration", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_calibrated",
+           "fpr_at_1pct_fpr_calibrated", "asr_calibrated")
+RESULTS = "report/results.json"
+SUMMARY_DIR = "seeds"
+
+
+# ----------------------------------------------------------------------------- seeds and names
+
+
+def seed_experiment(experiment: str, base_seed: int, seed: int) -> str:
+    """The experiment one seed runs in: the base seed keeps the config's experiment (so a seed
+    study after `raydefense run` reuses its work), any other seed `<experiment>-seed<seed>`."""
+    return experiment if int(seed) == int(base_seed) else f"{experiment}-seed{int(seed)}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0,1,2" or "0 1 2" (or a mix) -> [0, 1, 2], in the order given.
+
+    Raises:
+        ConfigError: one line, for an empty list, a non-integer or negative seed, a duplicate,
+            or fewer than 2 seeds.
+    """
+    parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
+    if not parts:
+        raise ConfigError("--seeds is empty; give the training seeds, e.g. --seeds 0,1,2")
+    seeds: list[int] = []
+    for p in parts:
+        try:
+            s = int(p)
+        except ValueError:
+            raise ConfigError(f"--seeds: {p!r} is not an integer; give whole numbers, "
+                              "e.g. --seeds 0,1,2") from None
+        if s < 0:
+            raise ConfigError(f"--seeds: {s} is negative; seeds must be >= 0, "
+                              "e.g. --seeds 0,1,2")
+        if s in seeds:
+            raise ConfigError(f"--seeds: seed {s} is given twice; list each seed once")
+        seeds.append(s)
+    if len(seeds) < 2:
+        raise ConfigError(f"a seed study needs at least 2 seeds (got {len(seeds)}); "
+                          "e.g. --seeds 0,1,2")
+    return seeds
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite number as float; None for None, non-numbers, bools and NaN/inf."""
+    if not _is_number(value):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _stat(values: Sequence[Optional[float]]) -> dict[str, Any]:
+    """{"mean", "sd" (sample, ddof=1; None for fewer than 2 values), "n", "values"} over the
+    values that are not None; `values` keeps the Nones, aligned with the entry's seeds."""
+    xs = [v for v in values if v is not None]
+    return {"mean": float(np.mean(xs)) if xs else None,
+            "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
+            "n": len(xs), "values": list(values)}
+
+
+def _attack_text(entry: Mapping[str, Any]) -> Optional[str]:
+    """"attack (setting)" of a worst-case entry, e.g. "pia (t=200)"; None without an attack."""
+    if entry.get("attack") is None:
+        return None
+    params = entry.get("params")
+    setting = _short_params(params) if params not in (None, {}) else ""
+    text = f"{entry['attack']} ({setting})" if setting else str(entry["attack"])
+    return text + (" (flipped)" if entry.get("orientation") == -1 else "")
+
+
+def _aggregate_entry(entries: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """One privacy entry (a target's worst case) over the seeds that have it: per-seed attack
+    texts, mean/sd of every numeric field, nested dicts (e.g. `black_box`) recursively. The
+    score `orientation` (+1/-1, a sign, not a metric) is kept per seed as `orientations`."""
+    out: dict[str, Any] = {"seeds": [s for s, _ in entries], "n_seeds": len(entries),
+                           "attacks": [_attack_text(e) for _, e in entries]}
+    if any("orientation" in e for _, e in entries):
+        out["orientations"] = [e.get("orientation") for _, e in entries]
+    numeric: list[str] = []
+    nested: list[str] = []
+    for _, e in entries:
+        for k, v in e.items():
+            if k in ("params", "orientation", "seeds", "n_seeds", "attacks", "orientations"):
+                continue
+            if _is_number(v) and k not in numeric:
+                numeric.append(k)
+            elif isinstance(v, Mapping) and k not in nested:
+                nested.append(k)
+    for k in numeric:
+        if k in nested:
+            continue  # a number in one seed and a dict in another: not comparable
+        out[k] = _stat([_number(e.get(k)) for _, e in entries])
+    for k in nested:
+        if k in numeric:
+            continue
+        sub = [(s, e[k]) for s, e in entries if isinstance(e.get(k), Mapping)]
+        out[k] = _aggregate_entry(sub)
+    return out
+
+
+def _ci_width(row: Mapping[str, Any]) -> Optional[float]:
+    ci = row.get("auc_ci")
+    if not isinstance(ci, Sequence) or isinstance(ci, str) or len(ci) != 2:
+        return None
+    lo, hi = _number(ci[0]), _number(ci[1])
+    return None if lo is None or hi is None else hi - lo
+
+
+def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Summarise several seeds' report/results.json over the training seeds.
+
+    Args:
+        results_by_seed: seed -> that seed's results.json dict.
+    Returns:
+        A JSON-serialisable dict (string keys throughout, so it reads back unchanged):
+        {"seeds": [sorted seeds], "experiments": {"<seed>": experiment},
+         "attacks": [{"target", "line", "attack", "seeds" (those that have the line),
+                      "n_seeds", "settings" (per seed in `seeds`), and per metric of METRICS
+                      that is a number in some seed: {"mean", "sd", "n", "values"}}],
+         "privacy": {target: {"seeds", "n_seeds", "attacks" (per seed "attack (setting)",
+                              "(flipped)" appended for orientation -1), "orientations" (per
+                              seed, when the entries have one),
+                              every other numeric field: {"mean", "sd", "n", "values"},
+                              nested dicts (e.g. "black_box"): the same shape, recursively}},
+         "bootstrap_ci_width": {target: {line: mean over seeds of auc_ci[1] - auc_ci[0]}}}
+        `values` lists are aligned with the entry's `seeds` (None where a seed lacks the metric);
+        mean/sd/n use the seeds that have it; sd is the sample sd (ddof=1), None for one value.
+        Targets and lines are the union over the seeds.
+    """
+    if not results_by_seed:
+        raise ConfigError("no seed results to aggregate; give at least 2 seeds")
+    seeds = sorted(int(s) for s in results_by_seed)
+    res = {int(s): r for s, r in results_by_seed.items()}
+
+    heads: dict[int, dict[tuple[str, str], dict]] = {}
+    lines: dict[str, None] = {}
+    targets: dict[str, None] = {}
+    for s in seeds:
+        index: dict[tuple[str, str], dict] = {}
+        for row in headline_rows(list(res[s].get("attacks") or [])):
+            key = (str(row.get("target")), str(row["line"]))
+            index.setdefault(key, row)
+            lines.setdefault(key[1])
+            targets.setdefault(key[0])
+        heads[s] = index
+
+    attacks: list[dict[str, Any]] = []
+    widths: dict[str, dict[str, float]] = {}
+    for t in sort_targets(targets):
+        for line in lines:
+            have = [(s, heads[s][(t, line)]) for s in seeds if (t, line) in heads[s]]
+            if not have:
+                continue
+            entry: dict[str, Any] = {"target": t, "line": line,
+                                     "attack": str(have[0][1].get("attack")),
+                                     "seeds": [s for s, _ in have], "n_seeds": len(have),
+                                     "settings": [r.get("setting") for _, r in have]}
+            for m in METRICS:
+                values = [_number(r.get(m)) for _, r in have]
+                if any(v is not None for v in values):
+                    entry[m] = _stat(values)
+            attacks.append(entry)
+            ws = [w for w in (_ci_width(r) for _, r in have) if w is not None]
+            if ws:
+                widths.setdefault(t, {})[line] = float(np.mean(ws))
+
+    privacy_targets = sort_targets(str(t) for s in seeds for t in (res[s].get("privacy") or {}))
+    privacy = {}
+    for t in privacy_targets:
+        entries = [(s, res[s]["privacy"][t]) for s in seeds
+                   if isinstance((res[s].get("privacy") or {}).get(t), Mapping)]
+        if entries:
+            privacy[t] = _aggregate_entry(entries)
+
+    return {"seeds": seeds,
+            "experiments": {str(s): res[s].get("experiment") for s in seeds},
+            "attacks": attacks, "privacy": privacy, "bootstrap_ci_width": widths}
+
+
+# ----------------------------------------------------------------------------- presentation
+
+
+def _pm(stat: Optional[Mapping[str, Any]], n_total: int, digits: int = 3) -> str:
+    """"0.912 ± 0.013"; "0.912 (n=1)" for one value; "(n=2)" appended when seeds are missing."""
+    if not stat or stat.get("mean") is None:
+        return MISSING
+    text = f"{stat['mean']:.{digits}f}"
+    if stat.get("sd") is not None:
+        text += f" ± {stat['sd']:.{digits}f}"
+    n = int(stat.get("n", n_total))
+    if n < n_total or stat.get("sd") is None:
+        text += f" (n={n})"
+    return text
+
+
+def _label(target: str, path: Sequence[str]) -> str:
+    return f"{target} ({', '.join(k.replace('_', '-') for k in path)})" if path else target
+
+
+def _privacy_rows(target: str, entry: Mapping[str, Any], n_total: int,
+                  path: tuple[str, ...] = ()) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, entry) for a worst-case entry and, after it, each nested entry."""
+    out = [(_label(target, path), entry)]
+    for k, v in entry.items():
+        if isinstance(v, Mapping) and "seeds" in v and "attacks" in v:
+            out += _privacy_rows(target, v, n_total, path + (k,))
+    return out
+
+
+def _attacks_cell(entry: Mapping[str, Any], n_total: int) -> str:
+    texts = [a if a is not None else MISSING for a in entry.get("attacks", [])]
+    seeds = entry.get("seeds", [])
+    if texts and len(set(texts)) == 1 and len(texts) == n_total:
+        return f"{texts[0]} (every seed)"
+    return "; ".join(f"seed {s}: {a}" for s, a in zip(seeds, texts))
+
+
+def seeds_markdown(summary: Mapping[str, Any]) -> str:
+    """The seed study as a Markdown section (no trailing newline): the worst case per target,
+    then attack lines x targets with "AUC mean ± sd" cells and how the training-seed sd compares
+    with the bootstrap CI half-width."""
+    seeds = list(summary.get("seeds", []))
+    n_total = len(seeds)
+    experiments = summary.get("experiments", {})
+    names = ", ".join(f"{s} (`{experiments.get(str(s), experiments.get(s, MISSING))}`)"
+                      for s in seeds)
+    parts = ["## Training-seed study", "",
+             f"Seeds {names}. Numbers are mean ± sample sd (ddof=1) over the training seeds; "
+             f"(n=k) marks a number that only k of the {n_total} seeds have.", "",
+             "### Privacy: the defender's worst case", ""]
+
+    privacy = summary.get("privacy", {})
+    if privacy:
+        body = []
+        for t in sort_targets(privacy):
+            for label, e in _privacy_rows(t, privacy[t], n_total):
+                body.append([_escape(label), _pm(e.get("auc"), n_total),
+                             _pm(e.get("auc_calibration"), n_total),
+                             _pm(e.get("tpr_at_1pct_fpr_calibrated"), n_total),
+                             _pm(e.get("fpr_at_1pct_fpr_calibrated"), n_total),
+                             _escape(_attacks_cell(e, n_total))])
+        parts += [_markdown_table(["Target", "Worst-case AUC", "Cal. AUC",
+                                   "TPR@1%FPR (calibrated)", "Realised FPR",
+                                   "Strongest attack per seed"], body), ""]
+    else:
+        parts += ["No worst-case entries in the seeds' results.", ""]
+
+    parts += ["### Attacks", ""]
+    rows = summary.get("attacks", [])
+    if not rows:
+        parts.append("No attack results.")
+        return "\n".join(parts)
+    lines = list(dict.fromkeys(r["line"] for r in rows))
+    targets = sort_targets(r["target"] for r in rows)
+    index = {(r["line"], r["target"]): r for r in rows}
+    body = [[_escape(line)] + [_pm(index[(line, t)].get("auc"), n_total)
+                               if (line, t) in index else MISSING for t in targets]
+            for line in lines]
+    parts += [_markdown_table(["Attack"] + [_escape(t) for t in targets], body), "",
+              "Cells: test AUC mean ± sd over training seeds.", "", _spread_sentence(summary)]
+    return "\n".join(parts)
+
+
+def _spread_sentence(summary: Mapping[str, Any]) -> str:
+    widths = summary.get("bootstrap_ci_width", {})
+    pairs = []
+    for r in summary.get("attacks", []):
+        sd = (r.get("auc") or {}).get("sd")
+        w = widths.get(r["target"], {}).get(r["line"])
+        if sd is not None and w is not None:
+            pairs.append((float(sd), float(w) / 2))
+    if not pairs:
+        return ("No cell has both a training-seed sd and a bootstrap CI, so the two spreads "
+                "cannot be compared.")
+    sd_mean = float(np.mean([p[0] for p in pairs]))
+    half_mean = float(np.mean([p[1] for p in pairs]))
+    larger = sum(1 for sd, half in pairs if sd > half)
+    return (f"Over the {len(pairs)} cells, the training-seed sd of AUC averages {sd_mean:.3f} and "
+            f"the bootstrap 95% CI half-width (test-row resampling within one run, averaged over "
+            f"seeds) averages {half_mean:.3f}; the seed sd exceeds the half-width in {larger} of "
+            f"{len(pairs)} cells. The bootstrap CI does not include training-seed variation.")
+
+
+def summary_text(summary: Mapping[str, Any], where: str) -> str:
+    """What the CLI prints: where the files are and each target's worst-case AUC mean ± sd."""
+    seeds = list(summary.get("seeds", []))
+    lines = [f"raydefense: seed study over seeds {', '.join(map(str, seeds))}: results in "
+             f"{where}/ (summary.json, summary.md)",
+             "  worst-case AUC per target (mean ± sd over training seeds):"]
+    privacy = summary.get("privacy", {})
+    for t in sort_targets(privacy):
+        for label, e in _privacy_rows(t, privacy[t], len(seeds)):
+            lines.append(f"  {label:<20} {_pm(e.get('auc'), len(seeds))}")
+    if not privacy:
+        lines.append("  (no worst-case entries in the seeds' results)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _command_text(preset: Optional[str], config: Optional[str], overrides: Sequence[str],
+                  seeds: Sequence[int]) -> str:
+    argv = ["raydefense", "seeds"]
+    if preset:
+        argv += ["--preset", preset]
+    if config:
+        argv += ["--config", config]
+    for o in overrides:
+        argv += ["--set", o]
+    return shlex.join(argv + ["--seeds", ",".join(map(str, seeds))])
+
+
+def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[list[str]],
+              force: Optional[list[str]], seeds: Sequence[int] | str,
+              aggregate_only: bool = False) -> dict[str, Any]:
+    """`raydefense seeds`: run the pipeline once per seed (unless `aggregate_only`), read every
+    seed's report/results.json, write seeds/summary.json and summary.md under the base
+    experiment, print a short summary. The config's own `seed` and `experiment` are the base.
+
+    Raises:
+        ConfigError: bad seeds or config.
+        RaydefenseError: (aggregate_only) a seed has no results.json yet.
+    """
+    from raydefense.config import load_config
+    from raydefense.pipeline import absolutize
+    from raydefense.storage import Storage
+
+    seeds = parse_seeds(seeds) if isinstance(seeds, str) else \
+        parse_seeds(",".join(str(s) for s in seeds))
+    overrides = list(overrides or [])
+    cfg = absolutize(load_config(preset, config, overrides))
+    experiments = {s: seed_experiment(cfg.experiment, cfg.seed, s) for s in seeds}
+    if not aggregate_only:
+        from raydefense.cli import execute
+
+        for i, s in enumerate(seeds, 1):
+            log.info("seed study: seed %d (%d of %d), experiment %s", s, i, len(seeds),
+                     experiments[s])
+            execute("run", preset, config,
+                    overrides + [f"seed={s}", f"experiment={json.dumps(experiments[s])}"], force)
+    results: dict[int, Any] = {}
+    for s in seeds:
+        storage = Storage(cfg.storage.root, experiments[s])
+        if not storage.exists(RESULTS):
+            raise RaydefenseError(
+                f"seed {s} has no results at {storage.uri(RESULTS)}; run "
+                f"'{_command_text(preset, config, overrides, seeds)}' without --aggregate-only "
+                "first")
+        results[s] = storage.read_json(RESULTS)
+    summary = aggregate(results)
+    base = Storage(cfg.storage.root, cfg.experiment)
+    base.write_json(f"{SUMMARY_DIR}/summary.json", summary)
+    base.write_bytes(f"{SUMMARY_DIR}/summary.md", (seeds_markdown(summary) + "\n").encode())
+    print(summary_text(summary, base.uri(SUMMARY_DIR)))
+    return summary

@@ -1,0 +1,280 @@
+"""Training-seed study: seed names, --seeds parsing, aggregation, Markdown and the CLI path with
+--aggregate-only (no Ray, no pipeline run)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from raydefense.cli import main
+from raydefense.errors import ConfigError
+from raydefense.seeds import (METRICS, aggregate, parse_seeds, seed_experiment, seeds_markdown,
+                              summary_text)
+from raydefense.storage import Storage
+
+
+# ----------------------------------------------------------------------------- parse / names
+
+
+@pytest.mark.parametrize("text, want", [("0,1,2", [0, 1, 2]), ("0 1 2", [0, 1, 2]),
+                                        (" 3, 1 ,7 ", [3, 1, 7]), ("0,1", [0, 1])])
+def test_parse_seeds_good(text, want):
+    assert parse_seeds(text) == want
+
+
+@pytest.mark.parametrize("text, needle", [("", "empty"), ("  ,", "empty"),
+                                          ("0,x,2", "'x' is not an integer"),
+                                          ("0,1.5", "'1.5' is not an integer"),
+                                          ("0,-1", "-1 is negative"),
+                                          ("0,1,1", "seed 1 is given twice"),
+                                          ("4", "a seed study needs at least 2 seeds")])
+def test_parse_seeds_bad(text, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_seeds(text)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_seed_experiment():
+    assert seed_experiment("digits", 0, 0) == "digits"
+    assert seed_experiment("digits", 0, 2) == "digits-seed2"
+    assert seed_experiment("digits", 5, 5) == "digits"
+    assert seed_experiment("digits", 5, 0) == "digits-seed0"
+
+
+# ----------------------------------------------------------------------------- hand-made results
+
+
+def _row(target, attack, auc, params=None, **extra):
+    row = {"target": target, "attack": attack, "params": params or {}, "auc": auc,
+           "auc_ci": [auc - 0.1, auc + 0.1], "auc_calibration": auc - 0.01,
+           "tpr_at_1pct_fpr": 0.1, "asr_calibrated": 0.6}
+    row.update(extra)
+    return row
+
+
+def _results(seed, baseline_auc, tpr, dualmd_auc, bb_auc, pia_best_t, teacher=False):
+    experiment = seed_experiment("exp", 0, seed)
+    attacks = [
+        _row("baseline", "loss", baseline_auc, tpr_at_1pct_fpr=tpr),
+        _row("student", "loss", 0.5),
+        _row("dualmd", "loss", dualmd_auc),
+        # a swept attack: a canonical line and a best-on-calibration line
+        _row("baseline", "pia", 0.7, {"t": 200, "canonical": True}, auc_calibration=0.6),
+        _row("baseline", "pia", 0.75, {"t": pia_best_t}, auc_calibration=0.9),
+    ]
+    if teacher:
+        attacks.append(_row("teacher_0", "loss", 0.95))
+    privacy = {
+        "baseline": {"attack": "loss", "params": {}, "source": "evaluate", "auc": baseline_auc,
+                     "auc_calibration": baseline_auc - 0.01, "tpr_at_1pct_fpr": 0.2,
+                     "tpr_at_1pct_fpr_calibrated": 0.1 * (seed + 1),
+                     "fpr_at_1pct_fpr_calibrated": 0.01},
+        "dualmd": {"attack": "loss", "params": {}, "source": "evaluate", "auc": dualmd_auc,
+                   "auc_calibration": dualmd_auc, "tpr_at_1pct_fpr": 0.05,
+                   "black_box": {"attack": "pia", "params": {"t": pia_best_t},
+                                 "source": "evaluate", "auc": bb_auc, "auc_calibration": bb_auc,
+                                 "tpr_at_1pct_fpr": 0.02}},
+    }
+    if teacher:
+        privacy["teacher_0"] = {"attack": "loss", "params": {}, "source": "evaluate",
+                                "auc": 0.95, "auc_calibration": 0.94, "tpr_at_1pct_fpr": 0.5}
+    return {"experiment": experiment, "dataset": "digits", "attacks": attacks,
+            "privacy": privacy, "quality": [], "skipped": [], "timings": {}}
+
+
+def three_seeds():
+    return {0: _results(0, 0.8, 0.1, 0.6, 0.55, 10),
+            1: _results(1, 0.9, None, 0.6, 0.65, 10),
+            2: _results(2, 0.7, 0.3, 0.6, 0.60, 20, teacher=True)}
+
+
+def _entry(summary, target, line):
+    found = [a for a in summary["attacks"] if a["target"] == target and a["line"] == line]
+    assert len(found) == 1, (target, line, summary["attacks"])
+    return found[0]
+
+
+def test_aggregate_by_hand():
+    s = aggregate(three_seeds())
+    json.dumps(s)  # serialisable
+    assert json.loads(json.dumps(s)) == s  # and reads back unchanged (string keys)
+    assert s["seeds"] == [0, 1, 2]
+    assert s["experiments"] == {"0": "exp", "1": "exp-seed1", "2": "exp-seed2"}
+
+    loss = _entry(s, "baseline", "loss")
+    assert loss["n_seeds"] == 3 and loss["seeds"] == [0, 1, 2]
+    assert loss["auc"]["mean"] == pytest.approx(0.8)
+    assert loss["auc"]["sd"] == pytest.approx(0.1)  # ddof=1: sqrt((0 + .01 + .01) / 2)
+    assert loss["auc"]["values"] == pytest.approx([0.8, 0.9, 0.7])
+    assert loss["auc"]["n"] == 3
+    # missing in seed 1: aggregated over seeds 0 and 2
+    tpr = loss["tpr_at_1pct_fpr"]
+    assert tpr["n"] == 2 and tpr["values"][1] is None
+    assert tpr["mean"] == pytest.approx(0.2)
+    assert tpr["sd"] == pytest.approx(math.sqrt(0.02))
+    # a metric nobody has is left out
+    assert "tpr_at_1pct_fpr_calibrated" not in loss
+    assert set(METRICS) - set(loss) == {"tpr_at_1pct_fpr_calibrated",
+                                        "fpr_at_1pct_fpr_calibrated"}
+
+    # identical values: sd 0
+    assert _entry(s, "student", "loss")["auc"]["sd"] == pytest.approx(0.0)
+    # the swept attack: canonical line and the per-seed chosen best setting
+    assert _entry(s, "baseline", "pia (canonical)")["settings"] == ["t=200"] * 3
+    best = _entry(s, "baseline", "pia (best on calibration)")
+    assert best["settings"] == ["t=10", "t=10", "t=20"]
+    # a target in one seed only: reported with n_seeds 1, sd None
+    teacher = _entry(s, "teacher_0", "loss")
+    assert teacher["n_seeds"] == 1 and teacher["seeds"] == [2]
+    assert teacher["auc"]["mean"] == pytest.approx(0.95) and teacher["auc"]["sd"] is None
+    # report order: baseline, teacher_0, dualmd, student
+    order = list(dict.fromkeys(a["target"] for a in s["attacks"]))
+    assert order == ["baseline", "teacher_0", "dualmd", "student"]
+
+    # bootstrap CI widths: 0.2 everywhere (auc ± 0.1)
+    assert s["bootstrap_ci_width"]["baseline"]["loss"] == pytest.approx(0.2)
+    assert s["bootstrap_ci_width"]["teacher_0"]["loss"] == pytest.approx(0.2)
+
+    p = s["privacy"]
+    assert list(p) == ["baseline", "teacher_0", "dualmd"]  # union, report order
+    assert p["baseline"]["attacks"] == ["loss"] * 3
+    assert p["baseline"]["auc"]["mean"] == pytest.approx(0.8)
+    assert p["baseline"]["auc"]["sd"] == pytest.approx(0.1)
+    cal = p["baseline"]["tpr_at_1pct_fpr_calibrated"]
+    assert cal["mean"] == pytest.approx(0.2) and cal["sd"] == pytest.approx(0.1)
+    assert p["baseline"]["fpr_at_1pct_fpr_calibrated"]["sd"] == pytest.approx(0.0)
+    assert "source" not in p["baseline"] and "params" not in p["baseline"]
+    assert p["teacher_0"]["n_seeds"] == 1 and p["teacher_0"]["auc"]["sd"] is None
+    bb = p["dualmd"]["black_box"]
+    assert bb["attacks"] == ["pia (t=10)", "pia (t=10)", "pia (t=20)"]
+    assert bb["auc"]["mean"] == pytest.approx(0.6)
+    assert bb["auc"]["sd"] == pytest.approx(0.05)
+    assert bb["n_seeds"] == 3
+
+
+def test_aggregate_orientation_is_a_per_seed_label():
+    r = three_seeds()
+    for seed, sign in zip(r, (1, -1, 1)):
+        r[seed]["privacy"]["baseline"]["orientation"] = sign
+    p = aggregate(r)["privacy"]["baseline"]
+    assert p["orientations"] == [1, -1, 1] and "orientation" not in p
+    assert p["attacks"] == ["loss", "loss (flipped)", "loss"]
+    assert "orientations" not in aggregate(three_seeds())["privacy"]["baseline"]
+
+
+def test_aggregate_ignores_nan_and_bools():
+    r = three_seeds()
+    r[0]["privacy"]["baseline"]["auc"] = float("nan")
+    r[1]["privacy"]["baseline"]["flag"] = True
+    s = aggregate(r)
+    assert s["privacy"]["baseline"]["auc"]["n"] == 2
+    assert s["privacy"]["baseline"]["auc"]["mean"] == pytest.approx(0.8)
+    assert "flag" not in s["privacy"]["baseline"]
+    json.dumps(s, allow_nan=False)
+
+
+def test_seeds_markdown():
+    md = seeds_markdown(aggregate(three_seeds()))
+    assert md.startswith("## Training-seed study")
+    # worst case per target, with the attacks
+    assert "| baseline | 0.800 ± 0.100 |" in md
+    assert "loss (every seed)" in md
+    assert "0.200 ± 0.100" in md  # calibrated TPR@1%FPR
+    assert "0.010 ± 0.000" in md  # its realised FPR
+    assert "| dualmd (black-box) | 0.600 ± 0.050 |" in md
+    assert "seed 0: pia (t=10); seed 1: pia (t=10); seed 2: pia (t=20)" in md
+    assert "| teacher_0 | 0.950 (n=1) |" in md
+    # lines x targets
+    assert "| Attack | baseline | teacher_0 | dualmd | student |" in md
+    assert "| loss | 0.800 ± 0.100 | 0.950 (n=1) | 0.600 ± 0.000 | 0.500 ± 0.000 |" in md
+    assert "bootstrap 95% CI half-width" in md and "averages 0.100" in md
+    text = summary_text(aggregate(three_seeds()), "/x/exp/seeds")
+    assert "/x/exp/seeds/" in text and "dualmd (black-box)" in text and "0.800 ± 0.100" in text
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _cli_args(root, *extra):
+    return ["seeds", "--preset", "smoke", "--set", "experiment=exp",
+            "--set", f"storage.root={root}", "--set", "tracking.enabled=false", "--seeds", "0,1,2", "--aggregate-only", *extra]
+
+
+def test_cli_aggregate_only(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, res in three_seeds().items():
+        Storage(str(root), seed_experiment("exp", 0, seed)).write_json("report/results.json", res)
+    assert main(_cli_args(root)) == 0
+    out = capsys.readouterr().out
+    base = Storage(str(root), "exp")
+    assert base.exists("seeds/summary.json") and base.exists("seeds/summary.md")
+    summary = base.read_json("seeds/summary.json")
+    assert summary == aggregate(three_seeds())
+    assert base.read_bytes("seeds/summary.md").decode().startswith("## Training-seed study")
+    assert f"{base.uri('seeds')}/" in out
+    assert "baseline" in out and "0.800 ± 0.100" in out
+    assert not (tmp_path / "mlflow.db").exists() and not any(root.glob("**/mlflow*"))
+
+
+def test_cli_missing_seed(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, res in list(three_seeds().items())[:2]:
+        Storage(str(root), seed_experiment("exp", 0, seed)).write_json("report/results.json", res)
+    assert main(_cli_args(root)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    missing = Storage(str(root), "exp-seed2").uri("report/results.json")
+    assert err.startswith(f"raydefense: error: seed 2 has no results at {missing}; run "
+                          "'raydefense seeds --preset smoke")
+    assert err.endswith("--seeds 0,1,2' without --aggregate-only first")
+    assert not Storage(str(root), "exp").exists("seeds/summary.json")
+
+
+@pytest.mark.parametrize("seeds, needle", [("0,0", "given twice"), ("3", "at least 2 seeds"),
+                                           ("a,b", "not an integer")])
+def test_cli_bad_seeds(tmp_path, capsys, seeds, needle):
+    argv = ["seeds", "--set", f"storage.root={tmp_path}", "--seeds", seeds, "--aggregate-only"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raydefense: error: ") and needle in err and "\n" not in err
+
+
+def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys):
+    """Without --aggregate-only: one `execute("run", ...)` per seed with `seed` and `experiment`
+    appended to the user's overrides (a fake execute writes the results Ray would)."""
+    import raydefense.cli as cli
+
+    root = tmp_path / "runs"
+    hand = three_seeds()
+    calls = []
+
+    def fake_execute(command, preset, config, overrides, force):
+        calls.append((command, preset, config, list(overrides), force))
+        sets = dict(o.split("=", 1) for o in overrides)
+        seed, experiment = int(sets["seed"]), json.loads(sets["experiment"])
+        Storage(sets["storage.root"], experiment).write_json("report/results.json", hand[seed])
+        return hand[seed]
+
+    monkeypatch.setattr(cli, "execute", fake_execute)
+    argv = ["seeds", "--preset", "smoke", "--set", "experiment=exp", "--set",
+            f"storage.root={root}", "--force", "evaluate", "--seeds", "0", "2", "1"]
+    assert main(argv) == 0
+    assert [c[3][-2:] for c in calls] == [["seed=0", 'experiment="exp"'],
+                                          ["seed=2", 'experiment="exp-seed2"'],
+                                          ["seed=1", 'experiment="exp-seed1"']]
+    assert all(c[:3] == ("run", "smoke", None) and c[4] == ["evaluate"] for c in calls)
+    assert calls[0][3][:2] == ["experiment=exp", f"storage.root={root}"]
+    assert Storage(str(root), "exp").read_json("seeds/summary.json") == aggregate(hand)
+    assert "0.800 ± 0.100" in capsys.readouterr().out
+
+
+def test_seeds_module_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, raydefense.seeds\n"
+            "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
