@@ -225,7 +225,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             from raydefense.seeds import parse_seeds, run_seeds
 
             run_seeds(args.preset, args.config, args.overrides, args.force,
-                      parse_seeds(" ".join(args.seeds)), args.aggregate_only)
+                      parse_seeds(" ".join(args.seeds)), args.aggregate_only, run=execute)
         else:
             execute(args.command, args.preset, args.config, args.overrides, args.force)
     except RaydefenseError as e:

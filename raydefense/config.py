@@ -256,6 +256,12 @@ class QualityConfig(_Section):
         None, description="local path of torch-fidelity's Inception weights; None = no "
         "FID/IS (nothing is downloaded)")
     domain_classifier_epochs: int = Field(30, ge=1)
+    mmd_permutations: int = Field(1000, ge=0, description="distribution-level membership check "
+                                  "(kernel MMD of generated samples to members vs non-members, "
+                                  "permutation p-value); 0 = off")
+    domain_rows: int = Field(2000, ge=2, description="at most this many spare pool rows (no "
+                             "target, shadow or audit uses them; content duplicates of those "
+                             "dropped) train the domain feature extractor")
     memorization_k: int = Field(50, ge=1)
     memorization_threshold: float = Field(1 / 3, gt=0)
     precision_recall_k: int = Field(3, ge=1)

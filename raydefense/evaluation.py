@@ -34,7 +34,7 @@ from raydefense.data.sources import to_model_range
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
 from raydefense.errors import ConfigError
-from raydefense.seeding import STREAM_QUALITY, derive_seed
+from raydefense.seeding import STREAM_DOMAIN, STREAM_QUALITY, derive_seed
 from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")
@@ -234,6 +234,7 @@ def load_target(cfg: ExperimentConfig, storage: Storage, target: str, weights: s
 
 
 QUALITY_COL = "heldout_eps_mse"
+MMD_ROWS = 2000  # per set in the distribution-level check
 
 
 def query_col(attack: str, i: int) -> str:
@@ -424,11 +425,12 @@ class SerialExecutor:
 
 @dataclass
 class DomainFeatures:
-    """The domain classifier (trained on the non-member pool) and the reference embedding."""
+    """The domain classifier (trained on spare pool rows) and the reference embedding."""
 
     model: Any
     reference: np.ndarray  # [N_ref, D] embeddings of the non-member images
     train_accuracy: float
+    train_rows: int = 0
 
     def embed(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         from raydefense.quality.domain import embed
@@ -440,21 +442,52 @@ class DomainFeatures:
         return torch.from_numpy(self.embed(images))
 
 
-def train_domain_features(cfg: ExperimentConfig, plan: Plan) -> Optional[DomainFeatures]:
-    """A small classifier trained on the non-member pool's labelled images; None without labels.
+def spare_rows(cfg: ExperimentConfig, plan: Plan, pool: Any) -> np.ndarray:
+    """Pool indices that no target, shadow or audit uses: not in the plan and no content
+    duplicate of a plan row; a seeded draw of at most `quality.domain_rows`. -> [n] int64."""
+    from raydefense.data.plan import content_hash
 
-    Its penultimate features stand in for Inception's on datasets like digits ("domain FID")."""
+    used = set(plan.hash)
+    free = np.setdiff1d(np.arange(len(pool.images)), plan.row_id)
+    rng = np.random.default_rng(derive_seed(cfg.seed, STREAM_DOMAIN))
+    out, seen = [], set()
+    for i in rng.permutation(free):
+        h = content_hash(pool.images[i])
+        if h in used or h in seen:
+            continue
+        seen.add(h)
+        out.append(int(i))
+        if len(out) == cfg.quality.domain_rows:
+            break
+    return np.array(sorted(out), dtype=np.int64)
+
+
+def train_domain_features(cfg: ExperimentConfig, plan: Plan) -> Optional[DomainFeatures]:
+    """A small classifier trained on labelled spare pool rows (`spare_rows`), never on a row
+    any target trains on or any attack audits, so its feature space is disjoint from the audit;
+    None without labels or spare rows.
+
+    Its penultimate features stand in for Inception's on datasets like digits ("domain FID");
+    the FID reference is the non-member set."""
+    from raydefense.data.sources import DATASETS
     from raydefense.quality.domain import embed, train_domain_classifier
 
-    rows = plan.split == NONMEMBER
-    labels = plan.label[rows]
-    if (labels < 0).any() or len(np.unique(labels)) < 2:
+    pool = DATASETS.get(cfg.data.source)(cfg.data)
+    if pool.labels is None:
         return None
-    images = to_model_range(plan.images[rows])
-    model, acc = train_domain_classifier(images, labels, int(labels.max()) + 1,
+    rows = spare_rows(cfg, plan, pool)
+    labels = pool.labels[rows]
+    if len(rows) < 2 or (labels < 0).any() or len(np.unique(labels)) < 2:
+        log.warning("evaluate: %d labelled spare pool rows: no domain feature extractor (domain "
+                    "FID and the domain-space black-box attack are skipped); lower "
+                    "data.num_members/num_nonmembers or attacks.shadow.members", len(rows))
+        return None
+    images = to_model_range(pool.images[rows])
+    model, acc = train_domain_classifier(images, labels, int(pool.labels.max()) + 1,
                                          cfg.quality.domain_classifier_epochs,
                                          derive_seed(cfg.seed, STREAM_QUALITY))
-    return DomainFeatures(model, embed(model, images), acc)
+    reference = to_model_range(plan.images[plan.split == NONMEMBER])
+    return DomainFeatures(model, embed(model, reference), acc, len(rows))
 
 
 def quality_rows(cfg: ExperimentConfig, plan: Plan, target: str, generated: np.ndarray,
@@ -486,6 +519,22 @@ def quality_rows(cfg: ExperimentConfig, plan: Plan, target: str, generated: np.n
         for k, v in inception_fid_is(real, fake, q.inception_weights).items():
             add(k, v)
     train = to_model_range(plan.images[training_rows(plan, target)])
+    if q.mmd_permutations:
+        from raydefense.quality.mmd import membership_mmd_test
+
+        # Distribution level (arXiv 2502.02970): are the samples closer to the members than to
+        # the non-members? In the domain feature space when there is one, else pixels.
+        # Capped at MMD_ROWS per set (seeded) so the kernel matrix stays small at any scale.
+        embed = domain.embed if domain is not None else (lambda x: x.reshape(len(x), -1))
+        rng = np.random.default_rng(derive_seed(cfg.seed, STREAM_QUALITY, 7))
+        cap = [rng.permutation(len(x))[:MMD_ROWS] for x in (generated, train)]
+        nonmembers = plan.images[plan.split == NONMEMBER]
+        nonmembers = to_model_range(nonmembers[rng.permutation(len(nonmembers))[:MMD_ROWS]])
+        res = membership_mmd_test(embed(generated[cap[0]]), embed(train[cap[1]]),
+                                  embed(nonmembers), q.mmd_permutations,
+                                  derive_seed(cfg.seed, STREAM_QUALITY, 8))
+        add("mmd_member_gap", res["statistic"])
+        add("mmd_p_value", res["p_value"])
     ratios = nearest_neighbour_ratio(generated, train, q.memorization_k)
     for k, v in memorization_summary(ratios, q.memorization_threshold).items():
         add(f"memorization_{k}" if not k.startswith("memor") else k, v)
@@ -667,6 +716,8 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
     if domain is not None:
         quality.append({"target": "real", "metric": "domain_classifier_train_accuracy",
                         "value": float(domain.train_accuracy)})
+        quality.append({"target": "real", "metric": "domain_classifier_rows",
+                        "value": float(domain.train_rows)})
     samples = {t: g[:cfg.sampling.num_images] for t, g in gen.items()}
     return EvaluationResult(pa.table(cols), quality, samples, ap.skipped)
 

@@ -319,6 +319,9 @@ def stage_report(ctx: RunContext) -> dict:
     }
     results.update(tradeoff(results, _sweep_results(ctx, "attacks"),
                             _sweep_results(ctx, "training")))
+    seeds = _seed_study(ctx)
+    if seeds:
+        results["seeds"] = seeds
     with tempfile.TemporaryDirectory(prefix="raydefense-report-") as tmp:
         write_report(tmp, results, roc_curves=curves, sample_grids=grids)
         for name in sorted(os.listdir(tmp)):
@@ -361,6 +364,18 @@ def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
                  ctx.cfg.sweep.name)
         return None
     return res
+
+
+def _seed_study(ctx: RunContext) -> Optional[dict]:
+    """`raydefense seeds`' summary when this experiment is its base (its own seed ran under
+    this experiment name); None otherwise."""
+    rel = "seeds/summary.json"
+    if not ctx.storage.exists(rel):
+        return None
+    summary = ctx.storage.read_json(rel)
+    if summary.get("experiments", {}).get(str(ctx.cfg.seed)) != ctx.cfg.experiment:
+        return None
+    return summary
 
 
 def _log_evaluations(ctx: RunContext, rows: list[dict], quality: list[dict]) -> None:

@@ -18,6 +18,7 @@ STREAM_TRAIN = 5
 STREAM_SHADOW = 7
 STREAM_GSA = 6
 STREAM_ASSIGNMENT = 8  # distill.teacher_assignment = one_other: the teacher chosen per row
+STREAM_DOMAIN = 9  # the spare pool rows the domain feature extractor trains on
 
 
 def derive_seed(*parts: int) -> int:

@@ -19,7 +19,7 @@ import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -348,10 +348,14 @@ def _command_text(preset: Optional[str], config: Optional[str], overrides: Seque
 
 def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[list[str]],
               force: Optional[list[str]], seeds: Sequence[int] | str,
-              aggregate_only: bool = False) -> dict[str, Any]:
+              aggregate_only: bool = False,
+              run: Optional[Callable[..., Any]] = None) -> dict[str, Any]:
     """`raydefense seeds`: run the pipeline once per seed (unless `aggregate_only`), read every
     seed's report/results.json, write seeds/summary.json and summary.md under the base
-    experiment, print a short summary. The config's own `seed` and `experiment` are the base.
+    experiment, print a short summary, and re-render the base experiment's report so it shows
+    the training-seed spread. The config's own `seed` and `experiment` are the base. `run` is
+    the CLI's `execute(command, preset, config, overrides, force)` (needed unless
+    `aggregate_only`).
 
     Raises:
         ConfigError: bad seeds or config.
@@ -367,13 +371,13 @@ def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[
     cfg = absolutize(load_config(preset, config, overrides))
     experiments = {s: seed_experiment(cfg.experiment, cfg.seed, s) for s in seeds}
     if not aggregate_only:
-        from raydefense.cli import execute
-
+        if run is None:
+            raise ValueError("run_seeds needs `run` (the CLI's execute) unless aggregate_only")
         for i, s in enumerate(seeds, 1):
             log.info("seed study: seed %d (%d of %d), experiment %s", s, i, len(seeds),
                      experiments[s])
-            execute("run", preset, config,
-                    overrides + [f"seed={s}", f"experiment={json.dumps(experiments[s])}"], force)
+            run("run", preset, config,
+                overrides + [f"seed={s}", f"experiment={json.dumps(experiments[s])}"], force)
     results: dict[int, Any] = {}
     for s in seeds:
         storage = Storage(cfg.storage.root, experiments[s])
@@ -388,4 +392,8 @@ def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[
     base.write_json(f"{SUMMARY_DIR}/summary.json", summary)
     base.write_bytes(f"{SUMMARY_DIR}/summary.md", (seeds_markdown(summary) + "\n").encode())
     print(summary_text(summary, base.uri(SUMMARY_DIR)))
+    if run is not None and not aggregate_only:
+        run("report", preset, config, overrides, [])  # the base report gains the seed spread
+    else:
+        log.info("seed study: `raydefense report` (same options) adds it to the base report")
     return summary

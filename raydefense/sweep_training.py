@@ -113,19 +113,26 @@ def training_points(cfg: ExperimentConfig) -> list[TrainingPoint]:
 
 
 def trial_attacks(cfg: ExperimentConfig) -> list[str]:
-    """The query attacks every trial runs: `sweep.trial_attacks`, or the query attacks of
-    `attacks.enabled`."""
+    """The attacks every trial runs: `sweep.trial_attacks`, or the query attacks of
+    `attacks.enabled` (plus `dualmd_adaptive` when the audited target is DualMD: its gray-box
+    worst case)."""
+    from raydefense.evaluation import ADAPTIVE, DUALMD
     from raydefense.sweep import query_attacks
 
-    valid = query_attacks()
+    valid = query_attacks() + [ADAPTIVE]
     chosen = cfg.sweep.trial_attacks
     if chosen is None:
-        chosen = [a for a in cfg.attacks.enabled if a in valid]
+        chosen = [a for a in cfg.attacks.enabled if a in valid
+                  and (a != ADAPTIVE or cfg.sweep.target == DUALMD)]
     bad = [a for a in chosen if a not in valid]
     if bad:
         raise ConfigError(f"sweep.trial_attacks: {bad[0]!r} is not a query attack; choose from: "
                           f"{', '.join(valid)}")
-    if not chosen:
+    if ADAPTIVE in chosen and cfg.sweep.target != DUALMD:
+        raise ConfigError(f"sweep.trial_attacks: {ADAPTIVE!r} attacks DualMD's step router; "
+                          f"sweep.target is {cfg.sweep.target!r} (set sweep.target=dualmd or "
+                          f"drop it)")
+    if not [a for a in chosen if a != ADAPTIVE]:
         raise ConfigError("a training sweep needs query attacks: set sweep.trial_attacks, e.g. "
                           "[loss, secmi_stat]")
     return chosen

@@ -44,7 +44,10 @@ HOW_TO_READ = (
     "while wrongly flagging at most 1% of non-members; lower TPR@1%FPR means better privacy. "
     "ASR (calibrated) uses a threshold chosen on the calibration split and is reported on the "
     "disjoint test split; ASR (oracle) picks the best threshold on the reported data itself and "
-    "is an optimistic upper bound for the attacker. Bracketed ranges are 95% confidence intervals."
+    "is an optimistic upper bound for the attacker. Every choice (an attack's sign, a threshold, "
+    "a best setting, the worst case, a Pareto front) is made on the calibration split; the test "
+    "split only scores it. Bracketed ranges are 95% bootstrap confidence intervals over test "
+    "rows; they do not cover training-seed variation (see the training-seed study when present)."
 )
 
 
@@ -141,9 +144,14 @@ def _write_text(text: str) -> Callable[[str], None]:
 
 
 QUALITY_NOTE = (
-    "domain_* metrics use the penultimate features / softmax of a small classifier trained on the "
-    "non-member pool (a stand-in for Inception on small datasets such as digits; not comparable "
-    "to published FID/IS). fid / inception_score appear only when quality.inception_weights "
+    "domain_* metrics use the penultimate features / softmax of a small classifier trained on "
+    "spare pool rows that no target trains on and no attack audits (domain_classifier_rows of "
+    "them; a stand-in for Inception on small datasets such as digits; not comparable to "
+    "published FID/IS); domain FID compares with the non-member set. mmd_member_gap / "
+    "mmd_p_value: a distribution-level membership check (arXiv 2502.02970): kernel MMD^2 of the "
+    "generated samples to the non-members minus to the members (domain features, else pixels; "
+    "positive = the samples sit closer to the training set), with a permutation p-value over "
+    "member/non-member labels. fid / inception_score appear only when quality.inception_weights "
     "points at local Inception weights. memorization_*: Carlini et al. 2023's ratio of the l2 "
     "distance to the nearest training image over the mean distance to the k nearest; "
     "memorized_count counts generated images under the threshold. heldout_eps_mse: "
@@ -152,9 +160,10 @@ QUALITY_NOTE = (
 
 PRIVACY_NOTE = (
     "Per target, the strongest attack over everything this experiment ran (the evaluate stage "
-    "and, where one exists over the same models, the attack sweep), chosen by its AUC on the "
-    "calibration split; the AUC and TPR@1%FPR shown are on the disjoint test split. This is the "
-    "privacy number to quote."
+    "and, where one exists over the same models, the attack sweep), including attacks whose "
+    "scores must be flipped and DualMD's router-aware adaptive attack, chosen by its AUC on the "
+    "calibration split; the AUC and TPR shown are on the disjoint test split. This is the "
+    "privacy number to quote, for the access level in its row."
 )
 
 
@@ -199,6 +208,15 @@ def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[st
     return parts
 
 
+def _seed_parts(results: Mapping[str, Any]) -> list[str]:
+    """The training-seed study (`raydefense seeds`), when this experiment is its base."""
+    if not results.get("seeds"):
+        return []
+    from raydefense.seeds import seeds_markdown
+
+    return [seeds_markdown(results["seeds"]), ""]
+
+
 def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, str],
                            sample_files: Mapping[str, str], figure: Optional[str] = None) -> str:
     """The text of report.md.
@@ -212,6 +230,7 @@ def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, s
     parts = [f"# Membership-inference report: {results['experiment']}", "",
              *_meta_lines(results), "", HOW_TO_READ, "",
              *_privacy_parts(results, figure),
+             *_seed_parts(results),
              "## Attacks", "",
              paper_table_markdown(list(results["attacks"]), list(results.get("skipped", []))),
              "", "### Operating points", "", operating_points_markdown(list(results["attacks"])),

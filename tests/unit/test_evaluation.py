@@ -3,6 +3,7 @@ through SerialExecutor (the same ScoringWorker the Ray actors run)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,13 @@ from raydefense.evaluation import (DUALMD, STUDENT, SerialExecutor, audited_rows
 from raydefense.report.tables import headline_rows
 from raydefense.storage import Storage
 
-ALL = "[loss, secmi_stat, secmi_nn, pia, pian, sima, gsa1, gsa2, blackbox_nn]"
+ALL = "[loss, secmi_stat, secmi_nn, pia, pian, sima, gsa1, gsa2, blackbox_nn, dualmd_adaptive]"
 
 
 def _cfg(tmp_path: Path, **extra: str):
     sets = {"attacks.enabled": ALL, "attacks.pia.timesteps": "[10, 100]",
             "attacks.pia.canonical_t": "50", "attacks.pian.timesteps": "[10]",
-            "attacks.pian.canonical_t": "10", "attacks.sima.timesteps": "[0, 50]",
+            "attacks.pian.canonical_t": "10", "attacks.sima.timesteps": "[0, 50, 250]",
             "attacks.secmi_nn.t_sec": "20", "attacks.secmi_nn.epochs": "1",
             "attacks.secmi_nn.batch_size": "8", "attacks.gsa1.num_timesteps": "2",
             "attacks.gsa2.num_timesteps": "2", "attacks.gsa1.n_estimators": "5",
@@ -63,16 +64,22 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
     df = out.scores.to_pandas()
     targets = ["baseline", "teacher_1", "teacher_2", DUALMD, STUDENT]
     assert sorted(df.target.unique()) == sorted(targets)
-    # GSA needs gradients: refused on DualMD (gray-box), reported, never invented.
-    assert {(s["target"], s["attack"]) for s in out.skipped} == {(DUALMD, "gsa1"),
-                                                                 (DUALMD, "gsa2")}
-    assert "needs white-box access" in out.skipped[0]["reason"]
+    # GSA needs gradients: refused on DualMD (gray-box), reported, never invented; the
+    # router-aware attack needs DualMD's router: skipped on every single model.
+    assert {(s["target"], s["attack"]) for s in out.skipped} == {
+        (DUALMD, "gsa1"), (DUALMD, "gsa2"),
+        *[(t, "dualmd_adaptive") for t in ("baseline", "teacher_1", "teacher_2", STUDENT)]}
+    reasons = {(s["target"], s["attack"]): s["reason"] for s in out.skipped}
+    assert "needs white-box access" in reasons[(DUALMD, "gsa1")]
+    assert "no router" in reasons[(STUDENT, "dualmd_adaptive")]
     for t in targets:
         mask = audited_rows(plan, t)
         g = df[df.target == t]
         expected = {"loss", "secmi_stat", "secmi_nn", "pia", "pian", "sima", "blackbox_nn"}
         if t != DUALMD:
             expected |= {"gsa1", "gsa2"}
+        else:
+            expected |= {"dualmd_adaptive"}
         assert set(g.attack) == expected
         for (a, p), gg in g.groupby(["attack", "params"]):
             assert len(gg) == mask.sum() and np.isfinite(gg.score).all(), (t, a, p)
@@ -86,6 +93,11 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
     assert (DUALMD, "heldout_eps_mse") in q  # through the step router
     assert set(out.samples) == set(targets) and out.samples[DUALMD].shape == (4, 1, 8, 8)
 
+    adaptive = df[df.attack == "dualmd_adaptive"]
+    # sampling.num_steps=4 routes t=250 to teacher 1 and t=0, 50 to teacher 2: SimA reaches both.
+    assert {json.loads(p)["base"] for p in adaptive.params} == {"sima"}
+    assert {json.loads(p)["combine"] for p in adaptive.params} == {"max", "learned"}
+    assert all(json.loads(p)["timesteps"][0] == 250 for p in adaptive.params)
     rows, curves = metric_rows(out.scores, bootstrap=10, seed=0)
     assert all(0 <= r["auc"] <= 1 and 0 <= r["auc_calibration"] <= 1 for r in rows)
     assert all(r.get("note") for r in rows if r["target"] == DUALMD and r["attack"] != "blackbox_nn")
@@ -101,9 +113,9 @@ def test_black_box_dualmd_and_explicit_refusal(tmp_path: Path) -> None:
     plan = read_plan(storage)
     ap = plan_attacks(cfg, plan)
     assert [a.name for a in ap.attacks[DUALMD]] == ["blackbox_nn"]
-    assert len([s for s in ap.skipped if s["target"] == DUALMD]) == 8
+    assert len([s for s in ap.skipped if s["target"] == DUALMD]) == 9  # dualmd_adaptive too
     explicit = _cfg(tmp_path, **{"attacks.dualmd_access": "black-box",
-                                 "attacks.targets": "[baseline, dualmd]"})
+                                 "attacks.targets": "[dualmd]"})
     with pytest.raises(AccessError, match="'loss' needs gray-box access"):
         plan_attacks(explicit, plan)
 

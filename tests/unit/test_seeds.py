@@ -253,6 +253,8 @@ def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys)
 
     def fake_execute(command, preset, config, overrides, force):
         calls.append((command, preset, config, list(overrides), force))
+        if command == "report":  # the base report, re-rendered with the seed spread
+            return None
         sets = dict(o.split("=", 1) for o in overrides)
         seed, experiment = int(sets["seed"]), json.loads(sets["experiment"])
         Storage(sets["storage.root"], experiment).write_json("report/results.json", hand[seed])
@@ -262,10 +264,11 @@ def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys)
     argv = ["seeds", "--preset", "smoke", "--set", "experiment=exp", "--set",
             f"storage.root={root}", "--force", "evaluate", "--seeds", "0", "2", "1"]
     assert main(argv) == 0
-    assert [c[3][-2:] for c in calls] == [["seed=0", 'experiment="exp"'],
-                                          ["seed=2", 'experiment="exp-seed2"'],
-                                          ["seed=1", 'experiment="exp-seed1"']]
-    assert all(c[:3] == ("run", "smoke", None) and c[4] == ["evaluate"] for c in calls)
+    assert [c[3][-2:] for c in calls[:3]] == [["seed=0", 'experiment="exp"'],
+                                              ["seed=2", 'experiment="exp-seed2"'],
+                                              ["seed=1", 'experiment="exp-seed1"']]
+    assert all(c[:3] == ("run", "smoke", None) and c[4] == ["evaluate"] for c in calls[:3])
+    assert calls[3] == ("report", "smoke", None, ["experiment=exp", f"storage.root={root}"], [])
     assert calls[0][3][:2] == ["experiment=exp", f"storage.root={root}"]
     assert Storage(str(root), "exp").read_json("seeds/summary.json") == aggregate(hand)
     assert "0.800 ± 0.100" in capsys.readouterr().out
