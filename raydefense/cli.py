@@ -202,13 +202,13 @@ def _log_config(tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
 
 
 def summary(results: dict, storage) -> str:
-    from raydefense.report.tables import headline_rows, target_order_key
+    from raydefense.report.tables import headline_rows, rate, target_order_key
 
     lines = [f"raydefense: results in {storage.uri('report')}/ (results.json, report.md)"]
     for r in sorted(headline_rows(results["attacks"]),
                     key=lambda r: target_order_key(r["target"])):
         lines.append(f"  {r['target']:<10} {r['line']:<32} AUC {r['auc']:.3f}  "
-                     f"TPR@1%FPR {r['tpr_at_1pct_fpr']:.3f}")
+                     f"TPR@1%FPR {rate(r, 'tpr_at_1pct_fpr', 3)}")
     t = results.get("timings", {})
     if t:
         lines.append("  timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))

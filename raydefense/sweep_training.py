@@ -264,7 +264,8 @@ def summary(results: dict[str, Any], where: str) -> str:
              f"({results['num_completed']} completed, {results['num_stopped']} stopped by ASHA); "
              f"results in {where}/results.json",
              f"  target {results['target']}: worst-case attack AUC (lower = more private) vs "
-             f"{results['utility_metric']} (lower = better); * = Pareto front",
+             f"{results['utility_metric']} (lower = better); * = Pareto front (chosen on "
+             "calibration AUC)",
              f"  {'':1} {'trial':<14} {'AUC':>6} {'utility':>9} {'val_eps_mse':>11}  setting"]
     for t in results["trials"]:
         auc_s = f"{t['privacy_auc']:.3f}" if t["status"] == "completed" else "-"

@@ -331,6 +331,9 @@ def attack_metrics(cal_scores: Any, cal_labels: Any, test_scores: Any, test_labe
         else:
             out[key] = None
             limited.append(key)
+            if bootstrap and alpha == 0.01:
+                out[f"{key}_ci"] = None
+                limited.append(f"{key}_ci")
         if alpha == 0.01:
             out["tpr_at_1pct_fpr_closest"] = tpr_at_fpr(s, y, 0.01, "closest")  # SecMI/GSA's rule
     out["tpr_at_0pct_fpr"] = tpr_at_fpr(s, y, 0.0)

@@ -46,22 +46,33 @@ def test_results_json_follows_the_contract(smoke_run):
     assert {"prepare", "train", "distill", "evaluate"} <= set(results["timings"])
     rows = results["attacks"]
     refused = {("dualmd", "gsa1"), ("dualmd", "gsa2")}  # gradients: DualMD is gray-box
+    no_router = {(t, "dualmd_adaptive") for t in TARGETS - {"dualmd"}}
     assert {(r["target"], r["attack"]) for r in rows} == {
-        (t, a) for t in TARGETS for a in ATTACKS} - refused
-    assert {(s["target"], s["attack"]) for s in results["skipped"]} == refused
+        (t, a) for t in TARGETS for a in ATTACKS} - refused | {("dualmd", "dualmd_adaptive")}
+    assert {(s["target"], s["attack"]) for s in results["skipped"]} == refused | no_router
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
         assert 0.0 <= r["auc"] <= 1.0 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
         expect = 16 if r["target"].startswith("teacher") else 32
         assert (r["n_members"], r["n_nonmembers"]) == (expect, 32)
+        assert r["auc_calibration"] >= 0.5 and r["orientation"] in (1, -1)
+        # 32 test (and calibration) non-members: 1% and 0.1% FPR are below the resolution.
+        assert r["tpr_at_1pct_fpr"] is None and r["tpr_at_1pct_fpr_calibrated"] is None
+        assert "tpr_at_1pct_fpr" in r["resolution_limited"]
+    worst = results["privacy"]["dualmd"]
+    assert worst["access"] == "gray-box" and worst["black_box"]["attack"] == "blackbox_nn"
     pia = [r for r in rows if r["target"] == "baseline" and r["attack"] == "pia"]
     assert sorted(r["params"]["t"] for r in pia) == [50, 100, 200]
     quality = {(q["target"], q["metric"]) for q in results["quality"]}
     for t in TARGETS:
-        assert {(t, "heldout_eps_mse"), (t, "domain_fid"), (t, "memorized_count")} <= quality
+        assert {(t, "heldout_eps_mse"), (t, "domain_fid"), (t, "memorized_count"),
+                (t, "mmd_member_gap"), (t, "mmd_p_value")} <= quality
+    domain_rows = [q["value"] for q in results["quality"] if q["metric"] == "domain_classifier_rows"]
+    assert domain_rows and domain_rows[0] > 0  # spare pool rows, never audited ones
     md = (report / "report.md").read_text()
     assert "| Attack | baseline | teacher_1 | teacher_2 | dualmd | student |" in md
     assert "| pia (canonical) |" in md and "| gsa1 |" in md and "n/a" in md
+    assert "| dualmd, black-box only | black-box | blackbox_nn" in md and "res.-limited" in md
     for f in ("roc_loss.png", "roc_secmi_stat.png", "roc_pia_canonical.png",
               "samples_baseline.png", "samples_dualmd.png", "samples_student.png"):
         assert (report / f).stat().st_size > 0, f
@@ -125,6 +136,10 @@ def test_second_run_trains_nothing_and_is_fast(smoke_run):
     (["--set", "attacks.enabled=[loss, nope]"], "secmi_stat"),
     (["--set", "attacks.enabled=[gsa1]", "--set", "attacks.targets=[dualmd]"],
      "needs white-box access"),
+    (["--set", "attacks.enabled=[sima, dualmd_adaptive]", "--set", "attacks.targets=[student]"],
+     "single model with no router"),
+    (["--set", "attacks.enabled=[loss, dualmd_adaptive]"],
+     "needs a query attack that asks eps about one timestep served by each teacher"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, needle):
     out = cli(tmp_path, "run", *args, timeout=120)

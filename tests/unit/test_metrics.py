@@ -47,7 +47,7 @@ def test_perfect_separator() -> None:
     m = attack_metrics(s, y, s, y, bootstrap=50, seed=0)
     # 4 non-members: 1% FPR cannot be resolved (no number), 0% can.
     assert m["auc"] == 1.0 and m["tpr_at_1pct_fpr"] is None and m["tpr_at_0pct_fpr"] == 1.0
-    assert "tpr_at_1pct_fpr" in m["resolution_limited"]
+    assert "tpr_at_1pct_fpr" in m["resolution_limited"] and m["tpr_at_1pct_fpr_ci"] is None
     assert m["asr_calibrated"] == 1.0 and m["asr_oracle"] == 1.0
     assert m["auc_ci"] == [1.0, 1.0]
 
