@@ -322,6 +322,10 @@ def stage_report(ctx: RunContext) -> dict:
     seeds = _seed_study(ctx)
     if seeds:
         results["seeds"] = seeds
+        ctx.tracker.log_metrics(ctx.parent_run, {
+            f"seeds.{t}.worst_case.auc_{k}": w["auc"][k]
+            for t, w in seeds.get("privacy", {}).items() for k in ("mean", "sd")
+            if isinstance(w.get("auc"), dict) and w["auc"].get(k) is not None})
     with tempfile.TemporaryDirectory(prefix="raydefense-report-") as tmp:
         write_report(tmp, results, roc_curves=curves, sample_grids=grids)
         for name in sorted(os.listdir(tmp)):

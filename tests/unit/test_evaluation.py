@@ -150,3 +150,21 @@ def test_three_shards_are_audited_end_to_end(tmp_path: Path) -> None:
         members = set(df[(df.target == t) & df.is_member].row_id)
         assert members == set(plan.row_id[plan.rows_of(t) & (plan.split == MEMBER)
                                           & audited_rows(plan, t)].tolist())
+
+
+def test_domain_features_train_on_spare_rows_only(tmp_path: Path) -> None:
+    from raydefense.data.plan import content_hash
+    from raydefense.evaluation import spare_rows, train_domain_features
+
+    cfg = _cfg(tmp_path, **{"quality.domain_rows": "300"})
+    storage = _prepare(cfg)
+    plan = read_plan(storage)
+    pool = DATASETS.get("digits")(cfg.data)
+    rows = spare_rows(cfg, plan, pool)
+    assert len(rows) == 300 and len(set(rows.tolist())) == 300
+    assert not set(rows.tolist()) & set(plan.row_id.tolist())  # no target, shadow or audit row
+    assert not {content_hash(pool.images[i]) for i in rows} & set(plan.hash)  # nor a copy of one
+    assert np.array_equal(rows, spare_rows(cfg, plan, pool))  # seeded
+    domain = train_domain_features(cfg, plan)
+    assert domain.train_rows == 300
+    assert domain.reference.shape[0] == int((plan.split == NONMEMBER).sum())
