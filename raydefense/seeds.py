@@ -31,6 +31,8 @@ log = logging.getLogger("raydefense")
 
 METRICS = ("auc", "auc_calibration", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_calibrated",
            "fpr_at_1pct_fpr_calibrated", "asr_calibrated")
+QUALITY_METRICS = ("domain_fid", "heldout_eps_mse", "memorized_fraction", "mmd_member_gap",
+                   "mmd_p_value")
 RESULTS = "report/results.json"
 SUMMARY_DIR = "seeds"
 
@@ -157,6 +159,7 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
                               seed, when the entries have one),
                               every other numeric field: {"mean", "sd", "n", "values"},
                               nested dicts (e.g. "black_box"): the same shape, recursively}},
+         "quality": {target: {metric of QUALITY_METRICS: {"mean", "sd", "n", "values"}}},
          "bootstrap_ci_width": {target: {line: mean over seeds of auc_ci[1] - auc_ci[0]}}}
         `values` lists are aligned with the entry's `seeds` (None where a seed lacks the metric);
         mean/sd/n use the seeds that have it; sd is the sample sd (ddof=1), None for one value.
@@ -207,9 +210,19 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
         if entries:
             privacy[t] = _aggregate_entry(entries)
 
+    quality: dict[str, dict[str, Any]] = {}
+    for t in sort_targets(str(q.get("target")) for s in seeds for q in res[s].get("quality") or []):
+        for m in QUALITY_METRICS:
+            values = [next((_number(q.get("value")) for q in res[s].get("quality") or []
+                            if q.get("target") == t and q.get("metric") == m), None)
+                      for s in seeds]
+            if any(v is not None for v in values):
+                quality.setdefault(t, {})[m] = _stat(values)
+
     return {"seeds": seeds,
             "experiments": {str(s): res[s].get("experiment") for s in seeds},
-            "attacks": attacks, "privacy": privacy, "bootstrap_ci_width": widths}
+            "attacks": attacks, "privacy": privacy, "quality": quality,
+            "bootstrap_ci_width": widths}
 
 
 # ----------------------------------------------------------------------------- presentation
@@ -279,6 +292,13 @@ def seeds_markdown(summary: Mapping[str, Any]) -> str:
                                    "Strongest attack per seed"], body), ""]
     else:
         parts += ["No worst-case entries in the seeds' results.", ""]
+
+    quality = summary.get("quality", {})
+    if quality:
+        metrics = [m for m in QUALITY_METRICS if any(m in q for q in quality.values())]
+        body = [[_escape(t)] + [_pm(quality[t].get(m), n_total) for m in metrics]
+                for t in sort_targets(quality)]
+        parts += ["### Utility", "", _markdown_table(["Target"] + metrics, body), ""]
 
     parts += ["### Attacks", ""]
     rows = summary.get("attacks", [])

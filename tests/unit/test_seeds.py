@@ -281,3 +281,18 @@ def test_seeds_module_does_not_import_ray():
     code = ("import sys, raydefense.seeds\n"
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_utility_is_aggregated_per_target_and_metric():
+    hand = three_seeds()
+    for s, fid in ((0, 2.0), (1, 2.5), (2, 3.0)):
+        hand[s]["quality"] = [{"target": "student", "metric": "domain_fid", "value": fid},
+                              {"target": "student", "metric": "memorized_count", "value": 9}]
+    hand[2]["quality"].append({"target": "dualmd", "metric": "mmd_p_value", "value": 0.04})
+    q = aggregate(hand)["quality"]
+    assert q["student"]["domain_fid"]["mean"] == pytest.approx(2.5)
+    assert q["student"]["domain_fid"]["sd"] == pytest.approx(0.5)
+    assert "memorized_count" not in q["student"]  # only QUALITY_METRICS are summarised
+    assert q["dualmd"]["mmd_p_value"]["n"] == 1 and q["dualmd"]["mmd_p_value"]["sd"] is None
+    md = seeds_markdown(aggregate(hand))
+    assert "### Utility" in md and "2.500 ± 0.500" in md
