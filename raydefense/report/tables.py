@@ -132,6 +132,7 @@ def _index_rows(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str],
 
 
 RESOLUTION_LIMITED = "res.-limited"  # an FPR level below 1/n of the split's non-members
+NOTE_MARKS = ("†", "‡", "§")
 FLIPPED = "↕"  # scores negated: the calibration split showed the attack's sign inverted
 
 
@@ -314,6 +315,9 @@ def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
     lines = list(dict.fromkeys(r["line"] for r in head))
     index = {(r["line"], str(r["target"])): r for r in head}
     refused = {(str(s.get("attack")), str(s.get("target"))) for s in skipped}
+    notes = list(dict.fromkeys(str(r["note"]) for r in head if r.get("note")))
+    mark = {n: NOTE_MARKS[i % len(NOTE_MARKS)] * (1 + i // len(NOTE_MARKS))
+            for i, n in enumerate(notes)}  # one footnote mark per distinct note
     body = []
     for line in lines:
         attack = line.split(" (")[0]
@@ -327,7 +331,7 @@ def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
             if line.endswith("(best on calibration)"):
                 cell += f" ({_escape(r['setting'])})"
             if r.get("note"):
-                cell += " †"
+                cell += f" {mark[str(r['note'])]}"
             cells.append(cell)
         body.append([_escape(line)] + cells)
     text = [_markdown_table(["Attack"] + [_escape(t) for t in targets], body),
@@ -336,8 +340,7 @@ def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
             f"by test numbers. {FLIPPED}: scores negated because the calibration AUC was below "
             "0.5 (the orientation is chosen on calibration too). "
             f"{RESOLUTION_LIMITED}: 1% FPR is below one false positive on the test split."]
-    notes = list(dict.fromkeys(str(r["note"]) for r in head if r.get("note")))
-    text += [f"† {n}." for n in notes]
+    text += [f"{mark[n]} {n}." for n in notes]
     if skipped:
         text.append("n/a: " + "; ".join(dict.fromkeys(
             f"{s.get('attack')} on {s.get('target')}: {s.get('reason')}" for s in skipped)) + ".")

@@ -280,3 +280,15 @@ def test_paper_comparison_where_the_dataset_matches():
     assert "| PIA | DistillMD | 0.59 / 0.02 | 0.570 / 0.10 |" in text  # canonical t, not best
     assert "not expected to match" in text
     assert "no attack numbers for `digits`" in paper_comparison_markdown(rows, "digits")
+
+
+def test_distinct_notes_get_distinct_footnote_marks():
+    from raydefense.report.tables import paper_table_markdown
+
+    def row(attack, auc, note):
+        return {"target": "dualmd", "attack": attack, "params": {}, "auc": auc,
+                "tpr_at_1pct_fpr": 0.1, "auc_calibration": auc, "note": note}
+
+    text = paper_table_markdown([row("loss", 0.7, "router"), row("dualmd_adaptive", 0.99, "adaptive")])
+    assert "| loss | 0.700 / 0.10 † |" in text and "| dualmd_adaptive | 0.990 / 0.10 ‡ |" in text
+    assert "† router." in text and "‡ adaptive." in text
