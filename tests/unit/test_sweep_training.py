@@ -80,6 +80,11 @@ def test_trial_config_audits_one_target_in_its_own_directory() -> None:
     # Without sweep.trial_attacks: the query attacks of attacks.enabled.
     t2 = trial_config(cfg_with("sweep.trial_attacks=null"), point, "/r")
     assert t2.attacks.enabled == ["loss", "secmi_stat", "pia", "pian", "sima"]
+    # Auditing DualMD: its gray-box worst case, the router-aware attack, comes along.
+    t3 = trial_config(cfg_with("sweep.trial_attacks=null", "sweep.target=dualmd"), point, "/r")
+    assert t3.attacks.enabled == ["loss", "secmi_stat", "pia", "pian", "sima", "dualmd_adaptive"]
+    with pytest.raises(ConfigError, match="'dualmd_adaptive' attacks DualMD's step router"):
+        trial_config(cfg_with("sweep.trial_attacks=[sima, dualmd_adaptive]"), point, "/r")
 
 
 def test_fingerprint_ignores_where_and_how_but_not_what() -> None:
