@@ -174,7 +174,7 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
         body.append(line(t, privacy[t]))
         if privacy[t].get("black_box"):
             body.append(line(f"{t}, black-box only", privacy[t]["black_box"]))
-    table = _markdown_table(["Target", "Access", "Strongest attack (setting), chosen on "
+    table = _markdown_table(["Target", "Attack needs", "Strongest attack (setting), chosen on "
                              "calibration", "From", "Cal. AUC", "AUC (test)",
                              "TPR@1%FPR (test ROC)", "TPR / FPR at the calibrated 1% threshold"],
                             body)
