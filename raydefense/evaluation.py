@@ -25,7 +25,8 @@ import pyarrow as pa
 import torch
 
 from raydefense.attacks import ATTACKS
-from raydefense.attacks.adaptive import check_router, settings_by_teacher
+from raydefense.attacks.adaptive import (ROUTER_TARGET, DualMDAdaptive, check_router,
+                                         settings_by_teacher)
 from raydefense.attacks.base import AccessError, check_access
 from raydefense.attacks.metrics import attack_metrics, auc, roc
 from raydefense.config import ExperimentConfig
@@ -40,8 +41,8 @@ from raydefense.storage import Storage
 log = logging.getLogger("raydefense")
 
 STUDENT = "student"
-DUALMD = "dualmd"
-ADAPTIVE = "dualmd_adaptive"
+DUALMD = ROUTER_TARGET  # the one target with a step router
+ADAPTIVE = DualMDAdaptive.name
 GRAYBOX_NOTE = "gray-box via DualMD's step router (an extension beyond the paper)"
 ADAPTIVE_NOTE = ("gray-box, router-aware: one timestep served by each teacher, scores "
                  "standardised on calibration non-members and combined (beyond the paper, "
