@@ -191,12 +191,19 @@ class GSAConfig(_Section):
 
 
 class ShadowConfig(_Section):
-    """Shadow models for attacks that learn from them (GSA). Each is trained exactly like the
-    baseline on `members` rows drawn from data disjoint from the target's rows; as many other
-    rows drawn with them are its non-members."""
+    """Shadow models for attacks that learn from them (GSA). Each of `num_models` draws takes
+    `members` rows disjoint from the target's rows to train on, and as many others as its
+    non-members. With regime "matched" an attack on a target learns from shadows trained like it:
+    against the baseline a shadow trained on the whole draw, against a teacher K shadow teachers
+    on K disjoint shards of the draw, against the student a shadow student distilled (the same
+    pipeline) from those shadow teachers. "baseline" uses the baseline-like shadow for every
+    target (the GSA paper's setting, which mismatches the half-size teachers and the student)."""
 
     num_models: int = Field(1, ge=0)
     members: Optional[int] = Field(None, ge=2, description="None: the baseline's member count")
+    regime: Literal["matched", "baseline"] = Field(
+        "matched", description="matched: per target, shadows trained like it (baseline, "
+        "teacher or distilled student); baseline: one baseline-like shadow for every target")
 
 
 class BlackboxNNConfig(_Section):

@@ -30,7 +30,8 @@ from raydefense.attacks.adaptive import (ROUTER_TARGET, DualMDAdaptive, check_ro
 from raydefense.attacks.base import AccessError, check_access
 from raydefense.attacks.metrics import attack_metrics, auc, roc
 from raydefense.config import ExperimentConfig
-from raydefense.data.plan import CALIBRATION, MEMBER, NONMEMBER, TEST, Plan
+from raydefense.data.plan import (CALIBRATION, MEMBER, NONMEMBER, SHADOW_ROLES, STUDENT, TEST,
+                                   Plan, parse_shadow, shadow_name)
 from raydefense.data.sources import to_model_range
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
@@ -40,7 +41,6 @@ from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")
 
-STUDENT = "student"
 DUALMD = ROUTER_TARGET  # the one target with a step router
 ADAPTIVE = DualMDAdaptive.name
 GRAYBOX_NOTE = "gray-box via DualMD's step router (an extension beyond the paper)"
@@ -74,9 +74,87 @@ def build_attacks(cfg: ExperimentConfig) -> list[Any]:
 
 
 def shadows_needed(cfg: ExperimentConfig) -> int:
-    """Number of shadow models prepare must plan (0 unless an enabled attack learns from them)."""
+    """Number of shadow draws prepare must plan (0 unless an enabled attack learns from them)."""
     uses = any(getattr(ATTACKS.get(n), "trains_on", None) == "shadow" for n in cfg.attacks.enabled)
     return cfg.attacks.shadow.num_models if uses else 0
+
+
+def shadow_role(target: str) -> str:
+    """The training regime a target's regime-matched shadows imitate (SHADOW_ROLES): DualMD's
+    eps queries reach its teachers, so its shadows are teacher-like."""
+    if target in ("baseline", STUDENT):
+        return target
+    return "teacher"
+
+
+def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The shadow regimes prepare must plan: with `attacks.shadow.regime` "baseline" only the
+    baseline-like shadow; with "matched" the roles of the targets a shadow-trained attack audits
+    (every target unless `attacks.targets` is set). () when no shadow is needed."""
+    if not shadows_needed(cfg):
+        return ()
+    if cfg.attacks.shadow.regime == "baseline":
+        return ("baseline",)
+    shadow_attacks = [a for a in build_attacks(cfg) if getattr(a, "trains_on", None) == "shadow"]
+    targets = cfg.attacks.targets or all_targets(cfg.data.num_shards)
+    roles = set()
+    for t in targets:
+        for a in shadow_attacks:
+            try:
+                check_access(a, t, target_access(cfg, t))
+            except AccessError:
+                continue
+            roles.add(shadow_role(t))
+    return tuple(r for r in SHADOW_ROLES if r in roles)
+
+
+def shadow_students(cfg: ExperimentConfig, plan: Plan) -> list[str]:
+    """The shadow students the distill stage must distil (one per draw with the student role)."""
+    if "student" not in shadow_roles(cfg):
+        return []
+    return [shadow_name(j, "student") for j in range(plan.num_shadow_draws)]
+
+
+def shadows_for(cfg: ExperimentConfig, plan: Plan, target: str) -> list[str]:
+    """The shadow models a shadow-trained attack on `target` learns from: per draw, the shadows
+    of the target's regime (`shadow_role`; every teacher-like shadow of the draw for a teacher,
+    whose K shards are all that regime) or, with regime "baseline", the baseline-like one.
+
+    Raises:
+        ConfigError: the plan lacks them (prepared for other targets or another regime).
+    """
+    role = "baseline" if cfg.attacks.shadow.regime == "baseline" else shadow_role(target)
+    out = []
+    for j in range(plan.num_shadow_draws):
+        if role == "teacher":
+            out += [shadow_name(j, "teacher", k) for k in range(plan.num_shards)]
+        else:
+            out.append(shadow_name(j, role))
+    available = set(plan.shadows) | set(shadow_students(cfg, plan))
+    missing = [m for m in out if m not in available]
+    if missing or not out:
+        raise ConfigError(f"the plan has no {role}-like shadow models for target {target!r} "
+                          f"(missing: {', '.join(missing) or 'all'}); rerun prepare with this "
+                          "config (raydefense run --force prepare)")
+    return out
+
+
+def shadow_rows(plan: Plan, model: str) -> np.ndarray:
+    """Bool [R]: the rows a shadow-trained attack learns on from `model`: its members and its
+    draw's held-out rows."""
+    return plan.members_of(model) | plan.shadow_nonmembers(model)
+
+
+def shadow_jobs(cfg: ExperimentConfig, plan: Plan, served: dict[str, list[str]]
+                ) -> list["ScoreJob"]:
+    """One scoring job per shadow model some target's shadow-trained attacks learn from;
+    `served`: target -> the names (attack or sweep point) of its shadow-trained attacks."""
+    jobs: dict[str, set[str]] = {}
+    for t, names in served.items():
+        if names:
+            for m in shadows_for(cfg, plan, t):
+                jobs.setdefault(m, set()).update(names)
+    return [ScoreJob(m, shadow_rows(plan, m), sorted(names), False) for m, names in jobs.items()]
 
 
 def target_access(cfg: ExperimentConfig, target: str) -> str:
@@ -572,7 +650,8 @@ def learned_fit_args(cfg: ExperimentConfig, plan: Plan, target: str, name: str, 
                      scored: dict[str, dict[str, np.ndarray]]) -> tuple:
     """The `fit_learned` arguments of one (target, learned attack): calibration-trained attacks
     cross-fit on the target's calibration part and score its test part; shadow-trained ones
-    learn every shadow's members vs its held-out rows and score the target's audited rows.
+    learn the members vs held-out rows of every shadow of the target's regime (`shadows_for`)
+    and score the target's audited rows.
     `name` is the feature column's attack name (a sweep point's `<attack>@<i>`)."""
     f = scored[target][feature_col(name)]
     shape = tuple(plan.images.shape[1:])
@@ -582,10 +661,9 @@ def learned_fit_args(cfg: ExperimentConfig, plan: Plan, target: str, name: str, 
         member = (plan.split[mask] == MEMBER).astype(np.int64)
         return (name, cfg.model_dump(mode="json"), f[cal], member[cal], [f[~cal]], shape, True)
     xs, ys = [], []
-    for j, m in enumerate(plan.shadows):
-        smask = plan.rows_of(m) | plan.shadow_heldout[j]
+    for m in shadows_for(cfg, plan, target):
         xs.append(scored[m][feature_col(name)])
-        ys.append(plan.rows_of(m)[smask].astype(np.int64))
+        ys.append(plan.members_of(m)[shadow_rows(plan, m)].astype(np.int64))
     return (name, cfg.model_dump(mode="json"), np.concatenate(xs), np.concatenate(ys), [f],
             shape, False)
 
@@ -628,6 +706,7 @@ class EvaluationResult:
     quality: list[dict[str, Any]]
     samples: dict[str, np.ndarray]
     skipped: list[dict[str, str]]
+    shadows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _long_rows(cols: dict[str, list], target: str, attack: str, params: dict, row_ids: np.ndarray,
@@ -654,13 +733,12 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
     """
     ap = plan_attacks(cfg, plan)
     by_name = {a.name: a for t in ap.targets for a in ap.attacks[t]}
-    shadow_attacks = sorted({a.name for t in ap.targets for a in ap.attacks[t]
-                             if a.kind == "learned" and a.trains_on == "shadow"})
     jobs = [ScoreJob(t, audited_rows(plan, t),
                      [a.name for a in ap.attacks[t] if a.kind in ("query", "learned")])
             for t in ap.targets if target_access(cfg, t) != "black-box"]
-    jobs += [ScoreJob(m, plan.rows_of(m) | plan.shadow_heldout[j], shadow_attacks, False)
-             for j, m in enumerate(plan.shadows) if shadow_attacks]
+    served = {t: [a.name for a in ap.attacks[t] if getattr(a, "trains_on", None) == "shadow"]
+              for t in ap.targets}
+    jobs += shadow_jobs(cfg, plan, served)
     # The same pool generates images (grids, black-box attack, quality) with the models it holds.
     needs_bb = any(a.kind == "generated" for t in ap.targets for a in ap.attacks[t])
     n_gen = max(cfg.sampling.num_images, cfg.quality.num_generated,
@@ -720,7 +798,24 @@ def run_evaluation(cfg: ExperimentConfig, storage: Storage, plan: Plan, executor
         quality.append({"target": "real", "metric": "domain_classifier_rows",
                         "value": float(domain.train_rows)})
     samples = {t: g[:cfg.sampling.num_images] for t, g in gen.items()}
-    return EvaluationResult(pa.table(cols), quality, samples, ap.skipped)
+    return EvaluationResult(pa.table(cols), quality, samples, ap.skipped,
+                            shadow_summary(cfg, plan, served))
+
+
+def shadow_summary(cfg: ExperimentConfig, plan: Plan, served: dict[str, list[str]]
+                   ) -> dict[str, dict[str, Any]]:
+    """Per target audited by a shadow-trained attack: the attacks, the regime its shadows
+    imitate and each shadow's member / held-out row counts (results.json `shadows`)."""
+    out = {}
+    for t, names in served.items():
+        if not names:
+            continue
+        models = shadows_for(cfg, plan, t)
+        out[t] = {"attacks": names, "regime": parse_shadow(models[0])[1],
+                  "models": {m: {"members": int(plan.members_of(m).sum()),
+                                 "heldout": int(plan.shadow_nonmembers(m).sum())}
+                             for m in models}}
+    return out
 
 
 # ----------------------------------------------------------------------------- metrics

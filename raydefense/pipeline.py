@@ -24,14 +24,14 @@ import numpy as np
 
 import raydefense
 from raydefense.config import ExperimentConfig
-from raydefense.data.plan import MEMBER, make_plan, model_index
+from raydefense.data.plan import STUDENT, make_plan, model_index, parse_shadow, shadow_name
 from raydefense.data.sources import DATASETS
-from raydefense.data.tables import (MEMBERSHIP, PLAN_JSON, SCORES, SOFT_TARGETS, read_plan,
+from raydefense.data.tables import (MEMBERSHIP, PLAN_JSON, SCORES, read_plan, soft_targets_dir,
                                     write_plan)
 from raydefense.defense.distillmd import auto_draws
 from raydefense.errors import ConfigError, DataError
-from raydefense.evaluation import (STUDENT, adaptive_bases, build_attacks,
-                                   check_explicit_targets, metric_rows, run_evaluation,
+from raydefense.evaluation import (adaptive_bases, build_attacks, check_explicit_targets,
+                                   metric_rows, run_evaluation, shadow_roles, shadow_students,
                                    shadows_needed)
 from raydefense.storage import Storage
 from raydefense.tracking.base import NullTracker, Tracker
@@ -52,7 +52,12 @@ class Executor(Protocol):
         ...
 
     def label_soft_targets(self, cfg: ExperimentConfig, storage: Storage, teachers: list[str],
-                           owners: dict[int, list[str]], draws: int) -> int: ...
+                           owners: dict[int, list[str]], draws: int, out_dir: str,
+                           groups: dict[int, int]) -> int:
+        """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that
+        trained on it) under out_dir, labelled by the other `teachers`, `groups` (row_id ->
+        shard index) in the "shard" column; returns the rows written."""
+        ...
 
     def score(self, cfg: ExperimentConfig, plan: Any, jobs: list, generate: dict) -> Any:
         """See raydefense.evaluation.EvalExecutor."""
@@ -97,8 +102,14 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     v = raydefense.__version__
     fp: dict[str, str] = {}
     shadows = shadows_needed(cfg)
-    shadow = d["attacks"]["shadow"] if shadows else None
-    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], shadow)
+    roles = shadow_roles(cfg)
+    # The shadow rows (and a baseline-like shadow's fingerprint) do not depend on the regime;
+    # the plan's models do: the roles join the prepare fingerprint only when they differ from
+    # the one baseline-like shadow per draw that regime "baseline" plans.
+    shadow = ({k: x for k, x in d["attacks"]["shadow"].items() if k != "regime"}
+              if shadows else None)
+    plan_shadows = shadow if roles in ((), ("baseline",)) else {**shadow, "roles": list(roles)}
+    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows)
     # How often a fit logs, checkpoints or validates does not change the model it produces.
     train = {k: x for k, x in d["train"].items()
              if k not in ("log_every", "checkpoint_every", "val_rows")}
@@ -106,7 +117,10 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     # The target models (and so the student) do not depend on the attacker's shadow models.
     fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
     fp["shadows"] = _hash("shadows", fp["targets"], shadow)
-    fp["distill"] = _hash("distill", v, fp["targets"], d["distill"])
+    fp["student"] = _hash("distill", v, fp["targets"], d["distill"])
+    fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"])
+    fp["distill"] = (_hash("distill", fp["student"], fp["shadow_students"])
+                     if "student" in roles else fp["student"])
     fp["evaluate"] = _hash("evaluate", v, fp["train"], fp["distill"], d["attacks"], d["sampling"],
                            d["quality"])
     fp["report"] = _hash("report", v, fp["evaluate"])
@@ -116,8 +130,11 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
 def model_fingerprint(fps: dict[str, str], model: str) -> str:
     """Per-model fingerprint of a fit (its run name and completion marker)."""
     if model == STUDENT:
-        return fps["distill"]
-    return fps["shadows"] if model.startswith("shadow_") else fps["targets"]
+        return fps["student"]
+    shadow = parse_shadow(model)
+    if shadow is None:
+        return fps["targets"]
+    return fps["shadow_students"] if shadow[1] == "student" else fps["shadows"]
 
 
 def _marker(stage: str) -> str:
@@ -194,7 +211,8 @@ def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
 def stage_prepare(ctx: RunContext) -> None:
     cfg = ctx.cfg
     pool = DATASETS.get(cfg.data.source)(cfg.data)
-    plan = make_plan(pool, cfg.data, cfg.seed, shadows_needed(cfg), cfg.attacks.shadow.members)
+    plan = make_plan(pool, cfg.data, cfg.seed, shadows_needed(cfg), cfg.attacks.shadow.members,
+                     shadow_roles(cfg))
     write_plan(ctx.storage, plan)
     for rel in (PLAN_JSON, MEMBERSHIP):
         ctx.tracker.log_artifact(ctx.parent_run, _local_copy(ctx, rel), "prepare")
@@ -241,35 +259,53 @@ def _fit(ctx: RunContext, specs: list[dict], fresh: bool = False) -> None:
 
 
 def stage_distill(ctx: RunContext) -> None:
+    """Soft targets and the student (paper Algorithm 2); with regime-matched shadows, the same
+    for every shadow student, from its draw's shadow teachers on its draw's training rows."""
+    cfg, plan = ctx.cfg, read_plan(ctx.storage)
+    students = [(STUDENT, plan.teachers)]
+    for m in shadow_students(cfg, plan):
+        j = parse_shadow(m)[0]
+        students.append((m, [shadow_name(j, "teacher", k) for k in range(plan.num_shards)]))
+    fresh = "distill" in ctx.force
+    for student, teachers in students:
+        _soft_targets(ctx, plan, student, teachers)
+    _fit(ctx, [_spec(ctx, m, "distill", plan.num_shards) for m, _ in students
+               if fresh or not is_complete(ctx.storage, f"models/{m}/_COMPLETE.json",
+                                           model_fingerprint(ctx.fingerprints, m))], fresh=fresh)
+
+
+def _soft_targets(ctx: RunContext, plan: Any, student: str, teachers: list[str]) -> None:
+    """Label `student`'s rows (the union of its teachers' rows) unless already complete."""
     cfg, storage = ctx.cfg, ctx.storage
-    plan = read_plan(storage)
-    teachers = plan.teachers
-    members = plan.split == MEMBER
-    targets_marker = "distill/soft_targets/_COMPLETE.json"
-    draws = (auto_draws(cfg.train.steps, cfg.train.batch_size, int(members.sum()))
+    rel = soft_targets_dir(student)
+    marker, fingerprint = f"{rel}/_COMPLETE.json", model_fingerprint(ctx.fingerprints, student)
+    if "distill" not in ctx.force and is_complete(storage, marker, fingerprint):
+        return
+    rows = plan.members_of(student)
+    draws = (auto_draws(cfg.train.steps, cfg.train.batch_size, int(rows.sum()))
              if cfg.distill.draws_per_row == "auto" else int(cfg.distill.draws_per_row))
-    if "distill" in ctx.force or not is_complete(storage, targets_marker, ctx.fingerprints["distill"]):
-        unpublish(storage, targets_marker)
-        owners = {int(r): [t for t in teachers if plan.rows_of(t)[i]]
-                  for i, r in enumerate(plan.row_id) if members[i]}
-        run_id = ctx.tracker.start_run("distill/soft_targets", ctx.parent_run,
-                                       params={"draws_per_row": str(draws)})
-        t0 = time.perf_counter()
-        n = ctx.executor.label_soft_targets(cfg, storage, teachers, owners, draws)
-        secs = time.perf_counter() - t0
-        expected = int(members.sum()) * draws
-        if n != expected:
-            raise DataError(f"soft targets: wrote {n} rows, expected {expected}; rerun distill")
-        ctx.tracker.log_metrics(run_id, {"rows": n, "rows_per_s": n / max(secs, 1e-9),
-                                         "draws_per_row": draws})
-        ctx.tracker.end_run(run_id)
-        mark_complete(storage, targets_marker, ctx.fingerprints["distill"],
-                      {"rows": n, "draws_per_row": draws}, prefixes=(SOFT_TARGETS,))
-        log.info("distill: %d soft targets (%d draws x %d rows) in %.1fs", n, draws,
-                 int(members.sum()), secs)
-    if "distill" in ctx.force or not is_complete(storage, f"models/{STUDENT}/_COMPLETE.json",
-                                               ctx.fingerprints["distill"]):
-        _fit(ctx, [_spec(ctx, STUDENT, "distill", plan.num_shards)], fresh="distill" in ctx.force)
+    unpublish(storage, marker)
+    owners = {int(r): [t for t in teachers if plan.rows_of(t)[i]]
+              for i, r in enumerate(plan.row_id) if rows[i]}
+    # the batch group of a row (distill.batching) is the shard index of the teacher that owns it
+    groups = {r: teachers.index(o[0]) for r, o in owners.items()}
+    run_id = ctx.tracker.start_run(f"distill/{student}/soft_targets" if student != STUDENT
+                                   else "distill/soft_targets", ctx.parent_run,
+                                   params={"draws_per_row": str(draws)})
+    t0 = time.perf_counter()
+    n = ctx.executor.label_soft_targets(cfg, storage, teachers, owners, draws, rel, groups)
+    secs = time.perf_counter() - t0
+    expected = int(rows.sum()) * draws
+    if n != expected:
+        raise DataError(f"soft targets of {student}: wrote {n} rows, expected {expected}; "
+                        "rerun distill")
+    ctx.tracker.log_metrics(run_id, {"rows": n, "rows_per_s": n / max(secs, 1e-9),
+                                     "draws_per_row": draws})
+    ctx.tracker.end_run(run_id)
+    mark_complete(storage, marker, fingerprint, {"rows": n, "draws_per_row": draws},
+                  prefixes=(rel,))
+    log.info("distill: %d soft targets for %s (%d draws x %d rows) in %.1fs", n, student, draws,
+             int(rows.sum()), secs)
 
 
 def stage_evaluate(ctx: RunContext) -> None:
@@ -279,6 +315,7 @@ def stage_evaluate(ctx: RunContext) -> None:
     storage.write_table(SCORES, out.scores)
     storage.write_json("evaluate/quality.json", out.quality)
     storage.write_json("evaluate/skipped.json", out.skipped)
+    storage.write_json("evaluate/shadows.json", out.shadows)
     for target, grid in out.samples.items():
         storage.write_bytes(f"evaluate/samples/{target}.npy", _npy_bytes(grid))
 
@@ -316,6 +353,8 @@ def stage_report(ctx: RunContext) -> dict:
         "attacks": rows,
         "quality": quality,
         "skipped": skipped,
+        "shadows": (storage.read_json("evaluate/shadows.json")
+                    if storage.exists("evaluate/shadows.json") else {}),
     }
     results.update(tradeoff(results, _sweep_results(ctx, "attacks"),
                             _sweep_results(ctx, "training")))
@@ -446,7 +485,9 @@ def _model_manifests(ctx: RunContext, stage: str) -> dict:
     if stage == "train":
         markers = [f"models/{m}/_COMPLETE.json" for m in ctx.storage.read_json(PLAN_JSON)["models"]]
     elif stage == "distill":
-        markers = ["distill/soft_targets/_COMPLETE.json", f"models/{STUDENT}/_COMPLETE.json"]
+        students = [STUDENT, *shadow_students(ctx.cfg, read_plan(ctx.storage))]
+        markers = [f"{soft_targets_dir(m)}/_COMPLETE.json" for m in students]
+        markers += [f"models/{m}/_COMPLETE.json" for m in students]
     else:
         return {}
     out: dict = {}

@@ -198,7 +198,7 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, executor: Any) -> pa.Table:
     PIA's canonical t) appears once.
     """
     from raydefense.evaluation import (ScoreJob, audited_rows, fit_learned, learned_fit_args,
-                                       learned_scores, query_col, setting_label)
+                                       learned_scores, query_col, setting_label, shadow_jobs)
 
     points = sweep_points(cfg)
     attacks = [point_attack(cfg, p) for p in points]
@@ -206,10 +206,9 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, executor: Any) -> pa.Table:
     targets = list(served)
     jobs = [ScoreJob(t, audited_rows(plan, t), [points[i].key for i in served[t]],
                      with_quality=False) for t in targets]
-    shadow_keys = [p.key for p, a in zip(points, attacks)
-                   if getattr(a, "trains_on", None) == "shadow"]
-    jobs += [ScoreJob(m, plan.rows_of(m) | plan.shadow_heldout[j], shadow_keys, False)
-             for j, m in enumerate(plan.shadows) if shadow_keys]
+    jobs += shadow_jobs(cfg, plan, {t: [points[i].key for i in served[t]
+                                        if getattr(attacks[i], "trains_on", None) == "shadow"]
+                                    for t in targets})
     t0 = time.perf_counter()
     columns, _ = executor.score(cfg, plan, jobs, {})
     scored = dict(zip([j.model for j in jobs], columns))

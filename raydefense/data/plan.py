@@ -24,7 +24,14 @@ from raydefense.seeding import STREAM_SHADOW, STREAM_SPLIT, derive_seed
 
 MEMBER, NONMEMBER, SHADOW = "member", "nonmember", "shadow"
 CALIBRATION, TEST = "calibration", "test"
+STUDENT = "student"
 SHADOW_MODEL_INDEX0 = 100  # shadow_j trains with model_index 100 + j (seeds apart from targets)
+# shadow_j's teachers and student: 1000 + 100 (j - 1) + the target's index (teacher_k k, student
+# K + 1), so every shadow model draws its own batches and adding one leaves the others unchanged.
+SHADOW_REGIME_INDEX0 = 1000
+# The training regimes a shadow model can imitate: the baseline's (all of a draw's members), a
+# teacher's (one of K shards of them) and the student's (distilled from the draw's K teachers).
+SHADOW_ROLES = ("baseline", "teacher", "student")
 
 
 def teacher_name(shard: int) -> str:
@@ -32,28 +39,64 @@ def teacher_name(shard: int) -> str:
     return f"teacher_{shard + 1}"
 
 
-def shadow_name(j: int) -> str:
-    """Shadow index 0..S-1 -> model name shadow_1..shadow_S."""
-    return f"shadow_{j + 1}"
+def shadow_name(j: int, role: str = "baseline", shard: int = 0) -> str:
+    """Shadow draw 0..S-1 and role -> model name: shadow_{j+1} (trained like the baseline),
+    shadow_{j+1}_teacher_{shard+1} (like a teacher) or shadow_{j+1}_student (like the student)."""
+    if role == "baseline":
+        return f"shadow_{j + 1}"
+    if role == "teacher":
+        return f"shadow_{j + 1}_{teacher_name(shard)}"
+    if role == "student":
+        return f"shadow_{j + 1}_{STUDENT}"
+    raise ValueError(f"unknown shadow role {role!r}; expected one of {SHADOW_ROLES}")
 
 
-def model_names(num_shards: int, num_shadows: int = 0) -> list[str]:
-    """Rows of the membership matrix: the undefended baseline, one teacher per shard, then the
-    attacker's shadow models (trained on rows disjoint from every target row)."""
-    return (["baseline"] + [teacher_name(k) for k in range(num_shards)]
-            + [shadow_name(j) for j in range(num_shadows)])
+def parse_shadow(model: str) -> Optional[tuple[int, str, int]]:
+    """A shadow model name -> (draw j, role, shard k) (k = -1 unless a teacher); None for a
+    target's name."""
+    parts = model.split("_")
+    if parts[0] != "shadow" or len(parts) < 2 or not parts[1].isdigit():
+        return None
+    j = int(parts[1]) - 1
+    if len(parts) == 2:
+        return j, "baseline", -1
+    if parts[2:] == [STUDENT]:
+        return j, "student", -1
+    if len(parts) == 4 and parts[2] == "teacher" and parts[3].isdigit():
+        return j, "teacher", int(parts[3]) - 1
+    raise KeyError(f"unknown shadow model {model!r}")
+
+
+def model_names(num_shards: int, num_shadows: int = 0,
+                shadow_roles: tuple[str, ...] = ("baseline",)) -> list[str]:
+    """Rows of the membership matrix: the undefended baseline, one teacher per shard, then per
+    shadow draw the attacker's models trained on its rows (disjoint from every target row): one
+    like the baseline and/or K like the teachers (the latter also when a shadow student is
+    distilled from them). Students are not rows: they learn from soft targets."""
+    shadows = []
+    for j in range(num_shadows):
+        if "baseline" in shadow_roles:
+            shadows.append(shadow_name(j))
+        if {"teacher", "student"} & set(shadow_roles):
+            shadows += [shadow_name(j, "teacher", k) for k in range(num_shards)]
+    return ["baseline"] + [teacher_name(k) for k in range(num_shards)] + shadows
 
 
 def model_index(model: str, num_shards: int) -> int:
     """The index that seeds a model's training batches: baseline 0, teacher_k k, the student
-    K + 1, shadow_j 100 + j - 1 (independent of how many shadows exist)."""
+    K + 1, shadow_j 100 + j - 1 (independent of how many shadows exist), shadow_j's teachers and
+    student 1000 + 100 (j - 1) + their target counterpart's index."""
     if model == "baseline":
         return 0
     if model.startswith("teacher_"):
         return int(model.split("_")[1])
-    if model.startswith("shadow_"):
-        return SHADOW_MODEL_INDEX0 + int(model.split("_")[1]) - 1
-    if model == "student":
+    shadow = parse_shadow(model)
+    if shadow is not None:
+        j, role, k = shadow
+        if role == "baseline":
+            return SHADOW_MODEL_INDEX0 + j
+        return SHADOW_REGIME_INDEX0 + 100 * j + (k + 1 if role == "teacher" else num_shards + 1)
+    if model == STUDENT:
         return num_shards + 1
     raise KeyError(f"unknown model {model!r}")
 
@@ -68,9 +111,10 @@ class Plan:
 
     row_id: [R] int64, index into the source pool. split: [R] MEMBER/NONMEMBER/SHADOW.
     shard: [R] int, 0..K-1 for members, -1 otherwise. part: [R] CALIBRATION/TEST (SHADOW for
-    shadow rows). images: [R, C, H, W] uint8. membership: [M, R] bool, M = 1 + K + S models (see
-    model_names). shadow_heldout: [S, R] bool, the rows drawn for shadow_j that it never trained
-    on (its non-members when an attack learns from it).
+    shadow rows). images: [R, C, H, W] uint8. membership: [M, R] bool, one row per trained model
+    (see model_names). shadow_train / shadow_heldout: [S, R] bool per shadow draw j, the rows its
+    shadow models learn from (split into K shards for its teachers) and the rows drawn with them
+    that none of them trains on (their non-members when an attack learns from them).
     """
 
     row_id: np.ndarray
@@ -83,12 +127,15 @@ class Plan:
     models: list[str]
     membership: np.ndarray
     shadow_heldout: Optional[np.ndarray] = None
+    shadow_train: Optional[np.ndarray] = None
     duplicates_dropped: int = 0
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.shadow_heldout is None:
             self.shadow_heldout = np.zeros((0, len(self.row_id)), dtype=bool)
+        if self.shadow_train is None:
+            self.shadow_train = np.zeros_like(self.shadow_heldout)
 
     @property
     def teachers(self) -> list[str]:
@@ -96,7 +143,29 @@ class Plan:
 
     @property
     def shadows(self) -> list[str]:
-        return [m for m in self.models if m.startswith("shadow_")]
+        """The shadow models of the membership matrix (shadow students are not rows)."""
+        return [m for m in self.models if parse_shadow(m) is not None]
+
+    @property
+    def num_shadow_draws(self) -> int:
+        return len(self.shadow_heldout)
+
+    def members_of(self, model: str) -> np.ndarray:
+        """Bool [R]: the images `model` learned from: its membership row; the student's are all
+        members, shadow_j_student's are draw j's training rows (students distil from them)."""
+        if model == STUDENT:
+            return self.split == MEMBER
+        shadow = parse_shadow(model)
+        if shadow is not None and shadow[1] == "student":
+            return self.shadow_train[shadow[0]]
+        return self.rows_of(model)
+
+    def shadow_nonmembers(self, model: str) -> np.ndarray:
+        """Bool [R]: the held-out rows of a shadow model's draw."""
+        shadow = parse_shadow(model)
+        if shadow is None:
+            raise KeyError(f"{model!r} is not a shadow model")
+        return self.shadow_heldout[shadow[0]]
 
     @property
     def num_shards(self) -> int:
@@ -142,9 +211,12 @@ class Plan:
         cols.update({m: pa.array(self.membership[i]) for i, m in enumerate(self.models)})
         return pa.table(cols)
 
-    def shadow_heldout_table(self) -> pa.Table:
+    def shadow_draws_table(self) -> pa.Table:
+        """row_id + per shadow draw `shadow_<j>:train` and `shadow_<j>:heldout` bool columns."""
         cols = {"row_id": pa.array(self.row_id, pa.int64())}
-        cols.update({m: pa.array(self.shadow_heldout[j]) for j, m in enumerate(self.shadows)})
+        for j in range(self.num_shadow_draws):
+            cols[f"{shadow_name(j)}:train"] = pa.array(self.shadow_train[j])
+            cols[f"{shadow_name(j)}:heldout"] = pa.array(self.shadow_heldout[j])
         return pa.table(cols)
 
 
@@ -220,13 +292,17 @@ def _assign_parts(n: int, frac: float) -> np.ndarray:
 
 
 def make_plan(pool: ImagePool, cfg: DataConfig, seed: int, num_shadows: int = 0,
-              shadow_members: Optional[int] = None) -> Plan:
+              shadow_members: Optional[int] = None,
+              shadow_roles: tuple[str, ...] = ("baseline",)) -> Plan:
     """Split the pool (seeded; deterministic for a given seed and config).
 
-    Shadow models (num_shadows > 0) each draw 2 * shadow_members rows (default: the baseline's
+    Shadow draws (num_shadows > 0) each take 2 * shadow_members rows (default: the baseline's
     member count) from the rows no target uses, the first half to train on and the second held
-    out; shadows may share rows with each other, never with the targets' rows. Their draws use
-    their own seed stream, so adding shadows leaves the target split unchanged.
+    out; draws may share rows with each other, never with the targets' rows. Per draw the plan
+    holds a model for each of `shadow_roles` (SHADOW_ROLES): "baseline" trains on all of the
+    draw's training rows, "teacher" (and "student", distilled from them) on K disjoint shards of
+    them, like the targets. Draws and shards use their own seed streams, so adding shadows or
+    roles leaves the target split (and the other shadows' rows) unchanged.
 
     Raises:
         SplitOverlapError: duplicate images across splits/shards with on_duplicate='error'.
@@ -276,20 +352,34 @@ def make_plan(pool: ImagePool, cfg: DataConfig, seed: int, num_shadows: int = 0,
         part[g] = _assign_parts(len(g), cfg.calibration_fraction)
     part[split == SHADOW] = SHADOW
 
-    models = model_names(k, num_shadows)
+    unknown = set(shadow_roles) - set(SHADOW_ROLES)
+    if unknown:
+        raise ValueError(f"unknown shadow roles {sorted(unknown)}; expected {SHADOW_ROLES}")
+    models = model_names(k, num_shadows, shadow_roles)
     membership = np.zeros((len(models), len(row_id)), dtype=bool)
     membership[0] = split == MEMBER
     for s in range(k):
         membership[1 + s] = shard == s
     n_target = len(row_id) - shadow_train.shape[1]
+    train = np.zeros((num_shadows, len(row_id)), dtype=bool)
     heldout = np.zeros((num_shadows, len(row_id)), dtype=bool)
     for j in range(num_shadows):
-        membership[1 + k + j, n_target:] = shadow_train[j]
+        train[j, n_target:] = shadow_train[j]
         heldout[j, n_target:] = shadow_held[j]
+        if shadow_name(j) in models:
+            membership[models.index(shadow_name(j))] = train[j]
+        if shadow_name(j, "teacher", 0) in models:
+            rows = np.flatnonzero(train[j])
+            order = np.random.default_rng(derive_seed(seed, STREAM_SHADOW, j, 1)).permutation(
+                len(rows))
+            for s, chunk in enumerate(np.array_split(order, k)):
+                membership[models.index(shadow_name(j, "teacher", s)), rows[chunk]] = True
     labels = pool.labels[row_id] if pool.labels is not None else -np.ones(len(row_id), np.int64)
     plan = Plan(row_id=row_id, hash=hashes, split=split, shard=shard, part=part, label=labels,
                 images=images, models=models, membership=membership, shadow_heldout=heldout,
-                duplicates_dropped=dropped, meta={"source": pool.name, "split_file": cfg.split_file})
+                shadow_train=train, duplicates_dropped=dropped,
+                meta={"source": pool.name, "split_file": cfg.split_file,
+                      "shadow_roles": list(shadow_roles) if num_shadows else []})
     validate_plan(plan)
     return plan
 
@@ -371,18 +461,34 @@ def validate_plan(plan: Plan) -> None:
             if shard_hashes[a] & shard_hashes[b]:
                 raise SplitOverlapError(f"shards {a + 1} and {b + 1} share image content")
     shadow_rows = plan.split == SHADOW
-    for j, m in enumerate(plan.shadows):
-        if (plan.rows_of(m) & ~shadow_rows).any() or (plan.shadow_heldout[j] & ~shadow_rows).any():
-            raise SplitOverlapError(f"{m} reads rows of the targets' member/non-member sets")
-        if (plan.rows_of(m) & plan.shadow_heldout[j]).any():
-            raise SplitOverlapError(f"{m} trains on rows it also holds out")
+    for j in range(plan.num_shadow_draws):
+        if (plan.shadow_train[j] & ~shadow_rows).any() or (plan.shadow_heldout[j]
+                                                           & ~shadow_rows).any():
+            raise SplitOverlapError(f"shadow draw {j + 1} reads rows of the targets' "
+                                    "member/non-member sets")
+        if (plan.shadow_train[j] & plan.shadow_heldout[j]).any():
+            raise SplitOverlapError(f"shadow draw {j + 1} trains on rows it also holds out")
+    shadow_teachers: dict[int, list[np.ndarray]] = defaultdict(list)
+    for m in plan.shadows:
+        j, role, _ = parse_shadow(m)
+        if j >= plan.num_shadow_draws:
+            raise SplitOverlapError(f"{m} has no shadow draw in the plan")
+        if (plan.rows_of(m) & ~plan.shadow_train[j]).any():
+            raise SplitOverlapError(f"{m} trains on rows outside its draw's training rows")
+        if role == "teacher":
+            shadow_teachers[j].append(plan.rows_of(m))
+    for j, shards in shadow_teachers.items():
+        if (np.sum(shards, axis=0) > 1).any() or not np.array_equal(
+                np.any(shards, axis=0), plan.shadow_train[j]):
+            raise SplitOverlapError(f"shadow draw {j + 1}'s teacher shards must be disjoint and "
+                                    "cover its training rows")
     target_h = {h for h, sp in zip(plan.hash, plan.split) if sp != SHADOW}
     if target_h & {h for h, sp in zip(plan.hash, plan.split) if sp == SHADOW}:
         raise SplitOverlapError("shadow rows share image content with target rows")
 
 
 def plan_from_tables(rows: pa.Table, membership: pa.Table, image_shape: list[int],
-                     shadow_heldout: Optional[pa.Table] = None) -> Plan:
+                     shadow_draws: Optional[pa.Table] = None) -> Plan:
     """Rebuild a Plan from the Parquet tables written by `prepare` (and re-validate it)."""
     d = rows.to_pydict()
     images = np.frombuffer(b"".join(d["image"]), dtype=np.uint8).reshape(-1, *image_shape)
@@ -395,9 +501,18 @@ def plan_from_tables(rows: pa.Table, membership: pa.Table, image_shape: list[int
                 images=images.copy(), models=models,
                 membership=np.stack([membership.column(m).to_numpy(zero_copy_only=False)
                                      for m in models]).astype(bool),
-                shadow_heldout=(np.stack([shadow_heldout.column(m).to_numpy(zero_copy_only=False)
-                                          for m in models if m.startswith("shadow_")]).astype(bool)
-                                if shadow_heldout is not None and shadow_heldout.num_columns > 1
-                                else None))
+                shadow_heldout=_draw_columns(shadow_draws, "heldout"),
+                shadow_train=_draw_columns(shadow_draws, "train"))
     validate_plan(plan)
     return plan
+
+
+def _draw_columns(table: Optional[pa.Table], kind: str) -> Optional[np.ndarray]:
+    """The `shadow_<j>:<kind>` columns of a shadow-draws table -> [S, R] bool (None if none)."""
+    if table is None:
+        return None
+    names = [c for c in table.column_names if c.endswith(f":{kind}")]
+    if not names:
+        return None
+    names.sort(key=lambda c: parse_shadow(c.split(":")[0])[0])
+    return np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in names]).astype(bool)

@@ -3,8 +3,9 @@
 prepare/rows.parquet        row_id, hash, split, shard, part, label, image (uint8 bytes)
 prepare/membership.parquet  row_id + one bool column per model (the membership matrix)
 prepare/plan.json           sizes, models, image shape, source
-prepare/shadow_heldout.parquet  row_id + one bool column per shadow model (its held-out rows)
+prepare/shadow_draws.parquet  row_id + per shadow draw j: shadow_j:train, shadow_j:heldout (bool)
 distill/soft_targets/       row_id, draw, shard, t, teachers, x_t and target (float32 bytes)
+distill/<shadow>_student/soft_targets/  the same, for a shadow student (its draw's rows)
 evaluate/scores.parquet     target, attack, params, row_id, is_member, part, score
 """
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raydefense.data.plan import Plan, plan_from_tables
+from raydefense.data.plan import STUDENT, Plan, plan_from_tables
 from raydefense.data.sources import to_model_range
 from raydefense.diffusion.training import ImageData, SoftTargetData
 from raydefense.storage import Storage
@@ -25,7 +26,7 @@ from raydefense.storage import Storage
 ROWS = "prepare/rows.parquet"
 MEMBERSHIP = "prepare/membership.parquet"
 PLAN_JSON = "prepare/plan.json"
-SHADOW_HELDOUT = "prepare/shadow_heldout.parquet"
+SHADOW_DRAWS = "prepare/shadow_draws.parquet"
 SOFT_TARGETS = "distill/soft_targets"
 SCORES = "evaluate/scores.parquet"
 
@@ -33,14 +34,14 @@ SCORES = "evaluate/scores.parquet"
 def write_plan(storage: Storage, plan: Plan) -> None:
     storage.write_table(ROWS, plan.to_table())
     storage.write_table(MEMBERSHIP, plan.membership_table())
-    storage.write_table(SHADOW_HELDOUT, plan.shadow_heldout_table())
+    storage.write_table(SHADOW_DRAWS, plan.shadow_draws_table())
     storage.write_json(PLAN_JSON, plan.summary())
 
 
 def read_plan(storage: Storage) -> Plan:
     shape = storage.read_json(PLAN_JSON)["image_shape"]
-    held = storage.read_table(SHADOW_HELDOUT) if storage.exists(SHADOW_HELDOUT) else None
-    return plan_from_tables(storage.read_table(ROWS), storage.read_table(MEMBERSHIP), shape, held)
+    draws = storage.read_table(SHADOW_DRAWS) if storage.exists(SHADOW_DRAWS) else None
+    return plan_from_tables(storage.read_table(ROWS), storage.read_table(MEMBERSHIP), shape, draws)
 
 
 def image_shape(storage: Storage) -> tuple[int, int, int]:
@@ -70,11 +71,19 @@ def encode_float_rows(arr: np.ndarray) -> list[bytes]:
     return [r.tobytes() for r in flat]
 
 
-def read_soft_targets(storage: Storage, shape: tuple[int, int, int]) -> SoftTargetData:
-    files = [f for f in storage.listdir(SOFT_TARGETS) if f.endswith(".parquet")]
+def soft_targets_dir(student: str = STUDENT) -> str:
+    """Where a student's soft targets live: distill/soft_targets for the target student,
+    distill/<name>/soft_targets for a shadow student."""
+    return SOFT_TARGETS if student == STUDENT else f"distill/{student}/soft_targets"
+
+
+def read_soft_targets(storage: Storage, shape: tuple[int, int, int],
+                      student: str = STUDENT) -> SoftTargetData:
+    """A student's soft targets (all files of soft_targets_dir(student)), ordered by (row, draw)."""
+    rel = soft_targets_dir(student)
+    files = [f for f in storage.listdir(rel) if f.endswith(".parquet")]
     table = pa.concat_tables(
-        [pq.read_table(storage.path(f"{SOFT_TARGETS}/{f}"), filesystem=storage.fs)
-         for f in files])
+        [pq.read_table(storage.path(f"{rel}/{f}"), filesystem=storage.fs) for f in files])
     # A stable order makes student batches independent of how Ray Data split the files.
     table = table.sort_by([("row_id", "ascending"), ("draw", "ascending")])
 

@@ -31,9 +31,10 @@ class RayExecutor:
                  self.fit_callbacks)
 
     def label_soft_targets(self, cfg: ExperimentConfig, storage: Storage, teachers: list[str],
-                           owners: dict[int, list[str]], draws: int) -> int:
+                           owners: dict[int, list[str]], draws: int, out_dir: str,
+                           groups: dict[int, int]) -> int:
         shape = storage.read_json(PLAN_JSON)["image_shape"]
-        return label_soft_targets(cfg, storage, teachers, owners, draws, shape)
+        return label_soft_targets(cfg, storage, teachers, owners, draws, shape, out_dir, groups)
 
     def score(self, cfg: ExperimentConfig, plan, jobs, generate):
         return RayEvalExecutor().score(cfg, plan, jobs, generate)

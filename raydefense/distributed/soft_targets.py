@@ -1,10 +1,12 @@
-"""The soft-target actor pool: Ray Data map_batches over member rows with a callable class that
-holds every teacher (ActorPoolStrategy); output written as Parquet."""
+"""The soft-target actor pool: Ray Data map_batches over a student's rows (the target student's:
+the members; a shadow student's: its draw's training rows) with a callable class that holds
+every teacher (ActorPoolStrategy); output written as Parquet."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from typing import Optional
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,7 +28,8 @@ class LabellerActor:
     """One actor of the pool: loads all teachers once, then labels batches of member rows."""
 
     def __init__(self, cfg_dict: dict, teachers: list[str], owners: dict[int, list[str]],
-                 draws: int, image_shape: list[int], threads: int | None = None) -> None:
+                 draws: int, image_shape: list[int], groups: dict[int, int],
+                 threads: int | None = None) -> None:
         cfg = ExperimentConfig.model_validate(cfg_dict)
         torch.set_num_threads(threads or label_threads(cfg))
         storage = Storage(cfg.storage.root, cfg.experiment)
@@ -38,12 +41,14 @@ class LabellerActor:
         schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
                                  cfg.model.beta_end)
         self.shape = tuple(image_shape)
+        self.groups = {int(r): int(g) for r, g in groups.items()}
         self.labeller = SoftTargetLabeller(models, {int(r): frozenset(o) for r, o in owners.items()},
                                            schedule, draws, cfg.seed, device=device,
                                            teacher_assignment=cfg.distill.teacher_assignment)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.labeller({"row_id": batch["row_id"], "shard": batch["shard"],
+        shard = np.array([self.groups[int(r)] for r in batch["row_id"]], dtype=np.int64)
+        out = self.labeller({"row_id": batch["row_id"], "shard": shard,
                              "image": decode_images(list(batch["image"]), self.shape)})
         out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
         out["target"] = np.array(encode_float_rows(out["target"]), dtype=object)
@@ -60,24 +65,32 @@ def label_threads(cfg: ExperimentConfig) -> int:
 
 
 def label_soft_targets(cfg: ExperimentConfig, storage: Storage, teachers: list[str],
-                       owners: dict[int, list[str]], draws: int, image_shape: list[int]) -> int:
-    """Write soft targets for every member row to distill/soft_targets/; returns the row count."""
-    storage.delete(SOFT_TARGETS)
+                       owners: dict[int, list[str]], draws: int, image_shape: list[int],
+                       out_dir: str = SOFT_TARGETS,
+                       groups: Optional[dict[int, int]] = None) -> int:
+    """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that trained
+    on it) to out_dir; returns the row count. groups: row_id -> the batch group written as
+    "shard" (default: the index in `teachers` of the row's first owner)."""
+    if groups is None:
+        groups = {r: teachers.index(o[0]) for r, o in owners.items()}
+    storage.delete(out_dir)
     ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs,
-                               columns=["row_id", "shard", "split", "image"]).filter(expr=col("split") == "member")
+                               columns=["row_id", "image"]).filter(
+        expr=col("row_id").is_in(sorted(int(r) for r in owners)))
     rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
     labelled = ds.map_batches(
         LabellerActor,
         fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json"), "teachers": teachers,
-                               "owners": owners, "draws": draws, "image_shape": image_shape},
+                               "owners": owners, "draws": draws, "image_shape": image_shape,
+                               "groups": groups},
         batch_size=rows_per_batch, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.label_actors),
         num_cpus=cfg.resources.cpus_per_worker, num_gpus=cfg.resources.gpus_per_worker,
     )
     # Ray Data writes into a staging prefix; only complete files are then published.
-    with storage.staging(SOFT_TARGETS) as staging:
+    with storage.staging(out_dir) as staging:
         labelled.write_parquet(storage.path(staging), filesystem=storage.fs)
-        storage.publish_dir(staging, SOFT_TARGETS)
-    files = [f for f in storage.listdir(SOFT_TARGETS) if f.endswith(".parquet")]
-    return sum(pq.read_metadata(storage.path(f"{SOFT_TARGETS}/{f}"), filesystem=storage.fs).num_rows
+        storage.publish_dir(staging, out_dir)
+    files = [f for f in storage.listdir(out_dir) if f.endswith(".parquet")]
+    return sum(pq.read_metadata(storage.path(f"{out_dir}/{f}"), filesystem=storage.fs).num_rows
                for f in files)

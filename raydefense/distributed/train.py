@@ -119,7 +119,7 @@ def _train_loop(config: dict) -> None:
     shape = image_shape(storage)
     # One read of the plan (the image table) serves both the DDPM rows and the validation rows.
     plan = read_plan(storage) if (spec.kind != "distill" or cfg.train.val_rows) else None
-    data = (read_soft_targets(storage, shape) if spec.kind == "distill"
+    data = (read_soft_targets(storage, shape, spec.model) if spec.kind == "distill"
             else model_training_images(storage, spec.model, plan))
     reporter = RayReporter(config.get("tracking_uri"), cfg.experiment, spec.mlflow_run_id)
     world = reporter.world_size

@@ -208,6 +208,27 @@ def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[st
     return parts
 
 
+SHADOW_NOTE = (
+    "Attacks that learn from shadow models (GSA) fit their classifier on shadows trained like "
+    "the target they attack (`attacks.shadow.regime`): like the baseline on a whole draw of "
+    "rows disjoint from the targets', like a teacher on one of K shards of it, or a student "
+    "distilled from shadow teachers."
+)
+
+
+def _shadow_parts(results: Mapping[str, Any]) -> list[str]:
+    """Which shadow models each target's shadow-trained attacks learned from."""
+    shadows = results.get("shadows")
+    if not shadows:
+        return []
+    lines = ["### Shadow models", "", SHADOW_NOTE, ""]
+    for target, s in shadows.items():
+        models = ", ".join(f"`{m}` ({c['members']} members / {c['heldout']} held out)"
+                           for m, c in s["models"].items())
+        lines.append(f"- **{target}** ({', '.join(s['attacks'])}): {s['regime']}-like: {models}")
+    return lines + [""]
+
+
 def _seed_parts(results: Mapping[str, Any]) -> list[str]:
     """The training-seed study (`raydefense seeds`), when this experiment is its base."""
     if not results.get("seeds"):
@@ -235,6 +256,7 @@ def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, s
              paper_table_markdown(list(results["attacks"]), list(results.get("skipped", []))),
              "", "### Operating points", "", operating_points_markdown(list(results["attacks"])),
              "", _rules(results), "",
+             *_shadow_parts(results),
              "### Compared with the paper", "",
              paper_comparison_markdown(list(results["attacks"]), results.get("dataset")), "",
              "## Quality", "", QUALITY_NOTE, "", quality_table_markdown(list(results["quality"])),

@@ -80,7 +80,18 @@ def test_results_json_follows_the_contract(smoke_run):
     import pyarrow.parquet as pq
 
     membership = pq.read_table(cwd / "runs" / "smoke" / "prepare" / "membership.parquet")
-    assert membership.column_names == ["row_id", "baseline", "teacher_1", "teacher_2", "shadow_1"]
+    assert membership.column_names == ["row_id", "baseline", "teacher_1", "teacher_2", "shadow_1",
+                                       "shadow_1_teacher_1", "shadow_1_teacher_2"]
+    # GSA against each target learned from shadows trained like it (regime "matched")
+    shadows = results["shadows"]
+    assert {t: sorted(s["models"]) for t, s in shadows.items()} == {
+        "baseline": ["shadow_1"], "teacher_1": ["shadow_1_teacher_1", "shadow_1_teacher_2"],
+        "teacher_2": ["shadow_1_teacher_1", "shadow_1_teacher_2"],
+        "student": ["shadow_1_student"]}
+    assert shadows["student"]["models"]["shadow_1_student"] == {"members": 64, "heldout": 64}
+    assert "- **teacher_1** (gsa1, gsa2): teacher-like: `shadow_1_teacher_1` (32 members" in md
+    assert (cwd / "runs" / "smoke" / "distill" / "shadow_1_student" / "soft_targets"
+            / "_COMPLETE.json").exists()
     from diffusers import UNet2DModel
 
     UNet2DModel.from_pretrained(cwd / "runs" / "smoke" / "models" / "student" / "ema")
@@ -99,7 +110,9 @@ def test_mlflow_run_tree(smoke_run):
     children = {r.info.run_name: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {"train/baseline", "train/teacher_1", "train/teacher_2", "distill/soft_targets",
-            "train/student", "train/shadow_1", "evaluate/baseline", "evaluate/teacher_1",
+            "train/student", "train/shadow_1", "train/shadow_1_teacher_1",
+            "train/shadow_1_teacher_2", "distill/shadow_1_student/soft_targets",
+            "train/shadow_1_student", "evaluate/baseline", "evaluate/teacher_1",
             "evaluate/teacher_2", "evaluate/dualmd", "evaluate/student"} <= set(children)
     assert "loss.auc" in children["evaluate/student"].data.metrics
     assert parent.data.params["train.steps"] == "100"
@@ -126,7 +139,9 @@ def test_second_run_trains_nothing_and_is_fast(smoke_run):
     exp = client.get_experiment_by_name("smoke")
     trains = [r for r in client.search_runs([exp.experiment_id], max_results=100)
               if r.info.run_name.startswith("train/")]
-    assert len(trains) == 5  # from the first run only (baseline, 2 teachers, shadow, student)
+    # from the first run only: baseline, 2 teachers, student, and the shadows (baseline-like,
+    # 2 teacher-like, the shadow student)
+    assert len(trains) == 8
 
 
 @pytest.mark.parametrize("args, needle", [

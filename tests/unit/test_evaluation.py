@@ -12,13 +12,15 @@ import torch
 
 from conftest import tiny_config
 from raydefense.attacks.base import AccessError
+from raydefense.errors import ConfigError
 from raydefense.data.plan import MEMBER, NONMEMBER, SHADOW, make_plan
 from raydefense.data.sources import DATASETS
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.diffusion.checkpoint import save_checkpoint
 from raydefense.diffusion.unet import build_unet
-from raydefense.evaluation import (DUALMD, STUDENT, SerialExecutor, audited_rows, metric_rows,
-                                   plan_attacks, run_evaluation, shadows_needed)
+from raydefense.evaluation import (DUALMD, STUDENT, SerialExecutor, audited_rows,
+                                   learned_fit_args, metric_rows, plan_attacks, run_evaluation,
+                                   shadow_roles, shadow_students, shadows_for, shadows_needed)
 from raydefense.report.tables import headline_rows
 from raydefense.storage import Storage
 
@@ -44,9 +46,9 @@ def _cfg(tmp_path: Path, **extra: str):
 def _prepare(cfg) -> Storage:
     storage = Storage(cfg.storage.root, cfg.experiment)
     plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, shadows_needed(cfg),
-                     cfg.attacks.shadow.members)
+                     cfg.attacks.shadow.members, shadow_roles(cfg))
     write_plan(storage, plan)
-    for i, m in enumerate(plan.models + [STUDENT]):
+    for i, m in enumerate(plan.models + [STUDENT] + shadow_students(cfg, plan)):
         torch.manual_seed(i)
         unet = build_unet(cfg.model, 8, 1)
         local = Path(cfg.storage.root) / cfg.experiment / "models" / m
@@ -58,7 +60,11 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     storage = _prepare(cfg)
     plan = read_plan(storage)
-    assert plan.shadows == ["shadow_1"] and (plan.split == SHADOW).sum() == 16
+    # regime-matched shadows (the default): one baseline-like shadow and two shadow teachers
+    # trained on the two halves of the draw's 8 training rows; the shadow student is distilled
+    assert plan.shadows == ["shadow_1", "shadow_1_teacher_1", "shadow_1_teacher_2"]
+    assert shadow_students(cfg, plan) == ["shadow_1_student"]
+    assert (plan.split == SHADOW).sum() == 16
     out = run_evaluation(cfg, storage, plan, SerialExecutor(storage, str(tmp_path / "c")),
                          str(tmp_path / "c"))
     df = out.scores.to_pandas()
@@ -105,6 +111,57 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
     assert ("baseline", "pia (canonical)") in lines
     assert ("baseline", "pia (best on calibration)") in lines
     assert ("baseline", "gsa1") in lines
+    # each target's GSA learned from shadows of its own regime, and results say which
+    assert {t: (v["regime"], sorted(v["models"])) for t, v in out.shadows.items()} == {
+        "baseline": ("baseline", ["shadow_1"]),
+        "teacher_1": ("teacher", ["shadow_1_teacher_1", "shadow_1_teacher_2"]),
+        "teacher_2": ("teacher", ["shadow_1_teacher_1", "shadow_1_teacher_2"]),
+        STUDENT: ("student", ["shadow_1_student"])}
+    assert out.shadows["teacher_1"]["models"]["shadow_1_teacher_2"] == {"members": 4,
+                                                                       "heldout": 8}
+    assert out.shadows[STUDENT]["models"]["shadow_1_student"] == {"members": 8, "heldout": 8}
+
+
+def test_shadow_trained_attacks_learn_from_their_targets_regime(tmp_path: Path) -> None:
+    """The classifier's training set: per target, the members vs held-out rows of the shadows of
+    its regime; regime 'baseline' gives every target the baseline-like shadow (and plans only it)."""
+    cfg = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]"})
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, 8,
+                     shadow_roles(cfg))
+    gsa = next(a for a in plan_attacks(cfg, plan).attacks["baseline"])
+    sizes = {m: int(plan.members_of(m).sum()) + 8 for m in
+             ("shadow_1", "shadow_1_teacher_1", "shadow_1_teacher_2", "shadow_1_student")}
+    for target, models in (("baseline", ["shadow_1"]),
+                           ("teacher_2", ["shadow_1_teacher_1", "shadow_1_teacher_2"]),
+                           (STUDENT, ["shadow_1_student"])):
+        assert shadows_for(cfg, plan, target) == models
+        scored = {m: {"f:gsa1": np.zeros((sizes[m], 3))} for m in models}
+        scored[target] = {"f:gsa1": np.zeros((int(audited_rows(plan, target).sum()), 3))}
+        _, _, x, y, _, _, _ = learned_fit_args(cfg, plan, target, "gsa1", gsa, scored)
+        assert len(x) == len(y) == sum(sizes[m] for m in models)
+        assert y.sum() == sum(int(plan.members_of(m).sum()) for m in models)
+    # the shadow student learns from its draw's training rows, which its teachers split
+    assert np.array_equal(plan.members_of("shadow_1_student"),
+                          plan.rows_of("shadow_1_teacher_1") | plan.rows_of("shadow_1_teacher_2"))
+
+    legacy = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]", "attacks.shadow.regime": "baseline"})
+    assert shadow_roles(legacy) == ("baseline",)
+    old = make_plan(DATASETS.get("digits")(legacy.data), legacy.data, legacy.seed, 1, 8,
+                    shadow_roles(legacy))
+    assert old.shadows == ["shadow_1"] and shadow_students(legacy, old) == []
+    assert all(shadows_for(legacy, old, t) == ["shadow_1"] for t in ("teacher_1", STUDENT))
+    # same rows either way: the regime changes which models train, never the split
+    assert np.array_equal(old.row_id, plan.row_id)
+    assert np.array_equal(old.rows_of("shadow_1"), plan.rows_of("shadow_1"))
+    # a plan prepared for the baseline regime cannot silently serve the matched one
+    with pytest.raises(ConfigError, match="no teacher-like shadow models for target 'teacher_1'"):
+        shadows_for(cfg, old, "teacher_1")
+    # explicit targets plan only the roles they need
+    student_only = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]", "attacks.targets": "[student]"})
+    assert shadow_roles(student_only) == ("student",)
+    assert make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, 8,
+                     shadow_roles(student_only)).shadows == ["shadow_1_teacher_1",
+                                                            "shadow_1_teacher_2"]
 
 
 def test_black_box_dualmd_and_explicit_refusal(tmp_path: Path) -> None:
@@ -122,11 +179,14 @@ def test_black_box_dualmd_and_explicit_refusal(tmp_path: Path) -> None:
 
 def test_shadow_rows_are_disjoint_from_targets(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 2, 8)
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 2, 8,
+                     ("baseline", "teacher", "student"))
     target = set(plan.row_id[(plan.split == MEMBER) | (plan.split == NONMEMBER)].tolist())
-    for j, m in enumerate(plan.shadows):
-        rows = set(plan.row_id[plan.rows_of(m) | plan.shadow_heldout[j]].tolist())
+    for j in range(2):
+        rows = set(plan.row_id[plan.shadow_train[j] | plan.shadow_heldout[j]].tolist())
         assert len(rows) == 16 and not rows & target
+    for m in plan.shadows:
+        assert not set(plan.row_id[plan.rows_of(m) | plan.shadow_nonmembers(m)].tolist()) & target
     no_shadow = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed)
     assert np.array_equal(no_shadow.row_id, plan.row_id[plan.split != SHADOW])
 

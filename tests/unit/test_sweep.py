@@ -21,7 +21,8 @@ from raydefense.data.tables import read_plan, write_plan
 from raydefense.diffusion.checkpoint import save_checkpoint
 from raydefense.diffusion.unet import build_unet
 from raydefense.errors import ConfigError
-from raydefense.evaluation import STUDENT, ScoreJob, SerialExecutor, audited_rows, query_col
+from raydefense.evaluation import (STUDENT, ScoreJob, SerialExecutor, audited_rows, query_col,
+                                   shadow_jobs, shadow_roles, shadow_students)
 from raydefense.storage import Storage
 from raydefense.sweep import (score_sweep, sweep_points, trial_metrics, trials_of, worst_case)
 
@@ -40,9 +41,10 @@ def _cfg(tmp_path: Path, **extra: str):
 def _prepare(cfg, num_shadows: int = 0) -> Storage:
     """The plan and a randomly initialised checkpoint per model (shadows included)."""
     storage = Storage(cfg.storage.root, cfg.experiment)
-    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, num_shadows, None)
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, num_shadows, None,
+                     shadow_roles(cfg) if num_shadows else ())
     write_plan(storage, plan)
-    for i, m in enumerate(plan.models + [STUDENT]):
+    for i, m in enumerate(plan.models + [STUDENT] + shadow_students(cfg, plan)):
         torch.manual_seed(i)
         unet = build_unet(cfg.model, 8, 1)
         save_checkpoint(str(Path(cfg.storage.root) / cfg.experiment / "models" / m), unet, unet,
@@ -121,9 +123,9 @@ def test_learned_sweep_points_fit_once_per_target_like_evaluate(tmp_path: Path) 
     single = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]", "attacks.gsa1.n_estimators": "5",
                                "attacks.gsa1.classifier": "sklearn",
                                "attacks.gsa1.batch_size": "8", "attacks.gsa1.num_timesteps": "3"})
-    jobs = [ScoreJob(m, audited_rows(plan, m) if m == STUDENT else
-                     plan.rows_of(m) | plan.shadow_heldout[0], ["gsa1"], False)
-            for m in (STUDENT, plan.shadows[0])]
+    jobs = [ScoreJob(STUDENT, audited_rows(plan, STUDENT), ["gsa1"], False),
+            *shadow_jobs(single, plan, {STUDENT: ["gsa1"]})]
+    assert [j.model for j in jobs] == [STUDENT, "shadow_1_student"]  # regime-matched
     cols, _ = SerialExecutor(storage, str(tmp_path / "c2")).score(single, plan, jobs, {})
     scored = {j.model: c for j, c in zip(jobs, cols)}
     (gsa,) = build_attacks(single)
