@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -58,8 +59,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset)
-    schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
-                             cfg.model.beta_end)
+    schedule = NoiseSchedule(
+        cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
+    )
     torch.manual_seed(0)
     unet = build_unet(cfg.model, 8, 1).eval().requires_grad_(False)
     eps = UNetEps(unet)

@@ -51,11 +51,14 @@ def build_plan(rows: int, seed: int = 0):
     """A Plan over `rows` random 3x32x32 images (make_plan's default split: half members)."""
     from raydefense.config import DataConfig
     from raydefense.data.plan import make_plan
-    from raydefense.data.sources import ImagePool
+    from raydefense.data.pool import ImagePool
 
     rng = np.random.default_rng(seed)
-    pool = ImagePool(images=rng.integers(0, 256, (rows, 3, 32, 32), dtype=np.uint8),
-                     labels=rng.integers(0, 10, rows).astype(np.int64), name="random32")
+    pool = ImagePool(
+        images=rng.integers(0, 256, (rows, 3, 32, 32), dtype=np.uint8),
+        labels=rng.integers(0, 10, rows).astype(np.int64),
+        name="random32",
+    )
     return make_plan(pool, DataConfig(), seed)
 
 
@@ -64,7 +67,7 @@ def _epoch(images: torch.Tensor, batch: int, seed: int) -> tuple[int, float]:
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(images)))
     n, check = 0, 0.0
     for i in range(0, len(perm), batch):
-        x0 = images[perm[i:i + batch]]
+        x0 = images[perm[i : i + batch]]
         n += len(x0)
         check += float(x0.sum(dtype=torch.float64))
     return n, check
@@ -76,14 +79,16 @@ def _worker(config: dict) -> None:
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     import raydefense
-    from raydefense.data.sources import to_model_range
+    from raydefense.data.pool import to_model_range
     from raydefense.data.tables import decode_images, read_plan
     from raydefense.storage import Storage
 
     torch.set_num_threads(config["threads"])
     batch, shape = config["batch"], tuple(config["shape"])
-    roots = {"local": Storage(config["local_root"], EXPERIMENT),
-             "s3": Storage(config["s3_root"], EXPERIMENT)}
+    roots = {
+        "local": Storage(config["local_root"], EXPERIMENT),
+        "s3": Storage(config["s3_root"], EXPERIMENT),
+    }
     resident = read_plan(roots["local"]).images  # untimed: the rows already in worker memory
 
     class Decode(NumpyBatchCollateFn):
@@ -103,6 +108,7 @@ def _worker(config: dict) -> None:
             images = torch.from_numpy(to_model_range(plan.images))
             first = time.perf_counter() - t0
             return (*_epoch(images, batch, r), first, t0)
+
         return run
 
     def raydata(where: str):
@@ -116,13 +122,13 @@ def _worker(config: dict) -> None:
                 n += len(x0)
                 check += float(x0.sum(dtype=torch.float64))
             return n, check, first, t0
+
         return run
 
     # In-process modes first (one untimed warm-up round: imports, S3 connection), then the Ray
     # Data modes, whose read tasks and coordinator would otherwise still be running while the
     # next in-process mode is timed. Rounds interleave the modes within each group.
-    groups = [{"memory": memory, "parquet/local": parquet("local"),
-               "parquet/s3": parquet("s3")}]
+    groups = [{"memory": memory, "parquet/local": parquet("local"), "parquet/s3": parquet("s3")}]
     if config["ray_data"]:
         groups.append({"raydata/local": raydata("local"), "raydata/s3": raydata("s3")})
     seconds: dict[str, list] = {}
@@ -139,9 +145,14 @@ def _worker(config: dict) -> None:
                 if n != len(resident):
                     raise RuntimeError(f"{m} delivered {n} rows, expected {len(resident)}")
                 checks.setdefault(m, check)
-    metrics = {"seconds": seconds, "first_batch_s": firsts, "checksums": checks,
-               "rows": int(len(resident)), "worker_raydefense": raydefense.__file__,
-               "torch_threads": torch.get_num_threads()}
+    metrics = {
+        "seconds": seconds,
+        "first_batch_s": firsts,
+        "checksums": checks,
+        "rows": int(len(resident)),
+        "worker_raydefense": raydefense.__file__,
+        "torch_threads": torch.get_num_threads(),
+    }
     # Train V2 keeps only metrics reported with a checkpoint in result.metrics.
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "timings.json"), "w") as f:
@@ -154,14 +165,26 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=20_000, help="images in rows.parquet")
     p.add_argument("--repeats", type=int, default=3, help="rounds; the median is reported")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in the worker (default 1, Ray's default for a 1-CPU "
-                        "worker; more threads only add contention to these small batches)")
-    p.add_argument("--num-cpus", type=int, default=4,
-                   help="logical CPUs of the local Ray cluster (Ray Data needs some beside the "
-                        "trainer's worker)")
-    p.add_argument("--no-ray-data", dest="ray_data", action="store_false",
-                   help="skip the ray.data.read_parquet modes")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in the worker (default 1, Ray's default for a 1-CPU "
+        "worker; more threads only add contention to these small batches)",
+    )
+    p.add_argument(
+        "--num-cpus",
+        type=int,
+        default=4,
+        help="logical CPUs of the local Ray cluster (Ray Data needs some beside the "
+        "trainer's worker)",
+    )
+    p.add_argument(
+        "--no-ray-data",
+        dest="ray_data",
+        action="store_false",
+        help="skip the ray.data.read_parquet modes",
+    )
     args = p.parse_args()
 
     import ray
@@ -169,7 +192,8 @@ def main() -> None:
     import ray.train
     import ray.train.torch
 
-    from raydefense.data.tables import ROWS, write_plan
+    from raydefense.data.tables import write_plan
+    from raydefense.layout import ROWS
     from raydefense.storage import Storage
     from raydefense.testing.local_s3 import LocalS3
 
@@ -182,8 +206,10 @@ def main() -> None:
             s3.create_bucket(BUCKET)
             # Before ray.init: the workers inherit the endpoint and the credentials.
             os.environ.update(s3.env())
-            storages = {"local": Storage(os.path.join(tmp, "local"), EXPERIMENT),
-                        "s3": Storage(f"s3://{BUCKET}/prefix", EXPERIMENT)}
+            storages = {
+                "local": Storage(os.path.join(tmp, "local"), EXPERIMENT),
+                "s3": Storage(f"s3://{BUCKET}/prefix", EXPERIMENT),
+            }
             sizes = {}
             for where, st in storages.items():
                 write_plan(st, plan)
@@ -192,27 +218,45 @@ def main() -> None:
             os.environ.pop("RAY_ADDRESS", None)
             # The dashboard serves the State API that Ray Train's placement-group cleaner polls
             # (without it the cleaner takes the controller for dead and removes the worker).
-            ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=True,
-                     dashboard_host="127.0.0.1", object_store_memory=512 * 1024**2,
-                     logging_level=logging.WARNING)
+            ray.init(
+                address="local",
+                num_cpus=args.num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                object_store_memory=512 * 1024**2,
+                logging_level=logging.WARNING,
+            )
             try:
                 ctx = ray.data.DataContext.get_current()
                 ctx.enable_progress_bars = False
                 ctx.print_on_execution_start = False
-                datasets = ({w: ray.data.read_parquet(st.path(ROWS), filesystem=st.fs)
-                             .select_columns(["image"]) for w, st in storages.items()}
-                            if args.ray_data else None)
+                datasets = (
+                    {
+                        w: ray.data.read_parquet(st.path(ROWS), filesystem=st.fs).select_columns(
+                            ["image"]
+                        )
+                        for w, st in storages.items()
+                    }
+                    if args.ray_data
+                    else None
+                )
                 trainer = ray.train.torch.TorchTrainer(
                     _worker,
-                    train_loop_config={"local_root": storages["local"].root_uri,
-                                       "s3_root": storages["s3"].root_uri,
-                                       "shape": list(plan.images.shape[1:]), "batch": args.batch,
-                                       "repeats": args.repeats, "threads": args.threads,
-                                       "ray_data": args.ray_data},
+                    train_loop_config={
+                        "local_root": storages["local"].root_uri,
+                        "s3_root": storages["s3"].root_uri,
+                        "shape": list(plan.images.shape[1:]),
+                        "batch": args.batch,
+                        "repeats": args.repeats,
+                        "threads": args.threads,
+                        "ray_data": args.ray_data,
+                    },
                     scaling_config=ray.train.ScalingConfig(num_workers=1),
-                    run_config=ray.train.RunConfig(name="parquet-ingestion",
-                                                   storage_path=os.path.join(tmp, "ray_train")),
-                    datasets=datasets)
+                    run_config=ray.train.RunConfig(
+                        name="parquet-ingestion", storage_path=os.path.join(tmp, "ray_train")
+                    ),
+                    datasets=datasets,
+                )
                 m = trainer.fit().metrics
             finally:
                 ray.shutdown()
@@ -221,8 +265,9 @@ def main() -> None:
     print_table(m, sizes, args, plan.images.shape[1:], build_s)
 
 
-def print_table(m: dict, sizes: dict, args: argparse.Namespace, shape: tuple,
-                build_s: float) -> None:
+def print_table(
+    m: dict, sizes: dict, args: argparse.Namespace, shape: tuple, build_s: float
+) -> None:
     rows = m["rows"]
     pixel_mb = rows * int(np.prod(shape)) / 1e6
     med = {k: statistics.median(v) for k, v in m["seconds"].items()}
@@ -233,27 +278,48 @@ def print_table(m: dict, sizes: dict, args: argparse.Namespace, shape: tuple,
         raise RuntimeError(f"modes delivered different pixels than memory: {bad}")
 
     best = {k: min(v) for k, v in m["seconds"].items()}
-    print(f"\nparquet ingestion into a Ray Train worker: {rows:,} rows x 3x32x32 uint8, "
-          f"batch {args.batch}, {args.repeats} rounds, {m['torch_threads']} torch thread(s)")
-    print(f"payload: {pixel_mb:.1f} MB pixels; rows.parquet {sizes['local'] / 1e6:.1f} MB local, "
-          f"{sizes['s3'] / 1e6:.1f} MB on S3 (plan built in {build_s:.1f} s)")
+    print(
+        f"\nparquet ingestion into a Ray Train worker: {rows:,} rows x 3x32x32 uint8, "
+        f"batch {args.batch}, {args.repeats} rounds, {m['torch_threads']} torch thread(s)"
+    )
+    print(
+        f"payload: {pixel_mb:.1f} MB pixels; rows.parquet {sizes['local'] / 1e6:.1f} MB local, "
+        f"{sizes['s3'] / 1e6:.1f} MB on S3 (plan built in {build_s:.1f} s)"
+    )
     print(f"worker imports raydefense from {m['worker_raydefense']}")
-    print("rates from the median round; 'best' is the fastest round (least disturbed by other "
-          "load); ratios are throughput / memory throughput")
-    print(f"{'mode':<14} {'median s':>9} {'best s':>8} {'rows/s':>9} {'MB/s':>7} "
-          f"{'1st batch':>10} {'vs memory':>10} {'(best)':>7}")
+    print(
+        "rates from the median round; 'best' is the fastest round (least disturbed by other "
+        "load); ratios are throughput / memory throughput"
+    )
+    print(
+        f"{'mode':<14} {'median s':>9} {'best s':>8} {'rows/s':>9} {'MB/s':>7} "
+        f"{'1st batch':>10} {'vs memory':>10} {'(best)':>7}"
+    )
     for k, s in med.items():
-        print(f"{k:<14} {s:>9.3f} {best[k]:>8.3f} {rows / s:>9,.0f} {pixel_mb / s:>7.1f} "
-              f"{first[k]:>9.3f}s {med['memory'] / s:>10.3f} {best['memory'] / best[k]:>7.3f}")
+        print(
+            f"{k:<14} {s:>9.3f} {best[k]:>8.3f} {rows / s:>9,.0f} {pixel_mb / s:>7.1f} "
+            f"{first[k]:>9.3f}s {med['memory'] / s:>10.3f} {best['memory'] / best[k]:>7.3f}"
+        )
     pairs = [("parquet", "parquet/local", "parquet/s3"), ("raydata", "raydata/local", "raydata/s3")]
     for name, loc, rem in pairs:
         if loc in med:
-            print(f"{name}: S3 / local throughput = {med[loc] / med[rem]:.3f} "
-                  f"(best rounds {best[loc] / best[rem]:.3f})")
-    print(json.dumps({"rows": rows, "batch": args.batch, "repeats": args.repeats,
-                      "parquet_bytes": sizes, "seconds": m["seconds"],
-                      "median_s": {k: round(v, 4) for k, v in med.items()},
-                      "best_s": {k: round(v, 4) for k, v in best.items()}}))
+            print(
+                f"{name}: S3 / local throughput = {med[loc] / med[rem]:.3f} "
+                f"(best rounds {best[loc] / best[rem]:.3f})"
+            )
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "parquet_bytes": sizes,
+                "seconds": m["seconds"],
+                "median_s": {k: round(v, 4) for k, v in med.items()},
+                "best_s": {k: round(v, 4) for k, v in best.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="raydefense-bench-")
-    sets = args.overrides + [f"storage.root={root}/runs", f"tracking.uri=sqlite:///{root}/mlflow.db"]
+    sets = args.overrides + [
+        f"storage.root={root}/runs",
+        f"tracking.uri=sqlite:///{root}/mlflow.db",
+    ]
 
     t0 = time.perf_counter()
     results = execute("run", args.preset, None, sets)
@@ -40,8 +43,16 @@ def main() -> None:
     print(f"{'stages':<10} {stages_total:>9.1f}")
     print(f"{'wall':<10} {cold:>9.1f}   (incl. Ray start-up and MLflow)")
     print(f"cached rerun: {cached:.1f} s  = {cached / cold:.3f} x the cold run")
-    print(json.dumps({"preset": args.preset, "timings": timings, "wall_s": round(cold, 1),
-                      "cached_rerun_s": round(cached, 1)}))
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "timings": timings,
+                "wall_s": round(cold, 1),
+                "cached_rerun_s": round(cached, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """`raydefense` command line: run the pipeline, or up to one stage, on a local Ray or a cluster.
 
-    raydefense run [--preset NAME | --config FILE.yaml] [--set KEY=VALUE ...] [--force STAGE]
-    raydefense prepare|train|distill|attack|report  (same options; runs up to that stage)
-    raydefense sweep  (same options; the `sweep` section: kind=attacks after distill, or
-                       kind=training, one small pipeline per grid point)
-    raydefense seeds  (same options) --seeds 0,1,2 [--aggregate-only]: `run` once per training
-                      seed, then mean ± sd over the seeds in <experiment>/seeds/
+raydefense run [--preset NAME | --config FILE.yaml] [--set KEY=VALUE ...] [--force STAGE]
+raydefense prepare|train|distill|attack|report  (same options; runs up to that stage)
+raydefense sweep  (same options; the `sweep` section: kind=attacks after distill, or
+                   kind=training, one small pipeline per grid point)
+raydefense seeds  (same options) --seeds 0,1,2 [--aggregate-only]: `run` once per training
+                  seed, then mean ± sd over the seeds in <experiment>/seeds/
 """
 
 from __future__ import annotations
@@ -16,13 +16,21 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from raydefense.config import ExperimentConfig, load_config, preset_names
 from raydefense.errors import RaydefenseError
 
-COMMANDS = {"run": "report", "prepare": "prepare", "train": "train", "distill": "distill",
-            "attack": "evaluate", "report": "report", "sweep": "distill"}
+COMMANDS = {
+    "run": "report",
+    "prepare": "prepare",
+    "train": "train",
+    "distill": "distill",
+    "attack": "evaluate",
+    "report": "report",
+    "sweep": "distill",
+}
 HELP = {
     "run": "the whole pipeline: prepare, train, distill, evaluate, report",
     "prepare": "split the data and write the Parquet tables and membership matrix",
@@ -31,11 +39,13 @@ HELP = {
     "attack": "run the membership-inference attacks against every target, after distill",
     "report": "regenerate report/ from stored scores (no model is touched)",
     "sweep": "Ray Tune sweep (config section `sweep`): attack hyperparameters after distill "
-             "(sweep.kind=attacks), or training hyperparameters with ASHA and a privacy-utility "
-             "Pareto front (sweep.kind=training)",
+    "(sweep.kind=attacks), or training hyperparameters with ASHA and a privacy-utility "
+    "Pareto front (sweep.kind=training)",
 }
-SEEDS_HELP = ("training-seed study: `run` once per seed, then mean ± sd per target x attack "
-              "(and of each target's worst case) in <experiment>/seeds/summary.{json,md}")
+SEEDS_HELP = (
+    "training-seed study: `run` once per seed, then mean ± sd per target x attack "
+    "(and of each target's worst case) in <experiment>/seeds/summary.{json,md}"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,23 +56,43 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_args(s)
     s = sub.add_parser("seeds", help=SEEDS_HELP, description=SEEDS_HELP)
     add_config_args(s)
-    s.add_argument("--seeds", nargs="+", required=True, metavar="SEEDS",
-                   help="training seeds, e.g. 0,1,2 (at least 2); the config's `seed` keeps its "
-                        "experiment, seed s runs in <experiment>-seed<s>")
-    s.add_argument("--aggregate-only", action="store_true",
-                   help="run nothing: aggregate the seeds' existing report/results.json")
+    s.add_argument(
+        "--seeds",
+        nargs="+",
+        required=True,
+        metavar="SEEDS",
+        help="training seeds, e.g. 0,1,2 (at least 2); the config's `seed` keeps its "
+        "experiment, seed s runs in <experiment>-seed<s>",
+    )
+    s.add_argument(
+        "--aggregate-only",
+        action="store_true",
+        help="run nothing: aggregate the seeds' existing report/results.json",
+    )
     return p
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", help=f"a shipped preset: {', '.join(preset_names())} "
-                                    "(default: digits)")
+    g.add_argument(
+        "--preset", help=f"a shipped preset: {', '.join(preset_names())} (default: digits)"
+    )
     g.add_argument("--config", help="a YAML file (may name a preset in `base:`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.steps=500 (repeatable)")
-    p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="rerun a stage even if it is complete (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=500 (repeatable)",
+    )
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="rerun a stage even if it is complete (repeatable)",
+    )
 
 
 def config_argv(args: argparse.Namespace) -> list[str]:
@@ -80,33 +110,63 @@ def config_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-class LazyRayExecutor:
-    """Starts Ray only when a stage actually needs it (a fully cached rerun never does)."""
+class _LazyRole:
+    """One role of the Ray backend, built on first use: a fully cached rerun never imports or
+    starts Ray."""
 
-    def __init__(self, cfg: ExperimentConfig, tracking_uri: Optional[str]) -> None:
-        self._args, self._impl = (cfg, tracking_uri), None
+    def __init__(self, backend: Callable[[], Any], role: str) -> None:
+        self._backend, self._role = backend, role
 
-    def __getattr__(self, name):
-        if self._impl is None:
-            from raydefense.distributed.executor import RayExecutor
+    def __getattr__(self, name: str) -> Any:
+        return getattr(getattr(self._backend(), self._role), name)
 
-            self._impl = RayExecutor(*self._args)
-        return getattr(self._impl, name)
+
+def lazy_ray_backend(cfg: ExperimentConfig, tracking_uri: Optional[str]) -> Any:
+    """A `raydefense.runs.context.Backend` whose roles start Ray on first use."""
+    from raydefense.runs.context import ROLES, Backend
+
+    built: list[Any] = []
+
+    def backend() -> Any:
+        if not built:
+            from raydefense.distributed.backend import ray_backend
+
+            built.append(ray_backend(cfg, tracking_uri))
+        return built[0]
+
+    return Backend(**{r: _LazyRole(backend, r) for r in ROLES})
 
 
 def git_sha() -> Optional[str]:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, cwd=os.path.dirname(__file__)).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=os.path.dirname(__file__),
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def execute(command: str, preset: Optional[str] = None, config: Optional[str] = None,
-            overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> Optional[dict]:
+def execute(
+    command: str,
+    preset: Optional[str] = None,
+    config: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    force: Optional[list[str]] = None,
+) -> Optional[dict]:
     """Run one CLI command in-process (also the entry of jobs/pipeline.py). Returns results."""
-    from raydefense.pipeline import (STAGES, RunContext, absolutize, is_complete, run_pipeline,
-                                     stage_fingerprints, stage_report, validate_config, versions)
+    from raydefense.layout import marker
+    from raydefense.pipeline import STAGES, run_pipeline, stage_report
+    from raydefense.runs.context import RunContext
+    from raydefense.runs.fingerprints import stage_fingerprints
+    from raydefense.runs.markers import is_complete
+    from raydefense.runs.session import absolutize, validate_config, versions
     from raydefense.storage import Storage
     from raydefense.tracking.mlflow_tracker import make_tracker
 
@@ -116,17 +176,18 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
     forceable = STAGES + (["sweep"] if command == "sweep" else [])
     bad = [s for s in force or [] if s not in forceable]
     if bad:
-        raise RaydefenseError(f"--force {bad[0]!r} is not a stage; choose from "
-                              f"{', '.join(forceable)}")
+        raise RaydefenseError(
+            f"--force {bad[0]!r} is not a stage; choose from {', '.join(forceable)}"
+        )
     if command == "sweep":  # a bad search space fails before any stage runs
         if cfg.sweep.kind == "training":
-            from raydefense.sweep_training import check_training_sweep
+            from raydefense.sweeps.training import check_training_sweep
 
             check_training_sweep(cfg)
         else:
-            from raydefense.sweep import sweep_points
+            from raydefense.audit.grid import grid_points
 
-            sweep_points(cfg)
+            grid_points(cfg)
     storage = Storage(cfg.storage.root, cfg.experiment)
     storage.check_writable()
     tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled, storage.uri())
@@ -136,32 +197,44 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
         closed = tracker.close_orphans(host, _pid_alive)
         if closed:
             logging.getLogger("raydefense").info(
-                "marked %d MLflow run(s) of a killed earlier invocation as KILLED", len(closed))
-    tags = {"raydefense.command": command, "raydefense.host": host,
-            "raydefense.pid": str(os.getpid()),
-            **{f"version.{k}": v for k, v in versions().items()}}
+                "marked %d MLflow run(s) of a killed earlier invocation as KILLED", len(closed)
+            )
+    tags = {
+        "raydefense.command": command,
+        "raydefense.host": host,
+        "raydefense.pid": str(os.getpid()),
+        **{f"version.{k}": v for k, v in versions().items()},
+    }
     sha = git_sha()
     if sha:
         tags["mlflow.source.git.commit"] = sha
     parent = tracker.start_run(f"pipeline/{command}", params=cfg.flat_params(), tags=tags)
     _log_config(tracker, parent, cfg)
-    ctx = RunContext(cfg=cfg, storage=storage, executor=LazyRayExecutor(cfg, tracking_uri),
-                     tracker=tracker, parent_run=parent, force=set(force or []))
+    ctx = RunContext(
+        cfg=cfg,
+        storage=storage,
+        backend=lazy_ray_backend(cfg, tracking_uri),
+        tracker=tracker,
+        parent_run=parent,
+        force=set(force or []),
+    )
     status = "FAILED"
     try:
         if command == "report":
             ctx.fingerprints = stage_fingerprints(cfg)
-            if not is_complete(storage, "evaluate/_COMPLETE.json", ctx.fingerprints["evaluate"]):
-                raise RaydefenseError("no complete evaluation for this config under "
-                                      f"{storage.uri()}; run `raydefense attack` (or run) first")
+            if not is_complete(storage, marker("evaluate"), ctx.fingerprints["evaluate"]):
+                raise RaydefenseError(
+                    "no complete evaluation for this config under "
+                    f"{storage.uri()}; run `raydefense attack` (or run) first"
+                )
             ctx.skipped = STAGES[:-1]
             results = stage_report(ctx)
         elif command == "sweep" and cfg.sweep.kind == "training":
-            from raydefense.sweep_training import run_training_sweep
+            from raydefense.sweeps.training import run_training_sweep
 
             results = run_training_sweep(ctx)  # every trial runs a pipeline of its own
         elif command == "sweep":
-            from raydefense.sweep import run_sweep
+            from raydefense.sweeps.attacks import run_sweep
 
             run_pipeline(ctx, until=COMMANDS[command])
             results = run_sweep(ctx)
@@ -172,9 +245,11 @@ def execute(command: str, preset: Optional[str] = None, config: Optional[str] = 
         tracker.end_run(parent, status)
     if results and command == "sweep":
         if cfg.sweep.kind == "training":
-            from raydefense.sweep_training import summary as sweep_summary, sweep_dir
+            from raydefense.sweeps.training import summary as sweep_summary
+            from raydefense.sweeps.training import sweep_dir
         else:
-            from raydefense.sweep import summary as sweep_summary, sweep_dir
+            from raydefense.sweeps.attacks import summary as sweep_summary
+            from raydefense.sweeps.attacks import sweep_dir
         print(sweep_summary(results, storage.uri(sweep_dir(cfg))))
     elif results:
         print(summary(results, storage))
@@ -202,13 +277,15 @@ def _log_config(tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
 
 
 def summary(results: dict, storage) -> str:
-    from raydefense.report.tables import headline_rows, rate, target_order_key
+    from raydefense.report.markdown import headline_rows, rate
+    from raydefense.roster import target_order_key
 
     lines = [f"raydefense: results in {storage.uri('report')}/ (results.json, report.md)"]
-    for r in sorted(headline_rows(results["attacks"]),
-                    key=lambda r: target_order_key(r["target"])):
-        lines.append(f"  {r['target']:<10} {r['line']:<32} AUC {r['auc']:.3f}  "
-                     f"TPR@1%FPR {rate(r, 'tpr_at_1pct_fpr', 3)}")
+    for r in sorted(headline_rows(results["attacks"]), key=lambda r: target_order_key(r["target"])):
+        lines.append(
+            f"  {r['target']:<10} {r['line']:<32} AUC {r['auc']:.3f}  "
+            f"TPR@1%FPR {rate(r, 'tpr_at_1pct_fpr', 3)}"
+        )
     t = results.get("timings", {})
     if t:
         lines.append("  timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
@@ -222,10 +299,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "seeds":
-            from raydefense.seeds import parse_seeds, run_seeds
+            from raydefense.sweeps.seeds import parse_seeds, run_seeds
 
-            run_seeds(args.preset, args.config, args.overrides, args.force,
-                      parse_seeds(" ".join(args.seeds)), args.aggregate_only, run=execute)
+            run_seeds(
+                args.preset,
+                args.config,
+                args.overrides,
+                args.force,
+                parse_seeds(" ".join(args.seeds)),
+                args.aggregate_only,
+                run=execute,
+            )
         else:
             execute(args.command, args.preset, args.config, args.overrides, args.force)
     except RaydefenseError as e:

@@ -36,12 +36,18 @@ class DataConfig(_Section):
     calibration_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     on_duplicate: Literal["error", "drop"] = "error"
     resolution: Optional[int] = Field(
-        None, ge=1, description="resize every image to resolution x resolution (PIL bicubic); "
-        "None = the source's native size (cifar 32, stl10_unlabeled 96, tiny_imagenet 64)")
-    image_column: str = Field("image", description="parquet: encoded image bytes or raw uint8 "
-                              "arrays")
-    label_column: Optional[str] = Field("label", description="parquet: int class labels (None or "
-                                        "an absent default column = unlabeled)")
+        None,
+        ge=1,
+        description="resize every image to resolution x resolution (PIL bicubic); "
+        "None = the source's native size (cifar 32, stl10_unlabeled 96, tiny_imagenet 64)",
+    )
+    image_column: str = Field(
+        "image", description="parquet: encoded image bytes or raw uint8 arrays"
+    )
+    label_column: Optional[str] = Field(
+        "label",
+        description="parquet: int class labels (None or an absent default column = unlabeled)",
+    )
     caption_column: Optional[str] = Field(None, description="parquet: string captions")
 
 
@@ -52,14 +58,15 @@ class ModelConfig(_Section):
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(8, ge=1)
     attention: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1, description="ResNet-block dropout (DDPM's CIFAR "
-                           "model uses 0.1)")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="ResNet-block dropout (DDPM's CIFAR model uses 0.1)"
+    )
     num_train_timesteps: int = Field(1000, ge=10)
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if not self.block_out_channels:
             raise ValueError("model.block_out_channels must list at least one width")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
@@ -85,9 +92,13 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(100, ge=1)
-    val_rows: int = Field(64, ge=0, description="calibration-part non-members on which every "
-                          "report measures the EMA weights' held-out eps-MSE (val_eps_mse; the "
-                          "ASHA metric of training sweeps); 0 = off")
+    val_rows: int = Field(
+        64,
+        ge=0,
+        description="calibration-part non-members on which every "
+        "report measures the EMA weights' held-out eps-MSE (val_eps_mse; the "
+        "ASHA metric of training sweeps); 0 = off",
+    )
 
 
 class DistillConfig(_Section):
@@ -128,12 +139,13 @@ class SecMIConfig(_Section):
     k: int = Field(10, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "SecMIConfig":
+    def _check(self) -> SecMIConfig:
         if self.t_sec < 2 * self.k:
             raise ValueError(f"SecMI needs t_sec >= 2*k (got t_sec={self.t_sec}, k={self.k})")
         if self.t_sec % self.k:
-            raise ValueError(f"SecMI needs t_sec to be a multiple of k "
-                             f"(got t_sec={self.t_sec}, k={self.k})")
+            raise ValueError(
+                f"SecMI needs t_sec to be a multiple of k (got t_sec={self.t_sec}, k={self.k})"
+            )
         return self
 
 
@@ -150,8 +162,12 @@ class SecMINNConfig(SecMIConfig):
     batch_size: int = Field(128, ge=1)
     cv_folds: int = Field(2, ge=2)
     width: int = Field(64, ge=1, description="ResNet-18 stem width (64 = the original)")
-    min_steps: int = Field(0, ge=0, description="train at least this many SGD steps (more "
-                           "epochs on small calibration sets); 0 = exactly `epochs`")
+    min_steps: int = Field(
+        0,
+        ge=0,
+        description="train at least this many SGD steps (more "
+        "epochs on small calibration sets); 0 = exactly `epochs`",
+    )
 
 
 class PIAConfig(_Section):
@@ -180,13 +196,16 @@ class GSAConfig(_Section):
     num_timesteps equidistant t, a gradient-boosting classifier trained on shadow models."""
 
     num_timesteps: int = Field(10, ge=1)
-    weights: Literal["ema", "raw"] = Field("raw", description="the official code attacks the "
-                                           "raw training weights")
+    weights: Literal["ema", "raw"] = Field(
+        "raw", description="the official code attacks the raw training weights"
+    )
     classifier: Literal["auto", "xgboost", "sklearn"] = "auto"
     n_estimators: int = Field(200, ge=1)
     scaling: Literal["separate", "shadow"] = Field(
-        "separate", description="separate: shadow and target features z-scored with their own "
-        "statistics (the official code); shadow: the target reuses the shadow scaler")
+        "separate",
+        description="separate: shadow and target features z-scored with their own "
+        "statistics (the official code); shadow: the target reuses the shadow scaler",
+    )
     batch_size: int = Field(16, ge=1, description="rows per per-sample-gradient chunk")
 
 
@@ -202,8 +221,10 @@ class ShadowConfig(_Section):
     num_models: int = Field(1, ge=0)
     members: Optional[int] = Field(None, ge=2, description="None: the baseline's member count")
     regime: Literal["matched", "baseline"] = Field(
-        "matched", description="matched: per target, shadows trained like it (baseline, "
-        "teacher or distilled student); baseline: one baseline-like shadow for every target")
+        "matched",
+        description="matched: per target, shadows trained like it (baseline, "
+        "teacher or distilled student); baseline: one baseline-like shadow for every target",
+    )
 
 
 class BlackboxNNConfig(_Section):
@@ -220,11 +241,16 @@ class DualMDAdaptiveConfig(_Section):
     standardised on calibration non-members, then combined."""
 
     bases: Optional[list[str]] = Field(
-        None, description="query attacks whose per-timestep scores are combined; None: every "
-        "enabled query attack with a single-timestep setting served by each teacher")
+        None,
+        description="query attacks whose per-timestep scores are combined; None: every "
+        "enabled query attack with a single-timestep setting served by each teacher",
+    )
     combine: list[Literal["max", "learned"]] = Field(
-        ["max", "learned"], min_length=1, description="max: max of the standardised per-teacher "
-        "scores; learned: logistic regression on them, fitted on calibration (out-of-fold)")
+        ["max", "learned"],
+        min_length=1,
+        description="max: max of the standardised per-teacher "
+        "scores; learned: logistic regression on them, fitted on calibration (out-of-fold)",
+    )
     cv_folds: int = Field(2, ge=2, description="folds of the learned combination's cross-fit")
 
 
@@ -233,11 +259,15 @@ class AttacksConfig(_Section):
 
     enabled: list[str] = ["loss", "secmi_stat"]
     targets: Optional[list[str]] = Field(
-        None, description="None: every target, skipping (and reporting) attacks a target's "
-        "access level cannot serve; an explicit list makes such a pair an error")
+        None,
+        description="None: every target, skipping (and reporting) attacks a target's "
+        "access level cannot serve; an explicit list makes such a pair an error",
+    )
     dualmd_access: Literal["gray-box", "black-box"] = Field(
-        "gray-box", description="gray-box: eps queries reach DualMD through its step router "
-        "(an extension beyond the paper); black-box: generated images only")
+        "gray-box",
+        description="gray-box: eps queries reach DualMD through its step router "
+        "(an extension beyond the paper); black-box: generated images only",
+    )
     weights: Literal["ema", "raw"] = "ema"
     batch_size: int = Field(256, ge=1)
     score_actors: int = Field(1, ge=1, description="scoring actors per target (Ray Data pool)")
@@ -260,15 +290,25 @@ class QualityConfig(_Section):
 
     num_generated: int = Field(512, ge=2, description="samples per target for FID/memorization")
     inception_weights: Optional[str] = Field(
-        None, description="local path of torch-fidelity's Inception weights; None = no "
-        "FID/IS (nothing is downloaded)")
+        None,
+        description="local path of torch-fidelity's Inception weights; None = no "
+        "FID/IS (nothing is downloaded)",
+    )
     domain_classifier_epochs: int = Field(30, ge=1)
-    mmd_permutations: int = Field(1000, ge=0, description="distribution-level membership check "
-                                  "(kernel MMD of generated samples to members vs non-members, "
-                                  "permutation p-value); 0 = off")
-    domain_rows: int = Field(2000, ge=2, description="at most this many spare pool rows (no "
-                             "target, shadow or audit uses them; content duplicates of those "
-                             "dropped) train the domain feature extractor")
+    mmd_permutations: int = Field(
+        1000,
+        ge=0,
+        description="distribution-level membership check "
+        "(kernel MMD of generated samples to members vs non-members, "
+        "permutation p-value); 0 = off",
+    )
+    domain_rows: int = Field(
+        2000,
+        ge=2,
+        description="at most this many spare pool rows (no "
+        "target, shadow or audit uses them; content duplicates of those "
+        "dropped) train the domain feature extractor",
+    )
     memorization_k: int = Field(50, ge=1)
     memorization_threshold: float = Field(1 / 3, gt=0)
     precision_recall_k: int = Field(3, ge=1)
@@ -298,8 +338,11 @@ class ResourcesConfig(_Section):
     gpus_per_worker: float = Field(0.0, ge=0)
     concurrent_fits: int = Field(3, ge=1)
     torch_threads: Optional[int] = Field(
-        None, ge=1, description="threads per worker; None = the node's cores shared among the "
-        "workers running at once (at least cpus_per_worker)")
+        None,
+        ge=1,
+        description="threads per worker; None = the node's cores shared among the "
+        "workers running at once (at least cpus_per_worker)",
+    )
     label_actors: int = Field(1, ge=1, description="soft-target actor pool size")
     local_num_cpus: Optional[int] = Field(
         None, ge=1, description="logical CPUs of a local Ray cluster; None = 2 x os.cpu_count()"
@@ -318,31 +361,50 @@ class AshaConfig(_Section):
 class SweepConfig(_Section):
     """`raydefense sweep`. kind=attacks: per attack, a grid over fields of its `attacks.<name>`
     section (the Cartesian product of the listed values; unlisted fields keep their
-    `attacks.<name>` value), validated against the attack registry by `raydefense.sweep`.
+    `attacks.<name>` value), validated against the attack registry by `raydefense.audit.grid`.
     kind=training: a grid over dotted config paths (`train.lr`, `distill.draws_per_row`,
-    `data.num_shards`, ...); every point is a small pipeline (`raydefense.sweep_training`)."""
+    `data.num_shards`, ...); every point is a small pipeline (`raydefense.sweeps.training`)."""
 
-    name: str = Field("attacks", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
-                      description="outputs under <root>/<experiment>/sweeps/<name>/")
+    name: str = Field(
+        "attacks",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="outputs under <root>/<experiment>/sweeps/<name>/",
+    )
     attacks: dict[str, dict[str, list[Any]]] = Field(
-        default_factory=dict, description="{attack: {field: [values, ...]}}, e.g. "
-        "{secmi_stat: {t_sec: [50, 100], k: [10]}, loss: {timesteps: [[50], [200]]}}")
+        default_factory=dict,
+        description="{attack: {field: [values, ...]}}, e.g. "
+        "{secmi_stat: {t_sec: [50, 100], k: [10]}, loss: {timesteps: [[50], [200]]}}",
+    )
     max_concurrent_trials: Optional[int] = Field(
-        None, ge=1, description="None: the cluster's CPUs / cpus_per_trial (at least 1)")
-    cpus_per_trial: float = Field(0.5, gt=0, description="CPUs reserved per Tune trial "
-                                  "(fractional: a trial is a vectorised ROC over stored scores)")
+        None, ge=1, description="None: the cluster's CPUs / cpus_per_trial (at least 1)"
+    )
+    cpus_per_trial: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs reserved per Tune trial "
+        "(fractional: a trial is a vectorised ROC over stored scores)",
+    )
     kind: Literal["attacks", "training"] = "attacks"
     training: dict[str, list[Any]] = Field(
-        default_factory=dict, description="kind=training: {dotted.path: [values, ...]}, e.g. "
-        "{train.lr: [0.001, 0.002], distill.draws_per_row: [1, 4]}")
-    target: str = Field("student", description="kind=training: the model whose worst-case "
-                        "attack AUC and utility are the trial's objectives (its own training "
-                        "curve drives ASHA; dualmd: teacher_0's)")
+        default_factory=dict,
+        description="kind=training: {dotted.path: [values, ...]}, e.g. "
+        "{train.lr: [0.001, 0.002], distill.draws_per_row: [1, 4]}",
+    )
+    target: str = Field(
+        "student",
+        description="kind=training: the model whose worst-case "
+        "attack AUC and utility are the trial's objectives (its own training "
+        "curve drives ASHA; dualmd: teacher_0's)",
+    )
     trial_attacks: Optional[list[str]] = Field(
-        None, description="kind=training: the query attacks each trial runs (None: the query "
-        "attacks of attacks.enabled)")
+        None,
+        description="kind=training: the query attacks each trial runs (None: the query "
+        "attacks of attacks.enabled)",
+    )
     utility: Literal["domain_fid", "heldout_eps_mse"] = Field(
-        "domain_fid", description="kind=training: the utility objective (lower is better)")
+        "domain_fid", description="kind=training: the utility objective (lower is better)"
+    )
     asha: AshaConfig = AshaConfig()
 
 
@@ -363,8 +425,10 @@ class ExperimentConfig(_Section):
 
     def flat_params(self) -> dict[str, str]:
         """Dotted keys -> string values, as logged to MLflow params."""
-        return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-                for k, v in _flatten(self.model_dump(mode="json")).items()}
+        return {
+            k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+            for k, v in _flatten(self.model_dump(mode="json")).items()
+        }
 
     def section_fingerprint(self, *sections: str) -> str:
         """SHA-256 of the named sections (stable JSON), used by stage fingerprints."""
@@ -448,8 +512,10 @@ def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
         if known is None or part not in known:
             where = ".".join(parts[:i]) or "the top level"
             choices = ", ".join(sorted(known)) if known else "(none: not a section)"
-            raise ConfigError(f"unknown config key {key!r}: {part!r} is not in {where}; "
-                              f"valid keys there: {choices}")
+            raise ConfigError(
+                f"unknown config key {key!r}: {part!r} is not in {where}; "
+                f"valid keys there: {choices}"
+            )
         annotation = known[part].annotation
         sub = getattr(annotation, "model_fields", None)
         if sub is None and getattr(annotation, "__origin__", None) is dict:
@@ -461,8 +527,11 @@ def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
             known = sub
 
 
-def load_config(preset: Optional[str] = None, config_file: Optional[str] = None,
-                overrides: Optional[list[str]] = None) -> ExperimentConfig:
+def load_config(
+    preset: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+) -> ExperimentConfig:
     """Build a config from a preset or a YAML file (which may name a `base:` preset) + overrides.
 
     Raises:
@@ -491,5 +560,6 @@ def load_config(preset: Optional[str] = None, config_file: Optional[str] = None,
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigError(f"invalid config value at {loc}: {err['msg']} "
-                          f"(got {err.get('input')!r})") from None
+        raise ConfigError(
+            f"invalid config value at {loc}: {err['msg']} (got {err.get('input')!r})"
+        ) from None

@@ -33,12 +33,12 @@ def row_generator(seed: int, row_id: int, *stream: int) -> torch.Generator:
     return g
 
 
-def per_row_normal(shape_per_row: tuple[int, ...], row_ids: torch.Tensor | list[int], seed: int,
-                   *stream: int) -> torch.Tensor:
+def per_row_normal(
+    shape_per_row: tuple[int, ...], row_ids: torch.Tensor | list[int], seed: int, *stream: int
+) -> torch.Tensor:
     """[B, *shape_per_row] float32 standard normals, row i from its own generator."""
     ids = row_ids.tolist() if isinstance(row_ids, torch.Tensor) else list(row_ids)
     out = torch.empty((len(ids), *shape_per_row))
     for i, r in enumerate(ids):
         out[i] = torch.randn(shape_per_row, generator=row_generator(seed, r, *stream))
     return out
-

@@ -23,9 +23,10 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -58,7 +59,8 @@ class Storage:
         return f"{self.base}/{rel}".rstrip("/") if rel else self.base
 
     def uri(self, rel: str = "") -> str:
-        """A URI usable by Ray (`storage_path`) and pyarrow: absolute path locally, s3://... else."""
+        """A URI usable by Ray (`storage_path`) and pyarrow: an absolute path locally, else
+        s3://..."""
         if self.is_local:
             return self.path(rel)
         scheme = self.root_uri.split("://", 1)[0]
@@ -114,9 +116,12 @@ class Storage:
                 shutil.copytree(local_dir, self.path(staging))
             else:
                 self.fs.create_dir(self.path(staging), recursive=True)
-                pafs.copy_files(local_dir, self.path(staging),
-                                source_filesystem=pafs.LocalFileSystem(),
-                                destination_filesystem=self.fs)
+                pafs.copy_files(
+                    local_dir,
+                    self.path(staging),
+                    source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=self.fs,
+                )
             self.publish_dir(staging, rel)
 
     def local_dir(self, rel: str, cache_dir: str) -> str:
@@ -128,8 +133,12 @@ class Storage:
         dest = os.path.join(cache_dir, rel.replace("/", "__"))
         if not os.path.isdir(dest):
             tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
-            pafs.copy_files(self.path(rel), tmp, source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                self.path(rel),
+                tmp,
+                source_filesystem=self.fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
             os.replace(tmp, dest)
         return dest
 
@@ -176,8 +185,9 @@ class Storage:
             return []
         base = self.path(rel).rstrip("/") + "/"
         sel = pafs.FileSelector(self.path(rel), recursive=True)
-        return sorted(i.path[len(base):] for i in self.fs.get_file_info(sel)
-                      if i.type == pafs.FileType.File)
+        return sorted(
+            i.path[len(base) :] for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File
+        )
 
     def manifest(self, rel: str, exclude: tuple[str, ...] = ("_COMPLETE.json",)) -> dict[str, dict]:
         """{path relative to the root: {bytes, sha256[, rows]}} of every file under rel."""
@@ -220,32 +230,60 @@ _CREDENTIALS_IN_URI = re.compile(r"^[a-z0-9+.-]+://[^/@]*@", re.IGNORECASE)
 
 def check_root_uri(root: str) -> None:
     """Refuse roots that would carry secrets into configs, MLflow params and logs."""
-    if _CREDENTIALS_IN_URI.match(root) or re.search(r"[?&](access_key|secret_key|session_token)=",
-                                                     root):
-        raise StorageError("storage.root must not contain credentials; set AWS_ACCESS_KEY_ID / "
-                           "AWS_SECRET_ACCESS_KEY (or an AWS profile or role) in the environment")
+    if _CREDENTIALS_IN_URI.match(root) or re.search(
+        r"[?&](access_key|secret_key|session_token)=", root
+    ):
+        raise StorageError(
+            "storage.root must not contain credentials; set AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY (or an AWS profile or role) in the environment"
+        )
 
 
 def explain_storage_error(uri: str, e: BaseException) -> str:
     """One line naming the problem and the fix (never the secret: it is scrubbed if echoed)."""
     msg = " ".join(str(e).split())
     low = msg.lower()
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or \
-        "AWS (no AWS_ENDPOINT_URL set)"
+    endpoint = (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or "AWS (no AWS_ENDPOINT_URL set)"
+    )
     if uri.startswith("s3://"):
-        bucket = uri[len("s3://"):].split("/", 1)[0]
-        if "network_connection" in low or "could not connect" in low or "could not resolve" in low \
-                or "timed out" in low or "timeout" in low:
-            hint = (f"cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL and that the "
-                    "server is up")
+        bucket = uri[len("s3://") :].split("/", 1)[0]
+        if (
+            "network_connection" in low
+            or "could not connect" in low
+            or "could not resolve" in low
+            or "timed out" in low
+            or "timeout" in low
+        ):
+            hint = (
+                f"cannot reach the S3 endpoint {endpoint}; check AWS_ENDPOINT_URL and that the "
+                "server is up"
+            )
         elif "not found" in low and "bucket" in low or "nosuchbucket" in low:
-            hint = (f"bucket {bucket!r} does not exist at {endpoint}; create it (for example "
-                    f"`aws s3 mb s3://{bucket}`) or fix storage.root")
-        elif any(k in low for k in ("signature", "access_key", "accesskey", "access denied",
-                                    "access_denied", "forbidden", "credentials", "403")):
-            hint = (f"S3 at {endpoint} rejected the credentials for bucket {bucket!r}; set "
-                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile/role) with write "
-                    "access")
+            hint = (
+                f"bucket {bucket!r} does not exist at {endpoint}; create it (for example "
+                f"`aws s3 mb s3://{bucket}`) or fix storage.root"
+            )
+        elif any(
+            k in low
+            for k in (
+                "signature",
+                "access_key",
+                "accesskey",
+                "access denied",
+                "access_denied",
+                "forbidden",
+                "credentials",
+                "403",
+            )
+        ):
+            hint = (
+                f"S3 at {endpoint} rejected the credentials for bucket {bucket!r}; set "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile/role) with write "
+                "access"
+            )
         else:
             hint = "S3 refused a test write"
     else:

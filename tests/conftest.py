@@ -47,8 +47,13 @@ def ray_cluster():
     """One local Ray cluster for all integration tests (init/shutdown costs ~6 s)."""
     ray = pytest.importorskip("ray")
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", num_cpus=6, include_dashboard=False,
-             object_store_memory=300 * 1024**2, logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=6,
+        include_dashboard=False,
+        object_store_memory=300 * 1024**2,
+        logging_level="WARNING",
+    )
     yield ray
     ray.shutdown()
 
@@ -93,15 +98,36 @@ def mlflow_server(tmp_path_factory, local_s3):
     local_s3.create_bucket(bucket)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(local_s3.env(), MLFLOW_S3_ENDPOINT_URL=local_s3.endpoint,
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no huey workers (~2 GB)
+    env.update(
+        local_s3.env(),
+        MLFLOW_S3_ENDPOINT_URL=local_s3.endpoint,
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    )  # no huey workers (~2 GB)
     db = work / "mlflow.db"
     log = open(work / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-         "--artifacts-destination", f"s3://{bucket}/{prefix}", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            f"s3://{bucket}/{prefix}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

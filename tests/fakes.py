@@ -24,9 +24,13 @@ def png_bytes(chw: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_cifar10(folder: Path, per_batch: int = 5, seed: int = 0,
-                  images: np.ndarray | None = None,
-                  labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def write_cifar10(
+    folder: Path,
+    per_batch: int = 5,
+    seed: int = 0,
+    images: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """cifar-10-batches-py with 5 python-2-style pickles (bytes keys) + a test_batch.
 
     images: [5 * per_batch, 3, 32, 32] uint8 to write (default: uniform noise).
@@ -36,10 +40,12 @@ def write_cifar10(folder: Path, per_batch: int = 5, seed: int = 0,
     labels = np.arange(5 * per_batch) % 10 if labels is None else labels
     for b in range(5):
         sl = slice(b * per_batch, (b + 1) * per_batch)
-        batch = {b"batch_label": f"training batch {b + 1} of 5".encode(),
-                 b"labels": labels[sl].tolist(),
-                 b"data": images[sl].reshape(per_batch, 3072),  # R plane, G plane, B plane
-                 b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": f"training batch {b + 1} of 5".encode(),
+            b"labels": labels[sl].tolist(),
+            b"data": images[sl].reshape(per_batch, 3072),  # R plane, G plane, B plane
+            b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)],
+        }
         (folder / f"data_batch_{b + 1}").write_bytes(pickle.dumps(batch, protocol=2))
     test = {b"labels": [0], b"data": np.zeros((1, 3072), np.uint8)}
     (folder / "test_batch").write_bytes(pickle.dumps(test, protocol=2))

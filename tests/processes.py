@@ -38,8 +38,10 @@ def kill_run(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     outside = [_title(p) for p in session_of(proc.pid)]
-    print(f"\nkilled run {proc.pid}: {len(outside)} processes outside its process group: "
-          f"{sorted(set(outside))}")
+    print(
+        f"\nkilled run {proc.pid}: {len(outside)} processes outside its process group: "
+        f"{sorted(set(outside))}"
+    )
     deadline = time.monotonic() + 60
     while survivors := session_of(proc.pid):
         assert time.monotonic() < deadline, f"processes of the killed run survive: {survivors}"
@@ -58,9 +60,14 @@ def start_cli(args: list[str], cwd: Path, log_name: str) -> tuple[subprocess.Pop
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = cwd / log_name
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "raydefense.cli", *args], cwd=cwd,
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "raydefense.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return proc, log
 
 
@@ -74,8 +81,9 @@ def finish_cli(args: list[str], cwd: Path, log_name: str, timeout_s: int) -> str
         rc = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         kill_run(proc)
-        pytest.fail(f"{log_name}: no result in {timeout_s}s\n"
-                    f"{log.read_text(errors='replace')[-4000:]}")
+        pytest.fail(
+            f"{log_name}: no result in {timeout_s}s\n{log.read_text(errors='replace')[-4000:]}"
+        )
     text = log.read_text(errors="replace")
     assert rc == 0, f"{log_name}: exit {rc}\n{text[-4000:]}"
     return text

@@ -3,7 +3,6 @@
 Importing this package registers every built-in attack.
 """
 
-from raydefense.attacks.base import ATTACKS, Attack  # noqa: F401
 # Registration side effects.
-from raydefense.attacks import (adaptive, blackbox, gsa, loss, pia, secmi, secmi_nn,  # noqa: F401
-                                sima)
+from raydefense.attacks import adaptive, blackbox, gsa, loss, pia, secmi, secmi_nn, sima  # noqa: F401
+from raydefense.attacks.base import ATTACKS, Attack  # noqa: F401

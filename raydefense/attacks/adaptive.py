@@ -20,7 +20,8 @@ scikit-learn.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -43,8 +44,9 @@ def served_timestep(params: dict[str, Any]) -> Optional[int]:
     return None
 
 
-def settings_by_teacher(settings: Sequence[dict[str, Any]], owners: Sequence[int],
-                        num_teachers: int) -> dict[int, list[int]]:
+def settings_by_teacher(
+    settings: Sequence[dict[str, Any]], owners: Sequence[int], num_teachers: int
+) -> dict[int, list[int]]:
     """Indices of `settings` grouped by the teacher that serves their timestep (owners[t]);
     settings without a single timestep are left out."""
     out: dict[int, list[int]] = {k: [] for k in range(num_teachers)}
@@ -70,17 +72,29 @@ class DualMDAdaptive:
     kind = "adaptive"
     needs_router = True
 
-    def __init__(self, cfg: DualMDAdaptiveConfig | dict[str, Any],
-                 num_train_timesteps: int = 1000) -> None:
-        self.cfg = cfg if isinstance(cfg, DualMDAdaptiveConfig) else \
-            DualMDAdaptiveConfig.model_validate(cfg)
+    def __init__(
+        self, cfg: DualMDAdaptiveConfig | dict[str, Any], num_train_timesteps: int = 1000
+    ) -> None:
+        self.cfg = (
+            cfg
+            if isinstance(cfg, DualMDAdaptiveConfig)
+            else DualMDAdaptiveConfig.model_validate(cfg)
+        )
 
     def settings(self) -> list[dict[str, Any]]:
         return [{"combine": c} for c in self.cfg.combine]
 
-    def combine(self, base: str, settings: Sequence[dict[str, Any]], columns: np.ndarray,
-                owners: Sequence[int], num_teachers: int, member: np.ndarray,
-                calibration: np.ndarray, seed: int) -> list[tuple[dict[str, Any], np.ndarray]]:
+    def combine(
+        self,
+        base: str,
+        settings: Sequence[dict[str, Any]],
+        columns: np.ndarray,
+        owners: Sequence[int],
+        num_teachers: int,
+        member: np.ndarray,
+        calibration: np.ndarray,
+        seed: int,
+    ) -> list[tuple[dict[str, Any], np.ndarray]]:
         """Scores of every `combine` rule for one base attack.
 
         Args:
@@ -121,8 +135,9 @@ class DualMDAdaptive:
                 out.append((params, self._learned(Z, y, calibration, seed)))
         return out
 
-    def _learned(self, Z: np.ndarray, y: np.ndarray, calibration: np.ndarray,
-                 seed: int) -> np.ndarray:
+    def _learned(
+        self, Z: np.ndarray, y: np.ndarray, calibration: np.ndarray, seed: int
+    ) -> np.ndarray:
         """Logistic regression on the calibration part: out-of-fold there, fitted on all of it
         for the rest. -> [N] decision values."""
         from sklearn.linear_model import LogisticRegression
@@ -130,8 +145,9 @@ class DualMDAdaptive:
 
         cal = np.flatnonzero(calibration)
         out = np.empty(len(y), dtype=np.float64)
-        folds = StratifiedKFold(n_splits=self.cfg.cv_folds, shuffle=True,
-                                random_state=int(seed) % (2 ** 32))
+        folds = StratifiedKFold(
+            n_splits=self.cfg.cv_folds, shuffle=True, random_state=int(seed) % (2**32)
+        )
         for tr, te in folds.split(Z[cal], y[cal]):
             m = LogisticRegression().fit(Z[cal[tr]], y[cal[tr]])
             out[cal[te]] = m.decision_function(Z[cal[te]])
@@ -147,4 +163,5 @@ def check_router(attack: Any, target: str) -> None:
         raise AccessError(
             f"attack {attack.name!r} attacks DualMD's step router, but target {target!r} is a "
             f"single model with no router; drop it from attacks.targets or from "
-            f"attacks.enabled (it only applies to target {ROUTER_TARGET!r})")
+            f"attacks.enabled (it only applies to target {ROUTER_TARGET!r})"
+        )

@@ -19,7 +19,8 @@ share work (SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2 one
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
@@ -49,7 +50,8 @@ def check_access(attack: Any, target: str, target_access: str) -> None:
             f"attack {attack.name!r} needs {attack.access} access "
             f"({ACCESS_MEANING[attack.access]}) but target {target!r} exposes only "
             f"{target_access} access ({ACCESS_MEANING[target_access]}); drop it from "
-            f"attacks.enabled or from attacks.targets")
+            f"attacks.enabled or from attacks.targets"
+        )
 
 
 class QueryAttack(Protocol):
@@ -59,8 +61,15 @@ class QueryAttack(Protocol):
 
     def settings(self) -> list[dict[str, Any]]: ...
 
-    def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int, cache: Optional[dict] = None) -> torch.Tensor:
+    def score(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: Optional[dict] = None,
+    ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids (randomness is seeded
                 per row, so a batch's composition never changes a score). seed: the base seed.
@@ -78,13 +87,21 @@ class LearnedAttack(Protocol):
 
     def settings(self) -> list[dict[str, Any]]: ...
 
-    def features(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-                 row_ids: torch.Tensor, seed: int, cache: Optional[dict] = None) -> torch.Tensor:
+    def features(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: Optional[dict] = None,
+    ) -> torch.Tensor:
         """[B, F] float32 features per row (flattened)."""
         ...
 
-    def fit_predict(self, train_x: np.ndarray, train_y: np.ndarray,
-                    eval_x: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    def fit_predict(
+        self, train_x: np.ndarray, train_y: np.ndarray, eval_x: list[np.ndarray], seed: int
+    ) -> list[np.ndarray]:
         """Fit the attack model on (train_x [N, F], train_y [N] in {0, 1}) and score each
         matrix of eval_x ([M_i, F] -> [M_i], higher = member)."""
         ...
@@ -97,9 +114,12 @@ class GeneratedAttack(Protocol):
 
     def settings(self) -> list[dict[str, Any]]: ...
 
-    def score_generated(self, generated: torch.Tensor, x0: torch.Tensor,
-                        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-                        ) -> torch.Tensor:
+    def score_generated(
+        self,
+        generated: torch.Tensor,
+        x0: torch.Tensor,
+        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> torch.Tensor:
         """Args: generated [M, C, H, W] and x0 [B, C, H, W], both in [-1, 1]; feature_fn maps
         images to [N, D] features when a feature extractor is configured.
         Returns: [B, S] float32, higher = member."""
@@ -122,5 +142,6 @@ def check_timesteps(name: str, timesteps: list[int], schedule: NoiseSchedule) ->
         raise ValueError(f"attacks.{name}.timesteps is empty; list at least one timestep")
     for t in timesteps:
         if not 0 <= t < schedule.num_train_timesteps:
-            raise ValueError(f"attacks.{name}.timesteps has {t}, outside "
-                             f"[0, {schedule.num_train_timesteps})")
+            raise ValueError(
+                f"attacks.{name}.timesteps has {t}, outside [0, {schedule.num_train_timesteps})"
+            )

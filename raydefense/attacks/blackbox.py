@@ -6,7 +6,8 @@ extractor is configured, the domain classifier's embedding."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 
@@ -19,7 +20,7 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 102
     q, g = queries.flatten(1).double(), bank.flatten(1).double()
     out = torch.empty(len(q), dtype=torch.float64)
     for s in range(0, len(q), chunk):
-        out[s:s + chunk] = torch.cdist(q[s:s + chunk], g).min(dim=1).values
+        out[s : s + chunk] = torch.cdist(q[s : s + chunk], g).min(dim=1).values
     return out
 
 
@@ -31,18 +32,24 @@ class BlackboxNN:
     access = "black-box"
     kind = "generated"
 
-    def __init__(self, cfg: BlackboxNNConfig | dict[str, Any], num_train_timesteps: int = 1000
-                 ) -> None:
-        self.cfg = cfg if isinstance(cfg, BlackboxNNConfig) else BlackboxNNConfig.model_validate(cfg)
+    def __init__(
+        self, cfg: BlackboxNNConfig | dict[str, Any], num_train_timesteps: int = 1000
+    ) -> None:
+        self.cfg = (
+            cfg if isinstance(cfg, BlackboxNNConfig) else BlackboxNNConfig.model_validate(cfg)
+        )
 
     def settings(self, with_features: bool = True) -> list[dict[str, Any]]:
         spaces = [f for f in self.cfg.features if f == "pixel" or with_features]
         return [{"space": f, "num_generated": self.cfg.num_generated} for f in spaces]
 
     @torch.no_grad()
-    def score_generated(self, generated: torch.Tensor, x0: torch.Tensor,
-                        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-                        ) -> torch.Tensor:
+    def score_generated(
+        self,
+        generated: torch.Tensor,
+        x0: torch.Tensor,
+        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> torch.Tensor:
         """Args: generated [M, C, H, W], x0 [B, C, H, W], both in [-1, 1]; feature_fn: images ->
         [N, D] (None: the "domain" space is skipped).
         Returns: [B, S] float32 = -nearest distance per space of settings(feature_fn given)."""

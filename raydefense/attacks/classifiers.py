@@ -20,7 +20,7 @@ from raydefense.errors import ConfigError
 
 def _seed32(seed: int) -> int:
     """A seed in [0, 2**32), the range scikit-learn and xgboost accept."""
-    return int(seed) % (2 ** 32)
+    return int(seed) % (2**32)
 
 
 def xgboost_available() -> bool:
@@ -31,8 +31,9 @@ def xgboost_available() -> bool:
     return True
 
 
-def gradient_boosting(kind: Literal["auto", "xgboost", "sklearn"], n_estimators: int,
-                      seed: int) -> Any:
+def gradient_boosting(
+    kind: Literal["auto", "xgboost", "sklearn"], n_estimators: int, seed: int
+) -> Any:
     """A gradient-boosting binary classifier with fit / predict_proba.
 
     "xgboost" (or "auto" with xgboost importable): XGBClassifier(n_estimators, random_state,
@@ -46,10 +47,13 @@ def gradient_boosting(kind: Literal["auto", "xgboost", "sklearn"], n_estimators:
         try:
             from xgboost import XGBClassifier
         except ImportError:
-            raise ConfigError("classifier=xgboost but xgboost is not installed; run "
-                              "`pip install xgboost-cpu` or set classifier=sklearn") from None
+            raise ConfigError(
+                "classifier=xgboost but xgboost is not installed; run "
+                "`pip install xgboost-cpu` or set classifier=sklearn"
+            ) from None
         return XGBClassifier(n_estimators=n_estimators, random_state=_seed32(seed), n_jobs=1)
     from sklearn.ensemble import GradientBoostingClassifier
+
     return GradientBoostingClassifier(n_estimators=n_estimators, random_state=_seed32(seed))
 
 
@@ -60,7 +64,7 @@ class Standardizer:
     mean_: Optional[np.ndarray] = None
     scale_: Optional[np.ndarray] = None
 
-    def fit(self, x: np.ndarray) -> "Standardizer":
+    def fit(self, x: np.ndarray) -> Standardizer:
         """x: [N, F] float. Statistics in float64, population std (ddof 0) as sklearn."""
         x64 = np.asarray(x, dtype=np.float64)
         self.mean_ = x64.mean(axis=0)
@@ -103,7 +107,8 @@ class _BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Sequential()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -133,8 +138,11 @@ class AttackResNet(nn.Module):
         layers: list[nn.Module] = []
         in_planes = width
         for planes, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
-            layers.append(nn.Sequential(_BasicBlock(in_planes, planes, stride),
-                                        _BasicBlock(planes, planes, 1)))
+            layers.append(
+                nn.Sequential(
+                    _BasicBlock(in_planes, planes, stride), _BasicBlock(planes, planes, 1)
+                )
+            )
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -152,8 +160,13 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def train_resnet_regressor(maps: np.ndarray, labels: np.ndarray, cfg: SecMINNConfig, seed: int,
-                           device: str | torch.device | None = None) -> AttackResNet:
+def train_resnet_regressor(
+    maps: np.ndarray,
+    labels: np.ndarray,
+    cfg: SecMINNConfig,
+    seed: int,
+    device: str | torch.device | None = None,
+) -> AttackResNet:
     """Train AttackResNet as SecMI_NNs does: MSE between the raw output and the label (a
     regression, not BCE), SGD(lr, momentum, weight_decay), shuffled batches of cfg.batch_size,
     cfg.epochs epochs, or more when needed to reach cfg.min_steps SGD steps (small calibration
@@ -169,8 +182,10 @@ def train_resnet_regressor(maps: np.ndarray, labels: np.ndarray, cfg: SecMINNCon
     maps_t = torch.from_numpy(np.array(maps, dtype=np.float32))  # a writable copy
     y = torch.as_tensor(np.asarray(labels), dtype=torch.float32).view(-1)
     if maps_t.dim() != 4 or maps_t.shape[0] != y.shape[0]:
-        raise ValueError(f"maps must be [N, C, H, W] with N = len(labels); got "
-                         f"{tuple(maps_t.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"maps must be [N, C, H, W] with N = len(labels); got "
+            f"{tuple(maps_t.shape)} and {tuple(y.shape)}"
+        )
     dev = _device(device)
     n = maps_t.shape[0]
     # A final batch of one row would make BatchNorm fail in training mode (one value per
@@ -180,12 +195,18 @@ def train_resnet_regressor(maps: np.ndarray, labels: np.ndarray, cfg: SecMINNCon
     with torch.random.fork_rng(devices=forked):
         torch.manual_seed(seed)
         model = AttackResNet(in_channels=maps_t.shape[1], width=cfg.width).to(dev)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                              weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
         gen = torch.Generator()
         gen.manual_seed(seed)
-        loader = DataLoader(TensorDataset(maps_t, y), batch_size=cfg.batch_size, shuffle=True,
-                            generator=gen, drop_last=drop_last)
+        loader = DataLoader(
+            TensorDataset(maps_t, y),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=gen,
+            drop_last=drop_last,
+        )
         # The official loop deep-copies the model whenever test_acc > test_acc_best but never
         # updates test_acc_best (stays 0), so it effectively keeps the last epoch; we keep the
         # last epoch directly (no selection on held-out labels).
@@ -209,8 +230,10 @@ def predict_resnet(model: nn.Module, maps: np.ndarray, batch_size: int = 256) ->
     model.eval()
     dev = next(model.parameters()).device
     x = torch.from_numpy(np.array(maps, dtype=np.float32))  # a writable copy
-    outs = [model(x[i:i + batch_size].to(dev)).view(-1).float().cpu()
-            for i in range(0, x.shape[0], batch_size)]
+    outs = [
+        model(x[i : i + batch_size].to(dev)).view(-1).float().cpu()
+        for i in range(0, x.shape[0], batch_size)
+    ]
     if not outs:
         return np.zeros(0, dtype=np.float32)
     return torch.cat(outs).numpy().astype(np.float32)

@@ -40,21 +40,32 @@ def gsa_timesteps(num_train_timesteps: int, num_timesteps: int) -> list[int]:
     return [(2 * T * j + S) // (2 * S) - 1 for j in range(1, S + 1)]
 
 
-def _item_loss(unet: torch.nn.Module, params: dict[str, torch.Tensor],
-               rest: dict[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
-               noise: torch.Tensor) -> torch.Tensor:
+def _item_loss(
+    unet: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    rest: dict[str, torch.Tensor],
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
     """One item's denoising loss: x_t, noise [C, H, W], t [] long -> scalar."""
     out = functional_call(unet, (params, rest), (x_t[None], t[None])).sample
     return (out[0].float() - noise).pow(2).mean()
 
 
-def _grads_vmap(unet: torch.nn.Module, params: dict[str, torch.Tensor],
-                rest: dict[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
-                noise: torch.Tensor) -> dict[str, torch.Tensor]:
+def _grads_vmap(
+    unet: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    rest: dict[str, torch.Tensor],
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Per-item gradients, each [N, *param.shape], in one vmapped backward."""
 
-    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, tt: torch.Tensor,
-             n: torch.Tensor) -> torch.Tensor:
+    def loss(
+        p: dict[str, torch.Tensor], x: torch.Tensor, tt: torch.Tensor, n: torch.Tensor
+    ) -> torch.Tensor:
         return _item_loss(unet, p, rest, x, tt, n)
 
     with warnings.catch_warnings():
@@ -64,9 +75,14 @@ def _grads_vmap(unet: torch.nn.Module, params: dict[str, torch.Tensor],
         return vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, x_t, t, noise)
 
 
-def _grads_loop(unet: torch.nn.Module, params: dict[str, torch.Tensor],
-                rest: dict[str, torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
-                noise: torch.Tensor) -> dict[str, torch.Tensor]:
+def _grads_loop(
+    unet: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    rest: dict[str, torch.Tensor],
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """Fallback: the same per-item gradients, one backward per item."""
     names = list(params)
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -80,9 +96,15 @@ def _grads_loop(unet: torch.nn.Module, params: dict[str, torch.Tensor],
     return {k: torch.stack(v) for k, v in out.items()}
 
 
-def gsa_features(unet: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor,
-                 row_ids: torch.Tensor, seed: int, num_timesteps: int, batch_size: int = 16
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def gsa_features(
+    unet: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    row_ids: torch.Tensor,
+    seed: int,
+    num_timesteps: int,
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GSA1 and GSA2 features of every row (module docstring for the definitions).
 
     Per-(row, j) gradients come from torch.func (functional_call + vmap(grad)) over chunks of
@@ -112,8 +134,9 @@ def gsa_features(unet: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tenso
     b = x0.shape[0]
     shape = tuple(x0.shape[1:])
     # [B, S, C, H, W]: noise of row i at K_j from its own stream (j = 1..S as in K_j's formula).
-    noise = torch.stack([per_row_normal(shape, row_ids, seed, STREAM_GSA, j)
-                         for j in range(1, S + 1)], dim=1).to(dev)
+    noise = torch.stack(
+        [per_row_normal(shape, row_ids, seed, STREAM_GSA, j) for j in range(1, S + 1)], dim=1
+    ).to(dev)
     t_rows = torch.tensor(ks, dtype=torch.long, device=dev)
 
     f1 = torch.empty(b, len(params), dtype=torch.float32, device=dev)
@@ -137,8 +160,11 @@ def gsa_features(unet: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tenso
                 except torch.OutOfMemoryError:
                     raise
                 except (RuntimeError, NotImplementedError) as e:
-                    warnings.warn(f"GSA: vmap over the model failed ({e}); falling back to a "
-                                  f"per-item backward loop (same values, slower)")
+                    warnings.warn(
+                        f"GSA: vmap over the model failed ({e}); falling back to a "
+                        f"per-item backward loop (same values, slower)",
+                        stacklevel=2,
+                    )
                     use_vmap = False
             if grads is None:
                 grads = _grads_loop(unet, params, rest, x_t, ti, ni)
@@ -165,11 +191,23 @@ class _GSA:
         self.cfg = cfg if isinstance(cfg, GSAConfig) else GSAConfig.model_validate(cfg)
 
     def settings(self) -> list[dict[str, Any]]:
-        return [{"num_timesteps": self.cfg.num_timesteps, "classifier": self.cfg.classifier,
-                 "scaling": self.cfg.scaling}]
+        return [
+            {
+                "num_timesteps": self.cfg.num_timesteps,
+                "classifier": self.cfg.classifier,
+                "scaling": self.cfg.scaling,
+            }
+        ]
 
-    def features(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-                 row_ids: torch.Tensor, seed: int, cache: Optional[dict] = None) -> torch.Tensor:
+    def features(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: Optional[dict] = None,
+    ) -> torch.Tensor:
         """Args:
             eps: a UNetEps (white-box: its `.unet` gives parameters and gradients).
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64. seed: base seed.
@@ -180,21 +218,29 @@ class _GSA:
         """
         unet = getattr(eps, "unet", None)
         if not isinstance(unet, torch.nn.Module):
-            raise TypeError(f"{self.name} is a white-box attack and needs a UNetEps (an eps "
-                            f"model with a .unet module); got {type(eps).__name__}")
+            raise TypeError(
+                f"{self.name} is a white-box attack and needs a UNetEps (an eps "
+                f"model with a .unet module); got {type(eps).__name__}"
+            )
         key = ("gsa", self.cfg.num_timesteps)
         if cache is not None and key in cache:
             f1, f2 = cache[key]
         else:
-            f1, f2 = gsa_features(unet, schedule, x0, row_ids, seed, self.cfg.num_timesteps,
-                                  self.cfg.batch_size)
+            f1, f2 = gsa_features(
+                unet, schedule, x0, row_ids, seed, self.cfg.num_timesteps, self.cfg.batch_size
+            )
             if cache is not None:
                 cache[key] = (f1, f2)
         return f1 if self.variant == 1 else f2
 
-    def fit_predict(self, train_x: np.ndarray, train_y: np.ndarray, eval_x: list[np.ndarray],
-                    seed: int, image_shape: Optional[tuple[int, int, int]] = None
-                    ) -> list[np.ndarray]:
+    def fit_predict(
+        self,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        eval_x: list[np.ndarray],
+        seed: int,
+        image_shape: Optional[tuple[int, int, int]] = None,
+    ) -> list[np.ndarray]:
         """Fit the gradient-boosting classifier on shadow features and score each eval matrix.
 
         Scaling "separate" (the official code, transductive): the shadow matrix and each eval
@@ -221,8 +267,12 @@ class _GSA:
         evs = [scale(e) if len(e) else e for e in evs]
         clf = gradient_boosting(self.cfg.classifier, self.cfg.n_estimators, seed)
         clf.fit(tr, y)
-        return [clf.predict_proba(e)[:, 1].astype(np.float32) if len(e)
-                else np.zeros(0, dtype=np.float32) for e in evs]
+        return [
+            clf.predict_proba(e)[:, 1].astype(np.float32)
+            if len(e)
+            else np.zeros(0, dtype=np.float32)
+            for e in evs
+        ]
 
 
 @ATTACKS.register("gsa1")

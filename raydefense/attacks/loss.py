@@ -28,18 +28,32 @@ class LossAttack:
     access = "gray-box"
     kind = "query"
 
-    def __init__(self, cfg: LossAttackConfig | dict[str, Any], num_train_timesteps: int = 1000
-                 ) -> None:
-        self.cfg = (cfg if isinstance(cfg, LossAttackConfig)
-                    else LossAttackConfig.model_validate(cfg))
+    def __init__(
+        self, cfg: LossAttackConfig | dict[str, Any], num_train_timesteps: int = 1000
+    ) -> None:
+        self.cfg = (
+            cfg if isinstance(cfg, LossAttackConfig) else LossAttackConfig.model_validate(cfg)
+        )
 
     def settings(self) -> list[dict[str, Any]]:
-        return [{"timesteps": list(self.cfg.timesteps), "draws": self.cfg.draws,
-                 "reduction": self.cfg.reduction}]
+        return [
+            {
+                "timesteps": list(self.cfg.timesteps),
+                "draws": self.cfg.draws,
+                "reduction": self.cfg.reduction,
+            }
+        ]
 
     @torch.no_grad()
-    def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int, cache: dict | None = None) -> torch.Tensor:
+    def score(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: dict | None = None,
+    ) -> torch.Tensor:
         """Args:
             eps: noise predictor, called once per timestep on a [draws * B, C, H, W] batch.
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids. seed: base seed.
@@ -52,8 +66,9 @@ class LossAttack:
             raise ValueError("attacks.loss.timesteps is empty; list at least one timestep")
         for t in self.cfg.timesteps:
             if not 0 <= t < schedule.num_train_timesteps:
-                raise ValueError(f"attacks.loss.timesteps has {t}, outside "
-                                 f"[0, {schedule.num_train_timesteps})")
+                raise ValueError(
+                    f"attacks.loss.timesteps has {t}, outside [0, {schedule.num_train_timesteps})"
+                )
         x = x0.float()
         total = torch.zeros(b, dtype=torch.float32, device=x.device)
         # Draw-major layout: rows [d*B, (d+1)*B) hold draw d of every sample.

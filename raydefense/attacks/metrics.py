@@ -8,8 +8,9 @@ test split. Pure numpy + sklearn; no torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -32,8 +33,9 @@ def _validate(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels)
     if s.ndim != 1 or y.ndim != 1 or s.shape != y.shape:
-        raise ValueError(f"scores and labels must be 1-D of equal length (got shapes {s.shape} "
-                         f"and {y.shape})")
+        raise ValueError(
+            f"scores and labels must be 1-D of equal length (got shapes {s.shape} and {y.shape})"
+        )
     if not np.all(np.isfinite(s)):
         raise ValueError(f"scores contain {int(np.sum(~np.isfinite(s)))} non-finite values")
     if y.dtype == bool:
@@ -43,8 +45,9 @@ def _validate(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     y = y.astype(np.int64)
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
-        raise ValueError(f"need both members and non-members (got {n_pos} members, "
-                         f"{y.size - n_pos} non-members)")
+        raise ValueError(
+            f"need both members and non-members (got {n_pos} members, {y.size - n_pos} non-members)"
+        )
     return s, y
 
 
@@ -146,13 +149,19 @@ def _resample_chunks(y: np.ndarray, n: int, seed: int) -> Iterator[np.ndarray]:
     done = 0
     while done < n:
         m = min(chunk, n - done)
-        yield np.concatenate([pos[rng.integers(0, pos.size, (m, pos.size))],
-                              neg[rng.integers(0, neg.size, (m, neg.size))]], axis=1)
+        yield np.concatenate(
+            [
+                pos[rng.integers(0, pos.size, (m, pos.size))],
+                neg[rng.integers(0, neg.size, (m, neg.size))],
+            ],
+            axis=1,
+        )
         done += m
 
 
-def _group_counts(group: np.ndarray, n_groups: int, n_pos: int, idx: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _group_counts(
+    group: np.ndarray, n_groups: int, n_pos: int, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-resample member / non-member multiplicities of each distinct score.
 
     Args:
@@ -185,8 +194,14 @@ def _tpr_max_below_counts(w_pos: np.ndarray, w_neg: np.ndarray, alpha: float) ->
     return np.where(ok, tp, 0.0).max(1) / n_pos[:, 0]  # 0.0 stands for the +inf threshold
 
 
-def bootstrap_ci(fn: Callable[[np.ndarray, np.ndarray], float], scores: Any, labels: Any, n: int,
-                 seed: int, level: float = 0.95) -> list[float] | None:
+def bootstrap_ci(
+    fn: Callable[[np.ndarray, np.ndarray], float],
+    scores: Any,
+    labels: Any,
+    n: int,
+    seed: int,
+    level: float = 0.95,
+) -> list[float] | None:
     """Percentile CI of fn(scores, labels) under a stratified bootstrap.
 
     Members and non-members are resampled separately (with replacement, own sizes), so every
@@ -215,8 +230,11 @@ def bootstrap_ci(fn: Callable[[np.ndarray, np.ndarray], float], scores: Any, lab
     for idx in _resample_chunks(y, n, seed):
         if fast:
             w_pos, w_neg = _group_counts(group, uniq.size, n_pos, idx)
-            parts.append(_auc_counts(w_pos, w_neg) if fn is auc
-                         else _tpr_max_below_counts(w_pos, w_neg, fn.alpha))
+            parts.append(
+                _auc_counts(w_pos, w_neg)
+                if fn is auc
+                else _tpr_max_below_counts(w_pos, w_neg, fn.alpha)
+            )
         else:
             parts.append(np.array([fn(row, lab) for row in s[idx]], dtype=np.float64))
     values = np.concatenate(parts)
@@ -253,8 +271,9 @@ def threshold_at_fpr(nonmember_scores: Any, alpha: float) -> float:
     return float(np.nextafter(s[k], np.inf))
 
 
-def calibrated_operating_point(cal_scores: Any, cal_labels: Any, test_scores: Any,
-                               test_labels: Any, alpha: float) -> dict[str, Any]:
+def calibrated_operating_point(
+    cal_scores: Any, cal_labels: Any, test_scores: Any, test_labels: Any, alpha: float
+) -> dict[str, Any]:
     """TPR and FPR realised on the test split by the threshold fixed at FPR <= alpha on the
     calibration split's non-members (what an attacker without test labels can do).
 
@@ -267,8 +286,12 @@ def calibrated_operating_point(cal_scores: Any, cal_labels: Any, test_scores: An
         return {"tpr": None, "fpr": None, "threshold": None, "resolution_limited": True}
     thr = threshold_at_fpr(neg, alpha)
     flagged = s >= thr
-    return {"tpr": float(flagged[y == 1].mean()), "fpr": float(flagged[y == 0].mean()),
-            "threshold": thr, "resolution_limited": False}
+    return {
+        "tpr": float(flagged[y == 1].mean()),
+        "fpr": float(flagged[y == 0].mean()),
+        "threshold": thr,
+        "resolution_limited": False,
+    }
 
 
 OPERATING_LEVELS = ((0.01, "1pct"), (0.001, "0.1pct"))
@@ -281,8 +304,14 @@ CALIBRATED_RULE_TEXT = (
 )
 
 
-def attack_metrics(cal_scores: Any, cal_labels: Any, test_scores: Any, test_labels: Any,
-                   bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+def attack_metrics(
+    cal_scores: Any,
+    cal_labels: Any,
+    test_scores: Any,
+    test_labels: Any,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The results.json metric fields for one (target, attack setting).
 
     The score orientation is fixed on the calibration split (`orientation`: -1 flips an attack
@@ -318,8 +347,12 @@ def attack_metrics(cal_scores: Any, cal_labels: Any, test_scores: Any, test_labe
     limited: list[str] = []
     tpr1 = TprAtFpr(0.01)
     threshold, _ = best_threshold(cal_s, cal_y)
-    out: dict[str, Any] = {"orientation": sign, "auc_calibration": auc(cal_s, cal_y),
-                           "auc": auc(s, y), "auc_as_scored": auc_as_scored}
+    out: dict[str, Any] = {
+        "orientation": sign,
+        "auc_calibration": auc(cal_s, cal_y),
+        "auc": auc(s, y),
+        "auc_as_scored": auc_as_scored,
+    }
     if bootstrap:
         out["auc_ci"] = bootstrap_ci(auc, s, y, bootstrap, seed)
     for alpha, tag in OPERATING_LEVELS:

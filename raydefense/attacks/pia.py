@@ -59,16 +59,24 @@ class PIA:
 
     def __init__(self, cfg: PIAConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:
         self.cfg = cfg if isinstance(cfg, PIAConfig) else PIAConfig.model_validate(cfg)
-        self.timesteps, self.canonical = pia_timesteps(
-            self.cfg, NoiseSchedule(num_train_timesteps))
+        self.timesteps, self.canonical = pia_timesteps(self.cfg, NoiseSchedule(num_train_timesteps))
 
     def settings(self) -> list[dict[str, Any]]:
-        return [{"t": t, "p": self.cfg.p, **({"canonical": True} if t == self.canonical else {})}
-                for t in self.timesteps]
+        return [
+            {"t": t, "p": self.cfg.p, **({"canonical": True} if t == self.canonical else {})}
+            for t in self.timesteps
+        ]
 
     @torch.no_grad()
-    def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int, cache: dict | None = None) -> torch.Tensor:
+    def score(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: dict | None = None,
+    ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (deterministic attack).
         Returns:

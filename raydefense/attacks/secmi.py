@@ -18,8 +18,12 @@ from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import EpsModel
 
 
-def ddim_move_yspace(x: torch.Tensor, eps: torch.Tensor, abar_from: torch.Tensor | float,
-                     abar_to: torch.Tensor | float) -> torch.Tensor:
+def ddim_move_yspace(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    abar_from: torch.Tensor | float,
+    abar_to: torch.Tensor | float,
+) -> torch.Tensor:
     """The DDIM move written in the PIA repo's y-space (algebraically equal to
     NoiseSchedule.ddim_move); kept as an independent check of that formula.
 
@@ -48,13 +52,16 @@ def _check_secmi(schedule: NoiseSchedule, t_sec: int, k: int) -> None:
         # starts from t_sec - k; the two only agree when k divides t_sec.
         raise ValueError(f"SecMI needs t_sec to be a multiple of k (got t_sec={t_sec}, k={k})")
     if t_sec >= schedule.num_train_timesteps:
-        raise ValueError(f"SecMI t_sec={t_sec} must be below the schedule's "
-                         f"{schedule.num_train_timesteps} timesteps")
+        raise ValueError(
+            f"SecMI t_sec={t_sec} must be below the schedule's "
+            f"{schedule.num_train_timesteps} timesteps"
+        )
 
 
 @torch.no_grad()
-def secmi_error_maps(eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor, t_sec: int,
-                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def secmi_error_maps(
+    eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor, t_sec: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two states SecMI compares, both at index t_sec - k (t_sec / k + 1 eps calls).
 
     Args:
@@ -92,15 +99,21 @@ class SecMIStat:
     access = "gray-box"
     kind = "query"
 
-    def __init__(self, cfg: SecMIConfig | dict[str, Any], num_train_timesteps: int = 1000
-                 ) -> None:
+    def __init__(self, cfg: SecMIConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:
         self.cfg = cfg if isinstance(cfg, SecMIConfig) else SecMIConfig.model_validate(cfg)
 
     def settings(self) -> list[dict[str, Any]]:
         return [{"t_sec": self.cfg.t_sec, "k": self.cfg.k}]
 
-    def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int, cache: dict | None = None) -> torch.Tensor:
+    def score(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: dict | None = None,
+    ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (the attack is deterministic).
             cache: per-batch dict shared with SecMI_NN (one round trip for both).
@@ -111,8 +124,9 @@ class SecMIStat:
         return -(x_tilde - x_hat).pow(2).flatten(1).sum(1).float()[:, None]
 
 
-def cached_error_maps(eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor, t_sec: int,
-                      k: int, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_error_maps(
+    eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor, t_sec: int, k: int, cache: dict | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """secmi_error_maps, memoised in the per-batch cache under ("secmi", t_sec, k)."""
     if cache is None:
         return secmi_error_maps(eps, schedule, x0, t_sec, k)

@@ -34,15 +34,23 @@ class SecMINN:
     kind = "learned"
     trains_on = "calibration"
 
-    def __init__(self, cfg: SecMINNConfig | dict[str, Any], num_train_timesteps: int = 1000
-                 ) -> None:
+    def __init__(
+        self, cfg: SecMINNConfig | dict[str, Any], num_train_timesteps: int = 1000
+    ) -> None:
         self.cfg = cfg if isinstance(cfg, SecMINNConfig) else SecMINNConfig.model_validate(cfg)
 
     def settings(self) -> list[dict[str, Any]]:
         return [{"t_sec": self.cfg.t_sec, "k": self.cfg.k}]
 
-    def features(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-                 row_ids: torch.Tensor, seed: int, cache: Optional[dict] = None) -> torch.Tensor:
+    def features(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: Optional[dict] = None,
+    ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (the round trip is deterministic).
             cache: per-batch dict shared with SecMI_stat (one DDIM round trip for both).
@@ -58,13 +66,20 @@ class SecMINN:
             raise ValueError("secmi_nn needs image_shape=(C, H, W) to rebuild its error maps")
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != math.prod(image_shape):
-            raise ValueError(f"secmi_nn features must be [N, {math.prod(image_shape)}] for "
-                             f"image_shape {tuple(image_shape)}; got {x.shape}")
+            raise ValueError(
+                f"secmi_nn features must be [N, {math.prod(image_shape)}] for "
+                f"image_shape {tuple(image_shape)}; got {x.shape}"
+            )
         return x.reshape(-1, *image_shape)
 
-    def fit_predict(self, train_x: np.ndarray, train_y: np.ndarray, eval_x: list[np.ndarray],
-                    seed: int, image_shape: Optional[tuple[int, int, int]] = None
-                    ) -> list[np.ndarray]:
+    def fit_predict(
+        self,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        eval_x: list[np.ndarray],
+        seed: int,
+        image_shape: Optional[tuple[int, int, int]] = None,
+    ) -> list[np.ndarray]:
         """Train the ResNet on all of train_x and score every eval matrix.
 
         Args:
@@ -73,12 +88,18 @@ class SecMINN:
         Returns:
             [M_i] float32 raw regressor outputs per eval matrix, higher = member.
         """
-        model = train_resnet_regressor(self._maps(train_x, image_shape), np.asarray(train_y),
-                                       self.cfg, seed)
+        model = train_resnet_regressor(
+            self._maps(train_x, image_shape), np.asarray(train_y), self.cfg, seed
+        )
         return [predict_resnet(model, self._maps(e, image_shape)) for e in eval_x]
 
-    def cross_fit(self, train_x: np.ndarray, train_y: np.ndarray, seed: int,
-                  image_shape: Optional[tuple[int, int, int]] = None) -> np.ndarray:
+    def cross_fit(
+        self,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        seed: int,
+        image_shape: Optional[tuple[int, int, int]] = None,
+    ) -> np.ndarray:
         """Out-of-fold scores for train_x: cfg.cv_folds stratified, shuffled (seeded) folds; each
         fold is scored by a ResNet trained on the other folds.
 
@@ -90,17 +111,22 @@ class SecMINN:
         maps = self._maps(train_x, image_shape)
         y = np.asarray(train_y).astype(np.int64).reshape(-1)
         out = np.empty(len(y), dtype=np.float32)
-        folds = StratifiedKFold(n_splits=self.cfg.cv_folds, shuffle=True,
-                                random_state=int(seed) % (2 ** 32))
+        folds = StratifiedKFold(
+            n_splits=self.cfg.cv_folds, shuffle=True, random_state=int(seed) % (2**32)
+        )
         for f, (tr, te) in enumerate(folds.split(np.zeros(len(y)), y)):
             model = train_resnet_regressor(maps[tr], y[tr], self.cfg, derive_seed(seed, f))
             out[te] = predict_resnet(model, maps[te])
         return out
 
-    def cross_fit_predict(self, train_x: np.ndarray, train_y: np.ndarray,
-                          eval_x: list[np.ndarray], seed: int,
-                          image_shape: Optional[tuple[int, int, int]] = None
-                          ) -> tuple[np.ndarray, list[np.ndarray]]:
+    def cross_fit_predict(
+        self,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        eval_x: list[np.ndarray],
+        seed: int,
+        image_shape: Optional[tuple[int, int, int]] = None,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Cross-fitting: cfg.cv_folds stratified folds (seeded); the model trained on the other
         folds scores each fold, and the mean of the fold models scores every eval matrix.
 
@@ -114,12 +140,12 @@ class SecMINN:
         oof = np.empty(len(y), dtype=np.float32)
         evals = [np.zeros(len(e), dtype=np.float64) for e in eval_x]
         eval_maps = [self._maps(e, image_shape) for e in eval_x]
-        folds = StratifiedKFold(n_splits=self.cfg.cv_folds, shuffle=True,
-                                random_state=int(seed) % (2 ** 32))
+        folds = StratifiedKFold(
+            n_splits=self.cfg.cv_folds, shuffle=True, random_state=int(seed) % (2**32)
+        )
         for f, (tr, te) in enumerate(folds.split(np.zeros(len(y)), y)):
             model = train_resnet_regressor(maps[tr], y[tr], self.cfg, derive_seed(seed, f))
             oof[te] = predict_resnet(model, maps[te])
             for acc, m in zip(evals, eval_maps):
                 acc += predict_resnet(model, m) / self.cfg.cv_folds
         return oof, [e.astype(np.float32) for e in evals]
-

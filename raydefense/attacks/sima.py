@@ -37,8 +37,15 @@ class SimA:
         return [{"t": t, "p": self.cfg.p} for t in self.timesteps]
 
     @torch.no_grad()
-    def score(self, eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor,
-              row_ids: torch.Tensor, seed: int, cache: dict | None = None) -> torch.Tensor:
+    def score(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: dict | None = None,
+    ) -> torch.Tensor:
         """Args: x0 [B, C, H, W] in [-1, 1] (row_ids, seed unused: deterministic).
         Returns: [B, len(timesteps)] float32 = -sum |eps(x0, t)|^p, higher = member."""
         x = x0.float()
@@ -46,8 +53,10 @@ class SimA:
         out = torch.empty(b, n, dtype=torch.float32, device=x.device)
         per_call = max(1, 4096 // max(b, 1))  # timesteps per eps call, bounding memory
         for s in range(0, n, per_call):
-            ts = self.timesteps[s:s + per_call]
+            ts = self.timesteps[s : s + per_call]
             t_vec = torch.tensor(ts, dtype=torch.long, device=x.device).repeat_interleave(b)
             e = eps(x.repeat(len(ts), 1, 1, 1), t_vec).float()
-            out[:, s:s + len(ts)] = -lp_distance(e, torch.zeros_like(e), self.cfg.p).view(len(ts), b).T
+            out[:, s : s + len(ts)] = (
+                -lp_distance(e, torch.zeros_like(e), self.cfg.p).view(len(ts), b).T
+            )
         return out

@@ -1,4 +1,4 @@
-"""On-disk dataset formats, registered in `raydefense.data.sources.DATASETS`.
+"""On-disk dataset formats, registered in `raydefense.data.pool.DATASETS`.
 
 Every loader reads `data.root` and never downloads. Pools are as large as the data on disk (a
 CIFAR batch with 5 rows gives 5 images), in the order the canonical loader (torchvision) uses, so
@@ -28,13 +28,14 @@ import io
 import math
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from raydefense.config import DataConfig
-from raydefense.data.sources import DATASETS, ImagePool, resize_image, resize_images
+from raydefense.data.pool import DATASETS, ImagePool, resize_image, resize_images
 from raydefense.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -50,20 +51,23 @@ STL10_CHUNK = 1024  # images per chunk when resizing out of the memmap
 def _root(cfg: DataConfig, expected: str) -> Path:
     """data.root as a Path; DataError when it is unset or missing."""
     if not cfg.root:
-        raise DataError(f"data.source={cfg.source!r} reads local files but data.root is not set; "
-                        f"point it at {expected}")
+        raise DataError(
+            f"data.source={cfg.source!r} reads local files but data.root is not set; "
+            f"point it at {expected}"
+        )
     root = Path(cfg.root).expanduser()
     if not root.exists():
         raise DataError(f"data.root {cfg.root!r} does not exist; point it at {expected}")
     return root
 
 
-def _locate(root: Path, marker: str, subdirs: Sequence[str], is_dir: bool = False
-            ) -> Optional[Path]:
+def _locate(
+    root: Path, marker: str, subdirs: Sequence[str], is_dir: bool = False
+) -> Optional[Path]:
     """`root` if it holds `marker`, else the first root/<subdir> that does, else None."""
     for d in (root, *(root / s for s in subdirs)):
         m = d / marker
-        if (m.is_dir() if is_dir else m.is_file()):
+        if m.is_dir() if is_dir else m.is_file():
             return d
     return None
 
@@ -86,8 +90,13 @@ def _image_files(folder: Path) -> list[Path]:
     return out
 
 
-def _decode(n: int, open_image: Callable[[int], "object"], describe: Callable[[int], str],
-            resolution: Optional[int], keep_grayscale: bool) -> np.ndarray:
+def _decode(
+    n: int,
+    open_image: Callable[[int], object],
+    describe: Callable[[int], str],
+    resolution: Optional[int],
+    keep_grayscale: bool,
+) -> np.ndarray:
     """Decode n images into uint8 [n, C, H, W].
 
     open_image(i) returns a (lazy) PIL image; describe(i) names it in errors. C = 1 when
@@ -111,9 +120,11 @@ def _decode(n: int, open_image: Callable[[int], "object"], describe: Callable[[i
     if resolution is None:
         bad = next((i for i, s in enumerate(sizes) if s != sizes[0]), None)
         if bad is not None:
-            raise DataError(f"{describe(bad)} is {sizes[bad][0]}x{sizes[bad][1]} but "
-                            f"{describe(0)} is {sizes[0][0]}x{sizes[0][1]}: a pool needs one "
-                            "image size; set data.resolution to resize them all")
+            raise DataError(
+                f"{describe(bad)} is {sizes[bad][0]}x{sizes[bad][1]} but "
+                f"{describe(0)} is {sizes[0][0]}x{sizes[0][1]}: a pool needs one "
+                "image size; set data.resolution to resize them all"
+            )
         width, height = sizes[0] if n else (0, 0)
     else:
         width = height = resolution
@@ -131,7 +142,7 @@ def _decode(n: int, open_image: Callable[[int], "object"], describe: Callable[[i
     return out
 
 
-def _open_file(paths: Sequence[Path]) -> Callable[[int], "object"]:
+def _open_file(paths: Sequence[Path]) -> Callable[[int], object]:
     from PIL import Image
 
     return lambda i: Image.open(paths[i])
@@ -150,13 +161,21 @@ def _read_cifar_pickle(path: Path, label_key: str, expected: str) -> tuple[np.nd
         data = np.asarray(d["data"])
         labels = np.asarray(d[label_key], dtype=np.int64)
     except Exception as e:  # unpickling can fail in many ways; all mean "not this format"
-        raise DataError(f"{str(path)!r} is not a {expected} python batch (a pickle with b'data' "
-                        f"and b'{label_key}'): {type(e).__name__}: {e}") from None
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
-            or labels.shape != (len(data),):
-        raise DataError(f"{str(path)!r} is not a {expected} python batch: b'data' is "
-                        f"{data.dtype} {list(data.shape)} (expected uint8 [n, 3072]) with "
-                        f"{labels.size} labels")
+        raise DataError(
+            f"{str(path)!r} is not a {expected} python batch (a pickle with b'data' "
+            f"and b'{label_key}'): {type(e).__name__}: {e}"
+        ) from None
+    if (
+        data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+        or labels.shape != (len(data),)
+    ):
+        raise DataError(
+            f"{str(path)!r} is not a {expected} python batch: b'data' is "
+            f"{data.dtype} {list(data.shape)} (expected uint8 [n, 3072]) with "
+            f"{labels.size} labels"
+        )
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -166,14 +185,17 @@ def load_cifar10(cfg: DataConfig) -> ImagePool:
     root = _root(cfg, "cifar-10-batches-py")
     folder = _locate(root, "data_batch_1", ["cifar-10-batches-py"])
     if folder is None:
-        raise DataError(f"data.root {cfg.root!r} has no data_batch_1..5: point it at "
-                        "cifar-10-batches-py")
+        raise DataError(
+            f"data.root {cfg.root!r} has no data_batch_1..5: point it at cifar-10-batches-py"
+        )
     parts = []
     for b in range(1, 6):
         path = folder / f"data_batch_{b}"
         if not path.is_file():
-            raise DataError(f"data.root {str(folder)!r} has no data_batch_{b}: expected "
-                            "data_batch_1..5 of cifar-10-batches-py")
+            raise DataError(
+                f"data.root {str(folder)!r} has no data_batch_{b}: expected "
+                "data_batch_1..5 of cifar-10-batches-py"
+            )
         parts.append(_read_cifar_pickle(path, "labels", "CIFAR-10"))
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -186,11 +208,9 @@ def load_cifar100(cfg: DataConfig) -> ImagePool:
     root = _root(cfg, "cifar-100-python")
     folder = _locate(root, "train", ["cifar-100-python"])
     if folder is None:
-        raise DataError(f"data.root {cfg.root!r} has no 'train' file: point it at "
-                        "cifar-100-python")
+        raise DataError(f"data.root {cfg.root!r} has no 'train' file: point it at cifar-100-python")
     images, labels = _read_cifar_pickle(folder / "train", "fine_labels", "CIFAR-100")
-    return ImagePool(images=resize_images(images, cfg.resolution), labels=labels,
-                     name="cifar100")
+    return ImagePool(images=resize_images(images, cfg.resolution), labels=labels, name="cifar100")
 
 
 # ----------------------------------------------------------------------------- STL-10
@@ -202,13 +222,14 @@ def load_stl10_unlabeled(cfg: DataConfig) -> ImagePool:
     root = _root(cfg, "stl10_binary")
     folder = _locate(root, "unlabeled_X.bin", ["stl10_binary"])
     if folder is None:
-        raise DataError(f"data.root {cfg.root!r} has no unlabeled_X.bin: point it at "
-                        "stl10_binary")
+        raise DataError(f"data.root {cfg.root!r} has no unlabeled_X.bin: point it at stl10_binary")
     path = folder / "unlabeled_X.bin"
     size = path.stat().st_size
     if size == 0 or size % STL10_IMAGE_BYTES:
-        raise DataError(f"{str(path)!r} is {size} bytes, not a multiple of 3*96*96 = "
-                        f"{STL10_IMAGE_BYTES}: not the STL-10 binary format")
+        raise DataError(
+            f"{str(path)!r} is {size} bytes, not a multiple of 3*96*96 = "
+            f"{STL10_IMAGE_BYTES}: not the STL-10 binary format"
+        )
     raw = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, STL10_SIDE, STL10_SIDE)
     # Each channel is stored column-major: swap the last two axes to get [C, H, W].
     chw = raw.transpose(0, 1, 3, 2)
@@ -218,7 +239,7 @@ def load_stl10_unlabeled(cfg: DataConfig) -> ImagePool:
     else:
         images = np.empty((len(chw), 3, res, res), dtype=np.uint8)
         for start in range(0, len(chw), STL10_CHUNK):
-            block = np.ascontiguousarray(chw[start:start + STL10_CHUNK])
+            block = np.ascontiguousarray(chw[start : start + STL10_CHUNK])
             for j, im in enumerate(block):
                 images[start + j] = resize_image(im, res)
     del raw, chw
@@ -241,23 +262,33 @@ def load_tiny_imagenet(cfg: DataConfig) -> ImagePool:
             train = cand
             break
     if train is None:
-        raise DataError(f"data.root {cfg.root!r} has no train/<wnid>/images/ folders: point it at "
-                        f"{expected}")
+        raise DataError(
+            f"data.root {cfg.root!r} has no train/<wnid>/images/ folders: point it at {expected}"
+        )
     wnids = sorted(d.name for d in train.iterdir() if d.is_dir() and _visible(d.name))
     paths, labels = [], []
     for k, wnid in enumerate(wnids):
         folder = train / wnid / "images"
-        files = sorted(f.name for f in folder.iterdir() if _is_image_file(f.name)) \
-            if folder.is_dir() else []
+        files = (
+            sorted(f.name for f in folder.iterdir() if _is_image_file(f.name))
+            if folder.is_dir()
+            else []
+        )
         if not files:
-            raise DataError(f"{str(train / wnid)!r} has no images/*.JPEG: expected the "
-                            "tiny-imagenet-200/train/<wnid>/images/ layout")
+            raise DataError(
+                f"{str(train / wnid)!r} has no images/*.JPEG: expected the "
+                "tiny-imagenet-200/train/<wnid>/images/ layout"
+            )
         paths += [folder / f for f in files]
         labels += [k] * len(files)
-    images = _decode(len(paths), _open_file(paths), lambda i: repr(str(paths[i])),
-                     cfg.resolution, keep_grayscale=False)
-    return ImagePool(images=images, labels=np.asarray(labels, dtype=np.int64),
-                     name="tiny_imagenet")
+    images = _decode(
+        len(paths),
+        _open_file(paths),
+        lambda i: repr(str(paths[i])),
+        cfg.resolution,
+        keep_grayscale=False,
+    )
+    return ImagePool(images=images, labels=np.asarray(labels, dtype=np.int64), name="tiny_imagenet")
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -279,22 +310,37 @@ def load_imagefolder(cfg: DataConfig) -> ImagePool:
         raise DataError(f"data.root {cfg.root!r} is not a folder: point it at a folder of images")
     entries = sorted(root.iterdir(), key=lambda p: p.name)
     loose = [p for p in entries if p.is_file() and _is_image_file(p.name)]
-    classes = [(d.name, files) for d in entries if d.is_dir() and _visible(d.name)
-               for files in [_image_files(d)] if files]
+    classes = [
+        (d.name, files)
+        for d in entries
+        if d.is_dir() and _visible(d.name)
+        for files in [_image_files(d)]
+        if files
+    ]
     if classes and loose:
-        raise DataError(f"data.root {cfg.root!r} mixes loose images ({loose[0].name}) with class "
-                        "subfolders: move every image into a class subfolder, or use one level")
+        raise DataError(
+            f"data.root {cfg.root!r} mixes loose images ({loose[0].name}) with class "
+            "subfolders: move every image into a class subfolder, or use one level"
+        )
     if classes:
         paths = [p for _, files in classes for p in files]
-        labels = np.concatenate([np.full(len(files), k, np.int64)
-                                 for k, (_, files) in enumerate(classes)])
+        labels = np.concatenate(
+            [np.full(len(files), k, np.int64) for k, (_, files) in enumerate(classes)]
+        )
     elif loose:
         paths, labels = loose, None
     else:
-        raise DataError(f"data.root {cfg.root!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}), "
-                        "neither directly nor in class subfolders")
-    images = _decode(len(paths), _open_file(paths), lambda i: repr(str(paths[i])),
-                     cfg.resolution, keep_grayscale=True)
+        raise DataError(
+            f"data.root {cfg.root!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}), "
+            "neither directly nor in class subfolders"
+        )
+    images = _decode(
+        len(paths),
+        _open_file(paths),
+        lambda i: repr(str(paths[i])),
+        cfg.resolution,
+        keep_grayscale=True,
+    )
     return ImagePool(images=images, labels=labels, name="imagefolder")
 
 
@@ -304,12 +350,19 @@ def load_imagefolder(cfg: DataConfig) -> ImagePool:
 def _parquet_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    files = sorted((p for p in root.rglob("*.parquet")
-                    if all(_visible(part) for part in p.relative_to(root).parts)),
-                   key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        (
+            p
+            for p in root.rglob("*.parquet")
+            if all(_visible(part) for part in p.relative_to(root).parts)
+        ),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
     if not files:
-        raise DataError(f"data.root {str(root)!r} holds no .parquet files: point it at a "
-                        "parquet file or a folder of them")
+        raise DataError(
+            f"data.root {str(root)!r} holds no .parquet files: point it at a "
+            "parquet file or a folder of them"
+        )
     return files
 
 
@@ -326,21 +379,28 @@ def _raw_pixels(col, root: str, name: str) -> np.ndarray:
     arr = col.combine_chunks()
     n = len(arr)
     dims = []
-    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) \
-            or pa.types.is_fixed_size_list(arr.type):
+    while (
+        pa.types.is_list(arr.type)
+        or pa.types.is_large_list(arr.type)
+        or pa.types.is_fixed_size_list(arr.type)
+    ):
         if arr.null_count:
             raise DataError(f"parquet {root!r}: column {name!r} has null images")
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         if len(lengths) and lengths.min() != lengths.max():
             row = int(np.flatnonzero(lengths != lengths[0])[0])
-            raise DataError(f"parquet {root!r}: column {name!r} row {row} has {lengths[row]} "
-                            f"values where row 0 has {lengths[0]}; all images need one shape "
-                            "(or store them as encoded PNG/JPEG bytes)")
+            raise DataError(
+                f"parquet {root!r}: column {name!r} row {row} has {lengths[row]} "
+                f"values where row 0 has {lengths[0]}; all images need one shape "
+                "(or store them as encoded PNG/JPEG bytes)"
+            )
         dims.append(int(lengths[0]) if n else 0)
         arr = arr.flatten()
     if not (pa.types.is_integer(arr.type)):
-        raise DataError(f"parquet {root!r}: column {name!r} holds {arr.type} values; raw "
-                        "pixels must be integers 0..255")
+        raise DataError(
+            f"parquet {root!r}: column {name!r} holds {arr.type} values; raw "
+            "pixels must be integers 0..255"
+        )
     values = arr.to_numpy(zero_copy_only=False)
     if values.size and (values.min() < 0 or values.max() > 255):
         raise DataError(f"parquet {root!r}: column {name!r} has pixel values outside 0..255")
@@ -351,17 +411,21 @@ def _raw_pixels(col, root: str, name: str) -> np.ndarray:
             s = math.isqrt(length // c)
             if s > 0 and s * s * c == length:
                 return values.reshape(n, s, s, c).transpose(0, 3, 1, 2)
-        raise DataError(f"parquet {root!r}: column {name!r} rows have {length} values, not "
-                        "s*s*3 or s*s*1 (a square HWC image); store nested [H][W][C] lists "
-                        "or encoded PNG/JPEG bytes")
+        raise DataError(
+            f"parquet {root!r}: column {name!r} rows have {length} values, not "
+            "s*s*3 or s*s*1 (a square HWC image); store nested [H][W][C] lists "
+            "or encoded PNG/JPEG bytes"
+        )
     if len(dims) == 2:
         return values.reshape(n, 1, *dims)
     if len(dims) == 3 and dims[2] in (1, 3):
         return values.reshape(n, *dims).transpose(0, 3, 1, 2)
     if len(dims) == 3 and dims[0] in (1, 3):
         return values.reshape(n, *dims)
-    raise DataError(f"parquet {root!r}: column {name!r} has nested shape {dims}; expected "
-                    "[H][W][C] or [C][H][W] with C = 1 or 3, or [H][W]")
+    raise DataError(
+        f"parquet {root!r}: column {name!r} has nested shape {dims}; expected "
+        "[H][W][C] or [C][H][W] with C = 1 or 3, or [H][W]"
+    )
 
 
 @DATASETS.register("parquet")
@@ -387,19 +451,26 @@ def load_parquet(cfg: DataConfig) -> ImagePool:
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"data.root {cfg.root!r} is not readable as parquet: {e}") from None
     if cfg.image_column not in names:
-        raise DataError(f"parquet {cfg.root!r} has no column {cfg.image_column!r} (columns: "
-                        f"{', '.join(names)}); set data.image_column")
+        raise DataError(
+            f"parquet {cfg.root!r} has no column {cfg.image_column!r} (columns: "
+            f"{', '.join(names)}); set data.image_column"
+        )
     label_col = cfg.label_column
     if label_col is not None and label_col not in names:
         if "label_column" in cfg.model_fields_set:
-            raise DataError(f"parquet {cfg.root!r} has no column {label_col!r} (columns: "
-                            f"{', '.join(names)}); set data.label_column, or null for no labels")
+            raise DataError(
+                f"parquet {cfg.root!r} has no column {label_col!r} (columns: "
+                f"{', '.join(names)}); set data.label_column, or null for no labels"
+            )
         label_col = None  # the default 'label' column is optional
     if cfg.caption_column is not None and cfg.caption_column not in names:
-        raise DataError(f"parquet {cfg.root!r} has no column {cfg.caption_column!r} (columns: "
-                        f"{', '.join(names)}); set data.caption_column, or null for no captions")
-    wanted = list(dict.fromkeys(c for c in (cfg.image_column, label_col, cfg.caption_column)
-                                if c is not None))
+        raise DataError(
+            f"parquet {cfg.root!r} has no column {cfg.caption_column!r} (columns: "
+            f"{', '.join(names)}); set data.caption_column, or null for no captions"
+        )
+    wanted = list(
+        dict.fromkeys(c for c in (cfg.image_column, label_col, cfg.caption_column) if c is not None)
+    )
     table = dataset.to_table(columns=wanted)  # fragments in the order given, rows in file order
     if table.num_rows == 0:
         raise DataError(f"parquet {cfg.root!r} has no rows")
@@ -408,16 +479,20 @@ def load_parquet(cfg: DataConfig) -> ImagePool:
     if label_col is not None:
         lab = table.column(label_col)
         if not pa.types.is_integer(lab.type) or lab.null_count:
-            raise DataError(f"parquet {cfg.root!r}: label column {label_col!r} must hold "
-                            f"integers without nulls (it is {lab.type} with {lab.null_count} "
-                            "nulls); set data.label_column to another column or null")
+            raise DataError(
+                f"parquet {cfg.root!r}: label column {label_col!r} must hold "
+                f"integers without nulls (it is {lab.type} with {lab.null_count} "
+                "nulls); set data.label_column to another column or null"
+            )
         labels = lab.to_numpy().astype(np.int64)
     captions = None
     if cfg.caption_column is not None:
         cap = table.column(cfg.caption_column)
         if not (pa.types.is_string(cap.type) or pa.types.is_large_string(cap.type)):
-            raise DataError(f"parquet {cfg.root!r}: caption column {cfg.caption_column!r} is "
-                            f"{cap.type}, not strings")
+            raise DataError(
+                f"parquet {cfg.root!r}: caption column {cfg.caption_column!r} is "
+                f"{cap.type}, not strings"
+            )
         captions = [c if c is not None else "" for c in cap.to_pylist()]
 
     col = table.column(cfg.image_column)
@@ -429,15 +504,23 @@ def load_parquet(cfg: DataConfig) -> ImagePool:
         blobs = col.to_pylist()
         missing = next((i for i, b in enumerate(blobs) if b is None), None)
         if missing is not None:
-            raise DataError(f"parquet {cfg.root!r}: column {cfg.image_column!r} row {missing} "
-                            "is null")
-        images = _decode(len(blobs), lambda i: Image.open(io.BytesIO(blobs[i])),
-                         lambda i: f"parquet {cfg.root!r} column {cfg.image_column!r} row {i}",
-                         cfg.resolution, keep_grayscale=True)
-    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) \
-            or pa.types.is_fixed_size_list(kind):
+            raise DataError(
+                f"parquet {cfg.root!r}: column {cfg.image_column!r} row {missing} is null"
+            )
+        images = _decode(
+            len(blobs),
+            lambda i: Image.open(io.BytesIO(blobs[i])),
+            lambda i: f"parquet {cfg.root!r} column {cfg.image_column!r} row {i}",
+            cfg.resolution,
+            keep_grayscale=True,
+        )
+    elif (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    ):
         images = resize_images(_raw_pixels(col, str(cfg.root), cfg.image_column), cfg.resolution)
     else:
-        raise DataError(f"parquet {cfg.root!r}: column {cfg.image_column!r} is {kind}; expected "
-                        "encoded image bytes (binary) or raw uint8 pixels (a list column)")
+        raise DataError(
+            f"parquet {cfg.root!r}: column {cfg.image_column!r} is {kind}; expected "
+            "encoded image bytes (binary) or raw uint8 pixels (a list column)"
+        )
     return ImagePool(images=images, labels=labels, name="parquet", captions=captions)

@@ -18,87 +18,20 @@ import numpy as np
 import pyarrow as pa
 
 from raydefense.config import DataConfig
-from raydefense.data.sources import ImagePool
+from raydefense.data.pool import ImagePool
 from raydefense.errors import DataError, SplitOverlapError
+from raydefense.roster import (
+    SHADOW_ROLES,
+    STUDENT,
+    is_teacher,
+    model_names,
+    parse_shadow,
+    shadow_name,
+)
 from raydefense.seeding import STREAM_SHADOW, STREAM_SPLIT, derive_seed
 
 MEMBER, NONMEMBER, SHADOW = "member", "nonmember", "shadow"
 CALIBRATION, TEST = "calibration", "test"
-STUDENT = "student"
-SHADOW_MODEL_INDEX0 = 100  # shadow_j trains with model_index 100 + j (seeds apart from targets)
-# shadow_j's teachers and student: 1000 + 100 (j - 1) + the target's index (teacher_k k, student
-# K + 1), so every shadow model draws its own batches and adding one leaves the others unchanged.
-SHADOW_REGIME_INDEX0 = 1000
-# The training regimes a shadow model can imitate: the baseline's (all of a draw's members), a
-# teacher's (one of K shards of them) and the student's (distilled from the draw's K teachers).
-SHADOW_ROLES = ("baseline", "teacher", "student")
-
-
-def teacher_name(shard: int) -> str:
-    """Shard index 0..K-1 -> model name teacher_1..teacher_K."""
-    return f"teacher_{shard + 1}"
-
-
-def shadow_name(j: int, role: str = "baseline", shard: int = 0) -> str:
-    """Shadow draw 0..S-1 and role -> model name: shadow_{j+1} (trained like the baseline),
-    shadow_{j+1}_teacher_{shard+1} (like a teacher) or shadow_{j+1}_student (like the student)."""
-    if role == "baseline":
-        return f"shadow_{j + 1}"
-    if role == "teacher":
-        return f"shadow_{j + 1}_{teacher_name(shard)}"
-    if role == "student":
-        return f"shadow_{j + 1}_{STUDENT}"
-    raise ValueError(f"unknown shadow role {role!r}; expected one of {SHADOW_ROLES}")
-
-
-def parse_shadow(model: str) -> Optional[tuple[int, str, int]]:
-    """A shadow model name -> (draw j, role, shard k) (k = -1 unless a teacher); None for a
-    target's name."""
-    parts = model.split("_")
-    if parts[0] != "shadow" or len(parts) < 2 or not parts[1].isdigit():
-        return None
-    j = int(parts[1]) - 1
-    if len(parts) == 2:
-        return j, "baseline", -1
-    if parts[2:] == [STUDENT]:
-        return j, "student", -1
-    if len(parts) == 4 and parts[2] == "teacher" and parts[3].isdigit():
-        return j, "teacher", int(parts[3]) - 1
-    raise KeyError(f"unknown shadow model {model!r}")
-
-
-def model_names(num_shards: int, num_shadows: int = 0,
-                shadow_roles: tuple[str, ...] = ("baseline",)) -> list[str]:
-    """Rows of the membership matrix: the undefended baseline, one teacher per shard, then per
-    shadow draw the attacker's models trained on its rows (disjoint from every target row): one
-    like the baseline and/or K like the teachers (the latter also when a shadow student is
-    distilled from them). Students are not rows: they learn from soft targets."""
-    shadows = []
-    for j in range(num_shadows):
-        if "baseline" in shadow_roles:
-            shadows.append(shadow_name(j))
-        if {"teacher", "student"} & set(shadow_roles):
-            shadows += [shadow_name(j, "teacher", k) for k in range(num_shards)]
-    return ["baseline"] + [teacher_name(k) for k in range(num_shards)] + shadows
-
-
-def model_index(model: str, num_shards: int) -> int:
-    """The index that seeds a model's training batches: baseline 0, teacher_k k, the student
-    K + 1, shadow_j 100 + j - 1 (independent of how many shadows exist), shadow_j's teachers and
-    student 1000 + 100 (j - 1) + their target counterpart's index."""
-    if model == "baseline":
-        return 0
-    if model.startswith("teacher_"):
-        return int(model.split("_")[1])
-    shadow = parse_shadow(model)
-    if shadow is not None:
-        j, role, k = shadow
-        if role == "baseline":
-            return SHADOW_MODEL_INDEX0 + j
-        return SHADOW_REGIME_INDEX0 + 100 * j + (k + 1 if role == "teacher" else num_shards + 1)
-    if model == STUDENT:
-        return num_shards + 1
-    raise KeyError(f"unknown model {model!r}")
 
 
 def content_hash(image_u8: np.ndarray) -> str:
@@ -139,7 +72,7 @@ class Plan:
 
     @property
     def teachers(self) -> list[str]:
-        return [m for m in self.models if m.startswith("teacher_")]
+        return [m for m in self.models if is_teacher(m)]
 
     @property
     def shadows(self) -> list[str]:
@@ -183,10 +116,13 @@ class Plan:
             "num_nonmembers": int((self.split == NONMEMBER).sum()),
             "num_shadow_rows": int((self.split == SHADOW).sum()),
             "shard_sizes": [int((self.shard == k).sum()) for k in range(self.num_shards)],
-            "calibration": {s: int(((self.split == s) & (self.part == CALIBRATION)).sum())
-                            for s in (MEMBER, NONMEMBER)},
-            "test": {s: int(((self.split == s) & (self.part == TEST)).sum())
-                     for s in (MEMBER, NONMEMBER)},
+            "calibration": {
+                s: int(((self.split == s) & (self.part == CALIBRATION)).sum())
+                for s in (MEMBER, NONMEMBER)
+            },
+            "test": {
+                s: int(((self.split == s) & (self.part == TEST)).sum()) for s in (MEMBER, NONMEMBER)
+            },
             "models": self.models,
             "image_shape": list(self.images.shape[1:]),
             "duplicates_dropped": self.duplicates_dropped,
@@ -196,15 +132,17 @@ class Plan:
     def to_table(self) -> pa.Table:
         """The rows table written as Parquet (image = raw uint8 bytes, C*H*W per row)."""
         flat = self.images.reshape(len(self.images), -1)
-        return pa.table({
-            "row_id": pa.array(self.row_id, pa.int64()),
-            "hash": pa.array(self.hash, pa.string()),
-            "split": pa.array(self.split.tolist(), pa.string()),
-            "shard": pa.array(self.shard, pa.int16()),
-            "part": pa.array(self.part.tolist(), pa.string()),
-            "label": pa.array(self.label, pa.int64()),
-            "image": pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1])),
-        })
+        return pa.table(
+            {
+                "row_id": pa.array(self.row_id, pa.int64()),
+                "hash": pa.array(self.hash, pa.string()),
+                "split": pa.array(self.split.tolist(), pa.string()),
+                "shard": pa.array(self.shard, pa.int16()),
+                "part": pa.array(self.part.tolist(), pa.string()),
+                "label": pa.array(self.label, pa.int64()),
+                "image": pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1])),
+            }
+        )
 
     def membership_table(self) -> pa.Table:
         cols = {"row_id": pa.array(self.row_id, pa.int64())}
@@ -228,20 +166,26 @@ def _load_split_file(path: str, pool_size: int) -> tuple[np.ndarray, np.ndarray]
     except FileNotFoundError:
         raise DataError(f"data.split_file {path!r} does not exist") from None
     except (KeyError, ValueError, OSError) as e:
-        raise DataError(f"data.split_file {path!r} is not a SecMI/PIA split file "
-                        f"(needs mia_train_idxs and mia_eval_idxs): {e}") from None
+        raise DataError(
+            f"data.split_file {path!r} is not a SecMI/PIA split file "
+            f"(needs mia_train_idxs and mia_eval_idxs): {e}"
+        ) from None
     top = max(members.max(initial=-1), nonmembers.max(initial=-1))
     if top >= pool_size:
-        raise DataError(f"data.split_file {path!r} indexes row {top} but the dataset has only "
-                        f"{pool_size} images; check data.source / data.root")
+        raise DataError(
+            f"data.split_file {path!r} indexes row {top} but the dataset has only "
+            f"{pool_size} images; check data.source / data.root"
+        )
     if np.intersect1d(members, nonmembers).size:
-        raise SplitOverlapError(f"data.split_file {path!r} lists rows as both member and "
-                                "non-member")
+        raise SplitOverlapError(
+            f"data.split_file {path!r} lists rows as both member and non-member"
+        )
     return members.astype(np.int64), nonmembers.astype(np.int64)
 
 
-def write_split_file(path: str, members: np.ndarray, nonmembers: np.ndarray,
-                     ratio: Optional[float] = None) -> None:
+def write_split_file(
+    path: str, members: np.ndarray, nonmembers: np.ndarray, ratio: Optional[float] = None
+) -> None:
     """Write a split in the SecMI/PIA `*_train_ratio0.5.npz` format, readable by data.split_file.
 
     Keys: mia_train_idxs (members) and mia_eval_idxs (non-members), int64 indices into the
@@ -256,10 +200,15 @@ def write_split_file(path: str, members: np.ndarray, nonmembers: np.ndarray,
     arrays = []
     for what, idx in (("members", members), ("nonmembers", nonmembers)):
         a = np.asarray(idx)
-        if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)) \
-                or (a.size and a.min() < 0):
-            raise DataError(f"write_split_file: {what} must be a 1-D array of non-negative "
-                            f"row indices (got {a.dtype} {list(a.shape)})")
+        if (
+            a.ndim != 1
+            or not (a.size == 0 or np.issubdtype(a.dtype, np.integer))
+            or (a.size and a.min() < 0)
+        ):
+            raise DataError(
+                f"write_split_file: {what} must be a 1-D array of non-negative "
+                f"row indices (got {a.dtype} {list(a.shape)})"
+            )
         arrays.append(a.astype(np.int64))
     if np.intersect1d(*arrays).size:
         raise SplitOverlapError("write_split_file: some rows are both member and non-member")
@@ -269,18 +218,19 @@ def write_split_file(path: str, members: np.ndarray, nonmembers: np.ndarray,
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with open(path, "wb") as f:
-        np.savez(f, mia_train_idxs=arrays[0], mia_eval_idxs=arrays[1],
-                 ratio=np.float64(ratio))
+        np.savez(f, mia_train_idxs=arrays[0], mia_eval_idxs=arrays[1], ratio=np.float64(ratio))
 
 
-def _take(pool_idx: np.ndarray, n: Optional[int], what: str, rng: np.random.Generator,
-          shuffle: bool) -> np.ndarray:
+def _take(
+    pool_idx: np.ndarray, n: Optional[int], what: str, rng: np.random.Generator, shuffle: bool
+) -> np.ndarray:
     idx = rng.permutation(pool_idx) if shuffle else pool_idx
     if n is None:
         return idx
     if n > len(idx):
-        raise DataError(f"data.num_{what} = {n} but only {len(idx)} {what} are available; "
-                        f"lower data.num_{what}")
+        raise DataError(
+            f"data.num_{what} = {n} but only {len(idx)} {what} are available; lower data.num_{what}"
+        )
     return idx[:n]
 
 
@@ -291,9 +241,14 @@ def _assign_parts(n: int, frac: float) -> np.ndarray:
     return np.array([CALIBRATION] * n_cal + [TEST] * (n - n_cal), dtype=object)
 
 
-def make_plan(pool: ImagePool, cfg: DataConfig, seed: int, num_shadows: int = 0,
-              shadow_members: Optional[int] = None,
-              shadow_roles: tuple[str, ...] = ("baseline",)) -> Plan:
+def make_plan(
+    pool: ImagePool,
+    cfg: DataConfig,
+    seed: int,
+    num_shadows: int = 0,
+    shadow_members: Optional[int] = None,
+    shadow_roles: tuple[str, ...] = ("baseline",),
+) -> Plan:
     """Split the pool (seeded; deterministic for a given seed and config).
 
     Shadow draws (num_shadows > 0) each take 2 * shadow_members rows (default: the baseline's
@@ -314,35 +269,45 @@ def make_plan(pool: ImagePool, cfg: DataConfig, seed: int, num_shadows: int = 0,
         mem_pool, non_pool = _load_split_file(cfg.split_file, n_pool)
     else:
         perm = rng.permutation(n_pool)
-        mem_pool, non_pool = perm[: n_pool // 2], perm[n_pool // 2:]
+        mem_pool, non_pool = perm[: n_pool // 2], perm[n_pool // 2 :]
     # Split files are already random permutations; subsampling them still needs a seeded draw.
     members = _take(mem_pool, cfg.num_members, "members", rng, shuffle=bool(cfg.split_file))
-    nonmembers = _take(non_pool, cfg.num_nonmembers, "nonmembers", rng,
-                       shuffle=bool(cfg.split_file))
+    nonmembers = _take(
+        non_pool, cfg.num_nonmembers, "nonmembers", rng, shuffle=bool(cfg.split_file)
+    )
     k = cfg.num_shards
     if len(members) < 2 * k:
-        raise DataError(f"{len(members)} members cannot fill {k} shards with calibration and test "
-                        "rows; raise data.num_members or lower data.num_shards")
+        raise DataError(
+            f"{len(members)} members cannot fill {k} shards with calibration and test "
+            "rows; raise data.num_members or lower data.num_shards"
+        )
 
     shard_of_member = np.empty(len(members), dtype=np.int64)
     for s, chunk in enumerate(np.array_split(rng.permutation(len(members)), k)):
         shard_of_member[chunk] = s
 
     shadow_rows, shadow_train, shadow_held = _draw_shadows(
-        n_pool, np.concatenate([members, nonmembers]), num_shadows,
-        shadow_members or len(members), seed)
+        n_pool,
+        np.concatenate([members, nonmembers]),
+        num_shadows,
+        shadow_members or len(members),
+        seed,
+    )
     row_id = np.concatenate([members, nonmembers, shadow_rows])
-    split = np.array([MEMBER] * len(members) + [NONMEMBER] * len(nonmembers)
-                     + [SHADOW] * len(shadow_rows), dtype=object)
-    shard = np.concatenate([shard_of_member,
-                            -np.ones(len(nonmembers) + len(shadow_rows), dtype=np.int64)])
+    split = np.array(
+        [MEMBER] * len(members) + [NONMEMBER] * len(nonmembers) + [SHADOW] * len(shadow_rows),
+        dtype=object,
+    )
+    shard = np.concatenate(
+        [shard_of_member, -np.ones(len(nonmembers) + len(shadow_rows), dtype=np.int64)]
+    )
     images = pool.images[row_id]
     hashes = [content_hash(im) for im in images]
 
     keep, dropped = _check_duplicates(hashes, split, shard, cfg.on_duplicate)
     row_id, split, shard, images = row_id[keep], split[keep], shard[keep], images[keep]
     hashes = [hashes[i] for i in np.flatnonzero(keep)]
-    keep_shadow = keep[len(keep) - len(shadow_rows):]
+    keep_shadow = keep[len(keep) - len(shadow_rows) :]
     shadow_train, shadow_held = shadow_train[:, keep_shadow], shadow_held[:, keep_shadow]
 
     # Calibration/test parts, stratified per shard (members) and over the non-members.
@@ -371,21 +336,37 @@ def make_plan(pool: ImagePool, cfg: DataConfig, seed: int, num_shadows: int = 0,
         if shadow_name(j, "teacher", 0) in models:
             rows = np.flatnonzero(train[j])
             order = np.random.default_rng(derive_seed(seed, STREAM_SHADOW, j, 1)).permutation(
-                len(rows))
+                len(rows)
+            )
             for s, chunk in enumerate(np.array_split(order, k)):
                 membership[models.index(shadow_name(j, "teacher", s)), rows[chunk]] = True
     labels = pool.labels[row_id] if pool.labels is not None else -np.ones(len(row_id), np.int64)
-    plan = Plan(row_id=row_id, hash=hashes, split=split, shard=shard, part=part, label=labels,
-                images=images, models=models, membership=membership, shadow_heldout=heldout,
-                shadow_train=train, duplicates_dropped=dropped,
-                meta={"source": pool.name, "split_file": cfg.split_file,
-                      "shadow_roles": list(shadow_roles) if num_shadows else []})
+    plan = Plan(
+        row_id=row_id,
+        hash=hashes,
+        split=split,
+        shard=shard,
+        part=part,
+        label=labels,
+        images=images,
+        models=models,
+        membership=membership,
+        shadow_heldout=heldout,
+        shadow_train=train,
+        duplicates_dropped=dropped,
+        meta={
+            "source": pool.name,
+            "split_file": cfg.split_file,
+            "shadow_roles": list(shadow_roles) if num_shadows else [],
+        },
+    )
     validate_plan(plan)
     return plan
 
 
-def _draw_shadows(n_pool: int, target_rows: np.ndarray, num_shadows: int, n: int, seed: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _draw_shadows(
+    n_pool: int, target_rows: np.ndarray, num_shadows: int, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows for the shadow models, from the pool rows no target uses.
 
     Returns (rows [U] sorted source indices, train [S, U] bool, heldout [S, U] bool)."""
@@ -394,11 +375,15 @@ def _draw_shadows(n_pool: int, target_rows: np.ndarray, num_shadows: int, n: int
         return np.zeros(0, np.int64), empty, empty
     free = np.setdiff1d(np.arange(n_pool), target_rows)
     if 2 * n > len(free):
-        raise DataError(f"each shadow model needs 2 x {n} rows disjoint from the targets' rows but "
-                        f"only {len(free)} are left; lower attacks.shadow.members or "
-                        "data.num_members/num_nonmembers, or set attacks.shadow.num_models=0")
-    draws = [np.random.default_rng(derive_seed(seed, STREAM_SHADOW, j)).permutation(free)[:2 * n]
-             for j in range(num_shadows)]
+        raise DataError(
+            f"each shadow model needs 2 x {n} rows disjoint from the targets' rows but "
+            f"only {len(free)} are left; lower attacks.shadow.members or "
+            "data.num_members/num_nonmembers, or set attacks.shadow.num_models=0"
+        )
+    draws = [
+        np.random.default_rng(derive_seed(seed, STREAM_SHADOW, j)).permutation(free)[: 2 * n]
+        for j in range(num_shadows)
+    ]
     rows = np.unique(np.concatenate(draws))
     pos = {int(r): i for i, r in enumerate(rows)}
     train = np.zeros((num_shadows, len(rows)), dtype=bool)
@@ -409,8 +394,9 @@ def _draw_shadows(n_pool: int, target_rows: np.ndarray, num_shadows: int, n: int
     return rows, train, held
 
 
-def _check_duplicates(hashes: list[str], split: np.ndarray, shard: np.ndarray,
-                      on_duplicate: str) -> tuple[np.ndarray, int]:
+def _check_duplicates(
+    hashes: list[str], split: np.ndarray, shard: np.ndarray, on_duplicate: str
+) -> tuple[np.ndarray, int]:
     """Rows whose content appears in more than one (split, shard) group break invariant 1.
 
     Returns a keep mask and the number of rows dropped (on_duplicate='drop': every copy of a
@@ -434,7 +420,8 @@ def _check_duplicates(hashes: list[str], split: np.ndarray, shard: np.ndarray,
     if dropped and on_duplicate == "error":
         raise SplitOverlapError(
             f"{dropped} duplicate images ({conflicts} across splits or shards) found by content "
-            "hash; set data.on_duplicate=drop to drop them")
+            "hash; set data.on_duplicate=drop to drop them"
+        )
     return keep, dropped
 
 
@@ -454,18 +441,21 @@ def validate_plan(plan: Plan) -> None:
         raise SplitOverlapError("member shards do not cover exactly the members")
     if not np.array_equal(plan.membership[0], members):
         raise SplitOverlapError("the baseline must train on exactly the members")
-    shard_hashes = [{h for h, s in zip(plan.hash, plan.shard) if s == k}
-                    for k in range(plan.num_shards)]
+    shard_hashes = [
+        {h for h, s in zip(plan.hash, plan.shard) if s == k} for k in range(plan.num_shards)
+    ]
     for a in range(plan.num_shards):
         for b in range(a + 1, plan.num_shards):
             if shard_hashes[a] & shard_hashes[b]:
                 raise SplitOverlapError(f"shards {a + 1} and {b + 1} share image content")
     shadow_rows = plan.split == SHADOW
     for j in range(plan.num_shadow_draws):
-        if (plan.shadow_train[j] & ~shadow_rows).any() or (plan.shadow_heldout[j]
-                                                           & ~shadow_rows).any():
-            raise SplitOverlapError(f"shadow draw {j + 1} reads rows of the targets' "
-                                    "member/non-member sets")
+        if (plan.shadow_train[j] & ~shadow_rows).any() or (
+            plan.shadow_heldout[j] & ~shadow_rows
+        ).any():
+            raise SplitOverlapError(
+                f"shadow draw {j + 1} reads rows of the targets' member/non-member sets"
+            )
         if (plan.shadow_train[j] & plan.shadow_heldout[j]).any():
             raise SplitOverlapError(f"shadow draw {j + 1} trains on rows it also holds out")
     shadow_teachers: dict[int, list[np.ndarray]] = defaultdict(list)
@@ -479,30 +469,43 @@ def validate_plan(plan: Plan) -> None:
             shadow_teachers[j].append(plan.rows_of(m))
     for j, shards in shadow_teachers.items():
         if (np.sum(shards, axis=0) > 1).any() or not np.array_equal(
-                np.any(shards, axis=0), plan.shadow_train[j]):
-            raise SplitOverlapError(f"shadow draw {j + 1}'s teacher shards must be disjoint and "
-                                    "cover its training rows")
+            np.any(shards, axis=0), plan.shadow_train[j]
+        ):
+            raise SplitOverlapError(
+                f"shadow draw {j + 1}'s teacher shards must be disjoint and cover its training rows"
+            )
     target_h = {h for h, sp in zip(plan.hash, plan.split) if sp != SHADOW}
     if target_h & {h for h, sp in zip(plan.hash, plan.split) if sp == SHADOW}:
         raise SplitOverlapError("shadow rows share image content with target rows")
 
 
-def plan_from_tables(rows: pa.Table, membership: pa.Table, image_shape: list[int],
-                     shadow_draws: Optional[pa.Table] = None) -> Plan:
+def plan_from_tables(
+    rows: pa.Table,
+    membership: pa.Table,
+    image_shape: list[int],
+    shadow_draws: Optional[pa.Table] = None,
+) -> Plan:
     """Rebuild a Plan from the Parquet tables written by `prepare` (and re-validate it)."""
     d = rows.to_pydict()
     images = np.frombuffer(b"".join(d["image"]), dtype=np.uint8).reshape(-1, *image_shape)
     models = [c for c in membership.column_names if c != "row_id"]
     if membership.column("row_id").to_pylist() != d["row_id"]:
         raise SplitOverlapError("membership matrix rows do not match the rows table")
-    plan = Plan(row_id=np.array(d["row_id"], np.int64), hash=d["hash"],
-                split=np.array(d["split"], dtype=object), shard=np.array(d["shard"], np.int64),
-                part=np.array(d["part"], dtype=object), label=np.array(d["label"], np.int64),
-                images=images.copy(), models=models,
-                membership=np.stack([membership.column(m).to_numpy(zero_copy_only=False)
-                                     for m in models]).astype(bool),
-                shadow_heldout=_draw_columns(shadow_draws, "heldout"),
-                shadow_train=_draw_columns(shadow_draws, "train"))
+    plan = Plan(
+        row_id=np.array(d["row_id"], np.int64),
+        hash=d["hash"],
+        split=np.array(d["split"], dtype=object),
+        shard=np.array(d["shard"], np.int64),
+        part=np.array(d["part"], dtype=object),
+        label=np.array(d["label"], np.int64),
+        images=images.copy(),
+        models=models,
+        membership=np.stack(
+            [membership.column(m).to_numpy(zero_copy_only=False) for m in models]
+        ).astype(bool),
+        shadow_heldout=_draw_columns(shadow_draws, "heldout"),
+        shadow_train=_draw_columns(shadow_draws, "train"),
+    )
     validate_plan(plan)
     return plan
 

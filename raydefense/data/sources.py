@@ -1,71 +1,15 @@
-"""Image sources behind a registry. Each returns the whole pool as uint8 pixels; nothing downloads.
-
-A source loads from a local path (`data.root`) or from data that ships with a package (digits).
-The on-disk formats (cifar10, cifar100, stl10_unlabeled, tiny_imagenet, imagefolder, parquet) live
-in `raydefense.data.formats`, which registers them here when this module is imported.
+"""Datasets that ship with a package (digits); nothing downloads. The on-disk formats (cifar10,
+cifar100, stl10_unlabeled, tiny_imagenet, imagefolder, parquet) live in `raydefense.data.formats`;
+both register in `raydefense.data.pool.DATASETS`, and importing `raydefense.data` registers all.
 `data.resolution` (when set) resizes every source's images, digits included, to a square size.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
-
 import numpy as np
 
 from raydefense.config import DataConfig
-from raydefense.registry import Registry
-
-
-@dataclass(frozen=True)
-class ImagePool:
-    """All candidate images of a dataset, in the dataset's canonical order (split files index it).
-
-    images: [N, C, H, W] uint8 in [0, 255]. labels: [N] int64 or None. captions: N strings or
-    None (text that came with the images, e.g. a parquet caption column).
-    """
-
-    images: np.ndarray
-    labels: Optional[np.ndarray]
-    name: str
-    captions: Optional[list[str]] = None
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError("ImagePool.images must be uint8 [N, C, H, W]")
-        if self.labels is not None and len(self.labels) != len(self.images):
-            raise ValueError("ImagePool.labels must have one entry per image")
-        if self.captions is not None and len(self.captions) != len(self.images):
-            raise ValueError("ImagePool.captions must have one entry per image")
-
-
-DATASETS: Registry[Callable[[DataConfig], ImagePool]] = Registry("dataset")
-
-
-def resize_image(chw: np.ndarray, resolution: int) -> np.ndarray:
-    """One uint8 [C, H, W] image (C = 1 or 3) -> [C, resolution, resolution].
-
-    PIL's BICUBIC filter, which PIL antialiases when shrinking; the aspect ratio is not kept.
-    """
-    if chw.shape[1:] == (resolution, resolution):
-        return chw
-    from PIL import Image
-
-    hwc = chw[0] if chw.shape[0] == 1 else np.ascontiguousarray(chw.transpose(1, 2, 0))
-    img = Image.fromarray(hwc)
-    out = np.asarray(img.resize((resolution, resolution), Image.Resampling.BICUBIC))
-    return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
-
-
-def resize_images(images: np.ndarray, resolution: Optional[int]) -> np.ndarray:
-    """uint8 [N, C, H, W] -> [N, C, r, r] with resize_image; unchanged when r is None or already
-    the size."""
-    if resolution is None or images.shape[2:] == (resolution, resolution):
-        return images
-    out = np.empty((len(images), images.shape[1], resolution, resolution), dtype=np.uint8)
-    for i, im in enumerate(images):
-        out[i] = resize_image(im, resolution)
-    return out
+from raydefense.data.pool import DATASETS, ImagePool, resize_images
 
 
 @DATASETS.register("digits")
@@ -78,14 +22,8 @@ def load_digits(cfg: DataConfig) -> ImagePool:
 
     d = sk_load()
     images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
-    return ImagePool(images=resize_images(images, cfg.resolution),
-                     labels=d.target.astype(np.int64), name="digits")
-
-
-def to_model_range(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 [.., C, H, W] in [0, 255] -> float32 in [-1, 1] (x / 255 * 2 - 1, no flips)."""
-    return images_u8.astype(np.float32) / 127.5 - 1.0
-
-
-# The on-disk formats register themselves in DATASETS (imported last: formats imports this module).
-from raydefense.data import formats as _formats  # noqa: E402,F401
+    return ImagePool(
+        images=resize_images(images, cfg.resolution),
+        labels=d.target.astype(np.int64),
+        name="digits",
+    )

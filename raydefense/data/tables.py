@@ -1,12 +1,9 @@
-"""The Parquet tables under `<root>/<experiment>/`, their paths, and typed readers.
+"""The Parquet tables of an experiment (paths in `raydefense.layout`) and their typed readers.
 
-prepare/rows.parquet        row_id, hash, split, shard, part, label, image (uint8 bytes)
-prepare/membership.parquet  row_id + one bool column per model (the membership matrix)
-prepare/plan.json           sizes, models, image shape, source
-prepare/shadow_draws.parquet  row_id + per shadow draw j: shadow_j:train, shadow_j:heldout (bool)
-distill/soft_targets/       row_id, draw, shard, t, teachers, x_t and target (float32 bytes)
-distill/<shadow>_student/soft_targets/  the same, for a shadow student (its draw's rows)
-evaluate/scores.parquet     target, attack, params, row_id, is_member, part, score
+rows: row_id, hash, split, shard, part, label, image (uint8 bytes). membership: row_id + one bool
+column per trained model. shadow_draws: row_id + shadow_j:train, shadow_j:heldout per draw.
+soft targets: row_id, draw, shard, t, teachers, x_t and target (float32 bytes). scores: target,
+attack, params, row_id, is_member, part, score.
 """
 
 from __future__ import annotations
@@ -18,17 +15,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raydefense.data.plan import STUDENT, Plan, plan_from_tables
-from raydefense.data.sources import to_model_range
-from raydefense.diffusion.training import ImageData, SoftTargetData
+from raydefense.data.examples import ImageData, SoftTargetData
+from raydefense.data.plan import Plan, plan_from_tables
+from raydefense.data.pool import to_model_range
+from raydefense.layout import (
+    MEMBERSHIP,
+    PLAN_JSON,
+    ROWS,
+    SHADOW_DRAWS,
+    soft_targets_dir,
+)
+from raydefense.roster import STUDENT
 from raydefense.storage import Storage
-
-ROWS = "prepare/rows.parquet"
-MEMBERSHIP = "prepare/membership.parquet"
-PLAN_JSON = "prepare/plan.json"
-SHADOW_DRAWS = "prepare/shadow_draws.parquet"
-SOFT_TARGETS = "distill/soft_targets"
-SCORES = "evaluate/scores.parquet"
 
 
 def write_plan(storage: Storage, plan: Plan) -> None:
@@ -71,19 +69,15 @@ def encode_float_rows(arr: np.ndarray) -> list[bytes]:
     return [r.tobytes() for r in flat]
 
 
-def soft_targets_dir(student: str = STUDENT) -> str:
-    """Where a student's soft targets live: distill/soft_targets for the target student,
-    distill/<name>/soft_targets for a shadow student."""
-    return SOFT_TARGETS if student == STUDENT else f"distill/{student}/soft_targets"
-
-
-def read_soft_targets(storage: Storage, shape: tuple[int, int, int],
-                      student: str = STUDENT) -> SoftTargetData:
+def read_soft_targets(
+    storage: Storage, shape: tuple[int, int, int], student: str = STUDENT
+) -> SoftTargetData:
     """A student's soft targets (all files of soft_targets_dir(student)), ordered by (row, draw)."""
     rel = soft_targets_dir(student)
     files = [f for f in storage.listdir(rel) if f.endswith(".parquet")]
     table = pa.concat_tables(
-        [pq.read_table(storage.path(f"{rel}/{f}"), filesystem=storage.fs) for f in files])
+        [pq.read_table(storage.path(f"{rel}/{f}"), filesystem=storage.fs) for f in files]
+    )
     # A stable order makes student batches independent of how Ray Data split the files.
     table = table.sort_by([("row_id", "ascending"), ("draw", "ascending")])
 
@@ -92,6 +86,8 @@ def read_soft_targets(storage: Storage, shape: tuple[int, int, int],
         return torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(-1, *shape).copy())
 
     return SoftTargetData(
-        x_t=floats("x_t"), t=torch.from_numpy(table.column("t").to_numpy().astype(np.int64)),
+        x_t=floats("x_t"),
+        t=torch.from_numpy(table.column("t").to_numpy().astype(np.int64)),
         target=floats("target"),
-        group=torch.from_numpy(table.column("shard").to_numpy().astype(np.int64)))
+        group=torch.from_numpy(table.column("shard").to_numpy().astype(np.int64)),
+    )

@@ -21,7 +21,8 @@ byte-identical (invariant 4).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,12 +47,18 @@ def labelling_teachers(owners: frozenset[str], teachers: list[str]) -> list[str]
     allowed = [t for t in teachers if t not in owners]
     if not allowed:
         raise PrivacyInvariantError(
-            f"no teacher excludes a row owned by {sorted(owners)}; shards must be disjoint")
+            f"no teacher excludes a row owned by {sorted(owners)}; shards must be disjoint"
+        )
     return allowed
 
 
-def assigned_teachers(owners: frozenset[str], teachers: list[str], assignment: TeacherAssignment,
-                      seed: int, row_id: int) -> list[str]:
+def assigned_teachers(
+    owners: frozenset[str],
+    teachers: list[str],
+    assignment: TeacherAssignment,
+    seed: int,
+    row_id: int,
+) -> list[str]:
     """Teachers whose eps is averaged into the label of row `row_id` (owned by `owners`).
 
     "mean": every allowed teacher (`labelling_teachers`). "one_other": one of them, chosen
@@ -65,16 +72,18 @@ def assigned_teachers(owners: frozenset[str], teachers: list[str], assignment: T
         rng = np.random.default_rng([seed, row_id, STREAM_ASSIGNMENT])
         used = [allowed[int(rng.integers(len(allowed)))]]
     else:
-        raise ValueError(f"unknown teacher_assignment {assignment!r}; "
-                         f"expected one of {TEACHER_ASSIGNMENTS}")
+        raise ValueError(
+            f"unknown teacher_assignment {assignment!r}; expected one of {TEACHER_ASSIGNMENTS}"
+        )
     # defensive: labelling_teachers must never allow an owner
     if set(used) & owners or not set(used) <= set(allowed):
         raise PrivacyInvariantError(f"row {row_id} would be labelled by its own teacher")
     return used
 
 
-def draw_t_noise(seed: int, row_id: int, draw: int, num_timesteps: int,
-                 shape: tuple[int, ...]) -> tuple[int, np.ndarray]:
+def draw_t_noise(
+    seed: int, row_id: int, draw: int, num_timesteps: int, shape: tuple[int, ...]
+) -> tuple[int, np.ndarray]:
     """(t, noise) of one (row, draw): t uniform in [0, T), noise [C, H, W] float32 N(0, I)."""
     rng = np.random.default_rng([seed, row_id, STREAM_SOFT_TARGET, draw])
     t = int(rng.integers(num_timesteps))
@@ -93,13 +102,22 @@ class SoftTargetLabeller:
             teacher per row, seeded by row); see the module docstring.
     """
 
-    def __init__(self, teachers: Mapping[str, EpsModel], owners: Mapping[int, frozenset[str]],
-                 schedule: NoiseSchedule, draws: int, seed: int,
-                 device: torch.device | str = "cpu", max_batch: int = 4096,
-                 teacher_assignment: TeacherAssignment = "mean") -> None:
+    def __init__(
+        self,
+        teachers: Mapping[str, EpsModel],
+        owners: Mapping[int, frozenset[str]],
+        schedule: NoiseSchedule,
+        draws: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        max_batch: int = 4096,
+        teacher_assignment: TeacherAssignment = "mean",
+    ) -> None:
         if teacher_assignment not in TEACHER_ASSIGNMENTS:
-            raise ValueError(f"unknown teacher_assignment {teacher_assignment!r}; "
-                             f"expected one of {TEACHER_ASSIGNMENTS}")
+            raise ValueError(
+                f"unknown teacher_assignment {teacher_assignment!r}; "
+                f"expected one of {TEACHER_ASSIGNMENTS}"
+            )
         self.teacher_assignment = teacher_assignment
         self.teachers = dict(teachers)
         self.owners = owners
@@ -129,8 +147,9 @@ class SoftTargetLabeller:
         t_all = np.empty(n, dtype=np.int64)
         noise = np.empty((n, *shape), dtype=np.float32)
         for i in range(n):
-            t_all[i], noise[i] = draw_t_noise(self.seed, int(out_row[i]), int(out_draw[i]), T,
-                                              shape)
+            t_all[i], noise[i] = draw_t_noise(
+                self.seed, int(out_row[i]), int(out_draw[i]), T, shape
+            )
         x0 = torch.from_numpy(np.repeat(images, self.draws, axis=0))
         x_t = self.schedule.q_sample(x0, torch.from_numpy(t_all), torch.from_numpy(noise))
 
@@ -142,8 +161,9 @@ class SoftTargetLabeller:
         for j, r in enumerate(row_ids.tolist()):
             owners = self.owners.get(r)
             if owners is None:
-                raise PrivacyInvariantError(f"row {r} is not a member of any teacher; only member "
-                                            "rows get soft targets")
+                raise PrivacyInvariantError(
+                    f"row {r} is not a member of any teacher; only member rows get soft targets"
+                )
             used = assigned_teachers(owners, names, self.teacher_assignment, self.seed, r)
             if set(used) & owners:  # defensive: re-checked here, where the labels are made
                 raise PrivacyInvariantError(f"row {r} would be labelled by its own teacher")
@@ -159,8 +179,12 @@ class SoftTargetLabeller:
                 acc += self._eps(self.teachers[name], xs, ts)
             target[idx] = acc / len(used)
         return {
-            "row_id": out_row, "draw": out_draw, "shard": out_shard, "t": t_all,
-            "x_t": x_t.numpy(), "target": target.numpy(),
+            "row_id": out_row,
+            "draw": out_draw,
+            "shard": out_shard,
+            "t": t_all,
+            "x_t": x_t.numpy(),
+            "target": target.numpy(),
             "teachers": np.repeat(labelled_by, self.draws).astype(str),
         }
 
@@ -168,6 +192,6 @@ class SoftTargetLabeller:
     def _eps(self, model: EpsModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         parts = []
         for s in range(0, len(x), self.max_batch):
-            xs = x[s:s + self.max_batch].to(self.device)
-            parts.append(model(xs, t[s:s + self.max_batch].to(self.device)).float().cpu())
+            xs = x[s : s + self.max_batch].to(self.device)
+            parts.append(model(xs, t[s : s + self.max_batch].to(self.device)).float().cpu())
         return torch.cat(parts)

@@ -13,8 +13,9 @@ from diffusers import UNet2DModel
 STATE_FILE = "state.pt"
 
 
-def save_checkpoint(directory: str, unet: torch.nn.Module, ema_unet: torch.nn.Module,
-                    state: dict) -> None:
+def save_checkpoint(
+    directory: str, unet: torch.nn.Module, ema_unet: torch.nn.Module, state: dict
+) -> None:
     """Writes <directory>/{unet,ema}/ (safetensors + config.json) and <directory>/state.pt."""
     os.makedirs(directory, exist_ok=True)
     unet.save_pretrained(os.path.join(directory, "unet"))

@@ -8,8 +8,13 @@ import torch.nn.functional as F
 from raydefense.diffusion.schedule import NoiseSchedule
 
 
-def ddpm_loss(unet: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor,
-              noise: torch.Tensor) -> torch.Tensor:
+def ddpm_loss(
+    unet: torch.nn.Module,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
     """Mean ||eps - eps_theta(x_t, t)||^2 (Ho et al. Eq. 14; paper Eq. 3).
 
     Args: x0 [B, C, H, W] in [-1, 1]; t [B] long in [0, T); noise like x0, N(0, I).
@@ -18,8 +23,9 @@ def ddpm_loss(unet: torch.nn.Module, schedule: NoiseSchedule, x0: torch.Tensor, 
     return F.mse_loss(unet(x_t, t).sample, noise)
 
 
-def distill_loss(unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor,
-                 soft_target: torch.Tensor) -> torch.Tensor:
+def distill_loss(
+    unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, soft_target: torch.Tensor
+) -> torch.Tensor:
     """Mean ||stopgrad(eps_teacher(x_t, t)) - eps_student(x_t, t)||^2 (paper Eq. 7).
 
     The true noise never enters: the teacher's prediction on the same (x_t, t) replaces it.

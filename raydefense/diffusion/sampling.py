@@ -7,7 +7,8 @@ alternation, teacher 1 first (paper §2.2, invariant 6). The choice depends on k
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -29,9 +30,15 @@ def route(models: Sequence[EpsModel], k: int) -> EpsModel:
 
 
 @torch.no_grad()
-def sample(models: Sequence[EpsModel], schedule: NoiseSchedule, shape: tuple[int, ...],
-           sampler: Literal["ddim", "ddpm"] = "ddim", num_steps: int = 50, seed: int = 0,
-           device: torch.device | str = "cpu") -> torch.Tensor:
+def sample(
+    models: Sequence[EpsModel],
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    sampler: Literal["ddim", "ddpm"] = "ddim",
+    num_steps: int = 50,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Generate images.
 
     Args:

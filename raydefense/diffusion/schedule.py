@@ -23,14 +23,16 @@ class NoiseSchedule:
     @property
     def betas(self) -> torch.Tensor:
         """[T] float32."""
-        return torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps,
-                              dtype=torch.float64).float()
+        return torch.linspace(
+            self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64
+        ).float()
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         """[T] float32, decreasing from 1 - beta_0 towards 0."""
-        betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps,
-                               dtype=torch.float64)
+        betas = torch.linspace(
+            self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64
+        )
         return torch.cumprod(1.0 - betas, dim=0).float()
 
     def abar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
@@ -40,7 +42,9 @@ class NoiseSchedule:
             return table[t]
         return table[t.long()].view(-1, *([1] * (like.dim() - 1)))
 
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+    def q_sample(
+        self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor
+    ) -> torch.Tensor:
         """Forward process x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
 
         Args:
@@ -49,13 +53,20 @@ class NoiseSchedule:
         a = self.abar(t, x0)
         return a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
+    def predict_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor
+    ) -> torch.Tensor:
         """x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); never clipped."""
         a = self.abar(t, x_t)
         return (x_t - (1.0 - a).sqrt() * eps) / a.sqrt()
 
-    def ddim_move(self, x: torch.Tensor, eps: torch.Tensor, t_from: torch.Tensor | int,
-                  t_to: torch.Tensor | int) -> torch.Tensor:
+    def ddim_move(
+        self,
+        x: torch.Tensor,
+        eps: torch.Tensor,
+        t_from: torch.Tensor | int,
+        t_to: torch.Tensor | int,
+    ) -> torch.Tensor:
         """Deterministic DDIM move (eta = 0) from index t_from to t_to with eps = eps(x, t_from).
 
         t_to > t_from is DDIM inversion (SecMI's phi), t_to < t_from the denoise step (psi).
@@ -65,17 +76,27 @@ class NoiseSchedule:
         a_to = self.abar(t_to, x)
         return a_to.sqrt() * x0 + (1.0 - a_to).sqrt() * eps
 
-    def ddpm_step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def ddpm_step(
+        self,
+        x_t: torch.Tensor,
+        eps: torch.Tensor,
+        t: int,
+        t_prev: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Ancestral step t -> t_prev (t_prev = -1 means the final clean output), posterior
         variance ("fixedsmall"), generalised to strided timesteps."""
         a_t = self.abar(t, x_t)
-        a_prev = self.abar(t_prev, x_t) if t_prev >= 0 else torch.ones((), dtype=x_t.dtype,
-                                                                            device=x_t.device)
+        a_prev = (
+            self.abar(t_prev, x_t)
+            if t_prev >= 0
+            else torch.ones((), dtype=x_t.dtype, device=x_t.device)
+        )
         beta_t = 1.0 - a_t / a_prev
         x0 = self.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
-        mean = (a_prev.sqrt() * beta_t / (1.0 - a_t)) * x0 + \
-               ((1.0 - beta_t).sqrt() * (1.0 - a_prev) / (1.0 - a_t)) * x_t
+        mean = (a_prev.sqrt() * beta_t / (1.0 - a_t)) * x0 + (
+            (1.0 - beta_t).sqrt() * (1.0 - a_prev) / (1.0 - a_t)
+        ) * x_t
         if t_prev < 0:
             return mean
         var = beta_t * (1.0 - a_prev) / (1.0 - a_t)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Protocol, Union
+from collections.abc import Callable
+from typing import Literal, Optional, Protocol
 
 import numpy as np
 import torch
 
 from raydefense.config import ModelConfig, TrainConfig
+from raydefense.data.examples import ImageData, SoftTargetData, TrainData
 from raydefense.diffusion.checkpoint import load_state, load_unet, save_checkpoint
 from raydefense.diffusion.ema import EMA
 from raydefense.diffusion.objectives import ddpm_loss, distill_loss
@@ -40,30 +41,6 @@ class Reporter(Protocol):
         ...
 
 
-@dataclass
-class ImageData:
-    """DDPM training data: images [N, C, H, W] float32 in [-1, 1]."""
-
-    images: torch.Tensor
-
-
-@dataclass
-class SoftTargetData:
-    """DistillMD training data: precomputed (x_t, t, soft target) examples.
-
-    x_t, target: [N, C, H, W] float32. t: [N] int64. group: [N] int64, the shard of the source row
-    (batches alternate between groups under batching='alternate').
-    """
-
-    x_t: torch.Tensor
-    t: torch.Tensor
-    target: torch.Tensor
-    group: torch.Tensor
-
-
-TrainData = Union[ImageData, SoftTargetData]
-
-
 class _Permutations:
     """Epoch-wise seeded permutations of a group's items, cached for the current epoch."""
 
@@ -77,7 +54,7 @@ class _Permutations:
             epoch, off = divmod(start, n)
             if epoch not in self._cache:
                 self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
-            chunk = self._cache[epoch][off:off + count]
+            chunk = self._cache[epoch][off : off + count]
             out.append(self.items[chunk])
             start += len(chunk)
             count -= len(chunk)
@@ -92,12 +69,22 @@ class BatchSource:
     per-epoch permutations; under 'alternate', step i reads only group i mod G (Algorithm 2).
     """
 
-    def __init__(self, data: TrainData, schedule: NoiseSchedule, global_batch: int, rank: int,
-                 world_size: int, seed: int, model_index: int,
-                 batching: Literal["alternate", "mixed"] = "alternate") -> None:
+    def __init__(
+        self,
+        data: TrainData,
+        schedule: NoiseSchedule,
+        global_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        model_index: int,
+        batching: Literal["alternate", "mixed"] = "alternate",
+    ) -> None:
         if global_batch % world_size:
-            raise ValueError(f"train.batch_size={global_batch} is not divisible by "
-                             f"{world_size} workers; change one of them")
+            raise ValueError(
+                f"train.batch_size={global_batch} is not divisible by "
+                f"{world_size} workers; change one of them"
+            )
         self.data, self.schedule = data, schedule
         self.global_batch, self.local_batch = global_batch, global_batch // world_size
         self.rank, self.seed, self.model_index = rank, seed, model_index
@@ -106,17 +93,24 @@ class BatchSource:
             groups = data.group.numpy()
             if batching == "alternate":
                 ids = sorted(set(groups.tolist()))
-                self.groups = [_Permutations(np.flatnonzero(groups == g),
-                                             derive_seed(seed, STREAM_TRAIN, model_index, g))
-                               for g in ids]
+                self.groups = [
+                    _Permutations(
+                        np.flatnonzero(groups == g), derive_seed(seed, STREAM_TRAIN, model_index, g)
+                    )
+                    for g in ids
+                ]
             else:
-                self.groups = [_Permutations(np.arange(len(groups)),
-                                             derive_seed(seed, STREAM_TRAIN, model_index, -1))]
+                self.groups = [
+                    _Permutations(
+                        np.arange(len(groups)), derive_seed(seed, STREAM_TRAIN, model_index, -1)
+                    )
+                ]
 
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:
         if isinstance(self.data, ImageData):
             g = torch.Generator().manual_seed(
-                derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step))
+                derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step)
+            )
             n = len(self.data.images)
             idx = torch.randint(n, (self.local_batch,), generator=g)
             t = torch.randint(self.schedule.num_train_timesteps, (self.local_batch,), generator=g)
@@ -132,8 +126,9 @@ class BatchSource:
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, fused where this torch build supports it (5x faster steps on CPU for small nets)."""
     try:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=True)
+        return torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        )
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -145,12 +140,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
 
 
-def fit(data: TrainData, model_cfg: ModelConfig, train_cfg: TrainConfig, schedule: NoiseSchedule,
-        image_shape: tuple[int, int, int], *, seed: int, model_index: int, reporter: Reporter,
-        device: torch.device | str = "cpu",
-        wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-        batching: Literal["alternate", "mixed"] = "alternate",
-        validate: Optional[Callable[[torch.nn.Module], dict]] = None) -> dict:
+def fit(
+    data: TrainData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    schedule: NoiseSchedule,
+    image_shape: tuple[int, int, int],
+    *,
+    seed: int,
+    model_index: int,
+    reporter: Reporter,
+    device: torch.device | str = "cpu",
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    batching: Literal["alternate", "mixed"] = "alternate",
+    validate: Optional[Callable[[torch.nn.Module], dict]] = None,
+) -> dict:
     """Train one UNet to train_cfg.steps, resuming from reporter.latest_checkpoint().
 
     The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. `validate(ema_unet)`,
@@ -174,8 +178,16 @@ def fit(data: TrainData, model_cfg: ModelConfig, train_cfg: TrainConfig, schedul
     opt = _adamw(model, train_cfg)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
-    source = BatchSource(data, schedule, train_cfg.batch_size, reporter.world_rank,
-                         reporter.world_size, seed, model_index, batching)
+    source = BatchSource(
+        data,
+        schedule,
+        train_cfg.batch_size,
+        reporter.world_rank,
+        reporter.world_size,
+        seed,
+        model_index,
+        batching,
+    )
     is_distill = isinstance(data, SoftTargetData)
     losses: list[float] = []
     window_start, t0 = time.perf_counter(), time.perf_counter()
@@ -198,7 +210,9 @@ def fit(data: TrainData, model_cfg: ModelConfig, train_cfg: TrainConfig, schedul
         if done % train_cfg.log_every == 0 or is_ckpt:
             now = time.perf_counter()
             metrics = {
-                "step": done, "loss": float(np.mean(losses)), "lr": lr,
+                "step": done,
+                "loss": float(np.mean(losses)),
+                "lr": lr,
                 "grad_norm": float(grad_norm),
                 "samples_per_s": len(losses) * train_cfg.batch_size / max(now - window_start, 1e-9),
                 "elapsed_s": now - t0,
@@ -210,8 +224,15 @@ def fit(data: TrainData, model_cfg: ModelConfig, train_cfg: TrainConfig, schedul
     return metrics
 
 
-def _report(reporter: Reporter, metrics: dict, unet: torch.nn.Module, ema: EMA,
-            opt: torch.optim.Optimizer, step: int, with_checkpoint: bool) -> None:
+def _report(
+    reporter: Reporter,
+    metrics: dict,
+    unet: torch.nn.Module,
+    ema: EMA,
+    opt: torch.optim.Optimizer,
+    step: int,
+    with_checkpoint: bool,
+) -> None:
     if not (with_checkpoint and reporter.world_rank == 0):
         reporter.report(metrics, None)
         return

@@ -25,10 +25,15 @@ def init_ray(res: ResourcesConfig) -> dict:
         else:
             num_cpus = res.local_num_cpus or 2 * (os.cpu_count() or 1)
             # The dashboard serves the State API that Ray Train's placement-group cleaner polls.
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                     dashboard_host="127.0.0.1",
-                     object_store_memory=512 * 1024**2, log_to_driver=True,
-                     logging_level=logging.WARNING)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                object_store_memory=512 * 1024**2,
+                log_to_driver=True,
+                logging_level=logging.WARNING,
+            )
     return ray.cluster_resources()
 
 
@@ -41,9 +46,11 @@ def check_fit_resources(res: ResourcesConfig, cluster: dict) -> None:
         raise ResourceError(
             f"one model needs {need_cpu:g} CPUs (resources.workers_per_model="
             f"{res.workers_per_model} x cpus_per_worker={res.cpus_per_worker:g}) but the cluster "
-            f"has {cpus:g}; lower them or add nodes")
+            f"has {cpus:g}; lower them or add nodes"
+        )
     if need_gpu > gpus:
         raise ResourceError(
             f"one model needs {need_gpu:g} GPUs (resources.workers_per_model="
             f"{res.workers_per_model} x gpus_per_worker={res.gpus_per_worker:g}) but the cluster "
-            f"has {gpus:g}; set resources.gpus_per_worker=0 or add GPU nodes")
+            f"has {gpus:g}; set resources.gpus_per_worker=0 or add GPU nodes"
+        )

@@ -1,6 +1,6 @@
 """Evaluation on Ray: attack scoring and generation as one Ray Data `map_batches` over blocks of
 one model's rows, with an actor pool (each actor loads a model once and keeps it; GPUs when
-present), and learned-attack fits as Ray tasks. The work itself is `raydefense.evaluation`."""
+present), and learned-attack fits as Ray tasks. The work itself is `raydefense.audit.scoring`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import pickle
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,12 +17,11 @@ import ray
 import ray.data
 import torch
 
+from raydefense.audit.scoring import ScoreJob, ScoringWorker, merge_columns
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import Plan
 from raydefense.data.tables import decode_images
-from raydefense.evaluation import ScoreJob, ScoringWorker, merge_columns
 from raydefense.storage import Storage
-
 
 GENERATE, SCORE = "generate", "score"
 
@@ -41,8 +41,13 @@ class ScoringActor:
     model name and its pickled columns (column sets differ between models, e.g. shadows carry
     only GSA features, so they travel as one opaque value instead of a ragged Arrow schema)."""
 
-    def __init__(self, cfg_dict: dict, jobs: dict[str, tuple[list[str], bool]],
-                 teachers: list[str], image_shape: list[int]) -> None:
+    def __init__(
+        self,
+        cfg_dict: dict,
+        jobs: dict[str, tuple[list[str], bool]],
+        teachers: list[str],
+        image_shape: list[int],
+    ) -> None:
         self.cfg = ExperimentConfig.model_validate(cfg_dict)
         torch.set_num_threads(score_threads(self.cfg))
         self._cache = tempfile.mkdtemp(prefix="raydefense-score-")
@@ -55,27 +60,39 @@ class ScoringActor:
         model, op = str(batch["model"][0]), str(batch["op"][0])
         if model not in self.workers:
             attacks, with_quality = self.jobs.get(model, ([], False))
-            self.workers[model] = ScoringWorker(self.cfg, self.storage, model, attacks,
-                                                self.teachers, self._cache, device=self.device,
-                                                with_quality=with_quality)
+            self.workers[model] = ScoringWorker(
+                self.cfg,
+                self.storage,
+                model,
+                attacks,
+                self.teachers,
+                self._cache,
+                device=self.device,
+                with_quality=with_quality,
+            )
         if op == GENERATE:  # a one-row block whose row_id is the number of images
             out = {"generated": self.workers[model].generate(int(batch["row_id"][0]), self.shape)}
         else:
-            out = self.workers[model](decode_images(list(batch["image"]), self.shape),
-                                      np.array(batch["row_id"], dtype=np.int64))
-        return {"model": np.array([model]), "op": np.array([op]),
-                "payload": np.array([pickle.dumps(out, protocol=5)], dtype=object)}
+            out = self.workers[model](
+                decode_images(list(batch["image"]), self.shape),
+                np.array(batch["row_id"], dtype=np.int64),
+            )
+        return {
+            "model": np.array([model]),
+            "op": np.array([op]),
+            "payload": np.array([pickle.dumps(out, protocol=5)], dtype=object),
+        }
 
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "_cache", ""), ignore_errors=True)
 
 
-class RayEvalExecutor:
-    """EvalExecutor on Ray (see raydefense.evaluation.EvalExecutor)."""
+class RayScorer:
+    """The scorer role on Ray (see raydefense.audit.scoring.Scorer)."""
 
-    def score(self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob],
-              generate: dict[str, int]) -> tuple[list[dict[str, np.ndarray]],
-                                                 dict[str, np.ndarray]]:
+    def score(
+        self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob], generate: dict[str, int]
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
         """All jobs and generations through one Ray Data pipeline and one actor pool (actors
         start once and keep the models they load)."""
         res = cfg.resources
@@ -83,27 +100,38 @@ class RayEvalExecutor:
         width = int(np.prod(plan.images.shape[1:]))
 
         def block(model: str, op: str, ids: np.ndarray, flat: np.ndarray) -> pa.Table:
-            return pa.table({"model": pa.array([model] * len(ids), pa.string()),
-                             "op": pa.array([op] * len(ids), pa.string()),
-                             "row_id": pa.array(ids, pa.int64()),
-                             "image": pa.array([r.tobytes() for r in flat], pa.binary(width))})
+            return pa.table(
+                {
+                    "model": pa.array([model] * len(ids), pa.string()),
+                    "op": pa.array([op] * len(ids), pa.string()),
+                    "row_id": pa.array(ids, pa.int64()),
+                    "image": pa.array([r.tobytes() for r in flat], pa.binary(width)),
+                }
+            )
 
         # Generation first (long blocks), then one block per batch of one model's rows.
-        blocks = [block(t, GENERATE, np.array([n]), np.zeros((1, width), np.uint8))
-                  for t, n in generate.items()]
+        blocks = [
+            block(t, GENERATE, np.array([n]), np.zeros((1, width), np.uint8))
+            for t, n in generate.items()
+        ]
         for job in jobs:
             ids = plan.row_id[job.mask]
             table = block(job.model, SCORE, ids, plan.images[job.mask].reshape(len(ids), -1))
             blocks += [table.slice(s, bs) for s in range(0, len(ids), bs)]
         ds = ray.data.from_arrow(blocks).map_batches(
             ScoringActor,
-            fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json"),
-                                   "jobs": {j.model: (j.attacks, j.with_quality) for j in jobs},
-                                   "teachers": plan.teachers,
-                                   "image_shape": list(plan.images.shape[1:])},
-            batch_size=None, batch_format="numpy",
+            fn_constructor_kwargs={
+                "cfg_dict": cfg.model_dump(mode="json"),
+                "jobs": {j.model: (j.attacks, j.with_quality) for j in jobs},
+                "teachers": plan.teachers,
+                "image_shape": list(plan.images.shape[1:]),
+            },
+            batch_size=None,
+            batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=cfg.attacks.score_actors),
-            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker)
+            num_cpus=res.cpus_per_worker,
+            num_gpus=res.gpus_per_worker,
+        )
         parts: dict[str, list[dict[str, np.ndarray]]] = {j.model: [] for j in jobs}
         generated: dict[str, np.ndarray] = {}
         done = 0
@@ -116,8 +144,7 @@ class RayEvalExecutor:
                     parts[str(model)].append(out)
                 done += 1
                 if done == len(blocks) or done % max(1, len(blocks) // 10) == 0:
-                    print(f"[raydefense] scoring: {done}/{len(blocks)} batches",
-                          flush=True)
+                    print(f"[raydefense] scoring: {done}/{len(blocks)} batches", flush=True)
         return [merge_columns(parts[j.model], plan.row_id[j.mask]) for j in jobs], generated
 
     def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:

@@ -12,44 +12,69 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 import ray.data
-from ray.data.expressions import col
 import torch
+from ray.data.expressions import col
 
 from raydefense.config import ExperimentConfig
-from raydefense.data.tables import ROWS, SOFT_TARGETS, decode_images, encode_float_rows
+from raydefense.data.tables import decode_images, encode_float_rows
 from raydefense.defense.distillmd import SoftTargetLabeller
 from raydefense.diffusion.checkpoint import load_unet
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import UNetEps
+from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS
 from raydefense.storage import Storage
 
 
 class LabellerActor:
     """One actor of the pool: loads all teachers once, then labels batches of member rows."""
 
-    def __init__(self, cfg_dict: dict, teachers: list[str], owners: dict[int, list[str]],
-                 draws: int, image_shape: list[int], groups: dict[int, int],
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg_dict: dict,
+        teachers: list[str],
+        owners: dict[int, list[str]],
+        draws: int,
+        image_shape: list[int],
+        groups: dict[int, int],
+        threads: int | None = None,
+    ) -> None:
         cfg = ExperimentConfig.model_validate(cfg_dict)
         torch.set_num_threads(threads or label_threads(cfg))
         storage = Storage(cfg.storage.root, cfg.experiment)
         cache = tempfile.mkdtemp(prefix="raydefense-teachers-")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        models = {t: UNetEps(load_unet(storage.local_dir(f"models/{t}", cache),
-                                       cfg.distill.teacher_weights).to(device))
-                  for t in teachers}
-        schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
-                                 cfg.model.beta_end)
+        models = {
+            t: UNetEps(
+                load_unet(storage.local_dir(f"models/{t}", cache), cfg.distill.teacher_weights).to(
+                    device
+                )
+            )
+            for t in teachers
+        }
+        schedule = NoiseSchedule(
+            cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
+        )
         self.shape = tuple(image_shape)
         self.groups = {int(r): int(g) for r, g in groups.items()}
-        self.labeller = SoftTargetLabeller(models, {int(r): frozenset(o) for r, o in owners.items()},
-                                           schedule, draws, cfg.seed, device=device,
-                                           teacher_assignment=cfg.distill.teacher_assignment)
+        self.labeller = SoftTargetLabeller(
+            models,
+            {int(r): frozenset(o) for r, o in owners.items()},
+            schedule,
+            draws,
+            cfg.seed,
+            device=device,
+            teacher_assignment=cfg.distill.teacher_assignment,
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shard = np.array([self.groups[int(r)] for r in batch["row_id"]], dtype=np.int64)
-        out = self.labeller({"row_id": batch["row_id"], "shard": shard,
-                             "image": decode_images(list(batch["image"]), self.shape)})
+        out = self.labeller(
+            {
+                "row_id": batch["row_id"],
+                "shard": shard,
+                "image": decode_images(list(batch["image"]), self.shape),
+            }
+        )
         out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
         out["target"] = np.array(encode_float_rows(out["target"]), dtype=object)
         return out
@@ -64,33 +89,65 @@ def label_threads(cfg: ExperimentConfig) -> int:
     return max(1, int(res.cpus_per_worker), (os.cpu_count() or 1) // res.label_actors)
 
 
-def label_soft_targets(cfg: ExperimentConfig, storage: Storage, teachers: list[str],
-                       owners: dict[int, list[str]], draws: int, image_shape: list[int],
-                       out_dir: str = SOFT_TARGETS,
-                       groups: Optional[dict[int, int]] = None) -> int:
+def label_soft_targets(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    teachers: list[str],
+    owners: dict[int, list[str]],
+    draws: int,
+    image_shape: list[int],
+    out_dir: str = SOFT_TARGETS,
+    groups: Optional[dict[int, int]] = None,
+) -> int:
     """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that trained
     on it) to out_dir; returns the row count. groups: row_id -> the batch group written as
     "shard" (default: the index in `teachers` of the row's first owner)."""
     if groups is None:
         groups = {r: teachers.index(o[0]) for r, o in owners.items()}
     storage.delete(out_dir)
-    ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs,
-                               columns=["row_id", "image"]).filter(
-        expr=col("row_id").is_in(sorted(int(r) for r in owners)))
+    ds = ray.data.read_parquet(
+        storage.path(ROWS), filesystem=storage.fs, columns=["row_id", "image"]
+    ).filter(expr=col("row_id").is_in(sorted(int(r) for r in owners)))
     rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
     labelled = ds.map_batches(
         LabellerActor,
-        fn_constructor_kwargs={"cfg_dict": cfg.model_dump(mode="json"), "teachers": teachers,
-                               "owners": owners, "draws": draws, "image_shape": image_shape,
-                               "groups": groups},
-        batch_size=rows_per_batch, batch_format="numpy",
+        fn_constructor_kwargs={
+            "cfg_dict": cfg.model_dump(mode="json"),
+            "teachers": teachers,
+            "owners": owners,
+            "draws": draws,
+            "image_shape": image_shape,
+            "groups": groups,
+        },
+        batch_size=rows_per_batch,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.resources.label_actors),
-        num_cpus=cfg.resources.cpus_per_worker, num_gpus=cfg.resources.gpus_per_worker,
+        num_cpus=cfg.resources.cpus_per_worker,
+        num_gpus=cfg.resources.gpus_per_worker,
     )
     # Ray Data writes into a staging prefix; only complete files are then published.
     with storage.staging(out_dir) as staging:
         labelled.write_parquet(storage.path(staging), filesystem=storage.fs)
         storage.publish_dir(staging, out_dir)
     files = [f for f in storage.listdir(out_dir) if f.endswith(".parquet")]
-    return sum(pq.read_metadata(storage.path(f"{out_dir}/{f}"), filesystem=storage.fs).num_rows
-               for f in files)
+    return sum(
+        pq.read_metadata(storage.path(f"{out_dir}/{f}"), filesystem=storage.fs).num_rows
+        for f in files
+    )
+
+
+class RayLabeller:
+    """The labeller role on a Ray Data actor pool (see raydefense.runs.context.Labeller)."""
+
+    def label_soft_targets(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        teachers: list[str],
+        owners: dict[int, list[str]],
+        draws: int,
+        out_dir: str,
+        groups: dict[int, int],
+    ) -> int:
+        shape = storage.read_json(PLAN_JSON)["image_shape"]
+        return label_soft_targets(cfg, storage, teachers, owners, draws, shape, out_dir, groups)

@@ -10,9 +10,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import ray
 import ray.train
@@ -20,10 +21,10 @@ import ray.train.torch
 import torch
 
 from raydefense.config import ExperimentConfig
-from raydefense.data.tables import (image_shape, model_training_images, read_plan,
-                                    read_soft_targets)
+from raydefense.data.tables import image_shape, model_training_images, read_plan, read_soft_targets
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
+from raydefense.distributed.runtime import check_fit_resources
 from raydefense.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ class FitSpec:
 class RayReporter:
     """Reporter for the core loop: ray.train.report + rank-0 MLflow metrics."""
 
-    def __init__(self, tracking_uri: Optional[str], experiment: str,
-                 run_id: Optional[str]) -> None:
+    def __init__(self, tracking_uri: Optional[str], experiment: str, run_id: Optional[str]) -> None:
         ctx = ray.train.get_context()
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self._tracker = None
@@ -59,8 +59,11 @@ class RayReporter:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
         if self._tracker is not None:
-            self._tracker.log_metrics(self._run_id, {k: v for k, v in metrics.items()
-                                                     if k != "step"}, step=metrics["step"])
+            self._tracker.log_metrics(
+                self._run_id,
+                {k: v for k, v in metrics.items() if k != "step"},
+                step=metrics["step"],
+            )
 
     def latest_checkpoint(self) -> Optional[str]:
         ckpt = ray.train.get_checkpoint()
@@ -83,12 +86,14 @@ class ProgressCallback(ray.train.UserCallback):
         step, rate = m["step"], m.get("samples_per_s", 0.0)
         steps_per_s = step / max(m.get("elapsed_s", 0.0), 1e-9)
         eta = (self.total - step) / max(steps_per_s, 1e-9)
-        print(f"[raydefense] train {self.model}: step {step}/{self.total} "
-              f"({100 * step / self.total:.0f}%) loss {m['loss']:.4f}"
-              + (f", val_eps_mse {m['val_eps_mse']:.4f}" if "val_eps_mse" in m else "")
-              + f", {rate:.0f} samples/s, "
-              f"ETA {eta / 60:.1f} min" + (", checkpoint saved" if checkpoint else ""),
-              flush=True)
+        print(
+            f"[raydefense] train {self.model}: step {step}/{self.total} "
+            f"({100 * step / self.total:.0f}%) loss {m['loss']:.4f}"
+            + (f", val_eps_mse {m['val_eps_mse']:.4f}" if "val_eps_mse" in m else "")
+            + f", {rate:.0f} samples/s, "
+            f"ETA {eta / 60:.1f} min" + (", checkpoint saved" if checkpoint else ""),
+            flush=True,
+        )
 
 
 def _quiet_ray_train_logs() -> None:
@@ -119,28 +124,47 @@ def _train_loop(config: dict) -> None:
     shape = image_shape(storage)
     # One read of the plan (the image table) serves both the DDPM rows and the validation rows.
     plan = read_plan(storage) if (spec.kind != "distill" or cfg.train.val_rows) else None
-    data = (read_soft_targets(storage, shape, spec.model) if spec.kind == "distill"
-            else model_training_images(storage, spec.model, plan))
+    data = (
+        read_soft_targets(storage, shape, spec.model)
+        if spec.kind == "distill"
+        else model_training_images(storage, spec.model, plan)
+    )
     reporter = RayReporter(config.get("tracking_uri"), cfg.experiment, spec.mlflow_run_id)
     world = reporter.world_size
-    schedule = NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start,
-                             cfg.model.beta_end)
+    schedule = NoiseSchedule(
+        cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
+    )
     validate = None
     if cfg.train.val_rows:
-        from raydefense.evaluation import heldout_validator
+        from raydefense.audit.scoring import heldout_validator
 
         validate = heldout_validator(plan, schedule, cfg.train.val_rows, cfg.seed)
-    fit(data, cfg.model, cfg.train, schedule, shape, seed=cfg.seed, model_index=spec.model_index,
-        reporter=reporter, device=ray.train.torch.get_device(),
+    fit(
+        data,
+        cfg.model,
+        cfg.train,
+        schedule,
+        shape,
+        seed=cfg.seed,
+        model_index=spec.model_index,
+        reporter=reporter,
+        device=ray.train.torch.get_device(),
         wrap_model=(lambda m: ray.train.torch.prepare_model(m)) if world > 1 else (lambda m: m),
-        batching=cfg.distill.batching, validate=validate)
+        batching=cfg.distill.batching,
+        validate=validate,
+    )
     if reporter._restored:
         shutil.rmtree(reporter._restored, ignore_errors=True)
 
 
-def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
-            tracking_uri: Optional[str], running_fits: int = 1,
-            callbacks: Sequence[ray.train.UserCallback] = ()) -> str:
+def fit_one(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    spec: FitSpec,
+    tracking_uri: Optional[str],
+    running_fits: int = 1,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> str:
     """Run (or resume) one TorchTrainer and copy its final checkpoint to models/<model>.
     `callbacks` join the progress callback (a training sweep's TuneReportCallback).
 
@@ -149,19 +173,28 @@ def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
     res = cfg.resources
     trainer = ray.train.torch.TorchTrainer(
         _train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "spec": spec.__dict__,
-                           "tracking_uri": tracking_uri,
-                           "running_workers": running_fits * res.workers_per_model},
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "spec": spec.__dict__,
+            "tracking_uri": tracking_uri,
+            "running_workers": running_fits * res.workers_per_model,
+        },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers_per_model, use_gpu=res.gpus_per_worker > 0,
-            resources_per_worker={"CPU": res.cpus_per_worker,
-                                  **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}),
+            num_workers=res.workers_per_model,
+            use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={
+                "CPU": res.cpus_per_worker,
+                **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {}),
+            },
+        ),
         run_config=ray.train.RunConfig(
-            name=spec.run_name, storage_path=storage.path("ray_train"),
+            name=spec.run_name,
+            storage_path=storage.path("ray_train"),
             storage_filesystem=storage.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=2),
-            callbacks=[ProgressCallback(spec.model, cfg.train.steps), *callbacks]),
+            callbacks=[ProgressCallback(spec.model, cfg.train.steps), *callbacks],
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -173,9 +206,13 @@ def fit_one(cfg: ExperimentConfig, storage: Storage, spec: FitSpec,
     return rel
 
 
-def fit_many(cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec],
-             tracking_uri: Optional[str],
-             callbacks: Optional[dict[str, list]] = None) -> dict[str, str]:
+def fit_many(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    specs: list[FitSpec],
+    tracking_uri: Optional[str],
+    callbacks: Optional[dict[str, list]] = None,
+) -> dict[str, str]:
     """Fit models concurrently (at most resources.concurrent_fits at once); model -> model dir.
     `callbacks`: extra Ray Train callbacks per model name.
 
@@ -183,8 +220,29 @@ def fit_many(cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec],
     """
     running = max(1, min(cfg.resources.concurrent_fits, len(specs)))
     with ThreadPoolExecutor(max_workers=running, thread_name_prefix="fit") as pool:
-        futures = {s.model: pool.submit(fit_one, cfg, storage, s, tracking_uri, running,
-                                        (callbacks or {}).get(s.model, ()))
-                   for s in specs}
+        futures = {
+            s.model: pool.submit(
+                fit_one, cfg, storage, s, tracking_uri, running, (callbacks or {}).get(s.model, ())
+            )
+            for s in specs
+        }
         return {m: f.result() for m, f in futures.items()}
 
+
+class RayFitter:
+    """The fitter role on Ray Train (see raydefense.runs.context.Fitter)."""
+
+    def __init__(
+        self,
+        cluster: dict,
+        tracking_uri: Optional[str],
+        fit_callbacks: Optional[dict[str, list]] = None,
+    ) -> None:
+        self.cluster, self.tracking_uri = cluster, tracking_uri
+        self.fit_callbacks = fit_callbacks or {}  # model -> extra Ray Train callbacks
+
+    def check_resources(self, cfg: ExperimentConfig) -> None:
+        check_fit_resources(cfg.resources, self.cluster)
+
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict]) -> None:
+        fit_many(cfg, storage, [FitSpec(**s) for s in specs], self.tracking_uri, self.fit_callbacks)

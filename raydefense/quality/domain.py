@@ -33,24 +33,33 @@ class DomainClassifier(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, feature_dim: int = 32) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 2 or feature_dim < 1:
-            raise ValueError("DomainClassifier needs in_channels >= 1, num_classes >= 2, "
-                             "feature_dim >= 1")
+            raise ValueError(
+                "DomainClassifier needs in_channels >= 1, num_classes >= 2, feature_dim >= 1"
+            )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1), _gn(32), nn.SiLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), _gn(64), nn.SiLU(),
-            nn.Conv2d(64, 64, 3, padding=1), _gn(64), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            _gn(32),
+            nn.SiLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            _gn(64),
+            nn.SiLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            _gn(64),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.feature = nn.Sequential(nn.Linear(64, feature_dim), nn.SiLU())
         self.head = nn.Linear(feature_dim, num_classes)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels or min(x.shape[2], x.shape[3]) < 8:
-            raise ValueError(f"expected [N, {self.in_channels}, H>=8, W>=8] images, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected [N, {self.in_channels}, H>=8, W>=8] images, got {tuple(x.shape)}"
+            )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] in [-1, 1] -> penultimate features [N, feature_dim] (post-SiLU)."""
@@ -71,9 +80,16 @@ def _to_tensor(x: ArrayLike, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=dtype)
 
 
-def train_domain_classifier(images: ArrayLike, labels: ArrayLike, num_classes: int, epochs: int,
-                            seed: int, batch_size: int = 64, lr: float = 2e-3,
-                            feature_dim: int = 32) -> tuple[DomainClassifier, float]:
+def train_domain_classifier(
+    images: ArrayLike,
+    labels: ArrayLike,
+    num_classes: int,
+    epochs: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    feature_dim: int = 32,
+) -> tuple[DomainClassifier, float]:
     """Train a DomainClassifier with Adam + cross-entropy; deterministic for a fixed seed (CPU).
 
     images: [N, C, H, W] float32 in [-1, 1]; labels: [N] int in [0, num_classes).
@@ -84,11 +100,13 @@ def train_domain_classifier(images: ArrayLike, labels: ArrayLike, num_classes: i
     x = _to_tensor(images, torch.float32)
     y = _to_tensor(labels, torch.int64)
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"need images [N, C, H, W] and labels [N]; got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"need images [N, C, H, W] and labels [N]; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(y.min())}, "
-                         f"{int(y.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]"
+        )
     if epochs < 1 or batch_size < 1:
         raise ValueError("epochs and batch_size must be >= 1")
 
@@ -102,15 +120,16 @@ def train_domain_classifier(images: ArrayLike, labels: ArrayLike, num_classes: i
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
         for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(x[s:s + 512]).argmax(1) == y[s:s + 512]).sum())
-                      for s in range(0, n, 512))
+        correct = sum(
+            int((model(x[s : s + 512]).argmax(1) == y[s : s + 512]).sum()) for s in range(0, n, 512)
+        )
     return model, correct / n
 
 
@@ -123,7 +142,7 @@ def embed(model: DomainClassifier, images: ArrayLike, batch_size: int = 512) -> 
     out = []
     with torch.no_grad():
         for s in range(0, len(x), batch_size):
-            out.append(model.features(x[s:s + batch_size].to(dev)).cpu())
+            out.append(model.features(x[s : s + batch_size].to(dev)).cpu())
     model.train(was_training)
     if not out:
         return np.zeros((0, model.feature_dim), dtype=np.float32)

@@ -47,12 +47,14 @@ def _sqrtm_checked(m: np.ndarray) -> tuple[np.ndarray, bool]:
         warnings.simplefilter("always")
         root = scipy.linalg.sqrtm(m)
     ok = bool(np.isfinite(root).all()) and not any(
-        issubclass(w.category, scipy.linalg.LinAlgWarning) for w in caught)
+        issubclass(w.category, scipy.linalg.LinAlgWarning) for w in caught
+    )
     return root, ok
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     d^2 = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrtm(sigma1 @ sigma2)).
@@ -110,7 +112,7 @@ def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     step = _chunk_rows(n)
     out = []
     for s in range(0, n, step):
-        d = torch.cdist(x[s:s + step], x)
+        d = torch.cdist(x[s : s + step], x)
         # The k+1 smallest include the point itself (distance 0), so index k is the k-th neighbour.
         out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])
     return torch.cat(out)
@@ -121,7 +123,7 @@ def _covered(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor) -> tor
     step = _chunk_rows(ref.shape[0])
     out = []
     for s in range(0, query.shape[0], step):
-        d = torch.cdist(query[s:s + step], ref)
+        d = torch.cdist(query[s : s + step], ref)
         out.append((d <= radii[None, :]).any(dim=1))
     return torch.cat(out)
 

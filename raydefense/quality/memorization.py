@@ -37,8 +37,9 @@ def nearest_neighbour_ratio(generated: ArrayLike, train: ArrayLike, k: int = 50)
     g = _flat64(generated, "generated")
     t = _flat64(train, "train")
     if g.shape[1] != t.shape[1]:
-        raise ValueError(f"generated and train differ in size per sample: {g.shape[1]} vs "
-                         f"{t.shape[1]}")
+        raise ValueError(
+            f"generated and train differ in size per sample: {g.shape[1]} vs {t.shape[1]}"
+        )
     if k < 1:
         raise ValueError(f"k={k} must be >= 1")
     k = min(k, t.shape[0])
@@ -47,15 +48,16 @@ def nearest_neighbour_ratio(generated: ArrayLike, train: ArrayLike, k: int = 50)
     out = []
     with torch.no_grad():
         for s in range(0, g.shape[0], step):
-            gs = g[s:s + step]
+            gs = g[s : s + step]
             # Fast (matmul-based) distances only select the k neighbours; their distances are then
             # recomputed exactly from differences so an exact copy gives exactly 0, not ~1e-7.
             idx = torch.cdist(gs, t).topk(k, dim=1, largest=False).indices
             exact = (t[idx] - gs[:, None, :]).norm(dim=2)  # [c, k]
             nearest = exact.min(dim=1).values
             mean_k = exact.mean(dim=1)
-            ratio = torch.where(nearest > 0, nearest / mean_k.clamp_min(1e-300),
-                                torch.zeros_like(nearest))
+            ratio = torch.where(
+                nearest > 0, nearest / mean_k.clamp_min(1e-300), torch.zeros_like(nearest)
+            )
             out.append(ratio)
     return torch.cat(out).numpy()
 

@@ -74,8 +74,9 @@ def median_bandwidth(*sets: np.ndarray) -> float:
         raise ValueError(f"sets differ in feature dimension: {[m.shape[1] for m in mats]}")
     total = sum(m.shape[0] for m in mats)
     if total > _MEDIAN_MAX_ROWS:
-        quotas = [max(1, (_MEDIAN_MAX_ROWS * m.shape[0]) // total) if m.shape[0] else 0
-                  for m in mats]
+        quotas = [
+            max(1, (_MEDIAN_MAX_ROWS * m.shape[0]) // total) if m.shape[0] else 0 for m in mats
+        ]
         mats = [m[:q] for m, q in zip(mats, quotas)]
     x = np.concatenate(mats, axis=0)
     if x.shape[0] < 2:
@@ -120,14 +121,16 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y differ in feature dimension: {x.shape[1]} vs {y.shape[1]}")
     if x.shape[0] < 2 or y.shape[0] < 2:
-        raise ValueError(f"unbiased MMD^2 needs at least 2 rows per set, got {x.shape[0]} and "
-                         f"{y.shape[0]}")
+        raise ValueError(
+            f"unbiased MMD^2 needs at least 2 rows per set, got {x.shape[0]} and {y.shape[0]}"
+        )
     h = _check_bandwidth(bandwidth)
     return _mmd2_from_blocks(rbf_kernel(x, x, h), rbf_kernel(y, y, h), rbf_kernel(x, y, h))
 
 
-def _permuted_statistics(k_pool: np.ndarray, col_mean_g: np.ndarray, member_mask: np.ndarray,
-                         n_members: int) -> np.ndarray:
+def _permuted_statistics(
+    k_pool: np.ndarray, col_mean_g: np.ndarray, member_mask: np.ndarray, n_members: int
+) -> np.ndarray:
     """D for each row of `member_mask` (the G-G term cancels and is left out).
 
     k_pool: [p, p] kernel over the pooled rows; col_mean_g: [p] mean of K(G, pool) over G;
@@ -153,9 +156,14 @@ def _permuted_statistics(k_pool: np.ndarray, col_mean_g: np.ndarray, member_mask
     return (within_n - 2.0 * cross_n) - (within_m - 2.0 * cross_m)
 
 
-def membership_mmd_test(generated: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
-                        num_permutations: int = 1000, seed: int = 0,
-                        bandwidth: Optional[float] = None) -> dict:
+def membership_mmd_test(
+    generated: np.ndarray,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    num_permutations: int = 1000,
+    seed: int = 0,
+    bandwidth: Optional[float] = None,
+) -> dict:
     """Permutation test: are the generated samples closer to the members than to non-members?
 
     generated: [n_g, D], members: [n_m, D], nonmembers: [n_n, D] float embeddings, finite,
@@ -174,17 +182,24 @@ def membership_mmd_test(generated: np.ndarray, members: np.ndarray, nonmembers: 
     return _membership_mmd(generated, members, nonmembers, num_permutations, seed, bandwidth)[0]
 
 
-def _membership_mmd(generated: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
-                    num_permutations: int, seed: int,
-                    bandwidth: Optional[float]) -> tuple[dict, float, np.ndarray]:
+def _membership_mmd(
+    generated: np.ndarray,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    num_permutations: int,
+    seed: int,
+    bandwidth: Optional[float],
+) -> tuple[dict, float, np.ndarray]:
     """membership_mmd_test, plus the fast-path observed D and the permuted Ds [num_permutations]
     (for tests that check the fast path against a direct recomputation)."""
     g = _as_matrix(generated, "generated")
     m = _as_matrix(members, "members")
     n = _as_matrix(nonmembers, "nonmembers")
     if not (g.shape[1] == m.shape[1] == n.shape[1]):
-        raise ValueError(f"feature dimensions differ: generated {g.shape[1]}, members "
-                         f"{m.shape[1]}, nonmembers {n.shape[1]}")
+        raise ValueError(
+            f"feature dimensions differ: generated {g.shape[1]}, members "
+            f"{m.shape[1]}, nonmembers {n.shape[1]}"
+        )
     for name, a in (("generated", g), ("members", m), ("nonmembers", n)):
         if a.shape[0] < 2:
             raise ValueError(f"{name} needs at least 2 rows, got {a.shape[0]}")
@@ -222,7 +237,7 @@ def _membership_mmd(generated: np.ndarray, members: np.ndarray, nonmembers: np.n
         idx = np.stack([rng.permutation(n_pool)[:n_m] for _ in range(b)])
         mask = np.zeros((b, n_pool))
         mask[np.repeat(np.arange(b), n_m), idx.ravel()] = 1.0
-        d_perm[start:start + b] = _permuted_statistics(k_pp, col_mean_g, mask, n_m)
+        d_perm[start : start + b] = _permuted_statistics(k_pp, col_mean_g, mask, n_m)
     exceed = int(np.count_nonzero(d_perm >= d_obs - _TIE_TOLERANCE))
 
     result = {

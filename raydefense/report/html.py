@@ -23,7 +23,8 @@ td:first-child{white-space:nowrap}
 th{background:#f6f8fa}tr:nth-child(even) td{background:#fbfcfd}
 code{background:#f3f4f6;padding:.1rem .3rem;border-radius:4px;font-size:.85em}
 img{max-width:100%;border:1px solid #eaeef2;margin:.4rem 0}
-.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs figure{margin:0;flex:0 1 calc(50% - .5rem);min-width:420px}
+.figs{display:flex;flex-wrap:wrap;gap:1rem}
+.figs figure{margin:0;flex:0 1 calc(50% - .5rem);min-width:420px}
 figcaption{font-weight:600;font-size:.9rem}
 """
 
@@ -77,13 +78,15 @@ def markdown_to_html(markdown: str, base_dir: str, title: str) -> str:
             i += 1
             continue
         # "### label" directly followed by an image: a captioned figure
-        nxt = [ln for ln in lines[i + 1:i + 3] if ln.strip()]
+        nxt = [ln for ln in lines[i + 1 : i + 3] if ln.strip()]
         if line.startswith("### ") and nxt and _IMAGE.match(nxt[0].strip()):
             alt, src = _IMAGE.match(nxt[0].strip()).groups()
             path = os.path.join(base_dir, src)
             if os.path.isfile(path):
-                figures.append(f'<figure><figcaption>{_inline(line[4:])}</figcaption>'
-                               f'<img alt="{html.escape(alt)}" src="{_data_uri(path)}"></figure>')
+                figures.append(
+                    f"<figure><figcaption>{_inline(line[4:])}</figcaption>"
+                    f'<img alt="{html.escape(alt)}" src="{_data_uri(path)}"></figure>'
+                )
             i = lines.index(nxt[0], i + 1) + 1
             continue
         flush_figures()
@@ -112,13 +115,13 @@ def markdown_to_html(markdown: str, base_dir: str, title: str) -> str:
             i += 1
         else:
             para = []
-            while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||- |!\[)",
-                                                                          lines[i]):
+            while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||- |!\[)", lines[i]):
                 para.append(lines[i].strip())
                 i += 1
             body.append(f"<p>{_inline(' '.join(para))}</p>")
     flush_figures()
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width\"><title>{html.escape(title)}"
-            f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(body) +
-            "\n</body></html>\n")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width"><title>{html.escape(title)}'
+        f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from raydefense.report.tables import target_order_key
+from raydefense.roster import target_order_key
 
 ROC_DPI = 120
 LOG_FPR_MIN = 1e-3
@@ -82,8 +82,15 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path:
     fig.savefig(path, dpi=ROC_DPI, format="png")
 
 
-def grid_layout(n: int, height: int, width: int, nrow: int | None = None, *,
-                min_tile: int = 32, padding: int = 2) -> tuple[int, int, int, int, int]:
+def grid_layout(
+    n: int,
+    height: int,
+    width: int,
+    nrow: int | None = None,
+    *,
+    min_tile: int = 32,
+    padding: int = 2,
+) -> tuple[int, int, int, int, int]:
     """Geometry of an image grid: (columns, rows, scale, out_height, out_width) in pixels.
 
     `nrow` is the number of images per grid row (torchvision's convention); default
@@ -97,8 +104,14 @@ def grid_layout(n: int, height: int, width: int, nrow: int | None = None, *,
     return cols, rows, scale, out_h, out_w
 
 
-def image_grid(images: np.ndarray, nrow: int | None = None, *, min_tile: int = 32,
-               padding: int = 2, pad_value: int = 255) -> np.ndarray:
+def image_grid(
+    images: np.ndarray,
+    nrow: int | None = None,
+    *,
+    min_tile: int = 32,
+    padding: int = 2,
+    pad_value: int = 255,
+) -> np.ndarray:
     """Tiles images into one uint8 array.
 
     Args:
@@ -119,8 +132,7 @@ def image_grid(images: np.ndarray, nrow: int | None = None, *, min_tile: int = 3
     n, c, h, w = x.shape
     if n == 0:
         raise ValueError("images is empty (N = 0); nothing to tile")
-    cols, rows, scale, out_h, out_w = grid_layout(n, h, w, nrow, min_tile=min_tile,
-                                                  padding=padding)
+    cols, rows, scale, out_h, out_w = grid_layout(n, h, w, nrow, min_tile=min_tile, padding=padding)
     x = np.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
     pixels = np.rint((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     pixels = pixels.repeat(scale, axis=2).repeat(scale, axis=3)  # nearest-neighbour upscale
@@ -132,7 +144,7 @@ def image_grid(images: np.ndarray, nrow: int | None = None, *, min_tile: int = 3
         r, col = divmod(i, cols)
         top = padding + r * (th + padding)
         left = padding + col * (tw + padding)
-        grid[top:top + th, left:left + tw] = pixels[i]
+        grid[top : top + th, left : left + tw] = pixels[i]
     return grid[..., 0] if c == 1 else grid
 
 
@@ -149,8 +161,9 @@ def save_image_grid(images: np.ndarray, path: str, nrow: int | None = None) -> N
     except ImportError:  # pragma: no cover - matplotlib always brings Pillow
         import matplotlib.image as mpimg
 
-        mpimg.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255,
-                     format="png")
+        mpimg.imsave(
+            path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, format="png"
+        )
         return
     # uint8 [H, W] maps to mode "L", [H, W, 3] to "RGB" (the `mode` argument is deprecated).
     Image.fromarray(np.ascontiguousarray(grid)).save(path, format="PNG")

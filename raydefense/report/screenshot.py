@@ -29,8 +29,14 @@ def find_chromium() -> Optional[str]:
     return None
 
 
-def screenshot(target: str, out: str, width: int = 1400, height: int = 2400,
-               timeout_s: float = 120.0, budget_ms: int = 5000) -> str:
+def screenshot(
+    target: str,
+    out: str,
+    width: int = 1400,
+    height: int = 2400,
+    timeout_s: float = 120.0,
+    budget_ms: int = 5000,
+) -> str:
     """Render `target` (a local .html path or a URL) to the PNG `out`; returns out.
 
     budget_ms: virtual time the page gets to load and run scripts (single-page apps such as the
@@ -40,10 +46,20 @@ def screenshot(target: str, out: str, width: int = 1400, height: int = 2400,
         raise FileNotFoundError("no Chromium found; install it (Debian: apt-get install chromium)")
     url = target if "://" in target else "file://" + os.path.abspath(target)
     with tempfile.TemporaryDirectory(prefix="raydefense-chromium-") as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-               f"--window-size={width},{height}", f"--virtual-time-budget={budget_ms}",
-               f"--screenshot={os.path.abspath(out)}", url]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--virtual-time-budget={budget_ms}",
+            f"--screenshot={os.path.abspath(out)}",
+            url,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0 or not os.path.isfile(out):
         raise RuntimeError(f"chromium failed ({done.returncode}): {done.stderr.strip()[-500:]}")

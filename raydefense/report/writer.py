@@ -19,27 +19,41 @@ from typing import Any, Optional
 import numpy as np
 
 from raydefense.report.html import markdown_to_html
-from raydefense.report.plots import plot_roc, save_image_grid
-from raydefense.report.tables import (
+from raydefense.report.markdown import (
     operating_points_markdown,
     paper_comparison_markdown,
     paper_table_markdown,
     params_key,
     quality_table_markdown,
-    sort_targets,
     sweep_tables_markdown,
     timings_table_markdown,
 )
+from raydefense.report.plots import plot_roc, save_image_grid
+from raydefense.roster import sort_targets
 
-REQUIRED_KEYS: tuple[str, ...] = ("experiment", "config_fingerprint", "versions", "timings",
-                                  "attacks", "quality")
-REQUIRED_ATTACK_KEYS: tuple[str, ...] = ("target", "attack", "params", "auc", "tpr_at_1pct_fpr",
-                                         "tpr_rule", "n_members", "n_nonmembers")
+REQUIRED_KEYS: tuple[str, ...] = (
+    "experiment",
+    "config_fingerprint",
+    "versions",
+    "timings",
+    "attacks",
+    "quality",
+)
+REQUIRED_ATTACK_KEYS: tuple[str, ...] = (
+    "target",
+    "attack",
+    "params",
+    "auc",
+    "tpr_at_1pct_fpr",
+    "tpr_rule",
+    "n_members",
+    "n_nonmembers",
+)
 REQUIRED_QUALITY_KEYS: tuple[str, ...] = ("target", "metric", "value")
 
 HOW_TO_READ = (
-    "**How to read.** Each attack scores every evaluation image; higher means \"more likely a "
-    "training member\". AUC is threshold-free: 0.5 is chance and 1.0 is a perfect attack, so for "
+    '**How to read.** Each attack scores every evaluation image; higher means "more likely a '
+    'training member". AUC is threshold-free: 0.5 is chance and 1.0 is a perfect attack, so for '
     "a defense, closer to 0.5 is better. TPR@1%FPR is the fraction of members the attack finds "
     "while wrongly flagging at most 1% of non-members; lower TPR@1%FPR means better privacy. "
     "ASR (calibrated) uses a threshold chosen on the calibration split and is reported on the "
@@ -65,29 +79,37 @@ def validate_results(results: Mapping[str, Any]) -> None:
             raise ValueError(f"results is missing required key {key!r}")
     if not isinstance(results["timings"], Mapping):
         raise ValueError("results['timings'] must be a dict {stage: seconds}")
-    for section, required in (("attacks", REQUIRED_ATTACK_KEYS),
-                              ("quality", REQUIRED_QUALITY_KEYS)):
+    for section, required in (
+        ("attacks", REQUIRED_ATTACK_KEYS),
+        ("quality", REQUIRED_QUALITY_KEYS),
+    ):
         rows = results[section]
         if not isinstance(rows, (list, tuple)):
-            raise ValueError(f"results[{section!r}] must be a list of rows, "
-                             f"got {type(rows).__name__}")
+            raise ValueError(
+                f"results[{section!r}] must be a list of rows, got {type(rows).__name__}"
+            )
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
-                raise ValueError(f"results[{section!r}][{i}] must be a dict, "
-                                 f"got {type(row).__name__}")
+                raise ValueError(
+                    f"results[{section!r}][{i}] must be a dict, got {type(row).__name__}"
+                )
             for key in required:
                 if key not in row:
-                    ident = ", ".join(f"{k}={row[k]!r}" for k in ("target", "attack", "metric")
-                                      if k in row)
-                    raise ValueError(f"results[{section!r}][{i}] ({ident}) is missing "
-                                     f"required key {key!r}")
+                    ident = ", ".join(
+                        f"{k}={row[k]!r}" for k in ("target", "attack", "metric") if k in row
+                    )
+                    raise ValueError(
+                        f"results[{section!r}][{i}] ({ident}) is missing required key {key!r}"
+                    )
     seen: set[tuple[str, str, str]] = set()
     for i, row in enumerate(results["attacks"]):
         ident = (str(row["target"]), str(row["attack"]), params_key(row["params"]))
         if ident in seen:
             # The contract is one row per (target, attack setting); a repeat is an upstream bug.
-            raise ValueError(f"results['attacks'][{i}] repeats target={row['target']!r}, "
-                             f"attack={row['attack']!r} with the same params")
+            raise ValueError(
+                f"results['attacks'][{i}] repeats target={row['target']!r}, "
+                f"attack={row['attack']!r} with the same params"
+            )
         seen.add(ident)
 
 
@@ -140,6 +162,7 @@ def _write_text(text: str) -> Callable[[str], None]:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
     return write
 
 
@@ -155,7 +178,8 @@ QUALITY_NOTE = (
     "points at local Inception weights. memorization_*: Carlini et al. 2023's ratio of the l2 "
     "distance to the nearest training image over the mean distance to the k nearest; "
     "memorized_count counts generated images under the threshold. heldout_eps_mse: "
-    "eps-prediction MSE on non-member test images (lower is better).")
+    "eps-prediction MSE on non-member test images (lower is better)."
+)
 
 
 PRIVACY_NOTE = (
@@ -168,8 +192,7 @@ PRIVACY_NOTE = (
 
 
 def _rules(results: Mapping[str, Any]) -> str:
-    rules = list(dict.fromkeys(str(r["tpr_rule"]) for r in results["attacks"]
-                               if r.get("tpr_rule")))
+    rules = list(dict.fromkeys(str(r["tpr_rule"]) for r in results["attacks"] if r.get("tpr_rule")))
     return "\n".join(f"*TPR@FPR rule:* {rule}" for rule in rules)
 
 
@@ -179,11 +202,13 @@ def _meta_lines(results: Mapping[str, Any]) -> list[str]:
     if isinstance(data, Mapping) and data:
         shape = "x".join(str(v) for v in data.get("image_shape", []))
         split = os.path.basename(str(data["split_file"])) if data.get("split_file") else "seeded"
-        lines.append(f"- Data: `{results.get('dataset', '?')}` {shape}, "
-                     f"{data.get('num_members', '?')} members (shards "
-                     f"{data.get('shard_sizes', '?')}) vs {data.get('num_nonmembers', '?')} "
-                     f"non-members, split {split}, exact duplicates dropped: "
-                     f"{data.get('duplicates_dropped', 0)}")
+        lines.append(
+            f"- Data: `{results.get('dataset', '?')}` {shape}, "
+            f"{data.get('num_members', '?')} members (shards "
+            f"{data.get('shard_sizes', '?')}) vs {data.get('num_nonmembers', '?')} "
+            f"non-members, split {split}, exact duplicates dropped: "
+            f"{data.get('duplicates_dropped', 0)}"
+        )
     lines.append(f"- Config fingerprint: `{results['config_fingerprint']}`")
     versions = results["versions"]
     if isinstance(versions, Mapping) and versions:
@@ -200,11 +225,21 @@ def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[st
         return []
     from raydefense.report.tradeoff import privacy_markdown, tradeoff_markdown
 
-    parts = ["## Privacy: the defender's worst case", "", PRIVACY_NOTE, "",
-             privacy_markdown(results["privacy"]), ""]
+    parts = [
+        "## Privacy: the defender's worst case",
+        "",
+        PRIVACY_NOTE,
+        "",
+        privacy_markdown(results["privacy"]),
+        "",
+    ]
     if results.get("privacy_utility"):
-        parts += ["## Privacy-utility trade-off", "",
-                  tradeoff_markdown(results["privacy_utility"], figure), ""]
+        parts += [
+            "## Privacy-utility trade-off",
+            "",
+            tradeoff_markdown(results["privacy_utility"], figure),
+            "",
+        ]
     return parts
 
 
@@ -223,8 +258,10 @@ def _shadow_parts(results: Mapping[str, Any]) -> list[str]:
         return []
     lines = ["### Shadow models", "", SHADOW_NOTE, ""]
     for target, s in shadows.items():
-        models = ", ".join(f"`{m}` ({c['members']} members / {c['heldout']} held out)"
-                           for m, c in s["models"].items())
+        models = ", ".join(
+            f"`{m}` ({c['members']} members / {c['heldout']} held out)"
+            for m, c in s["models"].items()
+        )
         lines.append(f"- **{target}** ({', '.join(s['attacks'])}): {s['regime']}-like: {models}")
     return lines + [""]
 
@@ -233,13 +270,17 @@ def _seed_parts(results: Mapping[str, Any]) -> list[str]:
     """The training-seed study (`raydefense seeds`), when this experiment is its base."""
     if not results.get("seeds"):
         return []
-    from raydefense.seeds import seeds_markdown
+    from raydefense.report.seeds import seeds_markdown
 
     return [seeds_markdown(results["seeds"]), ""]
 
 
-def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, str],
-                           sample_files: Mapping[str, str], figure: Optional[str] = None) -> str:
+def render_report_markdown(
+    results: Mapping[str, Any],
+    roc_files: Mapping[str, str],
+    sample_files: Mapping[str, str],
+    figure: Optional[str] = None,
+) -> str:
     """The text of report.md.
 
     Args:
@@ -248,21 +289,45 @@ def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, s
         sample_files: target -> sample-grid PNG file name.
         figure: the privacy-utility PNG file name, if one was drawn.
     """
-    parts = [f"# Membership-inference report: {results['experiment']}", "",
-             *_meta_lines(results), "", HOW_TO_READ, "",
-             *_privacy_parts(results, figure),
-             *_seed_parts(results),
-             "## Attacks", "",
-             paper_table_markdown(list(results["attacks"]), list(results.get("skipped", []))),
-             "", "### Operating points", "", operating_points_markdown(list(results["attacks"])),
-             "", _rules(results), "",
-             *_shadow_parts(results),
-             "### Compared with the paper", "",
-             paper_comparison_markdown(list(results["attacks"]), results.get("dataset")), "",
-             "## Quality", "", QUALITY_NOTE, "", quality_table_markdown(list(results["quality"])),
-             "",
-             "## Attack sweeps", "", sweep_tables_markdown(list(results["attacks"])), "",
-             "## Timings", "", timings_table_markdown(dict(results["timings"])), ""]
+    parts = [
+        f"# Membership-inference report: {results['experiment']}",
+        "",
+        *_meta_lines(results),
+        "",
+        HOW_TO_READ,
+        "",
+        *_privacy_parts(results, figure),
+        *_seed_parts(results),
+        "## Attacks",
+        "",
+        paper_table_markdown(list(results["attacks"]), list(results.get("skipped", []))),
+        "",
+        "### Operating points",
+        "",
+        operating_points_markdown(list(results["attacks"])),
+        "",
+        _rules(results),
+        "",
+        *_shadow_parts(results),
+        "### Compared with the paper",
+        "",
+        paper_comparison_markdown(list(results["attacks"]), results.get("dataset")),
+        "",
+        "## Quality",
+        "",
+        QUALITY_NOTE,
+        "",
+        quality_table_markdown(list(results["quality"])),
+        "",
+        "## Attack sweeps",
+        "",
+        sweep_tables_markdown(list(results["attacks"])),
+        "",
+        "## Timings",
+        "",
+        timings_table_markdown(dict(results["timings"])),
+        "",
+    ]
     if roc_files:
         parts += ["## ROC curves", ""]
         for label, name in roc_files.items():
@@ -274,9 +339,12 @@ def render_report_markdown(results: Mapping[str, Any], roc_files: Mapping[str, s
     return "\n".join(parts)
 
 
-def write_report(out_dir: str, results: dict,
-                 roc_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
-                 sample_grids: dict[str, np.ndarray] | None = None) -> list[str]:
+def write_report(
+    out_dir: str,
+    results: dict,
+    roc_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    sample_grids: dict[str, np.ndarray] | None = None,
+) -> list[str]:
     """Writes the report files into the local directory `out_dir` (created if needed).
 
     Args:
@@ -302,8 +370,9 @@ def write_report(out_dir: str, results: dict,
     roc_files = _unique_names(list(roc_curves), "roc_")
     for label, name in roc_files.items():
         curves = roc_curves[label]
-        written.append(_atomic_write(
-            out_dir, name, lambda p, c=curves, t=label: plot_roc(c, f"ROC: {t}", p)))
+        written.append(
+            _atomic_write(out_dir, name, lambda p, c=curves, t=label: plot_roc(c, f"ROC: {t}", p))
+        )
 
     sample_grids = sample_grids or {}
     ordered_targets = sort_targets(list(sample_grids))
@@ -317,8 +386,9 @@ def write_report(out_dir: str, results: dict,
         from raydefense.report.tradeoff import TRADEOFF_PNG, plot_tradeoff
 
         figure = TRADEOFF_PNG
-        written.append(_atomic_write(
-            out_dir, figure, lambda p: plot_tradeoff(results["privacy_utility"], p)))
+        written.append(
+            _atomic_write(out_dir, figure, lambda p: plot_tradeoff(results["privacy_utility"], p))
+        )
 
     written.append(_atomic_write(out_dir, "results.json", _write_text(results_text)))
     report = render_report_markdown(results, roc_files, sample_files, figure)

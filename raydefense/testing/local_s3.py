@@ -61,8 +61,13 @@ class LocalS3:
     Attributes: endpoint ("http://127.0.0.1:PORT"), access_key, secret_key.
     """
 
-    def __init__(self, workdir: str | os.PathLike, access_key: Optional[str] = None,
-                 secret_key: Optional[str] = None, startup_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        access_key: Optional[str] = None,
+        secret_key: Optional[str] = None,
+        startup_timeout_s: float = 60.0,
+    ) -> None:
         self.workdir = Path(workdir)
         self.access_key = access_key or "rd" + uuid.uuid4().hex[:14].upper()
         self.secret_key = secret_key or uuid.uuid4().hex + uuid.uuid4().hex[:8]
@@ -71,29 +76,55 @@ class LocalS3:
         self.endpoint = ""
 
     # -- lifecycle
-    def start(self) -> "LocalS3":
+    def start(self) -> LocalS3:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "raydefense",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "raydefense",
+                            "credentials": [
+                                {"accessKey": self.access_key, "secretKey": self.secret_key}
+                            ],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         config.chmod(0o600)
         master, volume, filer, s3 = _free_ports(4)
         self.endpoint = f"http://127.0.0.1:{s3}"
-        args = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-master.port={master}", f"-master.port.grpc={master + 10000}",
-                f"-volume.port={volume}", f"-volume.port.grpc={volume + 10000}",
-                "-master.volumeSizeLimitMB=64", "-volume.max=64",
-                "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
-                "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3 + 10000}", f"-s3.config={config}",
-                # fixed default ports (8181, 9101) would clash between servers: not needed
-                "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        args = [
+            weed_binary(),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-master.port.grpc={master + 10000}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume + 10000}",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=64",
+            "-filer",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer + 10000}",
+            "-s3",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={s3 + 10000}",
+            f"-s3.config={config}",
+            # fixed default ports (8181, 9101) would clash between servers: not needed
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
         self._log = open(self.workdir / "weed.log", "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._wait_ready()
         return self
 
@@ -103,8 +134,9 @@ class LocalS3:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; see "
-                                   f"{self.workdir / 'weed.log'}")
+                raise RuntimeError(
+                    f"weed exited with {self.proc.returncode}; see {self.workdir / 'weed.log'}"
+                )
             try:
                 client.list_buckets()
                 # The filer/volume path is ready only once an object round-trips.
@@ -130,7 +162,7 @@ class LocalS3:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def __enter__(self) -> "LocalS3":
+    def __enter__(self) -> LocalS3:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -139,22 +171,33 @@ class LocalS3:
     # -- clients
     def env(self) -> dict[str, str]:
         """Environment that points boto3, pyarrow, Ray workers and MLflow at this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": REGION,
-                "AWS_DEFAULT_REGION": REGION,
-                # boto3 >= 1.36 sends CRC checksums by default; keep them to when required.
-                "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-                "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            # boto3 >= 1.36 sends CRC checksums by default; keep them to when required.
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        }
 
     def client(self):
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=REGION,
-                            config=Config(request_checksum_calculation="when_required",
-                                          response_checksum_validation="when_required",
-                                          retries={"max_attempts": 2}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=REGION,
+            config=Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"max_attempts": 2},
+            ),
+        )
 
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
@@ -163,7 +206,11 @@ class LocalS3:
         keys, token = [], None
         client = self.client()
         while True:
-            kw = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+            kw = {
+                "Bucket": bucket,
+                "Prefix": prefix,
+                **({"ContinuationToken": token} if token else {}),
+            }
             page = client.list_objects_v2(**kw)
             keys += [o["Key"] for o in page.get("Contents", [])]
             if not page.get("IsTruncated"):

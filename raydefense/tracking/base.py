@@ -9,15 +9,21 @@ class Tracker(Protocol):
     """Explicit run ids everywhere (no thread-local 'active run'), so threads and Ray workers can
     log to the run the driver created."""
 
-    def start_run(self, name: str, parent_id: Optional[str] = None,
-                  params: Optional[dict[str, str]] = None,
-                  tags: Optional[dict[str, str]] = None) -> Optional[str]: ...
+    def start_run(
+        self,
+        name: str,
+        parent_id: Optional[str] = None,
+        params: Optional[dict[str, str]] = None,
+        tags: Optional[dict[str, str]] = None,
+    ) -> Optional[str]: ...
 
-    def log_metrics(self, run_id: Optional[str], metrics: dict[str, float],
-                    step: Optional[int] = None) -> None: ...
+    def log_metrics(
+        self, run_id: Optional[str], metrics: dict[str, float], step: Optional[int] = None
+    ) -> None: ...
 
-    def log_artifact(self, run_id: Optional[str], local_path: str,
-                     artifact_path: Optional[str] = None) -> None: ...
+    def log_artifact(
+        self, run_id: Optional[str], local_path: str, artifact_path: Optional[str] = None
+    ) -> None: ...
 
     def set_tags(self, run_id: Optional[str], tags: dict[str, str]) -> None: ...
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 from raydefense.errors import ConfigError
 
@@ -13,7 +14,7 @@ def _resolve_uri(uri: str) -> str:
     """Make relative sqlite paths absolute, so Ray workers in other cwds hit the same DB."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix):])
+        return prefix + os.path.abspath(uri[len(prefix) :])
     return uri
 
 
@@ -30,11 +31,15 @@ class MlflowTracker:
         # first use from several processes races in the schema migration.
         try:
             exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = (exp.experiment_id if exp is not None else
-                                  self.client.create_experiment(experiment, artifact_location))
+            self.experiment_id = (
+                exp.experiment_id
+                if exp is not None
+                else self.client.create_experiment(experiment, artifact_location)
+            )
         except Exception as e:  # MLflow raises several types for a bad URI
-            raise ConfigError(f"tracking.uri {uri!r} is not usable: {str(e).splitlines()[0]}"
-                              ) from None
+            raise ConfigError(
+                f"tracking.uri {uri!r} is not usable: {str(e).splitlines()[0]}"
+            ) from None
 
     def start_run(self, name, parent_id=None, params=None, tags=None):
         all_tags = dict(tags or {})
@@ -46,7 +51,7 @@ class MlflowTracker:
 
             items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
             for i in range(0, len(items), 100):
-                self.client.log_batch(run.info.run_id, params=items[i:i + 100])
+                self.client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
     def log_metrics(self, run_id, metrics, step=None):
@@ -55,8 +60,9 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step or 0)
-                                               for k, v in metrics.items()])
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        )
 
     def log_artifact(self, run_id, local_path, artifact_path=None):
         if run_id is None:
@@ -85,23 +91,29 @@ class MlflowTracker:
         """
         closed: list[str] = []
         parents = self.client.search_runs(
-            [self.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
-            f"tags.`raydefense.host` = '{host}'", max_results=200)
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`raydefense.host` = '{host}'",
+            max_results=200,
+        )
         for run in parents:
             pid = run.data.tags.get("raydefense.pid", "")
             if not pid.isdigit() or alive(int(pid)):
                 continue
             children = self.client.search_runs(
-                [self.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
-                f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", max_results=500)
+                [self.experiment_id],
+                filter_string=f"attributes.status = 'RUNNING' and "
+                f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+                max_results=500,
+            )
             for r in [*children, run]:
                 self.client.set_terminated(r.info.run_id, "KILLED")
                 closed.append(r.info.run_id)
         return closed
 
 
-def make_tracker(uri: str, experiment: str, enabled: bool = True,
-                 storage_uri: Optional[str] = None):
+def make_tracker(
+    uri: str, experiment: str, enabled: bool = True, storage_uri: Optional[str] = None
+):
     """The configured tracker (NullTracker when tracking is disabled).
 
     With an S3 storage root and a local tracking store (SQLite, file), a new MLflow experiment
@@ -113,6 +125,9 @@ def make_tracker(uri: str, experiment: str, enabled: bool = True,
     if not enabled:
         return NullTracker()
     remote = uri.startswith(("http://", "https://", "databricks"))
-    location = (f"{storage_uri.rstrip('/')}/mlflow"
-                if storage_uri and storage_uri.startswith("s3://") and not remote else None)
+    location = (
+        f"{storage_uri.rstrip('/')}/mlflow"
+        if storage_uri and storage_uri.startswith("s3://") and not remote
+        else None
+    )
     return MlflowTracker(uri, experiment, artifact_location=location)

@@ -16,15 +16,33 @@ pytestmark = pytest.mark.e2e
 
 TARGETS = {"baseline", "teacher_1", "teacher_2", "dualmd", "student"}
 ATTACKS = {"loss", "secmi_stat", "secmi_nn", "pia", "pian", "sima", "gsa1", "gsa2", "blackbox_nn"}
-ROW_KEYS = {"target", "attack", "params", "auc", "auc_ci", "tpr_at_1pct_fpr",
-            "tpr_at_1pct_fpr_ci", "tpr_at_0.1pct_fpr", "asr_calibrated", "asr_oracle",
-            "tpr_rule", "n_members", "n_nonmembers"}
+ROW_KEYS = {
+    "target",
+    "attack",
+    "params",
+    "auc",
+    "auc_ci",
+    "tpr_at_1pct_fpr",
+    "tpr_at_1pct_fpr_ci",
+    "tpr_at_0.1pct_fpr",
+    "asr_calibrated",
+    "asr_oracle",
+    "tpr_rule",
+    "n_members",
+    "n_nonmembers",
+}
 
 
 def cli(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "raydefense.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "raydefense.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +66,8 @@ def test_results_json_follows_the_contract(smoke_run):
     refused = {("dualmd", "gsa1"), ("dualmd", "gsa2")}  # gradients: DualMD is gray-box
     no_router = {(t, "dualmd_adaptive") for t in TARGETS - {"dualmd"}}
     assert {(r["target"], r["attack"]) for r in rows} == {
-        (t, a) for t in TARGETS for a in ATTACKS} - refused | {("dualmd", "dualmd_adaptive")}
+        (t, a) for t in TARGETS for a in ATTACKS
+    } - refused | {("dualmd", "dualmd_adaptive")}
     assert {(s["target"], s["attack"]) for s in results["skipped"]} == refused | no_router
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
@@ -65,33 +84,56 @@ def test_results_json_follows_the_contract(smoke_run):
     assert sorted(r["params"]["t"] for r in pia) == [50, 100, 200]
     quality = {(q["target"], q["metric"]) for q in results["quality"]}
     for t in TARGETS:
-        assert {(t, "heldout_eps_mse"), (t, "domain_fid"), (t, "memorized_count"),
-                (t, "mmd_member_gap"), (t, "mmd_p_value")} <= quality
-    domain_rows = [q["value"] for q in results["quality"] if q["metric"] == "domain_classifier_rows"]
+        assert {
+            (t, "heldout_eps_mse"),
+            (t, "domain_fid"),
+            (t, "memorized_count"),
+            (t, "mmd_member_gap"),
+            (t, "mmd_p_value"),
+        } <= quality
+    domain_rows = [
+        q["value"] for q in results["quality"] if q["metric"] == "domain_classifier_rows"
+    ]
     assert domain_rows and domain_rows[0] > 0  # spare pool rows, never audited ones
     md = (report / "report.md").read_text()
     assert "| Attack | baseline | teacher_1 | teacher_2 | dualmd | student |" in md
     assert "| pia (canonical) |" in md and "| gsa1 |" in md and "n/a" in md
     assert "| dualmd, black-box only | black-box | blackbox_nn" in md and "res.-limited" in md
-    for f in ("roc_loss.png", "roc_secmi_stat.png", "roc_pia_canonical.png",
-              "samples_baseline.png", "samples_dualmd.png", "samples_student.png"):
+    for f in (
+        "roc_loss.png",
+        "roc_secmi_stat.png",
+        "roc_pia_canonical.png",
+        "samples_baseline.png",
+        "samples_dualmd.png",
+        "samples_student.png",
+    ):
         assert (report / f).stat().st_size > 0, f
     # the membership matrix and Parquet tables are where DESIGN.md says
     import pyarrow.parquet as pq
 
     membership = pq.read_table(cwd / "runs" / "smoke" / "prepare" / "membership.parquet")
-    assert membership.column_names == ["row_id", "baseline", "teacher_1", "teacher_2", "shadow_1",
-                                       "shadow_1_teacher_1", "shadow_1_teacher_2"]
+    assert membership.column_names == [
+        "row_id",
+        "baseline",
+        "teacher_1",
+        "teacher_2",
+        "shadow_1",
+        "shadow_1_teacher_1",
+        "shadow_1_teacher_2",
+    ]
     # GSA against each target learned from shadows trained like it (regime "matched")
     shadows = results["shadows"]
     assert {t: sorted(s["models"]) for t, s in shadows.items()} == {
-        "baseline": ["shadow_1"], "teacher_1": ["shadow_1_teacher_1", "shadow_1_teacher_2"],
+        "baseline": ["shadow_1"],
+        "teacher_1": ["shadow_1_teacher_1", "shadow_1_teacher_2"],
         "teacher_2": ["shadow_1_teacher_1", "shadow_1_teacher_2"],
-        "student": ["shadow_1_student"]}
+        "student": ["shadow_1_student"],
+    }
     assert shadows["student"]["models"]["shadow_1_student"] == {"members": 64, "heldout": 64}
     assert "- **teacher_1** (gsa1, gsa2): teacher-like: `shadow_1_teacher_1` (32 members" in md
-    assert (cwd / "runs" / "smoke" / "distill" / "shadow_1_student" / "soft_targets"
-            / "_COMPLETE.json").exists()
+    assert (
+        cwd / "runs" / "smoke" / "distill" / "shadow_1_student" / "soft_targets" / "_COMPLETE.json"
+    ).exists()
     from diffusers import UNet2DModel
 
     UNet2DModel.from_pretrained(cwd / "runs" / "smoke" / "models" / "student" / "ema")
@@ -107,13 +149,28 @@ def test_mlflow_run_tree(smoke_run):
     parents = [r for r in runs if r.info.run_name == "pipeline/run"]
     assert len(parents) >= 1
     parent = parents[-1]  # the first invocation
-    children = {r.info.run_name: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert {"train/baseline", "train/teacher_1", "train/teacher_2", "distill/soft_targets",
-            "train/student", "train/shadow_1", "train/shadow_1_teacher_1",
-            "train/shadow_1_teacher_2", "distill/shadow_1_student/soft_targets",
-            "train/shadow_1_student", "evaluate/baseline", "evaluate/teacher_1",
-            "evaluate/teacher_2", "evaluate/dualmd", "evaluate/student"} <= set(children)
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert {
+        "train/baseline",
+        "train/teacher_1",
+        "train/teacher_2",
+        "distill/soft_targets",
+        "train/student",
+        "train/shadow_1",
+        "train/shadow_1_teacher_1",
+        "train/shadow_1_teacher_2",
+        "distill/shadow_1_student/soft_targets",
+        "train/shadow_1_student",
+        "evaluate/baseline",
+        "evaluate/teacher_1",
+        "evaluate/teacher_2",
+        "evaluate/dualmd",
+        "evaluate/student",
+    } <= set(children)
     assert "loss.auc" in children["evaluate/student"].data.metrics
     assert parent.data.params["train.steps"] == "100"
     assert parent.data.tags.get("version.ray")
@@ -137,25 +194,42 @@ def test_second_run_trains_nothing_and_is_fast(smoke_run):
         assert f"{stage}: complete" in second.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
-    trains = [r for r in client.search_runs([exp.experiment_id], max_results=100)
-              if r.info.run_name.startswith("train/")]
+    trains = [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=100)
+        if r.info.run_name.startswith("train/")
+    ]
     # from the first run only: baseline, 2 teachers, student, and the shadows (baseline-like,
     # 2 teacher-like, the shadow student)
     assert len(trains) == 8
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--set", "train.stepz=3"], "train.stepz"),
-    (["--set", "data.split_file=/nonexistent/split.npz"], "does not exist"),
-    (["--preset", "nope"], "unknown preset"),
-    (["--set", "attacks.enabled=[loss, nope]"], "secmi_stat"),
-    (["--set", "attacks.enabled=[gsa1]", "--set", "attacks.targets=[dualmd]"],
-     "needs white-box access"),
-    (["--set", "attacks.enabled=[sima, dualmd_adaptive]", "--set", "attacks.targets=[student]"],
-     "single model with no router"),
-    (["--set", "attacks.enabled=[loss, dualmd_adaptive]"],
-     "needs a query attack that asks eps about one timestep served by each teacher"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "train.stepz=3"], "train.stepz"),
+        (["--set", "data.split_file=/nonexistent/split.npz"], "does not exist"),
+        (["--preset", "nope"], "unknown preset"),
+        (["--set", "attacks.enabled=[loss, nope]"], "secmi_stat"),
+        (
+            ["--set", "attacks.enabled=[gsa1]", "--set", "attacks.targets=[dualmd]"],
+            "needs white-box access",
+        ),
+        (
+            [
+                "--set",
+                "attacks.enabled=[sima, dualmd_adaptive]",
+                "--set",
+                "attacks.targets=[student]",
+            ],
+            "single model with no router",
+        ),
+        (
+            ["--set", "attacks.enabled=[loss, dualmd_adaptive]"],
+            "needs a query attack that asks eps about one timestep served by each teacher",
+        ),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path, args, needle):
     out = cli(tmp_path, "run", *args, timeout=120)
     assert out.returncode == 2
@@ -165,8 +239,17 @@ def test_bad_input_is_one_clear_line(tmp_path, args, needle):
 
 
 def test_impossible_resources_fail_fast(tmp_path):
-    out = cli(tmp_path, "train", "--preset", "smoke", "--set", "resources.workers_per_model=64",
-              "--set", "tracking.enabled=false", timeout=300)
+    out = cli(
+        tmp_path,
+        "train",
+        "--preset",
+        "smoke",
+        "--set",
+        "resources.workers_per_model=64",
+        "--set",
+        "tracking.enabled=false",
+        timeout=300,
+    )
     assert out.returncode == 2
     assert "workers_per_model=64" in out.stderr.strip().splitlines()[-1]
 
@@ -175,9 +258,23 @@ def test_ray_job_entrypoint_runs_a_stage(tmp_path):
     """jobs/pipeline.py (what `ray job submit` runs) is the same CLI; `prepare` needs no cluster."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     script = Path(__file__).resolve().parents[2] / "jobs" / "pipeline.py"
-    out = subprocess.run([sys.executable, str(script), "--stage", "prepare", "--preset", "smoke",
-                          "--set", "tracking.enabled=false"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--stage",
+            "prepare",
+            "--preset",
+            "smoke",
+            "--set",
+            "tracking.enabled=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     plan = json.loads((tmp_path / "runs" / "smoke" / "prepare" / "plan.json").read_text())
     assert plan["num_members"] == 64 and plan["shard_sizes"] == [32, 32]

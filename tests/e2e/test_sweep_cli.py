@@ -18,8 +18,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def cli(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "raydefense.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "raydefense.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_sweep_smoke_preset_then_a_cached_rerun(tmp_path: Path) -> None:
@@ -33,8 +39,7 @@ def test_sweep_smoke_preset_then_a_cached_rerun(tmp_path: Path) -> None:
     base = tmp_path / "runs" / "smoke" / "sweeps" / "smoke"
     results = json.loads((base / "results.json").read_text())
     assert results["num_trials"] == 14 and results["rescored"] is True
-    assert set(results["worst_case"]) == {"baseline", "teacher_1", "teacher_2", "dualmd",
-                                          "student"}
+    assert set(results["worst_case"]) == {"baseline", "teacher_1", "teacher_2", "dualmd", "student"}
     assert (base / "scores.parquet").is_file() and (base / "_COMPLETE.json").is_file()
 
     t0 = time.perf_counter()
@@ -51,7 +56,8 @@ def test_sweep_smoke_preset_then_a_cached_rerun(tmp_path: Path) -> None:
     parents = client.search_runs([exp.experiment_id], "tags.mlflow.runName = 'sweep/smoke'")
     assert len(parents) == 2
     for p in parents:
-        children = client.search_runs([exp.experiment_id],
-                                      f"tags.mlflow.parentRunId = '{p.info.run_id}'")
+        children = client.search_runs(
+            [exp.experiment_id], f"tags.mlflow.parentRunId = '{p.info.run_id}'"
+        )
         assert len(children) == 14 and p.info.status == "FINISHED"
     print(f"raydefense sweep --preset smoke: {first_s:.0f}s, rerun {second_s:.0f}s")

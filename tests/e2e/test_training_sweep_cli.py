@@ -39,7 +39,12 @@ def flags(base: Path) -> list[str]:
         "quality.num_generated": "32",
         "sampling.num_images": "16",
     }
-    return ["sweep", "--preset", "smoke", *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    return [
+        "sweep",
+        "--preset",
+        "smoke",
+        *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+    ]
 
 
 def start(base: Path, log_name: str) -> tuple[subprocess.Popen, Path]:
@@ -101,15 +106,18 @@ def test_training_sweep_is_killed_resumed_and_asha_stops_the_bad_point(tmp_path:
     # trial with its val_eps_mse curve.
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
-    parents = client.search_runs([exp.experiment_id],
-                                 "tags.mlflow.runName = 'training-sweep/smoke'",
-                                 order_by=["attributes.start_time ASC"])
+    parents = client.search_runs(
+        [exp.experiment_id],
+        "tags.mlflow.runName = 'training-sweep/smoke'",
+        order_by=["attributes.start_time ASC"],
+    )
     assert [p.info.status for p in parents] == ["KILLED", "FINISHED"]
     done = parents[1]
     assert done.data.params["sweep.kind"] == "training"
     assert done.data.metrics["best.privacy_auc"] == pytest.approx(good["privacy_auc"])
-    children = client.search_runs([exp.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{done.info.run_id}'")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{done.info.run_id}'"
+    )
     status = {c.data.params["train.lr"]: c for c in children}
     assert set(status) == {"0.002", "1e-05"}
     assert status["0.002"].info.status == "FINISHED"

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from raydefense.data.tables import PLAN_JSON, SOFT_TARGETS, read_soft_targets
+from raydefense.data.tables import read_soft_targets
 from raydefense.diffusion.checkpoint import load_state, load_unet
+from raydefense.layout import PLAN_JSON, SOFT_TARGETS
 from raydefense.storage import Storage
 
 # Four CLI runs with their own Ray clusters: ~6 min alone on 2 cores, so it runs in the slow
@@ -66,8 +67,9 @@ def tail(log: Path, n: int = 4000) -> str:
 
 
 def run_to_completion(base: Path, log_name: str) -> str:
-    return finish_cli(["distill", "--preset", "smoke", *flags(base)], base, log_name,
-                      ATTEMPT_TIMEOUT_S)
+    return finish_cli(
+        ["distill", "--preset", "smoke", *flags(base)], base, log_name, ATTEMPT_TIMEOUT_S
+    )
 
 
 def kill_when(base: Path, log_name: str, ready: Callable[[], bool]) -> str:
@@ -77,8 +79,10 @@ def kill_when(base: Path, log_name: str, ready: Callable[[], bool]) -> str:
     try:
         while not ready():
             if proc.poll() is not None:
-                pytest.fail(f"{log_name}: exited ({proc.returncode}) before the moment to kill "
-                            f"it came\n{tail(log)}")
+                pytest.fail(
+                    f"{log_name}: exited ({proc.returncode}) before the moment to kill "
+                    f"it came\n{tail(log)}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"{log_name}: the moment to kill it never came\n{tail(log)}")
             time.sleep(0.05)
@@ -128,16 +132,20 @@ def loss_history(base: Path) -> list[dict[str, dict[int, float]]]:
     client = MlflowClient(tracking_uri=f"sqlite:///{base / 'mlflow.db'}")
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = sorted((r for r in runs if r.info.run_name.startswith("pipeline/")),
-                     key=lambda r: r.info.start_time)
+    parents = sorted(
+        (r for r in runs if r.info.run_name.startswith("pipeline/")),
+        key=lambda r: r.info.start_time,
+    )
     out = []
     for parent in parents:
         fits = {}
         for r in runs:
-            if (r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-                    and r.info.run_name.startswith("train/")):
+            if r.data.tags.get(
+                "mlflow.parentRunId"
+            ) == parent.info.run_id and r.info.run_name.startswith("train/"):
                 fits[r.info.run_name.split("/", 1)[1]] = {
-                    h.step: h.value for h in client.get_metric_history(r.info.run_id, "loss")}
+                    h.step: h.value for h in client.get_metric_history(r.info.run_id, "loss")
+                }
         out.append(fits)
     return out
 
@@ -154,8 +162,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     t_ref = time.perf_counter()
 
     # 1. Killed while the targets train: once one of them has a checkpoint short of the end.
-    kill_when(run_dir, "attempt1.log",
-              lambda: bool(mid_way(run, TARGETS)) and not run.exists("train/_COMPLETE.json"))
+    kill_when(
+        run_dir,
+        "attempt1.log",
+        lambda: bool(mid_way(run, TARGETS)) and not run.exists("train/_COMPLETE.json"),
+    )
     killed_train = checkpoint_steps(run)
     assert not run.exists("train/_COMPLETE.json")
     assert not run.exists(SOFT_TARGETS) and "student" not in killed_train
@@ -163,9 +174,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     check_markers_describe_complete_outputs(run)
 
     # 2. Rerun; killed again while the student trains, after a mid-way checkpoint.
-    second = kill_when(run_dir, "attempt2.log",
-                       lambda: bool(mid_way(run, ["student"]))
-                       and not run.exists("models/student/_COMPLETE.json"))
+    second = kill_when(
+        run_dir,
+        "attempt2.log",
+        lambda: bool(mid_way(run, ["student"])) and not run.exists("models/student/_COMPLETE.json"),
+    )
     killed_student = checkpoint_steps(run)["student"]
     assert 0 < killed_student < STEPS
     assert run.exists("train/_COMPLETE.json") and run.exists(f"{SOFT_TARGETS}/_COMPLETE.json")
@@ -207,5 +220,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     a, b = read_soft_targets(ref, shape), read_soft_targets(run, shape)
     for field in ("x_t", "t", "target", "group"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
-    print(f"\nkill/resume: reference {t_ref - t0:.0f}s, interrupted + resumed {t_run - t_ref:.0f}s;"
-          f" killed at {killed_train} (train) and student step {killed_student} (distill)")
+    print(
+        f"\nkill/resume: reference {t_ref - t0:.0f}s, interrupted + resumed {t_run - t_ref:.0f}s;"
+        f" killed at {killed_train} (train) and student step {killed_student} (distill)"
+    )

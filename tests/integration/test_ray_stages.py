@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
 from raydefense.config import ResourcesConfig
 from raydefense.data.plan import MEMBER
-from raydefense.data.tables import SOFT_TARGETS, read_plan, read_soft_targets
+from raydefense.data.tables import read_plan, read_soft_targets
 from raydefense.diffusion.checkpoint import load_unet
 from raydefense.errors import ResourceError
-from raydefense.pipeline import RunContext, stage_prepare
+from raydefense.layout import SOFT_TARGETS
+from raydefense.pipeline import stage_prepare
+from raydefense.runs.context import RunContext
 from raydefense.storage import Storage
+
+from conftest import tiny_config
 
 pytestmark = pytest.mark.ray
 
@@ -25,12 +28,16 @@ def experiment(tmp_path_factory, ray_cluster):
     from raydefense.distributed.train import FitSpec, fit_many
 
     tmp = tmp_path_factory.mktemp("exp")
-    cfg = tiny_config(tmp, **{"resources.workers_per_model": "2", "train.steps": "10",
-                              "train.checkpoint_every": "5"})
+    cfg = tiny_config(
+        tmp,
+        **{"resources.workers_per_model": "2", "train.steps": "10", "train.checkpoint_every": "5"},
+    )
     storage = Storage(cfg.storage.root, cfg.experiment)
-    stage_prepare(RunContext(cfg=cfg, storage=storage, executor=None))
-    specs = [FitSpec(model=m, kind="ddpm", model_index=i + 1, run_name=f"{m}-it")
-             for i, m in enumerate(["teacher_1", "teacher_2"])]
+    stage_prepare(RunContext(cfg=cfg, storage=storage))
+    specs = [
+        FitSpec(model=m, kind="ddpm", model_index=i + 1, run_name=f"{m}-it")
+        for i, m in enumerate(["teacher_1", "teacher_2"])
+    ]
     dirs = fit_many(cfg, storage, specs, tracking_uri=None)
     return cfg, storage, dirs
 
@@ -74,10 +81,14 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     cfg, storage, _ = experiment
     plan = read_plan(storage)
     members = plan.split == MEMBER
-    owners = {int(r): [t for k, t in enumerate(plan.models[1:]) if plan.membership[1 + k][i]]
-              for i, r in enumerate(plan.row_id) if members[i]}
-    n = label_soft_targets(cfg, storage, ["teacher_1", "teacher_2"], owners, draws=3,
-                           image_shape=[1, 8, 8])
+    owners = {
+        int(r): [t for k, t in enumerate(plan.models[1:]) if plan.membership[1 + k][i]]
+        for i, r in enumerate(plan.row_id)
+        if members[i]
+    }
+    n = label_soft_targets(
+        cfg, storage, ["teacher_1", "teacher_2"], owners, draws=3, image_shape=[1, 8, 8]
+    )
     assert n == 3 * members.sum()
     table = storage.read_table  # noqa: F841  (plain pyarrow reads the output too)
     import pyarrow.parquet as pq
@@ -85,13 +96,18 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     files = [f for f in storage.listdir(SOFT_TARGETS) if f.endswith(".parquet")]
     rows = pq.read_table([storage.path(f"{SOFT_TARGETS}/{f}") for f in files][0]).to_pydict()
     for r, who in zip(rows["row_id"], rows["teachers"]):
-        assert owners[r] == ["teacher_1"] and who == "teacher_2" or \
-            owners[r] == ["teacher_2"] and who == "teacher_1"
+        assert (
+            owners[r] == ["teacher_1"]
+            and who == "teacher_2"
+            or owners[r] == ["teacher_2"]
+            and who == "teacher_1"
+        )
     data = read_soft_targets(storage, (1, 8, 8))
     assert data.x_t.shape == (n, 1, 8, 8) and np.isfinite(data.target.numpy()).all()
     # a rerun (e.g. a retried stage) produces byte-identical soft targets
-    label_soft_targets(cfg, storage, ["teacher_1", "teacher_2"], owners, draws=3,
-                       image_shape=[1, 8, 8])
+    label_soft_targets(
+        cfg, storage, ["teacher_1", "teacher_2"], owners, draws=3, image_shape=[1, 8, 8]
+    )
     again = read_soft_targets(storage, (1, 8, 8))
     assert torch.equal(again.x_t, data.x_t) and torch.equal(again.target, data.target)
 

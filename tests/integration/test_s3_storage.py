@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from raydefense.errors import StorageError
-from raydefense.pipeline import is_complete, mark_complete
+from raydefense.runs.markers import is_complete, mark_complete
 from raydefense.storage import Storage
 
 pytestmark = pytest.mark.s3
@@ -85,5 +85,7 @@ def test_mlflow_artifacts_land_next_to_the_run_on_s3(s3_env, bucket, tmp_path):
     keys = s3_env.list_keys(bucket, "runs/exp/mlflow/")
     assert any(k.endswith("/artifacts/report/report.md") for k in keys), keys
     # an MLflow server decides its own artifact store
-    assert tracker.client.get_experiment(tracker.experiment_id).artifact_location == \
-        f"s3://{bucket}/runs/exp/mlflow"
+    assert (
+        tracker.client.get_experiment(tracker.experiment_id).artifact_location
+        == f"s3://{bucket}/runs/exp/mlflow"
+    )

@@ -12,63 +12,73 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from conftest import tiny_config
 from raydefense.attacks.metrics import accuracy_at, auc, best_threshold, tpr_at_fpr
+from raydefense.audit.grid import grid_points, point_attack
 from raydefense.data.plan import TEST
-from raydefense.pipeline import RunContext, run_pipeline
+from raydefense.pipeline import run_pipeline
+from raydefense.runs.context import RunContext
 from raydefense.storage import Storage
-from raydefense.sweep import TRIAL_METRICS, run_sweep, sweep_points, point_attack, trials_of
+from raydefense.sweeps.attacks import TRIAL_METRICS, run_sweep, trials_of
+
+from conftest import tiny_config
 
 pytestmark = pytest.mark.ray
 
 TARGETS = {"baseline", "teacher_1", "teacher_2", "dualmd", "student"}
-SPACE = ("{secmi_stat: {t_sec: [20, 40], k: [10]}, loss: {timesteps: [[10], [200]]}, "
-         "pia: {p: [4.0]}}")
+SPACE = (
+    "{secmi_stat: {t_sec: [20, 40], k: [10]}, loss: {timesteps: [[10], [200]]}, pia: {p: [4.0]}}"
+)
 
 
 class Counting:
-    """The Ray executor, counting scoring passes and sweep runs."""
+    """A Ray role, counting calls of one method (scoring passes, sweep runs)."""
 
-    def __init__(self, inner) -> None:
-        self.inner, self.scores, self.sweeps = inner, 0, 0
-
-    def score(self, *a, **k):
-        self.scores += 1
-        return self.inner.score(*a, **k)
-
-    def sweep_trials(self, *a, **k):
-        self.sweeps += 1
-        return self.inner.sweep_trials(*a, **k)
+    def __init__(self, inner, method: str) -> None:
+        self.inner, self.method, self.calls = inner, method, 0
 
     def __getattr__(self, name):
+        if name == self.method:
+            self.calls += 1
         return getattr(self.inner, name)
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, ray_cluster):
-    from raydefense.distributed.executor import RayExecutor
+    from raydefense.distributed.backend import ray_backend
     from raydefense.tracking.mlflow_tracker import MlflowTracker
 
     tmp = tmp_path_factory.mktemp("sweep")
-    cfg = tiny_config(tmp, **{"attacks.enabled": "[loss, secmi_stat]", "train.steps": "6",
-                              "train.checkpoint_every": "6", "distill.draws_per_row": "1",
-                              "attacks.pia.timesteps": "[50]", "sweep.name": "it",
-                              "sweep.attacks": SPACE, "sweep.cpus_per_trial": "0.5",
-                              "sweep.max_concurrent_trials": "2"})
+    cfg = tiny_config(
+        tmp,
+        **{
+            "attacks.enabled": "[loss, secmi_stat]",
+            "train.steps": "6",
+            "train.checkpoint_every": "6",
+            "distill.draws_per_row": "1",
+            "attacks.pia.timesteps": "[50]",
+            "sweep.name": "it",
+            "sweep.attacks": SPACE,
+            "sweep.cpus_per_trial": "0.5",
+            "sweep.max_concurrent_trials": "2",
+        },
+    )
     storage = Storage(cfg.storage.root, cfg.experiment)
     tracker = MlflowTracker(cfg.tracking.uri, cfg.experiment)
 
     def invoke():
-        ex = Counting(RayExecutor(cfg, tracker.uri))
+        backend = ray_backend(cfg, tracker.uri)
+        backend.scorer = Counting(backend.scorer, "score")
+        backend.trials = Counting(backend.trials, "attack_trials")
         parent = tracker.start_run("pipeline/sweep")
-        ctx = RunContext(cfg=cfg, storage=storage, executor=ex, tracker=tracker,
-                         parent_run=parent)
+        ctx = RunContext(
+            cfg=cfg, storage=storage, backend=backend, tracker=tracker, parent_run=parent
+        )
         run_pipeline(ctx, until="distill")
         t0 = time.perf_counter()
         results = run_sweep(ctx)
         secs = time.perf_counter() - t0
         tracker.end_run(parent)
-        return results, ex, secs
+        return results, backend, secs
 
     first = invoke()
     marker = storage.read_json("sweeps/it/_COMPLETE.json")
@@ -78,16 +88,18 @@ def swept(tmp_path_factory, ray_cluster):
 
 def test_every_attack_setting_and_target_has_a_trial(swept):
     cfg, storage, _, (results, ex, secs), _, _ = swept
-    assert ex.scores == 1 and ex.sweeps == 1
+    assert ex.scorer.calls == 1 and ex.trials.calls == 1
     expected = []
-    for p in sweep_points(cfg):
+    for p in grid_points(cfg):
         for s in point_attack(cfg, p).settings():
             if (p.attack, s) not in expected:
                 expected.append((p.attack, s))
     # secmi 2 + loss 2 + PIA (t=50, canonical t=200) = 6 trials
     assert len(expected) == 6 and results["num_trials"] == 6
-    got = {(r["attack"], json.dumps(r["params"], sort_keys=True), r["target"])
-           for r in results["trials"]}
+    got = {
+        (r["attack"], json.dumps(r["params"], sort_keys=True), r["target"])
+        for r in results["trials"]
+    }
     assert got == {(a, json.dumps(s, sort_keys=True), t) for a, s in expected for t in TARGETS}
     assert len(results["trials"]) == 6 * len(TARGETS)
     assert storage.exists("sweeps/it/scores.parquet") and storage.exists("sweeps/it/results.json")
@@ -109,8 +121,11 @@ def test_trial_metrics_match_the_metrics_module_on_the_stored_scores(swept):
     _, storage, _, (results, _, _), _, _ = swept
     df = storage.read_table("sweeps/it/scores.parquet").to_pandas()
     for r in results["trials"]:
-        g = df[(df.target == r["target"]) & (df.attack == r["attack"])
-               & (df.params == json.dumps(r["params"], sort_keys=True))]
+        g = df[
+            (df.target == r["target"])
+            & (df.attack == r["attack"])
+            & (df.params == json.dumps(r["params"], sort_keys=True))
+        ]
         cal, test = g[g.part != TEST], g[g.part == TEST]
         cy, ty = cal.is_member.astype(int), test.is_member.astype(int)
         sign = 1 if auc(cal.score, cy) >= 0.5 else -1  # orientation fixed on calibration
@@ -130,42 +145,57 @@ def test_mlflow_parent_with_one_child_per_trial(swept):
 
     cfg, _, tracker, (results, _, _), _, _ = swept
     client = MlflowClient(tracking_uri=tracker.uri)
-    parents = client.search_runs([tracker.experiment_id],
-                                 filter_string="tags.mlflow.runName = 'sweep/it'",
-                                 order_by=["attributes.start_time ASC"])
+    parents = client.search_runs(
+        [tracker.experiment_id],
+        filter_string="tags.mlflow.runName = 'sweep/it'",
+        order_by=["attributes.start_time ASC"],
+    )
     assert len(parents) >= 2  # one per invocation
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    children = client.search_runs([tracker.experiment_id], filter_string=(
-        f"tags.mlflow.parentRunId = '{parent.info.run_id}'"))
+    children = client.search_runs(
+        [tracker.experiment_id], filter_string=(f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    )
     assert len(children) == results["num_trials"] == 6
     seen = set()
     for c in children:
         attack, setting = c.data.params["attack"], c.data.params["setting"]
         seen.add((attack, setting))
-        row = next(r for r in results["trials"] if r["attack"] == attack and r["target"] ==
-                   "baseline" and json.dumps(r["params"], sort_keys=True) == setting)
+        row = next(
+            r
+            for r in results["trials"]
+            if r["attack"] == attack
+            and r["target"] == "baseline"
+            and json.dumps(r["params"], sort_keys=True) == setting
+        )
         assert c.data.metrics["baseline.auc"] == pytest.approx(row["auc"])
         # Every metric with a value (a resolution-limited TPR has none and is not logged).
-        rows = {r["target"]: r for r in results["trials"] if r["attack"] == attack
-                and json.dumps(r["params"], sort_keys=True) == setting}
-        expected = {f"{t}.{k}" for t in TARGETS for k in TRIAL_METRICS
-                    if rows[t].get(k) is not None}
+        rows = {
+            r["target"]: r
+            for r in results["trials"]
+            if r["attack"] == attack and json.dumps(r["params"], sort_keys=True) == setting
+        }
+        expected = {
+            f"{t}.{k}" for t in TARGETS for k in TRIAL_METRICS if rows[t].get(k) is not None
+        }
         assert expected <= set(c.data.metrics) and "baseline.auc_calibration" in expected
         assert not {f"{t}.{k}" for t in TARGETS for k in TRIAL_METRICS} - expected & set(
-            c.data.metrics)
+            c.data.metrics
+        )
     assert len(seen) == 6
     for t, w in results["worst_case"].items():
         assert parent.data.metrics[f"{t}.worst.auc_calibration"] == pytest.approx(
-            w["auc_calibration"])
+            w["auc_calibration"]
+        )
         assert parent.data.tags[f"worst.{t}"].startswith(w["attack"] + " ")
-    assert "sweep/results.json" in [a.path for a in client.list_artifacts(
-        parent.info.run_id, "sweep")]
+    assert "sweep/results.json" in [
+        a.path for a in client.list_artifacts(parent.info.run_id, "sweep")
+    ]
 
 
 def test_a_second_invocation_neither_rescores_nor_reruns_trials(swept):
     _, storage, _, (first, _, first_s), marker, (second, ex, second_s) = swept
-    assert ex.scores == 0 and second["rescored"] is False and first["rescored"] is True
+    assert ex.scorer.calls == 0 and second["rescored"] is False and first["rescored"] is True
     assert storage.read_json("sweeps/it/_COMPLETE.json") == marker
     # the restored Tune run returns the same trials (ids and metrics), not new ones
     assert second["trials"] == first["trials"]
@@ -189,19 +219,23 @@ def test_the_cli_sweep_command_reuses_the_complete_experiment(swept, tmp_path, c
     for t, w in first["worst_case"].items():
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(t + " "))
         assert w["attack"] in line and f"{w['auc_calibration']:.3f}" in line
-    assert main(["sweep", "--config", str(path), "--set",
-                 "sweep.attacks={secmi: {t_sec: [20]}}"]) == 2
+    assert (
+        main(["sweep", "--config", str(path), "--set", "sweep.attacks={secmi: {t_sec: [20]}}"]) == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert err == ("raydefense: error: unknown attack 'secmi' in sweep.attacks; choose from: "
-                   "gsa1, gsa2, loss, pia, pian, secmi_nn, secmi_stat, sima")
+    assert err == (
+        "raydefense: error: unknown attack 'secmi' in sweep.attacks; choose from: "
+        "gsa1, gsa2, loss, pia, pian, secmi_nn, secmi_stat, sima"
+    )
 
 
 def _synthetic_scores():
     import pyarrow as pa
 
     rng = np.random.default_rng(0)
-    cols: dict[str, list] = {k: [] for k in ("target", "attack", "params", "row_id",
-                                             "is_member", "part", "score")}
+    cols: dict[str, list] = {
+        k: [] for k in ("target", "attack", "params", "row_id", "is_member", "part", "score")
+    }
     for target in ("baseline", "student"):
         for attack, params in (("loss", '{"t": 1}'), ("loss", '{"t": 2}'), ("pia", '{"t": 5}')):
             n = 40
@@ -221,27 +255,36 @@ def test_an_interrupted_tune_run_resumes_only_its_failed_trial(tmp_path, ray_clu
     rerun restores the Tune run: finished trials keep their results, the failed one reruns."""
     from ray import tune
 
-    from raydefense.distributed.sweep import _trial, run_trials
+    from raydefense.distributed.tune import _trial, run_trials
 
     cfg = tiny_config(tmp_path)
     storage = Storage(cfg.storage.root, cfg.experiment)
     table = _synthetic_scores()
     trials = trials_of(table)
     drop = trials[-1]
-    partial = table.filter(pc.invert(pc.and_(pc.equal(table["attack"], drop["attack"]),
-                                             pc.equal(table["params"], drop["params"]))))
+    partial = table.filter(
+        pc.invert(
+            pc.and_(
+                pc.equal(table["attack"], drop["attack"]), pc.equal(table["params"], drop["params"])
+            )
+        )
+    )
     with pytest.raises(RuntimeError, match="1 sweep trial"):
         run_trials(cfg, storage, "sweeps/resume/tune", "run", trials, partial)
     path = storage.path("sweeps/resume/tune/run")
     assert tune.Tuner.can_restore(path)
     grid = tune.Tuner.restore(path, trainable=_trial).get_results()
-    done = {r.config["setting"]: (r.metrics["trial_id"], r.metrics["timestamp"])
-            for r in grid if r.error is None}
+    done = {
+        r.config["setting"]: (r.metrics["trial_id"], r.metrics["timestamp"])
+        for r in grid
+        if r.error is None
+    }
     assert len(done) == len(trials) - 1
     time.sleep(1.1)  # Tune's timestamps are in seconds
     resumed = run_trials(cfg, storage, "sweeps/resume/tune", "run", trials, table)
-    assert [(r["attack"], r["params"]) for r in resumed] == [(t["attack"], t["params"])
-                                                             for t in trials]
+    assert [(r["attack"], r["params"]) for r in resumed] == [
+        (t["attack"], t["params"]) for t in trials
+    ]
     for r in resumed[:-1]:  # the finished trials were restored, not rerun
         assert done[f"{r['attack']} {r['params']}"] == (r["trial_id"], r["reported_at"])
     assert resumed[-1]["reported_at"] > max(ts for _, ts in done.values())
@@ -251,7 +294,7 @@ def test_an_interrupted_tune_run_resumes_only_its_failed_trial(tmp_path, ray_clu
 
 
 def test_trial_concurrency_follows_the_cluster():
-    from raydefense.distributed.sweep import concurrency
+    from raydefense.distributed.tune import concurrency
     from raydefense.errors import ResourceError
 
     cfg = tiny_config_default()
@@ -279,7 +322,7 @@ def test_asha_remembers_its_rungs_across_a_restore(tmp_path, ray_cluster) -> Non
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from raydefense.distributed.sweep import AshaMemory
+    from raydefense.distributed.tune import AshaMemory
 
     # Local, so cloudpickle ships it by value (workers cannot import a test module).
     def _curve_trial(config: dict, marker: str = "") -> None:
@@ -296,19 +339,26 @@ def test_asha_remembers_its_rungs_across_a_restore(tmp_path, ray_cluster) -> Non
             tune.report({"val_eps_mse": (0.5 if config["point"] == 0 else 1.0) - 0.01 * i})
 
     trainable = tune.with_parameters(_curve_trial, marker=str(tmp_path / "attempted"))
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=10, grace_period=2,
-                              reduction_factor=2)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration", max_t=10, grace_period=2, reduction_factor=2
+    )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.01}),
         param_space={"point": tune.grid_search([0, 1])},
-        tune_config=tune.TuneConfig(metric="val_eps_mse", mode="min", scheduler=scheduler,
-                                    max_concurrent_trials=1),
-        run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0,
-                                  callbacks=[AshaMemory(scheduler)]))
+        tune_config=tune.TuneConfig(
+            metric="val_eps_mse", mode="min", scheduler=scheduler, max_concurrent_trials=1
+        ),
+        run_config=tune.RunConfig(
+            name="asha", storage_path=str(tmp_path), verbose=0, callbacks=[AshaMemory(scheduler)]
+        ),
+    )
     first = tuner.fit()
     assert first.num_errors == 1
-    restored = tune.Tuner.restore(str(tmp_path / "asha"), trainable=tune.with_resources(
-        trainable, {"cpu": 0.01}), resume_errored=True)
+    restored = tune.Tuner.restore(
+        str(tmp_path / "asha"),
+        trainable=tune.with_resources(trainable, {"cpu": 0.01}),
+        resume_errored=True,
+    )
     grid = restored.fit()
     assert grid.num_errors == 0
     iters = {r.config["point"]: r.metrics["training_iteration"] for r in grid}

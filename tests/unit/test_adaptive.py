@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
 from raydefense.attacks.adaptive import DualMDAdaptive, served_timestep, settings_by_teacher
 from raydefense.attacks.base import AccessError
 from raydefense.attacks.metrics import auc
+from raydefense.audit.targets import adaptive_bases, check_explicit_targets
 from raydefense.defense.dualmd import DualMDStepRouter, timestep_owners
 from raydefense.diffusion.sampling import sampler_timesteps
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import ConfigError
-from raydefense.evaluation import adaptive_bases, check_explicit_targets
+
+from conftest import tiny_config
 
 
 def test_routing_is_public_and_teacher_1_runs_the_first_step() -> None:
@@ -77,45 +78,80 @@ def test_the_setting_per_teacher_is_chosen_on_calibration_not_test() -> None:
     extra[(np.arange(len(member)) % 2 == 0) & member & ~cal] += 8.0
     cols = np.column_stack([cols[:, 0], extra, cols[:, 1]])
     settings = [{"t": 0}, {"t": 1}, {"t": 2}]
-    out = DualMDAdaptive({"combine": ["max"]}).combine("sima", settings, cols, [0, 0, 1], 2,
-                                                        member, cal, seed=0)
+    out = DualMDAdaptive({"combine": ["max"]}).combine(
+        "sima", settings, cols, [0, 0, 1], 2, member, cal, seed=0
+    )
     assert out[0][0]["timesteps"] == [0, 2]  # the calibration-best t for teacher 1, not t=1
 
 
 def test_inverted_columns_are_flipped_on_calibration() -> None:
     cols, member, cal = _two_teacher_scores(seed=3)
     out = DualMDAdaptive({"combine": ["max"]}).combine(
-        "pian", [{"t": 0}, {"t": 2}], -cols, [0, 0, 1], 2, member, cal, seed=0)
+        "pian", [{"t": 0}, {"t": 2}], -cols, [0, 0, 1], 2, member, cal, seed=0
+    )
     assert auc(out[0][1][~cal], member[~cal]) > 0.97
 
 
 def test_a_teacher_without_settings_is_an_error() -> None:
     cols, member, cal = _two_teacher_scores()
     with pytest.raises(ValueError, match=r"no setting whose timestep teacher\(s\) \[2\] serve"):
-        DualMDAdaptive({}).combine("loss", [{"timesteps": [0]}, {"timesteps": [1]}], cols,
-                                   [0, 0, 1], 2, member, cal, seed=0)
+        DualMDAdaptive({}).combine(
+            "loss",
+            [{"timesteps": [0]}, {"timesteps": [1]}],
+            cols,
+            [0, 0, 1],
+            2,
+            member,
+            cal,
+            seed=0,
+        )
 
 
 def test_bases_are_the_enabled_query_attacks_that_reach_every_teacher(tmp_path) -> None:
-    cfg = tiny_config(tmp_path, **{"attacks.enabled": "[loss, secmi_stat, sima, dualmd_adaptive]",
-                                   "attacks.sima.timesteps": "[0, 250]"})
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "attacks.enabled": "[loss, secmi_stat, sima, dualmd_adaptive]",
+            "attacks.sima.timesteps": "[0, 250]",
+        },
+    )
     # sampling.num_steps=4: grid 750, 500, 250, 0 -> teachers 1, 2, 1, 2.
     assert set(adaptive_bases(cfg)) == {"sima"}  # loss t=100 and SecMI reach one / mix
-    black = tiny_config(tmp_path, **{"attacks.enabled": "[loss, dualmd_adaptive, blackbox_nn]",
-                                     "attacks.dualmd_access": "black-box"})
+    black = tiny_config(
+        tmp_path,
+        **{
+            "attacks.enabled": "[loss, dualmd_adaptive, blackbox_nn]",
+            "attacks.dualmd_access": "black-box",
+        },
+    )
     assert adaptive_bases(black) == {}
 
 
-@pytest.mark.parametrize("sets, match", [
-    ({"attacks.enabled": "[loss, secmi_stat, dualmd_adaptive]"},
-     "needs a query attack that asks eps about one timestep served by each teacher"),
-    ({"attacks.enabled": "[loss, sima, dualmd_adaptive]", "attacks.sima.timesteps": "[0, 250]",
-      "attacks.dualmd_adaptive.bases": "[pia]"},
-     "bases names 'pia', which is not an enabled query attack"),
-    ({"attacks.enabled": "[sima, dualmd_adaptive]", "attacks.sima.timesteps": "[0]",
-      "attacks.dualmd_adaptive.bases": "[sima]"},
-     "'sima' has no timestep served by every teacher"),
-])
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        (
+            {"attacks.enabled": "[loss, secmi_stat, dualmd_adaptive]"},
+            "needs a query attack that asks eps about one timestep served by each teacher",
+        ),
+        (
+            {
+                "attacks.enabled": "[loss, sima, dualmd_adaptive]",
+                "attacks.sima.timesteps": "[0, 250]",
+                "attacks.dualmd_adaptive.bases": "[pia]",
+            },
+            "bases names 'pia', which is not an enabled query attack",
+        ),
+        (
+            {
+                "attacks.enabled": "[sima, dualmd_adaptive]",
+                "attacks.sima.timesteps": "[0]",
+                "attacks.dualmd_adaptive.bases": "[sima]",
+            },
+            "'sima' has no timestep served by every teacher",
+        ),
+    ],
+)
 def test_bad_adaptive_configs_are_one_clear_line(tmp_path, sets, match) -> None:
     with pytest.raises(ConfigError, match=match) as info:
         adaptive_bases(tiny_config(tmp_path, **sets))
@@ -123,11 +159,23 @@ def test_bad_adaptive_configs_are_one_clear_line(tmp_path, sets, match) -> None:
 
 
 def test_asking_for_it_on_a_target_without_a_router_is_an_error(tmp_path) -> None:
-    cfg = tiny_config(tmp_path, **{"attacks.enabled": "[sima, dualmd_adaptive]",
-                                   "attacks.sima.timesteps": "[0, 250]",
-                                   "attacks.targets": "[dualmd, student]"})
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "attacks.enabled": "[sima, dualmd_adaptive]",
+            "attacks.sima.timesteps": "[0, 250]",
+            "attacks.targets": "[dualmd, student]",
+        },
+    )
     with pytest.raises(AccessError, match="target 'student' is a single model with no router"):
         check_explicit_targets(cfg)
-    check_explicit_targets(tiny_config(tmp_path, **{
-        "attacks.enabled": "[sima, dualmd_adaptive]", "attacks.sima.timesteps": "[0, 250]",
-        "attacks.targets": "[dualmd]"}))
+    check_explicit_targets(
+        tiny_config(
+            tmp_path,
+            **{
+                "attacks.enabled": "[sima, dualmd_adaptive]",
+                "attacks.sima.timesteps": "[0, 250]",
+                "attacks.targets": "[dualmd]",
+            },
+        )
+    )

@@ -52,8 +52,9 @@ def test_secmi_hand_computed() -> None:
         # With eps = c x, c = c(t_from):
         # move(x) = x * [sqrt(a_to) (1 - c sqrt(1-a_from)) / sqrt(a_from) + c sqrt(1-a_to)]
         c = 0.5 + t_from / 50.0
-        return (math.sqrt(a[t_to]) * (1 - c * math.sqrt(1 - a[t_from])) / math.sqrt(a[t_from])
-                + c * math.sqrt(1 - a[t_to]))
+        return math.sqrt(a[t_to]) * (1 - c * math.sqrt(1 - a[t_from])) / math.sqrt(
+            a[t_from]
+        ) + c * math.sqrt(1 - a[t_to])
 
     # t_sec=20, k=10: invert 0 -> 10 (x_tilde, eps at 0), then 10 -> 20 (eps at 10) and 20 -> 10
     # (eps at 20) for x_hat; error = sum over the 4 pixels of (x_tilde - x_hat)^2.
@@ -90,7 +91,9 @@ def test_secmi_rejects_bad_grid() -> None:
 
 def test_loss_hand_computed_one_draw() -> None:
     t, seed, row = 100, 3, 42
-    noise = per_row_normal((1, 1, 2, 2), [row], seed, STREAM_LOSS_ATTACK, t)[0, 0].flatten().tolist()
+    noise = (
+        per_row_normal((1, 1, 2, 2), [row], seed, STREAM_LOSS_ATTACK, t)[0, 0].flatten().tolist()
+    )
     a = SCHED.alphas_cumprod.double()[t].item()
     err = 0.0
     for x, n in zip(X0.flatten().tolist(), noise):
@@ -101,8 +104,9 @@ def test_loss_hand_computed_one_draw() -> None:
     assert score.shape == (1, 1) and score.dtype == torch.float32
     assert score.item() == pytest.approx(-err, rel=1e-5)
     mean_att = LossAttack(LossAttackConfig(timesteps=[t], draws=1, reduction="mean"))
-    assert mean_att.score(half_eps, SCHED, X0, torch.tensor([row]), seed).item() == \
-        pytest.approx(-err / 4, rel=1e-5)
+    assert mean_att.score(half_eps, SCHED, X0, torch.tensor([row]), seed).item() == pytest.approx(
+        -err / 4, rel=1e-5
+    )
 
 
 def test_loss_averages_draws_and_timesteps() -> None:
@@ -118,8 +122,13 @@ def test_loss_averages_draws_and_timesteps() -> None:
     assert got == pytest.approx(-total / 6, rel=1e-5)
 
 
-@pytest.mark.parametrize("attack", [LossAttack(LossAttackConfig(timesteps=[10, 100], draws=4)),
-                                    SecMIStat(SecMIConfig(t_sec=30, k=10))])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        LossAttack(LossAttackConfig(timesteps=[10, 100], draws=4)),
+        SecMIStat(SecMIConfig(t_sec=30, k=10)),
+    ],
+)
 def test_scores_independent_of_batch_composition(attack: object) -> None:
     g = torch.Generator().manual_seed(0)
     images = {rid: torch.rand(1, 4, 4, generator=g) * 2 - 1 for rid in (3, 5, 7, 11)}
@@ -140,9 +149,11 @@ def test_loss_mean_vs_sum_rank_equivalent() -> None:
     x = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1
     ids = torch.arange(6)
     s_sum = LossAttack(LossAttackConfig(timesteps=[50], draws=2, reduction="sum")).score(
-        nonlinear_eps, SCHED, x, ids, 0)
+        nonlinear_eps, SCHED, x, ids, 0
+    )
     s_mean = LossAttack(LossAttackConfig(timesteps=[50], draws=2, reduction="mean")).score(
-        nonlinear_eps, SCHED, x, ids, 0)
+        nonlinear_eps, SCHED, x, ids, 0
+    )
     assert torch.allclose(s_mean * 16, s_sum, rtol=1e-5)
     assert torch.equal(torch.argsort(s_mean), torch.argsort(s_sum))
 
@@ -161,8 +172,10 @@ def test_tiny_unet_gives_finite_scores() -> None:
     eps = UNetEps(unet)
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     ids = torch.tensor([0, 1, 2])
-    for attack in (LossAttack(LossAttackConfig(timesteps=[10, 100], draws=2)),
-                   SecMIStat(SecMIConfig(t_sec=20, k=10))):
+    for attack in (
+        LossAttack(LossAttackConfig(timesteps=[10, 100], draws=2)),
+        SecMIStat(SecMIConfig(t_sec=20, k=10)),
+    ):
         s = attack.score(eps, SCHED, x, ids, 0)
         assert s.shape == (3, 1) and s.dtype == torch.float32
         assert torch.isfinite(s).all()

@@ -16,8 +16,8 @@ from raydefense.attacks.secmi import ddim_move_yspace, secmi_error_maps
 from raydefense.attacks.sima import SimA
 from raydefense.config import BlackboxNNConfig, PIAConfig, SimAConfig
 from raydefense.defense.dualmd import DualMDStepRouter
-from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.sampling import sampler_timesteps
+from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import UnknownComponentError
 
 SCHED = NoiseSchedule()
@@ -36,7 +36,7 @@ def test_pia_hand_computed_one_sample() -> None:
     a = SCHED.alphas_cumprod.double()[200].item()
     f = math.sqrt(a) + math.sqrt(1 - a) * 0.5
     c = 0.5 + 200 / 500
-    expected = -abs(c * f - 0.5) ** 4 * sum(v ** 4 for v in X0.flatten().tolist())
+    expected = -(abs(c * f - 0.5) ** 4) * sum(v**4 for v in X0.flatten().tolist())
     s = att.score(lin_eps, SCHED, X0, torch.tensor([0]), 0)
     assert s.shape == (1, 1)
     assert s.item() == pytest.approx(expected, rel=1e-4)
@@ -51,9 +51,10 @@ def test_pian_normalises_eps0() -> None:
     a = SCHED.alphas_cumprod.double()[100].item()
     # x_t = sqrt(a) x0 + sqrt(1-a) 0.5 k x0; eps(x_t, 100) = 0.7 x_t
     coef = 0.7 * (math.sqrt(a) + math.sqrt(1 - a) * 0.5 * k) - 0.5 * k
-    expected = -abs(coef) ** 4 * sum(v ** 4 for v in X0.flatten().tolist())
-    s = PIAN(PIAConfig(timesteps=[100], canonical_t=100)).score(lin_eps, SCHED, X0,
-                                                                torch.tensor([0]), 0)
+    expected = -(abs(coef) ** 4) * sum(v**4 for v in X0.flatten().tolist())
+    s = PIAN(PIAConfig(timesteps=[100], canonical_t=100)).score(
+        lin_eps, SCHED, X0, torch.tensor([0]), 0
+    )
     assert s.item() == pytest.approx(expected, rel=1e-4)
 
 
@@ -62,10 +63,11 @@ def test_pia_p2_equals_squared_l2_distance() -> None:
     x = torch.rand(5, 1, 4, 4, generator=g) * 2 - 1
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x) * (1 + t.view(-1, 1, 1, 1).float() / 1000) + 0.1 * x ** 2
+        return torch.tanh(x) * (1 + t.view(-1, 1, 1, 1).float() / 1000) + 0.1 * x**2
 
-    s2 = PIA(PIAConfig(timesteps=[50, 150], canonical_t=50, p=2)).score(eps, SCHED, x,
-                                                                      torch.arange(5), 0)
+    s2 = PIA(PIAConfig(timesteps=[50, 150], canonical_t=50, p=2)).score(
+        eps, SCHED, x, torch.arange(5), 0
+    )
     e0 = eps(x, torch.zeros(5, dtype=torch.long))
     for j, t in enumerate([50, 150]):
         tt = torch.full((5,), t, dtype=torch.long)
@@ -87,18 +89,19 @@ def test_pia_sweep_shares_eps0_and_scales_to_schedule() -> None:
     assert calls[0] == [0] and sum(len(c) for c in calls[1:]) == 30  # 1 + 30 eps timesteps
     short = PIA({}, num_train_timesteps=100)
     assert [s["t"] for s in short.settings()][:3] == [1, 2, 3]
-    assert [s for s in short.settings() if s.get("canonical")] == [{"t": 20, "p": 4.0,
-                                                                    "canonical": True}]
+    assert [s for s in short.settings() if s.get("canonical")] == [
+        {"t": 20, "p": 4.0, "canonical": True}
+    ]
     assert scaled_timestep(200, NoiseSchedule(100)) == 20
 
 
 def test_sima_hand_computed() -> None:
     att = SimA(SimAConfig(timesteps=[0, 100], p=4))
     s = att.score(lin_eps, SCHED, X0, torch.tensor([0]), 0)
-    x4 = sum(v ** 4 for v in X0.flatten().tolist())
+    x4 = sum(v**4 for v in X0.flatten().tolist())
     assert s.shape == (1, 2)
-    assert s[0, 0].item() == pytest.approx(-(0.5 ** 4) * x4, rel=1e-5)
-    assert s[0, 1].item() == pytest.approx(-(0.7 ** 4) * x4, rel=1e-5)
+    assert s[0, 0].item() == pytest.approx(-(0.5**4) * x4, rel=1e-5)
+    assert s[0, 1].item() == pytest.approx(-(0.7**4) * x4, rel=1e-5)
     assert [st["t"] for st in SimA({}).settings()] == list(range(0, 201, 10))
 
 
@@ -135,6 +138,7 @@ def test_router_alternates_on_the_sampler_grid() -> None:
         def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             seen.append((k, t.tolist()))
             return torch.full_like(x, float(k))
+
         return eps
 
     router = DualMDStepRouter([teacher(0), teacher(1)], sched, 50)
@@ -146,8 +150,9 @@ def test_router_alternates_on_the_sampler_grid() -> None:
     assert out[:, 0, 0, 0].tolist() == [0.0, 1.0, 0.0]
     # Off-grid t goes to the nearest grid step's teacher; the choice never depends on x.
     assert router.teacher_index(grid[1] + 3) == router.teacher_index(grid[1])
-    assert torch.equal(router(x + 5, torch.tensor([grid[1]] * 3)),
-                       router(x, torch.tensor([grid[1]] * 3)))
+    assert torch.equal(
+        router(x + 5, torch.tensor([grid[1]] * 3)), router(x, torch.tensor([grid[1]] * 3))
+    )
 
 
 def test_access_levels() -> None:
@@ -160,6 +165,9 @@ def test_access_levels() -> None:
         check_access(gsa, "dualmd", "gray-box")
     with pytest.raises(AccessError, match="needs gray-box access .* black-box"):
         check_access(pia, "dualmd", "black-box")
-    with pytest.raises(UnknownComponentError, match="choose one of: blackbox_nn, dualmd_adaptive, gsa1, gsa2, "
-                                                    "loss, pia, pian, secmi_nn, secmi_stat, sima"):
+    with pytest.raises(
+        UnknownComponentError,
+        match="choose one of: blackbox_nn, dualmd_adaptive, gsa1, gsa2, "
+        "loss, pia, pian, secmi_nn, secmi_stat, sima",
+    ):
         ATTACKS.get("secmi")

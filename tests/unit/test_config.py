@@ -16,10 +16,17 @@ def test_presets_ship_with_the_package():
 
 
 def test_set_overrides_parse_yaml_values():
-    cfg = load_config("smoke", overrides=["train.steps=7", "model.block_out_channels=[8, 16]",
-                                          "storage.root=s3://bucket/prefix", "train.lr=3e-4",
-                                          "distill.draws_per_row=5",
-                                          "distill.teacher_assignment=one_other"])
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            "train.steps=7",
+            "model.block_out_channels=[8, 16]",
+            "storage.root=s3://bucket/prefix",
+            "train.lr=3e-4",
+            "distill.draws_per_row=5",
+            "distill.teacher_assignment=one_other",
+        ],
+    )
     assert cfg.train.steps == 7
     assert cfg.model.block_out_channels == [8, 16]
     assert cfg.storage.root == "s3://bucket/prefix"
@@ -29,17 +36,20 @@ def test_set_overrides_parse_yaml_values():
     assert load_config("smoke").distill.teacher_assignment == "mean"  # the default
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("train.stepz=3", "train.stepz"),
-    ("nosection.x=1", "nosection"),
-    ("train.steps.deep=1", "train.steps.deep"),
-    ("train.steps=-1", "train.steps"),
-    ("train.steps=many", "train.steps"),
-    ("data.on_duplicate=ignore", "data.on_duplicate"),
-    ("attacks.secmi_stat.t_sec=25", "multiple of k"),
-    ("model.block_out_channels=[30, 64]", "norm_num_groups"),
-    ("noequals", "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.stepz=3", "train.stepz"),
+        ("nosection.x=1", "nosection"),
+        ("train.steps.deep=1", "train.steps.deep"),
+        ("train.steps=-1", "train.steps"),
+        ("train.steps=many", "train.steps"),
+        ("data.on_duplicate=ignore", "data.on_duplicate"),
+        ("attacks.secmi_stat.t_sec=25", "multiple of k"),
+        ("model.block_out_channels=[30, 64]", "norm_num_groups"),
+        ("noequals", "KEY=VALUE"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
         load_config("smoke", overrides=[override])
@@ -84,7 +94,7 @@ def test_flat_params_and_fingerprint_are_stable():
 
 
 def test_teacher_assignment_reruns_distill_but_not_the_teachers():
-    from raydefense.pipeline import stage_fingerprints
+    from raydefense.runs.fingerprints import stage_fingerprints
 
     a = stage_fingerprints(load_config("smoke"))
     b = stage_fingerprints(load_config("smoke", overrides=["distill.teacher_assignment=one_other"]))

@@ -21,8 +21,10 @@ def core_modules() -> list[str]:
 def test_core_does_not_import_ray():
     mods = core_modules()
     assert "raydefense.pipeline" in mods and "raydefense.attacks.secmi" in mods
-    code = ("import importlib, sys\n"
-            f"for m in {mods!r}: importlib.import_module(m)\n"
-            "bad = sorted(k for k in sys.modules if k == 'ray' or k.startswith('ray.'))\n"
-            "assert not bad, bad\n")
+    code = (
+        "import importlib, sys\n"
+        f"for m in {mods!r}: importlib.import_module(m)\n"
+        "bad = sorted(k for k in sys.modules if k == 'ray' or k.startswith('ray.'))\n"
+        "assert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,4 +1,5 @@
-"""DistillMD soft targets: the teacher-assignment invariant, per-row determinism, fresh-noise draws."""
+"""DistillMD soft targets: the teacher-assignment invariant, per-row determinism, fresh-noise
+draws."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from raydefense.defense.distillmd import (SoftTargetLabeller, assigned_teachers, auto_draws,
-                                          draw_t_noise, labelling_teachers)
+from raydefense.defense.distillmd import (
+    SoftTargetLabeller,
+    assigned_teachers,
+    auto_draws,
+    draw_t_noise,
+    labelling_teachers,
+)
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import PrivacyInvariantError
 
@@ -29,8 +35,11 @@ OWNERS = {10: frozenset({"teacher_1"}), 11: frozenset({"teacher_2"}), 12: frozen
 
 def batch(rows):
     shard = {10: 0, 11: 1, 12: 0}
-    return {"row_id": np.array(rows), "shard": np.array([shard[r] for r in rows]),
-            "image": np.stack([np.full((1, 2, 2), r / 100, np.float32) for r in rows])}
+    return {
+        "row_id": np.array(rows),
+        "shard": np.array([shard[r] for r in rows]),
+        "image": np.stack([np.full((1, 2, 2), r / 100, np.float32) for r in rows]),
+    }
 
 
 def test_each_row_is_labelled_only_by_the_teacher_that_never_saw_it():
@@ -48,18 +57,22 @@ def test_k_shards_use_the_mean_of_the_other_teachers():
     lab = SoftTargetLabeller(teachers, OWNERS, SCHED, draws=1, seed=0)
     out = lab(batch([10]))
     assert np.allclose(out["target"], 3.0)  # mean of teacher_2 (2) and teacher_3 (4)
-    assert labelling_teachers(frozenset({"teacher_2"}), ["teacher_1", "teacher_2", "teacher_3"]) \
-        == ["teacher_1", "teacher_3"]
+    assert labelling_teachers(
+        frozenset({"teacher_2"}), ["teacher_1", "teacher_2", "teacher_3"]
+    ) == ["teacher_1", "teacher_3"]
 
 
 # K = 4 disjoint shards: teacher_k has the constant eps 10**k, so a target names who labelled it.
-TEACHERS4 = {f"teacher_{k}": ConstTeacher(10.0 ** k) for k in range(1, 5)}
+TEACHERS4 = {f"teacher_{k}": ConstTeacher(10.0**k) for k in range(1, 5)}
 OWNERS4 = {r: frozenset({f"teacher_{1 + r % 4}"}) for r in range(400)}
 
 
 def batch4(rows):
-    return {"row_id": np.array(rows, dtype=np.int64), "shard": np.array([r % 4 for r in rows]),
-            "image": np.stack([np.full((1, 2, 2), (r % 7) / 10, np.float32) for r in rows])}
+    return {
+        "row_id": np.array(rows, dtype=np.int64),
+        "shard": np.array([r % 4 for r in rows]),
+        "image": np.stack([np.full((1, 2, 2), (r % 7) / 10, np.float32) for r in rows]),
+    }
 
 
 def by_row_draw(out):
@@ -77,8 +90,9 @@ def test_mean_assignment_averages_every_excluded_teacher():
 
 def test_one_other_assignment_uses_one_allowed_teacher_per_row():
     rows = list(range(400))
-    lab = SoftTargetLabeller(TEACHERS4, OWNERS4, SCHED, draws=3, seed=5,
-                             teacher_assignment="one_other")
+    lab = SoftTargetLabeller(
+        TEACHERS4, OWNERS4, SCHED, draws=3, seed=5, teacher_assignment="one_other"
+    )
     out = lab(batch4(rows))
     value = {t.value: name for name, t in TEACHERS4.items()}
     chosen: dict[int, str] = {}
@@ -92,8 +106,11 @@ def test_one_other_assignment_uses_one_allowed_teacher_per_row():
     # roughly uniform: per shard, each of the 3 allowed teachers labels about a third of 100 rows
     for k in range(1, 5):
         owner = f"teacher_{k}"
-        counts = {t: sum(1 for r, w in chosen.items() if OWNERS4[r] == {owner} and w == t)
-                  for t in TEACHERS4 if t != owner}
+        counts = {
+            t: sum(1 for r, w in chosen.items() if OWNERS4[r] == {owner} and w == t)
+            for t in TEACHERS4
+            if t != owner
+        }
         assert sum(counts.values()) == 100 and all(15 <= c <= 55 for c in counts.values()), counts
     # deterministic across calls, and independent of batch composition and order
     again = lab(batch4(rows))
@@ -107,14 +124,19 @@ def test_one_other_assignment_uses_one_allowed_teacher_per_row():
         assert np.array_equal(sub["target"][j], out["target"][i])
         assert np.array_equal(sub["x_t"][j], out["x_t"][i])
     # a different seed gives a different assignment
-    other = SoftTargetLabeller(TEACHERS4, OWNERS4, SCHED, draws=1, seed=6,
-                               teacher_assignment="one_other")(batch4(rows))
+    other = SoftTargetLabeller(
+        TEACHERS4, OWNERS4, SCHED, draws=1, seed=6, teacher_assignment="one_other"
+    )(batch4(rows))
     assert list(other["teachers"]) != list(out["teachers"][::3])
 
 
 def test_k2_assignments_are_identical():
-    outs = [SoftTargetLabeller(TEACHERS, OWNERS, SCHED, draws=3, seed=1, teacher_assignment=a)(
-        batch([10, 11, 12])) for a in ("mean", "one_other")]
+    outs = [
+        SoftTargetLabeller(TEACHERS, OWNERS, SCHED, draws=3, seed=1, teacher_assignment=a)(
+            batch([10, 11, 12])
+        )
+        for a in ("mean", "one_other")
+    ]
     for key in outs[0]:
         assert np.array_equal(outs[0][key], outs[1][key]), key
     assert list(outs[0]["teachers"]) == ["teacher_2"] * 3 + ["teacher_1"] * 3 + ["teacher_2"] * 3
@@ -133,8 +155,14 @@ def test_violations_raise():
         SoftTargetLabeller(TEACHERS, {}, SCHED, draws=1, seed=0)(batch([10]))
     for assignment in ("mean", "one_other"):
         with pytest.raises(PrivacyInvariantError):
-            SoftTargetLabeller(TEACHERS4, {10: frozenset(TEACHERS4)}, SCHED, draws=1, seed=0,
-                               teacher_assignment=assignment)(batch([10]))
+            SoftTargetLabeller(
+                TEACHERS4,
+                {10: frozenset(TEACHERS4)},
+                SCHED,
+                draws=1,
+                seed=0,
+                teacher_assignment=assignment,
+            )(batch([10]))
 
 
 def test_draws_are_seeded_per_row_and_draw():

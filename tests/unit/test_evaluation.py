@@ -1,5 +1,5 @@
 """The evaluation core without Ray: every attack against every target on tiny random models,
-through SerialExecutor (the same ScoringWorker the Ray actors run)."""
+through SerialScorer (the same ScoringWorker the Ray actors run)."""
 
 from __future__ import annotations
 
@@ -10,43 +10,73 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
 from raydefense.attacks.base import AccessError
-from raydefense.errors import ConfigError
+from raydefense.audit.evaluate import run_evaluation
+from raydefense.audit.learned import learned_fit_args
+from raydefense.audit.results import metric_rows
+from raydefense.audit.scoring import SerialScorer
+from raydefense.audit.targets import (
+    audited_rows,
+    plan_attacks,
+    shadow_roles,
+    shadow_students,
+    shadows_for,
+    shadows_needed,
+)
 from raydefense.data.plan import MEMBER, NONMEMBER, SHADOW, make_plan
-from raydefense.data.sources import DATASETS
+from raydefense.data.pool import DATASETS
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.diffusion.checkpoint import save_checkpoint
 from raydefense.diffusion.unet import build_unet
-from raydefense.evaluation import (DUALMD, STUDENT, SerialExecutor, audited_rows,
-                                   learned_fit_args, metric_rows, plan_attacks, run_evaluation,
-                                   shadow_roles, shadow_students, shadows_for, shadows_needed)
-from raydefense.report.tables import headline_rows
+from raydefense.errors import ConfigError
+from raydefense.report.markdown import headline_rows
+from raydefense.roster import DUALMD, STUDENT
 from raydefense.storage import Storage
+
+from conftest import tiny_config
 
 ALL = "[loss, secmi_stat, secmi_nn, pia, pian, sima, gsa1, gsa2, blackbox_nn, dualmd_adaptive]"
 
 
 def _cfg(tmp_path: Path, **extra: str):
-    sets = {"attacks.enabled": ALL, "attacks.pia.timesteps": "[10, 100]",
-            "attacks.pia.canonical_t": "50", "attacks.pian.timesteps": "[10]",
-            "attacks.pian.canonical_t": "10", "attacks.sima.timesteps": "[0, 50, 250]",
-            "attacks.secmi_nn.t_sec": "20", "attacks.secmi_nn.epochs": "1",
-            "attacks.secmi_nn.batch_size": "8", "attacks.gsa1.num_timesteps": "2",
-            "attacks.gsa2.num_timesteps": "2", "attacks.gsa1.n_estimators": "5",
-            "attacks.gsa2.n_estimators": "5", "attacks.shadow.num_models": "1",
-            "attacks.shadow.members": "8", "attacks.blackbox_nn.num_generated": "8",
-            "quality.num_generated": "16", "quality.domain_classifier_epochs": "1",
-            "quality.memorization_k": "4", "model.block_out_channels": "[8, 16]",
-            "model.norm_num_groups": "4", "attacks.batch_size": "16"}
+    sets = {
+        "attacks.enabled": ALL,
+        "attacks.pia.timesteps": "[10, 100]",
+        "attacks.pia.canonical_t": "50",
+        "attacks.pian.timesteps": "[10]",
+        "attacks.pian.canonical_t": "10",
+        "attacks.sima.timesteps": "[0, 50, 250]",
+        "attacks.secmi_nn.t_sec": "20",
+        "attacks.secmi_nn.epochs": "1",
+        "attacks.secmi_nn.batch_size": "8",
+        "attacks.gsa1.num_timesteps": "2",
+        "attacks.gsa2.num_timesteps": "2",
+        "attacks.gsa1.n_estimators": "5",
+        "attacks.gsa2.n_estimators": "5",
+        "attacks.shadow.num_models": "1",
+        "attacks.shadow.members": "8",
+        "attacks.blackbox_nn.num_generated": "8",
+        "quality.num_generated": "16",
+        "quality.domain_classifier_epochs": "1",
+        "quality.memorization_k": "4",
+        "model.block_out_channels": "[8, 16]",
+        "model.norm_num_groups": "4",
+        "attacks.batch_size": "16",
+    }
     sets.update(extra)
     return tiny_config(tmp_path, **sets)
 
 
 def _prepare(cfg) -> Storage:
     storage = Storage(cfg.storage.root, cfg.experiment)
-    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, shadows_needed(cfg),
-                     cfg.attacks.shadow.members, shadow_roles(cfg))
+    plan = make_plan(
+        DATASETS.get("digits")(cfg.data),
+        cfg.data,
+        cfg.seed,
+        shadows_needed(cfg),
+        cfg.attacks.shadow.members,
+        shadow_roles(cfg),
+    )
     write_plan(storage, plan)
     for i, m in enumerate(plan.models + [STUDENT] + shadow_students(cfg, plan)):
         torch.manual_seed(i)
@@ -65,16 +95,19 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
     assert plan.shadows == ["shadow_1", "shadow_1_teacher_1", "shadow_1_teacher_2"]
     assert shadow_students(cfg, plan) == ["shadow_1_student"]
     assert (plan.split == SHADOW).sum() == 16
-    out = run_evaluation(cfg, storage, plan, SerialExecutor(storage, str(tmp_path / "c")),
-                         str(tmp_path / "c"))
+    out = run_evaluation(
+        cfg, storage, plan, SerialScorer(storage, str(tmp_path / "c")), str(tmp_path / "c")
+    )
     df = out.scores.to_pandas()
     targets = ["baseline", "teacher_1", "teacher_2", DUALMD, STUDENT]
     assert sorted(df.target.unique()) == sorted(targets)
     # GSA needs gradients: refused on DualMD (gray-box), reported, never invented; the
     # router-aware attack needs DualMD's router: skipped on every single model.
     assert {(s["target"], s["attack"]) for s in out.skipped} == {
-        (DUALMD, "gsa1"), (DUALMD, "gsa2"),
-        *[(t, "dualmd_adaptive") for t in ("baseline", "teacher_1", "teacher_2", STUDENT)]}
+        (DUALMD, "gsa1"),
+        (DUALMD, "gsa2"),
+        *[(t, "dualmd_adaptive") for t in ("baseline", "teacher_1", "teacher_2", STUDENT)],
+    }
     reasons = {(s["target"], s["attack"]): s["reason"] for s in out.skipped}
     assert "needs white-box access" in reasons[(DUALMD, "gsa1")]
     assert "no router" in reasons[(STUDENT, "dualmd_adaptive")]
@@ -106,7 +139,9 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
     assert all(json.loads(p)["timesteps"][0] == 250 for p in adaptive.params)
     rows, curves = metric_rows(out.scores, bootstrap=10, seed=0)
     assert all(0 <= r["auc"] <= 1 and 0 <= r["auc_calibration"] <= 1 for r in rows)
-    assert all(r.get("note") for r in rows if r["target"] == DUALMD and r["attack"] != "blackbox_nn")
+    assert all(
+        r.get("note") for r in rows if r["target"] == DUALMD and r["attack"] != "blackbox_nn"
+    )
     lines = {(h["target"], h["line"]) for h in headline_rows(rows)}
     assert ("baseline", "pia (canonical)") in lines
     assert ("baseline", "pia (best on calibration)") in lines
@@ -116,24 +151,28 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
         "baseline": ("baseline", ["shadow_1"]),
         "teacher_1": ("teacher", ["shadow_1_teacher_1", "shadow_1_teacher_2"]),
         "teacher_2": ("teacher", ["shadow_1_teacher_1", "shadow_1_teacher_2"]),
-        STUDENT: ("student", ["shadow_1_student"])}
-    assert out.shadows["teacher_1"]["models"]["shadow_1_teacher_2"] == {"members": 4,
-                                                                       "heldout": 8}
+        STUDENT: ("student", ["shadow_1_student"]),
+    }
+    assert out.shadows["teacher_1"]["models"]["shadow_1_teacher_2"] == {"members": 4, "heldout": 8}
     assert out.shadows[STUDENT]["models"]["shadow_1_student"] == {"members": 8, "heldout": 8}
 
 
 def test_shadow_trained_attacks_learn_from_their_targets_regime(tmp_path: Path) -> None:
     """The classifier's training set: per target, the members vs held-out rows of the shadows of
-    its regime; regime 'baseline' gives every target the baseline-like shadow (and plans only it)."""
+    its regime; regime 'baseline' gives every target the baseline-like shadow (and plans only
+    it)."""
     cfg = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]"})
-    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, 8,
-                     shadow_roles(cfg))
+    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, 8, shadow_roles(cfg))
     gsa = next(a for a in plan_attacks(cfg, plan).attacks["baseline"])
-    sizes = {m: int(plan.members_of(m).sum()) + 8 for m in
-             ("shadow_1", "shadow_1_teacher_1", "shadow_1_teacher_2", "shadow_1_student")}
-    for target, models in (("baseline", ["shadow_1"]),
-                           ("teacher_2", ["shadow_1_teacher_1", "shadow_1_teacher_2"]),
-                           (STUDENT, ["shadow_1_student"])):
+    sizes = {
+        m: int(plan.members_of(m).sum()) + 8
+        for m in ("shadow_1", "shadow_1_teacher_1", "shadow_1_teacher_2", "shadow_1_student")
+    }
+    for target, models in (
+        ("baseline", ["shadow_1"]),
+        ("teacher_2", ["shadow_1_teacher_1", "shadow_1_teacher_2"]),
+        (STUDENT, ["shadow_1_student"]),
+    ):
         assert shadows_for(cfg, plan, target) == models
         scored = {m: {"f:gsa1": np.zeros((sizes[m], 3))} for m in models}
         scored[target] = {"f:gsa1": np.zeros((int(audited_rows(plan, target).sum()), 3))}
@@ -141,13 +180,16 @@ def test_shadow_trained_attacks_learn_from_their_targets_regime(tmp_path: Path) 
         assert len(x) == len(y) == sum(sizes[m] for m in models)
         assert y.sum() == sum(int(plan.members_of(m).sum()) for m in models)
     # the shadow student learns from its draw's training rows, which its teachers split
-    assert np.array_equal(plan.members_of("shadow_1_student"),
-                          plan.rows_of("shadow_1_teacher_1") | plan.rows_of("shadow_1_teacher_2"))
+    assert np.array_equal(
+        plan.members_of("shadow_1_student"),
+        plan.rows_of("shadow_1_teacher_1") | plan.rows_of("shadow_1_teacher_2"),
+    )
 
     legacy = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]", "attacks.shadow.regime": "baseline"})
     assert shadow_roles(legacy) == ("baseline",)
-    old = make_plan(DATASETS.get("digits")(legacy.data), legacy.data, legacy.seed, 1, 8,
-                    shadow_roles(legacy))
+    old = make_plan(
+        DATASETS.get("digits")(legacy.data), legacy.data, legacy.seed, 1, 8, shadow_roles(legacy)
+    )
     assert old.shadows == ["shadow_1"] and shadow_students(legacy, old) == []
     assert all(shadows_for(legacy, old, t) == ["shadow_1"] for t in ("teacher_1", STUDENT))
     # same rows either way: the regime changes which models train, never the split
@@ -159,9 +201,9 @@ def test_shadow_trained_attacks_learn_from_their_targets_regime(tmp_path: Path) 
     # explicit targets plan only the roles they need
     student_only = _cfg(tmp_path, **{"attacks.enabled": "[gsa1]", "attacks.targets": "[student]"})
     assert shadow_roles(student_only) == ("student",)
-    assert make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, 8,
-                     shadow_roles(student_only)).shadows == ["shadow_1_teacher_1",
-                                                            "shadow_1_teacher_2"]
+    assert make_plan(
+        DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 1, 8, shadow_roles(student_only)
+    ).shadows == ["shadow_1_teacher_1", "shadow_1_teacher_2"]
 
 
 def test_black_box_dualmd_and_explicit_refusal(tmp_path: Path) -> None:
@@ -171,16 +213,23 @@ def test_black_box_dualmd_and_explicit_refusal(tmp_path: Path) -> None:
     ap = plan_attacks(cfg, plan)
     assert [a.name for a in ap.attacks[DUALMD]] == ["blackbox_nn"]
     assert len([s for s in ap.skipped if s["target"] == DUALMD]) == 9  # dualmd_adaptive too
-    explicit = _cfg(tmp_path, **{"attacks.dualmd_access": "black-box",
-                                 "attacks.targets": "[dualmd]"})
+    explicit = _cfg(
+        tmp_path, **{"attacks.dualmd_access": "black-box", "attacks.targets": "[dualmd]"}
+    )
     with pytest.raises(AccessError, match="'loss' needs gray-box access"):
         plan_attacks(explicit, plan)
 
 
 def test_shadow_rows_are_disjoint_from_targets(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
-    plan = make_plan(DATASETS.get("digits")(cfg.data), cfg.data, cfg.seed, 2, 8,
-                     ("baseline", "teacher", "student"))
+    plan = make_plan(
+        DATASETS.get("digits")(cfg.data),
+        cfg.data,
+        cfg.seed,
+        2,
+        8,
+        ("baseline", "teacher", "student"),
+    )
     target = set(plan.row_id[(plan.split == MEMBER) | (plan.split == NONMEMBER)].tolist())
     for j in range(2):
         rows = set(plan.row_id[plan.shadow_train[j] | plan.shadow_heldout[j]].tolist())
@@ -194,27 +243,32 @@ def test_shadow_rows_are_disjoint_from_targets(tmp_path: Path) -> None:
 def test_three_shards_are_audited_end_to_end(tmp_path: Path) -> None:
     """K = 3: three teachers on disjoint shards, DualMD cycling through them, every one audited
     on its own shard; K is a config value, not a constant."""
-    cfg = _cfg(tmp_path, **{"data.num_shards": "3", "data.num_members": "24",
-                            "attacks.enabled": "[loss, pia]"})
+    cfg = _cfg(
+        tmp_path,
+        **{"data.num_shards": "3", "data.num_members": "24", "attacks.enabled": "[loss, pia]"},
+    )
     storage = _prepare(cfg)
     plan = read_plan(storage)
     assert plan.teachers == ["teacher_1", "teacher_2", "teacher_3"]
     owned = np.stack([plan.rows_of(t) for t in plan.teachers])
     assert (owned.sum(axis=0) <= 1).all() and owned.sum() == (plan.split == MEMBER).sum()
-    out = run_evaluation(cfg, storage, plan, SerialExecutor(storage, str(tmp_path / "c")),
-                         str(tmp_path / "c"))
+    out = run_evaluation(
+        cfg, storage, plan, SerialScorer(storage, str(tmp_path / "c")), str(tmp_path / "c")
+    )
     df = out.scores.to_pandas()
-    assert sorted(df.target.unique()) == sorted(["baseline", "teacher_1", "teacher_2",
-                                                 "teacher_3", DUALMD, STUDENT])
+    assert sorted(df.target.unique()) == sorted(
+        ["baseline", "teacher_1", "teacher_2", "teacher_3", DUALMD, STUDENT]
+    )
     for t in plan.teachers:
         members = set(df[(df.target == t) & df.is_member].row_id)
-        assert members == set(plan.row_id[plan.rows_of(t) & (plan.split == MEMBER)
-                                          & audited_rows(plan, t)].tolist())
+        assert members == set(
+            plan.row_id[plan.rows_of(t) & (plan.split == MEMBER) & audited_rows(plan, t)].tolist()
+        )
 
 
 def test_domain_features_train_on_spare_rows_only(tmp_path: Path) -> None:
+    from raydefense.audit.utility import spare_rows, train_domain_features
     from raydefense.data.plan import content_hash
-    from raydefense.evaluation import spare_rows, train_domain_features
 
     cfg = _cfg(tmp_path, **{"quality.domain_rows": "300"})
     storage = _prepare(cfg)

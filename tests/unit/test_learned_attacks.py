@@ -12,8 +12,14 @@ from sklearn.preprocessing import scale
 
 from raydefense.attacks import ATTACKS
 from raydefense.attacks import gsa as gsa_mod
-from raydefense.attacks.classifiers import (AttackResNet, Standardizer, gradient_boosting,
-                                            predict_resnet, train_resnet_regressor, zscore)
+from raydefense.attacks.classifiers import (
+    AttackResNet,
+    Standardizer,
+    gradient_boosting,
+    predict_resnet,
+    train_resnet_regressor,
+    zscore,
+)
 from raydefense.attacks.gsa import GSA1, GSA2, gsa_features, gsa_timesteps
 from raydefense.attacks.secmi import SecMIStat, secmi_error_maps
 from raydefense.attacks.secmi_nn import SecMINN
@@ -37,8 +43,9 @@ def _x0(b: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(b, 1, 8, 8, generator=g) * 2 - 1
 
 
-def _loop_features(unet: torch.nn.Module, x0: torch.Tensor, row_ids: torch.Tensor, seed: int,
-                   s: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _loop_features(
+    unet: torch.nn.Module, x0: torch.Tensor, row_ids: torch.Tensor, seed: int, s: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: one loss.backward() per (row, j), as the official GSA2 loop."""
     ks = gsa_timesteps(SCHED.num_train_timesteps, s)
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -46,16 +53,20 @@ def _loop_features(unet: torch.nn.Module, x0: torch.Tensor, row_ids: torch.Tenso
     for i in range(x0.shape[0]):
         gs = []
         for j, k in enumerate(ks, start=1):
-            noise = per_row_normal((1, 8, 8), row_ids[i:i + 1], seed, STREAM_GSA, j)
-            x_t = SCHED.q_sample(x0[i:i + 1], k, noise)
+            noise = per_row_normal((1, 8, 8), row_ids[i : i + 1], seed, STREAM_GSA, j)
+            x_t = SCHED.q_sample(x0[i : i + 1], k, noise)
             unet.zero_grad(set_to_none=True)
             loss = (unet(x_t, torch.tensor([k])).sample - noise).pow(2).mean()
             loss.backward()
             gs.append([p.grad.detach().clone() for p in params])
-        f1.append(torch.stack([torch.stack([g[c] for g in gs]).mean(0).norm()
-                               for c in range(len(params))]))
-        f2.append(torch.stack([torch.stack([g[c].norm() for g in gs]).mean()
-                               for c in range(len(params))]))
+        f1.append(
+            torch.stack(
+                [torch.stack([g[c] for g in gs]).mean(0).norm() for c in range(len(params))]
+            )
+        )
+        f2.append(
+            torch.stack([torch.stack([g[c].norm() for g in gs]).mean() for c in range(len(params))])
+        )
     unet.zero_grad(set_to_none=True)
     return torch.stack(f1), torch.stack(f2)
 
@@ -116,13 +127,13 @@ def test_gsa_properties(tiny_unet: torch.nn.Module) -> None:
     assert not torch.allclose(other[0], f1[1:2])
 
 
-def test_gsa_attack_features_cache_and_errors(tiny_unet: torch.nn.Module,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gsa_attack_features_cache_and_errors(
+    tiny_unet: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert ATTACKS.get("gsa1") is GSA1 and ATTACKS.get("gsa2") is GSA2
     a1, a2 = GSA1({"num_timesteps": 2}), GSA2(GSAConfig(num_timesteps=2, classifier="sklearn"))
     assert (a1.access, a1.kind, a1.trains_on) == ("white-box", "learned", "shadow")
-    assert a2.settings() == [{"num_timesteps": 2, "classifier": "sklearn",
-                              "scaling": "separate"}]
+    assert a2.settings() == [{"num_timesteps": 2, "classifier": "sklearn", "scaling": "separate"}]
     x0, ids = _x0(2), torch.tensor([0, 1])
     with pytest.raises(TypeError, match="UNetEps"):
         a1.features(lambda x, t: x, SCHED, x0, ids, 0)
@@ -237,8 +248,9 @@ def test_train_resnet_keeps_global_rng_and_handles_batch_of_one() -> None:
     xtr, ytr = _maps(8, 0)
     state = torch.get_rng_state()
     # 17 rows with batch 16 leaves a last batch of 1, which BatchNorm cannot train on.
-    model = train_resnet_regressor(xtr[:17].reshape(-1, 1, 8, 8), ytr[:17],
-                                   SecMINNConfig(epochs=1, batch_size=16), seed=0)
+    model = train_resnet_regressor(
+        xtr[:17].reshape(-1, 1, 8, 8), ytr[:17], SecMINNConfig(epochs=1, batch_size=16), seed=0
+    )
     assert torch.equal(state, torch.get_rng_state())
     assert predict_resnet(model, xtr.reshape(-1, 1, 8, 8)).shape == (16,)
 
@@ -299,8 +311,9 @@ def test_gsa_known_answer_one_sample() -> None:
     f1, f2 = gsa_features(_AffineEps(w, b), sched, x0, torch.tensor([row]), seed, 2)
     assert gsa_timesteps(1000, 2) == [499, 999]
     assert f1[0].tolist() == pytest.approx([abs(sum(gw) / 2), abs(sum(gb) / 2)], rel=1e-5)
-    assert f2[0].tolist() == pytest.approx([(abs(gw[0]) + abs(gw[1])) / 2,
-                                            (abs(gb[0]) + abs(gb[1])) / 2], rel=1e-5)
+    assert f2[0].tolist() == pytest.approx(
+        [(abs(gw[0]) + abs(gw[1])) / 2, (abs(gb[0]) + abs(gb[1])) / 2], rel=1e-5
+    )
 
 
 def test_secmi_nn_cross_fit_predict_shares_models() -> None:

@@ -22,11 +22,28 @@ from raydefense.attacks.metrics import (
     tpr_at_fpr,
 )
 
-KEYS = {"auc", "auc_ci", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_ci", "tpr_at_0.1pct_fpr",
-        "tpr_at_1pct_fpr_closest", "orientation", "auc_calibration", "auc_as_scored",
-        "tpr_at_1pct_fpr_calibrated", "fpr_at_1pct_fpr_calibrated", "tpr_at_0.1pct_fpr_calibrated",
-        "fpr_at_0.1pct_fpr_calibrated", "resolution_limited",
-        "tpr_at_0pct_fpr", "asr_calibrated", "asr_oracle", "tpr_rule", "n_members", "n_nonmembers"}
+KEYS = {
+    "auc",
+    "auc_ci",
+    "tpr_at_1pct_fpr",
+    "tpr_at_1pct_fpr_ci",
+    "tpr_at_0.1pct_fpr",
+    "tpr_at_1pct_fpr_closest",
+    "orientation",
+    "auc_calibration",
+    "auc_as_scored",
+    "tpr_at_1pct_fpr_calibrated",
+    "fpr_at_1pct_fpr_calibrated",
+    "tpr_at_0.1pct_fpr_calibrated",
+    "fpr_at_0.1pct_fpr_calibrated",
+    "resolution_limited",
+    "tpr_at_0pct_fpr",
+    "asr_calibrated",
+    "asr_oracle",
+    "tpr_rule",
+    "n_members",
+    "n_nonmembers",
+}
 
 
 def _split(n_mem: int, n_non: int, shift: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +138,11 @@ def test_attack_metrics_keys_and_json() -> None:
     assert m["tpr_at_0pct_fpr"] <= m["tpr_at_1pct_fpr"]
     json.dumps(m)
     # 0.1% of 500 test (300 calibration) non-members is below one false positive: no number.
-    assert m["resolution_limited"] == ["tpr_at_0.1pct_fpr", "tpr_at_0.1pct_fpr_calibrated",
-                                       "fpr_at_0.1pct_fpr_calibrated"]
+    assert m["resolution_limited"] == [
+        "tpr_at_0.1pct_fpr",
+        "tpr_at_0.1pct_fpr_calibrated",
+        "fpr_at_0.1pct_fpr_calibrated",
+    ]
     for k, v in m.items():
         assert type(v) in (float, int, str, list) or (v is None and k in m["resolution_limited"]), k
 
@@ -135,7 +155,10 @@ def test_orientation_is_chosen_on_calibration_never_on_test() -> None:
     assert orientation(cal_s, cal_y) == -1
     m = attack_metrics(cal_s, cal_y, s, y, bootstrap=0)
     assert m["orientation"] == -1
-    assert m["auc_calibration"] == pytest.approx(1.0 - auc(cal_s, cal_y)) and m["auc_calibration"] > 0.5
+    assert (
+        m["auc_calibration"] == pytest.approx(1.0 - auc(cal_s, cal_y))
+        and m["auc_calibration"] > 0.5
+    )
     assert m["auc"] == pytest.approx(auc(-s, y)) and m["auc"] < 0.5
     assert m["auc_as_scored"] == pytest.approx(auc(s, y)) and m["auc_as_scored"] > 0.5
     same = attack_metrics(-cal_s, cal_y, -s, y, bootstrap=0)  # already flipped: kept as is
@@ -180,8 +203,10 @@ def test_bootstrap_fast_paths_match_generic() -> None:
     # Ties included, so the count-based AUC / TPR must handle equal scores like sklearn does.
     s, y = _split(120, 150, 0.8, seed=5)
     s = np.round(s, 1)
-    for fast, generic in ((auc, lambda a, b: auc(a, b)),
-                          (TprAtFpr(0.05), lambda a, b: tpr_at_fpr(a, b, 0.05))):
+    for fast, generic in (
+        (auc, lambda a, b: auc(a, b)),
+        (TprAtFpr(0.05), lambda a, b: tpr_at_fpr(a, b, 0.05)),
+    ):
         ci_fast = bootstrap_ci(fast, s, y, n=60, seed=9, level=0.9)
         ci_gen = bootstrap_ci(generic, s, y, n=60, seed=9, level=0.9)
         assert ci_fast == pytest.approx(ci_gen, abs=1e-12)

@@ -16,6 +16,7 @@ from raydefense.quality.mmd import (
 
 def _naive_mmd2(x: np.ndarray, y: np.ndarray, h: float) -> float:
     """O(n^2) loops straight from Gretton et al. (2012), eq. 3."""
+
     def k(a, b):
         return np.exp(-np.sum((a - b) ** 2) / (2 * h * h))
 
@@ -26,8 +27,9 @@ def _naive_mmd2(x: np.ndarray, y: np.ndarray, h: float) -> float:
     return kxx + kyy - 2 * kxy
 
 
-def _gaussians(seed: int, n_g: int, n_m: int, n_n: int, dim: int, shift_n: float,
-               shift_g: float = 0.0):
+def _gaussians(
+    seed: int, n_g: int, n_m: int, n_n: int, dim: int, shift_n: float, shift_g: float = 0.0
+):
     """G around M's distribution (mean shift_g), M at mean 0, N at mean shift_n."""
     rng = np.random.default_rng(seed)
     g = rng.normal(size=(n_g, dim)) + shift_g
@@ -38,11 +40,12 @@ def _gaussians(seed: int, n_g: int, n_m: int, n_n: int, dim: int, shift_n: float
 
 # ---------------------------------------------------------------- kernel and bandwidth
 
+
 def test_rbf_kernel_matches_direct_formula():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(7, 5)) * 3 + 10, rng.normal(size=(4, 5)) * 3 + 10
     got = rbf_kernel(a, b, 2.5)
-    want = np.array([[np.exp(-np.sum((x - y) ** 2) / (2 * 2.5 ** 2)) for y in b] for x in a])
+    want = np.array([[np.exp(-np.sum((x - y) ** 2) / (2 * 2.5**2)) for y in b] for x in a])
     assert got.dtype == np.float64 and got.shape == (7, 4)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     k = rbf_kernel(a, a, 1.0)
@@ -72,6 +75,7 @@ def test_median_bandwidth_falls_back_to_one_and_subsamples():
 
 # ---------------------------------------------------------------- unbiased MMD^2
 
+
 def test_mmd2_unbiased_matches_naive_loops():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(9, 4)), rng.normal(size=(7, 4)) + 0.5
@@ -81,8 +85,9 @@ def test_mmd2_unbiased_matches_naive_loops():
 
 def test_mmd2_unbiased_near_zero_for_same_distribution_and_positive_when_shifted():
     rng = np.random.default_rng(4)
-    same = [mmd2_unbiased(rng.normal(size=(50, 3)), rng.normal(size=(50, 3)), 1.5)
-            for _ in range(200)]
+    same = [
+        mmd2_unbiased(rng.normal(size=(50, 3)), rng.normal(size=(50, 3)), 1.5) for _ in range(200)
+    ]
     shifted = mmd2_unbiased(rng.normal(size=(50, 3)), rng.normal(size=(50, 3)) + 1.0, 1.5)
     se = np.std(same) / np.sqrt(len(same))
     assert abs(np.mean(same)) < 4 * se  # unbiased: mean 0 within sampling error
@@ -102,6 +107,7 @@ def test_mmd2_unbiased_rejects_bad_inputs():
 
 # ---------------------------------------------------------------- permutation test
 
+
 def test_detects_members_when_generated_follows_them():
     g, m, n = _gaussians(5, n_g=100, n_m=60, n_n=60, dim=8, shift_n=0.7)
     res = membership_mmd_test(g, m, n, num_permutations=500, seed=0)
@@ -118,16 +124,29 @@ def test_not_significant_when_members_and_nonmembers_share_a_distribution():
 
 def test_p_value_is_roughly_uniform_under_the_null():
     # Small sizes keep it fast; the rejection rate at 0.1 must be near 0.1, not near 0 or 1.
-    ps = [membership_mmd_test(*_gaussians(100 + s, 20, 15, 15, 3, 0.0), num_permutations=99,
-                              seed=s)["p_value"] for s in range(60)]
+    ps = [
+        membership_mmd_test(*_gaussians(100 + s, 20, 15, 15, 3, 0.0), num_permutations=99, seed=s)[
+            "p_value"
+        ]
+        for s in range(60)
+    ]
     assert 0.0 < np.mean(np.asarray(ps) <= 0.1) < 0.3
 
 
 def test_result_fields_and_statistic_definition():
     g, m, n = _gaussians(7, n_g=30, n_m=20, n_n=25, dim=4, shift_n=0.5)
     res = membership_mmd_test(g, m, n, num_permutations=50, seed=3)
-    assert set(res) == {"statistic", "mmd2_members", "mmd2_nonmembers", "p_value", "bandwidth",
-                        "num_permutations", "n_generated", "n_members", "n_nonmembers"}
+    assert set(res) == {
+        "statistic",
+        "mmd2_members",
+        "mmd2_nonmembers",
+        "p_value",
+        "bandwidth",
+        "num_permutations",
+        "n_generated",
+        "n_members",
+        "n_nonmembers",
+    }
     for key in ("statistic", "mmd2_members", "mmd2_nonmembers", "p_value", "bandwidth"):
         assert type(res[key]) is float
     for key in ("num_permutations", "n_generated", "n_members", "n_nonmembers"):
@@ -149,8 +168,7 @@ def test_same_seed_same_p_value():
     a = membership_mmd_test(g, m, n, num_permutations=300, seed=11)
     b = membership_mmd_test(g, m, n, num_permutations=300, seed=11)
     assert a == b
-    ps = {membership_mmd_test(g, m, n, num_permutations=300, seed=s)["p_value"]
-          for s in range(5)}
+    ps = {membership_mmd_test(g, m, n, num_permutations=300, seed=s)["p_value"] for s in range(5)}
     assert len(ps) > 1  # the seed does drive the permutations
 
 
@@ -192,24 +210,31 @@ def test_chunking_does_not_change_results(monkeypatch):
     np.testing.assert_allclose(full[2], chunked[2], rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(generated=np.zeros(5)), "generated must be a 2-D"),
-    (dict(members=np.zeros((4, 3, 1))), "members must be a 2-D"),
-    (dict(nonmembers=np.zeros((4, 2))), "feature dimensions differ"),
-    (dict(generated=np.zeros((1, 3))), "generated needs at least 2 rows"),
-    (dict(members=np.zeros((1, 3))), "members needs at least 2 rows"),
-    (dict(nonmembers=np.zeros((0, 3))), "nonmembers needs at least 2 rows"),
-    (dict(members=np.array([[0.0, np.nan, 1.0]] * 3)), "members contains non-finite"),
-    (dict(nonmembers=np.array([[0.0, np.inf, 1.0]] * 3)), "nonmembers contains non-finite"),
-    (dict(num_permutations=0), "num_permutations must be >= 1"),
-    (dict(num_permutations=2.5), "num_permutations must be an int"),
-    (dict(bandwidth=-1.0), "bandwidth must be a positive"),
-    (dict(bandwidth=float("nan")), "bandwidth must be a positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(generated=np.zeros(5)), "generated must be a 2-D"),
+        (dict(members=np.zeros((4, 3, 1))), "members must be a 2-D"),
+        (dict(nonmembers=np.zeros((4, 2))), "feature dimensions differ"),
+        (dict(generated=np.zeros((1, 3))), "generated needs at least 2 rows"),
+        (dict(members=np.zeros((1, 3))), "members needs at least 2 rows"),
+        (dict(nonmembers=np.zeros((0, 3))), "nonmembers needs at least 2 rows"),
+        (dict(members=np.array([[0.0, np.nan, 1.0]] * 3)), "members contains non-finite"),
+        (dict(nonmembers=np.array([[0.0, np.inf, 1.0]] * 3)), "nonmembers contains non-finite"),
+        (dict(num_permutations=0), "num_permutations must be >= 1"),
+        (dict(num_permutations=2.5), "num_permutations must be an int"),
+        (dict(bandwidth=-1.0), "bandwidth must be a positive"),
+        (dict(bandwidth=float("nan")), "bandwidth must be a positive"),
+    ],
+)
 def test_membership_test_rejects_bad_inputs(kwargs, match):
     rng = np.random.default_rng(0)
-    args = dict(generated=rng.normal(size=(5, 3)), members=rng.normal(size=(4, 3)),
-                nonmembers=rng.normal(size=(4, 3)), num_permutations=10)
+    args = dict(
+        generated=rng.normal(size=(5, 3)),
+        members=rng.normal(size=(4, 3)),
+        nonmembers=rng.normal(size=(4, 3)),
+        num_permutations=10,
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=match) as info:
         membership_mmd_test(**args)

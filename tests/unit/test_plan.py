@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import SHARED_SPLITS
 from raydefense.config import DataConfig
-from raydefense.data.plan import (MEMBER, NONMEMBER, SHADOW_ROLES, TEST, make_plan, model_index,
-                                   parse_shadow, plan_from_tables, shadow_name)
-from raydefense.data.sources import DATASETS, ImagePool
+from raydefense.data.plan import MEMBER, NONMEMBER, TEST, make_plan, plan_from_tables
+from raydefense.data.pool import DATASETS, ImagePool
 from raydefense.errors import DataError, SplitOverlapError
+from raydefense.roster import SHADOW_ROLES, model_index, parse_shadow, shadow_name
+
+from conftest import SHARED_SPLITS
 
 
 def unique_pool(n: int, shape=(1, 2, 2), seed: int = 0) -> ImagePool:
@@ -86,46 +87,64 @@ def test_regime_matched_shadow_teachers_split_their_draw_like_the_targets():
     """Per shadow draw, K shadow teachers on disjoint shards covering the draw's training rows
     (seeded, a function of the draw alone); names parse back; every model seeds its own batches."""
     pool, cfg = unique_pool(400), DataConfig(num_members=60, num_nonmembers=60, num_shards=3)
-    plan = make_plan(pool, cfg, seed=2, num_shadows=2, shadow_members=30,
-                     shadow_roles=SHADOW_ROLES)
-    assert plan.shadows == ["shadow_1", *[f"shadow_1_teacher_{k}" for k in (1, 2, 3)],
-                            "shadow_2", *[f"shadow_2_teacher_{k}" for k in (1, 2, 3)]]
+    plan = make_plan(pool, cfg, seed=2, num_shadows=2, shadow_members=30, shadow_roles=SHADOW_ROLES)
+    assert plan.shadows == [
+        "shadow_1",
+        *[f"shadow_1_teacher_{k}" for k in (1, 2, 3)],
+        "shadow_2",
+        *[f"shadow_2_teacher_{k}" for k in (1, 2, 3)],
+    ]
     for j in range(2):
         shards = np.stack([plan.rows_of(shadow_name(j, "teacher", k)) for k in range(3)])
         assert (shards.sum(axis=0) <= 1).all() and shards.sum(axis=1).tolist() == [10, 10, 10]
         assert np.array_equal(shards.any(axis=0), plan.shadow_train[j])
         assert np.array_equal(plan.rows_of(shadow_name(j)), plan.shadow_train[j])
-    again = make_plan(pool, cfg, seed=2, num_shadows=2, shadow_members=30,
-                      shadow_roles=SHADOW_ROLES)
+    again = make_plan(
+        pool, cfg, seed=2, num_shadows=2, shadow_members=30, shadow_roles=SHADOW_ROLES
+    )
     assert np.array_equal(again.membership, plan.membership)
     one = make_plan(pool, cfg, seed=2, num_shadows=1, shadow_members=30, shadow_roles=("teacher",))
     assert one.shadows == [f"shadow_1_teacher_{k}" for k in (1, 2, 3)]
     for m in one.shadows:  # draw 1's shards do not depend on other draws or roles
         assert set(one.row_id[one.rows_of(m)]) == set(plan.row_id[plan.rows_of(m)])
-    names = ["baseline", *plan.teachers, "student", *plan.shadows, "shadow_1_student",
-             "shadow_2_student"]
+    names = [
+        "baseline",
+        *plan.teachers,
+        "student",
+        *plan.shadows,
+        "shadow_1_student",
+        "shadow_2_student",
+    ]
     assert len({model_index(m, 3) for m in names}) == len(names)
     assert model_index("shadow_1", 3) == 100  # the baseline-like shadow keeps its old seeds
     for m in plan.shadows + ["shadow_2_student"]:
         j, role, k = parse_shadow(m)
         assert shadow_name(j, role, max(k, 0)) == m
     assert parse_shadow("teacher_1") is None
-    back = plan_from_tables(plan.to_table(), plan.membership_table(),
-                            list(plan.images.shape[1:]), plan.shadow_draws_table())
+    back = plan_from_tables(
+        plan.to_table(),
+        plan.membership_table(),
+        list(plan.images.shape[1:]),
+        plan.shadow_draws_table(),
+    )
     assert np.array_equal(back.shadow_train, plan.shadow_train)
     assert np.array_equal(back.shadow_heldout, plan.shadow_heldout)
     bad = plan.membership_table().to_pydict()
-    bad["shadow_1_teacher_2"] = list(np.array(bad["shadow_1_teacher_2"]) | plan.rows_of(
-        "shadow_1_teacher_1"))
+    bad["shadow_1_teacher_2"] = list(
+        np.array(bad["shadow_1_teacher_2"]) | plan.rows_of("shadow_1_teacher_1")
+    )
     import pyarrow as pa
 
     with pytest.raises(SplitOverlapError, match="teacher shards must be disjoint"):
-        plan_from_tables(plan.to_table(), pa.table(bad), list(plan.images.shape[1:]),
-                         plan.shadow_draws_table())
+        plan_from_tables(
+            plan.to_table(), pa.table(bad), list(plan.images.shape[1:]), plan.shadow_draws_table()
+        )
 
 
-@pytest.mark.skipif(not (SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz").exists(),
-                    reason="shared/mia_splits is not beside the checkout")
+@pytest.mark.skipif(
+    not (SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz").exists(),
+    reason="shared/mia_splits is not beside the checkout",
+)
 def test_secmi_split_file_drives_membership():
     path = SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz"
     with np.load(path) as z:

@@ -45,8 +45,9 @@ def test_frechet_diagonal_closed_form() -> None:
     got = frechet_distance(m1, np.diag(s1), m2, np.diag(s2))
     assert got == pytest.approx(expected, rel=1e-8, abs=1e-10)
     # 1-D: (0 - 1)^2 + (sqrt(4) - sqrt(1))^2 = 2.
-    assert frechet_distance(np.array([0.0]), np.array([[4.0]]),
-                            np.array([1.0]), np.array([[1.0]])) == pytest.approx(2.0)
+    assert frechet_distance(
+        np.array([0.0]), np.array([[4.0]]), np.array([1.0]), np.array([[1.0]])
+    ) == pytest.approx(2.0)
 
 
 def test_feature_stats_shapes_and_1d() -> None:
@@ -156,8 +157,12 @@ def test_nearest_neighbour_ratio_exact_copy_and_far_samples() -> None:
     assert np.all((ratios >= 0) & (ratios <= 1))
     summary = memorization_summary(ratios, threshold=1 / 3)
     assert summary["memorized_count"] >= 1 and summary["nn_ratio_min"] == 0.0
-    assert set(summary) == {"memorized_count", "memorized_fraction", "nn_ratio_median",
-                            "nn_ratio_min"}
+    assert set(summary) == {
+        "memorized_count",
+        "memorized_fraction",
+        "nn_ratio_median",
+        "nn_ratio_min",
+    }
     far = nearest_neighbour_ratio(rng.normal(size=(10, 1, 8, 8)) + 1000.0, train, k=50)
     assert np.all(far > 0.99) and np.all(far <= 1.0)
     # k is capped at N.
@@ -193,8 +198,9 @@ def test_inception_wiring_with_stub_extractor(tmp_path, monkeypatch) -> None:
     class FakeExtractor(torch.nn.Module):
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kw):
             super().__init__()
-            calls.update(name=name, features=list(features_list),
-                         path=feature_extractor_weights_path)
+            calls.update(
+                name=name, features=list(features_list), path=feature_extractor_weights_path
+            )
 
         def forward(self, x):
             assert x.dtype == torch.uint8 and x.shape[1] == 3
@@ -214,8 +220,11 @@ def test_inception_wiring_with_stub_extractor(tmp_path, monkeypatch) -> None:
     real = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8, generator=g)
     fake = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=g)
     feats, probs = inception_features(real.numpy(), str(weights), batch_size=7)
-    assert calls == {"name": "inception-v3-compat", "features": ["2048", "logits_unbiased"],
-                     "path": str(weights)}
+    assert calls == {
+        "name": "inception-v3-compat",
+        "features": ["2048", "logits_unbiased"],
+        "path": str(weights),
+    }
     assert feats.shape == (20, 6) and probs.shape == (20, 12)
     np.testing.assert_allclose(probs.sum(1), 1.0)
     out = inception_fid_is(real, fake, str(weights))

@@ -39,10 +39,12 @@ def test_dualmd_alternates_strictly_starting_with_teacher_1():
 
 def test_the_route_never_depends_on_the_input():
     log_a, log_b = [], []
-    DualMDPipeline([Recorder(1, log_a), Recorder(2, log_a)], SCHED).generate((1, 1, 4, 4), seed=1,
-                                                                                num_steps=5)
-    DualMDPipeline([Recorder(1, log_b), Recorder(2, log_b)], SCHED).generate((1, 1, 4, 4), seed=2,
-                                                                                num_steps=5)
+    DualMDPipeline([Recorder(1, log_a), Recorder(2, log_a)], SCHED).generate(
+        (1, 1, 4, 4), seed=1, num_steps=5
+    )
+    DualMDPipeline([Recorder(1, log_b), Recorder(2, log_b)], SCHED).generate(
+        (1, 1, 4, 4), seed=2, num_steps=5
+    )
     assert log_a == log_b
 
 

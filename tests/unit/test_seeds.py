@@ -10,26 +10,33 @@ import pytest
 
 from raydefense.cli import main
 from raydefense.errors import ConfigError
-from raydefense.seeds import (METRICS, aggregate, parse_seeds, seed_experiment, seeds_markdown,
-                              summary_text)
+from raydefense.report.seeds import seeds_markdown
 from raydefense.storage import Storage
-
+from raydefense.sweeps.seeds import METRICS, aggregate, parse_seeds, seed_experiment, summary_text
 
 # ----------------------------------------------------------------------------- parse / names
 
 
-@pytest.mark.parametrize("text, want", [("0,1,2", [0, 1, 2]), ("0 1 2", [0, 1, 2]),
-                                        (" 3, 1 ,7 ", [3, 1, 7]), ("0,1", [0, 1])])
+@pytest.mark.parametrize(
+    "text, want",
+    [("0,1,2", [0, 1, 2]), ("0 1 2", [0, 1, 2]), (" 3, 1 ,7 ", [3, 1, 7]), ("0,1", [0, 1])],
+)
 def test_parse_seeds_good(text, want):
     assert parse_seeds(text) == want
 
 
-@pytest.mark.parametrize("text, needle", [("", "empty"), ("  ,", "empty"),
-                                          ("0,x,2", "'x' is not an integer"),
-                                          ("0,1.5", "'1.5' is not an integer"),
-                                          ("0,-1", "-1 is negative"),
-                                          ("0,1,1", "seed 1 is given twice"),
-                                          ("4", "a seed study needs at least 2 seeds")])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("", "empty"),
+        ("  ,", "empty"),
+        ("0,x,2", "'x' is not an integer"),
+        ("0,1.5", "'1.5' is not an integer"),
+        ("0,-1", "-1 is negative"),
+        ("0,1,1", "seed 1 is given twice"),
+        ("4", "a seed study needs at least 2 seeds"),
+    ],
+)
 def test_parse_seeds_bad(text, needle):
     with pytest.raises(ConfigError) as e:
         parse_seeds(text)
@@ -48,9 +55,16 @@ def test_seed_experiment():
 
 
 def _row(target, attack, auc, params=None, **extra):
-    row = {"target": target, "attack": attack, "params": params or {}, "auc": auc,
-           "auc_ci": [auc - 0.1, auc + 0.1], "auc_calibration": auc - 0.01,
-           "tpr_at_1pct_fpr": 0.1, "asr_calibrated": 0.6}
+    row = {
+        "target": target,
+        "attack": attack,
+        "params": params or {},
+        "auc": auc,
+        "auc_ci": [auc - 0.1, auc + 0.1],
+        "auc_calibration": auc - 0.01,
+        "tpr_at_1pct_fpr": 0.1,
+        "asr_calibrated": 0.6,
+    }
     row.update(extra)
     return row
 
@@ -68,27 +82,59 @@ def _results(seed, baseline_auc, tpr, dualmd_auc, bb_auc, pia_best_t, teacher=Fa
     if teacher:
         attacks.append(_row("teacher_0", "loss", 0.95))
     privacy = {
-        "baseline": {"attack": "loss", "params": {}, "source": "evaluate", "auc": baseline_auc,
-                     "auc_calibration": baseline_auc - 0.01, "tpr_at_1pct_fpr": 0.2,
-                     "tpr_at_1pct_fpr_calibrated": 0.1 * (seed + 1),
-                     "fpr_at_1pct_fpr_calibrated": 0.01},
-        "dualmd": {"attack": "loss", "params": {}, "source": "evaluate", "auc": dualmd_auc,
-                   "auc_calibration": dualmd_auc, "tpr_at_1pct_fpr": 0.05,
-                   "black_box": {"attack": "pia", "params": {"t": pia_best_t},
-                                 "source": "evaluate", "auc": bb_auc, "auc_calibration": bb_auc,
-                                 "tpr_at_1pct_fpr": 0.02}},
+        "baseline": {
+            "attack": "loss",
+            "params": {},
+            "source": "evaluate",
+            "auc": baseline_auc,
+            "auc_calibration": baseline_auc - 0.01,
+            "tpr_at_1pct_fpr": 0.2,
+            "tpr_at_1pct_fpr_calibrated": 0.1 * (seed + 1),
+            "fpr_at_1pct_fpr_calibrated": 0.01,
+        },
+        "dualmd": {
+            "attack": "loss",
+            "params": {},
+            "source": "evaluate",
+            "auc": dualmd_auc,
+            "auc_calibration": dualmd_auc,
+            "tpr_at_1pct_fpr": 0.05,
+            "black_box": {
+                "attack": "pia",
+                "params": {"t": pia_best_t},
+                "source": "evaluate",
+                "auc": bb_auc,
+                "auc_calibration": bb_auc,
+                "tpr_at_1pct_fpr": 0.02,
+            },
+        },
     }
     if teacher:
-        privacy["teacher_0"] = {"attack": "loss", "params": {}, "source": "evaluate",
-                                "auc": 0.95, "auc_calibration": 0.94, "tpr_at_1pct_fpr": 0.5}
-    return {"experiment": experiment, "dataset": "digits", "attacks": attacks,
-            "privacy": privacy, "quality": [], "skipped": [], "timings": {}}
+        privacy["teacher_0"] = {
+            "attack": "loss",
+            "params": {},
+            "source": "evaluate",
+            "auc": 0.95,
+            "auc_calibration": 0.94,
+            "tpr_at_1pct_fpr": 0.5,
+        }
+    return {
+        "experiment": experiment,
+        "dataset": "digits",
+        "attacks": attacks,
+        "privacy": privacy,
+        "quality": [],
+        "skipped": [],
+        "timings": {},
+    }
 
 
 def three_seeds():
-    return {0: _results(0, 0.8, 0.1, 0.6, 0.55, 10),
-            1: _results(1, 0.9, None, 0.6, 0.65, 10),
-            2: _results(2, 0.7, 0.3, 0.6, 0.60, 20, teacher=True)}
+    return {
+        0: _results(0, 0.8, 0.1, 0.6, 0.55, 10),
+        1: _results(1, 0.9, None, 0.6, 0.65, 10),
+        2: _results(2, 0.7, 0.3, 0.6, 0.60, 20, teacher=True),
+    }
 
 
 def _entry(summary, target, line):
@@ -117,8 +163,7 @@ def test_aggregate_by_hand():
     assert tpr["sd"] == pytest.approx(math.sqrt(0.02))
     # a metric nobody has is left out
     assert "tpr_at_1pct_fpr_calibrated" not in loss
-    assert set(METRICS) - set(loss) == {"tpr_at_1pct_fpr_calibrated",
-                                        "fpr_at_1pct_fpr_calibrated"}
+    assert set(METRICS) - set(loss) == {"tpr_at_1pct_fpr_calibrated", "fpr_at_1pct_fpr_calibrated"}
 
     # identical values: sd 0
     assert _entry(s, "student", "loss")["auc"]["sd"] == pytest.approx(0.0)
@@ -199,8 +244,21 @@ def test_seeds_markdown():
 
 
 def _cli_args(root, *extra):
-    return ["seeds", "--preset", "smoke", "--set", "experiment=exp",
-            "--set", f"storage.root={root}", "--set", "tracking.enabled=false", "--seeds", "0,1,2", "--aggregate-only", *extra]
+    return [
+        "seeds",
+        "--preset",
+        "smoke",
+        "--set",
+        "experiment=exp",
+        "--set",
+        f"storage.root={root}",
+        "--set",
+        "tracking.enabled=false",
+        "--seeds",
+        "0,1,2",
+        "--aggregate-only",
+        *extra,
+    ]
 
 
 def test_cli_aggregate_only(tmp_path, capsys):
@@ -227,14 +285,17 @@ def test_cli_missing_seed(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     missing = Storage(str(root), "exp-seed2").uri("report/results.json")
-    assert err.startswith(f"raydefense: error: seed 2 has no results at {missing}; run "
-                          "'raydefense seeds --preset smoke")
+    assert err.startswith(
+        f"raydefense: error: seed 2 has no results at {missing}; run "
+        "'raydefense seeds --preset smoke"
+    )
     assert err.endswith("--seeds 0,1,2' without --aggregate-only first")
     assert not Storage(str(root), "exp").exists("seeds/summary.json")
 
 
-@pytest.mark.parametrize("seeds, needle", [("0,0", "given twice"), ("3", "at least 2 seeds"),
-                                           ("a,b", "not an integer")])
+@pytest.mark.parametrize(
+    "seeds, needle", [("0,0", "given twice"), ("3", "at least 2 seeds"), ("a,b", "not an integer")]
+)
 def test_cli_bad_seeds(tmp_path, capsys, seeds, needle):
     argv = ["seeds", "--set", f"storage.root={tmp_path}", "--seeds", seeds, "--aggregate-only"]
     assert main(argv) == 2
@@ -261,12 +322,27 @@ def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys)
         return hand[seed]
 
     monkeypatch.setattr(cli, "execute", fake_execute)
-    argv = ["seeds", "--preset", "smoke", "--set", "experiment=exp", "--set",
-            f"storage.root={root}", "--force", "evaluate", "--seeds", "0", "2", "1"]
+    argv = [
+        "seeds",
+        "--preset",
+        "smoke",
+        "--set",
+        "experiment=exp",
+        "--set",
+        f"storage.root={root}",
+        "--force",
+        "evaluate",
+        "--seeds",
+        "0",
+        "2",
+        "1",
+    ]
     assert main(argv) == 0
-    assert [c[3][-2:] for c in calls[:3]] == [["seed=0", 'experiment="exp"'],
-                                              ["seed=2", 'experiment="exp-seed2"'],
-                                              ["seed=1", 'experiment="exp-seed1"']]
+    assert [c[3][-2:] for c in calls[:3]] == [
+        ["seed=0", 'experiment="exp"'],
+        ["seed=2", 'experiment="exp-seed2"'],
+        ["seed=1", 'experiment="exp-seed1"'],
+    ]
     assert all(c[:3] == ("run", "smoke", None) and c[4] == ["evaluate"] for c in calls[:3])
     assert calls[3] == ("report", "smoke", None, ["experiment=exp", f"storage.root={root}"], [])
     assert calls[0][3][:2] == ["experiment=exp", f"storage.root={root}"]
@@ -278,16 +354,20 @@ def test_seeds_module_does_not_import_ray():
     import subprocess
     import sys
 
-    code = ("import sys, raydefense.seeds\n"
-            "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n")
+    code = (
+        "import sys, raydefense.sweeps.seeds\n"
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_utility_is_aggregated_per_target_and_metric():
     hand = three_seeds()
     for s, fid in ((0, 2.0), (1, 2.5), (2, 3.0)):
-        hand[s]["quality"] = [{"target": "student", "metric": "domain_fid", "value": fid},
-                              {"target": "student", "metric": "memorized_count", "value": 9}]
+        hand[s]["quality"] = [
+            {"target": "student", "metric": "domain_fid", "value": fid},
+            {"target": "student", "metric": "memorized_count", "value": 9},
+        ]
     hand[2]["quality"].append({"target": "dualmd", "metric": "mmd_p_value", "value": 0.04})
     q = aggregate(hand)["quality"]
     assert q["student"]["domain_fid"]["mean"] == pytest.approx(2.5)

@@ -9,15 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fakes import hwc, png_bytes, random_images, write_cifar10
 from PIL import Image
 from pydantic import ValidationError
 
-from conftest import SHARED_SPLITS
-from fakes import hwc, png_bytes, random_images, write_cifar10
 from raydefense.config import DataConfig, load_config
 from raydefense.data.plan import MEMBER, NONMEMBER, _load_split_file, make_plan, write_split_file
-from raydefense.data.sources import DATASETS, ImagePool, resize_image
+from raydefense.data.pool import DATASETS, ImagePool, resize_image
 from raydefense.errors import DataError, SplitOverlapError
+
+from conftest import SHARED_SPLITS
 
 
 def load(name: str, root, **kw) -> ImagePool:
@@ -57,8 +58,9 @@ def test_cifar10_errors_name_the_path_and_the_fix(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as e:
         load("cifar10", tmp_path / "empty")
-    assert str(e.value) == (f"data.root '{tmp_path / 'empty'}' has no data_batch_1..5: point it "
-                            "at cifar-10-batches-py")
+    assert str(e.value) == (
+        f"data.root '{tmp_path / 'empty'}' has no data_batch_1..5: point it at cifar-10-batches-py"
+    )
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar10(folder, per_batch=1)
     (folder / "data_batch_3").unlink()
@@ -77,9 +79,13 @@ def test_cifar100_reads_train_with_fine_labels(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     images = random_images(7, seed=1)
-    obj = {b"filenames": [b"x"] * 7, b"batch_label": b"training batch 1 of 1",
-           b"fine_labels": [99, 0, 5, 7, 1, 2, 3], b"coarse_labels": [19, 0, 1, 1, 0, 0, 0],
-           b"data": images.reshape(7, 3072)}
+    obj = {
+        b"filenames": [b"x"] * 7,
+        b"batch_label": b"training batch 1 of 1",
+        b"fine_labels": [99, 0, 5, 7, 1, 2, 3],
+        b"coarse_labels": [19, 0, 1, 1, 0, 0, 0],
+        b"data": images.reshape(7, 3072),
+    }
     (folder / "train").write_bytes(pickle.dumps(obj, protocol=2))
     (folder / "test").write_bytes(b"ignored")
     for root in (folder, tmp_path):
@@ -140,11 +146,13 @@ def test_stl10_unlabeled_rejects_a_wrong_file(tmp_path):
 
 # ----------------------------------------------------------------------------- Tiny ImageNet
 
-TINY_COLORS = {("n01443537", "n01443537_0.JPEG"): (250, 10, 10),
-               ("n01443537", "n01443537_10.JPEG"): (10, 250, 10),
-               ("n01443537", "n01443537_2.JPEG"): (10, 10, 250),
-               ("n01629819", "n01629819_0.JPEG"): (128, 128, 128),   # saved as grayscale
-               ("n01629819", "n01629819_1.JPEG"): (250, 250, 10)}
+TINY_COLORS = {
+    ("n01443537", "n01443537_0.JPEG"): (250, 10, 10),
+    ("n01443537", "n01443537_10.JPEG"): (10, 250, 10),
+    ("n01443537", "n01443537_2.JPEG"): (10, 10, 250),
+    ("n01629819", "n01629819_0.JPEG"): (128, 128, 128),  # saved as grayscale
+    ("n01629819", "n01629819_1.JPEG"): (250, 250, 10),
+}
 
 
 def write_tiny_imagenet(base: Path) -> Path:
@@ -252,9 +260,13 @@ def test_imagefolder_errors(tmp_path):
 
 def test_parquet_png_bytes_labels_captions(tmp_path):
     images = random_images(6, side=8, seed=5)
-    table = pa.table({"image": [png_bytes(im) for im in images],
-                      "label": pa.array([3, 1, 4, 1, 5, 9], pa.int32()),
-                      "text": ["a cat", "a dog", None, "x", "y", "z"]})
+    table = pa.table(
+        {
+            "image": [png_bytes(im) for im in images],
+            "label": pa.array([3, 1, 4, 1, 5, 9], pa.int32()),
+            "text": ["a cat", "a dog", None, "x", "y", "z"],
+        }
+    )
     d = tmp_path / "tbl"
     d.mkdir()
     pq.write_table(table.slice(3), d / "part-1.parquet")  # directory: files in sorted order
@@ -278,19 +290,24 @@ def test_parquet_png_bytes_labels_captions(tmp_path):
 def test_parquet_raw_arrays(tmp_path):
     images = random_images(3, side=4, seed=6)
     flat = [im.transpose(1, 2, 0).ravel().tolist() for im in images]  # square HWC, flat
-    pq.write_table(pa.table({"image": pa.array(flat, pa.list_(pa.uint8(), 48)),
-                             "label": [0, 1, 2]}), tmp_path / "flat.parquet")
+    pq.write_table(
+        pa.table({"image": pa.array(flat, pa.list_(pa.uint8(), 48)), "label": [0, 1, 2]}),
+        tmp_path / "flat.parquet",
+    )
     pool = load("parquet", tmp_path / "flat.parquet")
     assert pool.images.shape == (3, 3, 4, 4) and np.array_equal(pool.images, images)
     assert pool.labels.tolist() == [0, 1, 2]
     assert load("parquet", tmp_path / "flat.parquet", resolution=8).images.shape == (3, 3, 8, 8)
     nested_chw = pa.table({"px": [im.tolist() for im in images]})  # [C][H][W] int64 lists
     pq.write_table(nested_chw, tmp_path / "chw.parquet")
-    assert np.array_equal(load("parquet", tmp_path / "chw.parquet", image_column="px").images,
-                          images)
+    assert np.array_equal(
+        load("parquet", tmp_path / "chw.parquet", image_column="px").images, images
+    )
     gray = random_images(2, c=1, side=5, seed=7)
-    pq.write_table(pa.table({"image": pa.array([g.ravel().tolist() for g in gray],
-                                               pa.list_(pa.uint8()))}), tmp_path / "g.parquet")
+    pq.write_table(
+        pa.table({"image": pa.array([g.ravel().tolist() for g in gray], pa.list_(pa.uint8()))}),
+        tmp_path / "g.parquet",
+    )
     assert np.array_equal(load("parquet", tmp_path / "g.parquet").images, gray)
     pq.write_table(pa.table({"image": [[1, 2, 3, 4], [1, 2, 3]]}), tmp_path / "ragged.parquet")
     with pytest.raises(DataError, match="row 1 has 3 values where row 0 has 4"):
@@ -305,8 +322,9 @@ def test_parquet_raw_arrays(tmp_path):
 
 def test_parquet_column_errors(tmp_path):
     pq.write_table(pa.table({"pixels": [b"x"], "y": ["a"]}), tmp_path / "t.parquet")
-    with pytest.raises(DataError, match="has no column 'image' \\(columns: pixels, y\\); set "
-                                        "data.image_column"):
+    with pytest.raises(
+        DataError, match="has no column 'image' \\(columns: pixels, y\\); set data.image_column"
+    ):
         load("parquet", tmp_path / "t.parquet")
     with pytest.raises(DataError, match="has no column 'cls'"):
         load("parquet", tmp_path / "t.parquet", image_column="pixels", label_column="cls")
@@ -327,8 +345,12 @@ def test_parquet_column_errors(tmp_path):
 
 def test_data_config_keys():
     cfg = DataConfig()
-    assert (cfg.resolution, cfg.image_column, cfg.label_column, cfg.caption_column) == \
-        (None, "image", "label", None)
+    assert (cfg.resolution, cfg.image_column, cfg.label_column, cfg.caption_column) == (
+        None,
+        "image",
+        "label",
+        None,
+    )
     with pytest.raises(ValidationError):
         DataConfig(resolution=0)
     cfg = load_config("smoke", overrides=["data.resolution=16", "data.label_column=null"])
@@ -357,8 +379,10 @@ def test_written_split_file_round_trips(tmp_path):
         write_split_file(str(tmp_path / "x.npz"), [-1], [2])
 
 
-@pytest.mark.skipif(not (SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz").exists(),
-                    reason="shared/mia_splits is not beside the checkout")
+@pytest.mark.skipif(
+    not (SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz").exists(),
+    reason="shared/mia_splits is not beside the checkout",
+)
 def test_published_cifar10_split_file_loads():
     path = str(SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz")
     members, nonmembers = _load_split_file(path, pool_size=50_000)
@@ -377,8 +401,14 @@ def test_make_plan_on_a_fake_cifar10_pool_with_a_split_file(tmp_path):
     perm = np.random.default_rng(0).permutation(40)
     split = tmp_path / "FAKE_train_ratio0.5.npz"
     write_split_file(str(split), perm[:20], perm[20:])
-    cfg = DataConfig(source="cifar10", root=str(tmp_path), split_file=str(split),
-                     num_members=8, num_nonmembers=6, num_shards=2)
+    cfg = DataConfig(
+        source="cifar10",
+        root=str(tmp_path),
+        split_file=str(split),
+        num_members=8,
+        num_nonmembers=6,
+        num_shards=2,
+    )
     plan = make_plan(pool, cfg, seed=1)
     mem, non = plan.row_id[plan.split == MEMBER], plan.row_id[plan.split == NONMEMBER]
     assert len(mem) == 8 and len(non) == 6

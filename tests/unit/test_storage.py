@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from raydefense.errors import StorageError
-from raydefense.pipeline import is_complete, mark_complete, unpublish
+from raydefense.runs.markers import is_complete, mark_complete, unpublish
 from raydefense.storage import Storage, explain_storage_error
 
 
@@ -75,8 +75,13 @@ def test_a_marker_whose_files_changed_is_not_complete(storage):
     assert not is_complete(storage, "stage/_COMPLETE.json", "fp")
 
 
-@pytest.mark.parametrize("root", ["s3://AKIAXXXX:topsecret@bucket/prefix",
-                                  "s3://bucket/prefix?access_key=AKIA&secret_key=topsecret"])
+@pytest.mark.parametrize(
+    "root",
+    [
+        "s3://AKIAXXXX:topsecret@bucket/prefix",
+        "s3://bucket/prefix?access_key=AKIA&secret_key=topsecret",
+    ],
+)
 def test_roots_with_credentials_are_refused(root):
     with pytest.raises(StorageError, match="must not contain credentials") as e:
         Storage(root, "exp")
@@ -95,7 +100,7 @@ def test_storage_errors_never_echo_the_secret(monkeypatch):
     assert "s3cr3t-value" not in msg and "rejected the credentials" in msg
 
 
-class _RecordingExecutor:
+class _RecordingFitter:
     """Sees what a fit would resume from: the Ray Train run dir of each spec at fit time."""
 
     def __init__(self, storage):
@@ -108,13 +113,16 @@ class _RecordingExecutor:
 
 
 def test_force_train_starts_over_instead_of_resuming_the_finished_run(tmp_path):
+    from raydefense.pipeline import stage_prepare, stage_train
+    from raydefense.runs.context import Backend, RunContext
+    from raydefense.runs.fingerprints import stage_fingerprints
+
     from conftest import tiny_config
-    from raydefense.pipeline import RunContext, stage_fingerprints, stage_prepare, stage_train
 
     cfg = tiny_config(tmp_path, **{"attacks.enabled": "[loss]"})
     storage = Storage(cfg.storage.root, cfg.experiment)
-    executor = _RecordingExecutor(storage)
-    ctx = RunContext(cfg=cfg, storage=storage, executor=executor)
+    executor = _RecordingFitter(storage)
+    ctx = RunContext(cfg=cfg, storage=storage, backend=Backend(fitter=executor))
     ctx.fingerprints = stage_fingerprints(cfg)
     stage_prepare(ctx)
     stage_train(ctx)
@@ -129,6 +137,7 @@ def test_force_train_starts_over_instead_of_resuming_the_finished_run(tmp_path):
     ctx.force = {"train"}
     stage_train(ctx)
     assert executor.seen == {m: [] for m in runs}  # nothing left to "resume"
-    assert all(is_complete(storage, f"models/{m}/_COMPLETE.json", ctx.fingerprints["targets"])
-               for m in runs)
-
+    assert all(
+        is_complete(storage, f"models/{m}/_COMPLETE.json", ctx.fingerprints["targets"])
+        for m in runs
+    )

@@ -10,17 +10,24 @@ import pyarrow as pa
 import pytest
 import torch
 
+from raydefense.audit.scoring import heldout_validator, validation_rows
+from raydefense.audit.selection import pareto_front
 from raydefense.config import load_config
+from raydefense.data.examples import ImageData
 from raydefense.data.plan import CALIBRATION, MEMBER, NONMEMBER, TEST, make_plan
-from raydefense.data.sources import DATASETS
+from raydefense.data.pool import DATASETS
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.training import ImageData, fit
+from raydefense.diffusion.training import fit
 from raydefense.errors import ConfigError
-from raydefense.evaluation import heldout_validator, validation_rows
-from raydefense.selection import pareto_front
-from raydefense.sweep_training import (TrainingPoint, apply_values, check_training_sweep,
-                                       sweep_fingerprint, trial_config,
-                                       trial_objectives, training_points)
+from raydefense.runs.fingerprints import training_sweep_fingerprint
+from raydefense.sweeps.training import (
+    TrainingPoint,
+    apply_values,
+    check_training_sweep,
+    training_points,
+    trial_config,
+    trial_objectives,
+)
 
 
 def cfg_with(*sets: str):
@@ -34,21 +41,25 @@ def test_grid_is_the_cartesian_product_in_path_order() -> None:
         {"train.lr": 0.001, "distill.draws_per_row": 1},
         {"train.lr": 0.001, "distill.draws_per_row": 4},
         {"train.lr": 0.002, "distill.draws_per_row": 1},
-        {"train.lr": 0.002, "distill.draws_per_row": 4}]
+        {"train.lr": 0.002, "distill.draws_per_row": 4},
+    ]
     keys = [p.key for p in points]
     assert len(set(keys)) == 4 and keys[0].startswith("p000-")
     # A point's key depends on its values, not only its index.
     assert TrainingPoint(0, (("train.lr", 0.5),)).key != keys[0]
 
 
-@pytest.mark.parametrize("grid, message", [
-    ("{}", "sweep.training is empty"),
-    ("{attacks.loss.draws: [1, 2]}", "is not a training hyperparameter"),
-    ("{train.nope: [1]}", "unknown config path 'train.nope'"),
-    ("{train.lr: []}", "must be a non-empty list"),
-    ("{train.lr: [-1.0]}", "is invalid: train.lr"),
-    ("{data.num_shards: [1]}", "is invalid: data.num_shards"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ("{}", "sweep.training is empty"),
+        ("{attacks.loss.draws: [1, 2]}", "is not a training hyperparameter"),
+        ("{train.nope: [1]}", "unknown config path 'train.nope'"),
+        ("{train.lr: []}", "must be a non-empty list"),
+        ("{train.lr: [-1.0]}", "is invalid: train.lr"),
+        ("{data.num_shards: [1]}", "is invalid: data.num_shards"),
+    ],
+)
 def test_bad_grids_fail_with_one_line(grid: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as e:
         training_points(cfg_with(f"sweep.training={grid}"))
@@ -59,8 +70,9 @@ def test_checks_before_a_sweep_starts() -> None:
     with pytest.raises(ConfigError, match="sweep.target 'teacher_3' is not a target"):
         check_training_sweep(cfg_with("sweep.target=teacher_3"))
     # teacher_3 exists only when every point has three shards
-    assert check_training_sweep(cfg_with("sweep.target=teacher_3",
-                                         "sweep.training={data.num_shards: [3, 4]}"))
+    assert check_training_sweep(
+        cfg_with("sweep.target=teacher_3", "sweep.training={data.num_shards: [3, 4]}")
+    )
     with pytest.raises(ConfigError, match="'gsa1' is not a query attack"):
         check_training_sweep(cfg_with("sweep.trial_attacks=[loss, gsa1]"))
     with pytest.raises(ConfigError, match="needs train.val_rows > 0"):
@@ -73,8 +85,10 @@ def test_trial_config_audits_one_target_in_its_own_directory() -> None:
     point = training_points(cfg)[0]
     t = trial_config(cfg, point, "s3://bucket/x/smoke/training_sweeps/smoke/trials")
     assert t.train.lr == 0.003 and cfg.train.lr == 0.001
-    assert (t.storage.root, t.experiment) == ("s3://bucket/x/smoke/training_sweeps/smoke/trials",
-                                              point.key)
+    assert (t.storage.root, t.experiment) == (
+        "s3://bucket/x/smoke/training_sweeps/smoke/trials",
+        point.key,
+    )
     assert t.attacks.targets == ["dualmd"] and t.attacks.enabled == ["loss", "secmi_stat", "pia"]
     assert t.tracking.enabled is False
     # Without sweep.trial_attacks: the query attacks of attacks.enabled.
@@ -89,11 +103,17 @@ def test_trial_config_audits_one_target_in_its_own_directory() -> None:
 
 def test_fingerprint_ignores_where_and_how_but_not_what() -> None:
     a = cfg_with()
-    assert sweep_fingerprint(a) == sweep_fingerprint(
-        cfg_with("storage.root=/elsewhere", "resources.concurrent_fits=1",
-                 "sweep.attacks={loss: {draws: [1]}}"))
-    assert sweep_fingerprint(a) != sweep_fingerprint(cfg_with("sweep.training={train.lr: [1.0]}"))
-    assert sweep_fingerprint(a) != sweep_fingerprint(cfg_with("train.steps=7"))
+    assert training_sweep_fingerprint(a) == training_sweep_fingerprint(
+        cfg_with(
+            "storage.root=/elsewhere",
+            "resources.concurrent_fits=1",
+            "sweep.attacks={loss: {draws: [1]}}",
+        )
+    )
+    assert training_sweep_fingerprint(a) != training_sweep_fingerprint(
+        cfg_with("sweep.training={train.lr: [1.0]}")
+    )
+    assert training_sweep_fingerprint(a) != training_sweep_fingerprint(cfg_with("train.steps=7"))
 
 
 def test_apply_values_sets_nested_paths() -> None:
@@ -108,26 +128,37 @@ def test_pareto_front_minimises_both() -> None:
     assert pareto_front([]) == [] and pareto_front([(0.5, 1.0)]) == [0]
 
 
-def _scores(target: str, attack: str, params: str, member_score: float, n: int = 40
-            ) -> dict[str, list]:
+def _scores(
+    target: str, attack: str, params: str, member_score: float, n: int = 40
+) -> dict[str, list]:
     rng = np.random.default_rng(0)
     member = np.arange(n) % 2 == 0
     part = np.where(np.arange(n) < n // 2, CALIBRATION, TEST)
     score = rng.normal(size=n) + member_score * member
-    return {"target": [target] * n, "attack": [attack] * n, "params": [params] * n,
-            "row_id": list(range(n)), "is_member": member.tolist(), "part": part.tolist(),
-            "score": score.tolist()}
+    return {
+        "target": [target] * n,
+        "attack": [attack] * n,
+        "params": [params] * n,
+        "row_id": list(range(n)),
+        "is_member": member.tolist(),
+        "part": part.tolist(),
+        "score": score.tolist(),
+    }
 
 
 def test_trial_objectives_take_the_worst_case_by_calibration_auc() -> None:
     cols: dict[str, list] = {}
-    for part in (_scores("student", "loss", '{"t": 1}', 0.2),
-                 _scores("student", "pia", '{"t": 2}', 3.0),   # the strong one
-                 _scores("baseline", "pia", '{"t": 2}', 9.0)):  # another target: ignored
+    for part in (
+        _scores("student", "loss", '{"t": 1}', 0.2),
+        _scores("student", "pia", '{"t": 2}', 3.0),  # the strong one
+        _scores("baseline", "pia", '{"t": 2}', 9.0),
+    ):  # another target: ignored
         for k, v in part.items():
             cols.setdefault(k, []).extend(v)
-    quality = [{"target": "student", "metric": "domain_fid", "value": 4.5},
-               {"target": "baseline", "metric": "domain_fid", "value": 1.0}]
+    quality = [
+        {"target": "student", "metric": "domain_fid", "value": 4.5},
+        {"target": "baseline", "metric": "domain_fid", "value": 1.0},
+    ]
     obj = trial_objectives(pa.table(cols), quality, "student", "domain_fid")
     assert obj["privacy_attack"] == "pia" and obj["privacy_setting"] == '{"t": 2}'
     assert obj["privacy_auc"] > 0.9 and obj["utility"] == 4.5
@@ -147,8 +178,10 @@ def test_validation_rows_are_calibration_non_members() -> None:
     assert mask.sum() == 10
     assert (plan.split[mask] == NONMEMBER).all() and (plan.part[mask] == CALIBRATION).all()
     assert not (plan.split[mask] == MEMBER).any() and not (plan.part[mask] == TEST).any()
-    assert validation_rows(plan, 10_000).sum() == ((plan.split == NONMEMBER)
-                                                   & (plan.part == CALIBRATION)).sum()
+    assert (
+        validation_rows(plan, 10_000).sum()
+        == ((plan.split == NONMEMBER) & (plan.part == CALIBRATION)).sum()
+    )
 
 
 def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
@@ -170,13 +203,21 @@ def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
         def latest_checkpoint(self):
             return None
 
-    from raydefense.data.sources import to_model_range
+    from raydefense.data.pool import to_model_range
     from raydefense.diffusion.unet import build_unet
 
     rep = Reporter()
-    fit(ImageData(torch.from_numpy(to_model_range(images.numpy()))), cfg.model, cfg.train,
-        schedule, tuple(plan.images.shape[1:]), seed=0, model_index=0, reporter=rep,
-        validate=validate)
+    fit(
+        ImageData(torch.from_numpy(to_model_range(images.numpy()))),
+        cfg.model,
+        cfg.train,
+        schedule,
+        tuple(plan.images.shape[1:]),
+        seed=0,
+        model_index=0,
+        reporter=rep,
+        validate=validate,
+    )
     vals = [r["val_eps_mse"] for r in rep.reports]
     assert len(vals) == 2 and all(v > 0 for v in vals)
     unet = build_unet(cfg.model, image_size=plan.images.shape[2], channels=plan.images.shape[1])
@@ -187,10 +228,21 @@ def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
 def test_cli_refuses_a_bad_grid_before_writing_anything(tmp_path, capsys) -> None:
     from raydefense.cli import main
 
-    rc = main(["sweep", "--preset", "smoke", "--set", "sweep.kind=training",
-               "--set", "sweep.training={attacks.loss.draws: [1, 2]}",
-               "--set", f"storage.root={tmp_path / 'runs'}",
-               "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    rc = main(
+        [
+            "sweep",
+            "--preset",
+            "smoke",
+            "--set",
+            "sweep.kind=training",
+            "--set",
+            "sweep.training={attacks.loss.draws: [1, 2]}",
+            "--set",
+            f"storage.root={tmp_path / 'runs'}",
+            "--set",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert "'attacks.loss.draws' is not a training hyperparameter" in err[0]

@@ -14,11 +14,18 @@ def test_runs_left_running_by_a_killed_driver_are_closed(tmp_path):
     done = tracker.start_run("train/teacher_1", dead)
     tracker.end_run(done)
     live = tracker.start_run("pipeline/run", tags={"raydefense.host": "h", "raydefense.pid": "22"})
-    other_host = tracker.start_run("pipeline/run",
-                                   tags={"raydefense.host": "elsewhere", "raydefense.pid": "11"})
+    other_host = tracker.start_run(
+        "pipeline/run", tags={"raydefense.host": "elsewhere", "raydefense.pid": "11"}
+    )
     closed = tracker.close_orphans("h", alive=lambda pid: pid == 22)
     assert set(closed) == {dead, child}
-    status = {r: tracker.client.get_run(r).info.status for r in (dead, child, done, live,
-                                                                 other_host)}
-    assert status == {dead: "KILLED", child: "KILLED", done: "FINISHED", live: "RUNNING",
-                      other_host: "RUNNING"}
+    status = {
+        r: tracker.client.get_run(r).info.status for r in (dead, child, done, live, other_host)
+    }
+    assert status == {
+        dead: "KILLED",
+        child: "KILLED",
+        done: "FINISHED",
+        live: "RUNNING",
+        other_host: "RUNNING",
+    }

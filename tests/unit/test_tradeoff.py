@@ -8,57 +8,116 @@ import os
 import pytest
 from PIL import Image
 
+from raydefense.audit.selection import tradeoff, worst_case_privacy
 from raydefense.report import write_report
-from raydefense.report.tradeoff import TRADEOFF_PNG, tradeoff, worst_case_privacy
+from raydefense.report.tradeoff import TRADEOFF_PNG
 
 
 def _row(target, attack, params, auc, auc_cal, tpr=0.01):
-    return {"target": target, "attack": attack, "params": params, "auc": auc,
-            "auc_calibration": auc_cal, "tpr_at_1pct_fpr": tpr, "tpr_rule": "r",
-            "n_members": 10, "n_nonmembers": 10}
+    return {
+        "target": target,
+        "attack": attack,
+        "params": params,
+        "auc": auc,
+        "auc_calibration": auc_cal,
+        "tpr_at_1pct_fpr": tpr,
+        "tpr_rule": "r",
+        "n_members": 10,
+        "n_nonmembers": 10,
+    }
 
 
 def _results():
-    attacks = [_row("baseline", "loss", {"t": 100}, 0.80, 0.82, 0.2),
-               _row("baseline", "pia", {"t": 200}, 0.90, 0.78, 0.3),  # higher test, lower cal
-               _row("teacher_1", "loss", {"t": 100}, 0.70, 0.71),
-               _row("dualmd", "loss", {"t": 100}, 0.58, 0.60),
-               _row("student", "loss", {"t": 100}, 0.52, 0.53)]
-    quality = [{"target": t, "metric": "domain_fid", "value": v}
-               for t, v in (("baseline", 1.0), ("teacher_1", 1.6), ("dualmd", 1.4),
-                            ("student", 1.8))]
+    attacks = [
+        _row("baseline", "loss", {"t": 100}, 0.80, 0.82, 0.2),
+        _row("baseline", "pia", {"t": 200}, 0.90, 0.78, 0.3),  # higher test, lower cal
+        _row("teacher_1", "loss", {"t": 100}, 0.70, 0.71),
+        _row("dualmd", "loss", {"t": 100}, 0.58, 0.60),
+        _row("student", "loss", {"t": 100}, 0.52, 0.53),
+    ]
+    quality = [
+        {"target": t, "metric": "domain_fid", "value": v}
+        for t, v in (("baseline", 1.0), ("teacher_1", 1.6), ("dualmd", 1.4), ("student", 1.8))
+    ]
     quality.append({"target": "student", "metric": "heldout_eps_mse", "value": 0.3})
-    return {"experiment": "unit", "config_fingerprint": "f", "versions": {}, "timings": {},
-            "attacks": attacks, "quality": quality, "skipped": []}
+    return {
+        "experiment": "unit",
+        "config_fingerprint": "f",
+        "versions": {},
+        "timings": {},
+        "attacks": attacks,
+        "quality": quality,
+        "skipped": [],
+    }
 
 
 def test_worst_case_is_chosen_by_calibration_auc_and_a_sweep_can_raise_it() -> None:
     res = _results()
     w = worst_case_privacy(res["attacks"])
     assert (w["baseline"]["attack"], w["baseline"]["auc"]) == ("loss", 0.80)  # not pia's 0.90
-    sweep = {"sweep": "s", "worst_case": {
-        "student": {"attack": "secmi_stat", "params": {"t_sec": 40}, "auc": 0.61,
-                    "auc_calibration": 0.64, "tpr_at_1pct_fpr": 0.05},
-        "baseline": {"attack": "secmi_stat", "params": {}, "auc": 0.99, "auc_calibration": 0.5,
-                     "tpr_at_1pct_fpr": 0.5}}}
+    sweep = {
+        "sweep": "s",
+        "worst_case": {
+            "student": {
+                "attack": "secmi_stat",
+                "params": {"t_sec": 40},
+                "auc": 0.61,
+                "auc_calibration": 0.64,
+                "tpr_at_1pct_fpr": 0.05,
+            },
+            "baseline": {
+                "attack": "secmi_stat",
+                "params": {},
+                "auc": 0.99,
+                "auc_calibration": 0.5,
+                "tpr_at_1pct_fpr": 0.5,
+            },
+        },
+    }
     w = worst_case_privacy(res["attacks"], sweep)
-    assert w["student"] == {"attack": "secmi_stat", "params": {"t_sec": 40}, "source": "sweep s",
-                            "access": None, "auc": 0.61, "auc_calibration": 0.64,
-                            "tpr_at_1pct_fpr": 0.05, "orientation": None,
-                            "tpr_at_1pct_fpr_calibrated": None,
-                            "fpr_at_1pct_fpr_calibrated": None}
+    assert w["student"] == {
+        "attack": "secmi_stat",
+        "params": {"t_sec": 40},
+        "source": "sweep s",
+        "access": None,
+        "auc": 0.61,
+        "auc_calibration": 0.64,
+        "tpr_at_1pct_fpr": 0.05,
+        "orientation": None,
+        "tpr_at_1pct_fpr_calibrated": None,
+        "fpr_at_1pct_fpr_calibrated": None,
+    }
     assert w["baseline"]["source"] == "evaluate"  # the sweep's weaker setting does not win
 
 
 def test_points_and_pareto_front_of_targets_and_training_trials() -> None:
     res = _results()
-    training = {"sweep": "tr", "target": "student", "utility_metric": "domain_fid",
-                "num_trials": 3, "num_stopped": 1, "trials": [
-                    {"key": "p000-a", "setting": "{}", "status": "completed",
-                     "privacy_auc": 0.5, "utility": 2.0, "pareto": True},
-                    {"key": "p001-b", "setting": "{}", "status": "stopped"},
-                    {"key": "p002-c", "setting": "{}", "status": "completed",
-                     "privacy_auc": 0.6, "utility": 2.5, "pareto": False}]}
+    training = {
+        "sweep": "tr",
+        "target": "student",
+        "utility_metric": "domain_fid",
+        "num_trials": 3,
+        "num_stopped": 1,
+        "trials": [
+            {
+                "key": "p000-a",
+                "setting": "{}",
+                "status": "completed",
+                "privacy_auc": 0.5,
+                "utility": 2.0,
+                "pareto": True,
+            },
+            {"key": "p001-b", "setting": "{}", "status": "stopped"},
+            {
+                "key": "p002-c",
+                "setting": "{}",
+                "status": "completed",
+                "privacy_auc": 0.6,
+                "utility": 2.5,
+                "pareto": False,
+            },
+        ],
+    }
     out = tradeoff(res, None, training)
     pu = out["privacy_utility"]
     assert pu["utility_metric"] == "domain_fid"
@@ -66,7 +125,10 @@ def test_points_and_pareto_front_of_targets_and_training_trials() -> None:
     assert set(by) == {"baseline", "teacher_1", "dualmd", "student", "p000-a", "p002-c"}
     # teacher_1 (0.70, 1.6) is dominated by dualmd (0.58, 1.4); the others trade off.
     assert {k for k, p in by.items() if p["kind"] == "target" and p["pareto"]} == {
-        "baseline", "dualmd", "student"}
+        "baseline",
+        "dualmd",
+        "student",
+    }
     assert by["p000-a"]["pareto"] and not by["p002-c"]["pareto"]
     # A training sweep measured with another utility is not mixed into the same axes.
     training["utility_metric"] = "heldout_eps_mse"
@@ -81,14 +143,16 @@ def test_report_has_the_privacy_sections_and_the_figure(tmp_path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "## Privacy: the defender's worst case" in md
     assert "## Privacy-utility trade-off" in md and f"![privacy-utility]({TRADEOFF_PNG})" in md
-    assert "| student |  | loss {\"t\": 100} | evaluate | 0.530 | **0.520** | 0.01 |" in md
+    assert '| student |  | loss {"t": 100} | evaluate | 0.530 | **0.520** | 0.01 |' in md
     with Image.open(tmp_path / TRADEOFF_PNG) as im:
         assert im.size[0] > 600 and im.size[1] > 400
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and TRADEOFF_PNG not in html.split("<body")[1]
 
 
-@pytest.mark.parametrize("quality", [[], [{"target": "student", "metric": "memorized", "value": 1}]])
+@pytest.mark.parametrize(
+    "quality", [[], [{"target": "student", "metric": "memorized", "value": 1}]]
+)
 def test_no_utility_metric_means_no_figure(tmp_path, quality) -> None:
     res = _results()
     res["quality"] = quality
@@ -102,12 +166,24 @@ def test_no_utility_metric_means_no_figure(tmp_path, quality) -> None:
 def test_dualmd_worst_case_is_the_adaptive_attack_and_black_box_is_its_own_line(tmp_path) -> None:
     res = _results()
     res["attacks"] += [
-        {**_row("dualmd", "dualmd_adaptive", {"base": "sima", "combine": "max",
-                                              "timesteps": [60, 50]}, 0.99, 0.98, 0.9),
-         "access": "gray-box", "tpr_at_1pct_fpr_calibrated": 0.85,
-         "fpr_at_1pct_fpr_calibrated": 0.02, "orientation": 1},
-        {**_row("dualmd", "blackbox_nn", {"space": "pixel"}, 0.75, 0.70, 0.1),
-         "access": "black-box"},
+        {
+            **_row(
+                "dualmd",
+                "dualmd_adaptive",
+                {"base": "sima", "combine": "max", "timesteps": [60, 50]},
+                0.99,
+                0.98,
+                0.9,
+            ),
+            "access": "gray-box",
+            "tpr_at_1pct_fpr_calibrated": 0.85,
+            "fpr_at_1pct_fpr_calibrated": 0.02,
+            "orientation": 1,
+        },
+        {
+            **_row("dualmd", "blackbox_nn", {"space": "pixel"}, 0.75, 0.70, 0.1),
+            "access": "black-box",
+        },
         # PIAN-like: scores inverted (calibration AUC below 0.5 before orientation): once
         # oriented its calibration AUC (0.9) beats the loss row and it is the worst case.
         {**_row("teacher_1", "pian", {"t": 20}, 0.88, 0.90, 0.4), "orientation": -1},
@@ -116,7 +192,9 @@ def test_dualmd_worst_case_is_the_adaptive_attack_and_black_box_is_its_own_line(
     w = out["privacy"]
     assert (w["dualmd"]["attack"], w["dualmd"]["auc"]) == ("dualmd_adaptive", 0.99)
     assert (w["dualmd"]["black_box"]["attack"], w["dualmd"]["black_box"]["auc"]) == (
-        "blackbox_nn", 0.75)
+        "blackbox_nn",
+        0.75,
+    )
     assert "black_box" not in w["baseline"]  # no black-box rows: no claim line
     assert (w["teacher_1"]["attack"], w["teacher_1"]["orientation"]) == ("pian", -1)
     kinds = {p["label"]: p["kind"] for p in out["privacy_utility"]["points"]}

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from raydefense.config import ModelConfig, TrainConfig
+from raydefense.data.examples import ImageData, SoftTargetData
 from raydefense.diffusion.checkpoint import load_unet
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.training import BatchSource, ImageData, SoftTargetData, fit
+from raydefense.diffusion.training import BatchSource, fit
 
 MODEL = ModelConfig(block_out_channels=[8, 16], norm_num_groups=4)
 SCHED = NoiseSchedule()
@@ -73,10 +74,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run():
 
 def test_distill_batches_alternate_between_shards_without_reuse():
     n_per = 6
-    data = SoftTargetData(x_t=torch.arange(2 * n_per, dtype=torch.float32).view(-1, 1, 1, 1),
-                          t=torch.zeros(2 * n_per, dtype=torch.long),
-                          target=torch.zeros(2 * n_per, 1, 1, 1),
-                          group=torch.tensor([0] * n_per + [1] * n_per))
+    data = SoftTargetData(
+        x_t=torch.arange(2 * n_per, dtype=torch.float32).view(-1, 1, 1, 1),
+        t=torch.zeros(2 * n_per, dtype=torch.long),
+        target=torch.zeros(2 * n_per, 1, 1, 1),
+        group=torch.tensor([0] * n_per + [1] * n_per),
+    )
     src = BatchSource(data, SCHED, global_batch=3, rank=0, world_size=1, seed=0, model_index=3)
     seen = {0: [], 1: []}
     for step in range(4):  # 2 batches per group = exactly one epoch of each
@@ -93,8 +96,12 @@ def test_distill_batches_alternate_between_shards_without_reuse():
 def test_distill_fit_learns_the_soft_targets():
     n = 16
     x_t = torch.randn(n, 1, 8, 8)
-    data = SoftTargetData(x_t=x_t, t=torch.full((n,), 10), target=torch.zeros_like(x_t),
-                          group=torch.tensor([0, 1] * (n // 2)))
+    data = SoftTargetData(
+        x_t=x_t,
+        t=torch.full((n,), 10),
+        target=torch.zeros_like(x_t),
+        group=torch.tensor([0, 1] * (n // 2)),
+    )
     rep = ListReporter()
     cfg = TrainConfig(steps=30, batch_size=8, lr=1e-2, checkpoint_every=30, log_every=10)
     fit(data, MODEL, cfg, SCHED, (1, 8, 8), seed=0, model_index=3, reporter=rep)

@@ -1,32 +1,38 @@
-"""Attack sweeps on Ray Tune: one trial per (attack, setting) over scores already computed.
+"""Sweeps on Ray Tune (the trials role). Attack-grid sweeps: one trial per (attack, setting) over
+scores already computed; training sweeps: one trial per training grid point, each running a
+pipeline of its own (ASHA on the watched fit's val_eps_mse).
 
 The scores table reaches trials through the object store once (`tune.with_parameters`). Each
-trial computes its per-target ROC metrics (`raydefense.sweep.trial_metrics`) and reports them in
-one `tune.report`. Run storage is `<root>/<experiment>/sweeps/<name>/tune/<run name>`, with a
-deterministic run name, so an interrupted sweep resumes through `Tuner.restore` (finished trials
-are not rerun; errored ones are retried).
+trial computes its per-target ROC metrics (`raydefense.sweeps.attacks.trial_metrics`) and
+reports them in one `tune.report`. Run storage is
+`<root>/<experiment>/sweeps/<name>/tune/<run name>`, with a deterministic run name, so an
+interrupted sweep resumes through `Tuner.restore` (finished trials are not rerun; errored ones
+are retried).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 import ray
+import ray.data
 from ray import tune
 
 from raydefense.config import ExperimentConfig
 from raydefense.errors import ResourceError
+from raydefense.runs.context import Backend
 from raydefense.storage import Storage
+from raydefense.sweeps.attacks import flatten_metrics, trial_metrics, unflatten_metrics
+from raydefense.sweeps.training import run_trial, watched_model, watched_value
 
 log = logging.getLogger("raydefense")
 
 
 def _trial(config: dict, scores: pa.Table = None) -> None:
-    from raydefense.sweep import flatten_metrics, trial_metrics
-
     attack, params = config["setting"].split(" ", 1)
     tune.report(flatten_metrics(trial_metrics(scores, attack, params)))
 
@@ -44,14 +50,21 @@ def concurrency(cfg: ExperimentConfig, cluster: dict, num_trials: int) -> int:
     """
     cpus, per = float(cluster.get("CPU", 0)), cfg.sweep.cpus_per_trial
     if per > cpus:
-        raise ResourceError(f"sweep.cpus_per_trial={per:g} exceeds the cluster's {cpus:g} CPUs; "
-                            "lower it")
+        raise ResourceError(
+            f"sweep.cpus_per_trial={per:g} exceeds the cluster's {cpus:g} CPUs; lower it"
+        )
     n = cfg.sweep.max_concurrent_trials or int(cpus // per)
     return max(1, min(n, num_trials))
 
 
-def _fit_or_resume(what: str, storage: Storage, rel_path: str, run_name: str, trainable: Any,
-                   new_tuner: Callable[[str], tune.Tuner]) -> Any:
+def _fit_or_resume(
+    what: str,
+    storage: Storage,
+    rel_path: str,
+    run_name: str,
+    trainable: Any,
+    new_tuner: Callable[[str], tune.Tuner],
+) -> Any:
     """Restore the Tune run under rel_path/run_name when it exists (finished trials keep their
     results, errored and unfinished ones run), else start it with new_tuner(storage_path).
 
@@ -63,70 +76,94 @@ def _fit_or_resume(what: str, storage: Storage, rel_path: str, run_name: str, tr
     where = storage.uri(f"{rel_path}/{run_name}")
     if tune.Tuner.can_restore(path, storage_filesystem=storage.fs):
         log.info("%s: resuming Tune run %s", what, where)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
-                                   storage_filesystem=storage.fs)
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_errored=True, storage_filesystem=storage.fs
+        )
     else:
         tuner = new_tuner(storage_path)
     grid = tuner.fit()
     if grid.num_errors:
-        raise RuntimeError(f"{grid.num_errors} {what} trial(s) failed; see the Tune logs under "
-                           f"{where} and rerun to resume")
+        raise RuntimeError(
+            f"{grid.num_errors} {what} trial(s) failed; see the Tune logs under "
+            f"{where} and rerun to resume"
+        )
     return grid
 
 
-def run_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name: str,
-               trials: list[dict[str, str]], scores: pa.Table) -> list[dict[str, Any]]:
+def run_trials(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    rel_path: str,
+    run_name: str,
+    trials: list[dict[str, str]],
+    scores: pa.Table,
+) -> list[dict[str, Any]]:
     """Run (or resume) the Tune experiment; one result per trial, in `trials` order:
     {attack, params, trial_id, reported_at (Tune's result timestamp), metrics: {target: {...}}}.
 
     Raises:
         RuntimeError: trials still errored after the run (their errors are logged by Tune).
     """
-    from raydefense.sweep import unflatten_metrics
-
     settings = [f"{t['attack']} {t['params']}" for t in trials]
-    trainable = tune.with_resources(tune.with_parameters(_trial, scores=scores),
-                                    {"cpu": cfg.sweep.cpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, scores=scores), {"cpu": cfg.sweep.cpus_per_trial}
+    )
+
     def new_tuner(storage_path: str) -> tune.Tuner:
         n = concurrency(cfg, ray.cluster_resources(), len(trials))
-        log.info("sweep: %d trials, at most %d at once (%g CPU each)", len(trials), n,
-                 cfg.sweep.cpus_per_trial)
+        log.info(
+            "sweep: %d trials, at most %d at once (%g CPU each)",
+            len(trials),
+            n,
+            cfg.sweep.cpus_per_trial,
+        )
         return tune.Tuner(
             trainable,
             param_space={"setting": tune.grid_search(settings)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=n, reuse_actors=True,
-                                        trial_dirname_creator=_dirname),
-            run_config=tune.RunConfig(name=run_name, storage_path=storage_path,
-                                      storage_filesystem=storage.fs, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)))
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=n, reuse_actors=True, trial_dirname_creator=_dirname
+            ),
+            run_config=tune.RunConfig(
+                name=run_name,
+                storage_path=storage_path,
+                storage_filesystem=storage.fs,
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
 
     grid = _fit_or_resume("sweep", storage, rel_path, run_name, trainable, new_tuner)
     by_setting = {}
     for r in grid:
-        by_setting[r.config["setting"]] = {"trial_id": r.metrics.get("trial_id"),
-                                           "reported_at": r.metrics.get("timestamp"),
-                                           "metrics": unflatten_metrics(r.metrics)}
+        by_setting[r.config["setting"]] = {
+            "trial_id": r.metrics.get("trial_id"),
+            "reported_at": r.metrics.get("timestamp"),
+            "metrics": unflatten_metrics(r.metrics),
+        }
     missing = [s for s in settings if s not in by_setting]
     if missing:
-        raise RuntimeError(f"the Tune run under {storage.uri(rel_path)} lacks {len(missing)} "
-                           f"setting(s), e.g. {missing[0]!r}; delete it and rerun")
+        raise RuntimeError(
+            f"the Tune run under {storage.uri(rel_path)} lacks {len(missing)} "
+            f"setting(s), e.g. {missing[0]!r}; delete it and rerun"
+        )
     return [{**t, **by_setting[s]} for t, s in zip(trials, settings)]
 
 
 # ----------------------------------------------------------------------------- training sweeps
 
 
-def _training_trial(config: dict, base: dict = None, points: list = None,
-                    trials_root: str = None) -> None:
+def _training_trial(
+    config: dict,
+    base: dict = None,
+    points: list = None,
+    trials_root: str = None,
+    backend_factory: Callable[..., Backend] = None,
+) -> None:
     """One training-sweep trial (a Tune function trainable, the V2 pattern): its pipeline builds
     the TorchTrainers; the watched fit's reports reach Tune through TuneReportCallback (ASHA
-    reads their val_eps_mse), and one last report carries the objectives."""
+    reads their val_eps_mse), and one last report carries the objectives. `backend_factory`
+    builds the trial pipeline's Ray backend (raydefense.distributed.backend.ray_backend)."""
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from raydefense.distributed.executor import RayExecutor
-    from raydefense.sweep_training import run_trial, watched_model, watched_value
-
-    import ray.data
 
     # A trial is a Ray worker: no Ray Data progress bars or plan logs in its log stream (the
     # fits' and scoring's one-line progress still reaches the driver).
@@ -136,13 +173,18 @@ def _training_trial(config: dict, base: dict = None, points: list = None,
     point = points[config["point"]]
     _stage_lines(point.key)
     watched = {watched_model(cfg.sweep.target): [TuneReportCallback()]}
-    out = run_trial(cfg, point, trials_root, RayExecutor(cfg, None, fit_callbacks=watched))
+    out = run_trial(cfg, point, trials_root, backend_factory(cfg, None, fit_callbacks=watched))
     # ASHA needs its metric in every result: the watched model's final value, measured on the
     # stored model (also when its fit was complete before this trial attempt).
     final = watched_value(cfg, point, trials_root)
-    tune.report({**{k: v for k, v in out.items() if isinstance(v, (int, float))},
-                 **{k: v for k, v in out.items() if isinstance(v, str)},
-                 "val_eps_mse": final, "completed": 1})
+    tune.report(
+        {
+            **{k: v for k, v in out.items() if isinstance(v, (int, float))},
+            **{k: v for k, v in out.items() if isinstance(v, str)},
+            "val_eps_mse": final,
+            "completed": 1,
+        }
+    )
 
 
 def _stage_lines(key: str) -> None:
@@ -169,9 +211,10 @@ class AshaMemory(tune.Callback):
         self.scheduler = scheduler
 
     def get_state(self) -> dict:
-        return {"rungs": [[(m, dict(rec)) for m, rec in b._rungs]
-                          for b in self.scheduler._brackets],
-                "num_stopped": self.scheduler._num_stopped}
+        return {
+            "rungs": [[(m, dict(rec)) for m, rec in b._rungs] for b in self.scheduler._brackets],
+            "num_stopped": self.scheduler._num_stopped,
+        }
 
     def set_state(self, state: dict) -> None:
         for bracket, rungs in zip(self.scheduler._brackets, state["rungs"]):
@@ -188,8 +231,15 @@ def training_concurrency(cfg: ExperimentConfig, cluster: dict, num_trials: int) 
     return max(1, min(n, num_trials))
 
 
-def run_training_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, run_name: str,
-                        points: list, trials_root: str) -> list[dict[str, Any]]:
+def run_training_trials(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    rel_path: str,
+    run_name: str,
+    points: list,
+    trials_root: str,
+    backend_factory: Callable[..., Backend],
+) -> list[dict[str, Any]]:
     """Run (or resume) the training sweep's Tune experiment: one trial per grid point, ASHA on
     val_eps_mse (sweep.asha). Returns per point, in order: {status: completed | stopped,
     trial_id, metrics (the last result), history: [{iteration, val_eps_mse}]}.
@@ -202,28 +252,57 @@ def run_training_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, 
     # The trial function only orchestrates; its TorchTrainers and Ray Data pools reserve the
     # real resources, so a trial holds a sliver of a CPU (no deadlock on 2 cores).
     trainable = tune.with_resources(
-        tune.with_parameters(_training_trial, base=cfg.model_dump(mode="json"), points=points,
-                             trials_root=trials_root),
-        {"cpu": 0.01})
+        tune.with_parameters(
+            _training_trial,
+            base=cfg.model_dump(mode="json"),
+            points=points,
+            trials_root=trials_root,
+            backend_factory=backend_factory,
+        ),
+        {"cpu": 0.01},
+    )
+
     def new_tuner(storage_path: str) -> tune.Tuner:
         n = training_concurrency(cfg, ray.cluster_resources(), len(points))
         a = cfg.sweep.asha
         max_t = max(dict(p.values).get("train.steps", cfg.train.steps) for p in points) + 2
-        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t,
-                                   grace_period=a.grace_period, reduction_factor=a.reduction_factor)
-                     if a.enabled else FIFOScheduler())
-        log.info("training sweep: %d trials, at most %d at once%s", len(points), n,
-                 f", ASHA on val_eps_mse (grace {a.grace_period}, factor {a.reduction_factor})"
-                 if a.enabled else "")
+        scheduler = (
+            ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=max_t,
+                grace_period=a.grace_period,
+                reduction_factor=a.reduction_factor,
+            )
+            if a.enabled
+            else FIFOScheduler()
+        )
+        log.info(
+            "training sweep: %d trials, at most %d at once%s",
+            len(points),
+            n,
+            f", ASHA on val_eps_mse (grace {a.grace_period}, factor {a.reduction_factor})"
+            if a.enabled
+            else "",
+        )
         return tune.Tuner(
             trainable,
             param_space={"point": tune.grid_search(list(range(len(points))))},
-            tune_config=tune.TuneConfig(metric="val_eps_mse", mode="min", scheduler=scheduler,
-                                        max_concurrent_trials=n, trial_dirname_creator=_dirname),
-            run_config=tune.RunConfig(name=run_name, storage_path=storage_path,
-                                      storage_filesystem=storage.fs, verbose=0,
-                                      callbacks=[AshaMemory(scheduler)] if a.enabled else [],
-                                      failure_config=tune.FailureConfig(max_failures=1)))
+            tune_config=tune.TuneConfig(
+                metric="val_eps_mse",
+                mode="min",
+                scheduler=scheduler,
+                max_concurrent_trials=n,
+                trial_dirname_creator=_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=run_name,
+                storage_path=storage_path,
+                storage_filesystem=storage.fs,
+                verbose=0,
+                callbacks=[AshaMemory(scheduler)] if a.enabled else [],
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
 
     grid = _fit_or_resume("training sweep", storage, rel_path, run_name, trainable, new_tuner)
     by_point = {}
@@ -235,12 +314,47 @@ def run_training_trials(cfg: ExperimentConfig, storage: Storage, rel_path: str, 
                 if v == v:  # not NaN
                     history.append({"iteration": int(it), "val_eps_mse": float(v)})
         done = bool(r.metrics.get("completed"))
-        by_point[r.config["point"]] = {"status": "completed" if done else "stopped",
-                                       "trial_id": r.metrics.get("trial_id"),
-                                       "metrics": dict(r.metrics) if done else {},
-                                       "history": history}
+        by_point[r.config["point"]] = {
+            "status": "completed" if done else "stopped",
+            "trial_id": r.metrics.get("trial_id"),
+            "metrics": dict(r.metrics) if done else {},
+            "history": history,
+        }
     missing = [i for i in range(len(points)) if i not in by_point]
     if missing:
-        raise RuntimeError(f"the Tune run under {storage.uri(rel_path)} lacks trial(s) for grid "
-                           f"point(s) {missing}; delete it and rerun")
+        raise RuntimeError(
+            f"the Tune run under {storage.uri(rel_path)} lacks trial(s) for grid "
+            f"point(s) {missing}; delete it and rerun"
+        )
     return [by_point[i] for i in range(len(points))]
+
+
+class RayTrialRunner:
+    """The trials role on Ray Tune (see raydefense.runs.context.TrialRunner)."""
+
+    def __init__(self, backend_factory: Callable[..., Backend]) -> None:
+        self.backend_factory = backend_factory  # what a training trial's pipeline runs on
+
+    def attack_trials(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        rel_path: str,
+        run_name: str,
+        trials: list[dict],
+        scores: pa.Table,
+    ) -> list[dict]:
+        return run_trials(cfg, storage, rel_path, run_name, trials, scores)
+
+    def training_trials(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        rel_path: str,
+        run_name: str,
+        points: list,
+        trials_root: str,
+    ) -> list[dict]:
+        return run_training_trials(
+            cfg, storage, rel_path, run_name, points, trials_root, self.backend_factory
+        )

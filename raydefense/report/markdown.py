@@ -9,42 +9,17 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from raydefense.roster import sort_targets, target_order_key
+
 MISSING = "–"  # en dash: shown for any field a row does not have
 
-_TARGET_GROUPS: tuple[str, ...] = ("baseline", "teacher", "dualmd", "student")
 
-
-def _natural_key(text: str) -> tuple[Any, ...]:
-    """Splits digits out so that "teacher_10" sorts after "teacher_2"."""
-    return tuple(int(part) if part.isdigit() else part.lower()
-                 for part in re.split(r"(\d+)", text))
-
-
-def target_order_key(target: str) -> tuple[int, tuple[Any, ...]]:
-    """Sort key for targets: baseline, teacher_1, teacher_2, ... (natural), dualmd*, student, rest.
-
-    Prefix matching keeps variants such as "dualmd_graybox" next to "dualmd".
-    """
-    name = str(target)
-    for rank, group in enumerate(_TARGET_GROUPS):
-        if name == group or name.startswith(group + "_") or (
-                group == "teacher" and re.fullmatch(r"teacher\d+", name)):
-            return rank, _natural_key(name)
-    return len(_TARGET_GROUPS), _natural_key(name)
-
-
-def sort_targets(targets: Iterable[str]) -> list[str]:
-    """Unique targets in report order (see `target_order_key`)."""
-    return sorted(dict.fromkeys(targets), key=target_order_key)
-
-
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """True for Python and NumPy ints/floats (numbers.Real), never for bools."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
@@ -53,32 +28,35 @@ def _fmt(value: Any, digits: int) -> str:
     """A number with fixed decimals; "–" for None/absent; other values as text."""
     if value is None:
         return MISSING
-    if _is_number(value):
+    if is_number(value):
         return f"{float(value):.{digits}f}"
-    return _escape(str(value))
+    return escape(str(value))
 
 
 def _fmt_count(value: Any) -> str:
     if value is None:
         return MISSING
-    if _is_number(value) and float(value).is_integer():
+    if is_number(value) and float(value).is_integer():
         return str(int(value))
     return _fmt(value, 3)
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
     """Keeps a cell from breaking the Markdown table (pipes and newlines)."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|"]
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-# --- attack settings (columns) ---------------------------------------------------------------------
+# --- attack settings (columns) --------------------------------------------------------------------
+
 
 def params_key(params: Any) -> str:
     """A canonical, hashable identity for a params value (dict order does not matter)."""
@@ -103,8 +81,9 @@ def attack_settings(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, s
     by_attack: dict[str, dict[str, Any]] = {}
     for row in rows:
         attack = str(row.get("attack"))
-        by_attack.setdefault(attack, {}).setdefault(params_key(row.get("params")),
-                                                     row.get("params"))
+        by_attack.setdefault(attack, {}).setdefault(
+            params_key(row.get("params")), row.get("params")
+        )
     settings: list[tuple[str, str, str]] = []
     for attack, variants in by_attack.items():
         if len(variants) == 1:
@@ -113,11 +92,11 @@ def attack_settings(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, s
             continue
         dicts = [p if isinstance(p, Mapping) else {"params": p} for p in variants.values()]
         all_keys = list(dict.fromkeys(k for d in dicts for k in d))
-        varying = [k for k in all_keys
-                   if len({params_key(d.get(k)) for d in dicts}) > 1]
+        varying = [k for k in all_keys if len({params_key(d.get(k)) for d in dicts}) > 1]
         for key, params in zip(variants, dicts):
-            label = ", ".join(f"{k}={_fmt_param_value(params[k])}" if k in params else f"{k}=–"
-                              for k in varying)
+            label = ", ".join(
+                f"{k}={_fmt_param_value(params[k])}" if k in params else f"{k}=–" for k in varying
+            )
             settings.append((attack, key, f"{attack} ({label})"))
     return settings
 
@@ -154,8 +133,13 @@ def attack_cell(row: Mapping[str, Any] | None) -> str:
         return MISSING
     auc = _fmt(row.get("auc"), 3)
     ci = row.get("auc_ci")
-    if auc != MISSING and isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2 \
-            and all(v is not None for v in ci):
+    if (
+        auc != MISSING
+        and isinstance(ci, Sequence)
+        and not isinstance(ci, str)
+        and len(ci) == 2
+        and all(v is not None for v in ci)
+    ):
         auc = f"{auc} [{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]"
     flip = f" {FLIPPED}" if row.get("orientation") == -1 else ""
     return f"{auc}{flip} / {rate(row, 'tpr_at_1pct_fpr')}"
@@ -180,24 +164,41 @@ def attack_table_markdown(rows: list[dict]) -> str:
     index = _index_rows(rows)
     targets = sort_targets(str(r.get("target")) for r in rows)
 
-    header = ["Target"] + [_escape(label) for _, _, label in settings]
-    body = [[_escape(t)] + [attack_cell(index.get((t, attack, key))) for attack, key, _ in settings]
-            for t in targets]
-    main = _markdown_table(header, body)
+    header = ["Target"] + [escape(label) for _, _, label in settings]
+    body = [
+        [escape(t)] + [attack_cell(index.get((t, attack, key))) for attack, key, _ in settings]
+        for t in targets
+    ]
+    main = markdown_table(header, body)
     caption = "Cells: AUC [95% CI] / TPR@1%FPR."
 
-    asr_header = ["Target", "Attack", "ASR (calibrated)", "ASR (oracle)", "TPR@0.1%FPR",
-                  "n_members", "n_nonmembers"]
+    asr_header = [
+        "Target",
+        "Attack",
+        "ASR (calibrated)",
+        "ASR (oracle)",
+        "TPR@0.1%FPR",
+        "n_members",
+        "n_nonmembers",
+    ]
     asr_body = []
     for t in targets:
         for attack, key, label in settings:
             row = index.get((t, attack, key))
             if row is None:
                 continue
-            asr_body.append([_escape(t), _escape(label), _fmt(row.get("asr_calibrated"), 3),
-                             _fmt(row.get("asr_oracle"), 3), _fmt(row.get("tpr_at_0.1pct_fpr"), 3),
-                             _fmt_count(row.get("n_members")), _fmt_count(row.get("n_nonmembers"))])
-    asr = _markdown_table(asr_header, asr_body)
+            asr_body.append(
+                [
+                    escape(t),
+                    escape(label),
+                    _fmt(row.get("asr_calibrated"), 3),
+                    _fmt(row.get("asr_oracle"), 3),
+                    _fmt(row.get("tpr_at_0.1pct_fpr"), 3),
+                    _fmt_count(row.get("n_members")),
+                    _fmt_count(row.get("n_nonmembers")),
+                ]
+            )
+    asr = markdown_table(asr_header, asr_body)
 
     rules = list(dict.fromkeys(str(r["tpr_rule"]) for r in rows if r.get("tpr_rule")))
     if len(rules) == 1:
@@ -213,12 +214,12 @@ def _fmt_quality(value: Any) -> str:
     """FID-sized numbers with 2 decimals, small scores (IS, rates) with 3."""
     if value is None:
         return MISSING
-    if _is_number(value):
+    if is_number(value):
         v = float(value)
         if not math.isfinite(v):
             return str(v)
         return f"{v:.2f}" if abs(v) >= 100 else f"{v:.3f}"
-    return _escape(str(value))
+    return escape(str(value))
 
 
 def quality_table_markdown(quality: list[dict]) -> str:
@@ -234,9 +235,12 @@ def quality_table_markdown(quality: list[dict]) -> str:
     for q in quality:
         values.setdefault((str(q.get("target")), str(q.get("metric"))), q.get("value"))
     targets = sort_targets(str(q.get("target")) for q in quality)
-    body = [[_escape(t)] + [_fmt_quality(values.get((t, m))) if (t, m) in values else MISSING
-                            for m in metrics] for t in targets]
-    return _markdown_table(["Target"] + [_escape(m) for m in metrics], body)
+    body = [
+        [escape(t)]
+        + [_fmt_quality(values.get((t, m))) if (t, m) in values else MISSING for m in metrics]
+        for t in targets
+    ]
+    return markdown_table(["Target"] + [escape(m) for m in metrics], body)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -256,18 +260,21 @@ def timings_table_markdown(timings: dict[str, float]) -> str:
     body = []
     total = 0.0
     for stage, seconds in timings.items():
-        if _is_number(seconds):
+        if is_number(seconds):
             total += float(seconds)
-            body.append([_escape(str(stage)), f"{float(seconds):.1f}", _fmt_duration(float(seconds))])
+            body.append(
+                [escape(str(stage)), f"{float(seconds):.1f}", _fmt_duration(float(seconds))]
+            )
         else:
-            body.append([_escape(str(stage)), _fmt(seconds, 1), MISSING])
+            body.append([escape(str(stage)), _fmt(seconds, 1), MISSING])
     body.append(["**total**", f"**{total:.1f}**", f"**{_fmt_duration(total)}**"])
-    return _markdown_table(["Stage", "Seconds", "Duration"], body)
+    return markdown_table(["Stage", "Seconds", "Duration"], body)
 
 
 # --- paper-style table: one line per attack (headline setting), one column per target ------------
 
-def _short_params(params: Any) -> str:
+
+def short_params(params: Any) -> str:
     if not isinstance(params, Mapping):
         return str(params)
     return ", ".join(f"{k}={_fmt_param_value(v)}" for k, v in params.items() if k != "canonical")
@@ -289,35 +296,46 @@ def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
     out: list[dict] = []
     for (_, attack), rs in groups.items():
         if len(settings[attack]) == 1:
-            out.append({**rs[0], "line": attack, "setting": _short_params(rs[0].get("params"))})
+            out.append({**rs[0], "line": attack, "setting": short_params(rs[0].get("params"))})
             continue
         for r in rs:
             if isinstance(r.get("params"), Mapping) and r["params"].get("canonical"):
-                out.append({**r, "line": f"{attack} (canonical)",
-                            "setting": _short_params(r["params"])})
-        best = max(rs, key=lambda r: (r.get("auc_calibration") is not None,
-                                      r.get("auc_calibration") or 0.0))
-        out.append({**best, "line": f"{attack} (best on calibration)",
-                    "setting": _short_params(best.get("params"))})
+                out.append(
+                    {**r, "line": f"{attack} (canonical)", "setting": short_params(r["params"])}
+                )
+        best = max(
+            rs,
+            key=lambda r: (r.get("auc_calibration") is not None, r.get("auc_calibration") or 0.0),
+        )
+        out.append(
+            {
+                **best,
+                "line": f"{attack} (best on calibration)",
+                "setting": short_params(best.get("params")),
+            }
+        )
     return out
 
 
-def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
-                         skipped: Sequence[Mapping[str, Any]] = ()) -> str:
+def paper_table_markdown(
+    rows: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]] = ()
+) -> str:
     """Attacks x targets, cells "AUC [CI] / TPR@1%FPR" (like the paper's Table 2), from the
     headline setting of each attack; a swept attack's "best on calibration" cells name the chosen
     setting. Pairs refused for lack of access print "n/a", explained below the table."""
     if not rows:
         return "No attack results."
     head = headline_rows(rows)
-    targets = sort_targets([str(r.get("target")) for r in rows]
-                           + [str(s.get("target")) for s in skipped])
+    targets = sort_targets(
+        [str(r.get("target")) for r in rows] + [str(s.get("target")) for s in skipped]
+    )
     lines = list(dict.fromkeys(r["line"] for r in head))
     index = {(r["line"], str(r["target"])): r for r in head}
     refused = {(str(s.get("attack")), str(s.get("target"))) for s in skipped}
     notes = list(dict.fromkeys(str(r["note"]) for r in head if r.get("note")))
-    mark = {n: NOTE_MARKS[i % len(NOTE_MARKS)] * (1 + i // len(NOTE_MARKS))
-            for i, n in enumerate(notes)}  # one footnote mark per distinct note
+    mark = {
+        n: NOTE_MARKS[i % len(NOTE_MARKS)] * (1 + i // len(NOTE_MARKS)) for i, n in enumerate(notes)
+    }  # one footnote mark per distinct note
     body = []
     for line in lines:
         attack = line.split(" (")[0]
@@ -329,21 +347,30 @@ def paper_table_markdown(rows: Sequence[Mapping[str, Any]],
                 continue
             cell = attack_cell(r)
             if line.endswith("(best on calibration)"):
-                cell += f" ({_escape(r['setting'])})"
+                cell += f" ({escape(r['setting'])})"
             if r.get("note"):
                 cell += f" {mark[str(r['note'])]}"
             cells.append(cell)
-        body.append([_escape(line)] + cells)
-    text = [_markdown_table(["Attack"] + [_escape(t) for t in targets], body),
-            "Cells: AUC [95% CI] / TPR@1%FPR on the test split (TPR read off the test ROC). "
-            "\"best on calibration\" lines: the setting is chosen by calibration AUC, never "
-            f"by test numbers. {FLIPPED}: scores negated because the calibration AUC was below "
-            "0.5 (the orientation is chosen on calibration too). "
-            f"{RESOLUTION_LIMITED}: 1% FPR is below one false positive on the test split."]
+        body.append([escape(line)] + cells)
+    text = [
+        markdown_table(["Attack"] + [escape(t) for t in targets], body),
+        "Cells: AUC [95% CI] / TPR@1%FPR on the test split (TPR read off the test ROC). "
+        '"best on calibration" lines: the setting is chosen by calibration AUC, never '
+        f"by test numbers. {FLIPPED}: scores negated because the calibration AUC was below "
+        "0.5 (the orientation is chosen on calibration too). "
+        f"{RESOLUTION_LIMITED}: 1% FPR is below one false positive on the test split.",
+    ]
     text += [f"{mark[n]} {n}." for n in notes]
     if skipped:
-        text.append("n/a: " + "; ".join(dict.fromkeys(
-            f"{s.get('attack')} on {s.get('target')}: {s.get('reason')}" for s in skipped)) + ".")
+        text.append(
+            "n/a: "
+            + "; ".join(
+                dict.fromkeys(
+                    f"{s.get('attack')} on {s.get('target')}: {s.get('reason')}" for s in skipped
+                )
+            )
+            + "."
+        )
     return "\n\n".join(text)
 
 
@@ -352,23 +379,44 @@ def operating_points_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     (1% and 0.1% FPR), the test-ROC TPR@0.1%FPR, ASR (calibrated / oracle) and the set sizes.
     Levels below a split's resolution print "res.-limited"."""
     head = headline_rows(rows)
-    body = [[_escape(str(r["target"])), _escape(r["line"]), _escape(r["setting"]),
-             f"{rate(r, 'tpr_at_1pct_fpr_calibrated')} / {rate(r, 'fpr_at_1pct_fpr_calibrated', 3)}",
-             f"{rate(r, 'tpr_at_0.1pct_fpr_calibrated')} / "
-             f"{rate(r, 'fpr_at_0.1pct_fpr_calibrated', 3)}",
-             rate(r, "tpr_at_0.1pct_fpr", 3), _fmt(r.get("asr_calibrated"), 3),
-             _fmt(r.get("asr_oracle"), 3), _fmt_count(r.get("n_members")),
-             _fmt_count(r.get("n_nonmembers"))]
-            for r in sorted(head, key=lambda r: target_order_key(str(r["target"])))]
-    table = _markdown_table(["Target", "Attack", "Setting", "TPR / FPR at calibrated 1%",
-                             "TPR / FPR at calibrated 0.1%", "TPR@0.1%FPR (test ROC)",
-                             "ASR (calibrated)", "ASR (oracle)", "n_members", "n_nonmembers"],
-                            body)
-    return table + ("\n\nCalibrated columns: the threshold that flags at most 1% (0.1%) of the "
-                    "calibration non-members, applied to the test split; the FPR it realises "
-                    "there is shown beside the TPR. Test-ROC columns pick their threshold with "
-                    f"test labels. {RESOLUTION_LIMITED}: the level is below one false positive "
-                    "among that split's non-members, so any number would mean 0% FPR.")
+    body = [
+        [
+            escape(str(r["target"])),
+            escape(r["line"]),
+            escape(r["setting"]),
+            f"{rate(r, 'tpr_at_1pct_fpr_calibrated')} / {rate(r, 'fpr_at_1pct_fpr_calibrated', 3)}",
+            f"{rate(r, 'tpr_at_0.1pct_fpr_calibrated')} / "
+            f"{rate(r, 'fpr_at_0.1pct_fpr_calibrated', 3)}",
+            rate(r, "tpr_at_0.1pct_fpr", 3),
+            _fmt(r.get("asr_calibrated"), 3),
+            _fmt(r.get("asr_oracle"), 3),
+            _fmt_count(r.get("n_members")),
+            _fmt_count(r.get("n_nonmembers")),
+        ]
+        for r in sorted(head, key=lambda r: target_order_key(str(r["target"])))
+    ]
+    table = markdown_table(
+        [
+            "Target",
+            "Attack",
+            "Setting",
+            "TPR / FPR at calibrated 1%",
+            "TPR / FPR at calibrated 0.1%",
+            "TPR@0.1%FPR (test ROC)",
+            "ASR (calibrated)",
+            "ASR (oracle)",
+            "n_members",
+            "n_nonmembers",
+        ],
+        body,
+    )
+    return table + (
+        "\n\nCalibrated columns: the threshold that flags at most 1% (0.1%) of the "
+        "calibration non-members, applied to the test split; the FPR it realises "
+        "there is shown beside the TPR. Test-ROC columns pick their threshold with "
+        f"test labels. {RESOLUTION_LIMITED}: the level is below one false positive "
+        "among that split's non-members, so any number would mean 0% FPR."
+    )
 
 
 def sweep_tables_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -389,10 +437,13 @@ def sweep_tables_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             cells = []
             for t in targets:
                 r = index.get((key, t))
-                cells.append(MISSING if r is None else
-                             f"{_fmt(r.get('auc'), 3)} ({_fmt(r.get('auc_calibration'), 3)})")
-            body.append([_escape(_short_params(params))] + cells)
-        parts += [f"### {attack}", "", _markdown_table(["Setting"] + list(targets), body), ""]
+                cells.append(
+                    MISSING
+                    if r is None
+                    else f"{_fmt(r.get('auc'), 3)} ({_fmt(r.get('auc_calibration'), 3)})"
+                )
+            body.append([escape(short_params(params))] + cells)
+        parts += [f"### {attack}", "", markdown_table(["Setting"] + list(targets), body), ""]
     if not parts:
         return "No swept attacks."
     return "\n".join(["Cells: test AUC (calibration AUC).", ""] + parts).rstrip()
@@ -401,22 +452,38 @@ def sweep_tables_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 # The paper's Table 2 (white-box MIAs on DDPM, DistillMD only; AUC / TPR@1%FPR), copied from
 # spec/paper.md, keyed by our data.source names.
 PAPER_TABLE2: dict[str, dict[tuple[str, str], tuple[float, float]]] = {
-    "cifar10": {("secmi_stat", "baseline"): (0.93, 0.35), ("secmi_stat", "student"): (0.59, 0.03),
-                ("pia", "baseline"): (0.89, 0.13), ("pia", "student"): (0.59, 0.02)},
-    "cifar100": {("secmi_stat", "baseline"): (0.96, 0.45), ("secmi_stat", "student"): (0.61, 0.02),
-                 ("pia", "baseline"): (0.88, 0.14), ("pia", "student"): (0.59, 0.03)},
-    "tiny_imagenet": {("secmi_stat", "baseline"): (0.96, 0.53),
-                      ("secmi_stat", "student"): (0.57, 0.02),
-                      ("pia", "baseline"): (0.84, 0.08), ("pia", "student"): (0.56, 0.02)},
-    "stl10_unlabeled": {("secmi_stat", "baseline"): (0.94, 0.30),
-                        ("secmi_stat", "student"): (0.58, 0.02),
-                        ("pia", "baseline"): (0.83, 0.09), ("pia", "student"): (0.58, 0.02)},
+    "cifar10": {
+        ("secmi_stat", "baseline"): (0.93, 0.35),
+        ("secmi_stat", "student"): (0.59, 0.03),
+        ("pia", "baseline"): (0.89, 0.13),
+        ("pia", "student"): (0.59, 0.02),
+    },
+    "cifar100": {
+        ("secmi_stat", "baseline"): (0.96, 0.45),
+        ("secmi_stat", "student"): (0.61, 0.02),
+        ("pia", "baseline"): (0.88, 0.14),
+        ("pia", "student"): (0.59, 0.03),
+    },
+    "tiny_imagenet": {
+        ("secmi_stat", "baseline"): (0.96, 0.53),
+        ("secmi_stat", "student"): (0.57, 0.02),
+        ("pia", "baseline"): (0.84, 0.08),
+        ("pia", "student"): (0.56, 0.02),
+    },
+    "stl10_unlabeled": {
+        ("secmi_stat", "baseline"): (0.94, 0.30),
+        ("secmi_stat", "student"): (0.58, 0.02),
+        ("pia", "baseline"): (0.83, 0.09),
+        ("pia", "student"): (0.58, 0.02),
+    },
 }
 # The paper's SecMIA numbers are SecMI_NN's (its stronger, learned variant); SecMI_stat is shown
 # beside them, labelled.
-_PAPER_LINES = (("secmi_stat", "secmi_nn", "secmi_nn", "SecMIA (ours: SecMI_NN)"),
-                ("secmi_stat", "secmi_stat", "secmi_stat", "SecMIA (ours: SecMI_stat)"),
-                ("pia", "pia", "pia (canonical)", "PIA"))
+_PAPER_LINES = (
+    ("secmi_stat", "secmi_nn", "secmi_nn", "SecMIA (ours: SecMI_NN)"),
+    ("secmi_stat", "secmi_stat", "secmi_stat", "SecMIA (ours: SecMI_stat)"),
+    ("pia", "pia", "pia (canonical)", "PIA"),
+)
 
 
 def paper_comparison_markdown(rows: Sequence[Mapping[str, Any]], dataset: str | None) -> str:
@@ -424,18 +491,29 @@ def paper_comparison_markdown(rows: Sequence[Mapping[str, Any]], dataset: str | 
     undefended model and the DistillMD student), with a note that the scales differ."""
     published = PAPER_TABLE2.get(str(dataset))
     if not published:
-        return (f"The paper publishes no attack numbers for `{dataset}` (its Table 2 covers "
-                "CIFAR-10, CIFAR-100, Tiny-ImageNet and STL10-Unlabeled).")
+        return (
+            f"The paper publishes no attack numbers for `{dataset}` (its Table 2 covers "
+            "CIFAR-10, CIFAR-100, Tiny-ImageNet and STL10-Unlabeled)."
+        )
     ours = {(h["attack"], h["line"], h["target"]): h for h in headline_rows(rows)}
     body = []
     for paper_attack, attack, line, label in _PAPER_LINES:
         for target, method in (("baseline", "No defense"), ("student", "DistillMD")):
             paper = published[(paper_attack, target)]
             row = ours.get((attack, line, target))
-            body.append([label, method, f"{paper[0]:.2f} / {paper[1]:.2f}",
-                         attack_cell(row) if row else MISSING])
-    note = ("Paper: DDPM at full scale (the canonical half splits, 25,000-50,000 members); this "
-            "run: the configured sizes and steps, so absolute numbers are not expected to match. "
-            "What should carry over is the drop from *No defense* to *DistillMD*.")
-    return _markdown_table(["Attack", "Method", f"paper ({dataset})", "this run"], body) + \
-        "\n\n" + note
+            body.append(
+                [
+                    label,
+                    method,
+                    f"{paper[0]:.2f} / {paper[1]:.2f}",
+                    attack_cell(row) if row else MISSING,
+                ]
+            )
+    note = (
+        "Paper: DDPM at full scale (the canonical half splits, 25,000-50,000 members); this "
+        "run: the configured sizes and steps, so absolute numbers are not expected to match. "
+        "What should carry over is the drop from *No defense* to *DistillMD*."
+    )
+    return (
+        markdown_table(["Attack", "Method", f"paper ({dataset})", "this run"], body) + "\n\n" + note
+    )

@@ -18,23 +18,32 @@ import logging
 import math
 import re
 import shlex
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
+from raydefense import layout
+from raydefense.config import load_config
 from raydefense.errors import ConfigError, RaydefenseError
-from raydefense.report.tables import (MISSING, _escape, _is_number, _markdown_table,
-                                      _short_params, headline_rows, sort_targets)
+from raydefense.report.markdown import headline_rows, is_number, short_params
+from raydefense.report.seeds import QUALITY_METRICS, plus_minus, privacy_rows, seeds_markdown
+from raydefense.roster import sort_targets
+from raydefense.runs.session import absolutize
+from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")
 
-METRICS = ("auc", "auc_calibration", "tpr_at_1pct_fpr", "tpr_at_1pct_fpr_calibrated",
-           "fpr_at_1pct_fpr_calibrated", "asr_calibrated")
-QUALITY_METRICS = ("domain_fid", "heldout_eps_mse", "memorized_fraction", "mmd_member_gap",
-                   "mmd_p_value")
-RESULTS = "report/results.json"
-SUMMARY_DIR = "seeds"
+METRICS = (
+    "auc",
+    "auc_calibration",
+    "tpr_at_1pct_fpr",
+    "tpr_at_1pct_fpr_calibrated",
+    "fpr_at_1pct_fpr_calibrated",
+    "asr_calibrated",
+)
+RESULTS = layout.RESULTS
+SUMMARY_DIR = layout.SEEDS
 
 
 # ----------------------------------------------------------------------------- seeds and names
@@ -47,7 +56,7 @@ def seed_experiment(experiment: str, base_seed: int, seed: int) -> str:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"0,1,2" or "0 1 2" (or a mix) -> [0, 1, 2], in the order given.
+    """ "0,1,2" or "0 1 2" (or a mix) -> [0, 1, 2], in the order given.
 
     Raises:
         ConfigError: one line, for an empty list, a non-integer or negative seed, a duplicate,
@@ -61,17 +70,18 @@ def parse_seeds(text: str) -> list[int]:
         try:
             s = int(p)
         except ValueError:
-            raise ConfigError(f"--seeds: {p!r} is not an integer; give whole numbers, "
-                              "e.g. --seeds 0,1,2") from None
+            raise ConfigError(
+                f"--seeds: {p!r} is not an integer; give whole numbers, e.g. --seeds 0,1,2"
+            ) from None
         if s < 0:
-            raise ConfigError(f"--seeds: {s} is negative; seeds must be >= 0, "
-                              "e.g. --seeds 0,1,2")
+            raise ConfigError(f"--seeds: {s} is negative; seeds must be >= 0, e.g. --seeds 0,1,2")
         if s in seeds:
             raise ConfigError(f"--seeds: seed {s} is given twice; list each seed once")
         seeds.append(s)
     if len(seeds) < 2:
-        raise ConfigError(f"a seed study needs at least 2 seeds (got {len(seeds)}); "
-                          "e.g. --seeds 0,1,2")
+        raise ConfigError(
+            f"a seed study needs at least 2 seeds (got {len(seeds)}); e.g. --seeds 0,1,2"
+        )
     return seeds
 
 
@@ -80,7 +90,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def _number(value: Any) -> Optional[float]:
     """A finite number as float; None for None, non-numbers, bools and NaN/inf."""
-    if not _is_number(value):
+    if not is_number(value):
         return None
     v = float(value)
     return v if math.isfinite(v) else None
@@ -90,17 +100,20 @@ def _stat(values: Sequence[Optional[float]]) -> dict[str, Any]:
     """{"mean", "sd" (sample, ddof=1; None for fewer than 2 values), "n", "values"} over the
     values that are not None; `values` keeps the Nones, aligned with the entry's seeds."""
     xs = [v for v in values if v is not None]
-    return {"mean": float(np.mean(xs)) if xs else None,
-            "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
-            "n": len(xs), "values": list(values)}
+    return {
+        "mean": float(np.mean(xs)) if xs else None,
+        "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
+        "n": len(xs),
+        "values": list(values),
+    }
 
 
 def _attack_text(entry: Mapping[str, Any]) -> Optional[str]:
-    """"attack (setting)" of a worst-case entry, e.g. "pia (t=200)"; None without an attack."""
+    """ "attack (setting)" of a worst-case entry, e.g. "pia (t=200)"; None without an attack."""
     if entry.get("attack") is None:
         return None
     params = entry.get("params")
-    setting = _short_params(params) if params not in (None, {}) else ""
+    setting = short_params(params) if params not in (None, {}) else ""
     text = f"{entry['attack']} ({setting})" if setting else str(entry["attack"])
     return text + (" (flipped)" if entry.get("orientation") == -1 else "")
 
@@ -109,8 +122,11 @@ def _aggregate_entry(entries: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[s
     """One privacy entry (a target's worst case) over the seeds that have it: per-seed attack
     texts, mean/sd of every numeric field, nested dicts (e.g. `black_box`) recursively. The
     score `orientation` (+1/-1, a sign, not a metric) is kept per seed as `orientations`."""
-    out: dict[str, Any] = {"seeds": [s for s, _ in entries], "n_seeds": len(entries),
-                           "attacks": [_attack_text(e) for _, e in entries]}
+    out: dict[str, Any] = {
+        "seeds": [s for s, _ in entries],
+        "n_seeds": len(entries),
+        "attacks": [_attack_text(e) for _, e in entries],
+    }
     if any("orientation" in e for _, e in entries):
         out["orientations"] = [e.get("orientation") for _, e in entries]
     numeric: list[str] = []
@@ -119,7 +135,7 @@ def _aggregate_entry(entries: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[s
         for k, v in e.items():
             if k in ("params", "orientation", "seeds", "n_seeds", "attacks", "orientations"):
                 continue
-            if _is_number(v) and k not in numeric:
+            if is_number(v) and k not in numeric:
                 numeric.append(k)
             elif isinstance(v, Mapping) and k not in nested:
                 nested.append(k)
@@ -189,10 +205,14 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
             have = [(s, heads[s][(t, line)]) for s in seeds if (t, line) in heads[s]]
             if not have:
                 continue
-            entry: dict[str, Any] = {"target": t, "line": line,
-                                     "attack": str(have[0][1].get("attack")),
-                                     "seeds": [s for s, _ in have], "n_seeds": len(have),
-                                     "settings": [r.get("setting") for _, r in have]}
+            entry: dict[str, Any] = {
+                "target": t,
+                "line": line,
+                "attack": str(have[0][1].get("attack")),
+                "seeds": [s for s, _ in have],
+                "n_seeds": len(have),
+                "settings": [r.get("setting") for _, r in have],
+            }
             for m in METRICS:
                 values = [_number(r.get(m)) for _, r in have]
                 if any(v is not None for v in values):
@@ -205,147 +225,56 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
     privacy_targets = sort_targets(str(t) for s in seeds for t in (res[s].get("privacy") or {}))
     privacy = {}
     for t in privacy_targets:
-        entries = [(s, res[s]["privacy"][t]) for s in seeds
-                   if isinstance((res[s].get("privacy") or {}).get(t), Mapping)]
+        entries = [
+            (s, res[s]["privacy"][t])
+            for s in seeds
+            if isinstance((res[s].get("privacy") or {}).get(t), Mapping)
+        ]
         if entries:
             privacy[t] = _aggregate_entry(entries)
 
     quality: dict[str, dict[str, Any]] = {}
     for t in sort_targets(str(q.get("target")) for s in seeds for q in res[s].get("quality") or []):
         for m in QUALITY_METRICS:
-            values = [next((_number(q.get("value")) for q in res[s].get("quality") or []
-                            if q.get("target") == t and q.get("metric") == m), None)
-                      for s in seeds]
+            values = [
+                next(
+                    (
+                        _number(q.get("value"))
+                        for q in res[s].get("quality") or []
+                        if q.get("target") == t and q.get("metric") == m
+                    ),
+                    None,
+                )
+                for s in seeds
+            ]
             if any(v is not None for v in values):
                 quality.setdefault(t, {})[m] = _stat(values)
 
-    return {"seeds": seeds,
-            "experiments": {str(s): res[s].get("experiment") for s in seeds},
-            "attacks": attacks, "privacy": privacy, "quality": quality,
-            "bootstrap_ci_width": widths}
+    return {
+        "seeds": seeds,
+        "experiments": {str(s): res[s].get("experiment") for s in seeds},
+        "attacks": attacks,
+        "privacy": privacy,
+        "quality": quality,
+        "bootstrap_ci_width": widths,
+    }
 
 
 # ----------------------------------------------------------------------------- presentation
 
 
-def _pm(stat: Optional[Mapping[str, Any]], n_total: int, digits: int = 3) -> str:
-    """"0.912 ± 0.013"; "0.912 (n=1)" for one value; "(n=2)" appended when seeds are missing."""
-    if not stat or stat.get("mean") is None:
-        return MISSING
-    text = f"{stat['mean']:.{digits}f}"
-    if stat.get("sd") is not None:
-        text += f" ± {stat['sd']:.{digits}f}"
-    n = int(stat.get("n", n_total))
-    if n < n_total or stat.get("sd") is None:
-        text += f" (n={n})"
-    return text
-
-
-def _label(target: str, path: Sequence[str]) -> str:
-    return f"{target} ({', '.join(k.replace('_', '-') for k in path)})" if path else target
-
-
-def _privacy_rows(target: str, entry: Mapping[str, Any], n_total: int,
-                  path: tuple[str, ...] = ()) -> list[tuple[str, Mapping[str, Any]]]:
-    """(label, entry) for a worst-case entry and, after it, each nested entry."""
-    out = [(_label(target, path), entry)]
-    for k, v in entry.items():
-        if isinstance(v, Mapping) and "seeds" in v and "attacks" in v:
-            out += _privacy_rows(target, v, n_total, path + (k,))
-    return out
-
-
-def _attacks_cell(entry: Mapping[str, Any], n_total: int) -> str:
-    texts = [a if a is not None else MISSING for a in entry.get("attacks", [])]
-    seeds = entry.get("seeds", [])
-    if texts and len(set(texts)) == 1 and len(texts) == n_total:
-        return f"{texts[0]} (every seed)"
-    return "; ".join(f"seed {s}: {a}" for s, a in zip(seeds, texts))
-
-
-def seeds_markdown(summary: Mapping[str, Any]) -> str:
-    """The seed study as a Markdown section (no trailing newline): the worst case per target,
-    then attack lines x targets with "AUC mean ± sd" cells and how the training-seed sd compares
-    with the bootstrap CI half-width."""
-    seeds = list(summary.get("seeds", []))
-    n_total = len(seeds)
-    experiments = summary.get("experiments", {})
-    names = ", ".join(f"{s} (`{experiments.get(str(s), experiments.get(s, MISSING))}`)"
-                      for s in seeds)
-    parts = ["## Training-seed study", "",
-             f"Seeds {names}. Numbers are mean ± sample sd (ddof=1) over the training seeds; "
-             f"(n=k) marks a number that only k of the {n_total} seeds have.", "",
-             "### Privacy: the defender's worst case", ""]
-
-    privacy = summary.get("privacy", {})
-    if privacy:
-        body = []
-        for t in sort_targets(privacy):
-            for label, e in _privacy_rows(t, privacy[t], n_total):
-                body.append([_escape(label), _pm(e.get("auc"), n_total),
-                             _pm(e.get("auc_calibration"), n_total),
-                             _pm(e.get("tpr_at_1pct_fpr_calibrated"), n_total),
-                             _pm(e.get("fpr_at_1pct_fpr_calibrated"), n_total),
-                             _escape(_attacks_cell(e, n_total))])
-        parts += [_markdown_table(["Target", "Worst-case AUC", "Cal. AUC",
-                                   "TPR@1%FPR (calibrated)", "Realised FPR",
-                                   "Strongest attack per seed"], body), ""]
-    else:
-        parts += ["No worst-case entries in the seeds' results.", ""]
-
-    quality = summary.get("quality", {})
-    if quality:
-        metrics = [m for m in QUALITY_METRICS if any(m in q for q in quality.values())]
-        body = [[_escape(t)] + [_pm(quality[t].get(m), n_total) for m in metrics]
-                for t in sort_targets(quality)]
-        parts += ["### Utility", "", _markdown_table(["Target"] + metrics, body), ""]
-
-    parts += ["### Attacks", ""]
-    rows = summary.get("attacks", [])
-    if not rows:
-        parts.append("No attack results.")
-        return "\n".join(parts)
-    lines = list(dict.fromkeys(r["line"] for r in rows))
-    targets = sort_targets(r["target"] for r in rows)
-    index = {(r["line"], r["target"]): r for r in rows}
-    body = [[_escape(line)] + [_pm(index[(line, t)].get("auc"), n_total)
-                               if (line, t) in index else MISSING for t in targets]
-            for line in lines]
-    parts += [_markdown_table(["Attack"] + [_escape(t) for t in targets], body), "",
-              "Cells: test AUC mean ± sd over training seeds.", "", _spread_sentence(summary)]
-    return "\n".join(parts)
-
-
-def _spread_sentence(summary: Mapping[str, Any]) -> str:
-    widths = summary.get("bootstrap_ci_width", {})
-    pairs = []
-    for r in summary.get("attacks", []):
-        sd = (r.get("auc") or {}).get("sd")
-        w = widths.get(r["target"], {}).get(r["line"])
-        if sd is not None and w is not None:
-            pairs.append((float(sd), float(w) / 2))
-    if not pairs:
-        return ("No cell has both a training-seed sd and a bootstrap CI, so the two spreads "
-                "cannot be compared.")
-    sd_mean = float(np.mean([p[0] for p in pairs]))
-    half_mean = float(np.mean([p[1] for p in pairs]))
-    larger = sum(1 for sd, half in pairs if sd > half)
-    return (f"Over the {len(pairs)} cells, the training-seed sd of AUC averages {sd_mean:.3f} and "
-            f"the bootstrap 95% CI half-width (test-row resampling within one run, averaged over "
-            f"seeds) averages {half_mean:.3f}; the seed sd exceeds the half-width in {larger} of "
-            f"{len(pairs)} cells. The bootstrap CI does not include training-seed variation.")
-
-
 def summary_text(summary: Mapping[str, Any], where: str) -> str:
     """What the CLI prints: where the files are and each target's worst-case AUC mean ± sd."""
     seeds = list(summary.get("seeds", []))
-    lines = [f"raydefense: seed study over seeds {', '.join(map(str, seeds))}: results in "
-             f"{where}/ (summary.json, summary.md)",
-             "  worst-case AUC per target (mean ± sd over training seeds):"]
+    lines = [
+        f"raydefense: seed study over seeds {', '.join(map(str, seeds))}: results in "
+        f"{where}/ (summary.json, summary.md)",
+        "  worst-case AUC per target (mean ± sd over training seeds):",
+    ]
     privacy = summary.get("privacy", {})
     for t in sort_targets(privacy):
-        for label, e in _privacy_rows(t, privacy[t], len(seeds)):
-            lines.append(f"  {label:<20} {_pm(e.get('auc'), len(seeds))}")
+        for label, e in privacy_rows(t, privacy[t], len(seeds)):
+            lines.append(f"  {label:<20} {plus_minus(e.get('auc'), len(seeds))}")
     if not privacy:
         lines.append("  (no worst-case entries in the seeds' results)")
     return "\n".join(lines)
@@ -354,8 +283,9 @@ def summary_text(summary: Mapping[str, Any], where: str) -> str:
 # ----------------------------------------------------------------------------- the command
 
 
-def _command_text(preset: Optional[str], config: Optional[str], overrides: Sequence[str],
-                  seeds: Sequence[int]) -> str:
+def _command_text(
+    preset: Optional[str], config: Optional[str], overrides: Sequence[str], seeds: Sequence[int]
+) -> str:
     argv = ["raydefense", "seeds"]
     if preset:
         argv += ["--preset", preset]
@@ -366,10 +296,15 @@ def _command_text(preset: Optional[str], config: Optional[str], overrides: Seque
     return shlex.join(argv + ["--seeds", ",".join(map(str, seeds))])
 
 
-def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[list[str]],
-              force: Optional[list[str]], seeds: Sequence[int] | str,
-              aggregate_only: bool = False,
-              run: Optional[Callable[..., Any]] = None) -> dict[str, Any]:
+def run_seeds(
+    preset: Optional[str],
+    config: Optional[str],
+    overrides: Optional[list[str]],
+    force: Optional[list[str]],
+    seeds: Sequence[int] | str,
+    aggregate_only: bool = False,
+    run: Optional[Callable[..., Any]] = None,
+) -> dict[str, Any]:
     """`raydefense seeds`: run the pipeline once per seed (unless `aggregate_only`), read every
     seed's report/results.json, write seeds/summary.json and summary.md under the base
     experiment, print a short summary, and re-render the base experiment's report so it shows
@@ -381,12 +316,11 @@ def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[
         ConfigError: bad seeds or config.
         RaydefenseError: (aggregate_only) a seed has no results.json yet.
     """
-    from raydefense.config import load_config
-    from raydefense.pipeline import absolutize
-    from raydefense.storage import Storage
-
-    seeds = parse_seeds(seeds) if isinstance(seeds, str) else \
-        parse_seeds(",".join(str(s) for s in seeds))
+    seeds = (
+        parse_seeds(seeds)
+        if isinstance(seeds, str)
+        else parse_seeds(",".join(str(s) for s in seeds))
+    )
     overrides = list(overrides or [])
     cfg = absolutize(load_config(preset, config, overrides))
     experiments = {s: seed_experiment(cfg.experiment, cfg.seed, s) for s in seeds}
@@ -394,10 +328,16 @@ def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[
         if run is None:
             raise ValueError("run_seeds needs `run` (the CLI's execute) unless aggregate_only")
         for i, s in enumerate(seeds, 1):
-            log.info("seed study: seed %d (%d of %d), experiment %s", s, i, len(seeds),
-                     experiments[s])
-            run("run", preset, config,
-                overrides + [f"seed={s}", f"experiment={json.dumps(experiments[s])}"], force)
+            log.info(
+                "seed study: seed %d (%d of %d), experiment %s", s, i, len(seeds), experiments[s]
+            )
+            run(
+                "run",
+                preset,
+                config,
+                overrides + [f"seed={s}", f"experiment={json.dumps(experiments[s])}"],
+                force,
+            )
     results: dict[int, Any] = {}
     for s in seeds:
         storage = Storage(cfg.storage.root, experiments[s])
@@ -405,7 +345,8 @@ def run_seeds(preset: Optional[str], config: Optional[str], overrides: Optional[
             raise RaydefenseError(
                 f"seed {s} has no results at {storage.uri(RESULTS)}; run "
                 f"'{_command_text(preset, config, overrides, seeds)}' without --aggregate-only "
-                "first")
+                "first"
+            )
         results[s] = storage.read_json(RESULTS)
     summary = aggregate(results)
     base = Storage(cfg.storage.root, cfg.experiment)

@@ -18,20 +18,34 @@ form a privacy-utility Pareto front (`pareto_front`).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ValidationError
 
-import raydefense
+from raydefense import layout
+from raydefense.audit.grid import query_attacks
+from raydefense.audit.scoring import heldout_validator
+from raydefense.audit.selection import best_trial, pareto_front
+from raydefense.audit.targets import ADAPTIVE, schedule_of
 from raydefense.config import ExperimentConfig, set_path
+from raydefense.data.tables import read_plan
+from raydefense.diffusion.checkpoint import load_unet
 from raydefense.errors import ConfigError
-from raydefense.selection import best_trial, pareto_front
+from raydefense.hashing import stable_hash
+from raydefense.pipeline import run_pipeline
+from raydefense.roster import DUALMD, all_targets, teacher_name
+from raydefense.runs.context import Backend, RunContext
+from raydefense.runs.fingerprints import training_sweep_fingerprint
+from raydefense.runs.session import local_copy
+from raydefense.storage import Storage
+from raydefense.sweeps.attacks import trial_metrics, trials_of, worst_case
 
 log = logging.getLogger("raydefense")
 
@@ -44,7 +58,7 @@ OBJECTIVES = ("privacy_auc", "utility")
 
 
 def sweep_dir(cfg: ExperimentConfig) -> str:
-    return f"training_sweeps/{cfg.sweep.name}"
+    return layout.training_sweep_dir(cfg.sweep.name)
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,7 @@ class TrainingPoint:
     def key(self) -> str:
         """Stable directory name: the index and a hash of the values (a changed grid never
         reuses another point's trial directory)."""
-        h = hashlib.sha256(json.dumps(self.values, sort_keys=True).encode()).hexdigest()[:8]
+        h = stable_hash(self.values)[:8]
         return f"p{self.index:03d}-{h}"
 
     def label(self) -> str:
@@ -82,21 +96,27 @@ def training_points(cfg: ExperimentConfig) -> list[TrainingPoint]:
     """
     grid = cfg.sweep.training
     if not grid:
-        raise ConfigError("sweep.training is empty; give a grid of dotted config paths, e.g. "
-                          "--set 'sweep.training={train.lr: [0.001, 0.002]}'")
+        raise ConfigError(
+            "sweep.training is empty; give a grid of dotted config paths, e.g. "
+            "--set 'sweep.training={train.lr: [0.001, 0.002]}'"
+        )
     for path, values in grid.items():
         if not (path.startswith(SWEEPABLE_PREFIXES) or path in SWEEPABLE_PATHS):
-            raise ConfigError(f"sweep.training path {path!r} is not a training hyperparameter; "
-                              f"use {', '.join(p + '*' for p in SWEEPABLE_PREFIXES)} or "
-                              f"{', '.join(SWEEPABLE_PATHS)} (attack settings: sweep.kind=attacks)")
+            raise ConfigError(
+                f"sweep.training path {path!r} is not a training hyperparameter; "
+                f"use {', '.join(p + '*' for p in SWEEPABLE_PREFIXES)} or "
+                f"{', '.join(SWEEPABLE_PATHS)} (attack settings: sweep.kind=attacks)"
+            )
         try:
             set_path(cfg.model_dump(mode="json"), path, None)
         except ConfigError as e:
-            raise ConfigError(f"unknown config path {path!r} in sweep.training: "
-                              f"{str(e).split(': ', 1)[1]}") from None
+            raise ConfigError(
+                f"unknown config path {path!r} in sweep.training: {str(e).split(': ', 1)[1]}"
+            ) from None
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"sweep.training.{path} must be a non-empty list of values "
-                              f"(got {values!r})")
+            raise ConfigError(
+                f"sweep.training.{path} must be a non-empty list of values (got {values!r})"
+            )
     paths = list(grid)
     points = []
     for i, combo in enumerate(itertools.product(*(grid[p] for p in paths))):
@@ -105,9 +125,11 @@ def training_points(cfg: ExperimentConfig) -> list[TrainingPoint]:
             apply_values(cfg, dict(point.values))
         except ValidationError as e:
             err = e.errors()[0]
-            raise ConfigError(f"sweep.training point {dict(point.values)} is invalid: "
-                              f"{'.'.join(map(str, err['loc']))}: "
-                              f"{err['msg'].removeprefix('Value error, ')}") from None
+            raise ConfigError(
+                f"sweep.training point {dict(point.values)} is invalid: "
+                f"{'.'.join(map(str, err['loc']))}: "
+                f"{err['msg'].removeprefix('Value error, ')}"
+            ) from None
         points.append(point)
     return points
 
@@ -116,52 +138,59 @@ def trial_attacks(cfg: ExperimentConfig) -> list[str]:
     """The attacks every trial runs: `sweep.trial_attacks`, or the query attacks of
     `attacks.enabled` (plus `dualmd_adaptive` when the audited target is DualMD: its gray-box
     worst case)."""
-    from raydefense.evaluation import ADAPTIVE, DUALMD
-    from raydefense.sweep import query_attacks
 
     valid = query_attacks() + [ADAPTIVE]
     chosen = cfg.sweep.trial_attacks
     if chosen is None:
-        chosen = [a for a in cfg.attacks.enabled if a in valid
-                  and (a != ADAPTIVE or cfg.sweep.target == DUALMD)]
+        chosen = [
+            a
+            for a in cfg.attacks.enabled
+            if a in valid and (a != ADAPTIVE or cfg.sweep.target == DUALMD)
+        ]
     bad = [a for a in chosen if a not in valid]
     if bad:
-        raise ConfigError(f"sweep.trial_attacks: {bad[0]!r} is not a query attack; choose from: "
-                          f"{', '.join(valid)}")
+        raise ConfigError(
+            f"sweep.trial_attacks: {bad[0]!r} is not a query attack; choose from: "
+            f"{', '.join(valid)}"
+        )
     if ADAPTIVE in chosen and cfg.sweep.target != DUALMD:
-        raise ConfigError(f"sweep.trial_attacks: {ADAPTIVE!r} attacks DualMD's step router; "
-                          f"sweep.target is {cfg.sweep.target!r} (set sweep.target=dualmd or "
-                          f"drop it)")
+        raise ConfigError(
+            f"sweep.trial_attacks: {ADAPTIVE!r} attacks DualMD's step router; "
+            f"sweep.target is {cfg.sweep.target!r} (set sweep.target=dualmd or "
+            f"drop it)"
+        )
     if not [a for a in chosen if a != ADAPTIVE]:
-        raise ConfigError("a training sweep needs query attacks: set sweep.trial_attacks, e.g. "
-                          "[loss, secmi_stat]")
+        raise ConfigError(
+            "a training sweep needs query attacks: set sweep.trial_attacks, e.g. [loss, secmi_stat]"
+        )
     return chosen
 
 
 def watched_model(target: str) -> str:
     """The fit whose curve drives ASHA: the target itself, or DualMD's first teacher."""
-    return "teacher_1" if target == "dualmd" else target
+    return teacher_name(0) if target == DUALMD else target
 
 
 def check_training_sweep(cfg: ExperimentConfig) -> list[TrainingPoint]:
     """Everything a training sweep can refuse before it starts."""
-    from raydefense.evaluation import all_targets
-
     points = training_points(cfg)
     trial_attacks(cfg)
     shards = {dict(p.values).get("data.num_shards", cfg.data.num_shards) for p in points}
     valid = set.intersection(*(set(all_targets(k)) for k in shards))
     if cfg.sweep.asha.enabled and not cfg.train.val_rows:
-        raise ConfigError("sweep.asha needs train.val_rows > 0 (its metric is val_eps_mse); "
-                          "set train.val_rows or sweep.asha.enabled=false")
+        raise ConfigError(
+            "sweep.asha needs train.val_rows > 0 (its metric is val_eps_mse); "
+            "set train.val_rows or sweep.asha.enabled=false"
+        )
     if cfg.sweep.target not in valid:
-        raise ConfigError(f"sweep.target {cfg.sweep.target!r} is not a target of every trial; "
-                          f"choose from: {', '.join(sorted(valid))}")
+        raise ConfigError(
+            f"sweep.target {cfg.sweep.target!r} is not a target of every trial; "
+            f"choose from: {', '.join(sorted(valid))}"
+        )
     return points
 
 
-def trial_config(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str
-                 ) -> ExperimentConfig:
+def trial_config(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str) -> ExperimentConfig:
     """The config of one trial's pipeline: the point's values, its own storage
     (`<trials_root>/<key>`), one audited target, query attacks only, no MLflow of its own (the
     sweep driver logs each trial as a child run)."""
@@ -174,20 +203,9 @@ def trial_config(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str
     return t
 
 
-def sweep_fingerprint(cfg: ExperimentConfig) -> str:
-    """The Tune run's identity: everything but tracking, storage, resources and the attack
-    sweep's own fields."""
-    d = cfg.model_dump(mode="json")
-    for k in ("tracking", "storage", "resources"):
-        d.pop(k)
-    d["sweep"] = {k: v for k, v in d["sweep"].items()
-                  if k not in ("attacks", "max_concurrent_trials", "cpus_per_trial")}
-    payload = ["training-sweep", raydefense.__version__, d]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def trial_objectives(scores: pa.Table, quality: list[dict], target: str, utility: str
-                     ) -> dict[str, Any]:
+def trial_objectives(
+    scores: pa.Table, quality: list[dict], target: str, utility: str
+) -> dict[str, Any]:
     """A finished trial's objectives from its evaluate outputs.
 
     Returns {privacy_auc, privacy_auc_calibration, privacy_tpr_at_1pct_fpr (None when 1% is
@@ -195,10 +213,6 @@ def trial_objectives(scores: pa.Table, quality: list[dict], target: str, utility
     privacy_setting, utility, utility_metric}: privacy is the worst-case (attack, setting) by
     calibration AUC, its test-part metrics; utility is the target's `utility` quality row.
     """
-    import pyarrow.compute as pc
-
-    from raydefense.sweep import trial_metrics, trials_of, worst_case
-
     scores = scores.filter(pc.equal(scores["target"], target))
     rows = []
     for tr in trials_of(scores):
@@ -209,50 +223,52 @@ def trial_objectives(scores: pa.Table, quality: list[dict], target: str, utility
     w = worst_case(rows)[target]
     values = [q["value"] for q in quality if q["target"] == target and q["metric"] == utility]
     if not values:
-        raise ValueError(f"no {utility} quality row for target {target!r} (domain FID needs "
-                         "class labels; set sweep.utility=heldout_eps_mse)")
-    return {"privacy_auc": w["auc"], "privacy_auc_calibration": w["auc_calibration"],
-            "privacy_tpr_at_1pct_fpr": w["tpr_at_1pct_fpr"],
-            "privacy_tpr_at_1pct_fpr_calibrated": w.get("tpr_at_1pct_fpr_calibrated"),
-            "privacy_fpr_at_1pct_fpr_calibrated": w.get("fpr_at_1pct_fpr_calibrated"),
-            "privacy_attack": w["attack"],
-            "privacy_setting": w["params"], "utility": float(values[0]),
-            "utility_metric": utility}
+        raise ValueError(
+            f"no {utility} quality row for target {target!r} (domain FID needs "
+            "class labels; set sweep.utility=heldout_eps_mse)"
+        )
+    return {
+        "privacy_auc": w["auc"],
+        "privacy_auc_calibration": w["auc_calibration"],
+        "privacy_tpr_at_1pct_fpr": w["tpr_at_1pct_fpr"],
+        "privacy_tpr_at_1pct_fpr_calibrated": w.get("tpr_at_1pct_fpr_calibrated"),
+        "privacy_fpr_at_1pct_fpr_calibrated": w.get("fpr_at_1pct_fpr_calibrated"),
+        "privacy_attack": w["attack"],
+        "privacy_setting": w["params"],
+        "utility": float(values[0]),
+        "utility_metric": utility,
+    }
 
 
-def run_trial(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str,
-              executor: Any) -> dict[str, Any]:
+def run_trial(
+    cfg: ExperimentConfig, point: TrainingPoint, trials_root: str, backend: Backend
+) -> dict[str, Any]:
     """One trial's pipeline (resumes its complete stages) and its objectives."""
-    from raydefense.data.tables import SCORES
-    from raydefense.pipeline import RunContext, run_pipeline
-    from raydefense.storage import Storage
-
     tcfg = trial_config(cfg, point, trials_root)
     storage = Storage(tcfg.storage.root, tcfg.experiment)
-    ctx = RunContext(cfg=tcfg, storage=storage, executor=executor)
+    ctx = RunContext(cfg=tcfg, storage=storage, backend=backend)
     run_pipeline(ctx, until="evaluate")
-    obj = trial_objectives(storage.read_table(SCORES), storage.read_json("evaluate/quality.json"),
-                           cfg.sweep.target, cfg.sweep.utility)
+    obj = trial_objectives(
+        storage.read_table(layout.SCORES),
+        storage.read_json(layout.QUALITY),
+        cfg.sweep.target,
+        cfg.sweep.utility,
+    )
     return {**obj, "timings": ctx.timings}
 
 
 def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str) -> float:
     """The watched model's final val_eps_mse, measured on its stored EMA weights (the value
     the trial's last report carries)."""
-    import tempfile
-
-    from raydefense.data.tables import read_plan
-    from raydefense.diffusion.checkpoint import load_unet
-    from raydefense.evaluation import heldout_validator, schedule_of
-    from raydefense.storage import Storage
-
     tcfg = trial_config(cfg, point, trials_root)
     storage = Storage(tcfg.storage.root, tcfg.experiment)
     with tempfile.TemporaryDirectory(prefix="raydefense-val-") as cache:
-        unet = load_unet(storage.local_dir(f"models/{watched_model(cfg.sweep.target)}", cache),
-                         "ema")
-    validate = heldout_validator(read_plan(storage), schedule_of(tcfg), tcfg.train.val_rows,
-                                 tcfg.seed)
+        unet = load_unet(
+            storage.local_dir(layout.model_dir(watched_model(cfg.sweep.target)), cache), "ema"
+        )
+    validate = heldout_validator(
+        read_plan(storage), schedule_of(tcfg), tcfg.train.val_rows, tcfg.seed
+    )
     return validate(unet)[VAL_METRIC]
 
 
@@ -260,56 +276,80 @@ def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str)
 
 
 def summary(results: dict[str, Any], where: str) -> str:
-    lines = [f"raydefense: training sweep {results['sweep']!r}: {results['num_trials']} trials "
-             f"({results['num_completed']} completed, {results['num_stopped']} stopped by ASHA); "
-             f"results in {where}/results.json",
-             f"  target {results['target']}: worst-case attack AUC (lower = more private) vs "
-             f"{results['utility_metric']} (lower = better); * = Pareto front (chosen on "
-             "calibration AUC)",
-             f"  {'':1} {'trial':<14} {'AUC':>6} {'utility':>9} {'val_eps_mse':>11}  setting"]
+    lines = [
+        f"raydefense: training sweep {results['sweep']!r}: {results['num_trials']} trials "
+        f"({results['num_completed']} completed, {results['num_stopped']} stopped by ASHA); "
+        f"results in {where}/results.json",
+        f"  target {results['target']}: worst-case attack AUC (lower = more private) vs "
+        f"{results['utility_metric']} (lower = better); * = Pareto front (chosen on "
+        "calibration AUC)",
+        f"  {'':1} {'trial':<14} {'AUC':>6} {'utility':>9} {'val_eps_mse':>11}  setting",
+    ]
     for t in results["trials"]:
         auc_s = f"{t['privacy_auc']:.3f}" if t["status"] == "completed" else "-"
         util_s = f"{t['utility']:.3f}" if t["status"] == "completed" else "-"
         val = t.get("last_val_eps_mse")
-        lines.append(f"  {'*' if t.get('pareto') else ' '} {t['key']:<14} {auc_s:>6} "
-                     f"{util_s:>9} {val if val is None else round(val, 4)!s:>11}  "
-                     f"{t['setting']}" + ("" if t["status"] == "completed"
-                                          else f" ({t['status']})"))
+        lines.append(
+            f"  {'*' if t.get('pareto') else ' '} {t['key']:<14} {auc_s:>6} "
+            f"{util_s:>9} {val if val is None else round(val, 4)!s:>11}  "
+            f"{t['setting']}" + ("" if t["status"] == "completed" else f" ({t['status']})")
+        )
     return "\n".join(lines)
 
 
-def run_training_sweep(ctx: Any) -> dict[str, Any]:
+def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
     """`raydefense sweep` with sweep.kind=training: Tune trials (resumed when their run
     storage exists), the MLflow parent `training-sweep/<name>` with one child per trial (its
     val_eps_mse curve by report and its objectives), the Pareto front, and
     `training_sweeps/<name>/results.json`."""
-    from raydefense.pipeline import _local_copy
-
     cfg, storage, tracker = ctx.cfg, ctx.storage, ctx.tracker
     base = sweep_dir(cfg)
     points = check_training_sweep(cfg)
-    fp = sweep_fingerprint(cfg)
+    fp = training_sweep_fingerprint(cfg)
     if "sweep" in ctx.force:  # start over: the Tune run and every trial's pipeline
         storage.delete(base)
     parent = tracker.start_run(
-        f"training-sweep/{cfg.sweep.name}", ctx.parent_run,
-        params={"sweep.name": cfg.sweep.name, "sweep.kind": "training",
-                "sweep.training": json.dumps(cfg.sweep.training),
-                "sweep.target": cfg.sweep.target, "sweep.utility": cfg.sweep.utility,
-                "sweep.num_trials": str(len(points)), "sweep.fingerprint": fp},
-        tags={"raydefense.sweep": cfg.sweep.name})
+        f"training-sweep/{cfg.sweep.name}",
+        ctx.parent_run,
+        params={
+            "sweep.name": cfg.sweep.name,
+            "sweep.kind": "training",
+            "sweep.training": json.dumps(cfg.sweep.training),
+            "sweep.target": cfg.sweep.target,
+            "sweep.utility": cfg.sweep.utility,
+            "sweep.num_trials": str(len(points)),
+            "sweep.fingerprint": fp,
+        },
+        tags={"raydefense.sweep": cfg.sweep.name},
+    )
     status = "FAILED"
     try:
-        done = ctx.executor.training_trials(cfg, storage, f"{base}/tune", f"training-{fp[:12]}",
-                                            points, storage.uri(f"{base}/trials"))
+        done = ctx.role("trials").training_trials(
+            cfg,
+            storage,
+            f"{base}/tune",
+            f"training-{fp[:12]}",
+            points,
+            storage.uri(f"{base}/trials"),
+        )
         trials = []
         for p, tr in zip(points, done):
-            row = {"key": p.key, "setting": p.label(), "values": dict(p.values),
-                   "status": tr["status"], "trial_id": tr.get("trial_id"),
-                   "history": tr["history"],
-                   "last_val_eps_mse": tr["history"][-1][VAL_METRIC] if tr["history"] else None}
-            row.update({k: v for k, v in tr["metrics"].items()
-                        if k.startswith("privacy_") or k.startswith("utility")})
+            row = {
+                "key": p.key,
+                "setting": p.label(),
+                "values": dict(p.values),
+                "status": tr["status"],
+                "trial_id": tr.get("trial_id"),
+                "history": tr["history"],
+                "last_val_eps_mse": tr["history"][-1][VAL_METRIC] if tr["history"] else None,
+            }
+            row.update(
+                {
+                    k: v
+                    for k, v in tr["metrics"].items()
+                    if k.startswith("privacy_") or k.startswith("utility")
+                }
+            )
             trials.append(row)
         completed = [t for t in trials if t["status"] == "completed"]
         # Chosen on calibration: the front and `best.*` never look at test AUCs.
@@ -319,42 +359,67 @@ def run_training_sweep(ctx: Any) -> dict[str, Any]:
         for t in trials:
             t.setdefault("pareto", False)
             child = tracker.start_run(
-                f"training-sweep/{cfg.sweep.name}/{t['key']}", parent,
+                f"training-sweep/{cfg.sweep.name}/{t['key']}",
+                parent,
                 params={"setting": t["setting"], **{k: str(v) for k, v in t["values"].items()}},
-                tags={"raydefense.sweep": cfg.sweep.name, "raydefense.trial_status": t["status"],
-                      "raydefense.pareto": str(t["pareto"]).lower()})
+                tags={
+                    "raydefense.sweep": cfg.sweep.name,
+                    "raydefense.trial_status": t["status"],
+                    "raydefense.pareto": str(t["pareto"]).lower(),
+                },
+            )
             for h in t["history"]:
                 tracker.log_metrics(child, {VAL_METRIC: h[VAL_METRIC]}, step=h["iteration"])
             if t["status"] == "completed":
-                tracker.log_metrics(child, {k: t[k] for k in
-                                            ("privacy_auc", "privacy_auc_calibration",
-                                             "privacy_tpr_at_1pct_fpr",
-                                             "privacy_tpr_at_1pct_fpr_calibrated",
-                                             "privacy_fpr_at_1pct_fpr_calibrated", "utility")
-                                            if t.get(k) is not None})
+                tracker.log_metrics(
+                    child,
+                    {
+                        k: t[k]
+                        for k in (
+                            "privacy_auc",
+                            "privacy_auc_calibration",
+                            "privacy_tpr_at_1pct_fpr",
+                            "privacy_tpr_at_1pct_fpr_calibrated",
+                            "privacy_fpr_at_1pct_fpr_calibrated",
+                            "utility",
+                        )
+                        if t.get(k) is not None
+                    },
+                )
             tracker.end_run(child, "FINISHED" if t["status"] == "completed" else "KILLED")
         results = {
-            "experiment": cfg.experiment, "sweep": cfg.sweep.name, "kind": "training",
-            "fingerprint": fp, "space": cfg.sweep.training, "target": cfg.sweep.target,
-            "utility_metric": cfg.sweep.utility, "attacks": trial_attacks(cfg),
-            "asha": cfg.sweep.asha.model_dump(), "num_trials": len(trials),
+            "experiment": cfg.experiment,
+            "sweep": cfg.sweep.name,
+            "kind": "training",
+            "fingerprint": fp,
+            "space": cfg.sweep.training,
+            "target": cfg.sweep.target,
+            "utility_metric": cfg.sweep.utility,
+            "attacks": trial_attacks(cfg),
+            "asha": cfg.sweep.asha.model_dump(),
+            "num_trials": len(trials),
             "num_completed": len(completed),
             "num_stopped": sum(t["status"] == "stopped" for t in trials),
             "objectives": "minimise worst-case attack AUC (chosen by calibration AUC; test AUC "
-                          "reported) and utility; the Pareto front and best trial use the "
-                          "calibration AUC", "trials": trials,
+            "reported) and utility; the Pareto front and best trial use the "
+            "calibration AUC",
+            "trials": trials,
             "pareto": [t["key"] for t in completed if t["pareto"]],
         }
         storage.write_json(f"{base}/results.json", results)
         best = best_trial(completed)
         if best is not None:
-            tracker.log_metrics(parent, {"best.privacy_auc": best["privacy_auc"],
-                                         "best.privacy_auc_calibration":
-                                             best["privacy_auc_calibration"],
-                                         "best.utility": best["utility"],
-                                         "pareto_size": len(front)})
+            tracker.log_metrics(
+                parent,
+                {
+                    "best.privacy_auc": best["privacy_auc"],
+                    "best.privacy_auc_calibration": best["privacy_auc_calibration"],
+                    "best.utility": best["utility"],
+                    "pareto_size": len(front),
+                },
+            )
             tracker.set_tags(parent, {"best.setting": best["setting"]})
-        tracker.log_artifact(parent, _local_copy(ctx, f"{base}/results.json"), "sweep")
+        tracker.log_artifact(parent, local_copy(storage, f"{base}/results.json"), "sweep")
         status = "FINISHED"
         return results
     finally:

@@ -1,0 +1,191 @@
+"""The evaluate stage's computation: every target scored by its attacks, generation, utility,
+learned fits; long-format raw scores.
+
+Thresholds are chosen on the calibration part and reported on the test part (invariant 5); an
+attack that learns on the calibration part (secmi_nn) gives out-of-fold calibration scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raydefense.audit.learned import (
+    adaptive_scores,
+    fit_learned,
+    learned_fit_args,
+    learned_scores,
+)
+from raydefense.audit.scoring import (
+    QUALITY_COL,
+    ScoreJob,
+    Scorer,
+    long_rows,
+    query_col,
+    shadow_jobs,
+)
+from raydefense.audit.targets import audited_rows, plan_attacks, shadows_for
+from raydefense.audit.utility import quality_rows, train_domain_features
+from raydefense.config import ExperimentConfig
+from raydefense.data.plan import MEMBER, NONMEMBER, TEST, Plan
+from raydefense.data.pool import to_model_range
+from raydefense.roster import parse_shadow, target_access
+from raydefense.storage import Storage
+
+log = logging.getLogger("raydefense")
+
+
+@dataclass
+class EvaluationResult:
+    scores: pa.Table
+    quality: list[dict[str, Any]]
+    samples: dict[str, np.ndarray]
+    skipped: list[dict[str, str]]
+    shadows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_evaluation(
+    cfg: ExperimentConfig, storage: Storage, plan: Plan, scorer: Scorer, cache_dir: str
+) -> EvaluationResult:
+    """Everything the evaluate stage computes. Steps:
+
+    1. per target, one scoring job over its audited rows (query scores, learned features,
+       held-out eps-MSE) and, for shadow-trained attacks, one job per shadow model;
+    2. generation from every target's public sampler (sample grids, blackbox_nn, quality);
+    3. the domain classifier; learned-attack fits (one task per target x attack);
+    4. long-format raw scores + quality rows.
+    """
+    ap = plan_attacks(cfg, plan)
+    by_name = {a.name: a for t in ap.targets for a in ap.attacks[t]}
+    jobs = [
+        ScoreJob(
+            t,
+            audited_rows(plan, t),
+            [a.name for a in ap.attacks[t] if a.kind in ("query", "learned")],
+        )
+        for t in ap.targets
+        if target_access(cfg, t) != "black-box"
+    ]
+    served = {
+        t: [a.name for a in ap.attacks[t] if getattr(a, "trains_on", None) == "shadow"]
+        for t in ap.targets
+    }
+    jobs += shadow_jobs(cfg, plan, served)
+    # The same pool generates images (grids, black-box attack, quality) with the models it holds.
+    needs_bb = any(a.kind == "generated" for t in ap.targets for a in ap.attacks[t])
+    n_gen = max(
+        cfg.sampling.num_images,
+        cfg.quality.num_generated,
+        cfg.attacks.blackbox_nn.num_generated if needs_bb else 0,
+    )
+    t0 = time.perf_counter()
+    columns, gen = scorer.score(cfg, plan, jobs, {t: n_gen for t in ap.targets})
+    scored = dict(zip([j.model for j in jobs], columns))
+    log.info(
+        "evaluate: scored %d models and generated %d images per target in %.1fs",
+        len(jobs),
+        n_gen,
+        time.perf_counter() - t0,
+    )
+    t0 = time.perf_counter()
+    domain = train_domain_features(cfg, plan)
+
+    cols: dict[str, list] = {
+        k: [] for k in ("target", "attack", "params", "row_id", "is_member", "part", "score")
+    }
+    quality: list[dict[str, Any]] = []
+    fits: list[tuple] = []
+    fit_keys: list[tuple[str, str]] = []
+    for t in ap.targets:
+        mask = audited_rows(plan, t)
+        ids, member = plan.row_id[mask], plan.split[mask] == MEMBER
+        part = plan.part[mask]
+        res = scored.get(t, {})
+        for a in ap.attacks[t]:
+            if a.kind == "query":
+                for i, params in enumerate(a.settings()):
+                    long_rows(cols, t, a.name, params, ids, member, part, res[query_col(a.name, i)])
+            elif a.kind == "adaptive":
+                for params, score in adaptive_scores(cfg, plan, a, res, mask):
+                    long_rows(cols, t, a.name, params, ids, member, part, score)
+            elif a.kind == "generated":
+                s = a.score_generated(
+                    torch.tensor(gen[t][: a.cfg.num_generated]),
+                    torch.from_numpy(to_model_range(plan.images[mask])),
+                    domain.feature_fn if domain is not None else None,
+                ).numpy()
+                for i, params in enumerate(a.settings(with_features=domain is not None)):
+                    long_rows(cols, t, a.name, params, ids, member, part, s[:, i])
+            else:
+                fits.append(learned_fit_args(cfg, plan, t, a.name, a, scored))
+                fit_keys.append((t, a.name))
+        if QUALITY_COL in res:
+            held = (plan.split[mask] == NONMEMBER) & (part == TEST)
+            quality.append(
+                {
+                    "target": t,
+                    "metric": "heldout_eps_mse",
+                    "value": float(res[QUALITY_COL][held].mean()),
+                }
+            )
+        quality += quality_rows(cfg, plan, t, gen[t][: cfg.quality.num_generated], domain)
+    log.info(
+        "evaluate: domain classifier, generated-image attacks and quality in %.1fs",
+        time.perf_counter() - t0,
+    )
+    t0 = time.perf_counter()
+    for (t, name), out in zip(fit_keys, scorer.map(fit_learned, fits)):
+        mask = audited_rows(plan, t)
+        ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
+        params = by_name[name].settings()[0]
+        long_rows(cols, t, name, params, ids, member, part, learned_scores(out, part))
+    log.info("evaluate: fitted %d learned attacks in %.1fs", len(fits), time.perf_counter() - t0)
+    if domain is not None:
+        quality.append(
+            {
+                "target": "real",
+                "metric": "domain_classifier_train_accuracy",
+                "value": float(domain.train_accuracy),
+            }
+        )
+        quality.append(
+            {
+                "target": "real",
+                "metric": "domain_classifier_rows",
+                "value": float(domain.train_rows),
+            }
+        )
+    samples = {t: g[: cfg.sampling.num_images] for t, g in gen.items()}
+    return EvaluationResult(
+        pa.table(cols), quality, samples, ap.skipped, shadow_summary(cfg, plan, served)
+    )
+
+
+def shadow_summary(
+    cfg: ExperimentConfig, plan: Plan, served: dict[str, list[str]]
+) -> dict[str, dict[str, Any]]:
+    """Per target audited by a shadow-trained attack: the attacks, the regime its shadows
+    imitate and each shadow's member / held-out row counts (results.json `shadows`)."""
+    out = {}
+    for t, names in served.items():
+        if not names:
+            continue
+        models = shadows_for(cfg, plan, t)
+        out[t] = {
+            "attacks": names,
+            "regime": parse_shadow(models[0])[1],
+            "models": {
+                m: {
+                    "members": int(plan.members_of(m).sum()),
+                    "heldout": int(plan.shadow_nonmembers(m).sum()),
+                }
+                for m in models
+            },
+        }
+    return out

@@ -1,0 +1,320 @@
+"""Scoring: the worker that turns one model's rows into attack scores and features (what a Ray
+Data actor runs), the `Scorer` role that places scoring jobs, and an in-process `SerialScorer`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from raydefense.audit.grid import resolve_attack
+from raydefense.audit.targets import (
+    build_attacks,
+    schedule_of,
+    shadow_rows,
+    shadows_for,
+)
+from raydefense.config import ExperimentConfig
+from raydefense.data.plan import CALIBRATION, NONMEMBER, Plan
+from raydefense.data.pool import to_model_range
+from raydefense.defense.dualmd import DualMDPipeline, DualMDStepRouter
+from raydefense.diffusion.checkpoint import load_unet
+from raydefense.diffusion.sampling import sample
+from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.diffusion.unet import EpsModel, UNetEps
+from raydefense.layout import model_dir
+from raydefense.roster import DUALMD
+from raydefense.seeding import STREAM_QUALITY
+from raydefense.storage import Storage
+
+SCORES_COLUMNS = ("target", "attack", "params", "row_id", "is_member", "part", "score")
+
+
+def load_eps(
+    storage: Storage, model: str, weights: str, cache_dir: str, device: str = "cpu"
+) -> EpsModel:
+
+    return UNetEps(load_unet(storage.local_dir(model_dir(model), cache_dir), weights).to(device))
+
+
+def load_target(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    target: str,
+    weights: str,
+    cache_dir: str,
+    teachers: list[str],
+    device: str = "cpu",
+) -> EpsModel:
+    """A target's eps interface: its UNet, or DualMD's step router over its teachers."""
+    if target == DUALMD:
+        return DualMDStepRouter(
+            [load_eps(storage, m, weights, cache_dir, device) for m in teachers],
+            schedule_of(cfg),
+            cfg.sampling.num_steps,
+        )
+    return load_eps(storage, target, weights, cache_dir, device)
+
+
+QUALITY_COL = "heldout_eps_mse"
+
+
+def query_col(attack: str, i: int) -> str:
+    return f"q:{attack}:{i}"
+
+
+def feature_col(attack: str) -> str:
+    return f"f:{attack}"
+
+
+def setting_label(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+class ScoringWorker:
+    """Scores batches of one model's rows with a set of attacks (what one Ray Data actor runs).
+
+    Output per batch: `row_id`, one float32 column per query-attack setting (`q:<attack>:<i>`),
+    one [B, F] float32 feature column per learned attack (`f:<attack>`), and the per-row held-out
+    eps-MSE (`heldout_eps_mse`, seeded t and noise; averaged later over non-member test rows).
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        model: str,
+        attacks: list[str],
+        teachers: list[str],
+        cache_dir: str,
+        device: str = "cpu",
+        with_quality: bool = True,
+    ) -> None:
+        self.cfg, self.schedule, self.device = cfg, schedule_of(cfg), device
+        # (output name, attack): the enabled attacks by name, and sweep grid points by their
+        # key `<attack>@<index>` (raydefense.audit.grid), each its own attack object.
+        self.attacks = [(a.name, a) for a in build_attacks(cfg) if a.name in attacks]
+        if any("@" in name for name in attacks):
+            self.attacks += [(k, resolve_attack(cfg, k)) for k in attacks if "@" in k]
+        self.with_quality = with_quality
+        w = cfg.attacks.weights
+        self.eps: dict[str, EpsModel] = {
+            w: load_target(cfg, storage, model, w, cache_dir, teachers, device)
+        }
+        for _, a in self.attacks:  # GSA attacks the raw training weights by default
+            aw = getattr(a.cfg, "weights", w)
+            if aw not in self.eps:
+                self.eps[aw] = load_target(cfg, storage, model, aw, cache_dir, teachers, device)
+
+    def __call__(self, images: np.ndarray, row_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Args: images [B, C, H, W] float32 in [-1, 1]; row_ids [B] int64.
+        Returns: columns as described in the class docstring."""
+        x0 = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        ids = torch.from_numpy(np.array(row_ids, dtype=np.int64))
+        seed, cache = self.cfg.seed, {}
+        out: dict[str, np.ndarray] = {"row_id": np.asarray(row_ids, dtype=np.int64)}
+        w = self.cfg.attacks.weights
+        for name, a in self.attacks:
+            eps = self.eps[getattr(a.cfg, "weights", w)]
+            if a.kind == "query":
+                s = a.score(eps, self.schedule, x0, ids, seed, cache).cpu().numpy()
+                for i in range(s.shape[1]):
+                    out[query_col(name, i)] = s[:, i].astype(np.float32)
+            elif a.kind == "learned":
+                out[feature_col(name)] = (
+                    a.features(eps, self.schedule, x0, ids, seed, cache)
+                    .cpu()
+                    .numpy()
+                    .astype(np.float32)
+                )
+        if self.with_quality:
+            out[QUALITY_COL] = heldout_eps_mse_rows(
+                self.eps[w], self.schedule, x0, row_ids, seed, self.cfg.sampling.quality_draws
+            )
+        return out
+
+    def generate(self, n: int, image_shape: tuple[int, ...]) -> np.ndarray:
+        """n images from the model's public sampler (DualMD: the alternating pipeline, teacher 1
+        first), seeded by the base seed. -> [n, C, H, W] float32 in [-1, 1]."""
+
+        s, eps = self.cfg.sampling, self.eps[self.cfg.attacks.weights]
+        shape = (n, *image_shape)
+        if isinstance(eps, DualMDStepRouter):
+            return (
+                DualMDPipeline(eps.teachers, self.schedule)
+                .generate(shape, s.sampler, s.num_steps, self.cfg.seed)
+                .cpu()
+                .numpy()
+            )
+        return (
+            sample(
+                [eps],
+                self.schedule,
+                shape,
+                s.sampler,
+                s.num_steps,
+                self.cfg.seed,
+                device=self.device,
+            )
+            .cpu()
+            .numpy()
+        )
+
+
+@torch.no_grad()
+def heldout_eps_mse_rows(
+    eps: EpsModel,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    row_ids: np.ndarray,
+    seed: int,
+    draws: int,
+) -> np.ndarray:
+    """Per-row eps-prediction MSE, t ~ U{0..T-1} and noise seeded per (row, draw): averaged over
+    held-out rows it is a model's denoising utility on unseen data (lower is better). -> [B]."""
+    T = schedule.num_train_timesteps
+    total = np.zeros(len(row_ids))
+    for d in range(draws):
+        ts, noise = [], []
+        for r in np.asarray(row_ids).tolist():
+            rng = np.random.default_rng([seed, r, STREAM_QUALITY, d])
+            ts.append(int(rng.integers(T)))
+            noise.append(rng.standard_normal(tuple(x0.shape[1:]), dtype=np.float32))
+        t = torch.tensor(ts, dtype=torch.long, device=x0.device)
+        n = torch.from_numpy(np.stack(noise)).to(x0.device)
+        err = (eps(schedule.q_sample(x0.float(), t, n), t).float() - n).pow(2).flatten(1).mean(1)
+        total += err.cpu().numpy()
+    return (total / draws).astype(np.float32)
+
+
+def validation_rows(plan: Plan, n: int) -> np.ndarray:
+    """The first n calibration-part non-members (plan row order): rows no target trains on and
+    whose test-part siblings alone decide the reported attack metrics. -> bool mask [R]."""
+    mask = (plan.split == NONMEMBER) & (plan.part == CALIBRATION)
+    keep = np.flatnonzero(mask)[:n]
+    out = np.zeros(len(mask), dtype=bool)
+    out[keep] = True
+    return out
+
+
+def heldout_validator(
+    plan: Plan, schedule: NoiseSchedule, n: int, seed: int
+) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """A training-loop hook: unet (EMA weights) -> {"val_eps_mse": mean held-out eps-MSE on
+    `validation_rows(plan, n)`}, one seeded (t, noise) draw per row, so successive reports
+    of one fit (and fits of different trials) are measured on identical inputs."""
+
+    mask = validation_rows(plan, n)
+    x0 = torch.from_numpy(to_model_range(plan.images[mask]))
+    ids = plan.row_id[mask]
+
+    def validate(unet: torch.nn.Module) -> dict[str, float]:
+        dev = next(unet.parameters()).device
+        mse = heldout_eps_mse_rows(UNetEps(unet), schedule, x0.to(dev), ids, seed, 1)
+        return {"val_eps_mse": float(mse.mean())}
+
+    return validate
+
+
+@dataclass
+class ScoreJob:
+    """Score `row_ids` (all rows of the plan where `mask`) of `model` with `attacks`."""
+
+    model: str
+    mask: np.ndarray
+    attacks: list[str]
+    with_quality: bool = True
+
+
+def shadow_jobs(cfg: ExperimentConfig, plan: Plan, served: dict[str, list[str]]) -> list[ScoreJob]:
+    """One scoring job per shadow model some target's shadow-trained attacks learn from;
+    `served`: target -> the names (attack or sweep point) of its shadow-trained attacks."""
+    jobs: dict[str, set[str]] = {}
+    for t, names in served.items():
+        if names:
+            for m in shadows_for(cfg, plan, t):
+                jobs.setdefault(m, set()).update(names)
+    return [ScoreJob(m, shadow_rows(plan, m), sorted(names), False) for m, names in jobs.items()]
+
+
+class Scorer(Protocol):
+    def score(
+        self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob], generate: dict[str, int]
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """Per job, ScoringWorker's columns for all its rows (in plan row order); and per
+        target in `generate`, that many generated images (ScoringWorker.generate)."""
+        ...
+
+    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+        """[fn(*item) for item in items], possibly in parallel."""
+        ...
+
+
+def merge_columns(parts: list[dict[str, np.ndarray]], row_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Concatenate ScoringWorker outputs and reorder them to `row_ids` (any batch order)."""
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    pos = {int(r): i for i, r in enumerate(cols["row_id"])}
+    order = np.array([pos[int(r)] for r in row_ids])
+    return {k: v[order] for k, v in cols.items()}
+
+
+class SerialScorer:
+    """In-process scorer (tests, debugging): the same workers, one batch after another."""
+
+    def __init__(self, storage: Storage, cache_dir: str) -> None:
+        self.storage, self.cache_dir = storage, cache_dir
+
+    def score(
+        self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob], generate: dict[str, int]
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        results = []
+        for job in jobs:
+            worker = ScoringWorker(
+                cfg,
+                self.storage,
+                job.model,
+                job.attacks,
+                plan.teachers,
+                self.cache_dir,
+                with_quality=job.with_quality,
+            )
+            images = to_model_range(plan.images[job.mask])
+            ids = plan.row_id[job.mask]
+            bs = cfg.attacks.batch_size
+            parts = [worker(images[s : s + bs], ids[s : s + bs]) for s in range(0, len(ids), bs)]
+            results.append(merge_columns(parts, ids))
+        generated = {
+            t: ScoringWorker(cfg, self.storage, t, [], plan.teachers, self.cache_dir).generate(
+                n, plan.images.shape[1:]
+            )
+            for t, n in generate.items()
+        }
+        return results, generated
+
+    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+        return [fn(*it) for it in items]
+
+
+def long_rows(
+    cols: dict[str, list],
+    target: str,
+    attack: str,
+    params: dict,
+    row_ids: np.ndarray,
+    is_member: np.ndarray,
+    part: np.ndarray,
+    score: np.ndarray,
+) -> None:
+    n = len(row_ids)
+    cols["target"] += [target] * n
+    cols["attack"] += [attack] * n
+    cols["params"] += [setting_label(params)] * n
+    cols["row_id"] += row_ids.tolist()
+    cols["is_member"] += is_member.tolist()
+    cols["part"] += part.tolist()
+    cols["score"] += np.asarray(score, dtype=float).tolist()

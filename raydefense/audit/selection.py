@@ -1,0 +1,198 @@
+"""Selection rules of the audit, each defined once: the strongest attack per target (the
+defender's worst case), the privacy-utility Pareto front, and the best trial of a sweep.
+
+Every choice uses calibration-split metrics only (`auc_calibration`, `privacy_auc_calibration`):
+test-split numbers are what gets reported for the chosen item, never what chooses it (DESIGN.md
+invariant 5). Pure Python over plain dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+from raydefense.roster import sort_targets
+
+SELECTION_KEY = "auc_calibration"
+SELECTION_TEXT = (
+    "chosen by calibration AUC (scores oriented on calibration); test-split metrics reported"
+)
+
+
+def strongest_per_target(
+    rows: Iterable[Mapping[str, Any]], key: str = SELECTION_KEY
+) -> dict[str, Mapping[str, Any]]:
+    """Per target, the row with the highest `key` (a calibration metric); rows without it are
+    passed over; ties keep the first row in input order."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        v = r.get(key)
+        if v is None:
+            continue
+        cur = best.get(str(r["target"]))
+        if cur is None or float(v) > float(cur[key]):
+            best[str(r["target"])] = r
+    return best
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points when both coordinates are minimised (a point is
+    dominated when another is <= in both and < in one); in input order."""
+    front = []
+    for i, (a, b) in enumerate(points):
+        if not any(
+            (c <= a and d <= b) and (c < a or d < b) for j, (c, d) in enumerate(points) if j != i
+        ):
+            front.append(i)
+    return front
+
+
+def best_trial(trials: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+    """The most private completed trial by calibration AUC (utility breaks ties); None if none."""
+    done = [t for t in trials if t.get("privacy_auc_calibration") is not None]
+    if not done:
+        return None
+    return min(done, key=lambda t: (t["privacy_auc_calibration"], t["utility"]))
+
+
+UTILITY_PREFERENCE = ("domain_fid", "fid", "heldout_eps_mse")
+
+
+BLACK_BOX_CLAIMS = ("dualmd",)
+
+
+PRIVACY_FIELDS = (
+    "orientation",
+    "tpr_at_1pct_fpr",
+    "tpr_at_1pct_fpr_calibrated",
+    "fpr_at_1pct_fpr_calibrated",
+)
+
+
+def _privacy_entry(row: Mapping[str, Any], source: str) -> dict[str, Any]:
+    return {
+        "attack": row["attack"],
+        "params": row.get("params", {}),
+        "source": source,
+        "access": row.get("access"),
+        "auc": float(row["auc"]),
+        "auc_calibration": float(row["auc_calibration"]),
+        **{k: row.get(k) for k in PRIVACY_FIELDS},
+    }
+
+
+def worst_case_privacy(
+    attack_rows: Sequence[Mapping[str, Any]], sweep: Optional[Mapping[str, Any]] = None
+) -> dict[str, dict[str, Any]]:
+    """Per target, the strongest attack by calibration AUC (`strongest_per_target`): {attack,
+    params, source, access, auc, auc_calibration, orientation, tpr_at_1pct_fpr,
+    tpr_at_1pct_fpr_calibrated, fpr_at_1pct_fpr_calibrated}. `sweep`: an attack sweep's
+    results.json over the same models; its per-target worst case competes with the evaluate
+    rows. A target in BLACK_BOX_CLAIMS (DualMD: its images are the paper's claim, its step router
+    our gray-box extension) also gets `black_box`: the strongest black-box attack alone."""
+    rows = [(r, "evaluate") for r in attack_rows]
+    if sweep:
+        rows += [
+            ({**r, "target": t}, f"sweep {sweep.get('sweep')}")
+            for t, r in sweep.get("worst_case", {}).items()
+        ]
+    rows = [
+        (r, src)
+        for r, src in rows
+        if r.get("auc_calibration") is not None and r.get("auc") is not None
+    ]
+    source = {id(r): src for r, src in rows}
+    best = {
+        t: _privacy_entry(r, source[id(r)])
+        for t, r in strongest_per_target(r for r, _ in rows).items()
+    }
+    black = strongest_per_target(r for r, _ in rows if r.get("access") == "black-box")
+    for t, r in black.items():
+        if t in BLACK_BOX_CLAIMS and t in best and best[t]["access"] != "black-box":
+            best[t]["black_box"] = _privacy_entry(r, source[id(r)])
+    return best
+
+
+def utility_metric(quality: Sequence[Mapping[str, Any]]) -> Optional[str]:
+    have = {q["metric"] for q in quality}
+    return next((m for m in UTILITY_PREFERENCE if m in have), None)
+
+
+def tradeoff(
+    results: Mapping[str, Any],
+    attack_sweep: Optional[Mapping[str, Any]] = None,
+    training_sweep: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
+    """results.json's `privacy` and `privacy_utility` sections.
+
+    Returns {"privacy": {target: worst case}, "privacy_utility": {"utility_metric", "points":
+    [{label, kind: target|trial, privacy_auc, utility, pareto, ...}], "attack_sweep",
+    "training_sweep"}}."""
+    worst = worst_case_privacy(results["attacks"], attack_sweep)
+    metric = utility_metric(results["quality"])
+    points: list[dict[str, Any]] = []
+    if metric:
+        values = {q["target"]: q["value"] for q in results["quality"] if q["metric"] == metric}
+        for t in sort_targets(worst):
+            if t in values:
+                points.append(
+                    {
+                        "label": t,
+                        "kind": "target",
+                        "privacy_auc": worst[t]["auc"],
+                        "privacy_auc_calibration": worst[t]["auc_calibration"],
+                        "utility": float(values[t]),
+                    }
+                )
+        # The front is chosen on calibration AUCs; the plot shows the test AUCs it reports.
+        front = pareto_front([(p["privacy_auc_calibration"], p["utility"]) for p in points])
+        for i, p in enumerate(points):
+            p["pareto"] = i in front
+        for t in sort_targets(worst):  # a black-box-only claim: its own threat model, no front
+            bb = worst[t].get("black_box")
+            if bb and t in values:
+                points.append(
+                    {
+                        "label": f"{t} (black-box)",
+                        "kind": "black-box claim",
+                        "privacy_auc": bb["auc"],
+                        "privacy_auc_calibration": bb["auc_calibration"],
+                        "utility": float(values[t]),
+                        "pareto": False,
+                    }
+                )
+    trials: list[dict[str, Any]] = []
+    if training_sweep and training_sweep.get("utility_metric") == metric:
+        for t in training_sweep.get("trials", []):
+            if t.get("status") == "completed":
+                trials.append(
+                    {
+                        "label": t["key"],
+                        "kind": "trial",
+                        "setting": t["setting"],
+                        "privacy_auc": t["privacy_auc"],
+                        "privacy_auc_calibration": t.get("privacy_auc_calibration"),
+                        "utility": t["utility"],
+                        "pareto": bool(t.get("pareto")),
+                        "target": training_sweep.get("target"),
+                    }
+                )
+    return {
+        "privacy": worst,
+        "privacy_utility": {
+            "utility_metric": metric,
+            "points": points + trials,
+            "attack_sweep": attack_sweep.get("sweep") if attack_sweep else None,
+            "training_sweep": (
+                {
+                    "name": training_sweep.get("sweep"),
+                    "target": training_sweep.get("target"),
+                    "utility_metric": training_sweep.get("utility_metric"),
+                    "num_trials": training_sweep.get("num_trials"),
+                    "num_stopped": training_sweep.get("num_stopped"),
+                }
+                if training_sweep
+                else None
+            ),
+        },
+    }

@@ -1,0 +1,254 @@
+"""Targets x attacks: which attacks run against which target, on which rows, with which shadow
+models; the router-aware attack's bases.
+
+Targets and their access: `baseline`, `teacher_k` and the `student` are white-box; `dualmd` is
+gray-box (eps queries through its step router, an extension beyond the paper) or black-box
+(`attacks.dualmd_access`). `baseline`, `student` and `dualmd` are audited on all members vs the
+non-members, each `teacher_k` on its own shard vs the non-members.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from raydefense.attacks import ATTACKS
+from raydefense.attacks.adaptive import (
+    DualMDAdaptive,
+    check_router,
+    settings_by_teacher,
+)
+from raydefense.attacks.base import AccessError, check_access
+from raydefense.config import ExperimentConfig
+from raydefense.data.plan import MEMBER, NONMEMBER, Plan
+from raydefense.defense.dualmd import timestep_owners
+from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.errors import ConfigError
+from raydefense.roster import (
+    BASELINE,
+    DUALMD,
+    SHADOW_ROLES,
+    STUDENT,
+    all_targets,
+    shadow_name,
+    shadow_role,
+    target_access,
+)
+
+ADAPTIVE = DualMDAdaptive.name
+
+
+def build_attacks(cfg: ExperimentConfig) -> list[Any]:
+    """Instantiate the enabled attacks from their config sections.
+
+    Raises:
+        UnknownComponentError: an unknown attack name (the message lists the valid ones).
+        ConfigError: an attack without a config section, or shadow models missing.
+    """
+    out = []
+    for name in cfg.attacks.enabled:
+        cls = ATTACKS.get(name)
+        section = getattr(cfg.attacks, name, None)
+        if section is None:
+            raise ConfigError(f"attack {name!r} has no config section attacks.{name}")
+        attack = cls(section, cfg.model.num_train_timesteps)
+        if getattr(attack, "trains_on", None) == "shadow" and cfg.attacks.shadow.num_models < 1:
+            raise ConfigError(
+                f"attack {name!r} learns from shadow models; set "
+                "attacks.shadow.num_models >= 1 or drop it from attacks.enabled"
+            )
+        out.append(attack)
+    return out
+
+
+def shadows_needed(cfg: ExperimentConfig) -> int:
+    """Number of shadow draws prepare must plan (0 unless an enabled attack learns from them)."""
+    uses = any(getattr(ATTACKS.get(n), "trains_on", None) == "shadow" for n in cfg.attacks.enabled)
+    return cfg.attacks.shadow.num_models if uses else 0
+
+
+def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The shadow regimes prepare must plan: with `attacks.shadow.regime` "baseline" only the
+    baseline-like shadow; with "matched" the roles of the targets a shadow-trained attack audits
+    (every target unless `attacks.targets` is set). () when no shadow is needed."""
+    if not shadows_needed(cfg):
+        return ()
+    if cfg.attacks.shadow.regime == "baseline":
+        return ("baseline",)
+    shadow_attacks = [a for a in build_attacks(cfg) if getattr(a, "trains_on", None) == "shadow"]
+    targets = cfg.attacks.targets or all_targets(cfg.data.num_shards)
+    roles = set()
+    for t in targets:
+        for a in shadow_attacks:
+            try:
+                check_access(a, t, target_access(cfg, t))
+            except AccessError:
+                continue
+            roles.add(shadow_role(t))
+    return tuple(r for r in SHADOW_ROLES if r in roles)
+
+
+def shadow_students(cfg: ExperimentConfig, plan: Plan) -> list[str]:
+    """The shadow students the distill stage must distil (one per draw with the student role)."""
+    if "student" not in shadow_roles(cfg):
+        return []
+    return [shadow_name(j, "student") for j in range(plan.num_shadow_draws)]
+
+
+def shadows_for(cfg: ExperimentConfig, plan: Plan, target: str) -> list[str]:
+    """The shadow models a shadow-trained attack on `target` learns from: per draw, the shadows
+    of the target's regime (`shadow_role`; every teacher-like shadow of the draw for a teacher,
+    whose K shards are all that regime) or, with regime "baseline", the baseline-like one.
+
+    Raises:
+        ConfigError: the plan lacks them (prepared for other targets or another regime).
+    """
+    role = "baseline" if cfg.attacks.shadow.regime == "baseline" else shadow_role(target)
+    out = []
+    for j in range(plan.num_shadow_draws):
+        if role == "teacher":
+            out += [shadow_name(j, "teacher", k) for k in range(plan.num_shards)]
+        else:
+            out.append(shadow_name(j, role))
+    available = set(plan.shadows) | set(shadow_students(cfg, plan))
+    missing = [m for m in out if m not in available]
+    if missing or not out:
+        raise ConfigError(
+            f"the plan has no {role}-like shadow models for target {target!r} "
+            f"(missing: {', '.join(missing) or 'all'}); rerun prepare with this "
+            "config (raydefense run --force prepare)"
+        )
+    return out
+
+
+def shadow_rows(plan: Plan, model: str) -> np.ndarray:
+    """Bool [R]: the rows a shadow-trained attack learns on from `model`: its members and its
+    draw's held-out rows."""
+    return plan.members_of(model) | plan.shadow_nonmembers(model)
+
+
+@dataclass
+class AttackPlan:
+    """Per target, the attacks that run; and the (target, attack, reason) pairs refused."""
+
+    targets: list[str]
+    attacks: dict[str, list[Any]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def plan_attacks(cfg: ExperimentConfig, plan: Plan) -> AttackPlan:
+    """Match attacks to targets by access level.
+
+    With `attacks.targets` unset every target is audited and pairs its access cannot serve are
+    skipped (and reported); naming targets explicitly makes such a pair an error.
+
+    Raises:
+        AccessError: an explicitly requested target cannot serve an enabled attack.
+        ConfigError: an unknown target name.
+    """
+    explicit = cfg.attacks.targets is not None
+    check_explicit_targets(cfg)
+    targets = list(cfg.attacks.targets) if explicit else all_targets(plan.num_shards)
+    attacks = build_attacks(cfg)
+    out = AttackPlan(targets=targets, attacks={})
+    for t in targets:
+        out.attacks[t] = []
+        for a in attacks:
+            try:
+                check_access(a, t, target_access(cfg, t))
+                check_router(a, t)
+            except AccessError as e:  # explicit targets were checked above
+                out.skipped.append({"target": t, "attack": a.name, "reason": str(e).split(";")[0]})
+                continue
+            out.attacks[t].append(a)
+    return out
+
+
+def check_explicit_targets(cfg: ExperimentConfig) -> None:
+    """Fail fast (before any stage runs) on an explicit target that is unknown or cannot serve
+    an enabled attack; the same rules as plan_attacks, without a plan."""
+    if cfg.attacks.targets is None:
+        return
+    known = all_targets(cfg.data.num_shards)
+    attacks = build_attacks(cfg)
+    for t in cfg.attacks.targets:
+        if t not in known:
+            raise ConfigError(
+                f"unknown target {t!r} in attacks.targets; choose from: {', '.join(known)}"
+            )
+        for a in attacks:
+            check_access(a, t, target_access(cfg, t))
+            check_router(a, t)
+
+
+def adaptive_bases(
+    cfg: ExperimentConfig, num_shards: Optional[int] = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The base attacks of `dualmd_adaptive` ({name: settings}): the configured
+    `attacks.dualmd_adaptive.bases`, or (None) every enabled query attack with a single-timestep
+    setting served by each of DualMD's teachers. Empty when the attack is not enabled or DualMD
+    is audited black-box only.
+
+    Raises:
+        ConfigError: a named base is not an enabled query attack or misses a teacher, or no
+            enabled query attack can serve as a base.
+    """
+    if ADAPTIVE not in cfg.attacks.enabled or cfg.attacks.dualmd_access == "black-box":
+        return {}
+
+    k = num_shards or cfg.data.num_shards
+    owners = timestep_owners(schedule_of(cfg), cfg.sampling.num_steps, k).tolist()
+    query = {a.name: a.settings() for a in build_attacks(cfg) if a.kind == "query"}
+
+    def covers(settings: list[dict[str, Any]]) -> bool:
+        return all(settings_by_teacher(settings, owners, k).values())
+
+    named = cfg.attacks.dualmd_adaptive.bases
+    if named is not None:
+        for b in named:
+            if b not in query:
+                raise ConfigError(
+                    f"attacks.dualmd_adaptive.bases names {b!r}, which is not an "
+                    f"enabled query attack; enabled query attacks: "
+                    f"{', '.join(query) or 'none'}"
+                )
+            if not covers(query[b]):
+                raise ConfigError(
+                    f"attacks.dualmd_adaptive.bases: {b!r} has no timestep served "
+                    f"by every teacher under sampling.num_steps="
+                    f"{cfg.sampling.num_steps}; give it more timesteps"
+                )
+        return {b: query[b] for b in named}
+    out = {b: st for b, st in query.items() if covers(st)}
+    if not out:
+        raise ConfigError(
+            "attack 'dualmd_adaptive' needs a query attack that asks eps about one "
+            "timestep served by each teacher, and none of the enabled ones "
+            f"({', '.join(query) or 'none'}) does; enable sima or pia (their "
+            "timestep sweeps cover every teacher)"
+        )
+    return out
+
+
+def audited_rows(plan: Plan, target: str) -> np.ndarray:
+    """Bool [R]: the member rows of `target`'s training set plus every non-member row."""
+    nonmember = plan.split == NONMEMBER
+    if target in (STUDENT, DUALMD, BASELINE):
+        return (plan.split == MEMBER) | nonmember
+    if target not in plan.models:
+        raise KeyError(f"unknown target {target!r}")
+    return plan.rows_of(target) | nonmember
+
+
+def training_rows(plan: Plan, target: str) -> np.ndarray:
+    """Bool [R]: the images a target learned from (dualmd: its teachers' shards; the student:
+    the members its soft targets were computed on)."""
+    if target in (STUDENT, DUALMD):
+        return plan.split == MEMBER
+    return plan.rows_of(target)
+
+
+def schedule_of(cfg: ExperimentConfig) -> NoiseSchedule:
+    return NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end)

@@ -1,0 +1,37 @@
+"""The Ray backend of a run: one object per role of `raydefense.runs.context.Backend`, on one
+Ray cluster (joined under `ray job submit` / RAY_ADDRESS, else a local one).
+
+- fitter: Ray Train, one TorchTrainer per model (`raydefense.distributed.train`);
+- labeller: a Ray Data actor pool writing soft targets (`raydefense.distributed.soft_targets`);
+- scorer: a Ray Data actor pool scoring and generating, Ray tasks for learned-attack fits
+  (`raydefense.distributed.scoring`);
+- trials: Ray Tune for attack-grid and training sweeps (`raydefense.distributed.tune`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from raydefense.config import ExperimentConfig
+from raydefense.distributed.runtime import init_ray
+from raydefense.distributed.scoring import RayScorer
+from raydefense.distributed.soft_targets import RayLabeller
+from raydefense.distributed.train import RayFitter
+from raydefense.distributed.tune import RayTrialRunner
+from raydefense.runs.context import Backend
+
+
+def ray_backend(
+    cfg: ExperimentConfig,
+    tracking_uri: Optional[str],
+    fit_callbacks: Optional[dict[str, list]] = None,
+) -> Backend:
+    """Start (or join) Ray and return the four roles. `fit_callbacks`: extra Ray Train callbacks
+    per model name (a training sweep's TuneReportCallback on the watched fit)."""
+    cluster = init_ray(cfg.resources)
+    return Backend(
+        fitter=RayFitter(cluster, tracking_uri, fit_callbacks),
+        labeller=RayLabeller(),
+        scorer=RayScorer(),
+        trials=RayTrialRunner(backend_factory=ray_backend),
+    )

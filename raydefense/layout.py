@@ -1,0 +1,72 @@
+"""Every path under `<storage.root>/<experiment>/`, relative to it (Storage resolves them).
+
+prepare/rows.parquet            row_id, hash, split, shard, part, label, image (uint8 bytes)
+prepare/membership.parquet      row_id + one bool column per trained model
+prepare/shadow_draws.parquet    row_id + shadow_j:train, shadow_j:heldout per shadow draw
+prepare/plan.json               sizes, models, image shape, source
+ray_train/<run name>/           Ray Train run storage (checkpoints; the resume source)
+models/<model>/                 final checkpoint (diffusers dirs + state.pt)
+distill/soft_targets/           the student's soft targets (Parquet)
+distill/<shadow student>/soft_targets/   a shadow student's
+evaluate/scores.parquet         raw per-row scores; quality.json, skipped.json, shadows.json,
+                                samples/<target>.npy
+report/                         results.json, report.md/html, figures, timings.json
+sweeps/<name>/                  an attack-grid sweep; training_sweeps/<name>/ a training sweep
+seeds/summary.{json,md}         a training-seed study whose base is this experiment
+<stage>/_COMPLETE.json, models/<model>/_COMPLETE.json, <soft targets>/_COMPLETE.json
+                                completion markers: fingerprint + manifest, written last
+"""
+
+from __future__ import annotations
+
+from raydefense.roster import STUDENT
+
+MARKER = "_COMPLETE.json"
+
+ROWS = "prepare/rows.parquet"
+MEMBERSHIP = "prepare/membership.parquet"
+SHADOW_DRAWS = "prepare/shadow_draws.parquet"
+PLAN_JSON = "prepare/plan.json"
+RAY_TRAIN = "ray_train"
+SOFT_TARGETS = "distill/soft_targets"
+SCORES = "evaluate/scores.parquet"
+QUALITY = "evaluate/quality.json"
+SKIPPED = "evaluate/skipped.json"
+SHADOWS = "evaluate/shadows.json"
+SAMPLES = "evaluate/samples"
+REPORT = "report"
+RESULTS = "report/results.json"
+TIMINGS = "report/timings.json"
+SEEDS = "seeds"
+SEEDS_SUMMARY = "seeds/summary.json"
+
+
+def marker(prefix: str) -> str:
+    """The completion marker of a stage (`prepare`) or of any published prefix."""
+    return f"{prefix}/{MARKER}"
+
+
+def model_dir(model: str) -> str:
+    return f"models/{model}"
+
+
+def ray_train_run(run_name: str) -> str:
+    return f"{RAY_TRAIN}/{run_name}"
+
+
+def soft_targets_dir(student: str = STUDENT) -> str:
+    """Where a student's soft targets live: distill/soft_targets for the target student,
+    distill/<name>/soft_targets for a shadow student."""
+    return SOFT_TARGETS if student == STUDENT else f"distill/{student}/soft_targets"
+
+
+def sample_grid(target: str) -> str:
+    return f"{SAMPLES}/{target}.npy"
+
+
+def attack_sweep_dir(name: str) -> str:
+    return f"sweeps/{name}"
+
+
+def training_sweep_dir(name: str) -> str:
+    return f"training_sweeps/{name}"

@@ -1,0 +1,168 @@
+"""The training-seed study's section of the report (`raydefense seeds`' summary.md as well):
+mean ± sd per target's worst case and per attack line over the seeds, and how the training-seed
+spread compares with the bootstrap CI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+
+from raydefense.report.markdown import MISSING, escape, markdown_table
+from raydefense.roster import sort_targets
+
+QUALITY_METRICS = (
+    "domain_fid",
+    "heldout_eps_mse",
+    "memorized_fraction",
+    "mmd_member_gap",
+    "mmd_p_value",
+)
+
+
+def plus_minus(stat: Optional[Mapping[str, Any]], n_total: int, digits: int = 3) -> str:
+    """ "0.912 ± 0.013"; "0.912 (n=1)" for one value; "(n=2)" appended when seeds are missing."""
+    if not stat or stat.get("mean") is None:
+        return MISSING
+    text = f"{stat['mean']:.{digits}f}"
+    if stat.get("sd") is not None:
+        text += f" ± {stat['sd']:.{digits}f}"
+    n = int(stat.get("n", n_total))
+    if n < n_total or stat.get("sd") is None:
+        text += f" (n={n})"
+    return text
+
+
+def _label(target: str, path: Sequence[str]) -> str:
+    return f"{target} ({', '.join(k.replace('_', '-') for k in path)})" if path else target
+
+
+def privacy_rows(
+    target: str, entry: Mapping[str, Any], n_total: int, path: tuple[str, ...] = ()
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, entry) for a worst-case entry and, after it, each nested entry."""
+    out = [(_label(target, path), entry)]
+    for k, v in entry.items():
+        if isinstance(v, Mapping) and "seeds" in v and "attacks" in v:
+            out += privacy_rows(target, v, n_total, path + (k,))
+    return out
+
+
+def _attacks_cell(entry: Mapping[str, Any], n_total: int) -> str:
+    texts = [a if a is not None else MISSING for a in entry.get("attacks", [])]
+    seeds = entry.get("seeds", [])
+    if texts and len(set(texts)) == 1 and len(texts) == n_total:
+        return f"{texts[0]} (every seed)"
+    return "; ".join(f"seed {s}: {a}" for s, a in zip(seeds, texts))
+
+
+def seeds_markdown(summary: Mapping[str, Any]) -> str:
+    """The seed study as a Markdown section (no trailing newline): the worst case per target,
+    then attack lines x targets with "AUC mean ± sd" cells and how the training-seed sd compares
+    with the bootstrap CI half-width."""
+    seeds = list(summary.get("seeds", []))
+    n_total = len(seeds)
+    experiments = summary.get("experiments", {})
+    names = ", ".join(
+        f"{s} (`{experiments.get(str(s), experiments.get(s, MISSING))}`)" for s in seeds
+    )
+    parts = [
+        "## Training-seed study",
+        "",
+        f"Seeds {names}. Numbers are mean ± sample sd (ddof=1) over the training seeds; "
+        f"(n=k) marks a number that only k of the {n_total} seeds have.",
+        "",
+        "### Privacy: the defender's worst case",
+        "",
+    ]
+
+    privacy = summary.get("privacy", {})
+    if privacy:
+        body = []
+        for t in sort_targets(privacy):
+            for label, e in privacy_rows(t, privacy[t], n_total):
+                body.append(
+                    [
+                        escape(label),
+                        plus_minus(e.get("auc"), n_total),
+                        plus_minus(e.get("auc_calibration"), n_total),
+                        plus_minus(e.get("tpr_at_1pct_fpr_calibrated"), n_total),
+                        plus_minus(e.get("fpr_at_1pct_fpr_calibrated"), n_total),
+                        escape(_attacks_cell(e, n_total)),
+                    ]
+                )
+        parts += [
+            markdown_table(
+                [
+                    "Target",
+                    "Worst-case AUC",
+                    "Cal. AUC",
+                    "TPR@1%FPR (calibrated)",
+                    "Realised FPR",
+                    "Strongest attack per seed",
+                ],
+                body,
+            ),
+            "",
+        ]
+    else:
+        parts += ["No worst-case entries in the seeds' results.", ""]
+
+    quality = summary.get("quality", {})
+    if quality:
+        metrics = [m for m in QUALITY_METRICS if any(m in q for q in quality.values())]
+        body = [
+            [escape(t)] + [plus_minus(quality[t].get(m), n_total) for m in metrics]
+            for t in sort_targets(quality)
+        ]
+        parts += ["### Utility", "", markdown_table(["Target"] + metrics, body), ""]
+
+    parts += ["### Attacks", ""]
+    rows = summary.get("attacks", [])
+    if not rows:
+        parts.append("No attack results.")
+        return "\n".join(parts)
+    lines = list(dict.fromkeys(r["line"] for r in rows))
+    targets = sort_targets(r["target"] for r in rows)
+    index = {(r["line"], r["target"]): r for r in rows}
+    body = [
+        [escape(line)]
+        + [
+            plus_minus(index[(line, t)].get("auc"), n_total) if (line, t) in index else MISSING
+            for t in targets
+        ]
+        for line in lines
+    ]
+    parts += [
+        markdown_table(["Attack"] + [escape(t) for t in targets], body),
+        "",
+        "Cells: test AUC mean ± sd over training seeds.",
+        "",
+        _spread_sentence(summary),
+    ]
+    return "\n".join(parts)
+
+
+def _spread_sentence(summary: Mapping[str, Any]) -> str:
+    widths = summary.get("bootstrap_ci_width", {})
+    pairs = []
+    for r in summary.get("attacks", []):
+        sd = (r.get("auc") or {}).get("sd")
+        w = widths.get(r["target"], {}).get(r["line"])
+        if sd is not None and w is not None:
+            pairs.append((float(sd), float(w) / 2))
+    if not pairs:
+        return (
+            "No cell has both a training-seed sd and a bootstrap CI, so the two spreads "
+            "cannot be compared."
+        )
+    sd_mean = float(np.mean([p[0] for p in pairs]))
+    half_mean = float(np.mean([p[1] for p in pairs]))
+    larger = sum(1 for sd, half in pairs if sd > half)
+    return (
+        f"Over the {len(pairs)} cells, the training-seed sd of AUC averages {sd_mean:.3f} and "
+        f"the bootstrap 95% CI half-width (test-row resampling within one run, averaged over "
+        f"seeds) averages {half_mean:.3f}; the seed sd exceeds the half-width in {larger} of "
+        f"{len(pairs)} cells. The bootstrap CI does not include training-seed variation."
+    )

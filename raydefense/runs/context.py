@@ -1,0 +1,112 @@
+"""What a stage or sweep is handed: the config, storage, tracker, and the roles that place heavy
+work (Ray in production: `raydefense.distributed.backend`; in-process in tests).
+
+Each role is a narrow protocol; a run only needs the roles of the stages it runs (`prepare`
+needs none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+from raydefense.audit.scoring import Scorer
+from raydefense.config import ExperimentConfig
+from raydefense.errors import RaydefenseError
+from raydefense.storage import Storage
+from raydefense.tracking.base import NullTracker, Tracker
+
+
+class Fitter(Protocol):
+    """Trains models (Ray Train in production)."""
+
+    def check_resources(self, cfg: ExperimentConfig) -> None:
+        """Raise ResourceError when one fit can never be placed (before anything is written)."""
+        ...
+
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict]) -> None:
+        """Train the models described by specs ({model, kind, model_index, run_name,
+        mlflow_run_id}) and leave each final checkpoint under models/<model>."""
+        ...
+
+
+class Labeller(Protocol):
+    """Writes DistillMD soft targets (a Ray Data actor pool in production)."""
+
+    def label_soft_targets(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        teachers: list[str],
+        owners: dict[int, list[str]],
+        draws: int,
+        out_dir: str,
+        groups: dict[int, int],
+    ) -> int:
+        """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that
+        trained on it) under out_dir, labelled by the other `teachers`, `groups` (row_id ->
+        shard index) in the "shard" column; returns the rows written."""
+        ...
+
+
+class TrialRunner(Protocol):
+    """Runs sweep trials (Ray Tune in production)."""
+
+    def attack_trials(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        rel_path: str,
+        run_name: str,
+        trials: list[dict],
+        scores: Any,
+    ) -> list[dict]:
+        """Attack-sweep trials: one per {attack, params}, run or resumed under
+        rel_path/run_name; returns them with `metrics` {target: {...}} and `trial_id`."""
+        ...
+
+    def training_trials(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        rel_path: str,
+        run_name: str,
+        points: list,
+        trials_root: str,
+    ) -> list[dict]:
+        """Training-sweep trials: one pipeline per point under trials_root/<key>; returns per
+        point {status, trial_id, metrics, history}."""
+        ...
+
+
+@dataclass
+class Backend:
+    """The roles a run places work through; None where this run does not need one."""
+
+    fitter: Optional[Fitter] = None
+    labeller: Optional[Labeller] = None
+    scorer: Optional[Scorer] = None
+    trials: Optional[TrialRunner] = None
+
+
+ROLES = ("fitter", "labeller", "scorer", "trials")
+
+
+@dataclass
+class RunContext:
+    cfg: ExperimentConfig
+    storage: Storage
+    backend: Backend = field(default_factory=Backend)
+    tracker: Tracker = field(default_factory=NullTracker)
+    parent_run: Optional[str] = None
+    force: set[str] = field(default_factory=set)
+    timings: dict[str, float] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def role(self, name: str) -> Any:
+        """The backend's `name` role (ROLES); a clear error when this run was given none."""
+        r = getattr(self.backend, name)
+        if r is None:
+            raise RaydefenseError(f"this run has no {name}: give RunContext a Backend with one")
+        return r

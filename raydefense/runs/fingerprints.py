@@ -1,0 +1,96 @@
+"""Fingerprints: what each stage, model and sweep depends on (its config sections, its inputs'
+fingerprints, the code version), hashed with `raydefense.hashing.stable_hash`."""
+
+from __future__ import annotations
+
+import raydefense
+from raydefense.audit.targets import shadow_roles, shadows_needed
+from raydefense.config import ExperimentConfig
+from raydefense.hashing import stable_hash
+from raydefense.roster import STUDENT, parse_shadow
+
+
+def _hash(*parts: object) -> str:
+    return stable_hash(list(parts))
+
+
+def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
+    """Fingerprint of each stage's inputs. Resources, tracking and sampling-only settings do not
+    change what a model learns, so they are not part of the training fingerprints."""
+    d = cfg.model_dump(mode="json")
+    v = raydefense.__version__
+    fp: dict[str, str] = {}
+    shadows = shadows_needed(cfg)
+    roles = shadow_roles(cfg)
+    # The shadow rows (and a baseline-like shadow's fingerprint) do not depend on the regime;
+    # the plan's models do: the roles join the prepare fingerprint only when they differ from
+    # the one baseline-like shadow per draw that regime "baseline" plans.
+    shadow = {k: x for k, x in d["attacks"]["shadow"].items() if k != "regime"} if shadows else None
+    plan_shadows = shadow if roles in ((), ("baseline",)) else {**shadow, "roles": list(roles)}
+    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows)
+    # How often a fit logs, checkpoints or validates does not change the model it produces.
+    train = {
+        k: x
+        for k, x in d["train"].items()
+        if k not in ("log_every", "checkpoint_every", "val_rows")
+    }
+    fp["train"] = _hash("train", v, fp["prepare"], d["model"], train)
+    # The target models (and so the student) do not depend on the attacker's shadow models.
+    fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
+    fp["shadows"] = _hash("shadows", fp["targets"], shadow)
+    fp["student"] = _hash("distill", v, fp["targets"], d["distill"])
+    fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"])
+    fp["distill"] = (
+        _hash("distill", fp["student"], fp["shadow_students"])
+        if "student" in roles
+        else fp["student"]
+    )
+    fp["evaluate"] = _hash(
+        "evaluate", v, fp["train"], fp["distill"], d["attacks"], d["sampling"], d["quality"]
+    )
+    fp["report"] = _hash("report", v, fp["evaluate"])
+    return fp
+
+
+def model_fingerprint(fps: dict[str, str], model: str) -> str:
+    """Per-model fingerprint of a fit (its run name and completion marker)."""
+    if model == STUDENT:
+        return fps["student"]
+    shadow = parse_shadow(model)
+    if shadow is None:
+        return fps["targets"]
+    return fps["shadow_students"] if shadow[1] == "student" else fps["shadows"]
+
+
+def attack_sweep_fingerprint(cfg: ExperimentConfig, fps: dict[str, str]) -> str:
+    """What the sweep's scores depend on: the trained models (train, distill), the swept
+    attacks' base sections and grids, targets/access/weights, and sampling (DualMD's router)."""
+    d = cfg.model_dump(mode="json")
+    attacks = {k: d["attacks"][k] for k in ("targets", "dualmd_access", "weights")}
+    attacks.update({n: d["attacks"][n] for n in d["sweep"]["attacks"]})
+    payload = [
+        "sweep-scores",
+        raydefense.__version__,
+        cfg.seed,
+        fps["train"],
+        fps["distill"],
+        attacks,
+        d["sampling"],
+        d["sweep"]["attacks"],
+    ]
+    return stable_hash(payload)
+
+
+def training_sweep_fingerprint(cfg: ExperimentConfig) -> str:
+    """The Tune run's identity: everything but tracking, storage, resources and the attack
+    sweep's own fields."""
+    d = cfg.model_dump(mode="json")
+    for k in ("tracking", "storage", "resources"):
+        d.pop(k)
+    d["sweep"] = {
+        k: v
+        for k, v in d["sweep"].items()
+        if k not in ("attacks", "max_concurrent_trials", "cpus_per_trial")
+    }
+    payload = ["training-sweep", raydefense.__version__, d]
+    return stable_hash(payload)
