@@ -1,6 +1,6 @@
 """`raydefense` command line: run the pipeline, or up to one stage, on a local Ray or a cluster.
 
-raydefense run [--preset NAME | --config FILE.yaml] [--set KEY=VALUE ...] [--force STAGE]
+raydefense run [--preset NAME ... | --config FILE.yaml] [--set KEY=VALUE ...] [--force STAGE]
 raydefense prepare|train|distill|attack|report  (same options; runs up to that stage)
 raydefense sweep  (same options; the `sweep` section: kind=attacks after distill, or
                    kind=training, one small pipeline per grid point)
@@ -16,10 +16,15 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import Any, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
 
-from raydefense.config import ExperimentConfig, load_config, preset_names
+from raydefense.config import (
+    ExperimentConfig,
+    experiment_preset_names,
+    hardware_preset_names,
+    load_config,
+)
 from raydefense.errors import RaydefenseError
 
 COMMANDS = {
@@ -73,11 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--preset", help=f"a shipped preset: {', '.join(preset_names())} (default: digits)"
+    p.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a shipped preset, repeatable: one experiment preset "
+        f"({', '.join(experiment_preset_names())}; default digits) and any hardware presets "
+        f"({', '.join(hardware_preset_names())}), e.g. --preset digits --preset cpu2",
     )
-    g.add_argument("--config", help="a YAML file (may name a preset in `base:`)")
+    p.add_argument(
+        "--config",
+        help="a YAML file (may name an experiment preset in `base:`; combines "
+        "with hardware presets)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -99,8 +113,8 @@ def config_argv(args: argparse.Namespace) -> list[str]:
     """The config options of parsed `add_config_args` arguments, back as CLI arguments (for the
     Ray job entrypoints in jobs/, which forward them to `main`)."""
     argv: list[str] = []
-    if args.preset:
-        argv += ["--preset", args.preset]
+    for name in args.preset:
+        argv += ["--preset", name]
     if args.config:
         argv += ["--config", args.config]
     for o in args.overrides:
@@ -155,7 +169,7 @@ def git_sha() -> Optional[str]:
 
 def execute(
     command: str,
-    preset: Optional[str] = None,
+    preset: Union[str, Sequence[str], None] = None,
     config: Optional[str] = None,
     overrides: Optional[list[str]] = None,
     force: Optional[list[str]] = None,
@@ -219,6 +233,7 @@ def execute(
         force=set(force or []),
     )
     status = "FAILED"
+    results: Optional[dict] = None
     try:
         if command == "report":
             ctx.fingerprints = stage_fingerprints(cfg)

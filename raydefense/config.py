@@ -6,16 +6,17 @@ A config is an `ExperimentConfig` (pydantic, unknown keys forbidden). Presets li
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raydefense.errors import ConfigError
+from raydefense.hashing import stable_hash
 
 DEFAULT_PRESET = "digits"
 
@@ -430,16 +431,17 @@ class ExperimentConfig(_Section):
             for k, v in _flatten(self.model_dump(mode="json")).items()
         }
 
-    def section_fingerprint(self, *sections: str) -> str:
-        """SHA-256 of the named sections (stable JSON), used by stage fingerprints."""
-        dump = self.model_dump(mode="json")
-        payload = {s: dump[s] if s in dump else getattr(self, s) for s in sections}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
     def fingerprint(self) -> str:
-        return hashlib.sha256(
-            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()
+        """SHA-256 of the whole config (results.json's `config_fingerprint`)."""
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def first_error(e: ValidationError) -> tuple[str, str, Any]:
+    """The first error of a pydantic ValidationError: (dotted location, message without
+    pydantic's "Value error, " prefix, the offending input), for one-line ConfigErrors."""
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return loc, str(err["msg"]).removeprefix("Value error, "), err.get("input")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -456,16 +458,83 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- loading
 
 
-def preset_names() -> list[str]:
-    files = resources.files("raydefense.presets").iterdir()
+EXPERIMENT_PRESETS = "raydefense.presets"
+HARDWARE_PRESETS = "raydefense.presets.hardware"
+# What a hardware preset may set: placement and speed only, never what a model learns or how it
+# is audited (so it changes no fingerprint and no number).
+HARDWARE_SECTIONS = ("resources",)
+
+
+def _names(package: str) -> list[str]:
+    files = resources.files(package).iterdir()
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
+def experiment_preset_names() -> list[str]:
+    """Presets of what runs (data, model, training, attacks): digits, smoke, ..."""
+    return _names(EXPERIMENT_PRESETS)
+
+
+def hardware_preset_names() -> list[str]:
+    """Presets of where it runs (the `resources` section): cpu2, cpu16, ..."""
+    return _names(HARDWARE_PRESETS)
+
+
+def preset_names() -> list[str]:
+    return experiment_preset_names() + hardware_preset_names()
+
+
+def _yaml(package: str, name: str) -> dict[str, Any]:
+    return yaml.safe_load(resources.files(package).joinpath(f"{name}.yaml").read_text()) or {}
+
+
 def _preset_dict(name: str) -> dict[str, Any]:
-    if name not in preset_names():
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
-    text = resources.files("raydefense.presets").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    if name not in experiment_preset_names():
+        hint = (
+            f" ({name!r} is a hardware preset: add an experiment preset or --config)"
+            if name in hardware_preset_names()
+            else ""
+        )
+        raise ConfigError(
+            f"unknown experiment preset {name!r}{hint}; choose one of: "
+            f"{', '.join(experiment_preset_names())}"
+        )
+    return _yaml(EXPERIMENT_PRESETS, name)
+
+
+def _hardware_dict(name: str) -> dict[str, Any]:
+    tree = _yaml(HARDWARE_PRESETS, name)
+    extra = sorted(set(tree) - set(HARDWARE_SECTIONS))
+    if extra:  # a shipped file that breaks the rule is a bug, said plainly
+        raise ConfigError(
+            f"hardware preset {name!r} sets {', '.join(extra)}; hardware presets "
+            f"may only set {', '.join(HARDWARE_SECTIONS)}"
+        )
+    return tree
+
+
+def split_presets(presets: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    """`--preset` values -> (the experiment preset or None, the hardware presets in order).
+
+    Raises:
+        ConfigError: an unknown name, or more than one experiment preset.
+    """
+    hardware = set(hardware_preset_names())
+    unknown = [p for p in presets if p not in hardware and p not in experiment_preset_names()]
+    if unknown:
+        raise ConfigError(
+            f"unknown preset {unknown[0]!r}; experiment presets: "
+            f"{', '.join(experiment_preset_names())}; hardware presets: "
+            f"{', '.join(sorted(hardware))}"
+        )
+    experiments = [p for p in presets if p not in hardware]
+    if len(experiments) > 1:
+        raise ConfigError(
+            f"--preset {experiments[0]} and --preset {experiments[1]} are both "
+            "experiment presets; give one, plus any hardware presets "
+            f"({', '.join(sorted(hardware))})"
+        )
+    return (experiments[0] if experiments else None), [p for p in presets if p in hardware]
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -528,17 +597,26 @@ def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def load_config(
-    preset: Optional[str] = None,
+    preset: Union[str, Sequence[str], None] = None,
     config_file: Optional[str] = None,
     overrides: Optional[list[str]] = None,
 ) -> ExperimentConfig:
-    """Build a config from a preset or a YAML file (which may name a `base:` preset) + overrides.
+    """Build a config: an experiment preset or a YAML file (which may name a `base:` preset),
+    then hardware presets in order (`resources` only), then `--set` overrides.
+
+    `preset`: one name or several (`["digits", "cpu2"]`): at most one experiment preset and any
+    number of hardware presets.
 
     Raises:
         ConfigError: one line naming the bad key or value.
     """
+    presets = [preset] if isinstance(preset, str) else list(preset or [])
+    preset, hardware = split_presets(presets)
     if preset and config_file:
-        raise ConfigError("give either --preset or --config, not both")
+        raise ConfigError(
+            "give either an experiment --preset or --config, not both (hardware "
+            "presets combine with either)"
+        )
     if config_file:
         path = Path(config_file)
         if not path.is_file():
@@ -553,13 +631,14 @@ def load_config(
         tree = _deep_merge(_preset_dict(base), user) if base else user
     else:
         tree = _preset_dict(preset or DEFAULT_PRESET)
+    for name in hardware:
+        tree = _deep_merge(tree, _hardware_dict(name))
     for assignment in overrides or []:
         _apply_override(tree, assignment)
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        loc, msg, value = first_error(e)
         raise ConfigError(
-            f"invalid config value at {loc}: {err['msg']} (got {err.get('input')!r})"
+            f"invalid config value at {loc or 'config'}: {msg} (got {value!r})"
         ) from None

@@ -123,7 +123,9 @@ def stage_distill(ctx: RunContext) -> None:
     cfg, plan = ctx.cfg, read_plan(ctx.storage)
     students = [(STUDENT, plan.teachers)]
     for m in shadow_students(cfg, plan):
-        j = parse_shadow(m)[0]
+        shadow = parse_shadow(m)
+        assert shadow is not None  # shadow_students names shadow models only
+        j = shadow[0]
         students.append((m, [shadow_name(j, "teacher", k) for k in range(plan.num_shards)]))
     fresh = "distill" in ctx.force
     for student, teachers in students:
@@ -262,8 +264,8 @@ def stage_report(ctx: RunContext) -> dict:
     with tempfile.TemporaryDirectory(prefix="raydefense-report-") as tmp:
         write_report(tmp, results, roc_curves=curves, sample_grids=grids)
         for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as f:
-                storage.write_bytes(f"{layout.REPORT}/{name}", f.read())
+            with open(os.path.join(tmp, name), "rb") as fh:
+                storage.write_bytes(f"{layout.REPORT}/{name}", fh.read())
         ctx.tracker.log_artifact(ctx.parent_run, tmp, "report")
     storage.write_json(layout.TIMINGS, timings)
     _log_evaluations(ctx, rows, quality)

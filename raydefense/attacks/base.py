@@ -128,7 +128,7 @@ class GeneratedAttack(Protocol):
 
 Attack = Any  # QueryAttack | LearnedAttack | GeneratedAttack
 
-ATTACKS: Registry[type] = Registry("attack")
+ATTACKS: Registry[type[Any]] = Registry("attack")
 
 
 def scaled_timestep(t: int, schedule: NoiseSchedule) -> int:

@@ -58,5 +58,6 @@ class BlackboxNN:
             if s["space"] == "pixel":
                 cols.append(-nearest_distance(x0, generated))
             else:
+                assert feature_fn is not None  # settings() lists other spaces only with it
                 cols.append(-nearest_distance(feature_fn(x0), feature_fn(generated)))
         return torch.stack(cols, dim=1).float()

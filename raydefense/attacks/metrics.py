@@ -230,10 +230,11 @@ def bootstrap_ci(
     for idx in _resample_chunks(y, n, seed):
         if fast:
             w_pos, w_neg = _group_counts(group, uniq.size, n_pos, idx)
+            # on the fast path fn is either `auc` or a max_below TprAtFpr
             parts.append(
-                _auc_counts(w_pos, w_neg)
-                if fn is auc
-                else _tpr_max_below_counts(w_pos, w_neg, fn.alpha)
+                _tpr_max_below_counts(w_pos, w_neg, fn.alpha)
+                if isinstance(fn, TprAtFpr)
+                else _auc_counts(w_pos, w_neg)
             )
         else:
             parts.append(np.array([fn(row, lab) for row in s[idx]], dtype=np.float64))

@@ -96,11 +96,11 @@ def run_evaluation(
     t0 = time.perf_counter()
     domain = train_domain_features(cfg, plan)
 
-    cols: dict[str, list] = {
+    cols: dict[str, list[Any]] = {
         k: [] for k in ("target", "attack", "params", "row_id", "is_member", "part", "score")
     }
     quality: list[dict[str, Any]] = []
-    fits: list[tuple] = []
+    fits: list[tuple[Any, ...]] = []
     fit_keys: list[tuple[str, str]] = []
     for t in ap.targets:
         mask = audited_rows(plan, t)
@@ -177,9 +177,11 @@ def shadow_summary(
         if not names:
             continue
         models = shadows_for(cfg, plan, t)
+        first = parse_shadow(models[0])
+        assert first is not None  # shadows_for names shadow models only
         out[t] = {
             "attacks": names,
-            "regime": parse_shadow(models[0])[1],
+            "regime": first[1],
             "models": {
                 m: {
                     "members": int(plan.members_of(m).sum()),

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from raydefense.attacks import ATTACKS
 from raydefense.audit.targets import shadows_needed
-from raydefense.config import AttacksConfig, ExperimentConfig
+from raydefense.config import AttacksConfig, ExperimentConfig, first_error
 from raydefense.errors import ConfigError
 
 
@@ -108,10 +108,8 @@ def grid_points(cfg: ExperimentConfig) -> list[GridPoint]:
             try:
                 p.section(cfg)
             except ValidationError as e:
-                err = e.errors()[0]
                 raise ConfigError(
-                    f"sweep.attacks.{name} point {dict(p.values)} is invalid: "
-                    f"{err['msg'].removeprefix('Value error, ')}"
+                    f"sweep.attacks.{name} point {dict(p.values)} is invalid: {first_error(e)[1]}"
                 ) from None
             points.append(p)
     return points

@@ -28,7 +28,7 @@ from raydefense.seeding import STREAM_QUALITY, derive_seed
 
 def fit_learned(
     attack_name: str,
-    cfg_dict: dict,
+    cfg_dict: dict[str, Any],
     train_x: np.ndarray,
     train_y: np.ndarray,
     eval_x: list[np.ndarray],
@@ -63,7 +63,7 @@ def learned_fit_args(
     name: str,
     attack: Any,
     scored: dict[str, dict[str, np.ndarray]],
-) -> tuple:
+) -> tuple[Any, ...]:
     """The `fit_learned` arguments of one (target, learned attack): calibration-trained attacks
     cross-fit on the target's calibration part and score its test part; shadow-trained ones
     learn the members vs held-out rows of every shadow of the target's regime (`shadows_for`)

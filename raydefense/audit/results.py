@@ -4,6 +4,7 @@ on the calibration and test parts (raydefense.attacks.metrics)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,7 @@ ADAPTIVE_NOTE = (
 
 def metric_rows(
     table: pa.Table, bootstrap: int, seed: int
-) -> tuple[list[dict], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]]:
     """results.json attack rows and ROC curves (test part) from a raw scores table.
 
     Each row also carries `auc_calibration` (the AUC on the calibration part, what a sweep may
@@ -34,7 +35,8 @@ def metric_rows(
     Returns: (rows, roc_curves[attack label][target] = (fpr, tpr)).
     """
     df = table.to_pandas()
-    rows, curves = [], {}
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for (target, attack, params), g in df.groupby(["target", "attack", "params"], sort=False):
         cal, test = g[g.part != TEST], g[g.part == TEST]
         cal_y = cal.is_member.to_numpy().astype(int)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from raydefense.roster import DUALMD
 from raydefense.seeding import STREAM_QUALITY
 from raydefense.storage import Storage
 
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+
 SCORES_COLUMNS = ("target", "attack", "params", "row_id", "is_member", "part", "score")
 
 
@@ -39,7 +42,10 @@ def load_eps(
     storage: Storage, model: str, weights: str, cache_dir: str, device: str = "cpu"
 ) -> EpsModel:
 
-    return UNetEps(load_unet(storage.local_dir(model_dir(model), cache_dir), weights).to(device))
+    unet = load_unet(storage.local_dir(model_dir(model), cache_dir), weights)
+    # UNet2DModel is an nn.Module (mypy sees diffusers' placeholder class); .to moves it in place
+    cast(torch.nn.Module, unet).to(device)
+    return UNetEps(unet)
 
 
 def load_target(
@@ -116,7 +122,8 @@ class ScoringWorker:
         Returns: columns as described in the class docstring."""
         x0 = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         ids = torch.from_numpy(np.array(row_ids, dtype=np.int64))
-        seed, cache = self.cfg.seed, {}
+        seed = self.cfg.seed
+        cache: dict[tuple[Any, ...], Any] = {}  # shared work between attacks, per batch
         out: dict[str, np.ndarray] = {"row_id": np.asarray(row_ids, dtype=np.int64)}
         w = self.cfg.attacks.weights
         for name, a in self.attacks:
@@ -215,7 +222,9 @@ def heldout_validator(
 
     def validate(unet: torch.nn.Module) -> dict[str, float]:
         dev = next(unet.parameters()).device
-        mse = heldout_eps_mse_rows(UNetEps(unet), schedule, x0.to(dev), ids, seed, 1)
+        mse = heldout_eps_mse_rows(
+            UNetEps(cast("UNet2DModel", unet)), schedule, x0.to(dev), ids, seed, 1
+        )
         return {"val_eps_mse": float(mse.mean())}
 
     return validate
@@ -250,7 +259,7 @@ class Scorer(Protocol):
         target in `generate`, that many generated images (ScoringWorker.generate)."""
         ...
 
-    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
         """[fn(*item) for item in items], possibly in parallel."""
         ...
 
@@ -296,15 +305,15 @@ class SerialScorer:
         }
         return results, generated
 
-    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
         return [fn(*it) for it in items]
 
 
 def long_rows(
-    cols: dict[str, list],
+    cols: dict[str, list[Any]],
     target: str,
     attack: str,
-    params: dict,
+    params: dict[str, Any],
     row_ids: np.ndarray,
     is_member: np.ndarray,
     part: np.ndarray,

@@ -9,9 +9,11 @@ invariant 5). Pure Python over plain dicts.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from raydefense.roster import sort_targets
+
+Row = TypeVar("Row", bound=Mapping[str, Any])
 
 SELECTION_KEY = "auc_calibration"
 SELECTION_TEXT = (
@@ -19,12 +21,10 @@ SELECTION_TEXT = (
 )
 
 
-def strongest_per_target(
-    rows: Iterable[Mapping[str, Any]], key: str = SELECTION_KEY
-) -> dict[str, Mapping[str, Any]]:
+def strongest_per_target(rows: Iterable[Row], key: str = SELECTION_KEY) -> dict[str, Row]:
     """Per target, the row with the highest `key` (a calibration metric); rows without it are
     passed over; ties keep the first row in input order."""
-    best: dict[str, Mapping[str, Any]] = {}
+    best: dict[str, Row] = {}
     for r in rows:
         v = r.get(key)
         if v is None:

@@ -126,7 +126,8 @@ def shadows_for(cfg: ExperimentConfig, plan: Plan, target: str) -> list[str]:
 def shadow_rows(plan: Plan, model: str) -> np.ndarray:
     """Bool [R]: the rows a shadow-trained attack learns on from `model`: its members and its
     draw's held-out rows."""
-    return plan.members_of(model) | plan.shadow_nonmembers(model)
+    rows: np.ndarray = plan.members_of(model) | plan.shadow_nonmembers(model)
+    return rows
 
 
 @dataclass
@@ -148,9 +149,9 @@ def plan_attacks(cfg: ExperimentConfig, plan: Plan) -> AttackPlan:
         AccessError: an explicitly requested target cannot serve an enabled attack.
         ConfigError: an unknown target name.
     """
-    explicit = cfg.attacks.targets is not None
     check_explicit_targets(cfg)
-    targets = list(cfg.attacks.targets) if explicit else all_targets(plan.num_shards)
+    explicit = cfg.attacks.targets
+    targets = list(explicit) if explicit is not None else all_targets(plan.num_shards)
     attacks = build_attacks(cfg)
     out = AttackPlan(targets=targets, attacks={})
     for t in targets:
@@ -235,18 +236,22 @@ def adaptive_bases(
 def audited_rows(plan: Plan, target: str) -> np.ndarray:
     """Bool [R]: the member rows of `target`'s training set plus every non-member row."""
     nonmember = plan.split == NONMEMBER
+    rows: np.ndarray
     if target in (STUDENT, DUALMD, BASELINE):
-        return (plan.split == MEMBER) | nonmember
+        rows = (plan.split == MEMBER) | nonmember
+        return rows
     if target not in plan.models:
         raise KeyError(f"unknown target {target!r}")
-    return plan.rows_of(target) | nonmember
+    rows = plan.rows_of(target) | nonmember
+    return rows
 
 
 def training_rows(plan: Plan, target: str) -> np.ndarray:
     """Bool [R]: the images a target learned from (dualmd: its teachers' shards; the student:
     the members its soft targets were computed on)."""
     if target in (STUDENT, DUALMD):
-        return plan.split == MEMBER
+        members: np.ndarray = plan.split == MEMBER
+        return members
     return plan.rows_of(target)
 
 

@@ -126,9 +126,9 @@ def quality_rows(
     if q.inception_weights:
         from raydefense.quality.inception import inception_fid_is
 
-        real = torch.from_numpy(plan.images[plan.split == NONMEMBER])
-        fake = torch.from_numpy(np.rint((generated + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
-        for k, v in inception_fid_is(real, fake, q.inception_weights).items():
+        real_u8 = torch.from_numpy(plan.images[plan.split == NONMEMBER])
+        fake_u8 = torch.from_numpy(np.rint((generated + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
+        for k, v in inception_fid_is(real_u8, fake_u8, q.inception_weights).items():
             add(k, v)
     train = to_model_range(plan.images[training_rows(plan, target)])
     if q.mmd_permutations:

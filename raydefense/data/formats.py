@@ -30,13 +30,17 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from raydefense.config import DataConfig
 from raydefense.data.pool import DATASETS, ImagePool, resize_image, resize_images
 from raydefense.errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from PIL.Image import Image as PILImage
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 GRAYSCALE_MODES = ("L", "1")
@@ -92,7 +96,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _decode(
     n: int,
-    open_image: Callable[[int], object],
+    open_image: Callable[[int], PILImage],
     describe: Callable[[int], str],
     resolution: Optional[int],
     keep_grayscale: bool,
@@ -105,7 +109,7 @@ def _decode(
     """
     from PIL import Image
 
-    def opened(i: int):
+    def opened(i: int) -> PILImage:
         try:
             return open_image(i)
         except (OSError, ValueError) as e:
@@ -142,7 +146,7 @@ def _decode(
     return out
 
 
-def _open_file(paths: Sequence[Path]) -> Callable[[int], object]:
+def _open_file(paths: Sequence[Path]) -> Callable[[int], PILImage]:
     from PIL import Image
 
     return lambda i: Image.open(paths[i])
@@ -366,7 +370,7 @@ def _parquet_files(root: Path) -> list[Path]:
     return files
 
 
-def _raw_pixels(col, root: str, name: str) -> np.ndarray:
+def _raw_pixels(col: pa.ChunkedArray, root: str, name: str) -> np.ndarray:
     """A list column of integer pixels -> uint8 [N, C, H, W].
 
     Accepted: nested lists [H][W][C] (C = 1 or 3), [C][H][W] (C = 1 or 3 and the last axis is
@@ -401,7 +405,7 @@ def _raw_pixels(col, root: str, name: str) -> np.ndarray:
             f"parquet {root!r}: column {name!r} holds {arr.type} values; raw "
             "pixels must be integers 0..255"
         )
-    values = arr.to_numpy(zero_copy_only=False)
+    values: np.ndarray = arr.to_numpy(zero_copy_only=False)
     if values.size and (values.min() < 0 or values.max() > 255):
         raise DataError(f"parquet {root!r}: column {name!r} has pixel values outside 0..255")
     values = values.astype(np.uint8).reshape(n, -1)

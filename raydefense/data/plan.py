@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +62,7 @@ class Plan:
     shadow_heldout: Optional[np.ndarray] = None
     shadow_train: Optional[np.ndarray] = None
     duplicates_dropped: int = 0
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.shadow_heldout is None:
@@ -81,16 +81,20 @@ class Plan:
 
     @property
     def num_shadow_draws(self) -> int:
+        assert self.shadow_heldout is not None  # set by __post_init__
         return len(self.shadow_heldout)
 
     def members_of(self, model: str) -> np.ndarray:
         """Bool [R]: the images `model` learned from: its membership row; the student's are all
         members, shadow_j_student's are draw j's training rows (students distil from them)."""
         if model == STUDENT:
-            return self.split == MEMBER
+            members: np.ndarray = self.split == MEMBER
+            return members
         shadow = parse_shadow(model)
         if shadow is not None and shadow[1] == "student":
-            return self.shadow_train[shadow[0]]
+            assert self.shadow_train is not None  # set by __post_init__
+            train: np.ndarray = self.shadow_train[shadow[0]]
+            return train
         return self.rows_of(model)
 
     def shadow_nonmembers(self, model: str) -> np.ndarray:
@@ -98,7 +102,9 @@ class Plan:
         shadow = parse_shadow(model)
         if shadow is None:
             raise KeyError(f"{model!r} is not a shadow model")
-        return self.shadow_heldout[shadow[0]]
+        assert self.shadow_heldout is not None  # set by __post_init__
+        heldout: np.ndarray = self.shadow_heldout[shadow[0]]
+        return heldout
 
     @property
     def num_shards(self) -> int:
@@ -106,9 +112,10 @@ class Plan:
 
     def rows_of(self, model: str) -> np.ndarray:
         """Bool [R]: the rows `model` trains on (its row of the membership matrix)."""
-        return self.membership[self.models.index(model)]
+        rows: np.ndarray = self.membership[self.models.index(model)]
+        return rows
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         members = self.split == MEMBER
         return {
             "num_rows": int(len(self.row_id)),
@@ -152,6 +159,7 @@ class Plan:
     def shadow_draws_table(self) -> pa.Table:
         """row_id + per shadow draw `shadow_<j>:train` and `shadow_<j>:heldout` bool columns."""
         cols = {"row_id": pa.array(self.row_id, pa.int64())}
+        assert self.shadow_train is not None and self.shadow_heldout is not None  # __post_init__
         for j in range(self.num_shadow_draws):
             cols[f"{shadow_name(j)}:train"] = pa.array(self.shadow_train[j])
             cols[f"{shadow_name(j)}:heldout"] = pa.array(self.shadow_heldout[j])
@@ -210,7 +218,7 @@ def write_split_file(
                 f"row indices (got {a.dtype} {list(a.shape)})"
             )
         arrays.append(a.astype(np.int64))
-    if np.intersect1d(*arrays).size:
+    if np.intersect1d(arrays[0], arrays[1]).size:
         raise SplitOverlapError("write_split_file: some rows are both member and non-member")
     total = len(arrays[0]) + len(arrays[1])
     if ratio is None:
@@ -449,6 +457,7 @@ def validate_plan(plan: Plan) -> None:
             if shard_hashes[a] & shard_hashes[b]:
                 raise SplitOverlapError(f"shards {a + 1} and {b + 1} share image content")
     shadow_rows = plan.split == SHADOW
+    assert plan.shadow_train is not None and plan.shadow_heldout is not None  # __post_init__
     for j in range(plan.num_shadow_draws):
         if (plan.shadow_train[j] & ~shadow_rows).any() or (
             plan.shadow_heldout[j] & ~shadow_rows
@@ -460,7 +469,9 @@ def validate_plan(plan: Plan) -> None:
             raise SplitOverlapError(f"shadow draw {j + 1} trains on rows it also holds out")
     shadow_teachers: dict[int, list[np.ndarray]] = defaultdict(list)
     for m in plan.shadows:
-        j, role, _ = parse_shadow(m)
+        shadow = parse_shadow(m)
+        assert shadow is not None  # plan.shadows are the models that parse as shadows
+        j, role, _ = shadow
         if j >= plan.num_shadow_draws:
             raise SplitOverlapError(f"{m} has no shadow draw in the plan")
         if (plan.rows_of(m) & ~plan.shadow_train[j]).any():
@@ -517,5 +528,11 @@ def _draw_columns(table: Optional[pa.Table], kind: str) -> Optional[np.ndarray]:
     names = [c for c in table.column_names if c.endswith(f":{kind}")]
     if not names:
         return None
-    names.sort(key=lambda c: parse_shadow(c.split(":")[0])[0])
+
+    def draw(column: str) -> int:
+        shadow = parse_shadow(column.split(":")[0])
+        assert shadow is not None  # the columns are named shadow_<j>:<kind>
+        return shadow[0]
+
+    names.sort(key=draw)
     return np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in names]).astype(bool)

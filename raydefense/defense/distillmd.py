@@ -171,13 +171,13 @@ class SoftTargetLabeller:
             groups[tuple(used)].extend(range(j * self.draws, (j + 1) * self.draws))
 
         target = torch.empty_like(x_t)
-        for used, items in groups.items():
+        for group, items in groups.items():
             idx = torch.tensor(items, dtype=torch.long)
             xs, ts = x_t[idx], torch.from_numpy(t_all)[idx]
             acc = torch.zeros_like(xs)
-            for name in used:
+            for name in group:
                 acc += self._eps(self.teachers[name], xs, ts)
-            target[idx] = acc / len(used)
+            target[idx] = acc / len(group)
         return {
             "row_id": out_row,
             "draw": out_draw,

@@ -7,7 +7,7 @@ by the step index (strict alternation, teacher 1 first).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -76,11 +76,17 @@ class DualMDStepRouter:
         return int(self.owner[t])
 
     @torch.no_grad()
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t [B, C, H, W], t [B] long -> eps [B, C, H, W] from each element's routed teacher."""
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None
+    ) -> torch.Tensor:
+        """x_t [B, C, H, W], t [B] long -> eps [B, C, H, W] from each element's routed teacher
+        (`cond`, when the teachers take one, is split with the batch)."""
         who = self.owner[t.cpu()].to(t.device)
         out = torch.empty_like(x_t)
         for k in who.unique().tolist():
             m = who == k
-            out[m] = self._teachers[k](x_t[m], t[m]).to(out.dtype)
+            if cond is None:
+                out[m] = self._teachers[k](x_t[m], t[m]).to(out.dtype)
+            else:
+                out[m] = self._teachers[k](x_t[m], t[m], cond[m]).to(out.dtype)
         return out

@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, cast
 
 import torch
 from diffusers import UNet2DModel
+
+if TYPE_CHECKING:
+    from diffusers.models.modeling_utils import ModelMixin
 
 STATE_FILE = "state.pt"
 
@@ -18,8 +22,9 @@ def save_checkpoint(
 ) -> None:
     """Writes <directory>/{unet,ema}/ (safetensors + config.json) and <directory>/state.pt."""
     os.makedirs(directory, exist_ok=True)
-    unet.save_pretrained(os.path.join(directory, "unet"))
-    ema_unet.save_pretrained(os.path.join(directory, "ema"))
+    # Both are diffusers models; torch types a Module's other attributes as Tensor | Module.
+    cast("ModelMixin", unet).save_pretrained(os.path.join(directory, "unet"))
+    cast("ModelMixin", ema_unet).save_pretrained(os.path.join(directory, "ema"))
     torch.save(state, os.path.join(directory, STATE_FILE))
 
 

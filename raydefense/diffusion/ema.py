@@ -18,5 +18,5 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         for s, p in zip(self.shadow.parameters(), model.parameters()):
             s.lerp_(p.detach(), 1.0 - self.decay)
-        for s, b in zip(self.shadow.buffers(), model.buffers()):
-            s.copy_(b)
+        for sb, b in zip(self.shadow.buffers(), model.buffers()):
+            sb.copy_(b)

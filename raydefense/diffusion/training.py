@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Literal, Optional, Protocol
+from typing import Literal, Optional, Protocol, cast
 
 import numpy as np
 import torch
@@ -45,7 +45,8 @@ class _Permutations:
     """Epoch-wise seeded permutations of a group's items, cached for the current epoch."""
 
     def __init__(self, items: np.ndarray, seed: int) -> None:
-        self.items, self.seed, self._cache = items, seed, {}
+        self.items, self.seed = items, seed
+        self._cache: dict[int, np.ndarray] = {}
 
     def take(self, start: int, count: int) -> np.ndarray:
         n = len(self.items)
@@ -163,14 +164,16 @@ def fit(
     """
     torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
     c, h, _ = image_shape
-    unet = build_unet(model_cfg, image_size=h, channels=c)
+    # diffusers' UNet2DModel is an nn.Module; mypy resolves the name to diffusers' torch-less
+    # placeholder class, so the casts say what the objects are.
+    unet = cast(torch.nn.Module, build_unet(model_cfg, image_size=h, channels=c))
     ema = EMA(unet, train_cfg.ema_decay)
     start_step, opt_state = 0, None
     ckpt = reporter.latest_checkpoint()
     if ckpt is not None:
         state = load_state(ckpt)
-        unet.load_state_dict(load_unet(ckpt, "raw").state_dict())
-        ema.shadow.load_state_dict(load_unet(ckpt, "ema").state_dict())
+        unet.load_state_dict(cast(torch.nn.Module, load_unet(ckpt, "raw")).state_dict())
+        ema.shadow.load_state_dict(cast(torch.nn.Module, load_unet(ckpt, "ema")).state_dict())
         start_step, opt_state = int(state["step"]), state["optimizer"]
     unet.to(device)
     ema.shadow.to(device)

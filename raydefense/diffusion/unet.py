@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 from diffusers import UNet2DModel
@@ -11,9 +11,22 @@ from raydefense.config import ModelConfig
 
 
 class EpsModel(Protocol):
-    """A noise predictor: eps(x_t [B, C, H, W], t [B] long in [0, T)) -> [B, C, H, W]."""
+    """A noise predictor: eps(x_t [B, C, H, W], t [B] long in [0, T), cond) -> [B, C, H, W].
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+    `cond` is the model family's conditioning (text embeddings for a text-to-image model, say);
+    None for unconditional models, which refuse anything else (`check_unconditional`)."""
+
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None
+    ) -> torch.Tensor: ...
+
+
+def check_unconditional(model: str, cond: Optional[Any]) -> None:
+    """Raise when conditioning reaches a model that has none (instead of ignoring it)."""
+    if cond is not None:
+        raise ValueError(
+            f"{model} is unconditional: eps(x_t, t) takes no cond (got {type(cond).__name__})"
+        )
 
 
 def build_unet(cfg: ModelConfig, image_size: int, channels: int) -> UNet2DModel:
@@ -46,5 +59,9 @@ class UNetEps:
         self.unet = unet
 
     @torch.no_grad()
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x_t, t).sample
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None
+    ) -> torch.Tensor:
+        check_unconditional("UNet2DModel", cond)
+        out: torch.Tensor = self.unet(x_t, t).sample  # type: ignore[operator]  # diffusers stubs
+        return out

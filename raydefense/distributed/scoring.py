@@ -4,7 +4,6 @@ present), and learned-attack fits as Ray tasks. The work itself is `raydefense.a
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import tempfile
@@ -21,18 +20,10 @@ from raydefense.audit.scoring import ScoreJob, ScoringWorker, merge_columns
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import Plan
 from raydefense.data.tables import decode_images
+from raydefense.distributed.runtime import torch_threads
 from raydefense.storage import Storage
 
 GENERATE, SCORE = "generate", "score"
-
-
-def score_threads(cfg: ExperimentConfig) -> int:
-    """Torch threads per scoring actor: resources.torch_threads, or the node's cores shared among
-    the pool (scoring runs one model at a time)."""
-    res = cfg.resources
-    if res.torch_threads:
-        return res.torch_threads
-    return max(1, int(res.cpus_per_worker), (os.cpu_count() or 1) // cfg.attacks.score_actors)
 
 
 class ScoringActor:
@@ -49,7 +40,7 @@ class ScoringActor:
         image_shape: list[int],
     ) -> None:
         self.cfg = ExperimentConfig.model_validate(cfg_dict)
-        torch.set_num_threads(score_threads(self.cfg))
+        torch.set_num_threads(torch_threads(self.cfg.resources, self.cfg.attacks.score_actors))
         self._cache = tempfile.mkdtemp(prefix="raydefense-score-")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.storage = Storage(self.cfg.storage.root, self.cfg.experiment)

@@ -4,9 +4,8 @@ every teacher (ActorPoolStrategy); output written as Parquet."""
 
 from __future__ import annotations
 
-import os
 import tempfile
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,6 +20,7 @@ from raydefense.defense.distillmd import SoftTargetLabeller
 from raydefense.diffusion.checkpoint import load_unet
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.unet import UNetEps
+from raydefense.distributed.runtime import torch_threads
 from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS
 from raydefense.storage import Storage
 
@@ -39,18 +39,16 @@ class LabellerActor:
         threads: int | None = None,
     ) -> None:
         cfg = ExperimentConfig.model_validate(cfg_dict)
-        torch.set_num_threads(threads or label_threads(cfg))
+        torch.set_num_threads(threads or torch_threads(cfg.resources, cfg.resources.label_actors))
         storage = Storage(cfg.storage.root, cfg.experiment)
         cache = tempfile.mkdtemp(prefix="raydefense-teachers-")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        models = {
-            t: UNetEps(
-                load_unet(storage.local_dir(f"models/{t}", cache), cfg.distill.teacher_weights).to(
-                    device
-                )
-            )
-            for t in teachers
-        }
+        models: dict[str, UNetEps] = {}
+        for t in teachers:
+            unet = load_unet(storage.local_dir(f"models/{t}", cache), cfg.distill.teacher_weights)
+            # UNet2DModel is an nn.Module (mypy sees diffusers' placeholder); .to moves it in place
+            cast(torch.nn.Module, unet).to(device)
+            models[t] = UNetEps(unet)
         schedule = NoiseSchedule(
             cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
         )
@@ -78,15 +76,6 @@ class LabellerActor:
         out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
         out["target"] = np.array(encode_float_rows(out["target"]), dtype=object)
         return out
-
-
-def label_threads(cfg: ExperimentConfig) -> int:
-    """Torch threads per labelling actor (evaluated on the actor's node): resources.torch_threads,
-    or the node's cores shared among the pool's actors (the labelling stage runs alone)."""
-    res = cfg.resources
-    if res.torch_threads:
-        return res.torch_threads
-    return max(1, int(res.cpus_per_worker), (os.cpu_count() or 1) // res.label_actors)
 
 
 def label_soft_targets(

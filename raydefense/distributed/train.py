@@ -7,13 +7,12 @@ rerun with the same config resumes from the last reported checkpoint (Ray Train 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import ray
 import ray.train
@@ -24,7 +23,7 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.tables import image_shape, model_training_images, read_plan, read_soft_targets
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
-from raydefense.distributed.runtime import check_fit_resources
+from raydefense.distributed.runtime import check_fit_resources, torch_threads
 from raydefense.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -104,21 +103,11 @@ def _quiet_ray_train_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def worker_threads(cfg: ExperimentConfig, running_workers: int) -> int:
-    """Torch threads of one worker: resources.torch_threads, or this node's cores shared among
-    the workers that run at once (a fit that runs alone gets the whole machine)."""
-    res = cfg.resources
-    if res.torch_threads:
-        return res.torch_threads
-    share = (os.cpu_count() or 1) // max(1, running_workers)
-    return max(1, int(res.cpus_per_worker), share)
-
-
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     cfg = ExperimentConfig.model_validate(config["cfg"])
     spec = FitSpec(**config["spec"])
-    torch.set_num_threads(worker_threads(cfg, config["running_workers"]))
+    torch.set_num_threads(torch_threads(cfg.resources, config["running_workers"]))
     _quiet_ray_train_logs()
     storage = Storage(cfg.storage.root, cfg.experiment)
     shape = image_shape(storage)
@@ -138,6 +127,7 @@ def _train_loop(config: dict) -> None:
     if cfg.train.val_rows:
         from raydefense.audit.scoring import heldout_validator
 
+        assert plan is not None  # read above whenever val_rows is set
         validate = heldout_validator(plan, schedule, cfg.train.val_rows, cfg.seed)
     fit(
         data,
@@ -171,6 +161,9 @@ def fit_one(
     Returns the storage-relative model directory.
     """
     res = cfg.resources
+    # list[Any]: at runtime ray.train.RunConfig is Train V2's (UserCallback); mypy resolves the
+    # name to ray.air's RunConfig, whose callbacks are Tune callbacks.
+    fit_callbacks: list[Any] = [ProgressCallback(spec.model, cfg.train.steps), *callbacks]
     trainer = ray.train.torch.TorchTrainer(
         _train_loop,
         train_loop_config={
@@ -193,7 +186,7 @@ def fit_one(
             storage_filesystem=storage.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=2),
-            callbacks=[ProgressCallback(spec.model, cfg.train.steps), *callbacks],
+            callbacks=fit_callbacks,
         ),
     )
     result = trainer.fit()

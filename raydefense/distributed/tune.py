@@ -154,10 +154,10 @@ def run_trials(
 
 def _training_trial(
     config: dict,
-    base: dict = None,
-    points: list = None,
-    trials_root: str = None,
-    backend_factory: Callable[..., Backend] = None,
+    base: dict | None = None,
+    points: list | None = None,
+    trials_root: str | None = None,
+    backend_factory: Callable[..., Backend] | None = None,
 ) -> None:
     """One training-sweep trial (a Tune function trainable, the V2 pattern): its pipeline builds
     the TorchTrainers; the watched fit's reports reach Tune through TuneReportCallback (ASHA
@@ -169,6 +169,8 @@ def _training_trial(
     # fits' and scoring's one-line progress still reaches the driver).
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # tune.with_parameters always passes these (the defaults only make them keyword-optional)
+    assert points is not None and trials_root is not None and backend_factory is not None
     cfg = ExperimentConfig.model_validate(base)
     point = points[config["point"]]
     _stage_lines(point.key)

@@ -79,8 +79,8 @@ def markdown_to_html(markdown: str, base_dir: str, title: str) -> str:
             continue
         # "### label" directly followed by an image: a captioned figure
         nxt = [ln for ln in lines[i + 1 : i + 3] if ln.strip()]
-        if line.startswith("### ") and nxt and _IMAGE.match(nxt[0].strip()):
-            alt, src = _IMAGE.match(nxt[0].strip()).groups()
+        if line.startswith("### ") and nxt and (img := _IMAGE.match(nxt[0].strip())):
+            alt, src = img.groups()
             path = os.path.join(base_dir, src)
             if os.path.isfile(path):
                 figures.append(
@@ -107,8 +107,8 @@ def markdown_to_html(markdown: str, base_dir: str, title: str) -> str:
                 items.append(f"<li>{_inline(lines[i][2:])}</li>")
                 i += 1
             body.append("<ul>" + "".join(items) + "</ul>")
-        elif _IMAGE.match(line.strip()):
-            alt, src = _IMAGE.match(line.strip()).groups()
+        elif img := _IMAGE.match(line.strip()):
+            alt, src = img.groups()
             path = os.path.join(base_dir, src)
             if os.path.isfile(path):
                 body.append(f'<img alt="{html.escape(alt)}" src="{_data_uri(path)}">')

@@ -436,11 +436,11 @@ def sweep_tables_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             params = json.loads(key)
             cells = []
             for t in targets:
-                r = index.get((key, t))
+                cell = index.get((key, t))
                 cells.append(
                     MISSING
-                    if r is None
-                    else f"{_fmt(r.get('auc'), 3)} ({_fmt(r.get('auc_calibration'), 3)})"
+                    if cell is None
+                    else f"{_fmt(cell.get('auc'), 3)} ({_fmt(cell.get('auc_calibration'), 3)})"
                 )
             body.append([escape(short_params(params))] + cells)
         parts += [f"### {attack}", "", markdown_table(["Setting"] + list(targets), body), ""]

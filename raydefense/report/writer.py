@@ -9,6 +9,7 @@ results.json and report.md, so that when report.md appears every image it links 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -103,14 +104,14 @@ def validate_results(results: Mapping[str, Any]) -> None:
                     )
     seen: set[tuple[str, str, str]] = set()
     for i, row in enumerate(results["attacks"]):
-        ident = (str(row["target"]), str(row["attack"]), params_key(row["params"]))
-        if ident in seen:
+        setting = (str(row["target"]), str(row["attack"]), params_key(row["params"]))
+        if setting in seen:
             # The contract is one row per (target, attack setting); a repeat is an upstream bug.
             raise ValueError(
                 f"results['attacks'][{i}] repeats target={row['target']!r}, "
                 f"attack={row['attack']!r} with the same params"
             )
-        seen.add(ident)
+        seen.add(setting)
 
 
 def safe_filename(label: str) -> str:
@@ -371,7 +372,7 @@ def write_report(
     for label, name in roc_files.items():
         curves = roc_curves[label]
         written.append(
-            _atomic_write(out_dir, name, lambda p, c=curves, t=label: plot_roc(c, f"ROC: {t}", p))
+            _atomic_write(out_dir, name, functools.partial(plot_roc, curves, f"ROC: {label}"))
         )
 
     sample_grids = sample_grids or {}
@@ -379,7 +380,7 @@ def write_report(
     sample_files = _unique_names(ordered_targets, "samples_")
     for target, name in sample_files.items():
         images = sample_grids[target]
-        written.append(_atomic_write(out_dir, name, lambda p, x=images: save_image_grid(x, p)))
+        written.append(_atomic_write(out_dir, name, functools.partial(save_image_grid, images)))
 
     figure = None
     if results.get("privacy_utility", {}).get("points"):

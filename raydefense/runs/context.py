@@ -24,7 +24,7 @@ class Fitter(Protocol):
         """Raise ResourceError when one fit can never be placed (before anything is written)."""
         ...
 
-    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict]) -> None:
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict[str, Any]]) -> None:
         """Train the models described by specs ({model, kind, model_index, run_name,
         mlflow_run_id}) and leave each final checkpoint under models/<model>."""
         ...
@@ -58,9 +58,9 @@ class TrialRunner(Protocol):
         storage: Storage,
         rel_path: str,
         run_name: str,
-        trials: list[dict],
+        trials: list[dict[str, Any]],
         scores: Any,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """Attack-sweep trials: one per {attack, params}, run or resumed under
         rel_path/run_name; returns them with `metrics` {target: {...}} and `trial_id`."""
         ...
@@ -71,9 +71,9 @@ class TrialRunner(Protocol):
         storage: Storage,
         rel_path: str,
         run_name: str,
-        points: list,
+        points: list[Any],
         trials_root: str,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """Training-sweep trials: one pipeline per point under trials_root/<key>; returns per
         point {status, trial_id, metrics, history}."""
         ...

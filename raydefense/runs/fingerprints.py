@@ -26,7 +26,11 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     # the plan's models do: the roles join the prepare fingerprint only when they differ from
     # the one baseline-like shadow per draw that regime "baseline" plans.
     shadow = {k: x for k, x in d["attacks"]["shadow"].items() if k != "regime"} if shadows else None
-    plan_shadows = shadow if roles in ((), ("baseline",)) else {**shadow, "roles": list(roles)}
+    plan_shadows = (
+        shadow
+        if shadow is None or roles in ((), ("baseline",))
+        else {**shadow, "roles": list(roles)}
+    )
     fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows)
     # How often a fit logs, checkpoints or validates does not change the model it produces.
     train = {

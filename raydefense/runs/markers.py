@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from raydefense.storage import Storage
 
@@ -36,9 +36,9 @@ def mark_complete(
     storage: Storage,
     rel_marker: str,
     fingerprint: str,
-    outputs: dict,
+    outputs: dict[str, Any],
     prefixes: tuple[str, ...] = (),
-    manifest: Optional[dict] = None,
+    manifest: Optional[dict[str, Any]] = None,
 ) -> None:
     """Publish a completion marker (last, after every output): the fingerprint, a summary of the
     outputs, and a manifest {path: {bytes, sha256[, rows]}} of the files under `prefixes`."""

@@ -34,6 +34,7 @@ from raydefense.audit.scoring import (
     SCORES_COLUMNS,
     ScoreJob,
     Scorer,
+    long_rows,
     query_col,
     setting_label,
     shadow_jobs,
@@ -165,19 +166,12 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, scorer: Scorer) -> pa.Table:
         for p, a in ((points[j], attacks[j]) for j in served[t]):
             for i, params in enumerate(a.settings()):
                 # swept fields an attack's settings() omit (GSA's n_estimators) stay visible
-                label = setting_label({**dict(p.values), **params})
-                if (p.attack, label) in seen:
+                shown = {**dict(p.values), **params}
+                if (p.attack, setting_label(shown)) in seen:
                     continue
-                seen.add((p.attack, label))
+                seen.add((p.attack, setting_label(shown)))
                 score = fitted[(t, p.key)] if a.kind == "learned" else res[query_col(p.key, i)]
-                n = len(ids)
-                cols["target"] += [t] * n
-                cols["attack"] += [p.attack] * n
-                cols["params"] += [label] * n
-                cols["row_id"] += ids.tolist()
-                cols["is_member"] += member.tolist()
-                cols["part"] += part.tolist()
-                cols["score"] += np.asarray(score, dtype=float).tolist()
+                long_rows(cols, t, p.attack, shown, ids, member, part, score)
     return pa.table(cols)
 
 

@@ -19,7 +19,7 @@ import math
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -284,11 +284,14 @@ def summary_text(summary: Mapping[str, Any], where: str) -> str:
 
 
 def _command_text(
-    preset: Optional[str], config: Optional[str], overrides: Sequence[str], seeds: Sequence[int]
+    preset: Union[str, Sequence[str], None],
+    config: Optional[str],
+    overrides: Sequence[str],
+    seeds: Sequence[int],
 ) -> str:
     argv = ["raydefense", "seeds"]
-    if preset:
-        argv += ["--preset", preset]
+    for name in [preset] if isinstance(preset, str) else list(preset or []):
+        argv += ["--preset", name]
     if config:
         argv += ["--config", config]
     for o in overrides:
@@ -297,7 +300,7 @@ def _command_text(
 
 
 def run_seeds(
-    preset: Optional[str],
+    preset: Union[str, Sequence[str], None],
     config: Optional[str],
     overrides: Optional[list[str]],
     force: Optional[list[str]],

@@ -23,10 +23,11 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from pydantic import ValidationError
 
 from raydefense import layout
@@ -34,7 +35,7 @@ from raydefense.audit.grid import query_attacks
 from raydefense.audit.scoring import heldout_validator
 from raydefense.audit.selection import best_trial, pareto_front
 from raydefense.audit.targets import ADAPTIVE, schedule_of
-from raydefense.config import ExperimentConfig, set_path
+from raydefense.config import ExperimentConfig, first_error, set_path
 from raydefense.data.tables import read_plan
 from raydefense.diffusion.checkpoint import load_unet
 from raydefense.errors import ConfigError
@@ -124,11 +125,9 @@ def training_points(cfg: ExperimentConfig) -> list[TrainingPoint]:
         try:
             apply_values(cfg, dict(point.values))
         except ValidationError as e:
-            err = e.errors()[0]
+            loc, msg, _ = first_error(e)
             raise ConfigError(
-                f"sweep.training point {dict(point.values)} is invalid: "
-                f"{'.'.join(map(str, err['loc']))}: "
-                f"{err['msg'].removeprefix('Value error, ')}"
+                f"sweep.training point {dict(point.values)} is invalid: {loc}: {msg}"
             ) from None
         points.append(point)
     return points
@@ -269,7 +268,8 @@ def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str)
     validate = heldout_validator(
         read_plan(storage), schedule_of(tcfg), tcfg.train.val_rows, tcfg.seed
     )
-    return validate(unet)[VAL_METRIC]
+    # the loaded UNet2DModel is an nn.Module; mypy sees diffusers' placeholder class
+    return validate(cast(torch.nn.Module, unet))[VAL_METRIC]
 
 
 # ----------------------------------------------------------------------------- orchestration

@@ -31,7 +31,8 @@ REGION = "us-east-1"
 
 
 def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
         while len(ports) < n:
             s = socket.socket()
@@ -132,6 +133,7 @@ class LocalS3:
         deadline = time.monotonic() + self.startup_timeout_s
         client = self.client()
         last: Exception | None = None
+        assert self.proc is not None, "the server process is started before waiting on it"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -229,6 +231,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for k, v in s3.env().items():
             print(f"export {k}={v}")
         print(f"then: raydefense run --preset smoke --set storage.root=s3://{args.bucket}/runs")
+        assert s3.proc is not None  # started by the context manager
         try:
             while s3.proc.poll() is None:
                 time.sleep(1)

@@ -70,6 +70,68 @@ def test_unknown_preset_lists_choices():
         load_config("nope")
 
 
+def test_hardware_presets_compose_with_an_experiment_preset(tmp_path):
+    """Two axes: one experiment preset (what runs) and hardware presets (where), in order,
+    before --set; a hardware preset changes placement only, so no stage fingerprint moves."""
+    from raydefense.cli import build_parser, config_argv
+    from raydefense.config import experiment_preset_names, hardware_preset_names
+    from raydefense.runs.fingerprints import stage_fingerprints
+
+    assert {"cpu2", "cpu16"} <= set(hardware_preset_names())
+    assert not set(hardware_preset_names()) & set(experiment_preset_names())
+    base = load_config("digits")
+    big = load_config(["digits", "cpu16"])
+    assert (big.resources.cpus_per_worker, big.resources.torch_threads) == (4, 4)
+    assert big.model_dump(exclude={"resources"}) == base.model_dump(exclude={"resources"})
+    assert stage_fingerprints(big) == stage_fingerprints(base)
+    # later presets and --set win; a hardware preset alone applies to the default experiment
+    both = load_config(["smoke", "cpu16", "cpu2"], overrides=["resources.label_actors=3"])
+    assert both.resources.cpus_per_worker == 1 and both.resources.label_actors == 3
+    assert load_config("cpu2").experiment == "digits"
+    f = tmp_path / "exp.yaml"
+    f.write_text("base: smoke\nexperiment: mine\n")
+    assert load_config("cpu16", config_file=str(f)).resources.torch_threads == 4
+    args = build_parser().parse_args(["run", "--preset", "smoke", "--preset", "cpu2"])
+    assert args.preset == ["smoke", "cpu2"]
+    assert config_argv(args) == ["--preset", "smoke", "--preset", "cpu2"]
+    for name in hardware_preset_names():  # every shipped one sets resources and nothing else
+        assert load_config(["smoke", name]).model_dump(exclude={"resources"}) == load_config(
+            "smoke"
+        ).model_dump(exclude={"resources"})
+
+
+@pytest.mark.parametrize(
+    "presets, config, needle",
+    [
+        (["smoke", "digits"], False, "both experiment presets; give one"),
+        (["cpu3"], False, "unknown preset 'cpu3'; experiment presets: digits, smoke; hardware"),
+        (["smoke", "cpu2"], True, "either an experiment --preset or --config"),
+    ],
+)
+def test_bad_preset_combinations_are_one_line_errors(tmp_path, presets, config, needle):
+    f = tmp_path / "exp.yaml"
+    f.write_text("base: smoke\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(presets, config_file=str(f) if config else None)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_hardware_preset_may_only_place_work(monkeypatch):
+    import raydefense.config as config
+
+    real = config._yaml
+    monkeypatch.setattr(
+        config,
+        "_yaml",
+        lambda pkg, name: {"train": {"steps": 1}} if name == "cpu2" else real(pkg, name),
+    )
+    with pytest.raises(
+        ConfigError,
+        match="hardware preset 'cpu2' sets train; hardware presets may only set resources",
+    ):
+        load_config(["smoke", "cpu2"])
+
+
 def test_config_file_with_base(tmp_path):
     f = tmp_path / "exp.yaml"
     f.write_text("base: smoke\nexperiment: mine\ntrain:\n  steps: 11\n")

@@ -53,3 +53,34 @@ def test_sampling_is_seeded():
     a = sample(m, SCHED, (3, 1, 4, 4), "ddpm", 5, seed=3)
     assert torch.equal(a, sample(m, SCHED, (3, 1, 4, 4), "ddpm", 5, seed=3))
     assert not torch.equal(a, sample(m, SCHED, (3, 1, 4, 4), "ddpm", 5, seed=4))
+
+
+def test_eps_models_take_an_optional_condition():
+    """EpsModel(x_t, t, cond=None): unconditional models refuse a condition instead of ignoring
+    it; the router hands each teacher its own rows of the condition."""
+    import pytest
+
+    from raydefense.config import ModelConfig
+    from raydefense.defense.dualmd import DualMDStepRouter
+    from raydefense.diffusion.unet import UNetEps, build_unet
+
+    eps = UNetEps(build_unet(ModelConfig(block_out_channels=[8, 16], norm_num_groups=4), 8, 1))
+    x, t = torch.zeros(2, 1, 8, 8), torch.tensor([1, 900])
+    assert eps(x, t).shape == (2, 1, 8, 8) and torch.equal(eps(x, t, None), eps(x, t))
+    with pytest.raises(ValueError, match="unconditional"):
+        eps(x, t, torch.zeros(2, 4))
+    seen = []
+
+    def teacher(k):
+        def f(x_t, tt, cond=None):
+            seen.append((k, None if cond is None else cond.tolist()))
+            return torch.full_like(x_t, float(k))
+
+        return f
+
+    router = DualMDStepRouter([teacher(0), teacher(1)], SCHED, 50)
+    out = router(x, t, torch.tensor([[5.0], [6.0]]))
+    owners = router.owner[t].tolist()
+    assert [out[i].max().item() for i in range(2)] == [float(o) for o in owners]
+    assert sorted(seen) == sorted((o, [[5.0 + i]]) for i, o in enumerate(owners))
+    assert router(x, t).shape == x.shape
