@@ -326,6 +326,8 @@ def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys)
         "seeds",
         "--preset",
         "smoke",
+        "--preset",
+        "cpu2",
         "--set",
         "experiment=exp",
         "--set",
@@ -343,8 +345,10 @@ def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys)
         ["seed=2", 'experiment="exp-seed2"'],
         ["seed=1", 'experiment="exp-seed1"'],
     ]
-    assert all(c[:3] == ("run", "smoke", None) and c[4] == ["evaluate"] for c in calls[:3])
-    assert calls[3] == ("report", "smoke", None, ["experiment=exp", f"storage.root={root}"], [])
+    # every preset (experiment and hardware) reaches each seed's run and the base report
+    presets = ["smoke", "cpu2"]
+    assert all(c[:3] == ("run", presets, None) and c[4] == ["evaluate"] for c in calls[:3])
+    assert calls[3] == ("report", presets, None, ["experiment=exp", f"storage.root={root}"], [])
     assert calls[0][3][:2] == ["experiment=exp", f"storage.root={root}"]
     assert Storage(str(root), "exp").read_json("seeds/summary.json") == aggregate(hand)
     assert "0.800 ± 0.100" in capsys.readouterr().out
