@@ -136,8 +136,8 @@ class _LazyRole:
 
 
 def lazy_ray_backend(cfg: ExperimentConfig, tracking_uri: Optional[str]) -> Any:
-    """A `raydefense.runs.context.Backend` whose roles start Ray on first use."""
-    from raydefense.runs.context import ROLES, Backend
+    """A `raydefense.run.context.Backend` whose roles start Ray on first use."""
+    from raydefense.run.context import ROLES, Backend
 
     built: list[Any] = []
 
@@ -177,10 +177,10 @@ def execute(
     """Run one CLI command in-process (also the entry of jobs/pipeline.py). Returns results."""
     from raydefense.layout import marker
     from raydefense.pipeline import STAGES, run_pipeline, stage_report
-    from raydefense.runs.context import RunContext
-    from raydefense.runs.fingerprints import stage_fingerprints
-    from raydefense.runs.markers import is_complete
-    from raydefense.runs.session import absolutize, validate_config, versions
+    from raydefense.run.context import RunContext
+    from raydefense.run.fingerprints import stage_fingerprints
+    from raydefense.run.markers import is_complete
+    from raydefense.run.session import absolutize, validate_config, versions
     from raydefense.storage import Storage
     from raydefense.tracking.mlflow_tracker import make_tracker
 

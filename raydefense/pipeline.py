@@ -1,6 +1,6 @@
 """The stage graph: prepare -> train -> distill -> evaluate -> report.
 
-Each stage has a fingerprint (`raydefense.runs.fingerprints`) and publishes `<stage>/_COMPLETE.json`
+Each stage has a fingerprint (`raydefense.run.fingerprints`) and publishes `<stage>/_COMPLETE.json`
 only after all its outputs are written (invariant 7). A rerun skips complete stages with a matching
 fingerprint and resumes the rest (training resumes from the last Ray Train checkpoint). Heavy work
 goes through the run's roles (`RunContext.role`: fitter, labeller, scorer); this module stays
@@ -32,15 +32,15 @@ from raydefense.errors import ConfigError, DataError
 from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
 from raydefense.roster import STUDENT, is_teacher, model_index, parse_shadow, shadow_name
-from raydefense.runs.context import RunContext
-from raydefense.runs.fingerprints import (
+from raydefense.run.context import RunContext
+from raydefense.run.fingerprints import (
     attack_sweep_fingerprint,
     model_fingerprint,
     stage_fingerprints,
     training_sweep_fingerprint,
 )
-from raydefense.runs.markers import is_complete, mark_complete, unpublish
-from raydefense.runs.session import local_copy, versions
+from raydefense.run.markers import is_complete, mark_complete, unpublish
+from raydefense.run.session import local_copy, versions
 
 log = logging.getLogger("raydefense")
 

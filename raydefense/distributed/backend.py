@@ -1,4 +1,4 @@
-"""The Ray backend of a run: one object per role of `raydefense.runs.context.Backend`, on one
+"""The Ray backend of a run: one object per role of `raydefense.run.context.Backend`, on one
 Ray cluster (joined under `ray job submit` / RAY_ADDRESS, else a local one).
 
 - fitter: Ray Train, one TorchTrainer per model (`raydefense.distributed.train`);
@@ -18,7 +18,7 @@ from raydefense.distributed.scoring import RayScorer
 from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
 from raydefense.distributed.tune import RayTrialRunner
-from raydefense.runs.context import Backend
+from raydefense.run.context import Backend
 
 
 def ray_backend(

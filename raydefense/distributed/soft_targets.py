@@ -126,7 +126,7 @@ def label_soft_targets(
 
 
 class RayLabeller:
-    """The labeller role on a Ray Data actor pool (see raydefense.runs.context.Labeller)."""
+    """The labeller role on a Ray Data actor pool (see raydefense.run.context.Labeller)."""
 
     def label_soft_targets(
         self,

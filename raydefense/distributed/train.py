@@ -223,7 +223,7 @@ def fit_many(
 
 
 class RayFitter:
-    """The fitter role on Ray Train (see raydefense.runs.context.Fitter)."""
+    """The fitter role on Ray Train (see raydefense.run.context.Fitter)."""
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from ray import tune
 
 from raydefense.config import ExperimentConfig
 from raydefense.errors import ResourceError
-from raydefense.runs.context import Backend
+from raydefense.run.context import Backend
 from raydefense.storage import Storage
 from raydefense.sweeps.attacks import flatten_metrics, trial_metrics, unflatten_metrics
 from raydefense.sweeps.training import run_trial, watched_model, watched_value
@@ -332,7 +332,7 @@ def run_training_trials(
 
 
 class RayTrialRunner:
-    """The trials role on Ray Tune (see raydefense.runs.context.TrialRunner)."""
+    """The trials role on Ray Tune (see raydefense.run.context.TrialRunner)."""
 
     def __init__(self, backend_factory: Callable[..., Backend]) -> None:
         self.backend_factory = backend_factory  # what a training trial's pipeline runs on

@@ -45,10 +45,10 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, TEST, Plan
 from raydefense.data.tables import read_plan
 from raydefense.roster import all_targets, target_access, target_order_key
-from raydefense.runs.context import RunContext
-from raydefense.runs.fingerprints import attack_sweep_fingerprint
-from raydefense.runs.markers import is_complete, mark_complete, unpublish
-from raydefense.runs.session import local_copy
+from raydefense.run.context import RunContext
+from raydefense.run.fingerprints import attack_sweep_fingerprint
+from raydefense.run.markers import is_complete, mark_complete, unpublish
+from raydefense.run.session import local_copy
 from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")

@@ -29,7 +29,7 @@ from raydefense.errors import ConfigError, RaydefenseError
 from raydefense.report.markdown import headline_rows, is_number, short_params
 from raydefense.report.seeds import QUALITY_METRICS, plus_minus, privacy_rows, seeds_markdown
 from raydefense.roster import sort_targets
-from raydefense.runs.session import absolutize
+from raydefense.run.session import absolutize
 from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")

@@ -42,9 +42,9 @@ from raydefense.errors import ConfigError
 from raydefense.hashing import stable_hash
 from raydefense.pipeline import run_pipeline
 from raydefense.roster import DUALMD, all_targets, teacher_name
-from raydefense.runs.context import Backend, RunContext
-from raydefense.runs.fingerprints import training_sweep_fingerprint
-from raydefense.runs.session import local_copy
+from raydefense.run.context import Backend, RunContext
+from raydefense.run.fingerprints import training_sweep_fingerprint
+from raydefense.run.session import local_copy
 from raydefense.storage import Storage
 from raydefense.sweeps.attacks import trial_metrics, trials_of, worst_case
 

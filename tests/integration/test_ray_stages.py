@@ -14,7 +14,7 @@ from raydefense.diffusion.checkpoint import load_unet
 from raydefense.errors import ResourceError
 from raydefense.layout import SOFT_TARGETS
 from raydefense.pipeline import stage_prepare
-from raydefense.runs.context import RunContext
+from raydefense.run.context import RunContext
 from raydefense.storage import Storage
 
 from conftest import tiny_config

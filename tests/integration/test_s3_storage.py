@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from raydefense.errors import StorageError
-from raydefense.runs.markers import is_complete, mark_complete
+from raydefense.run.markers import is_complete, mark_complete
 from raydefense.storage import Storage
 
 pytestmark = pytest.mark.s3

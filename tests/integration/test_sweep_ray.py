@@ -16,7 +16,7 @@ from raydefense.attacks.metrics import accuracy_at, auc, best_threshold, tpr_at_
 from raydefense.audit.grid import grid_points, point_attack
 from raydefense.data.plan import TEST
 from raydefense.pipeline import run_pipeline
-from raydefense.runs.context import RunContext
+from raydefense.run.context import RunContext
 from raydefense.storage import Storage
 from raydefense.sweeps.attacks import TRIAL_METRICS, run_sweep, trials_of
 

@@ -30,7 +30,7 @@ LAYERS = [
     ["raydefense.defense", "raydefense.attacks", "raydefense.quality"],
     ["raydefense.audit"],
     ["raydefense.report"],
-    ["raydefense.runs"],
+    ["raydefense.run"],
     ["raydefense.pipeline", "raydefense.sweeps"],
     ["raydefense.distributed", "raydefense.cli", "raydefense.testing"],
 ]
@@ -152,7 +152,7 @@ def test_only_distributed_imports_ray() -> None:
 @pytest.mark.parametrize(
     "forbidden",
     [
-        "raydefense.runs",
+        "raydefense.run",
         "raydefense.pipeline",
         "raydefense.sweeps",
         "raydefense.distributed",

@@ -75,7 +75,7 @@ def test_hardware_presets_compose_with_an_experiment_preset(tmp_path):
     before --set; a hardware preset changes placement only, so no stage fingerprint moves."""
     from raydefense.cli import build_parser, config_argv
     from raydefense.config import experiment_preset_names, hardware_preset_names
-    from raydefense.runs.fingerprints import stage_fingerprints
+    from raydefense.run.fingerprints import stage_fingerprints
 
     assert {"cpu2", "cpu16"} <= set(hardware_preset_names())
     assert not set(hardware_preset_names()) & set(experiment_preset_names())
@@ -156,7 +156,7 @@ def test_flat_params_and_fingerprint_are_stable():
 
 
 def test_teacher_assignment_reruns_distill_but_not_the_teachers():
-    from raydefense.runs.fingerprints import stage_fingerprints
+    from raydefense.run.fingerprints import stage_fingerprints
 
     a = stage_fingerprints(load_config("smoke"))
     b = stage_fingerprints(load_config("smoke", overrides=["distill.teacher_assignment=one_other"]))

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from raydefense.errors import StorageError
-from raydefense.runs.markers import is_complete, mark_complete, unpublish
+from raydefense.run.markers import is_complete, mark_complete, unpublish
 from raydefense.storage import Storage, explain_storage_error
 
 
@@ -114,8 +114,8 @@ class _RecordingFitter:
 
 def test_force_train_starts_over_instead_of_resuming_the_finished_run(tmp_path):
     from raydefense.pipeline import stage_prepare, stage_train
-    from raydefense.runs.context import Backend, RunContext
-    from raydefense.runs.fingerprints import stage_fingerprints
+    from raydefense.run.context import Backend, RunContext
+    from raydefense.run.fingerprints import stage_fingerprints
 
     from conftest import tiny_config
 

@@ -19,7 +19,7 @@ from raydefense.data.pool import DATASETS
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
 from raydefense.errors import ConfigError
-from raydefense.runs.fingerprints import training_sweep_fingerprint
+from raydefense.run.fingerprints import training_sweep_fingerprint
 from raydefense.sweeps.training import (
     TrainingPoint,
     apply_values,
