@@ -31,6 +31,12 @@ from raydefense.sweeps.training import run_trial, watched_model, watched_value
 
 log = logging.getLogger("raydefense")
 
+# Tune saves its experiment state (trial statuses, ASHA's rungs, each trial's results) to the
+# driver's staging dir every ~10 s but uploads it to storage at most every sync_period, 300 s by
+# default: a run killed within 5 minutes of a trial finishing would rerun that trial on resume
+# and lose its result history. The state is a few small files, so upload it every few seconds.
+STATE_SYNC_PERIOD_S = 5
+
 
 def _trial(config: dict, scores: pa.Table = None) -> None:
     attack, params = config["setting"].split(" ", 1)
@@ -129,6 +135,7 @@ def run_trials(
                 storage_filesystem=storage.fs,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
+                sync_config=tune.SyncConfig(sync_period=STATE_SYNC_PERIOD_S),
             ),
         )
 
@@ -303,6 +310,7 @@ def run_training_trials(
                 verbose=0,
                 callbacks=[AshaMemory(scheduler)] if a.enabled else [],
                 failure_config=tune.FailureConfig(max_failures=1),
+                sync_config=tune.SyncConfig(sync_period=STATE_SYNC_PERIOD_S),
             ),
         )
 

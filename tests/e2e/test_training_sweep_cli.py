@@ -65,13 +65,24 @@ def test_training_sweep_is_killed_resumed_and_asha_stops_the_bad_point(tmp_path:
         found = sorted(trials.glob(f"p{i:03d}-*")) if trials.is_dir() else []
         return found[0] if found else None
 
-    # 1. Start, and kill the whole run once trial 1's pipeline has prepared its data.
+    def state_saved_after(t: float) -> bool:
+        # Tune's experiment state (trial statuses and results) as uploaded to storage
+        saved = [p.stat().st_mtime for p in (base / "tune").glob("*/experiment_state-*.json")]
+        return bool(saved) and max(saved) > t
+
+    # 1. Start, and kill the whole run once trial 1's pipeline has prepared its data and Tune
+    # has stored its state since (trial 0 finished before trial 1 started; the state reaches
+    # storage within seconds, raydefense.distributed.tune.STATE_SYNC_PERIOD_S).
     proc, log = start(tmp_path, "first.log")
     deadline = time.monotonic() + TIMEOUT_S
     try:
-        while not ((d := trial_dir(1)) and (d / "prepare" / "_COMPLETE.json").is_file()):
+        while not ((d := trial_dir(1)) and (marker := d / "prepare" / "_COMPLETE.json").is_file()):
             assert proc.poll() is None, f"exited early:\n{log.read_text()[-4000:]}"
             assert time.monotonic() < deadline, f"never got to trial 1:\n{log.read_text()[-4000:]}"
+            time.sleep(0.1)
+        while not state_saved_after(marker.stat().st_mtime):
+            assert proc.poll() is None, f"exited early:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"Tune never saved:\n{log.read_text()[-4000:]}"
             time.sleep(0.1)
     finally:
         kill_run(proc)
