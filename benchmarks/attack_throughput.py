@@ -20,8 +20,9 @@ import torch
 
 from raydefense.attacks.base import ATTACKS
 from raydefense.config import load_config
+from raydefense.diffusion.backbones import build_net
+from raydefense.diffusion.eps import FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import UNetEps, build_unet
 
 
 def unet_passes(attack: Any) -> float:
@@ -63,8 +64,8 @@ def main() -> None:
         cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
     )
     torch.manual_seed(0)
-    unet = build_unet(cfg.model, 8, 1).eval().requires_grad_(False)
-    eps = UNetEps(unet)
+    unet = build_net(cfg.model, (1, 8, 8)).eval().requires_grad_(False)
+    eps = FrozenEps(unet)
     B = args.batch
     x = torch.rand(B, 1, 8, 8) * 2 - 1
     ids = torch.arange(B)
@@ -73,7 +74,7 @@ def main() -> None:
 
     def fwd_bwd() -> None:
         u = unet.requires_grad_(True)
-        loss = u(x, t).sample.pow(2).mean()
+        loss = u(x, t).pow(2).mean()
         loss.backward()
         u.zero_grad(set_to_none=True)
         u.requires_grad_(False)

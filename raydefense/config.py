@@ -53,8 +53,12 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """A diffusers UNet2DModel and its DDPM noise schedule."""
+    """The network (`kind` names its backbone: raydefense.diffusion.backbones) and its DDPM noise
+    schedule. The layout fields shape the `unet2d` backbone, a diffusers UNet2DModel."""
 
+    kind: Literal["unet2d"] = Field(
+        "unet2d", description="the backbone: unet2d = a pixel-space diffusers UNet2DModel"
+    )
     block_out_channels: list[int] = [32, 64]
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(8, ge=1)

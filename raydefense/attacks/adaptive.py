@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from raydefense.attacks.base import ATTACKS, AccessError
+from raydefense.attacks.base import ATTACKS, AccessError, Attack
 from raydefense.attacks.metrics import auc
 from raydefense.config import DualMDAdaptiveConfig
 
@@ -64,7 +64,7 @@ def standardise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 @ATTACKS.register("dualmd_adaptive")
-class DualMDAdaptive:
+class DualMDAdaptive(Attack):
     """Combines per-teacher query scores through DualMD's public step routing."""
 
     name = "dualmd_adaptive"
@@ -157,9 +157,9 @@ class DualMDAdaptive:
         return out
 
 
-def check_router(attack: Any, target: str) -> None:
+def check_router(attack: Attack, target: str) -> None:
     """AccessError when a router-only attack is asked for against a target without a router."""
-    if getattr(attack, "needs_router", False) and target != ROUTER_TARGET:
+    if attack.needs_router and target != ROUTER_TARGET:
         raise AccessError(
             f"attack {attack.name!r} attacks DualMD's step router, but target {target!r} is a "
             f"single model with no router; drop it from attacks.targets or from "

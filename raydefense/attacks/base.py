@@ -1,4 +1,4 @@
-"""The attack protocols, access levels and registry.
+"""The attack base classes, access levels and registry.
 
 Every attack orients its output **higher = more likely a member** and declares:
 - `name`: its registry name;
@@ -20,13 +20,13 @@ share work (SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2 one
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional, Protocol
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 from raydefense.errors import ConfigError
 from raydefense.registry import Registry
 
@@ -42,7 +42,7 @@ class AccessError(ConfigError):
     """An attack needs more access than a target exposes."""
 
 
-def check_access(attack: Any, target: str, target_access: str) -> None:
+def check_access(attack: Attack, target: str, target_access: str) -> None:
     """Raise AccessError when `attack` needs more than `target_access` gives."""
     need, have = ACCESS_LEVELS.index(attack.access), ACCESS_LEVELS.index(target_access)
     if need > have:
@@ -54,12 +54,39 @@ def check_access(attack: Any, target: str, target_access: str) -> None:
         )
 
 
-class QueryAttack(Protocol):
-    name: str
-    access: str
-    kind: str  # "query"
+Access = Literal["black-box", "gray-box", "white-box"]
+AttackKind = Literal["query", "learned", "generated", "adaptive"]
 
-    def settings(self) -> list[dict[str, Any]]: ...
+
+class Attack:
+    """What every attack declares (class attributes) and offers; subclass one of QueryAttack,
+    LearnedAttack, GeneratedAttack (or, for attacks on DualMD's router, set needs_router)."""
+
+    name: ClassVar[str] = ""
+    access: ClassVar[Access]
+    kind: ClassVar[AttackKind]
+    # learned attacks: where their classifier's training rows come from
+    trains_on: ClassVar[Optional[Literal["calibration", "shadow"]]] = None
+    # applies only to DualMD's step router (raydefense.attacks.adaptive)
+    needs_router: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, num_train_timesteps: int = 1000) -> None:
+        """cfg: the attack's config section (raydefense.config.AttacksConfig.<name>) or its
+        dict; num_train_timesteps: T of the audited models' schedule."""
+        self.cfg = cfg
+
+    def settings(self) -> list[dict[str, Any]]:
+        """One params dict per output column."""
+        raise NotImplementedError
+
+    def weights(self, default: str) -> str:
+        """Which weights of a target ("ema" | "raw") the attack reads: attacks.weights
+        (`default`) unless its own section says otherwise (GSA: the raw training weights)."""
+        return default
+
+
+class QueryAttack(Attack):
+    kind: ClassVar[AttackKind] = "query"
 
     def score(
         self,
@@ -76,16 +103,11 @@ class QueryAttack(Protocol):
         Returns:
             [B, S] float32, S = len(settings()), higher = member.
         """
-        ...
+        raise NotImplementedError
 
 
-class LearnedAttack(Protocol):
-    name: str
-    access: str
-    kind: str  # "learned"
-    trains_on: str  # "calibration" | "shadow"
-
-    def settings(self) -> list[dict[str, Any]]: ...
+class LearnedAttack(Attack):
+    kind: ClassVar[AttackKind] = "learned"
 
     def features(
         self,
@@ -97,22 +119,40 @@ class LearnedAttack(Protocol):
         cache: Optional[dict] = None,
     ) -> torch.Tensor:
         """[B, F] float32 features per row (flattened)."""
-        ...
+        raise NotImplementedError
 
     def fit_predict(
-        self, train_x: np.ndarray, train_y: np.ndarray, eval_x: list[np.ndarray], seed: int
+        self,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        eval_x: list[np.ndarray],
+        seed: int,
+        image_shape: Optional[tuple[int, int, int]] = None,
     ) -> list[np.ndarray]:
         """Fit the attack model on (train_x [N, F], train_y [N] in {0, 1}) and score each
-        matrix of eval_x ([M_i, F] -> [M_i], higher = member)."""
-        ...
+        matrix of eval_x ([M_i, F] -> [M_i], higher = member). image_shape: (C, H, W) of the
+        audited images, for features that keep their spatial layout."""
+        raise NotImplementedError
+
+    def cross_fit_predict(
+        self,
+        train_x: np.ndarray,
+        train_y: np.ndarray,
+        eval_x: list[np.ndarray],
+        seed: int,
+        image_shape: Optional[tuple[int, int, int]] = None,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Calibration-trained attacks (trains_on "calibration"): out-of-fold scores of
+        train_x [N] and scores of every eval matrix, as fit_predict's."""
+        raise NotImplementedError(f"{self.name} is not trained on a calibration part")
 
 
-class GeneratedAttack(Protocol):
-    name: str
-    access: str
-    kind: str  # "generated"
+class GeneratedAttack(Attack):
+    kind: ClassVar[AttackKind] = "generated"
 
-    def settings(self) -> list[dict[str, Any]]: ...
+    def settings(self, with_features: bool = False) -> list[dict[str, Any]]:
+        """One params dict per output column; with_features: a feature extractor is set."""
+        raise NotImplementedError
 
     def score_generated(
         self,
@@ -123,12 +163,10 @@ class GeneratedAttack(Protocol):
         """Args: generated [M, C, H, W] and x0 [B, C, H, W], both in [-1, 1]; feature_fn maps
         images to [N, D] features when a feature extractor is configured.
         Returns: [B, S] float32, higher = member."""
-        ...
+        raise NotImplementedError
 
 
-Attack = Any  # QueryAttack | LearnedAttack | GeneratedAttack
-
-ATTACKS: Registry[type[Any]] = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def scaled_timestep(t: int, schedule: NoiseSchedule) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import torch
 
-from raydefense.attacks.base import ATTACKS
+from raydefense.attacks.base import ATTACKS, GeneratedAttack
 from raydefense.config import BlackboxNNConfig
 
 
@@ -25,12 +25,11 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 102
 
 
 @ATTACKS.register("blackbox_nn")
-class BlackboxNN:
+class BlackboxNN(GeneratedAttack):
     """One score column per feature space ("pixel" always; "domain" when a feature_fn exists)."""
 
     name = "blackbox_nn"
     access = "black-box"
-    kind = "generated"
 
     def __init__(
         self, cfg: BlackboxNNConfig | dict[str, Any], num_train_timesteps: int = 1000

@@ -3,12 +3,12 @@
 Per image x0 and each of S equidistant timesteps K_j = round(T j / S) - 1 (j = 1..S; T = 1000,
 S = 10 gives 99, 199, ..., 999), with noise_j drawn per (row, j):
     x_t = q_sample(x0, K_j, noise_j),
-    L_j = mean over C*H*W of (unet(x_t, K_j) - noise_j)^2,  g_j = dL_j / dtheta.
+    L_j = mean over C*H*W of (net(x_t, K_j) - noise_j)^2,  g_j = dL_j / dtheta.
 GSA1 features: per-parameter-tensor L2 norm of (1/S) sum_j g_j. The gradient is linear, so this is
 exactly the norm of the gradient of the official mean-over-S loss (eval mode has no
 cross-sample ops: GroupNorm is per sample, dropout is off).
 GSA2 features: (1/S) sum_j of the per-tensor L2 norms of g_j.
-One feature per parameter tensor (every weight and bias), in unet.parameters() order.
+One feature per parameter tensor (every weight and bias), in net.parameters() order.
 A gradient-boosting classifier trained on shadow models' features scores the target's rows.
 """
 
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from raydefense.attacks.base import ATTACKS
+from raydefense.attacks.base import ATTACKS, LearnedAttack
 from raydefense.attacks.classifiers import Standardizer, gradient_boosting, zscore
 from raydefense.config import GSAConfig
+from raydefense.diffusion.eps import EpsModel, FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 from raydefense.seeding import STREAM_GSA, per_row_normal
 
 
@@ -41,7 +41,7 @@ def gsa_timesteps(num_train_timesteps: int, num_timesteps: int) -> list[int]:
 
 
 def _item_loss(
-    unet: torch.nn.Module,
+    net: torch.nn.Module,
     params: dict[str, torch.Tensor],
     rest: dict[str, torch.Tensor],
     x_t: torch.Tensor,
@@ -49,12 +49,12 @@ def _item_loss(
     noise: torch.Tensor,
 ) -> torch.Tensor:
     """One item's denoising loss: x_t, noise [C, H, W], t [] long -> scalar."""
-    out = functional_call(unet, (params, rest), (x_t[None], t[None])).sample
+    out = functional_call(net, (params, rest), (x_t[None], t[None]))
     return (out[0].float() - noise).pow(2).mean()
 
 
 def _grads_vmap(
-    unet: torch.nn.Module,
+    net: torch.nn.Module,
     params: dict[str, torch.Tensor],
     rest: dict[str, torch.Tensor],
     x_t: torch.Tensor,
@@ -66,7 +66,7 @@ def _grads_vmap(
     def loss(
         p: dict[str, torch.Tensor], x: torch.Tensor, tt: torch.Tensor, n: torch.Tensor
     ) -> torch.Tensor:
-        return _item_loss(unet, p, rest, x, tt, n)
+        return _item_loss(net, p, rest, x, tt, n)
 
     with warnings.catch_warnings():
         # CPU SDPA (the mid-block attention) has no batching rule yet: torch falls back to a
@@ -76,7 +76,7 @@ def _grads_vmap(
 
 
 def _grads_loop(
-    unet: torch.nn.Module,
+    net: torch.nn.Module,
     params: dict[str, torch.Tensor],
     rest: dict[str, torch.Tensor],
     x_t: torch.Tensor,
@@ -89,7 +89,7 @@ def _grads_loop(
     out: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     with torch.enable_grad():
         for i in range(x_t.shape[0]):
-            loss = _item_loss(unet, leaves, rest, x_t[i], t[i], noise[i])
+            loss = _item_loss(net, leaves, rest, x_t[i], t[i], noise[i])
             gs = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
             for k, g in zip(names, gs):
                 out[k].append(torch.zeros_like(leaves[k]) if g is None else g)
@@ -97,7 +97,7 @@ def _grads_loop(
 
 
 def gsa_features(
-    unet: torch.nn.Module,
+    net: torch.nn.Module,
     schedule: NoiseSchedule,
     x0: torch.Tensor,
     row_ids: torch.Tensor,
@@ -109,26 +109,26 @@ def gsa_features(
 
     Per-(row, j) gradients come from torch.func (functional_call + vmap(grad)) over chunks of
     `batch_size` rows (batch_size * S items at once, memory ~ that many gradient copies), in
-    float32 with the unet in eval mode (its mode is restored after). If vmap cannot handle some
+    float32 with the net in eval mode (its mode is restored after). If vmap cannot handle some
     op of the model, a per-item backward loop computes the same values (a warning says so).
 
     Args:
-        unet: a diffusers UNet2DModel (any nn.Module called as unet(x, t).sample).
+        net: an EpsNet (any nn.Module called as net(x_t, t) -> eps).
         x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64; noise of (row, j) comes from
             per_row_normal(..., seed, STREAM_GSA, j), so a row's features do not depend on its
             batch. num_timesteps: S.
     Returns:
         (f1, f2), each [B, P] float32 >= 0, P = number of parameter tensors in
-        unet.parameters() order; f1 <= f2 elementwise (norm of a mean <= mean of norms).
+        net.parameters() order; f1 <= f2 elementwise (norm of a mean <= mean of norms).
     """
     S = num_timesteps
     ks = gsa_timesteps(schedule.num_train_timesteps, S)
     # Every parameter tensor, whatever its requires_grad flag (inference loaders freeze them):
     # torch.func differentiates the detached copies below.
-    params = {n: p.detach().float() for n, p in unet.named_parameters()}
+    params = {n: p.detach().float() for n, p in net.named_parameters()}
     if not params:
         raise ValueError("GSA needs a model with parameters")
-    rest = {n: (b.float() if b.is_floating_point() else b) for n, b in unet.named_buffers()}
+    rest = {n: (b.float() if b.is_floating_point() else b) for n, b in net.named_buffers()}
     dev = next(iter(params.values())).device
     x0 = x0.to(dev, torch.float32)
     b = x0.shape[0]
@@ -141,8 +141,8 @@ def gsa_features(
 
     f1 = torch.empty(b, len(params), dtype=torch.float32, device=dev)
     f2 = torch.empty_like(f1)
-    was_training = unet.training
-    unet.eval()
+    was_training = net.training
+    net.eval()
     use_vmap = True
     try:
         for lo in range(0, b, max(1, batch_size)):
@@ -156,7 +156,7 @@ def gsa_features(
             grads = None
             if use_vmap:
                 try:
-                    grads = _grads_vmap(unet, params, rest, x_t, ti, ni)
+                    grads = _grads_vmap(net, params, rest, x_t, ti, ni)
                 except torch.OutOfMemoryError:
                     raise
                 except (RuntimeError, NotImplementedError) as e:
@@ -167,28 +167,30 @@ def gsa_features(
                     )
                     use_vmap = False
             if grads is None:
-                grads = _grads_loop(unet, params, rest, x_t, ti, ni)
+                grads = _grads_loop(net, params, rest, x_t, ti, ni)
             for c, name in enumerate(params):
                 g = grads[name].reshape(nb, S, -1).float()
                 f1[lo:hi, c] = g.mean(dim=1).norm(dim=1)
                 f2[lo:hi, c] = g.norm(dim=2).mean(dim=1)
             del grads
     finally:
-        unet.train(was_training)
+        net.train(was_training)
     return f1, f2
 
 
-class _GSA:
+class _GSA(LearnedAttack):
     """Shared body of GSA1 / GSA2; `variant` picks the feature."""
 
     name = ""
     variant = 1
     access = "white-box"
-    kind = "learned"
     trains_on = "shadow"
 
     def __init__(self, cfg: GSAConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:
         self.cfg = cfg if isinstance(cfg, GSAConfig) else GSAConfig.model_validate(cfg)
+
+    def weights(self, default: str) -> str:
+        return self.cfg.weights  # the official code attacks the raw training weights
 
     def settings(self) -> list[dict[str, Any]]:
         return [
@@ -209,25 +211,24 @@ class _GSA:
         cache: Optional[dict] = None,
     ) -> torch.Tensor:
         """Args:
-            eps: a UNetEps (white-box: its `.unet` gives parameters and gradients).
+            eps: a FrozenEps (white-box: its `.net` gives parameters and gradients).
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64. seed: base seed.
             cache: per-batch dict; the gradient pass is memoised under ("gsa", S) so GSA1 and
                 GSA2 share it.
         Returns:
             [B, P] float32 per-parameter-tensor gradient norms (>= 0).
         """
-        unet = getattr(eps, "unet", None)
-        if not isinstance(unet, torch.nn.Module):
+        if not isinstance(eps, FrozenEps):
             raise TypeError(
-                f"{self.name} is a white-box attack and needs a UNetEps (an eps "
-                f"model with a .unet module); got {type(eps).__name__}"
+                f"{self.name} is a white-box attack and needs the network itself (a FrozenEps "
+                f"over an EpsNet); got {type(eps).__name__}"
             )
         key = ("gsa", self.cfg.num_timesteps)
         if cache is not None and key in cache:
             f1, f2 = cache[key]
         else:
             f1, f2 = gsa_features(
-                unet, schedule, x0, row_ids, seed, self.cfg.num_timesteps, self.cfg.batch_size
+                eps.net, schedule, x0, row_ids, seed, self.cfg.num_timesteps, self.cfg.batch_size
             )
             if cache is not None:
                 cache[key] = (f1, f2)

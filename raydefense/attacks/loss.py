@@ -13,20 +13,19 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS
+from raydefense.attacks.base import ATTACKS, QueryAttack
 from raydefense.config import LossAttackConfig
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 from raydefense.seeding import STREAM_LOSS_ATTACK, per_row_normal
 
 
 @ATTACKS.register("loss")
-class LossAttack:
+class LossAttack(QueryAttack):
     """Denoising-loss attack averaged over `timesteps` x `draws` fresh noises per row."""
 
     name = "loss"
     access = "gray-box"
-    kind = "query"
 
     def __init__(
         self, cfg: LossAttackConfig | dict[str, Any], num_train_timesteps: int = 1000

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, check_timesteps, scaled_timestep
+from raydefense.attacks.base import ATTACKS, QueryAttack, check_timesteps, scaled_timestep
 from raydefense.config import PIAConfig
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 
 
 def pia_timesteps(cfg: PIAConfig, schedule: NoiseSchedule) -> tuple[list[int], int]:
@@ -49,12 +49,11 @@ def lp_distance(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
 
 
 @ATTACKS.register("pia")
-class PIA:
+class PIA(QueryAttack):
     """Proximal initialisation attack; one score column per timestep of the sweep."""
 
     name = "pia"
     access = "gray-box"
-    kind = "query"
     normalized = False
 
     def __init__(self, cfg: PIAConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS
+from raydefense.attacks.base import ATTACKS, QueryAttack
 from raydefense.config import SecMIConfig
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 
 
 def ddim_move_yspace(
@@ -92,12 +92,11 @@ def secmi_error_maps(
 
 
 @ATTACKS.register("secmi_stat")
-class SecMIStat:
+class SecMIStat(QueryAttack):
     """SecMI_stat: score = -sum_{c,h,w} (x_tilde - x_hat)^2 (higher = member)."""
 
     name = "secmi_stat"
     access = "gray-box"
-    kind = "query"
 
     def __init__(self, cfg: SecMIConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:
         self.cfg = cfg if isinstance(cfg, SecMIConfig) else SecMIConfig.model_validate(cfg)

@@ -14,24 +14,23 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from raydefense.attacks.base import ATTACKS
+from raydefense.attacks.base import ATTACKS, LearnedAttack
 from raydefense.attacks.classifiers import predict_resnet, train_resnet_regressor
 from raydefense.attacks.secmi import cached_error_maps
 from raydefense.config import SecMINNConfig
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 from raydefense.seeding import derive_seed
 
 
 @ATTACKS.register("secmi_nn")
-class SecMINN:
+class SecMINN(LearnedAttack):
     """SecMI_NNs: features are flattened |x_tilde - x_hat| maps; the score is the regressor's raw
     output (member label 1, so higher = member; the official code negates it only because its
     roc() treats lower as member)."""
 
     name = "secmi_nn"
     access = "gray-box"
-    kind = "learned"
     trains_on = "calibration"
 
     def __init__(

@@ -8,20 +8,19 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, check_timesteps, scaled_timestep
+from raydefense.attacks.base import ATTACKS, QueryAttack, check_timesteps, scaled_timestep
 from raydefense.attacks.pia import lp_distance
 from raydefense.config import SimAConfig
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 
 
 @ATTACKS.register("sima")
-class SimA:
+class SimA(QueryAttack):
     """One score column per timestep of the sweep."""
 
     name = "sima"
     access = "gray-box"
-    kind = "query"
 
     def __init__(self, cfg: SimAConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:
         self.cfg = cfg if isinstance(cfg, SimAConfig) else SimAConfig.model_validate(cfg)

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from raydefense.attacks.adaptive import DualMDAdaptive
+from raydefense.attacks.base import GeneratedAttack, LearnedAttack, QueryAttack
 from raydefense.audit.learned import (
     adaptive_scores,
     fit_learned,
@@ -72,10 +74,7 @@ def run_evaluation(
         for t in ap.targets
         if target_access(cfg, t) != "black-box"
     ]
-    served = {
-        t: [a.name for a in ap.attacks[t] if getattr(a, "trains_on", None) == "shadow"]
-        for t in ap.targets
-    }
+    served = {t: [a.name for a in ap.attacks[t] if a.trains_on == "shadow"] for t in ap.targets}
     jobs += shadow_jobs(cfg, plan, served)
     # The same pool generates images (grids, black-box attack, quality) with the models it holds.
     needs_bb = any(a.kind == "generated" for t in ap.targets for a in ap.attacks[t])
@@ -108,13 +107,13 @@ def run_evaluation(
         part = plan.part[mask]
         res = scored.get(t, {})
         for a in ap.attacks[t]:
-            if a.kind == "query":
+            if isinstance(a, QueryAttack):
                 for i, params in enumerate(a.settings()):
                     long_rows(cols, t, a.name, params, ids, member, part, res[query_col(a.name, i)])
-            elif a.kind == "adaptive":
+            elif isinstance(a, DualMDAdaptive):
                 for params, score in adaptive_scores(cfg, plan, a, res, mask):
                     long_rows(cols, t, a.name, params, ids, member, part, score)
-            elif a.kind == "generated":
+            elif isinstance(a, GeneratedAttack):
                 s = a.score_generated(
                     torch.tensor(gen[t][: a.cfg.num_generated]),
                     torch.from_numpy(to_model_range(plan.images[mask])),
@@ -122,9 +121,11 @@ def run_evaluation(
                 ).numpy()
                 for i, params in enumerate(a.settings(with_features=domain is not None)):
                     long_rows(cols, t, a.name, params, ids, member, part, s[:, i])
-            else:
+            elif isinstance(a, LearnedAttack):
                 fits.append(learned_fit_args(cfg, plan, t, a.name, a, scored))
                 fit_keys.append((t, a.name))
+            else:
+                raise TypeError(f"attack {a.name!r} subclasses none of raydefense.attacks.base's")
         if QUALITY_COL in res:
             held = (plan.split[mask] == NONMEMBER) & (part == TEST)
             quality.append(

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from raydefense.attacks import ATTACKS
+from raydefense.attacks import ATTACKS, Attack
 from raydefense.audit.targets import shadows_needed
 from raydefense.config import AttacksConfig, ExperimentConfig, first_error
 from raydefense.errors import ConfigError
@@ -23,13 +23,11 @@ def sweepable_attacks() -> list[str]:
     """Registry names of the attacks a sweep can score: query attacks (per-row scores from eps
     queries) and learned ones (per-row features, then one classifier fit per grid point and
     target during scoring). Generated-image attacks need generation and are not swept."""
-    return [
-        n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "kind", None) in ("query", "learned")
-    ]
+    return [n for n in ATTACKS.names() if ATTACKS.get(n).kind in ("query", "learned")]
 
 
 def query_attacks() -> list[str]:
-    return [n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "kind", None) == "query"]
+    return [n for n in ATTACKS.names() if ATTACKS.get(n).kind == "query"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,7 @@ def grid_points(cfg: ExperimentConfig) -> list[GridPoint]:
             raise ConfigError(
                 f"unknown attack {name!r} in sweep.attacks; choose from: {', '.join(valid)}"
             )
-        if getattr(ATTACKS.get(name), "trains_on", None) == "shadow" and not shadows_needed(cfg):
+        if ATTACKS.get(name).trains_on == "shadow" and not shadows_needed(cfg):
             raise ConfigError(
                 f"sweeping {name!r} needs shadow models, which prepare plans only "
                 f"when a shadow-trained attack is enabled; add {name} to "
@@ -115,12 +113,12 @@ def grid_points(cfg: ExperimentConfig) -> list[GridPoint]:
     return points
 
 
-def point_attack(cfg: ExperimentConfig, point: GridPoint) -> Any:
+def point_attack(cfg: ExperimentConfig, point: GridPoint) -> Attack:
     """The attack object of one grid point."""
     return ATTACKS.get(point.attack)(point.section(cfg), cfg.model.num_train_timesteps)
 
 
-def resolve_attack(cfg: ExperimentConfig, key: str) -> Any:
+def resolve_attack(cfg: ExperimentConfig, key: str) -> Attack:
     """`<attack>@<index>` -> that grid point's attack object (what a scoring actor builds)."""
     for p in grid_points(cfg):
         if p.key == key:

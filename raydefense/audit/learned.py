@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from raydefense.attacks.base import LearnedAttack
 from raydefense.audit.grid import resolve_attack
 from raydefense.audit.scoring import feature_col, query_col
 from raydefense.audit.targets import (
@@ -32,7 +33,7 @@ def fit_learned(
     train_x: np.ndarray,
     train_y: np.ndarray,
     eval_x: list[np.ndarray],
-    image_shape: tuple[int, ...],
+    image_shape: tuple[int, int, int],
     cross_fit: bool = False,
 ) -> dict[str, Any]:
     """Fit one learned attack and score (a Ray task in production). Returns
@@ -43,6 +44,8 @@ def fit_learned(
         attack = resolve_attack(cfg, attack_name)
     else:
         attack = next(a for a in build_attacks(cfg) if a.name == attack_name)
+    if not isinstance(attack, LearnedAttack):
+        raise TypeError(f"{attack_name} is a {attack.kind} attack, not a learned one")
     # A sweep point (`gsa1@3`) seeds like its attack, so the base setting reproduces evaluate.
     seed = derive_seed(cfg.seed, STREAM_QUALITY, len(attack_name.split("@")[0]))
     if cross_fit:
@@ -61,7 +64,7 @@ def learned_fit_args(
     plan: Plan,
     target: str,
     name: str,
-    attack: Any,
+    attack: LearnedAttack,
     scored: dict[str, dict[str, np.ndarray]],
 ) -> tuple[Any, ...]:
     """The `fit_learned` arguments of one (target, learned attack): calibration-trained attacks

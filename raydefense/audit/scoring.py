@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from raydefense.attacks.base import LearnedAttack, QueryAttack
 from raydefense.audit.grid import resolve_attack
 from raydefense.audit.targets import (
     build_attacks,
@@ -23,29 +24,16 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.plan import CALIBRATION, NONMEMBER, Plan
 from raydefense.data.pool import to_model_range
 from raydefense.defense.dualmd import DualMDPipeline, DualMDStepRouter
-from raydefense.diffusion.checkpoint import load_unet
+from raydefense.diffusion.backbones import load_eps
+from raydefense.diffusion.eps import EpsModel, EpsNet, FrozenEps
 from raydefense.diffusion.sampling import sample
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel, UNetEps
 from raydefense.layout import model_dir
 from raydefense.roster import DUALMD
 from raydefense.seeding import STREAM_QUALITY
 from raydefense.storage import Storage
 
-if TYPE_CHECKING:
-    from diffusers import UNet2DModel
-
 SCORES_COLUMNS = ("target", "attack", "params", "row_id", "is_member", "part", "score")
-
-
-def load_eps(
-    storage: Storage, model: str, weights: str, cache_dir: str, device: str = "cpu"
-) -> EpsModel:
-
-    unet = load_unet(storage.local_dir(model_dir(model), cache_dir), weights)
-    # UNet2DModel is an nn.Module (mypy sees diffusers' placeholder class); .to moves it in place
-    cast(torch.nn.Module, unet).to(device)
-    return UNetEps(unet)
 
 
 def load_target(
@@ -57,14 +45,18 @@ def load_target(
     teachers: list[str],
     device: str = "cpu",
 ) -> EpsModel:
-    """A target's eps interface: its UNet, or DualMD's step router over its teachers."""
+    """A target's eps interface: its network, or DualMD's step router over its teachers."""
+
+    def load(model: str) -> EpsModel:
+        return load_eps(cfg.model, storage.local_dir(model_dir(model), cache_dir), weights, device)
+
     if target == DUALMD:
         return DualMDStepRouter(
-            [load_eps(storage, m, weights, cache_dir, device) for m in teachers],
+            [load(m) for m in teachers],
             schedule_of(cfg),
             cfg.sampling.num_steps,
         )
-    return load_eps(storage, target, weights, cache_dir, device)
+    return load(target)
 
 
 QUALITY_COL = "heldout_eps_mse"
@@ -113,7 +105,7 @@ class ScoringWorker:
             w: load_target(cfg, storage, model, w, cache_dir, teachers, device)
         }
         for _, a in self.attacks:  # GSA attacks the raw training weights by default
-            aw = getattr(a.cfg, "weights", w)
+            aw = a.weights(w)
             if aw not in self.eps:
                 self.eps[aw] = load_target(cfg, storage, model, aw, cache_dir, teachers, device)
 
@@ -127,12 +119,12 @@ class ScoringWorker:
         out: dict[str, np.ndarray] = {"row_id": np.asarray(row_ids, dtype=np.int64)}
         w = self.cfg.attacks.weights
         for name, a in self.attacks:
-            eps = self.eps[getattr(a.cfg, "weights", w)]
-            if a.kind == "query":
+            eps = self.eps[a.weights(w)]
+            if isinstance(a, QueryAttack):
                 s = a.score(eps, self.schedule, x0, ids, seed, cache).cpu().numpy()
                 for i in range(s.shape[1]):
                     out[query_col(name, i)] = s[:, i].astype(np.float32)
-            elif a.kind == "learned":
+            elif isinstance(a, LearnedAttack):
                 out[feature_col(name)] = (
                     a.features(eps, self.schedule, x0, ids, seed, cache)
                     .cpu()
@@ -211,8 +203,8 @@ def validation_rows(plan: Plan, n: int) -> np.ndarray:
 
 def heldout_validator(
     plan: Plan, schedule: NoiseSchedule, n: int, seed: int
-) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """A training-loop hook: unet (EMA weights) -> {"val_eps_mse": mean held-out eps-MSE on
+) -> Callable[[EpsNet], dict[str, float]]:
+    """A training-loop hook: net (EMA weights) -> {"val_eps_mse": mean held-out eps-MSE on
     `validation_rows(plan, n)`}, one seeded (t, noise) draw per row, so successive reports
     of one fit (and fits of different trials) are measured on identical inputs."""
 
@@ -220,11 +212,9 @@ def heldout_validator(
     x0 = torch.from_numpy(to_model_range(plan.images[mask]))
     ids = plan.row_id[mask]
 
-    def validate(unet: torch.nn.Module) -> dict[str, float]:
-        dev = next(unet.parameters()).device
-        mse = heldout_eps_mse_rows(
-            UNetEps(cast("UNet2DModel", unet)), schedule, x0.to(dev), ids, seed, 1
-        )
+    def validate(net: EpsNet) -> dict[str, float]:
+        dev = next(net.parameters()).device
+        mse = heldout_eps_mse_rows(FrozenEps(net), schedule, x0.to(dev), ids, seed, 1)
         return {"val_eps_mse": float(mse.mean())}
 
     return validate

@@ -20,7 +20,7 @@ from raydefense.attacks.adaptive import (
     check_router,
     settings_by_teacher,
 )
-from raydefense.attacks.base import AccessError, check_access
+from raydefense.attacks.base import AccessError, Attack, check_access
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, NONMEMBER, Plan
 from raydefense.defense.dualmd import timestep_owners
@@ -40,7 +40,7 @@ from raydefense.roster import (
 ADAPTIVE = DualMDAdaptive.name
 
 
-def build_attacks(cfg: ExperimentConfig) -> list[Any]:
+def build_attacks(cfg: ExperimentConfig) -> list[Attack]:
     """Instantiate the enabled attacks from their config sections.
 
     Raises:
@@ -54,7 +54,7 @@ def build_attacks(cfg: ExperimentConfig) -> list[Any]:
         if section is None:
             raise ConfigError(f"attack {name!r} has no config section attacks.{name}")
         attack = cls(section, cfg.model.num_train_timesteps)
-        if getattr(attack, "trains_on", None) == "shadow" and cfg.attacks.shadow.num_models < 1:
+        if attack.trains_on == "shadow" and cfg.attacks.shadow.num_models < 1:
             raise ConfigError(
                 f"attack {name!r} learns from shadow models; set "
                 "attacks.shadow.num_models >= 1 or drop it from attacks.enabled"
@@ -65,7 +65,7 @@ def build_attacks(cfg: ExperimentConfig) -> list[Any]:
 
 def shadows_needed(cfg: ExperimentConfig) -> int:
     """Number of shadow draws prepare must plan (0 unless an enabled attack learns from them)."""
-    uses = any(getattr(ATTACKS.get(n), "trains_on", None) == "shadow" for n in cfg.attacks.enabled)
+    uses = any(ATTACKS.get(n).trains_on == "shadow" for n in cfg.attacks.enabled)
     return cfg.attacks.shadow.num_models if uses else 0
 
 
@@ -77,7 +77,7 @@ def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
         return ()
     if cfg.attacks.shadow.regime == "baseline":
         return ("baseline",)
-    shadow_attacks = [a for a in build_attacks(cfg) if getattr(a, "trains_on", None) == "shadow"]
+    shadow_attacks = [a for a in build_attacks(cfg) if a.trains_on == "shadow"]
     targets = cfg.attacks.targets or all_targets(cfg.data.num_shards)
     roles = set()
     for t in targets:
@@ -135,7 +135,7 @@ class AttackPlan:
     """Per target, the attacks that run; and the (target, attack, reason) pairs refused."""
 
     targets: list[str]
-    attacks: dict[str, list[Any]]
+    attacks: dict[str, list[Attack]]
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 

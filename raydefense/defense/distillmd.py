@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 from raydefense.errors import PrivacyInvariantError
 from raydefense.seeding import STREAM_ASSIGNMENT, STREAM_SOFT_TARGET
 

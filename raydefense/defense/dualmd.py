@@ -11,9 +11,9 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.sampling import sample, sampler_timesteps
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 
 
 class DualMDPipeline:

@@ -1,39 +1,32 @@
-"""Checkpoints: diffusers `save_pretrained` directories (raw `unet/` and `ema/`) + `state.pt`.
-
-`UNet2DModel.from_pretrained(<dir>/ema)` loads a model with no raydefense installed.
-"""
+"""Checkpoints: the network's raw and EMA weights (each as its backbone saves them, under
+`unet/` and `ema/`) + `state.pt` (step, optimizer state)."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, cast
 
 import torch
-from diffusers import UNet2DModel
 
-if TYPE_CHECKING:
-    from diffusers.models.modeling_utils import ModelMixin
+from raydefense.diffusion.eps import EpsNet
 
 STATE_FILE = "state.pt"
+# The raw weights live under `unet/` (the diffusers layout's name, whatever the family).
+WEIGHTS_DIRS = {"raw": "unet", "ema": "ema"}
 
 
-def save_checkpoint(
-    directory: str, unet: torch.nn.Module, ema_unet: torch.nn.Module, state: dict
-) -> None:
-    """Writes <directory>/{unet,ema}/ (safetensors + config.json) and <directory>/state.pt."""
+def weights_dir(directory: str, weights: str) -> str:
+    """<directory>/unet for weights "raw", <directory>/ema for "ema"."""
+    if weights not in WEIGHTS_DIRS:
+        raise ValueError(f"weights must be one of {sorted(WEIGHTS_DIRS)}, got {weights!r}")
+    return os.path.join(directory, WEIGHTS_DIRS[weights])
+
+
+def save_checkpoint(directory: str, net: EpsNet, ema_net: EpsNet, state: dict) -> None:
+    """Writes <directory>/{unet,ema}/ and <directory>/state.pt."""
     os.makedirs(directory, exist_ok=True)
-    # Both are diffusers models; torch types a Module's other attributes as Tensor | Module.
-    cast("ModelMixin", unet).save_pretrained(os.path.join(directory, "unet"))
-    cast("ModelMixin", ema_unet).save_pretrained(os.path.join(directory, "ema"))
+    net.save(weights_dir(directory, "raw"))
+    ema_net.save(weights_dir(directory, "ema"))
     torch.save(state, os.path.join(directory, STATE_FILE))
-
-
-def load_unet(directory: str, weights: str = "ema") -> UNet2DModel:
-    """Load the `ema` or `raw` weights of a checkpoint/model directory, in eval mode."""
-    sub = "ema" if weights == "ema" else "unet"
-    # low_cpu_mem_usage=False: the default path wants `accelerate` and warns without it.
-    unet = UNet2DModel.from_pretrained(os.path.join(directory, sub), low_cpu_mem_usage=False)
-    return unet.eval().requires_grad_(False)
 
 
 def load_state(directory: str) -> dict:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+from typing import Generic, TypeVar
 
 import torch
 
+M = TypeVar("M", bound=torch.nn.Module)
 
-class EMA:
+
+class EMA(Generic[M]):
     """Keeps `shadow`, a frozen copy of the model whose parameters track an EMA of the live ones."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: M, decay: float) -> None:
         self.decay = decay
-        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.shadow: M = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:

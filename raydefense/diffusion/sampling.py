@@ -12,8 +12,8 @@ from typing import Literal
 
 import torch
 
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import EpsModel
 
 
 def sampler_timesteps(schedule: NoiseSchedule, num_steps: int) -> list[int]:

@@ -11,18 +11,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Literal, Optional, Protocol, cast
+from typing import Literal, Optional, Protocol
 
 import numpy as np
 import torch
 
 from raydefense.config import ModelConfig, TrainConfig
 from raydefense.data.examples import ImageData, SoftTargetData, TrainData
-from raydefense.diffusion.checkpoint import load_state, load_unet, save_checkpoint
+from raydefense.diffusion.backbones import backbone_of, load_net
+from raydefense.diffusion.checkpoint import load_state, save_checkpoint
 from raydefense.diffusion.ema import EMA
+from raydefense.diffusion.eps import EpsNet
 from raydefense.diffusion.objectives import ddpm_loss, distill_loss
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import build_unet
 from raydefense.seeding import STREAM_TRAIN, derive_seed
 
 
@@ -154,30 +155,28 @@ def fit(
     device: torch.device | str = "cpu",
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     batching: Literal["alternate", "mixed"] = "alternate",
-    validate: Optional[Callable[[torch.nn.Module], dict]] = None,
+    validate: Optional[Callable[[EpsNet], dict]] = None,
 ) -> dict:
-    """Train one UNet to train_cfg.steps, resuming from reporter.latest_checkpoint().
+    """Train one network of model_cfg's backbone (`model.kind`) to train_cfg.steps, resuming
+    from reporter.latest_checkpoint().
 
-    The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. `validate(ema_unet)`,
+    The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. `validate(ema_net)`,
     when given, adds its metrics (say held-out eps-MSE) to every report. Returns the last
     metrics.
     """
     torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
-    c, h, _ = image_shape
-    # diffusers' UNet2DModel is an nn.Module; mypy resolves the name to diffusers' torch-less
-    # placeholder class, so the casts say what the objects are.
-    unet = cast(torch.nn.Module, build_unet(model_cfg, image_size=h, channels=c))
-    ema = EMA(unet, train_cfg.ema_decay)
+    net = backbone_of(model_cfg).build(model_cfg, image_shape)
+    ema = EMA(net, train_cfg.ema_decay)
     start_step, opt_state = 0, None
     ckpt = reporter.latest_checkpoint()
     if ckpt is not None:
         state = load_state(ckpt)
-        unet.load_state_dict(cast(torch.nn.Module, load_unet(ckpt, "raw")).state_dict())
-        ema.shadow.load_state_dict(cast(torch.nn.Module, load_unet(ckpt, "ema")).state_dict())
+        net.load_state_dict(load_net(model_cfg, ckpt, "raw").state_dict())
+        ema.shadow.load_state_dict(load_net(model_cfg, ckpt, "ema").state_dict())
         start_step, opt_state = int(state["step"]), state["optimizer"]
-    unet.to(device)
+    net.to(device)
     ema.shadow.to(device)
-    model = wrap_model(unet)
+    model = wrap_model(net)
     opt = _adamw(model, train_cfg)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
@@ -206,7 +205,7 @@ def fit(
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         opt.step()
-        ema.update(unet)
+        ema.update(net)
         losses.append(loss.item())
         done = step + 1
         is_ckpt = done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
@@ -223,14 +222,14 @@ def fit(
             if validate is not None:
                 metrics.update(validate(ema.shadow))
             losses, window_start = [], now
-            _report(reporter, metrics, unet, ema, opt, done, is_ckpt)
+            _report(reporter, metrics, net, ema, opt, done, is_ckpt)
     return metrics
 
 
 def _report(
     reporter: Reporter,
     metrics: dict,
-    unet: torch.nn.Module,
+    net: EpsNet,
     ema: EMA,
     opt: torch.optim.Optimizer,
     step: int,
@@ -241,7 +240,7 @@ def _report(
         return
     tmp = tempfile.mkdtemp(prefix="raydefense-ckpt-")
     try:
-        save_checkpoint(tmp, unet, ema.shadow, {"step": step, "optimizer": opt.state_dict()})
+        save_checkpoint(tmp, net, ema.shadow, {"step": step, "optimizer": opt.state_dict()})
         reporter.report(metrics, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

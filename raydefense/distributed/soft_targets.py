@@ -5,7 +5,7 @@ every teacher (ActorPoolStrategy); output written as Parquet."""
 from __future__ import annotations
 
 import tempfile
-from typing import Optional, cast
+from typing import Optional
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,11 +17,11 @@ from ray.data.expressions import col
 from raydefense.config import ExperimentConfig
 from raydefense.data.tables import decode_images, encode_float_rows
 from raydefense.defense.distillmd import SoftTargetLabeller
-from raydefense.diffusion.checkpoint import load_unet
+from raydefense.diffusion.backbones import load_eps
+from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import UNetEps
 from raydefense.distributed.runtime import torch_threads
-from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS
+from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS, model_dir
 from raydefense.storage import Storage
 
 
@@ -43,12 +43,15 @@ class LabellerActor:
         storage = Storage(cfg.storage.root, cfg.experiment)
         cache = tempfile.mkdtemp(prefix="raydefense-teachers-")
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        models: dict[str, UNetEps] = {}
-        for t in teachers:
-            unet = load_unet(storage.local_dir(f"models/{t}", cache), cfg.distill.teacher_weights)
-            # UNet2DModel is an nn.Module (mypy sees diffusers' placeholder); .to moves it in place
-            cast(torch.nn.Module, unet).to(device)
-            models[t] = UNetEps(unet)
+        models: dict[str, EpsModel] = {
+            t: load_eps(
+                cfg.model,
+                storage.local_dir(model_dir(t), cache),
+                cfg.distill.teacher_weights,
+                device,
+            )
+            for t in teachers
+        }
         schedule = NoiseSchedule(
             cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
         )

@@ -3,6 +3,8 @@ fingerprints, the code version), hashed with `raydefense.hashing.stable_hash`.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import raydefense
 from raydefense.audit.targets import shadow_roles, shadows_needed
 from raydefense.config import ExperimentConfig
@@ -14,10 +16,19 @@ def _hash(*parts: object) -> str:
     return stable_hash(list(parts))
 
 
+def config_tree(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as hashed: the default backbone (`model.kind` unet2d) is left out, so models
+    trained before the field existed keep their fingerprints."""
+    d = cfg.model_dump(mode="json")
+    if d["model"]["kind"] == "unet2d":
+        del d["model"]["kind"]
+    return d
+
+
 def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     """Fingerprint of each stage's inputs. Resources, tracking and sampling-only settings do not
     change what a model learns, so they are not part of the training fingerprints."""
-    d = cfg.model_dump(mode="json")
+    d = config_tree(cfg)
     v = raydefense.__version__
     fp: dict[str, str] = {}
     shadows = shadows_needed(cfg)
@@ -88,7 +99,7 @@ def attack_sweep_fingerprint(cfg: ExperimentConfig, fps: dict[str, str]) -> str:
 def training_sweep_fingerprint(cfg: ExperimentConfig) -> str:
     """The Tune run's identity: everything but tracking, storage, resources and the attack
     sweep's own fields."""
-    d = cfg.model_dump(mode="json")
+    d = config_tree(cfg)
     for k in ("tracking", "storage", "resources"):
         d.pop(k)
     d["sweep"] = {

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raydefense import layout
-from raydefense.attacks.base import AccessError, check_access
+from raydefense.attacks.base import AccessError, Attack, LearnedAttack, check_access
 from raydefense.attacks.metrics import attack_metrics
 from raydefense.audit.grid import grid_points, point_attack
 from raydefense.audit.learned import fit_learned, learned_fit_args, learned_scores
@@ -72,7 +72,7 @@ def sweep_dir(cfg: ExperimentConfig) -> str:
     return layout.attack_sweep_dir(cfg.sweep.name)
 
 
-def sweep_targets(cfg: ExperimentConfig, plan: Plan, attacks: list[Any]) -> dict[str, list[int]]:
+def sweep_targets(cfg: ExperimentConfig, plan: Plan, attacks: list[Attack]) -> dict[str, list[int]]:
     """target -> indices of the swept attacks its access serves. `attacks.targets`, when set,
     must serve every swept attack; otherwise every target serving at least one is audited
     (say DualMD's gray-box access: the query attacks, not GSA)."""
@@ -120,11 +120,7 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, scorer: Scorer) -> pa.Table:
         cfg,
         plan,
         {
-            t: [
-                points[i].key
-                for i in served[t]
-                if getattr(attacks[i], "trains_on", None) == "shadow"
-            ]
+            t: [points[i].key for i in served[t] if attacks[i].trains_on == "shadow"]
             for t in targets
         },
     )
@@ -139,10 +135,10 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, scorer: Scorer) -> pa.Table:
         time.perf_counter() - t0,
     )
     learned = [
-        (t, points[i], attacks[i])
+        (t, points[i], a)
         for t in targets
         for i in served[t]
-        if attacks[i].kind == "learned"
+        if isinstance(a := attacks[i], LearnedAttack)
     ]
     fitted: dict[tuple[str, str], np.ndarray] = {}
     if learned:

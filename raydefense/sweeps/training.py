@@ -23,11 +23,10 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from pydantic import ValidationError
 
 from raydefense import layout
@@ -37,7 +36,7 @@ from raydefense.audit.selection import best_trial, pareto_front
 from raydefense.audit.targets import ADAPTIVE, schedule_of
 from raydefense.config import ExperimentConfig, first_error, set_path
 from raydefense.data.tables import read_plan
-from raydefense.diffusion.checkpoint import load_unet
+from raydefense.diffusion.backbones import load_net
 from raydefense.errors import ConfigError
 from raydefense.hashing import stable_hash
 from raydefense.pipeline import run_pipeline
@@ -262,14 +261,15 @@ def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str)
     tcfg = trial_config(cfg, point, trials_root)
     storage = Storage(tcfg.storage.root, tcfg.experiment)
     with tempfile.TemporaryDirectory(prefix="raydefense-val-") as cache:
-        unet = load_unet(
-            storage.local_dir(layout.model_dir(watched_model(cfg.sweep.target)), cache), "ema"
+        net = load_net(
+            tcfg.model,
+            storage.local_dir(layout.model_dir(watched_model(cfg.sweep.target)), cache),
+            "ema",
         )
     validate = heldout_validator(
         read_plan(storage), schedule_of(tcfg), tcfg.train.val_rows, tcfg.seed
     )
-    # the loaded UNet2DModel is an nn.Module; mypy sees diffusers' placeholder class
-    return validate(cast(torch.nn.Module, unet))[VAL_METRIC]
+    return validate(net)[VAL_METRIC]
 
 
 # ----------------------------------------------------------------------------- orchestration

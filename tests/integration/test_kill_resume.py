@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from raydefense.data.tables import read_soft_targets
-from raydefense.diffusion.checkpoint import load_state, load_unet
+from raydefense.diffusion.backbones.unet2d import load_unet
+from raydefense.diffusion.checkpoint import load_state
 from raydefense.layout import PLAN_JSON, SOFT_TARGETS
 from raydefense.storage import Storage
 

@@ -10,7 +10,7 @@ import torch
 from raydefense.config import ResourcesConfig
 from raydefense.data.plan import MEMBER
 from raydefense.data.tables import read_plan, read_soft_targets
-from raydefense.diffusion.checkpoint import load_unet
+from raydefense.diffusion.backbones.unet2d import load_unet
 from raydefense.errors import ResourceError
 from raydefense.layout import SOFT_TARGETS
 from raydefense.pipeline import stage_prepare

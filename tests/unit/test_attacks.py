@@ -11,8 +11,9 @@ from raydefense.attacks import ATTACKS
 from raydefense.attacks.loss import LossAttack
 from raydefense.attacks.secmi import SecMIStat, secmi_error_maps
 from raydefense.config import LossAttackConfig, ModelConfig, SecMIConfig
+from raydefense.diffusion.backbones import build_net
+from raydefense.diffusion.eps import FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import UNetEps, build_unet
 from raydefense.seeding import STREAM_LOSS_ATTACK, per_row_normal
 
 SCHED = NoiseSchedule()
@@ -168,8 +169,7 @@ def test_seed_changes_loss_score() -> None:
 
 def test_tiny_unet_gives_finite_scores() -> None:
     torch.manual_seed(0)
-    unet = build_unet(ModelConfig(block_out_channels=[16, 32]), image_size=8, channels=1).eval()
-    eps = UNetEps(unet)
+    eps = FrozenEps(build_net(ModelConfig(block_out_channels=[16, 32]), (1, 8, 8)).eval())
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     ids = torch.tensor([0, 1, 2])
     for attack in (
@@ -179,3 +179,25 @@ def test_tiny_unet_gives_finite_scores() -> None:
         s = attack.score(eps, SCHED, x, ids, 0)
         assert s.shape == (3, 1) and s.dtype == torch.float32
         assert torch.isfinite(s).all()
+
+
+def test_every_registered_attack_declares_itself_through_a_base_class() -> None:
+    """Each attack subclasses the base of its kind, so dispatch is by type, never by getattr."""
+    from raydefense.attacks import ATTACKS
+    from raydefense.attacks.base import (
+        ACCESS_LEVELS,
+        Attack,
+        GeneratedAttack,
+        LearnedAttack,
+        QueryAttack,
+    )
+
+    bases = {"query": QueryAttack, "learned": LearnedAttack, "generated": GeneratedAttack}
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        assert issubclass(cls, Attack) and cls.name == name and cls.access in ACCESS_LEVELS
+        if cls.kind in bases:
+            assert issubclass(cls, bases[cls.kind]), name
+        else:
+            assert cls.kind == "adaptive" and cls.needs_router, name
+        assert (cls.trains_on is not None) == (cls.kind == "learned"), name

@@ -26,8 +26,8 @@ from raydefense.audit.targets import (
 from raydefense.data.plan import MEMBER, NONMEMBER, SHADOW, make_plan
 from raydefense.data.pool import DATASETS
 from raydefense.data.tables import read_plan, write_plan
+from raydefense.diffusion.backbones import build_net
 from raydefense.diffusion.checkpoint import save_checkpoint
-from raydefense.diffusion.unet import build_unet
 from raydefense.errors import ConfigError
 from raydefense.report.markdown import headline_rows
 from raydefense.roster import DUALMD, STUDENT
@@ -80,9 +80,9 @@ def _prepare(cfg) -> Storage:
     write_plan(storage, plan)
     for i, m in enumerate(plan.models + [STUDENT] + shadow_students(cfg, plan)):
         torch.manual_seed(i)
-        unet = build_unet(cfg.model, 8, 1)
+        net = build_net(cfg.model, (1, 8, 8))
         local = Path(cfg.storage.root) / cfg.experiment / "models" / m
-        save_checkpoint(str(local), unet, unet, {"step": 0})
+        save_checkpoint(str(local), net, net, {"step": 0})
     return storage
 
 

@@ -24,8 +24,9 @@ from raydefense.attacks.gsa import GSA1, GSA2, gsa_features, gsa_timesteps
 from raydefense.attacks.secmi import SecMIStat, secmi_error_maps
 from raydefense.attacks.secmi_nn import SecMINN
 from raydefense.config import GSAConfig, ModelConfig, SecMINNConfig
+from raydefense.diffusion.backbones import build_net
+from raydefense.diffusion.eps import EpsNet, FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.unet import UNetEps, build_unet
 from raydefense.errors import ConfigError
 from raydefense.seeding import STREAM_GSA, per_row_normal
 
@@ -33,9 +34,9 @@ SCHED = NoiseSchedule()
 
 
 @pytest.fixture(scope="module")
-def tiny_unet() -> torch.nn.Module:
+def tiny_unet() -> EpsNet:
     torch.manual_seed(0)
-    return build_unet(ModelConfig(block_out_channels=[8, 16], norm_num_groups=4), 8, 1).eval()
+    return build_net(ModelConfig(block_out_channels=[8, 16], norm_num_groups=4), (1, 8, 8)).eval()
 
 
 def _x0(b: int, seed: int = 1) -> torch.Tensor:
@@ -56,7 +57,7 @@ def _loop_features(
             noise = per_row_normal((1, 8, 8), row_ids[i : i + 1], seed, STREAM_GSA, j)
             x_t = SCHED.q_sample(x0[i : i + 1], k, noise)
             unet.zero_grad(set_to_none=True)
-            loss = (unet(x_t, torch.tensor([k])).sample - noise).pow(2).mean()
+            loss = (unet(x_t, torch.tensor([k])) - noise).pow(2).mean()
             loss.backward()
             gs.append([p.grad.detach().clone() for p in params])
         f1.append(
@@ -135,7 +136,7 @@ def test_gsa_attack_features_cache_and_errors(
     assert (a1.access, a1.kind, a1.trains_on) == ("white-box", "learned", "shadow")
     assert a2.settings() == [{"num_timesteps": 2, "classifier": "sklearn", "scaling": "separate"}]
     x0, ids = _x0(2), torch.tensor([0, 1])
-    with pytest.raises(TypeError, match="UNetEps"):
+    with pytest.raises(TypeError, match="needs the network itself"):
         a1.features(lambda x, t: x, SCHED, x0, ids, 0)
     calls = []
     real = gsa_mod.gsa_features
@@ -146,7 +147,7 @@ def test_gsa_attack_features_cache_and_errors(
 
     monkeypatch.setattr(gsa_mod, "gsa_features", counting)
     cache: dict = {}
-    eps = UNetEps(tiny_unet)
+    eps = FrozenEps(tiny_unet)
     f1 = a1.features(eps, SCHED, x0, ids, 0, cache)
     f2 = a2.features(eps, SCHED, x0, ids, 0, cache)
     assert len(calls) == 1 and ("gsa", 2) in cache
@@ -276,11 +277,6 @@ def test_secmi_nn_features_share_cache() -> None:
     torch.testing.assert_close(stat[:, 0], -feats.pow(2).sum(1))
 
 
-class _Out:
-    def __init__(self, sample: torch.Tensor) -> None:
-        self.sample = sample
-
-
 class _AffineEps(torch.nn.Module):
     """eps(x, t) = w x + b: two parameter tensors, gradients computable by hand."""
 
@@ -289,8 +285,8 @@ class _AffineEps(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.tensor(w))
         self.b = torch.nn.Parameter(torch.tensor(b))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> _Out:
-        return _Out(self.w * x + self.b)
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.w * x + self.b
 
 
 def test_gsa_known_answer_one_sample() -> None:

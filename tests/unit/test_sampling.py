@@ -62,9 +62,12 @@ def test_eps_models_take_an_optional_condition():
 
     from raydefense.config import ModelConfig
     from raydefense.defense.dualmd import DualMDStepRouter
-    from raydefense.diffusion.unet import UNetEps, build_unet
+    from raydefense.diffusion.backbones import build_net
+    from raydefense.diffusion.eps import FrozenEps
 
-    eps = UNetEps(build_unet(ModelConfig(block_out_channels=[8, 16], norm_num_groups=4), 8, 1))
+    eps = FrozenEps(
+        build_net(ModelConfig(block_out_channels=[8, 16], norm_num_groups=4), (1, 8, 8))
+    )
     x, t = torch.zeros(2, 1, 8, 8), torch.tensor([1, 900])
     assert eps(x, t).shape == (2, 1, 8, 8) and torch.equal(eps(x, t, None), eps(x, t))
     with pytest.raises(ValueError, match="unconditional"):

@@ -20,8 +20,8 @@ from raydefense.config import load_config
 from raydefense.data.plan import CALIBRATION, TEST, make_plan
 from raydefense.data.pool import DATASETS
 from raydefense.data.tables import read_plan, write_plan
+from raydefense.diffusion.backbones import build_net
 from raydefense.diffusion.checkpoint import save_checkpoint
-from raydefense.diffusion.unet import build_unet
 from raydefense.errors import ConfigError
 from raydefense.roster import STUDENT
 from raydefense.storage import Storage
@@ -61,9 +61,9 @@ def _prepare(cfg, num_shadows: int = 0) -> Storage:
     write_plan(storage, plan)
     for i, m in enumerate(plan.models + [STUDENT] + shadow_students(cfg, plan)):
         torch.manual_seed(i)
-        unet = build_unet(cfg.model, 8, 1)
+        net = build_net(cfg.model, (1, 8, 8))
         save_checkpoint(
-            str(Path(cfg.storage.root) / cfg.experiment / "models" / m), unet, unet, {"step": 0}
+            str(Path(cfg.storage.root) / cfg.experiment / "models" / m), net, net, {"step": 0}
         )
     return storage
 

@@ -204,7 +204,7 @@ def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
             return None
 
     from raydefense.data.pool import to_model_range
-    from raydefense.diffusion.unet import build_unet
+    from raydefense.diffusion.backbones import build_net
 
     rep = Reporter()
     fit(
@@ -220,8 +220,8 @@ def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
     )
     vals = [r["val_eps_mse"] for r in rep.reports]
     assert len(vals) == 2 and all(v > 0 for v in vals)
-    unet = build_unet(cfg.model, image_size=plan.images.shape[2], channels=plan.images.shape[1])
-    a, b = validate(unet)["val_eps_mse"], validate(unet)["val_eps_mse"]
+    net = build_net(cfg.model, tuple(plan.images.shape[1:]))
+    a, b = validate(net)["val_eps_mse"], validate(net)["val_eps_mse"]
     assert a == b and json.dumps(a)
 
 

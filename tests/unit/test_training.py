@@ -10,7 +10,7 @@ import torch
 
 from raydefense.config import ModelConfig, TrainConfig
 from raydefense.data.examples import ImageData, SoftTargetData
-from raydefense.diffusion.checkpoint import load_unet
+from raydefense.diffusion.backbones.unet2d import load_unet
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import BatchSource, fit
 
