@@ -6,6 +6,8 @@ raydefense sweep  (same options; the `sweep` section: kind=attacks after distill
                    kind=training, one small pipeline per grid point)
 raydefense seeds  (same options) --seeds 0,1,2 [--aggregate-only]: `run` once per training
                   seed, then mean ± sd over the seeds in <experiment>/seeds/
+raydefense submit [--address URL] [--follow] COMMAND [options]: any command above as a job on
+                  a Ray cluster
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ HELP = {
     "(sweep.kind=attacks), or training hyperparameters with ASHA and a privacy-utility "
     "Pareto front (sweep.kind=training)",
 }
+SUBMIT_HELP = (
+    "submit a command (run, a stage, sweep, seeds) to a Ray cluster as a job: token auth, a "
+    "frozen snapshot of the project as its working dir, S3 endpoint and MLflow URI forwarded "
+    "(never credentials); prints the job id and the dashboard and MLflow URLs"
+)
 SEEDS_HELP = (
     "training-seed study: `run` once per seed, then mean ± sd per target x attack "
     "(and of each target's worst case) in <experiment>/seeds/summary.{json,md}"
@@ -73,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--aggregate-only",
         action="store_true",
         help="run nothing: aggregate the seeds' existing report/results.json",
+    )
+    s = sub.add_parser("submit", help=SUBMIT_HELP, description=SUBMIT_HELP)
+    s.add_argument(
+        "--address",
+        help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS, "
+        "else http://127.0.0.1:8265, where `ray dashboard cluster.yaml` forwards it)",
+    )
+    s.add_argument(
+        "--follow", action="store_true", help="stream the job's logs; exit with its status"
+    )
+    s.add_argument(
+        "--working-dir", default=".", help="the project to ship (default: the current dir)"
+    )
+    s.add_argument("--submission-id", help="a job id of your choosing (default: Ray's)")
+    s.add_argument(
+        "job",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND ...",
+        help="the raydefense command and its options, e.g. run --preset smoke",
     )
     return p
 
@@ -307,12 +333,50 @@ def summary(results: dict, storage) -> str:
     return "\n".join(lines)
 
 
+def submit_command(args: argparse.Namespace) -> int:
+    """`raydefense submit`: check the job's command and config here, then submit it."""
+    from pathlib import Path
+
+    from raydefense.distributed.submit import submit
+
+    job = list(args.job)
+    if job[:1] == ["--"]:
+        job = job[1:]
+    if not job or job[0] not in (*COMMANDS, "seeds"):
+        raise RaydefenseError(
+            "submit needs a command: raydefense submit [--address URL] [--follow] "
+            f"{{{','.join((*COMMANDS, 'seeds'))}}} [options], e.g. run --preset smoke"
+        )
+    try:
+        inner = build_parser().parse_args(job)
+    except SystemExit as e:  # argparse printed why
+        raise RaydefenseError(f"the job's command line is invalid: {' '.join(job)}") from e
+    if inner.config:
+        root, path = Path(args.working_dir).resolve(), Path(inner.config).resolve()
+        if root not in path.parents or Path(inner.config).is_absolute():
+            raise RaydefenseError(
+                f"--config {inner.config} must be a relative path inside the working dir "
+                f"{root} (the job sees only the snapshot of it)"
+            )
+    cfg = load_config(inner.preset, inner.config, inner.overrides)
+    return submit(
+        job,
+        tracking_uri=cfg.tracking.uri if cfg.tracking.enabled else "(tracking disabled)",
+        address=args.address,
+        working_dir=args.working_dir,
+        follow=args.follow,
+        submission_id=args.submission_id,
+    )
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[raydefense] %(message)s")
     for noisy in ("mlflow", "alembic", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.command == "submit":
+            return submit_command(args)
         if args.command == "seeds":
             from raydefense.sweeps.seeds import parse_seeds, run_seeds
 

@@ -28,7 +28,7 @@ from raydefense.data import DATASETS
 from raydefense.data.plan import Plan, make_plan
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.defense.distillmd import auto_draws
-from raydefense.errors import ConfigError, DataError
+from raydefense.errors import ConfigError, DataError, FitsFailed
 from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
 from raydefense.roster import STUDENT, is_teacher, model_index, parse_shadow, shadow_name
@@ -101,20 +101,34 @@ def _fit(ctx: RunContext, specs: list[dict], fresh: bool = False) -> None:
             ctx.storage.delete(layout.ray_train_run(s["run_name"]))
     try:
         ctx.role("fitter").fit(ctx.cfg, ctx.storage, specs)
+    except FitsFailed as e:  # the fits that finished keep their models (a rerun skips them)
+        for s in specs:
+            if s["model"] in e.done:
+                _complete_fit(ctx, s)
+            else:
+                error = str(e.failed[s["model"]])[:5000]
+                ctx.tracker.set_tags(s["mlflow_run_id"], {"raydefense.error": error})
+                ctx.tracker.end_run(s["mlflow_run_id"], "FAILED")
+        raise
     except BaseException:
         for s in specs:
             ctx.tracker.end_run(s["mlflow_run_id"], "FAILED")
         raise
     for s in specs:
-        rel = layout.model_dir(s["model"])
-        mark_complete(
-            ctx.storage,
-            layout.marker(rel),
-            model_fingerprint(ctx.fingerprints, s["model"]),
-            {"run_name": s["run_name"]},
-            prefixes=(rel,),
-        )
-        ctx.tracker.end_run(s["mlflow_run_id"])
+        _complete_fit(ctx, s)
+
+
+def _complete_fit(ctx: RunContext, s: dict) -> None:
+    """Publish a finished fit's completion marker and close its MLflow run."""
+    rel = layout.model_dir(s["model"])
+    mark_complete(
+        ctx.storage,
+        layout.marker(rel),
+        model_fingerprint(ctx.fingerprints, s["model"]),
+        {"run_name": s["run_name"]},
+        prefixes=(rel,),
+    )
+    ctx.tracker.end_run(s["mlflow_run_id"])
 
 
 def stage_distill(ctx: RunContext) -> None:

@@ -24,6 +24,7 @@ from raydefense.diffusion.ema import EMA
 from raydefense.diffusion.eps import EpsNet
 from raydefense.diffusion.objectives import ddpm_loss, distill_loss
 from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.errors import NonFiniteLossError
 from raydefense.seeding import STREAM_TRAIN, derive_seed
 
 
@@ -191,7 +192,9 @@ def fit(
         batching,
     )
     is_distill = isinstance(data, SoftTargetData)
-    losses: list[float] = []
+    # Losses stay on the device until a report (no host sync per step); a report checks the
+    # window for a non-finite loss and stops the fit at the first such step.
+    losses: list[torch.Tensor] = []
     window_start, t0 = time.perf_counter(), time.perf_counter()
     metrics: dict = {"step": start_step}
     model.train()
@@ -206,14 +209,16 @@ def fit(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         opt.step()
         ema.update(net)
-        losses.append(loss.item())
+        losses.append(loss.detach())
         done = step + 1
         is_ckpt = done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
         if done % train_cfg.log_every == 0 or is_ckpt:
+            window = torch.stack(losses).double().cpu()
+            check_finite(window, done - len(losses) + 1, losses[0].device)
             now = time.perf_counter()
             metrics = {
                 "step": done,
-                "loss": float(np.mean(losses)),
+                "loss": float(window.mean()),
                 "lr": lr,
                 "grad_norm": float(grad_norm),
                 "samples_per_s": len(losses) * train_cfg.batch_size / max(now - window_start, 1e-9),
@@ -224,6 +229,26 @@ def fit(
             losses, window_start = [], now
             _report(reporter, metrics, net, ema, opt, done, is_ckpt)
     return metrics
+
+
+def check_finite(window: torch.Tensor, first_step: int, device: torch.device | str = "cpu") -> None:
+    """Raise NonFiniteLossError at the first step of a report window whose loss is nan or inf,
+    agreed by every rank (a rank that stopped alone would leave the others waiting in DDP).
+
+    Args: window [N] float64, this rank's losses of steps first_step .. first_step + N - 1
+        (1-based, as reports count steps). device: where the process group's collectives run
+        (NCCL needs CUDA tensors).
+    """
+    bad = torch.nonzero(~torch.isfinite(window)).flatten()
+    first = first_step + int(bad[0]) if len(bad) else 2**62
+    value = float(window[int(bad[0])]) if len(bad) else 0.0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        agreed = torch.tensor([first], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+        if int(agreed) != first:
+            first, value = int(agreed), float("nan")  # another rank's loss went first
+    if first < 2**62:
+        raise NonFiniteLossError(first, value)
 
 
 def _report(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 from raydefense.config import ExperimentConfig
-from raydefense.distributed.runtime import init_ray
+from raydefense.distributed.runtime import alive_nodes, check_shared_storage, init_ray
 from raydefense.distributed.scoring import RayScorer
 from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
@@ -29,6 +29,7 @@ def ray_backend(
     """Start (or join) Ray and return the four roles. `fit_callbacks`: extra Ray Train callbacks
     per model name (a training sweep's TuneReportCallback on the watched fit)."""
     cluster = init_ray(cfg.resources)
+    check_shared_storage(cfg, alive_nodes())
     return Backend(
         fitter=RayFitter(cluster, tracking_uri, fit_callbacks),
         labeller=RayLabeller(),

@@ -7,8 +7,8 @@ import os
 
 import ray
 
-from raydefense.config import ResourcesConfig
-from raydefense.errors import ResourceError
+from raydefense.config import ExperimentConfig, ResourcesConfig
+from raydefense.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,39 @@ def init_ray(res: ResourcesConfig) -> dict:
                 logging_level=logging.WARNING,
             )
     return ray.cluster_resources()
+
+
+def alive_nodes() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_shared_storage(cfg: ExperimentConfig, nodes: int) -> None:
+    """Nodes share no filesystem: on a multi-node cluster every output goes to S3 and tracking
+    to an MLflow server, or a fit on another node writes where the driver never reads.
+
+    Raises:
+        ConfigError: a local storage root or tracking store on more than one node.
+    """
+    if nodes <= 1:
+        if os.environ.get("RAY_ADDRESS") and not cfg.storage.root.startswith("s3://"):
+            log.warning(
+                "storage.root %s is a local path: fine while this cluster has one node; "
+                "set storage.root=s3://... before it scales out",
+                cfg.storage.root,
+            )
+        return
+    if not cfg.storage.root.startswith("s3://"):
+        raise ConfigError(
+            f"storage.root {cfg.storage.root!r} is a local path on a {nodes}-node cluster, whose "
+            "nodes share no filesystem; set storage.root=s3://BUCKET/PREFIX"
+        )
+    uri = cfg.tracking.uri
+    if cfg.tracking.enabled and not uri.startswith(("http://", "https://", "databricks")):
+        raise ConfigError(
+            f"tracking.uri {uri!r} is a local store on a {nodes}-node cluster; start an "
+            "`mlflow server` every node can reach and set tracking.uri=http://HOST:5000 (or "
+            "tracking.enabled=false)"
+        )
 
 
 def check_fit_resources(res: ResourcesConfig, cluster: dict) -> None:

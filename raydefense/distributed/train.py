@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import ray
 import ray.train
@@ -24,9 +24,13 @@ from raydefense.data.tables import image_shape, model_training_images, read_plan
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
 from raydefense.distributed.runtime import check_fit_resources, torch_threads
+from raydefense.errors import FitsFailed, NonFiniteLossError
 from raydefense.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# What a fit returns when its loss became nan/inf (it then ends without a final checkpoint).
+NONFINITE_STEP, NONFINITE_VALUE = "nonfinite_loss_step", "nonfinite_loss"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,19 @@ class RayReporter:
                 {k: v for k, v in metrics.items() if k != "step"},
                 step=metrics["step"],
             )
+
+    def record_placement(self) -> list[str]:
+        """Every rank's Ray node id, gathered over the process group; rank 0 tags the fit's
+        MLflow run with them (`raydefense.worker_nodes`, in rank order). Tagged at every
+        attempt, so a fit resumed on other nodes after a node loss shows where it ended."""
+        node = ray.get_runtime_context().get_node_id()
+        nodes: list[Any] = [node]
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            nodes = [None] * self.world_size
+            torch.distributed.all_gather_object(nodes, node)
+        if self._tracker is not None:
+            self._tracker.set_tags(self._run_id, {"raydefense.worker_nodes": ",".join(nodes)})
+        return [str(n) for n in nodes]
 
     def latest_checkpoint(self) -> Optional[str]:
         ckpt = ray.train.get_checkpoint()
@@ -103,7 +120,7 @@ def _quiet_ray_train_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _train_loop(config: dict) -> None:
+def _train_loop(config: dict) -> Optional[dict]:
     """Runs on every Ray Train worker."""
     cfg = ExperimentConfig.model_validate(config["cfg"])
     spec = FitSpec(**config["spec"])
@@ -120,6 +137,9 @@ def _train_loop(config: dict) -> None:
     )
     reporter = RayReporter(config.get("tracking_uri"), cfg.experiment, spec.mlflow_run_id)
     world = reporter.world_size
+    nodes = reporter.record_placement()
+    if reporter.world_rank == 0 and len(set(nodes)) > 1:
+        print(f"[raydefense] train {spec.model}: {world} workers on {len(set(nodes))} nodes")
     schedule = NoiseSchedule(
         cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
     )
@@ -129,22 +149,29 @@ def _train_loop(config: dict) -> None:
 
         assert plan is not None  # read above whenever val_rows is set
         validate = heldout_validator(plan, schedule, cfg.train.val_rows, cfg.seed)
-    fit(
-        data,
-        cfg.model,
-        cfg.train,
-        schedule,
-        shape,
-        seed=cfg.seed,
-        model_index=spec.model_index,
-        reporter=reporter,
-        device=ray.train.torch.get_device(),
-        wrap_model=(lambda m: ray.train.torch.prepare_model(m)) if world > 1 else (lambda m: m),
-        batching=cfg.distill.batching,
-        validate=validate,
-    )
+    try:
+        fit(
+            data,
+            cfg.model,
+            cfg.train,
+            schedule,
+            shape,
+            seed=cfg.seed,
+            model_index=spec.model_index,
+            reporter=reporter,
+            device=ray.train.torch.get_device(),
+            wrap_model=(lambda m: ray.train.torch.prepare_model(m)) if world > 1 else (lambda m: m),
+            batching=cfg.distill.batching,
+            validate=validate,
+        )
+    except NonFiniteLossError as e:
+        # Every rank stops at the same report (check_finite agrees on the step). Returned, not
+        # raised: Ray Train would retry a raised error from the last checkpoint, and the same
+        # batches would give the same loss. Rank 0's return value reaches the driver.
+        return {NONFINITE_STEP: e.step, NONFINITE_VALUE: e.value}
     if reporter._restored:
         shutil.rmtree(reporter._restored, ignore_errors=True)
+    return None
 
 
 def fit_one(
@@ -165,7 +192,7 @@ def fit_one(
     # name to ray.air's RunConfig, whose callbacks are Tune callbacks.
     fit_callbacks: list[Any] = [ProgressCallback(spec.model, cfg.train.steps), *callbacks]
     trainer = ray.train.torch.TorchTrainer(
-        _train_loop,
+        cast(Any, _train_loop),  # V2 keeps the loop's return value; the V1 stubs want None
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "spec": spec.__dict__,
@@ -190,6 +217,10 @@ def fit_one(
         ),
     )
     result = trainer.fit()
+    # Train V2's Result (mypy resolves ray.train to the V1 types, which have no return_value)
+    stopped = getattr(result, "return_value", None) or {}
+    if NONFINITE_STEP in stopped:
+        raise NonFiniteLossError(int(stopped[NONFINITE_STEP]), stopped[NONFINITE_VALUE], spec.model)
     if result.checkpoint is None:
         raise RuntimeError(f"training {spec.model} reported no checkpoint")
     rel = f"models/{spec.model}"
@@ -219,7 +250,17 @@ def fit_many(
             )
             for s in specs
         }
-        return {m: f.result() for m, f in futures.items()}
+        # Every fit runs to its end, so one failure does not lose the others' models.
+        done: dict[str, str] = {}
+        failed: dict[str, BaseException] = {}
+        for m, f in futures.items():
+            try:
+                done[m] = f.result()
+            except Exception as e:
+                failed[m] = e
+    if failed:
+        raise FitsFailed(failed, list(done))
+    return done
 
 
 class RayFitter:

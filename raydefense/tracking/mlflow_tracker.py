@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Optional
+from urllib.parse import urlsplit
 
 from raydefense.errors import ConfigError
+
+# A run's first MLflow call must fail fast: MLflow's own HTTP retries (7, exponential backoff)
+# take minutes before anything says the server is missing.
+PROBE_TIMEOUT_S = 5.0
 
 
 def _resolve_uri(uri: str) -> str:
@@ -16,6 +23,49 @@ def _resolve_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + os.path.abspath(uri[len(prefix) :])
     return uri
+
+
+def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """For an http(s) tracking URI, a TCP connect to its host and port within timeout_s.
+
+    Raises:
+        ConfigError: one line naming the URI, what failed and the fix.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    t0 = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(
+            f"tracking.uri {uri!r} is unreachable ({reason} after "
+            f"{time.monotonic() - t0:.1f}s); start the MLflow server, fix tracking.uri, or "
+            "set tracking.enabled=false"
+        ) from None
+
+
+@contextmanager
+def _few_retries(timeout_s: float) -> Iterator[None]:
+    """MLflow HTTP calls inside the block retry at most once, each within timeout_s."""
+    saved = {k: os.environ.get(k) for k in _RETRY_ENV}
+    os.environ.update(
+        {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout_s))}
+    )
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 
 
 class MlflowTracker:
@@ -27,10 +77,12 @@ class MlflowTracker:
         self.uri = _resolve_uri(uri)
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.uri)
+        check_reachable(self.uri)
         # Creating/migrating a fresh SQLite DB happens here, once, on the driver: concurrent
         # first use from several processes races in the schema migration.
         try:
-            exp = self.client.get_experiment_by_name(experiment)
+            with _few_retries(PROBE_TIMEOUT_S):
+                exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 exp.experiment_id
                 if exp is not None

@@ -11,7 +11,7 @@ from raydefense.config import ResourcesConfig
 from raydefense.data.plan import MEMBER
 from raydefense.data.tables import read_plan, read_soft_targets
 from raydefense.diffusion.backbones.unet2d import load_unet
-from raydefense.errors import ResourceError
+from raydefense.errors import FitsFailed, NonFiniteLossError, ResourceError
 from raydefense.layout import SOFT_TARGETS
 from raydefense.pipeline import stage_prepare
 from raydefense.run.context import RunContext
@@ -110,6 +110,23 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     )
     again = read_soft_targets(storage, (1, 8, 8))
     assert torch.equal(again.x_t, data.x_t) and torch.equal(again.target, data.target)
+
+
+def test_a_nan_loss_stops_a_ddp_fit_at_once_with_one_line(experiment):
+    """lr 1e30 makes the second step's loss nan on both DDP ranks. The fit reports it and ends
+    (a raised error would make Ray Train retry from the last checkpoint, to the same nan); the
+    driver raises one line naming the model and the step, and writes no model."""
+    from raydefense.distributed.train import FitSpec, fit_many
+
+    cfg, storage, _ = experiment
+    bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e30})})
+    spec = FitSpec(model="baseline", kind="ddpm", model_index=0, run_name="baseline-nan")
+    with pytest.raises(FitsFailed) as e:
+        fit_many(bad, storage, [spec], tracking_uri=None)
+    err = e.value.failed["baseline"]
+    assert isinstance(err, NonFiniteLossError) and (err.model, err.step) == ("baseline", 2)
+    assert str(e.value).startswith("train baseline: the loss became nan at step 2;")
+    assert e.value.done == [] and not storage.exists("models/baseline")
 
 
 def test_impossible_resource_requests_are_refused(ray_cluster):

@@ -29,3 +29,46 @@ def test_runs_left_running_by_a_killed_driver_are_closed(tmp_path):
         live: "RUNNING",
         other_host: "RUNNING",
     }
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds_with_one_line():
+    """Nothing listens on port 1: the tracker refuses at once, naming the URI and the fix
+    (MLflow's own retries would take minutes)."""
+    import time
+
+    import pytest
+
+    from raydefense.errors import ConfigError
+    from raydefense.tracking.mlflow_tracker import MlflowTracker
+
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        MlflowTracker("http://127.0.0.1:1", "x")
+    msg = str(e.value)
+    assert time.monotonic() - t0 < 10
+    assert "\n" not in msg and "'http://127.0.0.1:1' is unreachable" in msg
+    assert "tracking.enabled=false" in msg
+
+
+def test_a_server_that_never_answers_fails_within_the_probe_budget():
+    """A socket that accepts connections but never answers HTTP: the first MLflow call gives
+    up after one retry of PROBE_TIMEOUT_S each, with one line."""
+    import socket
+    import time
+
+    import pytest
+
+    from raydefense.errors import ConfigError
+    from raydefense.tracking import mlflow_tracker
+    from raydefense.tracking.mlflow_tracker import MlflowTracker
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)  # the kernel completes handshakes; nobody ever reads or writes
+        uri = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError) as e:
+            MlflowTracker(uri, "x")
+        took = time.monotonic() - t0
+    assert f"tracking.uri {uri!r} is not usable" in str(e.value) and "\n" not in str(e.value)
+    assert took < 4 * mlflow_tracker.PROBE_TIMEOUT_S + 5, took

@@ -106,3 +106,41 @@ def test_distill_fit_learns_the_soft_targets():
     cfg = TrainConfig(steps=30, batch_size=8, lr=1e-2, checkpoint_every=30, log_every=10)
     fit(data, MODEL, cfg, SCHED, (1, 8, 8), seed=0, model_index=3, reporter=rep)
     assert rep.reports[-1]["loss"] < rep.reports[0]["loss"]
+
+
+def test_a_non_finite_loss_stops_the_fit_at_its_first_step():
+    """Losses are checked at each report (no per-step host sync) and the error names the first
+    non-finite step of the window, not the report's."""
+    import pytest
+
+    from raydefense.diffusion.training import check_finite
+    from raydefense.errors import NonFiniteLossError
+
+    data = images()
+    data.images[:] = float("inf")  # every batch: inf pixels give a nan loss
+    rep = ListReporter()
+    cfg = TrainConfig(steps=8, batch_size=4, checkpoint_every=8, log_every=4)
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(data, MODEL, cfg, SCHED, (1, 8, 8), seed=0, model_index=0, reporter=rep)
+    assert e.value.step == 1 and rep.reports == [] and rep.ckpt is None
+    check_finite(torch.tensor([0.5, 0.25]), 11)  # finite: nothing happens
+    with pytest.raises(NonFiniteLossError) as e:
+        check_finite(torch.tensor([0.5, float("inf"), float("nan")]), 11)
+    assert (e.value.step, e.value.value) == (12, float("inf"))
+    msg = str(NonFiniteLossError(12, float("inf"), "teacher_1"))
+    assert msg.startswith("train teacher_1: the loss became inf at step 12;") and "\n" not in msg
+
+
+def test_fits_failed_names_the_first_failure_in_one_line():
+    import pickle
+
+    from raydefense.errors import FitsFailed, NonFiniteLossError
+
+    e = FitsFailed(
+        {"baseline": NonFiniteLossError(3, float("nan"), "baseline"), "teacher_1": OSError("x")},
+        ["teacher_2"],
+    )
+    assert str(e).startswith("train baseline: the loss became nan at step 3")
+    assert str(e).endswith("(1 more fit(s) failed too)") and e.done == ["teacher_2"]
+    back = pickle.loads(pickle.dumps(NonFiniteLossError(3, 1.0, "m")))
+    assert (back.step, back.value, back.model) == (3, 1.0, "m")

@@ -1,0 +1,190 @@
+"""`raydefense submit`: send a raydefense command to a Ray cluster as a job.
+
+What `ray job submit --working-dir .` leaves to the user, done here:
+- token auth: a cluster started with `ray start --head` (Ray 2.59+) requires the cluster's token,
+  and the job client sends it only under RAY_AUTH_MODE=token; with a token at hand (RAY_AUTH_TOKEN,
+  RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) the mode is switched on for this client;
+- a frozen working dir: the project is copied to a snapshot without logs, outputs, virtualenvs
+  and caches, so nothing changes between Ray's two hashes of it (a growing log file inside the
+  working dir fails the job with "Failed to download runtime_env file package");
+- the environment: the S3 endpoint and region and the MLflow tracking URI travel to the job;
+  credentials never do (nodes have their own: an instance profile, or the raylets' environment),
+  and neither does MLFLOW_RUN_ID (it would hijack the job's parent run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Optional
+
+from raydefense.errors import ConfigError, RaydefenseError
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Never copied into the job's working dir (matched against each path component).
+SNAPSHOT_EXCLUDES = (
+    ".git",
+    ".venv*",
+    "venv",
+    "runs",
+    "mlruns",
+    "mlflow.db*",
+    "*.log",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.egg-info",
+    "node_modules",
+    ".ipynb_checkpoints",
+)
+# Ray refuses working dirs over 500 MiB; well before that the upload is the problem.
+MAX_SNAPSHOT_BYTES = 100 * 2**20
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_TRACKING_URI",
+)
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def snapshot(project: Path, dest: Path, excludes: Iterable[str] = SNAPSHOT_EXCLUDES) -> int:
+    """Copy `project` into `dest` without the excluded names; returns the bytes copied.
+
+    Raises:
+        ConfigError: the project has no raydefense package, or the snapshot is too large.
+    """
+    if not (project / "raydefense" / "__init__.py").is_file():
+        raise ConfigError(
+            f"{project} is not a raydefense project (no raydefense/__init__.py); run "
+            "`raydefense submit` from the project root or pass --working-dir"
+        )
+    patterns = tuple(excludes)
+
+    def ignore(_dir: str, names: list[str]) -> set[str]:
+        return {n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)}
+
+    shutil.copytree(project, dest, ignore=ignore, symlinks=True)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    if size > MAX_SNAPSHOT_BYTES:
+        big = max((p for p in dest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        raise ConfigError(
+            f"the working dir snapshot is {size / 2**20:.0f} MiB (largest file "
+            f"{big.relative_to(dest)}); move data out of the project or pass --working-dir"
+        )
+    return size
+
+
+def token_available(env: Optional[dict[str, str]] = None) -> bool:
+    env = dict(os.environ if env is None else env)
+    if env.get("RAY_AUTH_TOKEN"):
+        return True
+    path = env.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path)
+
+
+def enable_token_auth() -> bool:
+    """Switch this client to token auth when a token is at hand and no mode was chosen."""
+    if "RAY_AUTH_MODE" not in os.environ and token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+
+
+def job_env(env: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The variables a job inherits from the submitting shell: endpoints, never secrets."""
+    env = dict(os.environ if env is None else env)
+    return {k: env[k] for k in FORWARDED_ENV if env.get(k)}
+
+
+def entrypoint(command: list[str]) -> str:
+    """The job's command line: the snapshot's own raydefense (the working dir is first on
+    sys.path), so the code that runs is the code that was submitted."""
+    return shlex.join(["python", "-m", "raydefense.cli", *command])
+
+
+def mlflow_ui(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri
+    return f"{tracking_uri} (a store on the cluster's head; serve it with `mlflow ui` there)"
+
+
+def submit(
+    command: list[str],
+    tracking_uri: str,
+    address: Optional[str] = None,
+    working_dir: str = ".",
+    follow: bool = False,
+    submission_id: Optional[str] = None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Submit `raydefense <command>` as a Ray job; with `follow`, stream its logs and return 0
+    only when it succeeded. Returns the process exit status.
+
+    Raises:
+        RaydefenseError: the dashboard is unreachable or refuses the client (one line).
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    if not address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--address {address!r} is not a dashboard URL; give http://HOST:8265 (the Ray "
+            "dashboard; `ray dashboard cluster.yaml` forwards it to http://127.0.0.1:8265)"
+        )
+    token = enable_token_auth()
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as e:  # ConnectionError, auth errors, bad versions: one line each
+        text = str(e).strip()
+        first = text.splitlines()[0].rstrip(". ") if text else type(e).__name__
+        hint = (
+            ""
+            if token
+            else " (a cluster with token auth needs RAY_AUTH_TOKEN or ~/.ray/auth_token here)"
+        )
+        raise RaydefenseError(
+            f"cannot use the Ray dashboard at {address}: {first[:300]}{hint}; start the "
+            "cluster (`ray up cluster.yaml`, `ray dashboard cluster.yaml`) or pass --address"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="raydefense-submit-") as tmp:
+        snap = Path(tmp) / "raydefense"
+        size = snapshot(Path(working_dir).resolve(), snap)
+        job_id = client.submit_job(
+            entrypoint=entrypoint(command),
+            runtime_env={"working_dir": str(snap), "env_vars": job_env()},
+            submission_id=submission_id,
+            metadata={"raydefense.command": shlex.join(command)[:1000]},
+        )
+    out(f"raydefense: submitted job {job_id} ({size / 2**20:.1f} MiB working dir)")
+    out(f"  dashboard: {address.rstrip('/')}/#/jobs/{job_id}")
+    out(f"  MLflow UI: {mlflow_ui(tracking_uri)}")
+    out(f"  logs:      ray job logs --address {address} --follow {job_id}")
+    if not follow:
+        return 0
+    status = asyncio.run(_follow(client, job_id, out))
+    out(f"raydefense: job {job_id} {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+async def _follow(client: Any, job_id: str, out: Callable[[str], None]) -> str:
+    async for lines in client.tail_job_logs(job_id):
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+    # tail ends when the job ends; the status may lag it by a moment
+    for _ in range(100):
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            return status
+        time.sleep(0.2)
+    return status

@@ -1,0 +1,82 @@
+"""A stage whose fits partly fail: the finished fits keep their models (marker published,
+MLflow run FINISHED, a rerun skips them); each failed fit's MLflow run is FAILED with its
+one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raydefense import layout
+from raydefense.config import ExperimentConfig
+from raydefense.errors import FitsFailed, NonFiniteLossError
+from raydefense.pipeline import stage_train
+from raydefense.run.context import Backend, RunContext
+from raydefense.run.fingerprints import model_fingerprint, stage_fingerprints
+from raydefense.run.markers import is_complete
+from raydefense.storage import Storage
+from raydefense.tracking.mlflow_tracker import MlflowTracker
+
+from conftest import tiny_config
+
+
+class HalfFitter:
+    """Writes a model for every spec but `fails`, then reports that one's nan loss."""
+
+    def __init__(self, fails: str) -> None:
+        self.fails, self.calls = fails, []
+
+    def check_resources(self, cfg: ExperimentConfig) -> None:
+        pass
+
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict[str, Any]]) -> None:
+        self.calls.append([s["model"] for s in specs])
+        done = []
+        for s in specs:
+            if s["model"] != self.fails:
+                storage.write_json(f"{layout.model_dir(s['model'])}/weights.json", {"ok": 1})
+                done.append(s["model"])
+        if self.fails in [s["model"] for s in specs]:
+            err = NonFiniteLossError(7, float("nan"), self.fails)
+            raise FitsFailed({self.fails: err}, done)
+
+
+def test_finished_fits_are_kept_and_the_failed_one_is_marked(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    storage.write_json(layout.PLAN_JSON, {"models": ["baseline", "teacher_1", "teacher_2"]})
+    tracker = MlflowTracker(cfg.tracking.uri, cfg.experiment)
+    parent = tracker.start_run("pipeline/train")
+    fitter = HalfFitter(fails="teacher_2")
+    ctx = RunContext(
+        cfg=cfg,
+        storage=storage,
+        backend=Backend(fitter=fitter),
+        tracker=tracker,
+        parent_run=parent,
+        fingerprints=stage_fingerprints(cfg),
+    )
+    with pytest.raises(FitsFailed, match="train teacher_2: the loss became nan at step 7"):
+        stage_train(ctx)
+
+    def complete(m: str) -> bool:
+        fp = model_fingerprint(ctx.fingerprints, m)
+        return is_complete(storage, layout.marker(layout.model_dir(m)), fp)
+
+    assert [complete(m) for m in ("baseline", "teacher_1", "teacher_2")] == [True, True, False]
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    status = {r.data.tags["raydefense.model"]: r for r in runs}
+    assert {m: r.info.status for m, r in status.items()} == {
+        "baseline": "FINISHED",
+        "teacher_1": "FINISHED",
+        "teacher_2": "FAILED",
+    }
+    assert "at step 7" in status["teacher_2"].data.tags["raydefense.error"]
+    # The rerun fits only the failed model.
+    fitter.fails = ""
+    stage_train(ctx)
+    assert fitter.calls == [["baseline", "teacher_1", "teacher_2"], ["teacher_2"]]

@@ -1,0 +1,105 @@
+"""`raydefense submit` without a cluster: the frozen working dir, the job's environment (no
+secrets, no MLFLOW_RUN_ID), token detection, the entrypoint, and one-line refusals before any
+upload. The submission itself runs against a real multi-node cluster in
+tests/e2e/test_cluster_submit.py."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from raydefense.cli import main
+from raydefense.distributed import submit as sub
+from raydefense.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_snapshot_leaves_out_outputs_logs_envs_and_caches(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    (proj / "raydefense").mkdir(parents=True)
+    (proj / "raydefense" / "__init__.py").write_text("")
+    (proj / "raydefense" / "__pycache__").mkdir()
+    (proj / "raydefense" / "__pycache__" / "x.pyc").write_bytes(b"0")
+    for name in ("runs/exp/x.json", ".venv/bin/python", ".git/HEAD", "job.log", "mlflow.db"):
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
+        (proj / name).write_text("x")
+    (proj / "configs").mkdir()
+    (proj / "configs" / "mine.yaml").write_text("base: smoke\n")
+    size = sub.snapshot(proj, tmp_path / "snap")
+    kept = sorted(str(p.relative_to(tmp_path / "snap")) for p in (tmp_path / "snap").rglob("*"))
+    assert kept == ["configs", "configs/mine.yaml", "raydefense", "raydefense/__init__.py"]
+    assert size == len("base: smoke\n")
+    with pytest.raises(ConfigError, match="not a raydefense project"):
+        sub.snapshot(tmp_path / "snap" / "configs", tmp_path / "snap2")
+
+
+def test_the_project_itself_snapshots_small(tmp_path: Path) -> None:
+    size = sub.snapshot(ROOT, tmp_path / "snap")
+    assert (tmp_path / "snap" / "raydefense" / "cli.py").is_file()
+    assert not (tmp_path / "snap" / ".git").exists() and size < sub.MAX_SNAPSHOT_BYTES
+
+
+def test_the_job_environment_carries_endpoints_never_secrets() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:8333",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "MLFLOW_RUN_ID": "abc",
+        "MLFLOW_TRACKING_PASSWORD": "pw",
+    }
+    assert sub.job_env(env) == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:8333",
+        "AWS_REGION": "us-east-1",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    }
+
+
+def test_token_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sub.token_available({"RAY_AUTH_TOKEN": "t"})
+    assert not sub.token_available({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
+    (tmp_path / "tok").write_text("t")
+    assert sub.token_available({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "tok")})
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert sub.enable_token_auth()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice is kept
+    assert not sub.enable_token_auth()
+
+
+def test_the_entrypoint_runs_the_submitted_code() -> None:
+    cmd = sub.entrypoint(["run", "--preset", "smoke", "--set", "sweep.training={a: [1, 2]}"])
+    assert shlex.split(cmd) == [
+        "python",
+        "-m",
+        "raydefense.cli",
+        "run",
+        "--preset",
+        "smoke",
+        "--set",
+        "sweep.training={a: [1, 2]}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["submit"], "submit needs a command"),
+        (["submit", "--", "explode"], "submit needs a command"),
+        (["submit", "run", "--preset", "nope"], "unknown preset 'nope'"),
+        (["submit", "run", "--set", "train.steps=-1"], "train.steps"),
+        (["submit", "run", "--config", "/etc/x.yaml"], "must be a relative path inside"),
+        (["submit", "--address", "127.0.0.1:8265", "run"], "is not a dashboard URL"),
+        (["submit", "--address", "http://127.0.0.1:1", "run"], "cannot use the Ray dashboard"),
+    ],
+)
+def test_bad_submissions_fail_in_one_line_before_any_upload(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
