@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +29,42 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-from raydefense.testing.local_s3 import _free_ports
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+class PortPool:
+    """Distinct ports, each bindable when chosen, below the kernel's ephemeral range (outgoing
+    connections take their source ports there and could grab one before a raylet binds it)."""
+
+    def __init__(self, lo: int = 20000) -> None:
+        self.lo, self.hi = lo, min(_ephemeral_range()[0], 32768)
+        self.used: set[int] = set()
+        self._rng = random.Random()
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        for _ in range(100 * n):
+            if len(out) == n:
+                break
+            port = self._rng.randrange(self.lo, self.hi)
+            if port in self.used:
+                continue
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            self.used.add(port)
+            out.append(port)
+        if len(out) < n:
+            raise RuntimeError(f"no {n} free ports in [{self.lo}, {self.hi})")
+        return out
 
 
 def _ray_cli() -> str:
@@ -96,7 +133,8 @@ class LocalRayCluster:
         self.token_path = self.workdir / "auth_token"
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
-        gcs, dash = _free_ports(2)
+        self.ports = PortPool()
+        gcs, dash = self.ports.take(2)
         self.address = f"127.0.0.1:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
         self.node_env = dict(node_env or {})
@@ -119,7 +157,7 @@ class LocalRayCluster:
 
     def _start(self, name: str, args: list[str]) -> Node:
         # Every port of a raylet and its agents is its own: nodes share the loopback interface.
-        agent, grpc, runtime_env, metrics, node_manager, object_manager = _free_ports(6)
+        agent, grpc, runtime_env, metrics, node_manager, object_manager = self.ports.take(6)
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -149,7 +187,7 @@ class LocalRayCluster:
 
     def start(self) -> LocalRayCluster:
         port = self.address.rsplit(":", 1)[1]
-        (client_port,) = _free_ports(1)
+        (client_port,) = self.ports.take(1)
         self._start(
             "head",
             [

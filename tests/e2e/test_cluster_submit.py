@@ -9,7 +9,6 @@ multi-node cluster. About 5 minutes on 2 cores: slow suite (`python -m pytest -m
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -99,8 +98,9 @@ def test_submit_runs_the_pipeline_on_the_cluster(cluster, local_s3, submitted) -
     assert "raydefense: results in s3://" in out and "job e2e-smoke SUCCEEDED" in out
     base = f"{PREFIX}/smoke"
     keys = local_s3.list_keys(BUCKET, base + "/")
-    for stage in ("prepare", "evaluate", "report"):
+    for stage in ("prepare", "distill", "evaluate"):
         assert f"{base}/{stage}/_COMPLETE.json" in keys, stage
+    assert f"{base}/report/report.html" in keys
     for model in ("baseline", "teacher_1", "teacher_2", "student"):
         assert f"{base}/models/{model}/_COMPLETE.json" in keys, model
     body = local_s3.client().get_object(Bucket=BUCKET, Key=f"{base}/report/results.json")["Body"]
@@ -137,17 +137,25 @@ def test_each_fit_spans_both_worker_nodes_and_mlflow_has_the_tree(
 
 
 def test_the_job_got_no_secrets(cluster, submitted) -> None:
-    from ray.job_submission import JobSubmissionClient
-
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
-    try:
-        info = JobSubmissionClient(cluster.dashboard).get_job_info("e2e-smoke")
-    finally:
-        for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
-            os.environ.pop(k, None)
-    env = (info.runtime_env or {}).get("env_vars", {})
+    # A fresh process: Ray reads RAY_AUTH_MODE once per process.
+    code = (
+        "import json, sys; from ray.job_submission import JobSubmissionClient; "
+        "i = JobSubmissionClient(sys.argv[1]).get_job_info('e2e-smoke'); "
+        "print(json.dumps({'env': (i.runtime_env or {}).get('env_vars', {}), "
+        "'entrypoint': i.entrypoint}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, cluster.dashboard],
+        env=client_env(cluster),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    env = info["env"]
     assert not [k for k in env if "SECRET" in k or "KEY" in k or k == "MLFLOW_RUN_ID"], env
-    assert info.entrypoint.startswith("python -m raydefense.cli run --preset smoke")
+    assert info["entrypoint"].startswith("python -m raydefense.cli run --preset smoke")
 
 
 def test_plain_ray_job_submit_with_the_token(cluster, mlflow_server, submitted, tmp_path) -> None:
