@@ -72,3 +72,26 @@ def test_a_server_that_never_answers_fails_within_the_probe_budget():
         took = time.monotonic() - t0
     assert f"tracking.uri {uri!r} is not usable" in str(e.value) and "\n" not in str(e.value)
     assert took < 4 * mlflow_tracker.PROBE_TIMEOUT_S + 5, took
+
+
+def test_the_cli_stops_on_an_unreachable_tracking_server_before_any_stage(tmp_path, capsys):
+    import time
+
+    from raydefense.cli import main
+
+    t0 = time.monotonic()
+    rc = main(
+        [
+            "run",
+            "--preset",
+            "smoke",
+            "--set",
+            f"storage.root={tmp_path / 'runs'}",
+            "--set",
+            "tracking.uri=http://127.0.0.1:1",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and time.monotonic() - t0 < 20  # mostly imports; the probe is instant
+    assert len(err) == 1 and "tracking.uri 'http://127.0.0.1:1' is unreachable" in err[0]
+    assert not list((tmp_path / "runs").rglob("*.json"))  # no stage ran
