@@ -87,3 +87,48 @@ def finish_cli(args: list[str], cwd: Path, log_name: str, timeout_s: int) -> str
     text = log.read_text(errors="replace")
     assert rc == 0, f"{log_name}: exit {rc}\n{text[-4000:]}"
     return text
+
+
+class ActorKiller:
+    """SIGKILLs a Ray actor mid-task: the first process whose title names `actor` (Ray sets
+    `ray::<Actor>.<method>` while a method runs) once it starts its (after + 1)-th task, so
+    `after` tasks have finished before the kill. Run as a context manager around the work;
+    `killed` then holds the pid (None: the work ended first)."""
+
+    def __init__(self, actor: str, after: int = 1, method: str = "submit") -> None:
+        import threading
+
+        self.actor, self.after, self.method = actor, after, method
+        self.killed: int | None = None
+        self.killed_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        busy: dict[int, bool] = {}  # pid -> running a task at the last look
+        starts: dict[int, int] = {}  # pid -> tasks started
+        while not self._stop.is_set() and self.killed is None:
+            for p in psutil.process_iter(["cmdline"]):
+                title = (p.info.get("cmdline") or [""])[0]
+                if self.actor not in title:
+                    continue
+                running = title.endswith(f".{self.method}")
+                if running and not busy.get(p.pid, False):
+                    starts[p.pid] = starts.get(p.pid, 0) + 1
+                    if starts[p.pid] > self.after:
+                        try:
+                            p.kill()
+                        except psutil.Error:
+                            continue
+                        self.killed, self.killed_at = p.pid, time.monotonic()
+                        return
+                busy[p.pid] = running
+            time.sleep(0.005)
+
+    def __enter__(self) -> ActorKiller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

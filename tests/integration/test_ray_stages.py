@@ -112,6 +112,70 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     assert torch.equal(again.x_t, data.x_t) and torch.equal(again.target, data.target)
 
 
+def _owners(plan) -> dict[int, list[str]]:
+    members = plan.split == MEMBER
+    return {
+        int(r): [t for k, t in enumerate(plan.models[1:]) if plan.membership[1 + k][i]]
+        for i, r in enumerate(plan.row_id)
+        if members[i]
+    }
+
+
+def test_a_soft_target_actor_killed_mid_stage_changes_nothing(experiment):
+    """SIGKILL the labelling actor in the middle of its work (all rows are one block here, so
+    one task): Ray Data restarts the actor and reruns the lost task; the output has exactly the
+    expected rows, each once, and equals an undisturbed run value for value (every draw is
+    seeded per row, not per batch)."""
+    from processes import ActorKiller
+
+    from raydefense.distributed.soft_targets import label_soft_targets
+
+    cfg, storage, _ = experiment
+    cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"label_batch_size": 4})})
+    owners, teachers = _owners(read_plan(storage)), ["teacher_1", "teacher_2"]
+    n = label_soft_targets(cfg, storage, teachers, owners, 2, [1, 8, 8], out_dir="distill/calm")
+    with ActorKiller("LabellerActor", after=0) as killer:
+        m = label_soft_targets(cfg, storage, teachers, owners, 2, [1, 8, 8], out_dir="distill/kill")
+    assert killer.killed is not None, "the stage ended before the actor could be killed"
+    calm = storage.read_table("distill/calm").sort_by(
+        [("row_id", "ascending"), ("draw", "ascending")]
+    )
+    hit = storage.read_table("distill/kill").sort_by(
+        [("row_id", "ascending"), ("draw", "ascending")]
+    )
+    assert n == m == calm.num_rows == hit.num_rows == 2 * len(owners)
+    keys = list(zip(hit["row_id"].to_pylist(), hit["draw"].to_pylist()))
+    assert len(set(keys)) == len(keys)  # no duplicates
+    assert hit.select(calm.column_names).equals(calm)
+
+
+def test_a_scoring_actor_killed_mid_evaluate_changes_nothing(experiment):
+    """The same for the scoring pool: a SIGKILLed scoring actor's batch is rerun; every row's
+    scores equal an undisturbed pass (scores are seeded per row)."""
+    from processes import ActorKiller
+
+    from raydefense.audit.scoring import ScoreJob
+    from raydefense.distributed.scoring import RayScorer
+
+    cfg, storage, _ = experiment
+    cfg = cfg.model_copy(
+        update={
+            "attacks": cfg.attacks.model_copy(
+                update={"batch_size": 4, "score_actors": 1, "enabled": ["loss", "secmi_stat"]}
+            )
+        }
+    )
+    plan = read_plan(storage)
+    job = ScoreJob("teacher_1", np.ones(len(plan.row_id), bool), ["loss", "secmi_stat"], False)
+    (calm,), _ = RayScorer().score(cfg, plan, [job], {})
+    with ActorKiller("ScoringActor", after=1) as killer:
+        (hit,), _ = RayScorer().score(cfg, plan, [job], {})
+    assert killer.killed is not None, "scoring ended before the actor could be killed"
+    assert set(hit) == set(calm) and len(hit["row_id"]) == len(plan.row_id)
+    for k in calm:
+        assert np.array_equal(hit[k], calm[k]), k
+
+
 def test_a_nan_loss_stops_a_ddp_fit_at_once_with_one_line(experiment):
     """lr 1e30 makes the second step's loss nan on both DDP ranks. The fit reports it and ends
     (a raised error would make Ray Train retry from the last checkpoint, to the same nan); the
