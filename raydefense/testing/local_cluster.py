@@ -19,6 +19,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,9 +96,11 @@ class Node:
 
     def __init__(self, name: str, proc: subprocess.Popen, log: Path) -> None:
         self.name, self.proc, self.log = name, proc, log
+        self.killed = False
 
     def kill(self) -> float:
         """SIGKILL every process of the node; returns the seconds it took until none is left."""
+        self.killed = True
         t0 = time.monotonic()
         while pids := _session(self.proc.pid):
             for pid in pids:
@@ -226,7 +229,7 @@ class LocalRayCluster:
         deadline = time.monotonic() + timeout_s
         last: Any = None
         while time.monotonic() < deadline:
-            dead = [x.name for x in self.nodes if not x.alive]
+            dead = [x.name for x in self.nodes if not x.alive and not x.killed]
             if dead:
                 logs = "\n".join(x.log.read_text(errors="replace")[-2000:] for x in self.nodes)
                 raise RuntimeError(f"ray node(s) {dead} exited:\n{logs}")
@@ -245,6 +248,7 @@ class LocalRayCluster:
             if node.alive or _session(node.proc.pid):
                 node.kill()
         self.nodes = []
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalRayCluster:
         try:

@@ -197,3 +197,86 @@ def test_a_local_storage_root_is_refused_on_a_multi_node_cluster(
     )
     assert proc.returncode == 1
     assert "is a local path on a 3-node cluster" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_a_worker_node_lost_mid_fit_costs_minutes_not_the_run(
+    cluster, local_s3, mlflow_server, submitted, tmp_path
+) -> None:
+    """Kill worker node 2 (its raylet and every process on it) once the first fit has
+    checkpointed; the fit cannot place its 2 workers on the node that is left, and resumes from
+    its last checkpoint when a replacement node joins; it ends at the configured step, with one
+    MLflow run per model. Runs last: it changes the module's cluster."""
+    from mlflow.tracking import MlflowClient
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = client_env(cluster)
+    sets = ["experiment=nodekill", "train.steps=60", "train.checkpoint_every=10"]
+    args = config_args(mlflow_server["uri"], f"s3://{BUCKET}/{PREFIX}")
+    args += [a for s in sets for a in ("--set", s)]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydefense.cli", "submit", "--address", cluster.dashboard]
+        + ["--submission-id", "e2e-nodekill", "--", "train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prefix = f"{PREFIX}/nodekill/ray_train/baseline-"
+    while not any("/checkpoint_" in k for k in local_s3.list_keys(BUCKET, prefix)):
+        assert time.monotonic() - t0 < 600, "the first fit never checkpointed"
+        time.sleep(0.5)
+    victim = cluster.nodes[2]
+    t_kill = time.monotonic()
+    victim.kill()
+    time.sleep(5)  # the fit's worker group cannot restart on one 1-CPU node
+    cluster.add_worker(num_cpus=1)
+    cluster.wait_for_nodes(3)
+    t_join = time.monotonic()
+    logs = subprocess.run(
+        [ray_cli, "job", "logs", "--address", cluster.dashboard, "--follow", "e2e-nodekill"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    ).stdout
+    status = subprocess.run(
+        [ray_cli, "job", "status", "--address", cluster.dashboard, "e2e-nodekill"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    t_end = time.monotonic()
+    assert "succeeded" in status.lower(), (status, logs[-4000:])
+    keys = local_s3.list_keys(BUCKET, f"{PREFIX}/nodekill/models/")
+    for model in ("baseline", "teacher_1", "teacher_2"):
+        assert f"{PREFIX}/nodekill/models/{model}/_COMPLETE.json" in keys, model
+    client = MlflowClient(tracking_uri=mlflow_server["uri"])
+    exp = client.get_experiment_by_name("nodekill")
+    runs = client.search_runs([exp.experiment_id], "tags.mlflow.runName LIKE 'train/%'")
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["train/baseline", "train/teacher_1", "train/teacher_2"], names  # no dupes
+    fits = {r.info.run_name.split("/")[1]: r for r in runs}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    steps = [m.step for m in client.get_metric_history(fits["baseline"].info.run_id, "loss")]
+    assert max(steps) == 60
+    final_nodes = fits["baseline"].data.tags["raydefense.worker_nodes"].split(",")
+    new = {n["node_id"] for n in cluster.alive_nodes() if not n.get("is_head_node")}
+    assert set(final_nodes) == new  # the resumed fit ran on the survivor and the replacement
+
+    def span(model: str) -> float:
+        """From the fit's first report to its last (MLflow metric timestamps)."""
+        h = client.get_metric_history(fits[model].info.run_id, "loss")
+        return (max(m.timestamp for m in h) - min(m.timestamp for m in h)) / 1000
+
+    lost = span("baseline") - span("teacher_1")
+    print(
+        f"\nnode kill: killed {t_kill - t0:.0f}s after submit, replacement joined "
+        f"{t_join - t_kill:.0f}s later, job done {t_end - t_kill:.0f}s after the kill; "
+        f"baseline step 10..60 in {span('baseline'):.0f}s vs an undisturbed teacher_1 "
+        f"{span('teacher_1'):.0f}s: {lost:.0f}s lost; MLflow runs {names}; baseline ended on "
+        f"{[n[:8] for n in final_nodes]}"
+    )
