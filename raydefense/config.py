@@ -63,6 +63,12 @@ class ModelConfig(_Section):
     layers_per_block: int = Field(1, ge=1)
     norm_num_groups: int = Field(8, ge=1)
     attention: bool = False
+    downsample_padding: int = Field(
+        1, ge=0, description="padding of the strided downsampling convs (Ho et al.'s CIFAR UNet: 0)"
+    )
+    freq_shift: int = Field(
+        0, ge=0, description="timestep-embedding frequency shift (Ho et al.'s CIFAR UNet: 1)"
+    )
     dropout: float = Field(
         0.0, ge=0, lt=1, description="ResNet-block dropout (DDPM's CIFAR model uses 0.1)"
     )
@@ -97,6 +103,16 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(100, ge=1)
+    hflip: bool = Field(
+        False, description="random horizontal flips of training images (DDPM's CIFAR-10 setting)"
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: forward and loss under torch.autocast(bfloat16), fp32 master weights",
+    )
+    tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA")
+    channels_last: bool = Field(False, description="NHWC memory format for the network")
+    compile: bool = Field(False, description="torch.compile the network before DDP")
     val_rows: int = Field(
         64,
         ge=0,

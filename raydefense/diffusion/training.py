@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Literal, Optional, Protocol
+from typing import Literal, Optional, Protocol, cast
 
 import numpy as np
 import torch
@@ -109,6 +109,15 @@ class BatchSource:
                     )
                 ]
 
+    def flips(self, step: int) -> torch.Tensor:
+        """[local_batch] bool: which images of this step's batch are mirrored (train.hflip),
+        from a stream of their own, so the rows, timesteps and noise match a run without
+        flips."""
+        g = torch.Generator().manual_seed(
+            derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step, 0xF11)
+        )
+        return torch.rand(self.local_batch, generator=g) < 0.5
+
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:
         if isinstance(self.data, ImageData):
             g = torch.Generator().manual_seed(
@@ -175,9 +184,18 @@ def fit(
         net.load_state_dict(load_net(model_cfg, ckpt, "raw").state_dict())
         ema.shadow.load_state_dict(load_net(model_cfg, ckpt, "ema").state_dict())
         start_step, opt_state = int(state["step"]), state["optimizer"]
-    net.to(device)
-    ema.shadow.to(device)
+    for m in (net, ema.shadow):
+        m.to(device)
+        if train_cfg.channels_last:  # nn.Module.to takes memory_format; the stubs omit it
+            m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    on_cuda = torch.device(device).type == "cuda"
+    if train_cfg.tf32 and on_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = wrap_model(net)
+    if train_cfg.compile:
+        model = cast(torch.nn.Module, torch.compile(model))
+    dev_type, bf16 = torch.device(device).type, train_cfg.precision == "bf16"
     opt = _adamw(model, train_cfg)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
@@ -202,8 +220,16 @@ def fit(
         lr = lr_at(step, train_cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        a, b, c_ = (x.to(device) for x in source.batch(step))
-        loss = distill_loss(model, a, b, c_) if is_distill else ddpm_loss(model, schedule, a, b, c_)
+        a, b, c_ = (x.to(device, non_blocking=True) for x in source.batch(step))
+        if train_cfg.hflip and not is_distill:
+            a = flip_half(a, source.flips(step))
+        if train_cfg.channels_last:
+            a, c_ = (x.contiguous(memory_format=torch.channels_last) for x in (a, c_))
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
+            if is_distill:
+                loss = distill_loss(model, a, b, c_)
+            else:
+                loss = ddpm_loss(model, schedule, a, b, c_)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
@@ -229,6 +255,11 @@ def fit(
             losses, window_start = [], now
             _report(reporter, metrics, net, ema, opt, done, is_ckpt)
     return metrics
+
+
+def flip_half(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] with the rows where mask [B] bool mirrored left-right."""
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
 def check_finite(window: torch.Tensor, first_step: int, device: torch.device | str = "cpu") -> None:

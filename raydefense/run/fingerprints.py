@@ -16,12 +16,27 @@ def _hash(*parts: object) -> str:
     return stable_hash(list(parts))
 
 
+# Fields added after models were first trained, with their defaults: left out of the hashed
+# config while they keep them, so earlier models keep their fingerprints.
+LATE_FIELDS: dict[str, dict[str, Any]] = {
+    "model": {"kind": "unet2d", "downsample_padding": 1, "freq_shift": 0},
+    "train": {
+        "hflip": False,
+        "precision": "fp32",
+        "tf32": False,
+        "channels_last": False,
+        "compile": False,
+    },
+}
+
+
 def config_tree(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The config as hashed: the default backbone (`model.kind` unet2d) is left out, so models
-    trained before the field existed keep their fingerprints."""
+    """The config as hashed: LATE_FIELDS at their defaults are left out."""
     d = cfg.model_dump(mode="json")
-    if d["model"]["kind"] == "unet2d":
-        del d["model"]["kind"]
+    for section, fields in LATE_FIELDS.items():
+        for k, default in fields.items():
+            if d[section].get(k) == default:
+                del d[section][k]
     return d
 
 

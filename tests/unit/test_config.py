@@ -104,7 +104,11 @@ def test_hardware_presets_compose_with_an_experiment_preset(tmp_path):
     "presets, config, needle",
     [
         (["smoke", "digits"], False, "both experiment presets; give one"),
-        (["cpu3"], False, "unknown preset 'cpu3'; experiment presets: digits, smoke; hardware"),
+        (
+            ["cpu3"],
+            False,
+            "unknown preset 'cpu3'; experiment presets: cifar10_ddpm, digits, smoke; hardware",
+        ),
         (["smoke", "cpu2"], True, "either an experiment --preset or --config"),
     ],
 )
@@ -162,3 +166,41 @@ def test_teacher_assignment_reruns_distill_but_not_the_teachers():
     b = stage_fingerprints(load_config("smoke", overrides=["distill.teacher_assignment=one_other"]))
     assert a["targets"] == b["targets"] and a["train"] == b["train"]
     assert a["distill"] != b["distill"]
+
+
+def test_the_paper_preset_builds_ho_et_al_s_cifar10_unet():
+    """cifar10_ddpm: the google/ddpm-cifar10-32 architecture (35,746,307 parameters, attention
+    at 16x16 only) and the paper's training budget; a hardware preset moves it to one GPU
+    without touching a model field."""
+    from raydefense.config import load_config
+    from raydefense.diffusion.backbones import build_net
+    from raydefense.run.fingerprints import stage_fingerprints
+
+    cfg = load_config("cifar10_ddpm")
+    net = build_net(cfg.model, (3, 32, 32))
+    assert sum(p.numel() for p in net.parameters()) == 35_746_307
+    c = net.unet.config
+    assert list(c.down_block_types) == [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "DownBlock2D",
+        "DownBlock2D",
+    ]
+    assert (c.downsample_padding, c.freq_shift, c.dropout) == (0, 1, 0.1)
+    t = cfg.train
+    assert (t.steps, t.batch_size, t.lr, t.warmup_steps, t.ema_decay) == (
+        780000,
+        128,
+        2e-4,
+        5000,
+        0.9999,
+    )
+    assert (
+        t.hflip
+        and t.grad_clip == 1.0
+        and cfg.data.split_file.endswith("CIFAR10_train_ratio0.5.npz")
+    )
+    assert (cfg.resources.workers_per_model, cfg.resources.gpus_per_worker) == (4, 1)
+    one = load_config(["cifar10_ddpm", "h200"])
+    assert (one.resources.workers_per_model, one.resources.concurrent_fits) == (1, 1)
+    assert stage_fingerprints(one) == stage_fingerprints(cfg)

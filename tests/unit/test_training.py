@@ -144,3 +144,40 @@ def test_fits_failed_names_the_first_failure_in_one_line():
     assert str(e).endswith("(1 more fit(s) failed too)") and e.done == ["teacher_2"]
     back = pickle.loads(pickle.dumps(NonFiniteLossError(3, 1.0, "m")))
     assert (back.step, back.value, back.model) == (3, 1.0, "m")
+
+
+def test_hflip_mirrors_a_seeded_half_and_keeps_every_other_draw():
+    from raydefense.diffusion.training import flip_half
+
+    src = BatchSource(images(), SCHED, 8, 0, 1, seed=3, model_index=1)
+    mask = src.flips(5)
+    assert mask.dtype == torch.bool and torch.equal(mask, src.flips(5))
+    assert not torch.equal(mask, src.flips(6))
+    x = torch.arange(2 * 4, dtype=torch.float32).view(2, 1, 1, 4)
+    out = flip_half(x, torch.tensor([True, False]))
+    assert out[0, 0, 0].tolist() == [3, 2, 1, 0] and torch.equal(out[1], x[1])
+    # A flipped run draws the same rows, timesteps and noise as an unflipped one.
+    plain = TrainConfig(steps=2, batch_size=4, checkpoint_every=2, log_every=1)
+    a, b = ListReporter(), ListReporter()
+    fit(images(), MODEL, plain, SCHED, (1, 8, 8), seed=0, model_index=0, reporter=a)
+    flipped = plain.model_copy(update={"hflip": True})
+    fit(images(), MODEL, flipped, SCHED, (1, 8, 8), seed=0, model_index=0, reporter=b)
+    assert a.reports[0]["loss"] != b.reports[0]["loss"]  # the images differ, nothing else
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu():
+    base = TrainConfig(steps=4, batch_size=4, checkpoint_every=4, log_every=2)
+    runs = {}
+    for name, upd in {
+        "fp32": {},
+        "bf16": {"precision": "bf16"},
+        "nhwc": {"channels_last": True},
+    }.items():
+        rep = ListReporter()
+        cfg = base.model_copy(update=upd)
+        fit(images(), MODEL, cfg, SCHED, (1, 8, 8), seed=0, model_index=0, reporter=rep)
+        runs[name] = [r["loss"] for r in rep.reports]
+        net = load_unet(rep.ckpt, "raw")
+        assert all(p.dtype == torch.float32 for p in net.parameters())  # fp32 master weights
+    assert np.allclose(runs["nhwc"], runs["fp32"], rtol=1e-4)  # a layout, not new numbers
+    assert np.allclose(runs["bf16"], runs["fp32"], rtol=0.05) and runs["bf16"] != runs["fp32"]

@@ -34,6 +34,8 @@ def build_unet(cfg: ModelConfig, image_size: int, channels: int) -> UNet2DModel:
         block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block,
         norm_num_groups=cfg.norm_num_groups,
+        downsample_padding=cfg.downsample_padding,
+        freq_shift=cfg.freq_shift,
         dropout=cfg.dropout,
         down_block_types=tuple(down),
         up_block_types=tuple(up),
