@@ -199,6 +199,10 @@ def fit(
     opt = _adamw(model, train_cfg)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
+    if isinstance(data, ImageData) and torch.device(device).type == "cuda":
+        # The member images live on the GPU: a step indexes them there instead of copying its
+        # batch from the host (soft targets, R draws per row, can outgrow GPU memory: they stay).
+        data = ImageData(data.images.to(device))
     source = BatchSource(
         data,
         schedule,
