@@ -208,11 +208,39 @@ class LocalRayCluster:
         self.wait_for_nodes(1)
         return self
 
-    def add_worker(self, num_cpus: int, resources: Optional[dict[str, float]] = None) -> Node:
+    def add_worker(
+        self, num_cpus: int, resources: Optional[dict[str, float]] = None, attempts: int = 2
+    ) -> Node:
+        """Start a worker node and wait until the cluster sees it (one node at a time: a GCS on
+        two busy cores registers raylets slowly). A raylet that dies starting (a port taken
+        meanwhile, a registration timeout) is retried on fresh ports."""
         args = [f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0"]
         if resources:
             args.append(f"--resources={json.dumps(resources)}")
-        return self._start(f"worker{len(self.nodes)}", args)
+        want = len(self.alive_nodes()) + 1
+        for attempt in range(attempts):
+            node = self._start(f"worker{len(self.nodes)}", args)
+            try:
+                self.wait_for_nodes(want, timeout_s=90)
+                return node
+            except RuntimeError as e:
+                if node.alive:
+                    node.kill()
+                node.killed = True  # a failed start, not a node of the cluster
+                if attempt == attempts - 1:
+                    raise RuntimeError(f"{e}\n{self.error_lines()}") from None
+        raise AssertionError("unreachable")
+
+    def error_lines(self, limit: int = 20) -> str:
+        """The error lines of this cluster's raylet and GCS logs (what `ray start` hides)."""
+        out: list[str] = []
+        for log in sorted(self.temp_dir.glob("session_*/logs/*")):
+            if not log.name.startswith(("raylet", "gcs_server")):
+                continue
+            for line in log.read_text(errors="replace").splitlines():
+                if " E " in line or "Address already in use" in line:
+                    out.append(f"{log.name}: {line[:300]}")
+        return "\n".join(out[-limit:])
 
     def alive_nodes(self) -> list[dict[str, Any]]:
         """The dashboard's view of the live nodes: [{node_id, resources_total, is_head_node}]."""

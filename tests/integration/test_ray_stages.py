@@ -3,6 +3,8 @@ after a rerun, the soft-target actor pool, and resource checks."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -133,10 +135,14 @@ def test_a_soft_target_actor_killed_mid_stage_changes_nothing(experiment):
     cfg, storage, _ = experiment
     cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"label_batch_size": 4})})
     owners, teachers = _owners(read_plan(storage)), ["teacher_1", "teacher_2"]
+    t0 = time.monotonic()
     n = label_soft_targets(cfg, storage, teachers, owners, 2, [1, 8, 8], out_dir="distill/calm")
+    t1 = time.monotonic()
     with ActorKiller("LabellerActor", after=0) as killer:
         m = label_soft_targets(cfg, storage, teachers, owners, 2, [1, 8, 8], out_dir="distill/kill")
+    t2 = time.monotonic()
     assert killer.killed is not None, "the stage ended before the actor could be killed"
+    print(f"\nsoft targets: undisturbed {t1 - t0:.1f}s, actor killed {t2 - t1:.1f}s")
     calm = storage.read_table("distill/calm").sort_by(
         [("row_id", "ascending"), ("draw", "ascending")]
     )
@@ -167,10 +173,14 @@ def test_a_scoring_actor_killed_mid_evaluate_changes_nothing(experiment):
     )
     plan = read_plan(storage)
     job = ScoreJob("teacher_1", np.ones(len(plan.row_id), bool), ["loss", "secmi_stat"], False)
+    t0 = time.monotonic()
     (calm,), _ = RayScorer().score(cfg, plan, [job], {})
+    t1 = time.monotonic()
     with ActorKiller("ScoringActor", after=1) as killer:
         (hit,), _ = RayScorer().score(cfg, plan, [job], {})
+    t2 = time.monotonic()
     assert killer.killed is not None, "scoring ended before the actor could be killed"
+    print(f"\nscoring: undisturbed {t1 - t0:.1f}s, actor killed {t2 - t1:.1f}s")
     assert set(hit) == set(calm) and len(hit["row_id"]) == len(plan.row_id)
     for k in calm:
         assert np.array_equal(hit[k], calm[k]), k
