@@ -19,6 +19,7 @@ share work (SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2 one
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Optional
 
@@ -58,7 +59,7 @@ Access = Literal["black-box", "gray-box", "white-box"]
 AttackKind = Literal["query", "learned", "generated", "adaptive"]
 
 
-class Attack:
+class Attack(ABC):
     """What every attack declares (class attributes) and offers; subclass one of QueryAttack,
     LearnedAttack, GeneratedAttack (or, for attacks on DualMD's router, set needs_router)."""
 
@@ -75,9 +76,10 @@ class Attack:
         dict; num_train_timesteps: T of the audited models' schedule."""
         self.cfg = cfg
 
+    @abstractmethod
     def settings(self) -> list[dict[str, Any]]:
         """One params dict per output column."""
-        raise NotImplementedError
+        ...
 
     def weights(self, default: str) -> str:
         """Which weights of a target ("ema" | "raw") the attack reads: attacks.weights
@@ -88,6 +90,7 @@ class Attack:
 class QueryAttack(Attack):
     kind: ClassVar[AttackKind] = "query"
 
+    @abstractmethod
     def score(
         self,
         eps: EpsModel,
@@ -103,12 +106,13 @@ class QueryAttack(Attack):
         Returns:
             [B, S] float32, S = len(settings()), higher = member.
         """
-        raise NotImplementedError
+        ...
 
 
 class LearnedAttack(Attack):
     kind: ClassVar[AttackKind] = "learned"
 
+    @abstractmethod
     def features(
         self,
         eps: EpsModel,
@@ -119,8 +123,9 @@ class LearnedAttack(Attack):
         cache: Optional[dict] = None,
     ) -> torch.Tensor:
         """[B, F] float32 features per row (flattened)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fit_predict(
         self,
         train_x: np.ndarray,
@@ -132,7 +137,7 @@ class LearnedAttack(Attack):
         """Fit the attack model on (train_x [N, F], train_y [N] in {0, 1}) and score each
         matrix of eval_x ([M_i, F] -> [M_i], higher = member). image_shape: (C, H, W) of the
         audited images, for features that keep their spatial layout."""
-        raise NotImplementedError
+        ...
 
     def cross_fit_predict(
         self,
@@ -150,10 +155,12 @@ class LearnedAttack(Attack):
 class GeneratedAttack(Attack):
     kind: ClassVar[AttackKind] = "generated"
 
+    @abstractmethod
     def settings(self, with_features: bool = False) -> list[dict[str, Any]]:
         """One params dict per output column; with_features: a feature extractor is set."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def score_generated(
         self,
         generated: torch.Tensor,
@@ -163,7 +170,7 @@ class GeneratedAttack(Attack):
         """Args: generated [M, C, H, W] and x0 [B, C, H, W], both in [-1, 1]; feature_fn maps
         images to [N, D] features when a feature extractor is configured.
         Returns: [B, S] float32, higher = member."""
-        raise NotImplementedError
+        ...
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
