@@ -139,6 +139,13 @@ class LearnedAttack(Attack):
         audited images, for features that keep their spatial layout."""
         ...
 
+
+class CalibrationTrainedAttack(LearnedAttack):
+    """A learned attack whose classifier trains on the audited target's calibration part."""
+
+    trains_on: ClassVar[Optional[Literal["calibration", "shadow"]]] = "calibration"
+
+    @abstractmethod
     def cross_fit_predict(
         self,
         train_x: np.ndarray,
@@ -147,9 +154,9 @@ class LearnedAttack(Attack):
         seed: int,
         image_shape: Optional[tuple[int, int, int]] = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Calibration-trained attacks (trains_on "calibration"): out-of-fold scores of
-        train_x [N] and scores of every eval matrix, as fit_predict's."""
-        raise NotImplementedError(f"{self.name} is not trained on a calibration part")
+        """Out-of-fold scores of train_x [N] (each fold scored by a model trained on the
+        others) and scores of every eval matrix, as fit_predict's."""
+        ...
 
 
 class GeneratedAttack(Attack):

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from raydefense.attacks.base import ATTACKS, LearnedAttack
+from raydefense.attacks.base import ATTACKS, CalibrationTrainedAttack
 from raydefense.attacks.classifiers import predict_resnet, train_resnet_regressor
 from raydefense.attacks.secmi import cached_error_maps
 from raydefense.config import SecMINNConfig
@@ -24,14 +24,13 @@ from raydefense.seeding import derive_seed
 
 
 @ATTACKS.register("secmi_nn")
-class SecMINN(LearnedAttack):
+class SecMINN(CalibrationTrainedAttack):
     """SecMI_NNs: features are flattened |x_tilde - x_hat| maps; the score is the regressor's raw
     output (member label 1, so higher = member; the official code negates it only because its
     roc() treats lower as member)."""
 
     name = "secmi_nn"
     access = "gray-box"
-    trains_on = "calibration"
 
     def __init__(
         self, cfg: SecMINNConfig | dict[str, Any], num_train_timesteps: int = 1000

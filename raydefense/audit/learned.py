@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from raydefense.attacks.base import LearnedAttack
+from raydefense.attacks.base import CalibrationTrainedAttack, LearnedAttack
 from raydefense.audit.grid import resolve_attack
 from raydefense.audit.scoring import feature_col, query_col
 from raydefense.audit.targets import (
@@ -49,6 +49,8 @@ def fit_learned(
     # A sweep point (`gsa1@3`) seeds like its attack, so the base setting reproduces evaluate.
     seed = derive_seed(cfg.seed, STREAM_QUALITY, len(attack_name.split("@")[0]))
     if cross_fit:
+        if not isinstance(attack, CalibrationTrainedAttack):
+            raise TypeError(f"{attack_name} is not trained on a calibration part")
         oof, scores = attack.cross_fit_predict(
             train_x, train_y, eval_x, seed, image_shape=image_shape
         )

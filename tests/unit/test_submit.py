@@ -64,7 +64,8 @@ def test_token_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert not sub.token_available({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "none")})
     (tmp_path / "tok").write_text("t")
     assert sub.token_available({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "tok")})
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "unset-by-the-test")  # records the original, then
+    monkeypatch.delenv("RAY_AUTH_MODE")  # starts without a mode, as a user's shell would
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
     assert sub.enable_token_auth()
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice is kept
@@ -94,12 +95,34 @@ def test_the_entrypoint_runs_the_submitted_code() -> None:
         (["submit", "run", "--set", "train.steps=-1"], "train.steps"),
         (["submit", "run", "--config", "/etc/x.yaml"], "must be a relative path inside"),
         (["submit", "--address", "127.0.0.1:8265", "run"], "is not a dashboard URL"),
-        (["submit", "--address", "http://127.0.0.1:1", "run"], "cannot use the Ray dashboard"),
     ],
 )
 def test_bad_submissions_fail_in_one_line_before_any_upload(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # submit switches this process to token auth; undo it after the test (a later ray.init in
+    # the same pytest process must see the environment it started with)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_an_unreachable_dashboard_is_one_line() -> None:
+    """In a subprocess: the job client loads Ray's auth state once per process, and a later
+    local Ray in this pytest process must not inherit it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydefense.cli", "submit", "--address", "http://127.0.0.1:1"]
+        + ["run", "--preset", "smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "cannot use the Ray dashboard" in err[0]
