@@ -49,15 +49,39 @@ class DataConfig(_Section):
         "label",
         description="parquet: int class labels (None or an absent default column = unlabeled)",
     )
-    caption_column: Optional[str] = Field(None, description="parquet: string captions")
+    caption_column: Optional[str] = Field(
+        None,
+        description="captions: parquet: a string column (one caption per image) or a "
+        "list<string> column (several; the first is the original); imagefolder: the caption "
+        "column of metadata.jsonl / metadata.csv (None there = 'text')",
+    )
+    extra_caption_column: Optional[str] = Field(
+        None,
+        description="parquet / imagefolder metadata: a list<string> (or string) column of extra "
+        "captions appended after the original one (e.g. BLIP captions stored beside it); a "
+        "null row = no extras",
+    )
+    prompt_diversification: bool = Field(
+        False,
+        description="each time an image is used, one of its captions is drawn uniformly; "
+        "false: its original caption only; applies to every model, the baseline included",
+    )
 
 
 class ModelConfig(_Section):
     """The network (`kind` names its backbone: raydefense.diffusion.backbones) and its DDPM noise
     schedule. The layout fields shape the `unet2d` backbone, a diffusers UNet2DModel."""
 
-    kind: Literal["unet2d"] = Field(
-        "unet2d", description="the backbone: unet2d = a pixel-space diffusers UNet2DModel"
+    kind: Literal["unet2d", "sd"] = Field(
+        "unet2d",
+        description="the backbone: unet2d = a pixel-space diffusers UNet2DModel trained from "
+        "scratch; sd = Stable Diffusion's latent, text-conditioned UNet2DConditionModel, "
+        "fine-tuned from model.pipeline (VAE and text encoder frozen)",
+    )
+    pipeline: Optional[str] = Field(
+        None,
+        description="sd: a local diffusers Stable Diffusion pipeline directory (unet/, vae/, "
+        "text_encoder/, tokenizer/, scheduler/), or 'tiny' for a small random one built offline",
     )
     block_out_channels: list[int] = [32, 64]
     layers_per_block: int = Field(1, ge=1)
@@ -75,9 +99,17 @@ class ModelConfig(_Section):
     num_train_timesteps: int = Field(1000, ge=10)
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0, lt=1)
+    beta_schedule: Literal["linear", "scaled_linear"] = Field(
+        "linear", description="scaled_linear: Stable Diffusion's (betas linear in sqrt(beta))"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.kind == "sd" and not self.pipeline:
+            raise ValueError(
+                "model.kind=sd fine-tunes a Stable Diffusion pipeline: set model.pipeline to its "
+                "local directory (or 'tiny' for a small random one)"
+            )
         if not self.block_out_channels:
             raise ValueError("model.block_out_channels must list at least one width")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
@@ -256,6 +288,71 @@ class BlackboxNNConfig(_Section):
     features: list[Literal["pixel", "domain"]] = ["pixel", "domain"]
 
 
+class PangWangConfig(_Section):
+    """Pang & Wang's black-box attack (text-to-image): per audited image, num_generations
+    images from its caption through the target's public sampler (sampling.*; DualMD: the
+    alternating pipeline), scored by their mean similarity to the image (threshold attack)."""
+
+    num_generations: int = Field(3, ge=1, description="generations per query (theirs: 3)")
+    similarity: list[Literal["ssim", "l2"]] = Field(
+        ["ssim", "l2"],
+        description="pixel similarity per column: SSIM (their default with no feature model) "
+        "and negative mean squared distance",
+    )
+
+
+class ReDiffuseConfig(_Section):
+    """ReDiffuse (Li et al., ICML 2025): variations of the audited image through the target's
+    public image-to-image interface (noised to t_start, deterministic DDIM back to index 0 in
+    steps of `step`), averaged over `average` draws; score = -mean |x0 - mean variation|^p."""
+
+    t_start: int = Field(200, ge=1, description="for T = 1000; scaled to the model's T")
+    step: int = Field(100, ge=1, description="DDIM stride (200 -> 100 -> 0 by default)")
+    average: int = Field(10, ge=1, description="variations averaged per image")
+    p: float = Field(1.0, gt=0, description="the distance's power (theirs: 1)")
+
+
+class CLiDConfig(_Section):
+    """CLiD_th (Zhai et al., NeurIPS 2024; raydefense.attacks.clid): the denoising loss under the
+    caption and under weakened captions (its most important tokens replaced by the end-of-text
+    token, then the null prompt) at `timesteps`, sharing each (t, noise) draw across conditions.
+    Columns: -L (conditional loss), CLiD (weakened minus conditional loss, averaged over the
+    weakened conditions) and (1 - alpha) * (-L) + alpha * CLiD per alpha (alpha is picked on the
+    calibration split like every attack setting)."""
+
+    timesteps: list[int] = Field(
+        [440, 450, 460], description="for T = 1000 (theirs: 440, 450, 460); scaled to the model's T"
+    )
+    draws: int = Field(1, ge=1, description="noise draws per timestep (theirs: 1, 3 queries)")
+    replace_fractions: list[float] = Field(
+        [0.3, 0.5, 0.7],
+        description="fractions in (0, 1] of a caption's tokens replaced, most important first, "
+        "one weakened condition each (theirs: 0.3, 0.5, 0.7); the null prompt is always added",
+    )
+    alphas: list[float] = Field(
+        [0.25, 0.5, 0.75, 0.9, 0.97, 0.99],
+        description="weights in [0, 1] of CLiD in the combined columns; raw (unscaled) terms, "
+        "so values near 1 matter when CLiD is small next to the loss",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CLiDConfig:
+        if not self.timesteps:
+            raise ValueError("attacks.clid.timesteps is empty; list at least one timestep")
+        for t in self.timesteps:
+            if not 0 <= t < 1000:
+                raise ValueError(f"attacks.clid.timesteps has {t}, outside [0, 1000) (T = 1000)")
+        if len(set(self.timesteps)) != len(self.timesteps):
+            raise ValueError(f"attacks.clid.timesteps repeats a timestep: {self.timesteps}")
+        for f in self.replace_fractions:
+            if not 0 < f <= 1:
+                raise ValueError(f"attacks.clid.replace_fractions has {f}, outside (0, 1]")
+        for a in self.alphas:
+            if not 0 <= a <= 1:
+                raise ValueError(f"attacks.clid.alphas has {a}, outside [0, 1]")
+        return self
+
+
 class DualMDAdaptiveConfig(_Section):
     """Router-aware gray-box attack on DualMD (raydefense.attacks.adaptive): per teacher, the
     base attack's best setting (calibration AUC) among the timesteps that teacher serves,
@@ -302,6 +399,9 @@ class AttacksConfig(_Section):
     gsa1: GSAConfig = GSAConfig()
     gsa2: GSAConfig = GSAConfig()
     blackbox_nn: BlackboxNNConfig = BlackboxNNConfig()
+    pang_wang: PangWangConfig = PangWangConfig()
+    rediffuse: ReDiffuseConfig = ReDiffuseConfig()
+    clid: CLiDConfig = CLiDConfig()
     dualmd_adaptive: DualMDAdaptiveConfig = DualMDAdaptiveConfig()
     shadow: ShadowConfig = ShadowConfig()
 
@@ -342,6 +442,12 @@ class SamplingConfig(_Section):
     num_steps: int = Field(50, ge=1)
     num_images: int = Field(64, ge=1)
     quality_draws: int = Field(4, ge=1)
+    guidance_scale: float = Field(
+        1.0,
+        ge=1.0,
+        description="text-to-image sampling: classifier-free guidance weight (1 = no guidance; "
+        "SD's default is 7.5); under DualMD both halves of a step come from that step's teacher",
+    )
 
 
 class TrackingConfig(_Section):
@@ -443,6 +549,20 @@ class ExperimentConfig(_Section):
     storage: StorageConfig = StorageConfig()
     resources: ResourcesConfig = ResourcesConfig()
     sweep: SweepConfig = SweepConfig()
+
+    @model_validator(mode="after")
+    def _check_text_to_image(self) -> ExperimentConfig:
+        if self.model.kind == "sd" and self.train.hflip:
+            raise ValueError(
+                "train.hflip flips pixels, but model.kind=sd trains on latents encoded once in "
+                "prepare: set train.hflip=false"
+            )
+        if self.model.kind != "sd" and self.data.prompt_diversification:
+            raise ValueError(
+                "data.prompt_diversification draws captions for a text-conditioned model; "
+                f"model.kind={self.model.kind} takes none: set model.kind=sd or turn it off"
+            )
+        return self
 
     def flat_params(self) -> dict[str, str]:
         """Dotted keys -> string values, as logged to MLflow params."""

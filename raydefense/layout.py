@@ -4,6 +4,9 @@ prepare/rows.parquet            row_id, hash, split, shard, part, label, image (
 prepare/membership.parquet      row_id + one bool column per trained model
 prepare/shadow_draws.parquet    row_id + shadow_j:train, shadow_j:heldout per shadow draw
 prepare/plan.json               sizes, models, image shape, source
+prepare/latents.parquet         latent models: row_id, VAE posterior mean and std (float32 bytes)
+prepare/text.parquet            latent models: row_id, caption_index, caption, embedding; the
+                                empty prompt as row_id -1 (encoded.json: their shapes)
 ray_train/<run name>/           Ray Train run storage (checkpoints; the resume source)
 models/<model>/                 final checkpoint (diffusers dirs + state.pt)
 distill/soft_targets/           the student's soft targets (Parquet)
@@ -27,6 +30,9 @@ ROWS = "prepare/rows.parquet"
 MEMBERSHIP = "prepare/membership.parquet"
 SHADOW_DRAWS = "prepare/shadow_draws.parquet"
 PLAN_JSON = "prepare/plan.json"
+LATENTS = "prepare/latents.parquet"
+TEXT = "prepare/text.parquet"
+ENCODED_JSON = "prepare/encoded.json"
 RAY_TRAIN = "ray_train"
 SOFT_TARGETS = "distill/soft_targets"
 SCORES = "evaluate/scores.parquet"

@@ -28,6 +28,8 @@ from raydefense.data import DATASETS
 from raydefense.data.plan import Plan, make_plan
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.defense.distillmd import auto_draws
+from raydefense.diffusion.backbones import is_latent
+from raydefense.diffusion.encode import encode_plan_rows
 from raydefense.errors import ConfigError, DataError, FitsFailed
 from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
@@ -58,6 +60,15 @@ def stage_prepare(ctx: RunContext) -> None:
         pool, cfg.data, cfg.seed, shadows_needed(cfg), cfg.attacks.shadow.members, shadow_roles(cfg)
     )
     write_plan(ctx.storage, plan)
+    if is_latent(cfg.model):  # the VAE and the text encoder are frozen: encode once
+        t0 = time.perf_counter()
+        counts = encode_plan_rows(cfg, plan, ctx.storage)
+        log.info(
+            "prepare: encoded %d rows and %d captions in %.1fs",
+            counts["rows"],
+            counts["captions"],
+            time.perf_counter() - t0,
+        )
     for rel in (layout.PLAN_JSON, layout.MEMBERSHIP):
         ctx.tracker.log_artifact(ctx.parent_run, local_copy(ctx.storage, rel), "prepare")
     log.info("prepare: %s", json.dumps(plan.summary()))

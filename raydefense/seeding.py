@@ -19,6 +19,11 @@ STREAM_SHADOW = 7
 STREAM_GSA = 6
 STREAM_ASSIGNMENT = 8  # distill.teacher_assignment = one_other: the teacher chosen per row
 STREAM_DOMAIN = 9  # the spare pool rows the domain feature extractor trains on
+STREAM_AUDIT_LATENT = 10  # latent models: the VAE posterior draw of a row an attack queries
+STREAM_PROMPTS = 11  # text-to-image: which captions prompt the generated images
+STREAM_CLID = 12  # CLiD: the noise of a row's (t, draw) queries, shared by its conditions
+STREAM_PANG_WANG = 13  # Pang & Wang: the seeds of a row's generations
+STREAM_REDIFFUSE = 14  # ReDiffuse: the seeds of a row's variations
 
 
 def derive_seed(*parts: int) -> int:

@@ -4,5 +4,17 @@ Importing this package registers every built-in attack.
 """
 
 # Registration side effects.
-from raydefense.attacks import adaptive, blackbox, gsa, loss, pia, secmi, secmi_nn, sima  # noqa: F401
+from raydefense.attacks import (  # noqa: F401
+    adaptive,
+    blackbox,
+    clid,
+    gsa,
+    loss,
+    pang_wang,
+    pia,
+    rediffuse,
+    secmi,
+    secmi_nn,
+    sima,
+)
 from raydefense.attacks.base import ATTACKS, Attack  # noqa: F401

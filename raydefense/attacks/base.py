@@ -15,13 +15,19 @@ Every attack orients its output **higher = more likely a member** and declares:
 
 Attacks never touch Ray, MLflow or the file system. `cache` is a per-batch dict that attacks use to
 share work (SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2 one gradient pass).
+
+`cond` (score / features): the targets' conditioning, [B, L, D] text embeddings aligned with x0
+for text-to-image models, None for unconditional ones. It reaches every eps / network call,
+expanded the way the attack expands x (`repeat_cond`, `repeat_interleave_cond`, `slice_cond`);
+with cond=None eps is called as eps(x_t, t), exactly as before (`call_eps`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Optional, Protocol
 
 import numpy as np
 import torch
@@ -56,7 +62,7 @@ def check_access(attack: Attack, target: str, target_access: str) -> None:
 
 
 Access = Literal["black-box", "gray-box", "white-box"]
-AttackKind = Literal["query", "learned", "generated", "adaptive"]
+AttackKind = Literal["query", "learned", "generated", "adaptive", "text", "interface"]
 
 
 class Attack(ABC):
@@ -70,6 +76,8 @@ class Attack(ABC):
     trains_on: ClassVar[Optional[Literal["calibration", "shadow"]]] = None
     # applies only to DualMD's step router (raydefense.attacks.adaptive)
     needs_router: ClassVar[bool] = False
+    # needs captions: text-to-image targets only (model.kind=sd)
+    text_only: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, num_train_timesteps: int = 1000) -> None:
         """cfg: the attack's config section (raydefense.config.AttacksConfig.<name>) or its
@@ -99,10 +107,14 @@ class QueryAttack(Attack):
         row_ids: torch.Tensor,
         seed: int,
         cache: Optional[dict] = None,
+        *,
+        cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids (randomness is seeded
                 per row, so a batch's composition never changes a score). seed: the base seed.
+            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+                unconditional models.
         Returns:
             [B, S] float32, S = len(settings()), higher = member.
         """
@@ -121,8 +133,11 @@ class LearnedAttack(Attack):
         row_ids: torch.Tensor,
         seed: int,
         cache: Optional[dict] = None,
+        *,
+        cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """[B, F] float32 features per row (flattened)."""
+        """[B, F] float32 features per row (flattened). cond: [B, L, D] text embeddings aligned
+        with x0 (text-to-image targets), None for unconditional models."""
         ...
 
     @abstractmethod
@@ -156,6 +171,127 @@ class CalibrationTrainedAttack(LearnedAttack):
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Out-of-fold scores of train_x [N] (each fold scored by a model trained on the
         others) and scores of every eval matrix, as fit_predict's."""
+        ...
+
+
+@dataclass
+class TextBatch:
+    """The text side of a batch of a text-to-image target's rows, for attacks that vary the
+    condition (CLiD). `cond` conditions the other attacks' queries too.
+
+    captions: each row's original caption (B strings). cond: [B, L, D] their embeddings.
+    null: [L, D] the empty prompt's embedding. token_ids(captions) -> [N, L] long, the
+    tokenizer's padded ids (position 0 = start token); embed_ids(ids [N, L]) -> [N, L, D];
+    end_id: the end-of-text token id (what CLiD writes over removed tokens).
+    """
+
+    captions: list[str]
+    cond: torch.Tensor
+    null: torch.Tensor
+    token_ids: Callable[[list[str]], torch.Tensor]
+    embed_ids: Callable[[torch.Tensor], torch.Tensor]
+    end_id: int
+
+
+class TextQueryAttack(QueryAttack):
+    """A gray-box query attack on text-to-image targets that queries eps under conditions it
+    derives from the caption (weakened, null). Scored through `score_text`; its columns are
+    query columns like every QueryAttack's."""
+
+    text_only: ClassVar[bool] = True
+    kind: ClassVar[AttackKind] = "text"
+
+    def score(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: Optional[dict] = None,
+        *,
+        cond: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        raise TypeError(
+            f"attack {self.name!r} needs a text-to-image target's captions: score it with "
+            "score_text (model.kind=sd)"
+        )
+
+    @abstractmethod
+    def score_text(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        text: TextBatch,
+    ) -> torch.Tensor:
+        """Args: x0 [B, C, h, w] latents; text: the rows' captions and text encoder.
+        Returns: [B, S] float32, higher = member."""
+        ...
+
+
+class PublicInterface(Protocol):
+    """A target's black-box interface: what its users can call, images in and out.
+
+    `generate(cond, seeds)`: one image per prompt embedding, cond [N, L, D] (None for an
+    unconditional model, then N = len(seeds)), each from its own seed -> [N, C, H, W] in
+    [-1, 1]. `vary(images, t_start, num_steps, seeds, cond)`: image-to-image variations: each
+    image noised to t_start (its seed's noise) and denoised by the public sampler in num_steps
+    steps (DualMD: alternating teachers, teacher 1 first) -> [N, C, H, W] in [-1, 1].
+    """
+
+    def generate(self, cond: Optional[torch.Tensor], seeds: list[int]) -> torch.Tensor: ...
+
+    def vary(
+        self,
+        images: torch.Tensor,
+        t_start: int,
+        num_steps: int,
+        seeds: list[int],
+        cond: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor: ...
+
+
+class InterfaceAttack(QueryAttack):
+    """A black-box attack that queries a target's public interface per audited row (Pang &
+    Wang: generations from the row's caption; ReDiffuse: variations of the row's image).
+    Scored through `score_interface`; its columns are query columns."""
+
+    access: ClassVar[Access] = "black-box"
+    kind: ClassVar[AttackKind] = "interface"
+
+    def score(
+        self,
+        eps: EpsModel,
+        schedule: NoiseSchedule,
+        x0: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cache: Optional[dict] = None,
+        *,
+        cond: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        raise TypeError(
+            f"attack {self.name!r} queries a target's public interface: score it with "
+            "score_interface"
+        )
+
+    @abstractmethod
+    def score_interface(
+        self,
+        interface: PublicInterface,
+        images: torch.Tensor,
+        row_ids: torch.Tensor,
+        seed: int,
+        cond: Optional[torch.Tensor] = None,
+        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """Args: images [B, C, H, W] in [-1, 1], the audited rows' pixels (what a black-box
+        attacker holds); cond [B, L, D], their captions' embeddings (text-to-image), else None;
+        feature_fn: images -> [N, D] features when a feature extractor is configured.
+        Returns: [B, S] float32, higher = member."""
         ...
 
 
@@ -197,3 +333,57 @@ def check_timesteps(name: str, timesteps: list[int], schedule: NoiseSchedule) ->
             raise ValueError(
                 f"attacks.{name}.timesteps has {t}, outside [0, {schedule.num_train_timesteps})"
             )
+
+
+# ------------------------------------------------------------------------------- conditioning
+
+
+def check_cond(name: str, x0: torch.Tensor, cond: Optional[torch.Tensor]) -> None:
+    """Raise unless cond is None or has one entry per image of x0 (cond[i] conditions x0[i])."""
+    if cond is not None and (cond.dim() < 1 or cond.shape[0] != x0.shape[0]):
+        raise ValueError(
+            f"attack {name!r}: cond must have one entry per image of x0 (batch "
+            f"{x0.shape[0]}); got cond of shape {tuple(cond.shape)}"
+        )
+
+
+def call_eps(
+    eps: EpsModel, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """eps(x_t, t) when cond is None (the unconditional call, unchanged), else
+    eps(x_t, t, cond); cond must already be expanded to x_t's batch."""
+    if cond is None:
+        return eps(x_t, t)
+    return eps(x_t, t, cond)
+
+
+def repeat_cond(cond: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
+    """cond as x.repeat(k, 1, 1, 1) expands x (the whole batch k times); None stays None."""
+    if cond is None:
+        return None
+    return cond.repeat(k, *([1] * (cond.dim() - 1)))
+
+
+def repeat_interleave_cond(cond: Optional[torch.Tensor], k: int) -> Optional[torch.Tensor]:
+    """cond as x.repeat_interleave(k, dim=0) expands x (each item k times); None stays None."""
+    if cond is None:
+        return None
+    return cond.repeat_interleave(k, dim=0)
+
+
+def slice_cond(cond: Optional[torch.Tensor], sl: slice) -> Optional[torch.Tensor]:
+    """cond[sl] (the rows x[sl] holds); None stays None."""
+    return None if cond is None else cond[sl]
+
+
+def cond_cache_key(
+    key: tuple[Any, ...], cond: Optional[torch.Tensor], cache: dict
+) -> tuple[Any, ...]:
+    """The per-batch cache key of work done under `cond`: `key` itself for cond=None, else key
+    extended by the identity of the cond tensor (so a conditioned and an unconditioned call, or
+    two calls with different cond objects, never share an entry). The cache keeps a reference to
+    cond, so its id cannot be reused by another tensor while the cache lives."""
+    if cond is None:
+        return key
+    cache.setdefault(("cond", id(cond)), cond)
+    return (*key, "cond", id(cond))

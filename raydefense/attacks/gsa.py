@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from raydefense.attacks.base import ATTACKS, LearnedAttack
+from raydefense.attacks.base import ATTACKS, LearnedAttack, check_cond, cond_cache_key
 from raydefense.attacks.classifiers import Standardizer, gradient_boosting, zscore
 from raydefense.config import GSAConfig
 from raydefense.diffusion.eps import EpsModel, FrozenEps
@@ -47,9 +47,14 @@ def _item_loss(
     x_t: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
+    cond: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """One item's denoising loss: x_t, noise [C, H, W], t [] long -> scalar."""
-    out = functional_call(net, (params, rest), (x_t[None], t[None]))
+    """One item's denoising loss: x_t, noise [C, H, W], t [] long, cond [L, D] (this item's
+    conditioning) or None -> scalar. Without cond the net is called as net(x_t, t)."""
+    args: tuple[torch.Tensor, ...] = (x_t[None], t[None])
+    if cond is not None:
+        args = (*args, cond[None])
+    out = functional_call(net, (params, rest), args)
     return (out[0].float() - noise).pow(2).mean()
 
 
@@ -60,19 +65,27 @@ def _grads_vmap(
     x_t: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
+    cond: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-item gradients, each [N, *param.shape], in one vmapped backward."""
+    """Per-item gradients, each [N, *param.shape], in one vmapped backward. cond: [N, L, D], item
+    i's conditioning in row i (vmapped like x_t), or None."""
 
     def loss(
-        p: dict[str, torch.Tensor], x: torch.Tensor, tt: torch.Tensor, n: torch.Tensor
+        p: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        tt: torch.Tensor,
+        n: torch.Tensor,
+        *c: torch.Tensor,
     ) -> torch.Tensor:
-        return _item_loss(net, p, rest, x, tt, n)
+        return _item_loss(net, p, rest, x, tt, n, c[0] if c else None)
+
+    items = (x_t, t, noise) if cond is None else (x_t, t, noise, cond)
 
     with warnings.catch_warnings():
         # CPU SDPA (the mid-block attention) has no batching rule yet: torch falls back to a
         # slower per-item loop for that op only, and warns on every call.
         warnings.filterwarnings("ignore", message=".*batching rule.*")
-        return vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, x_t, t, noise)
+        return vmap(grad(loss), in_dims=(None, *([0] * len(items))))(params, *items)
 
 
 def _grads_loop(
@@ -82,14 +95,16 @@ def _grads_loop(
     x_t: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
+    cond: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
-    """Fallback: the same per-item gradients, one backward per item."""
+    """Fallback: the same per-item gradients, one backward per item (cond [N, L, D] or None)."""
     names = list(params)
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     out: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     with torch.enable_grad():
         for i in range(x_t.shape[0]):
-            loss = _item_loss(net, leaves, rest, x_t[i], t[i], noise[i])
+            c = None if cond is None else cond[i]
+            loss = _item_loss(net, leaves, rest, x_t[i], t[i], noise[i], c)
             gs = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
             for k, g in zip(names, gs):
                 out[k].append(torch.zeros_like(leaves[k]) if g is None else g)
@@ -104,6 +119,7 @@ def gsa_features(
     seed: int,
     num_timesteps: int,
     batch_size: int = 16,
+    cond: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GSA1 and GSA2 features of every row (module docstring for the definitions).
 
@@ -117,6 +133,9 @@ def gsa_features(
         x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64; noise of (row, j) comes from
             per_row_normal(..., seed, STREAM_GSA, j), so a row's features do not depend on its
             batch. num_timesteps: S.
+        cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+            unconditional models (the net is then called as net(x_t, t)); item (row, j) is
+            conditioned on cond[row], for every j.
     Returns:
         (f1, f2), each [B, P] float32 >= 0, P = number of parameter tensors in
         net.parameters() order; f1 <= f2 elementwise (norm of a mean <= mean of norms).
@@ -131,6 +150,9 @@ def gsa_features(
     rest = {n: (b.float() if b.is_floating_point() else b) for n, b in net.named_buffers()}
     dev = next(iter(params.values())).device
     x0 = x0.to(dev, torch.float32)
+    check_cond("gsa", x0, cond)
+    if cond is not None:
+        cond = cond.to(dev, torch.float32)
     b = x0.shape[0]
     shape = tuple(x0.shape[1:])
     # [B, S, C, H, W]: noise of row i at K_j from its own stream (j = 1..S as in K_j's formula).
@@ -152,11 +174,12 @@ def gsa_features(
             xi = x0[lo:hi, None].expand(nb, S, *shape).reshape(nb * S, *shape)
             ni = noise[lo:hi].reshape(nb * S, *shape)
             ti = t_rows.repeat(nb)
+            ci = None if cond is None else cond[lo:hi].repeat_interleave(S, dim=0)  # row-major
             x_t = schedule.q_sample(xi, ti, ni)
             grads = None
             if use_vmap:
                 try:
-                    grads = _grads_vmap(net, params, rest, x_t, ti, ni)
+                    grads = _grads_vmap(net, params, rest, x_t, ti, ni, ci)
                 except torch.OutOfMemoryError:
                     raise
                 except (RuntimeError, NotImplementedError) as e:
@@ -167,7 +190,7 @@ def gsa_features(
                     )
                     use_vmap = False
             if grads is None:
-                grads = _grads_loop(net, params, rest, x_t, ti, ni)
+                grads = _grads_loop(net, params, rest, x_t, ti, ni, ci)
             for c, name in enumerate(params):
                 g = grads[name].reshape(nb, S, -1).float()
                 f1[lo:hi, c] = g.mean(dim=1).norm(dim=1)
@@ -209,12 +232,16 @@ class _GSA(LearnedAttack):
         row_ids: torch.Tensor,
         seed: int,
         cache: Optional[dict] = None,
+        *,
+        cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Args:
             eps: a FrozenEps (white-box: its `.net` gives parameters and gradients).
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64. seed: base seed.
             cache: per-batch dict; the gradient pass is memoised under ("gsa", S) so GSA1 and
-                GSA2 share it.
+                GSA2 share it (extended by cond's identity when cond is given).
+            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+                unconditional models.
         Returns:
             [B, P] float32 per-parameter-tensor gradient norms (>= 0).
         """
@@ -223,12 +250,21 @@ class _GSA(LearnedAttack):
                 f"{self.name} is a white-box attack and needs the network itself (a FrozenEps "
                 f"over an EpsNet); got {type(eps).__name__}"
             )
-        key = ("gsa", self.cfg.num_timesteps)
+        key: tuple[Any, ...] = ("gsa", self.cfg.num_timesteps)
+        if cache is not None:
+            key = cond_cache_key(key, cond, cache)
         if cache is not None and key in cache:
             f1, f2 = cache[key]
         else:
             f1, f2 = gsa_features(
-                eps.net, schedule, x0, row_ids, seed, self.cfg.num_timesteps, self.cfg.batch_size
+                eps.net,
+                schedule,
+                x0,
+                row_ids,
+                seed,
+                self.cfg.num_timesteps,
+                self.cfg.batch_size,
+                cond=cond,
             )
             if cache is not None:
                 cache[key] = (f1, f2)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, QueryAttack
+from raydefense.attacks.base import ATTACKS, QueryAttack, call_eps, check_cond, repeat_cond
 from raydefense.config import LossAttackConfig
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
@@ -52,10 +52,14 @@ class LossAttack(QueryAttack):
         row_ids: torch.Tensor,
         seed: int,
         cache: dict | None = None,
+        *,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args:
             eps: noise predictor, called once per timestep on a [draws * B, C, H, W] batch.
             x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids. seed: base seed.
+            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+                unconditional models; repeated draw-major like x.
         Returns:
             [B, 1] float32 = -(average squared error), <= 0, higher = member.
         """
@@ -68,10 +72,12 @@ class LossAttack(QueryAttack):
                 raise ValueError(
                     f"attacks.loss.timesteps has {t}, outside [0, {schedule.num_train_timesteps})"
                 )
+        check_cond(self.name, x0, cond)
         x = x0.float()
         total = torch.zeros(b, dtype=torch.float32, device=x.device)
         # Draw-major layout: rows [d*B, (d+1)*B) hold draw d of every sample.
         x_rep = x.repeat(draws, *([1] * (x.dim() - 1)))
+        cond_rep = repeat_cond(cond, draws)
         for t in self.cfg.timesteps:
             # One generator per (row, t) draws all `draws` noises: [B, draws, ...] -> draw-major.
             noise = per_row_normal((draws, *x.shape[1:]), row_ids, seed, STREAM_LOSS_ATTACK, t)
@@ -79,7 +85,7 @@ class LossAttack(QueryAttack):
             noise = noise.to(device=x.device, dtype=x.dtype)
             t_vec = torch.full((b * draws,), t, dtype=torch.long, device=x.device)
             x_t = schedule.q_sample(x_rep, t_vec, noise)
-            sq = (eps(x_t, t_vec).float() - noise).pow(2).flatten(1)
+            sq = (call_eps(eps, x_t, t_vec, cond_rep).float() - noise).pow(2).flatten(1)
             err = sq.sum(1) if self.cfg.reduction == "sum" else sq.mean(1)  # [draws * B]
             total += err.view(draws, b).mean(0)
         return (-total / len(self.cfg.timesteps)).float()[:, None]

@@ -16,7 +16,16 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, QueryAttack, check_timesteps, scaled_timestep
+from raydefense.attacks.base import (
+    ATTACKS,
+    QueryAttack,
+    call_eps,
+    check_cond,
+    check_timesteps,
+    repeat_cond,
+    scaled_timestep,
+    slice_cond,
+)
 from raydefense.config import PIAConfig
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
@@ -75,27 +84,34 @@ class PIA(QueryAttack):
         row_ids: torch.Tensor,
         seed: int,
         cache: dict | None = None,
+        *,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (deterministic attack).
+            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+                unconditional models; eps0 and every x_t of row i are queried under cond[i].
         Returns:
             [B, len(timesteps)] float32 = -sum |eps(x_t, t) - eps0|^p, higher = member.
         """
+        check_cond(self.name, x0, cond)
         x = x0.float()
         b = x.shape[0]
-        eps0 = eps(x, torch.zeros(b, dtype=torch.long, device=x.device)).float()
+        eps0 = call_eps(eps, x, torch.zeros(b, dtype=torch.long, device=x.device), cond).float()
         if self.normalized:
             eps0 = normalize_eps0(eps0)
         # All timesteps in one call: [n_t * B] rows, timestep-major.
         n = len(self.timesteps)
         t_vec = torch.tensor(self.timesteps, dtype=torch.long, device=x.device).repeat_interleave(b)
         x_rep, e_rep = x.repeat(n, 1, 1, 1), eps0.repeat(n, 1, 1, 1)
+        cond_rep = repeat_cond(cond, n)  # row r of x_rep is item r % b, as cond_rep's
         x_t = schedule.q_sample(x_rep, t_vec, e_rep)
         out = torch.empty(b, n, dtype=torch.float32, device=x.device)
         chunk = max(1, 4096 // max(b, 1)) * b  # bound memory for long sweeps
         for s in range(0, n * b, chunk):
             sl = slice(s, s + chunk)
-            d = lp_distance(eps(x_t[sl], t_vec[sl]).float(), e_rep[sl], self.cfg.p)
+            e = call_eps(eps, x_t[sl], t_vec[sl], slice_cond(cond_rep, sl)).float()
+            d = lp_distance(e, e_rep[sl], self.cfg.p)
             idx = torch.arange(s, min(s + chunk, n * b))
             out[idx % b, idx // b] = -d
         return out

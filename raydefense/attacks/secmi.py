@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, QueryAttack
+from raydefense.attacks.base import ATTACKS, QueryAttack, call_eps, check_cond, cond_cache_key
 from raydefense.config import SecMIConfig
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
@@ -60,7 +60,12 @@ def _check_secmi(schedule: NoiseSchedule, t_sec: int, k: int) -> None:
 
 @torch.no_grad()
 def secmi_error_maps(
-    eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor, t_sec: int, k: int
+    eps: EpsModel,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t_sec: int,
+    k: int,
+    cond: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two states SecMI compares, both at index t_sec - k (t_sec / k + 1 eps calls).
 
@@ -68,18 +73,21 @@ def secmi_error_maps(
         eps: noise predictor, called on [B, C, H, W] with t a [B] long tensor.
         x0: [B, C, H, W] in [-1, 1].
         t_sec, k: SecMI's attack index and DDIM stride; k >= 1, t_sec >= 2k, k divides t_sec.
+        cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+            unconditional models; every eps call of the round trip gets it (same batch).
     Returns:
         (x_tilde, x_hat), each [B, C, H, W] float32 (unbounded): x_tilde is the deterministic
         inversion of x0 to t_sec - k,
         x_hat = psi(phi(x_tilde, t_sec - k -> t_sec), t_sec -> t_sec - k).
     """
     _check_secmi(schedule, t_sec, k)
+    check_cond("secmi", x0, cond)
     x = x0.float()
     b = x.shape[0]
 
     def move(x_src: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
         t_vec = torch.full((b,), t_from, dtype=torch.long, device=x_src.device)
-        return schedule.ddim_move(x_src, eps(x_src, t_vec).float(), t_from, t_to)
+        return schedule.ddim_move(x_src, call_eps(eps, x_src, t_vec, cond).float(), t_from, t_to)
 
     t = 0
     for s in range(k, t_sec, k):  # k, 2k, ..., t_sec - k
@@ -112,24 +120,38 @@ class SecMIStat(QueryAttack):
         row_ids: torch.Tensor,
         seed: int,
         cache: dict | None = None,
+        *,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (the attack is deterministic).
             cache: per-batch dict shared with SecMI_NN (one round trip for both).
+            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+                unconditional models.
         Returns:
             [B, 1] float32 = -t-error, <= 0, higher = member.
         """
-        x_tilde, x_hat = cached_error_maps(eps, schedule, x0, self.cfg.t_sec, self.cfg.k, cache)
+        x_tilde, x_hat = cached_error_maps(
+            eps, schedule, x0, self.cfg.t_sec, self.cfg.k, cache, cond=cond
+        )
         return -(x_tilde - x_hat).pow(2).flatten(1).sum(1).float()[:, None]
 
 
 def cached_error_maps(
-    eps: EpsModel, schedule: NoiseSchedule, x0: torch.Tensor, t_sec: int, k: int, cache: dict | None
+    eps: EpsModel,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    t_sec: int,
+    k: int,
+    cache: dict | None,
+    cond: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """secmi_error_maps, memoised in the per-batch cache under ("secmi", t_sec, k)."""
+    """secmi_error_maps, memoised in the per-batch cache under ("secmi", t_sec, k) (cond=None)
+    or that key extended by the cond tensor's identity (`cond_cache_key`), so conditioned and
+    unconditioned round trips never share an entry."""
     if cache is None:
-        return secmi_error_maps(eps, schedule, x0, t_sec, k)
-    key = ("secmi", t_sec, k)
+        return secmi_error_maps(eps, schedule, x0, t_sec, k, cond)
+    key = cond_cache_key(("secmi", t_sec, k), cond, cache)
     if key not in cache:
-        cache[key] = secmi_error_maps(eps, schedule, x0, t_sec, k)
+        cache[key] = secmi_error_maps(eps, schedule, x0, t_sec, k, cond)
     return cache[key]

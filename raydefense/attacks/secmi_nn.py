@@ -48,14 +48,20 @@ class SecMINN(CalibrationTrainedAttack):
         row_ids: torch.Tensor,
         seed: int,
         cache: Optional[dict] = None,
+        *,
+        cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Args:
             x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (the round trip is deterministic).
             cache: per-batch dict shared with SecMI_stat (one DDIM round trip for both).
+            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+                unconditional models.
         Returns:
             [B, C*H*W] float32 = |x_tilde - x_hat| flattened, >= 0 (lower for members).
         """
-        x_tilde, x_hat = cached_error_maps(eps, schedule, x0, self.cfg.t_sec, self.cfg.k, cache)
+        x_tilde, x_hat = cached_error_maps(
+            eps, schedule, x0, self.cfg.t_sec, self.cfg.k, cache, cond=cond
+        )
         return (x_tilde - x_hat).abs().flatten(1).float()
 
     @staticmethod

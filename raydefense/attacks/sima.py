@@ -8,7 +8,15 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, QueryAttack, check_timesteps, scaled_timestep
+from raydefense.attacks.base import (
+    ATTACKS,
+    QueryAttack,
+    call_eps,
+    check_cond,
+    check_timesteps,
+    repeat_cond,
+    scaled_timestep,
+)
 from raydefense.attacks.pia import lp_distance
 from raydefense.config import SimAConfig
 from raydefense.diffusion.eps import EpsModel
@@ -44,9 +52,14 @@ class SimA(QueryAttack):
         row_ids: torch.Tensor,
         seed: int,
         cache: dict | None = None,
+        *,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Args: x0 [B, C, H, W] in [-1, 1] (row_ids, seed unused: deterministic).
+        """Args: x0 [B, C, H, W] in [-1, 1] (row_ids, seed unused: deterministic); cond:
+        [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
+        unconditional models.
         Returns: [B, len(timesteps)] float32 = -sum |eps(x0, t)|^p, higher = member."""
+        check_cond(self.name, x0, cond)
         x = x0.float()
         b, n = x.shape[0], len(self.timesteps)
         out = torch.empty(b, n, dtype=torch.float32, device=x.device)
@@ -54,7 +67,8 @@ class SimA(QueryAttack):
         for s in range(0, n, per_call):
             ts = self.timesteps[s : s + per_call]
             t_vec = torch.tensor(ts, dtype=torch.long, device=x.device).repeat_interleave(b)
-            e = eps(x.repeat(len(ts), 1, 1, 1), t_vec).float()
+            c = repeat_cond(cond, len(ts))  # timestep-major, as x's repeat
+            e = call_eps(eps, x.repeat(len(ts), 1, 1, 1), t_vec, c).float()
             out[:, s : s + len(ts)] = (
                 -lp_distance(e, torch.zeros_like(e), self.cfg.p).view(len(ts), b).T
             )

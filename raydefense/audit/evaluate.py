@@ -40,6 +40,9 @@ from raydefense.data.pool import to_model_range
 from raydefense.roster import parse_shadow, target_access
 from raydefense.storage import Storage
 
+# Attack kinds a scoring job computes per row (the rest: generated-set and adaptive attacks).
+SCORED_KINDS = ("query", "learned", "text", "interface")
+
 log = logging.getLogger("raydefense")
 
 
@@ -65,14 +68,18 @@ def run_evaluation(
     """
     ap = plan_attacks(cfg, plan)
     by_name = {a.name: a for t in ap.targets for a in ap.attacks[t]}
+    # Per target one scoring job: its eps-query attacks, and the attacks that query its public
+    # interface row by row (a black-box DualMD has only those, and no eps-MSE).
     jobs = [
         ScoreJob(
             t,
             audited_rows(plan, t),
-            [a.name for a in ap.attacks[t] if a.kind in ("query", "learned")],
+            names,
+            with_quality=target_access(cfg, t) != "black-box",
         )
         for t in ap.targets
-        if target_access(cfg, t) != "black-box"
+        for names in [[a.name for a in ap.attacks[t] if a.kind in SCORED_KINDS]]
+        if target_access(cfg, t) != "black-box" or names
     ]
     served = {t: [a.name for a in ap.attacks[t] if a.trains_on == "shadow"] for t in ap.targets}
     jobs += shadow_jobs(cfg, plan, served)

@@ -24,6 +24,7 @@ from raydefense.audit.targets import (
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, TEST, Plan
 from raydefense.defense.dualmd import timestep_owners
+from raydefense.diffusion.backbones import data_shape
 from raydefense.seeding import STREAM_QUALITY, derive_seed
 
 
@@ -75,7 +76,8 @@ def learned_fit_args(
     and score the target's audited rows.
     `name` is the feature column's attack name (a sweep point's `<attack>@<i>`)."""
     f = scored[target][feature_col(name)]
-    shape = tuple(plan.images.shape[1:])
+    c, h, w = (int(x) for x in plan.images.shape[1:])
+    shape = data_shape(cfg.model, (c, h, w))  # latent families' features are latent-shaped
     if attack.trains_on == "calibration":
         mask = audited_rows(plan, target)
         cal = plan.part[mask] != TEST

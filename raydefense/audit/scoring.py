@@ -7,13 +7,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
 
-from raydefense.attacks.base import LearnedAttack, QueryAttack
+from raydefense.attacks.base import (
+    InterfaceAttack,
+    LearnedAttack,
+    QueryAttack,
+    TextBatch,
+    TextQueryAttack,
+)
 from raydefense.audit.grid import resolve_attack
+from raydefense.audit.interface import SamplerInterface
 from raydefense.audit.targets import (
     build_attacks,
     schedule_of,
@@ -21,16 +28,19 @@ from raydefense.audit.targets import (
     shadows_for,
 )
 from raydefense.config import ExperimentConfig
+from raydefense.data.encoded import EncodedRows, read_encoded
 from raydefense.data.plan import CALIBRATION, NONMEMBER, Plan
 from raydefense.data.pool import to_model_range
+from raydefense.data.tables import image_shape
 from raydefense.defense.dualmd import DualMDPipeline, DualMDStepRouter
-from raydefense.diffusion.backbones import load_eps
+from raydefense.diffusion.backbones import data_shape, is_latent, load_eps
+from raydefense.diffusion.backbones.sd import SDCodec
 from raydefense.diffusion.eps import EpsModel, EpsNet, FrozenEps
 from raydefense.diffusion.sampling import sample
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.layout import model_dir
 from raydefense.roster import DUALMD
-from raydefense.seeding import STREAM_QUALITY
+from raydefense.seeding import STREAM_AUDIT_LATENT, STREAM_PROMPTS, STREAM_QUALITY
 from raydefense.storage import Storage
 
 SCORES_COLUMNS = ("target", "attack", "params", "row_id", "is_member", "part", "score")
@@ -94,6 +104,7 @@ class ScoringWorker:
         with_quality: bool = True,
     ) -> None:
         self.cfg, self.schedule, self.device = cfg, schedule_of(cfg), device
+        self.image_shape = image_shape(storage)
         # (output name, attack): the enabled attacks by name, and sweep grid points by their
         # key `<attack>@<index>` (raydefense.audit.grid), each its own attack object.
         self.attacks = [(a.name, a) for a in build_attacks(cfg) if a.name in attacks]
@@ -101,6 +112,10 @@ class ScoringWorker:
             self.attacks += [(k, resolve_attack(cfg, k)) for k in attacks if "@" in k]
         self.with_quality = with_quality
         w = cfg.attacks.weights
+        # Latent families: attacks query latents (a seeded VAE posterior draw per row, as
+        # SecMI-LDM does) conditioned on the row's original caption.
+        self.encoded = read_encoded(storage) if is_latent(cfg.model) else None
+        self._codec: Optional[SDCodec] = None
         self.eps: dict[str, EpsModel] = {
             w: load_target(cfg, storage, model, w, cache_dir, teachers, device)
         }
@@ -112,57 +127,126 @@ class ScoringWorker:
     def __call__(self, images: np.ndarray, row_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Args: images [B, C, H, W] float32 in [-1, 1]; row_ids [B] int64.
         Returns: columns as described in the class docstring."""
-        x0 = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        ids = torch.from_numpy(np.array(row_ids, dtype=np.int64))
         seed = self.cfg.seed
+        x0, cond = self.inputs(images, row_ids)
+        ids = torch.from_numpy(np.array(row_ids, dtype=np.int64))
         cache: dict[tuple[Any, ...], Any] = {}  # shared work between attacks, per batch
         out: dict[str, np.ndarray] = {"row_id": np.asarray(row_ids, dtype=np.int64)}
         w = self.cfg.attacks.weights
         for name, a in self.attacks:
             eps = self.eps[a.weights(w)]
             if isinstance(a, QueryAttack):
-                s = a.score(eps, self.schedule, x0, ids, seed, cache).cpu().numpy()
+                if isinstance(a, TextQueryAttack):
+                    q = a.score_text(eps, self.schedule, x0, ids, seed, self.text_batch(row_ids))
+                elif isinstance(a, InterfaceAttack):
+                    pixels = torch.from_numpy(np.ascontiguousarray(images))
+                    q = a.score_interface(self.interface(eps), pixels, ids, seed, cond)
+                else:
+                    q = a.score(eps, self.schedule, x0, ids, seed, cache, cond=cond)
+                s = q.cpu().numpy()
                 for i in range(s.shape[1]):
                     out[query_col(name, i)] = s[:, i].astype(np.float32)
             elif isinstance(a, LearnedAttack):
                 out[feature_col(name)] = (
-                    a.features(eps, self.schedule, x0, ids, seed, cache)
+                    a.features(eps, self.schedule, x0, ids, seed, cache, cond=cond)
                     .cpu()
                     .numpy()
                     .astype(np.float32)
                 )
         if self.with_quality:
             out[QUALITY_COL] = heldout_eps_mse_rows(
-                self.eps[w], self.schedule, x0, row_ids, seed, self.cfg.sampling.quality_draws
+                self.eps[w], self.schedule, x0, row_ids, seed, self.cfg.sampling.quality_draws, cond
             )
         return out
 
+    def inputs(
+        self, images: np.ndarray, row_ids: np.ndarray
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """What the attacks query with: (x0, cond). Pixel families: (images, None). Latent
+        families: (a seeded posterior draw per row [B, C, h, w], the original caption's
+        embedding [B, L, D])."""
+        if self.encoded is None:
+            return torch.from_numpy(np.ascontiguousarray(images)).to(self.device), None
+        ids = np.asarray(row_ids, dtype=np.int64)
+        x0 = self.encoded.sample_latents(ids, self.cfg.seed, STREAM_AUDIT_LATENT)
+        cond = self.encoded.take(ids).emb[:, 0]
+        return x0.to(self.device), cond.to(self.device)
+
+    def text_batch(self, row_ids: np.ndarray) -> TextBatch:
+        """The captions and text encoder of a latent family's rows (text attacks)."""
+        if self.encoded is None or self.encoded.captions is None:
+            raise ValueError("text attacks need a text-to-image model's encoded captions")
+        enc = self.encoded.take(np.asarray(row_ids, dtype=np.int64))
+        assert enc.captions is not None
+        codec = self.codec()
+        return TextBatch(
+            captions=[c[0] for c in enc.captions],
+            cond=enc.emb[:, 0].to(self.device),
+            null=enc.null.to(self.device),
+            token_ids=codec.token_ids,
+            embed_ids=codec.embed_ids,
+            end_id=codec.end_id,
+        )
+
+    def interface(self, eps: EpsModel) -> SamplerInterface:
+        """The target's public black-box interface (DualMD: its alternating teachers)."""
+        models = eps.teachers if isinstance(eps, DualMDStepRouter) else [eps]
+        c, h, w = self.image_shape
+        latent = self.encoded is not None
+        return SamplerInterface(
+            models,
+            self.schedule,
+            self.cfg.sampling,
+            data_shape(self.cfg.model, (c, h, w)),
+            self.codec() if latent else None,
+            self.encoded.null if self.encoded is not None else None,
+            self.device,
+        )
+
+    def codec(self) -> SDCodec:
+        if self._codec is None:
+            self._codec = SDCodec(self.cfg.model, self.device)
+        return self._codec
+
     def generate(self, n: int, image_shape: tuple[int, ...]) -> np.ndarray:
         """n images from the model's public sampler (DualMD: the alternating pipeline, teacher 1
-        first), seeded by the base seed. -> [n, C, H, W] float32 in [-1, 1]."""
+        first), seeded by the base seed. Text-to-image models are prompted with
+        `generation_prompts` under sampling.guidance_scale and their latents decoded by the
+        VAE. -> [n, C, H, W] float32 in [-1, 1]."""
 
         s, eps = self.cfg.sampling, self.eps[self.cfg.attacks.weights]
-        shape = (n, *image_shape)
+        shape: tuple[int, ...] = (n, *image_shape)
+        cond = uncond = None
+        if self.encoded is not None:
+            c, h, w = (int(x) for x in image_shape)
+            shape = (n, *data_shape(self.cfg.model, (c, h, w)))
+            prompts = generation_prompt_rows(self.encoded, n, self.cfg.seed)
+            cond = self.encoded.take(prompts).emb[:, 0]
+            uncond = self.encoded.null.expand_as(cond)
+        kwargs: dict[str, Any] = {
+            "device": self.device,
+            "cond": cond,
+            "uncond": uncond,
+            "guidance_scale": s.guidance_scale,
+            "clip": self.encoded is None,
+        }
         if isinstance(eps, DualMDStepRouter):
-            return (
-                DualMDPipeline(eps.teachers, self.schedule)
-                .generate(shape, s.sampler, s.num_steps, self.cfg.seed)
-                .cpu()
-                .numpy()
+            pipe = DualMDPipeline(eps.teachers, self.schedule)
+            out = pipe.generate(shape, s.sampler, s.num_steps, self.cfg.seed, **kwargs)
+        else:
+            out = sample(
+                [eps], self.schedule, shape, s.sampler, s.num_steps, self.cfg.seed, **kwargs
             )
-        return (
-            sample(
-                [eps],
-                self.schedule,
-                shape,
-                s.sampler,
-                s.num_steps,
-                self.cfg.seed,
-                device=self.device,
-            )
-            .cpu()
-            .numpy()
-        )
+        if self.encoded is not None:
+            out = self.codec().decode(out)
+        return out.cpu().numpy()
+
+
+def generation_prompt_rows(encoded: EncodedRows, n: int, seed: int) -> np.ndarray:
+    """The rows whose original captions prompt n generated images: a seeded permutation of
+    every encoded row, cycled (prompts carry no membership signal by their choice). -> [n]."""
+    order = np.random.default_rng([seed, STREAM_PROMPTS]).permutation(encoded.row_id)
+    return np.resize(order, n)
 
 
 @torch.no_grad()
@@ -173,9 +257,11 @@ def heldout_eps_mse_rows(
     row_ids: np.ndarray,
     seed: int,
     draws: int,
+    cond: Optional[torch.Tensor] = None,
 ) -> np.ndarray:
     """Per-row eps-prediction MSE, t ~ U{0..T-1} and noise seeded per (row, draw): averaged over
-    held-out rows it is a model's denoising utility on unseen data (lower is better). -> [B]."""
+    held-out rows it is a model's denoising utility on unseen data (lower is better). cond:
+    [B, L, D] text embeddings (text-to-image), else None. -> [B]."""
     T = schedule.num_train_timesteps
     total = np.zeros(len(row_ids))
     for d in range(draws):
@@ -186,7 +272,8 @@ def heldout_eps_mse_rows(
             noise.append(rng.standard_normal(tuple(x0.shape[1:]), dtype=np.float32))
         t = torch.tensor(ts, dtype=torch.long, device=x0.device)
         n = torch.from_numpy(np.stack(noise)).to(x0.device)
-        err = (eps(schedule.q_sample(x0.float(), t, n), t).float() - n).pow(2).flatten(1).mean(1)
+        pred = eps(schedule.q_sample(x0.float(), t, n), t, cond).float()
+        err = (pred - n).pow(2).flatten(1).mean(1)
         total += err.cpu().numpy()
     return (total / draws).astype(np.float32)
 
@@ -202,19 +289,30 @@ def validation_rows(plan: Plan, n: int) -> np.ndarray:
 
 
 def heldout_validator(
-    plan: Plan, schedule: NoiseSchedule, n: int, seed: int
+    plan: Plan,
+    schedule: NoiseSchedule,
+    n: int,
+    seed: int,
+    encoded: Optional[EncodedRows] = None,
 ) -> Callable[[EpsNet], dict[str, float]]:
     """A training-loop hook: net (EMA weights) -> {"val_eps_mse": mean held-out eps-MSE on
     `validation_rows(plan, n)`}, one seeded (t, noise) draw per row, so successive reports
-    of one fit (and fits of different trials) are measured on identical inputs."""
+    of one fit (and fits of different trials) are measured on identical inputs. `encoded`:
+    a latent family's encoded rows (latents and original captions are validated instead)."""
 
     mask = validation_rows(plan, n)
-    x0 = torch.from_numpy(to_model_range(plan.images[mask]))
     ids = plan.row_id[mask]
+    cond: Optional[torch.Tensor] = None
+    if encoded is None:
+        x0 = torch.from_numpy(to_model_range(plan.images[mask]))
+    else:
+        x0 = encoded.sample_latents(ids, seed, STREAM_AUDIT_LATENT)
+        cond = encoded.take(ids).emb[:, 0]
 
     def validate(net: EpsNet) -> dict[str, float]:
         dev = next(net.parameters()).device
-        mse = heldout_eps_mse_rows(FrozenEps(net), schedule, x0.to(dev), ids, seed, 1)
+        c = None if cond is None else cond.to(dev)
+        mse = heldout_eps_mse_rows(FrozenEps(net), schedule, x0.to(dev), ids, seed, 1, c)
         return {"val_eps_mse": float(mse.mean())}
 
     return validate

@@ -24,6 +24,7 @@ from raydefense.attacks.base import AccessError, Attack, check_access
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, NONMEMBER, Plan
 from raydefense.defense.dualmd import timestep_owners
+from raydefense.diffusion.backbones import is_latent
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import ConfigError
 from raydefense.roster import (
@@ -54,6 +55,11 @@ def build_attacks(cfg: ExperimentConfig) -> list[Attack]:
         if section is None:
             raise ConfigError(f"attack {name!r} has no config section attacks.{name}")
         attack = cls(section, cfg.model.num_train_timesteps)
+        if attack.text_only and not is_latent(cfg.model):
+            raise ConfigError(
+                f"attack {name!r} needs captions: it attacks text-to-image models "
+                "(model.kind=sd); drop it from attacks.enabled"
+            )
         if attack.trains_on == "shadow" and cfg.attacks.shadow.num_models < 1:
             raise ConfigError(
                 f"attack {name!r} learns from shadow models; set "
@@ -256,4 +262,4 @@ def training_rows(plan: Plan, target: str) -> np.ndarray:
 
 
 def schedule_of(cfg: ExperimentConfig) -> NoiseSchedule:
-    return NoiseSchedule(cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end)
+    return NoiseSchedule.of(cfg.model)

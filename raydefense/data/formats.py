@@ -28,8 +28,9 @@ import io
 import math
 import os
 import pickle
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")  # imagefolder captions
 GRAYSCALE_MODES = ("L", "1")
 STL10_SIDE = 96
 STL10_IMAGE_BYTES = 3 * STL10_SIDE * STL10_SIDE
@@ -307,7 +309,8 @@ def load_imagefolder(cfg: DataConfig) -> ImagePool:
     without images are skipped) and loose images beside them are an error. Otherwise the images
     directly in data.root form an unlabeled pool, sorted by name. Names starting with '.' or '_'
     are ignored. Channels: 1 (grayscale) only if every image is PIL mode 'L' or '1'; otherwise
-    every image is converted to RGB (alpha dropped).
+    every image is converted to RGB (alpha dropped). Captions: from data.root/metadata.jsonl or
+    metadata.csv when there is one (see _metadata_captions), else None.
     """
     root = _root(cfg, "a folder of images")
     if not root.is_dir():
@@ -338,6 +341,7 @@ def load_imagefolder(cfg: DataConfig) -> ImagePool:
             f"data.root {cfg.root!r} holds no images ({'/'.join(IMAGE_EXTENSIONS)}), "
             "neither directly nor in class subfolders"
         )
+    captions = _metadata_captions(root, cfg, paths)
     images = _decode(
         len(paths),
         _open_file(paths),
@@ -345,7 +349,134 @@ def load_imagefolder(cfg: DataConfig) -> ImagePool:
         cfg.resolution,
         keep_grayscale=True,
     )
-    return ImagePool(images=images, labels=labels, name="imagefolder")
+    return ImagePool(images=images, labels=labels, name="imagefolder", captions=captions)
+
+
+def _read_metadata(path: Path) -> list[tuple[int, dict[str, object]]]:
+    """(line number, record) per row of a metadata.jsonl or metadata.csv; a CSV cell that holds a
+    JSON list of strings is decoded to that list."""
+    import csv
+    import json
+
+    rows: list[tuple[int, dict[str, object]]] = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            if path.suffix == ".jsonl":
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{str(path)!r} line {line_no} is not JSON: {e}") from None
+                    if not isinstance(rec, dict):
+                        raise DataError(
+                            f"{str(path)!r} line {line_no} is not a JSON object "
+                            '(expected {"file_name": ..., "text": ...})'
+                        )
+                    rows.append((line_no, rec))
+            else:
+                reader = csv.DictReader(f)
+                for rec in reader:
+                    out: dict[str, object] = {}
+                    for k, v in rec.items():
+                        if k is None or v is None or v == "":
+                            continue  # extra cells / missing or empty cells: no value
+                        out[k] = _json_list(v)
+                    rows.append((reader.line_num, out))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{str(path)!r} is not readable: {e}") from None
+    return rows
+
+
+def _json_list(value: str) -> object:
+    """A CSV cell: a JSON list of strings becomes that list, anything else stays the string."""
+    import json
+
+    if value.startswith("[") and value.rstrip().endswith("]"):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, list) and all(isinstance(c, str) for c in decoded):
+            return decoded
+    return value
+
+
+def _metadata_captions(
+    root: Path, cfg: DataConfig, paths: Sequence[Path]
+) -> Optional[list[list[str]]]:
+    """Captions of an image folder from data.root/metadata.jsonl or metadata.csv (the
+    diffusers/datasets imagefolder convention), or None without a metadata file.
+
+    Each row names an image by `file_name` (relative to data.root, forward slashes) and gives its
+    caption in data.caption_column (default 'text'): a string or a list of strings (in a CSV cell,
+    a JSON list). Several rows with one file_name give several captions; the first row's first
+    caption is the original. data.extra_caption_column (optional) adds extra captions after them.
+    Every image needs a row and every row an image, else DataError.
+    """
+    found = [root / n for n in METADATA_FILES if (root / n).is_file()]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise DataError(
+            f"data.root {cfg.root!r} holds both {' and '.join(f.name for f in found)}; "
+            "keep one of them"
+        )
+    meta = found[0]
+    key = cfg.caption_column or "text"
+    names = [p.relative_to(root).as_posix() for p in paths]
+    known = set(names)
+    originals: dict[str, list[str]] = defaultdict(list)
+    extras: dict[str, list[str]] = defaultdict(list)
+    for line_no, rec in _read_metadata(meta):
+        where = f"{meta.name} line {line_no}"
+        fname = rec.get("file_name")
+        if not isinstance(fname, str) or not fname:
+            raise DataError(
+                f"{where} in data.root {cfg.root!r} has no file_name; every row names its "
+                "image by file_name (relative to data.root)"
+            )
+        fname = PurePosixPath(fname.replace("\\", "/")).as_posix()
+        if fname not in known:
+            raise DataError(
+                f"{where} in data.root {cfg.root!r} names {fname!r}, which is not an image "
+                "there (missing, hidden or not an image file); fix the file_name or drop the row"
+            )
+        caps = _metadata_value(rec.get(key), where, key)
+        if not caps:
+            raise DataError(
+                f"{where} in data.root {cfg.root!r} has no caption {key!r} for {fname!r}; every "
+                "image needs one (set data.caption_column if the column has another name)"
+            )
+        originals[fname] += caps
+        if cfg.extra_caption_column is not None:
+            extras[fname] += _metadata_value(
+                rec.get(cfg.extra_caption_column), where, cfg.extra_caption_column
+            )
+    missing = [n for n in names if n not in originals]
+    if missing:
+        more = f" (and {len(missing) - 1} more images)" if len(missing) > 1 else ""
+        raise DataError(
+            f"image {missing[0]!r} in data.root {cfg.root!r} has no caption in {meta.name}"
+            f"{more}; add a row with file_name {missing[0]!r} and its {key!r} for every image, "
+            "or remove the image"
+        )
+    return [originals[n] + extras[n] for n in names]
+
+
+def _metadata_value(value: object, where: str, key: str) -> list[str]:
+    """A metadata caption value -> its captions (none for a missing/null value)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(c, str) for c in value):
+        return list(value)
+    raise DataError(
+        f"{where}: {key!r} is {type(value).__name__} {value!r:.60}; expected a caption string "
+        "or a list of strings"
+    )
 
 
 # ----------------------------------------------------------------------------- parquet
@@ -432,6 +563,54 @@ def _raw_pixels(col: pa.ChunkedArray, root: str, name: str) -> np.ndarray:
     )
 
 
+def _check_extra_caption_column(cfg: DataConfig) -> None:
+    if cfg.extra_caption_column is not None and cfg.caption_column is None:
+        raise DataError(
+            f"data.extra_caption_column={cfg.extra_caption_column!r} adds captions after each "
+            "image's original one, but data.caption_column (the original captions) is not set; "
+            "set data.caption_column"
+        )
+
+
+def _caption_column(
+    col: pa.ChunkedArray, cfg: DataConfig, name: str, extra: bool = False
+) -> list[list[str]]:
+    """A string or list<string> caption column -> one list of captions per row.
+
+    Original captions (extra=False): a null value or an empty list is an error naming the row.
+    Extra captions: a null value gives no extras. A null string inside a list is always an error.
+    """
+    import pyarrow as pa
+
+    kind = col.type
+    setting = "data.extra_caption_column" if extra else "data.caption_column"
+    is_str = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    is_list = (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    ) and (pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type))
+    if not (is_str or is_list):
+        raise DataError(
+            f"parquet {cfg.root!r}: caption column {name!r} is {kind}, not strings or "
+            f"list<string>; set {setting} to a caption column"
+        )
+    out: list[list[str]] = []
+    for row, value in enumerate(col.to_pylist()):
+        caps = [] if value is None else [value] if is_str else value
+        if not extra and not caps:
+            raise DataError(
+                f"parquet {cfg.root!r}: caption column {name!r} row {row} is "
+                f"{'null' if value is None else 'an empty list'}: every image needs a caption; "
+                "fill it in, drop the row, or set data.caption_column=null"
+            )
+        if any(c is None for c in caps):
+            raise DataError(
+                f"parquet {cfg.root!r}: caption column {name!r} row {row} holds a null "
+                "caption; remove it or fill it in"
+            )
+        out.append(list(caps))
+    return out
+
+
 @DATASETS.register("parquet")
 def load_parquet(cfg: DataConfig) -> ImagePool:
     """A table (a .parquet file, or a folder of them read in sorted path order) with one image
@@ -440,8 +619,15 @@ def load_parquet(cfg: DataConfig) -> ImagePool:
     data.image_column holds either encoded image bytes (binary / large_binary, or a struct with a
     'bytes' field as Hugging Face datasets write it; any format PIL reads, PNG/JPEG included;
     channel rule as for imagefolder) or raw integer pixels (see _raw_pixels). data.label_column
-    (default 'label'; unlabeled when that default column is absent) holds integer labels;
-    data.caption_column (optional) holds strings, kept in ImagePool.captions (nulls become '').
+    (default 'label'; unlabeled when that default column is absent) holds integer labels.
+
+    Captions (ImagePool.captions, one list per image): data.caption_column (optional) is a string
+    column (one caption per image) or a list<string> column (several; the first is the original);
+    a null or empty value is an error, since every image then needs a caption. A Hugging Face
+    datasets export (image struct {bytes, path}, captions in `text`, e.g.
+    lambdalabs/pokemon-blip-captions) loads as is with data.caption_column=text.
+    data.extra_caption_column (needs data.caption_column) is a string or list<string> column whose
+    captions are appended after the original ones (a null row adds none).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -472,8 +658,18 @@ def load_parquet(cfg: DataConfig) -> ImagePool:
             f"parquet {cfg.root!r} has no column {cfg.caption_column!r} (columns: "
             f"{', '.join(names)}); set data.caption_column, or null for no captions"
         )
+    _check_extra_caption_column(cfg)
+    if cfg.extra_caption_column is not None and cfg.extra_caption_column not in names:
+        raise DataError(
+            f"parquet {cfg.root!r} has no column {cfg.extra_caption_column!r} (columns: "
+            f"{', '.join(names)}); set data.extra_caption_column, or null for no extra captions"
+        )
     wanted = list(
-        dict.fromkeys(c for c in (cfg.image_column, label_col, cfg.caption_column) if c is not None)
+        dict.fromkeys(
+            c
+            for c in (cfg.image_column, label_col, cfg.caption_column, cfg.extra_caption_column)
+            if c is not None
+        )
     )
     table = dataset.to_table(columns=wanted)  # fragments in the order given, rows in file order
     if table.num_rows == 0:
@@ -491,13 +687,12 @@ def load_parquet(cfg: DataConfig) -> ImagePool:
         labels = lab.to_numpy().astype(np.int64)
     captions = None
     if cfg.caption_column is not None:
-        cap = table.column(cfg.caption_column)
-        if not (pa.types.is_string(cap.type) or pa.types.is_large_string(cap.type)):
-            raise DataError(
-                f"parquet {cfg.root!r}: caption column {cfg.caption_column!r} is "
-                f"{cap.type}, not strings"
+        captions = _caption_column(table.column(cfg.caption_column), cfg, cfg.caption_column)
+        if cfg.extra_caption_column is not None:
+            extras = _caption_column(
+                table.column(cfg.extra_caption_column), cfg, cfg.extra_caption_column, extra=True
             )
-        captions = [c if c is not None else "" for c in cap.to_pylist()]
+            captions = [c + e for c, e in zip(captions, extras)]
 
     col = table.column(cfg.image_column)
     kind = col.type

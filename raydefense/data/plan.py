@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydefense.config import DataConfig
-from raydefense.data.pool import ImagePool
+from raydefense.data.pool import ImagePool, check_caption_lists
 from raydefense.errors import DataError, SplitOverlapError
 from raydefense.roster import (
     SHADOW_ROLES,
@@ -48,6 +48,7 @@ class Plan:
     (see model_names). shadow_train / shadow_heldout: [S, R] bool per shadow draw j, the rows its
     shadow models learn from (split into K shards for its teachers) and the rows drawn with them
     that none of them trains on (their non-members when an attack learns from them).
+    captions: None, or per row its pool image's captions (index 0 = the original caption).
     """
 
     row_id: np.ndarray
@@ -63,8 +64,11 @@ class Plan:
     shadow_train: Optional[np.ndarray] = None
     duplicates_dropped: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    captions: Optional[list[list[str]]] = None
 
     def __post_init__(self) -> None:
+        if self.captions is not None:
+            check_caption_lists(self.captions, len(self.row_id), "Plan.captions")
         if self.shadow_heldout is None:
             self.shadow_heldout = np.zeros((0, len(self.row_id)), dtype=bool)
         if self.shadow_train is None:
@@ -134,22 +138,29 @@ class Plan:
             "image_shape": list(self.images.shape[1:]),
             "duplicates_dropped": self.duplicates_dropped,
             **self.meta,
+            **(
+                {"captions_per_image": [min(map(len, self.captions)), max(map(len, self.captions))]}
+                if self.captions
+                else {}
+            ),
         }
 
     def to_table(self) -> pa.Table:
-        """The rows table written as Parquet (image = raw uint8 bytes, C*H*W per row)."""
+        """The rows table written as Parquet (image = raw uint8 bytes, C*H*W per row; captions =
+        list<string>, a column only when the plan has captions)."""
         flat = self.images.reshape(len(self.images), -1)
-        return pa.table(
-            {
-                "row_id": pa.array(self.row_id, pa.int64()),
-                "hash": pa.array(self.hash, pa.string()),
-                "split": pa.array(self.split.tolist(), pa.string()),
-                "shard": pa.array(self.shard, pa.int16()),
-                "part": pa.array(self.part.tolist(), pa.string()),
-                "label": pa.array(self.label, pa.int64()),
-                "image": pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1])),
-            }
-        )
+        cols = {
+            "row_id": pa.array(self.row_id, pa.int64()),
+            "hash": pa.array(self.hash, pa.string()),
+            "split": pa.array(self.split.tolist(), pa.string()),
+            "shard": pa.array(self.shard, pa.int16()),
+            "part": pa.array(self.part.tolist(), pa.string()),
+            "label": pa.array(self.label, pa.int64()),
+            "image": pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1])),
+        }
+        if self.captions is not None:
+            cols["captions"] = pa.array(self.captions, pa.list_(pa.string()))
+        return pa.table(cols)
 
     def membership_table(self) -> pa.Table:
         cols = {"row_id": pa.array(self.row_id, pa.int64())}
@@ -314,6 +325,7 @@ def make_plan(
 
     keep, dropped = _check_duplicates(hashes, split, shard, cfg.on_duplicate)
     row_id, split, shard, images = row_id[keep], split[keep], shard[keep], images[keep]
+    captions = None if pool.captions is None else [list(pool.captions[i]) for i in row_id]
     hashes = [hashes[i] for i in np.flatnonzero(keep)]
     keep_shadow = keep[len(keep) - len(shadow_rows) :]
     shadow_train, shadow_held = shadow_train[:, keep_shadow], shadow_held[:, keep_shadow]
@@ -367,9 +379,62 @@ def make_plan(
             "split_file": cfg.split_file,
             "shadow_roles": list(shadow_roles) if num_shadows else [],
         },
+        captions=captions,
     )
     validate_plan(plan)
+    if captions is not None and cfg.prompt_diversification:
+        check_captions(cfg, plan, needs_captions=False)
     return plan
+
+
+def check_captions(
+    cfg: DataConfig,
+    pool_or_plan_captions: ImagePool | Plan | list[list[str]] | None,
+    needs_captions: bool,
+) -> None:
+    """Check that the captions suit the config (one-line DataError otherwise).
+
+    `pool_or_plan_captions`: an ImagePool, a Plan (errors then name the row and its pool index),
+    or their captions (None = no captions). Errors: `needs_captions` (a text-conditioned model)
+    and there are no captions; data.prompt_diversification with no captions, or with an image
+    that has only its original caption (the first one is named).
+    """
+    row_id: Optional[np.ndarray] = None
+    if isinstance(pool_or_plan_captions, Plan):
+        captions, row_id = pool_or_plan_captions.captions, pool_or_plan_captions.row_id
+    elif isinstance(pool_or_plan_captions, ImagePool):
+        captions = pool_or_plan_captions.captions
+    else:
+        captions = pool_or_plan_captions
+    if captions is None:
+        if needs_captions:
+            raise DataError(
+                f"data.source={cfg.source!r} gives no captions; a text-conditioned model needs "
+                "them: set data.caption_column (parquet), add a metadata.jsonl/metadata.csv with "
+                "file_name and text to data.root (imagefolder), or use data.source=digits_captioned"
+            )
+        if cfg.prompt_diversification:
+            raise DataError(
+                f"data.prompt_diversification=true but data.source={cfg.source!r} gives no "
+                "captions to draw from; set data.caption_column (and extra captions), or set "
+                "data.prompt_diversification=false"
+            )
+        return
+    if cfg.prompt_diversification:
+        single = next((i for i, caps in enumerate(captions) if len(caps) < 2), None)
+        if single is not None:
+            where = (
+                f"plan row {single} (pool index {int(row_id[single])})"
+                if row_id is not None
+                else f"pool index {single}"
+            )
+            caps = captions[single]
+            has = f"only its original caption ({caps[0]!r:.60})" if caps else "no caption"
+            raise DataError(
+                f"data.prompt_diversification=true but {where} has {has}; supply extra "
+                "captions (several per image, or data.extra_caption_column), or set "
+                "data.prompt_diversification=false"
+            )
 
 
 def _draw_shadows(
@@ -516,6 +581,7 @@ def plan_from_tables(
         ).astype(bool),
         shadow_heldout=_draw_columns(shadow_draws, "heldout"),
         shadow_train=_draw_columns(shadow_draws, "train"),
+        captions=d["captions"] if "captions" in d else None,
     )
     validate_plan(plan)
     return plan

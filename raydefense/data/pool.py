@@ -20,22 +20,39 @@ from raydefense.registry import Registry
 class ImagePool:
     """All candidate images of a dataset, in the dataset's canonical order (split files index it).
 
-    images: [N, C, H, W] uint8 in [0, 255]. labels: [N] int64 or None. captions: N strings or
-    None (text that came with the images, e.g. a parquet caption column).
+    images: [N, C, H, W] uint8 in [0, 255]. labels: [N] int64 or None. captions: None (no text
+    came with the images), or one non-empty list of strings per image: index 0 is the image's
+    original caption, the rest are extra captions (prompt diversification, paper section 3.1;
+    e.g. BLIP captions stored beside the original).
     """
 
     images: np.ndarray
     labels: Optional[np.ndarray]
     name: str
-    captions: Optional[list[str]] = None
+    captions: Optional[list[list[str]]] = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
             raise ValueError("ImagePool.images must be uint8 [N, C, H, W]")
         if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError("ImagePool.labels must have one entry per image")
-        if self.captions is not None and len(self.captions) != len(self.images):
-            raise ValueError("ImagePool.captions must have one entry per image")
+        if self.captions is not None:
+            check_caption_lists(self.captions, len(self.images), "ImagePool.captions")
+
+
+def check_caption_lists(captions: object, n: int, what: str) -> None:
+    """ValueError unless `captions` is a list of n non-empty lists of strings."""
+    if not isinstance(captions, list) or len(captions) != n:
+        raise ValueError(f"{what} must be a list with one list of captions per image ({n})")
+    for i, caps in enumerate(captions):
+        if not isinstance(caps, list) or not caps:
+            raise ValueError(
+                f"{what}[{i}] is {type(caps).__name__} {caps!r:.60}; each image needs a "
+                "non-empty list of captions (index 0 = its original caption)"
+            )
+        for c in caps:
+            if not isinstance(c, str):
+                raise ValueError(f"{what}[{i}] holds {type(c).__name__} {c!r:.60}, not a str")
 
 
 DATASETS: Registry[Callable[[DataConfig], ImagePool]] = Registry("dataset")

@@ -1,6 +1,7 @@
 """The Parquet tables of an experiment (paths in `raydefense.layout`) and their typed readers.
 
-rows: row_id, hash, split, shard, part, label, image (uint8 bytes). membership: row_id + one bool
+rows: row_id, hash, split, shard, part, label, image (uint8 bytes), and captions (list<string>,
+index 0 = the original caption) only when the source has captions. membership: row_id + one bool
 column per trained model. shadow_draws: row_id + shadow_j:train, shadow_j:heldout per draw.
 soft targets: row_id, draw, shard, t, teachers, x_t and target (float32 bytes). scores: target,
 attack, params, row_id, is_member, part, score.
@@ -15,9 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from raydefense.data.encoded import EncodedRows
 from raydefense.data.examples import ImageData, SoftTargetData
 from raydefense.data.plan import Plan, plan_from_tables
 from raydefense.data.pool import to_model_range
+from raydefense.errors import DataError
 from raydefense.layout import (
     MEMBERSHIP,
     PLAN_JSON,
@@ -70,9 +73,14 @@ def encode_float_rows(arr: np.ndarray) -> list[bytes]:
 
 
 def read_soft_targets(
-    storage: Storage, shape: tuple[int, int, int], student: str = STUDENT
+    storage: Storage,
+    shape: tuple[int, int, int],
+    student: str = STUDENT,
+    encoded: Optional[EncodedRows] = None,
 ) -> SoftTargetData:
-    """A student's soft targets (all files of soft_targets_dir(student)), ordered by (row, draw)."""
+    """A student's soft targets (all files of soft_targets_dir(student)), ordered by (row, draw).
+    shape: (C, H, W) of x_t (a latent family's latent shape). encoded: a latent family's encoded
+    rows, whence each target's condition (the embedding of its `caption`)."""
     rel = soft_targets_dir(student)
     files = [f for f in storage.listdir(rel) if f.endswith(".parquet")]
     table = pa.concat_tables(
@@ -90,4 +98,17 @@ def read_soft_targets(
         t=torch.from_numpy(table.column("t").to_numpy().astype(np.int64)),
         target=floats("target"),
         group=torch.from_numpy(table.column("shard").to_numpy().astype(np.int64)),
+        cond=None if encoded is None else _conditions(table, encoded),
     )
+
+
+def _conditions(table: pa.Table, encoded: EncodedRows) -> torch.Tensor:
+    """[N, L, D]: the embedding of each soft target's (row, caption)."""
+    if "caption" not in table.column_names:
+        raise DataError(
+            "the soft targets carry no caption column (written for an unconditional model); "
+            "rerun distill with --force distill"
+        )
+    pos = torch.from_numpy(encoded.positions(table.column("row_id").to_numpy()))
+    caption = torch.from_numpy(table.column("caption").to_numpy().astype(np.int64))
+    return encoded.emb[pos, caption]

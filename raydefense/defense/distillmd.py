@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -81,6 +81,17 @@ def assigned_teachers(
     return used
 
 
+def draw_latent_caption(
+    seed: int, row_id: int, draw: int, shape: tuple[int, ...], n_captions: int, diversify: bool
+) -> tuple[np.ndarray, int]:
+    """Latent families, per (row, draw): the VAE posterior's standard-normal draw [C, h, w] and
+    the caption used (uniform over the row's captions under prompt diversification, else 0),
+    from a stream apart from draw_t_noise's."""
+    rng = np.random.default_rng([seed, row_id, STREAM_SOFT_TARGET, draw, 1])
+    z = rng.standard_normal(shape, dtype=np.float32)
+    return z, int(rng.integers(n_captions)) if diversify else 0
+
+
 def draw_t_noise(
     seed: int, row_id: int, draw: int, num_timesteps: int, shape: tuple[int, ...]
 ) -> tuple[int, np.ndarray]:
@@ -112,6 +123,7 @@ class SoftTargetLabeller:
         device: torch.device | str = "cpu",
         max_batch: int = 4096,
         teacher_assignment: TeacherAssignment = "mean",
+        diversify: bool = False,
     ) -> None:
         if teacher_assignment not in TEACHER_ASSIGNMENTS:
             raise ValueError(
@@ -126,18 +138,24 @@ class SoftTargetLabeller:
         self.seed = seed
         self.device = device
         self.max_batch = max_batch
+        self.diversify = diversify
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Args:
-            batch: "row_id" [B] int64, "shard" [B], "image" [B, C, H, W] float32 in [-1, 1].
+            batch: "row_id" [B] int64, "shard" [B], and either "image" [B, C, H, W] float32 in
+                [-1, 1] (pixel families) or, for latent text-to-image families, "latent_mean"
+                and "latent_std" [B, C, h, w], "emb" [B, K, L, D] (each row's caption
+                embeddings) and "n_captions" [B].
         Returns:
             B * draws rows: "row_id", "draw", "shard" [N]; "t" [N] int64; "x_t", "target"
             [N, C, H, W] float32; "teachers" [N] str (comma-joined names of the teachers whose
-            eps was averaged into the target, i.e. that actually labelled the row).
+            eps was averaged into the target, i.e. that actually labelled the row); latent
+            families also "caption" [N] int64, the caption the target is conditioned on.
         """
         row_ids = np.asarray(batch["row_id"], dtype=np.int64)
-        images = np.asarray(batch["image"], dtype=np.float32)
-        shape = images.shape[1:]
+        latent = "latent_mean" in batch
+        source = np.asarray(batch["latent_mean" if latent else "image"], dtype=np.float32)
+        shape = source.shape[1:]
         T = self.schedule.num_train_timesteps
         names = sorted(self.teachers)
         n = len(row_ids) * self.draws
@@ -150,7 +168,26 @@ class SoftTargetLabeller:
             t_all[i], noise[i] = draw_t_noise(
                 self.seed, int(out_row[i]), int(out_draw[i]), T, shape
             )
-        x0 = torch.from_numpy(np.repeat(images, self.draws, axis=0))
+        x0 = torch.from_numpy(np.repeat(source, self.draws, axis=0))
+        cond: Optional[torch.Tensor] = None
+        caption = np.zeros(n, dtype=np.int64)
+        if latent:
+            # x0 = a posterior draw per (row, draw); the target is conditioned on one caption.
+            std = torch.from_numpy(np.repeat(np.asarray(batch["latent_std"]), self.draws, axis=0))
+            n_caps = np.repeat(np.asarray(batch["n_captions"]), self.draws)
+            z = np.empty((n, *shape), dtype=np.float32)
+            for i in range(n):
+                z[i], caption[i] = draw_latent_caption(
+                    self.seed,
+                    int(out_row[i]),
+                    int(out_draw[i]),
+                    shape,
+                    int(n_caps[i]),
+                    self.diversify,
+                )
+            x0 = x0 + std * torch.from_numpy(z)
+            emb = torch.from_numpy(np.asarray(batch["emb"], dtype=np.float32))
+            cond = emb[torch.arange(n) // self.draws, torch.from_numpy(caption)]
         x_t = self.schedule.q_sample(x0, torch.from_numpy(t_all), torch.from_numpy(noise))
 
         # Group items by the teachers that label them (for "mean", one group per shard with K
@@ -175,10 +212,11 @@ class SoftTargetLabeller:
             idx = torch.tensor(items, dtype=torch.long)
             xs, ts = x_t[idx], torch.from_numpy(t_all)[idx]
             acc = torch.zeros_like(xs)
+            cs = None if cond is None else cond[idx]
             for name in group:
-                acc += self._eps(self.teachers[name], xs, ts)
+                acc += self._eps(self.teachers[name], xs, ts, cs)
             target[idx] = acc / len(group)
-        return {
+        out = {
             "row_id": out_row,
             "draw": out_draw,
             "shard": out_shard,
@@ -187,11 +225,22 @@ class SoftTargetLabeller:
             "target": target.numpy(),
             "teachers": np.repeat(labelled_by, self.draws).astype(str),
         }
+        if latent:
+            out["caption"] = caption
+        return out
 
     @torch.no_grad()
-    def _eps(self, model: EpsModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _eps(
+        self,
+        model: EpsModel,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         parts = []
         for s in range(0, len(x), self.max_batch):
-            xs = x[s : s + self.max_batch].to(self.device)
-            parts.append(model(xs, t[s : s + self.max_batch].to(self.device)).float().cpu())
+            sl = slice(s, s + self.max_batch)
+            xs, ts = x[sl].to(self.device), t[sl].to(self.device)
+            out = model(xs, ts) if cond is None else model(xs, ts, cond[sl].to(self.device))
+            parts.append(out.float().cpu())
         return torch.cat(parts)

@@ -32,9 +32,29 @@ class DualMDPipeline:
         sampler: Literal["ddim", "ddpm"] = "ddim",
         num_steps: int = 50,
         seed: int = 0,
+        device: torch.device | str = "cpu",
+        cond: Optional[torch.Tensor] = None,
+        uncond: Optional[torch.Tensor] = None,
+        guidance_scale: float = 1.0,
+        clip: bool = True,
     ) -> torch.Tensor:
-        """[N, C, H, W] images in [-1, 1]; no intermediate states are exposed."""
-        return sample(self._teachers, self._schedule, shape, sampler, num_steps, seed)
+        """[N, C, H, W] images in [-1, 1] (latents for a latent family: clip=False); no
+        intermediate states are exposed. With classifier-free guidance both the conditional
+        and the unconditional prediction of a step come from that step's teacher (one batched
+        call), teacher 1 first."""
+        return sample(
+            self._teachers,
+            self._schedule,
+            shape,
+            sampler,
+            num_steps,
+            seed,
+            device,
+            cond=cond,
+            uncond=uncond,
+            guidance_scale=guidance_scale,
+            clip=clip,
+        )
 
 
 def timestep_owners(schedule: NoiseSchedule, num_steps: int, num_teachers: int) -> torch.Tensor:

@@ -7,33 +7,49 @@ is called with the same integer t in {0..T-1} that indexes the schedule (spec/at
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from raydefense.config import ModelConfig
+
+BetaSchedule = Literal["linear", "scaled_linear"]
 
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """Linear-beta DDPM schedule. Betas and the cumulative product are built in float64 and cast
-    to float32 (bit-faithful to the official attack code)."""
+    """DDPM schedule: linear betas (Ho et al.), or "scaled_linear" (Stable Diffusion's: betas
+    linear in sqrt(beta), then squared). Betas and the cumulative product are built in float64
+    and cast to float32 (bit-faithful to the official attack code)."""
 
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    beta_schedule: BetaSchedule = "linear"
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> NoiseSchedule:
+        """The schedule `model.*` configures (num_train_timesteps, beta_*)."""
+        return cls(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule)
+
+    def _betas64(self) -> torch.Tensor:
+        T = self.num_train_timesteps
+        if self.beta_schedule == "scaled_linear":
+            return (
+                torch.linspace(self.beta_start**0.5, self.beta_end**0.5, T, dtype=torch.float64)
+                ** 2
+            )
+        return torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float64)
 
     @property
     def betas(self) -> torch.Tensor:
         """[T] float32."""
-        return torch.linspace(
-            self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64
-        ).float()
+        return self._betas64().float()
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         """[T] float32, decreasing from 1 - beta_0 towards 0."""
-        betas = torch.linspace(
-            self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64
-        )
-        return torch.cumprod(1.0 - betas, dim=0).float()
+        return torch.cumprod(1.0 - self._betas64(), dim=0).float()
 
     def abar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """alphas_cumprod at t, shaped [B, 1, 1, 1] (or scalar) on like's device/dtype."""
@@ -83,9 +99,11 @@ class NoiseSchedule:
         t: int,
         t_prev: int,
         generator: torch.Generator | None = None,
+        clip: bool = True,
     ) -> torch.Tensor:
         """Ancestral step t -> t_prev (t_prev = -1 means the final clean output), posterior
-        variance ("fixedsmall"), generalised to strided timesteps."""
+        variance ("fixedsmall"), generalised to strided timesteps; x0_hat clipped to [-1, 1]
+        when clip (pixel models)."""
         a_t = self.abar(t, x_t)
         a_prev = (
             self.abar(t_prev, x_t)
@@ -93,7 +111,9 @@ class NoiseSchedule:
             else torch.ones((), dtype=x_t.dtype, device=x_t.device)
         )
         beta_t = 1.0 - a_t / a_prev
-        x0 = self.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+        x0 = self.predict_x0(x_t, t, eps)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
         mean = (a_prev.sqrt() * beta_t / (1.0 - a_t)) * x0 + (
             (1.0 - beta_t).sqrt() * (1.0 - a_prev) / (1.0 - a_t)
         ) * x_t

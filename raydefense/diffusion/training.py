@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from raydefense.config import ModelConfig, TrainConfig
-from raydefense.data.examples import ImageData, SoftTargetData, TrainData
+from raydefense.data.examples import ImageData, LatentData, SoftTargetData, TrainData
 from raydefense.diffusion.backbones import backbone_of, load_net
 from raydefense.diffusion.checkpoint import load_state, save_checkpoint
 from raydefense.diffusion.ema import EMA
@@ -118,21 +118,36 @@ class BatchSource:
         )
         return torch.rand(self.local_batch, generator=g) < 0.5
 
-    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
-        if isinstance(self.data, ImageData):
+    def batch(self, step: int) -> tuple[Optional[torch.Tensor], ...]:
+        """(x0, t, noise, cond) for images and latents (cond None for images); (x_t, t,
+        soft target, cond) for soft targets."""
+        if isinstance(self.data, (ImageData, LatentData)):
             g = torch.Generator().manual_seed(
                 derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step)
             )
-            n = len(self.data.images)
+            n = len(self.data.images if isinstance(self.data, ImageData) else self.data.mean)
             idx = torch.randint(n, (self.local_batch,), generator=g)
             t = torch.randint(self.schedule.num_train_timesteps, (self.local_batch,), generator=g)
-            x0 = self.data.images[idx]
-            return x0, t, torch.randn(x0.shape, generator=g)
+            if isinstance(self.data, ImageData):
+                x0 = self.data.images[idx]
+                return x0, t, torch.randn(x0.shape, generator=g), None
+            d = self.data
+            mean, std = d.mean[idx], d.std[idx]
+            noise = torch.randn(mean.shape, generator=g)
+            # The posterior draw and the caption come after (t, noise) in the stream.
+            x0 = mean + std * torch.randn(mean.shape, generator=g)
+            if d.diversify:
+                u = torch.rand(self.local_batch, generator=g)
+                k = (u * d.n_captions[idx].to(u.dtype)).long().clamp(max=d.emb.shape[1] - 1)
+            else:
+                k = torch.zeros(self.local_batch, dtype=torch.long)
+            return x0, t, noise, d.emb[idx, k]
         n_groups = len(self.groups)
         group = self.groups[step % n_groups]
         start = (step // n_groups) * self.global_batch + self.rank * self.local_batch
         idx = torch.from_numpy(group.take(start, self.local_batch))
-        return self.data.x_t[idx], self.data.t[idx], self.data.target[idx]
+        cond = None if self.data.cond is None else self.data.cond[idx]
+        return self.data.x_t[idx], self.data.t[idx], self.data.target[idx], cond
 
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -224,16 +239,19 @@ def fit(
         lr = lr_at(step, train_cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        a, b, c_ = (x.to(device, non_blocking=True) for x in source.batch(step))
+        a, b, c_, cond = (
+            None if x is None else x.to(device, non_blocking=True) for x in source.batch(step)
+        )
+        assert a is not None and b is not None and c_ is not None
         if train_cfg.hflip and not is_distill:
             a = flip_half(a, source.flips(step))
         if train_cfg.channels_last:
             a, c_ = (x.contiguous(memory_format=torch.channels_last) for x in (a, c_))
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
             if is_distill:
-                loss = distill_loss(model, a, b, c_)
+                loss = distill_loss(model, a, b, c_, cond)
             else:
-                loss = ddpm_loss(model, schedule, a, b, c_)
+                loss = ddpm_loss(model, schedule, a, b, c_, cond)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)

@@ -15,9 +15,10 @@ import torch
 from ray.data.expressions import col
 
 from raydefense.config import ExperimentConfig
+from raydefense.data.encoded import read_encoded
 from raydefense.data.tables import decode_images, encode_float_rows
 from raydefense.defense.distillmd import SoftTargetLabeller
-from raydefense.diffusion.backbones import load_eps
+from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.distributed.runtime import torch_threads
@@ -52,9 +53,9 @@ class LabellerActor:
             )
             for t in teachers
         }
-        schedule = NoiseSchedule(
-            cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
-        )
+        schedule = NoiseSchedule.of(cfg.model)
+        # Latent families label encoded rows (latents + caption embeddings), not pixels.
+        self.encoded = read_encoded(storage) if is_latent(cfg.model) else None
         self.shape = tuple(image_shape)
         self.groups = {int(r): int(g) for r, g in groups.items()}
         self.labeller = SoftTargetLabeller(
@@ -65,17 +66,23 @@ class LabellerActor:
             cfg.seed,
             device=device,
             teacher_assignment=cfg.distill.teacher_assignment,
+            diversify=cfg.data.prompt_diversification,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shard = np.array([self.groups[int(r)] for r in batch["row_id"]], dtype=np.int64)
-        out = self.labeller(
-            {
-                "row_id": batch["row_id"],
-                "shard": shard,
-                "image": decode_images(list(batch["image"]), self.shape),
-            }
-        )
+        rows: dict[str, np.ndarray] = {"row_id": batch["row_id"], "shard": shard}
+        if self.encoded is None:
+            rows["image"] = decode_images(list(batch["image"]), self.shape)
+        else:
+            enc = self.encoded.take(np.asarray(batch["row_id"], dtype=np.int64))
+            rows.update(
+                latent_mean=enc.mean.numpy(),
+                latent_std=enc.std.numpy(),
+                emb=enc.emb.numpy(),
+                n_captions=enc.n_captions.numpy(),
+            )
+        out = self.labeller(rows)
         out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
         out["target"] = np.array(encode_float_rows(out["target"]), dtype=object)
         return out

@@ -20,7 +20,10 @@ import ray.train.torch
 import torch
 
 from raydefense.config import ExperimentConfig
+from raydefense.data.encoded import model_training_latents, read_encoded
+from raydefense.data.examples import TrainData
 from raydefense.data.tables import image_shape, model_training_images, read_plan, read_soft_targets
+from raydefense.diffusion.backbones import data_shape, is_latent
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
 from raydefense.distributed.runtime import check_fit_resources, torch_threads
@@ -130,25 +133,28 @@ def _train_loop(config: dict) -> Optional[dict]:
     shape = image_shape(storage)
     # One read of the plan (the image table) serves both the DDPM rows and the validation rows.
     plan = read_plan(storage) if (spec.kind != "distill" or cfg.train.val_rows) else None
-    data = (
-        read_soft_targets(storage, shape, spec.model)
-        if spec.kind == "distill"
-        else model_training_images(storage, spec.model, plan)
-    )
+    encoded = read_encoded(storage) if is_latent(cfg.model) else None
+    data: TrainData
+    if spec.kind == "distill":
+        data = read_soft_targets(storage, data_shape(cfg.model, shape), spec.model, encoded)
+    elif encoded is not None:
+        assert plan is not None
+        rows = plan.row_id[plan.rows_of(spec.model)]
+        data = model_training_latents(encoded, rows, cfg.data.prompt_diversification)
+    else:
+        data = model_training_images(storage, spec.model, plan)
     reporter = RayReporter(config.get("tracking_uri"), cfg.experiment, spec.mlflow_run_id)
     world = reporter.world_size
     nodes = reporter.record_placement()
     if reporter.world_rank == 0 and len(set(nodes)) > 1:
         print(f"[raydefense] train {spec.model}: {world} workers on {len(set(nodes))} nodes")
-    schedule = NoiseSchedule(
-        cfg.model.num_train_timesteps, cfg.model.beta_start, cfg.model.beta_end
-    )
+    schedule = NoiseSchedule.of(cfg.model)
     validate = None
     if cfg.train.val_rows:
         from raydefense.audit.scoring import heldout_validator
 
         assert plan is not None  # read above whenever val_rows is set
-        validate = heldout_validator(plan, schedule, cfg.train.val_rows, cfg.seed)
+        validate = heldout_validator(plan, schedule, cfg.train.val_rows, cfg.seed, encoded)
     try:
         fit(
             data,

@@ -7,7 +7,12 @@ from typing import Any
 
 import raydefense
 from raydefense.audit.targets import shadow_roles, shadows_needed
-from raydefense.config import ExperimentConfig
+from raydefense.config import (
+    CLiDConfig,
+    ExperimentConfig,
+    PangWangConfig,
+    ReDiffuseConfig,
+)
 from raydefense.hashing import stable_hash
 from raydefense.roster import STUDENT, parse_shadow
 
@@ -19,7 +24,20 @@ def _hash(*parts: object) -> str:
 # Fields added after models were first trained, with their defaults: left out of the hashed
 # config while they keep them, so earlier models keep their fingerprints.
 LATE_FIELDS: dict[str, dict[str, Any]] = {
-    "model": {"kind": "unet2d", "downsample_padding": 1, "freq_shift": 0},
+    "data": {"extra_caption_column": None, "prompt_diversification": False},
+    "model": {
+        "kind": "unet2d",
+        "downsample_padding": 1,
+        "freq_shift": 0,
+        "pipeline": None,
+        "beta_schedule": "linear",
+    },
+    "attacks": {
+        "clid": CLiDConfig().model_dump(mode="json"),
+        "pang_wang": PangWangConfig().model_dump(mode="json"),
+        "rediffuse": ReDiffuseConfig().model_dump(mode="json"),
+    },
+    "sampling": {"guidance_scale": 1.0},
     "train": {
         "hflip": False,
         "precision": "fp32",
@@ -57,7 +75,9 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
         if shadow is None or roles in ((), ("baseline",))
         else {**shadow, "roles": list(roles)}
     )
-    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows)
+    # A latent family's prepare also encodes the rows with its pipeline's VAE and text encoder.
+    encoder = [d["model"]["kind"], d["model"]["pipeline"]] if cfg.model.kind == "sd" else []
+    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows, *encoder)
     # How often a fit logs, checkpoints or validates does not change the model it produces.
     train = {
         k: x
@@ -95,7 +115,7 @@ def model_fingerprint(fps: dict[str, str], model: str) -> str:
 def attack_sweep_fingerprint(cfg: ExperimentConfig, fps: dict[str, str]) -> str:
     """What the sweep's scores depend on: the trained models (train, distill), the swept
     attacks' base sections and grids, targets/access/weights, and sampling (DualMD's router)."""
-    d = cfg.model_dump(mode="json")
+    d = config_tree(cfg)
     attacks = {k: d["attacks"][k] for k in ("targets", "dualmd_access", "weights")}
     attacks.update({n: d["attacks"][n] for n in d["sweep"]["attacks"]})
     payload = [

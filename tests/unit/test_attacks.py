@@ -188,11 +188,19 @@ def test_every_registered_attack_declares_itself_through_a_base_class() -> None:
         ACCESS_LEVELS,
         Attack,
         GeneratedAttack,
+        InterfaceAttack,
         LearnedAttack,
         QueryAttack,
+        TextQueryAttack,
     )
 
-    bases = {"query": QueryAttack, "learned": LearnedAttack, "generated": GeneratedAttack}
+    bases = {
+        "query": QueryAttack,
+        "learned": LearnedAttack,
+        "generated": GeneratedAttack,
+        "text": TextQueryAttack,
+        "interface": InterfaceAttack,
+    }
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
         assert issubclass(cls, Attack) and cls.name == name and cls.access in ACCESS_LEVELS

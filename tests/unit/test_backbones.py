@@ -55,6 +55,11 @@ class Toy:
         net.load_state_dict(blob["state"])
         return net.eval().requires_grad_(False)
 
+    def data_shape(
+        self, cfg: ModelConfig, image_shape: tuple[int, int, int]
+    ) -> tuple[int, int, int]:
+        return image_shape
+
 
 @pytest.fixture
 def toy(monkeypatch: pytest.MonkeyPatch) -> ModelConfig:

@@ -264,7 +264,7 @@ def test_parquet_png_bytes_labels_captions(tmp_path):
         {
             "image": [png_bytes(im) for im in images],
             "label": pa.array([3, 1, 4, 1, 5, 9], pa.int32()),
-            "text": ["a cat", "a dog", None, "x", "y", "z"],
+            "text": ["a cat", "a dog", "a bird", "x", "y", "z"],
         }
     )
     d = tmp_path / "tbl"
@@ -278,7 +278,7 @@ def test_parquet_png_bytes_labels_captions(tmp_path):
         assert pool.images.shape == (n, 3, 8, 8) and pool.images.dtype == np.uint8
         assert np.array_equal(pool.images, images[:n])
         assert pool.labels.dtype == np.int64 and pool.labels.tolist() == [3, 1, 4, 1, 5, 9][:n]
-        assert pool.captions == ["a cat", "a dog", "", "x", "y", "z"][:n]
+        assert pool.captions == [[c] for c in ["a cat", "a dog", "a bird", "x", "y", "z"][:n]]
     assert load("parquet", d, resolution=4).images.shape == (6, 3, 4, 4)
     # Hugging Face `Image` feature: a struct {bytes, path}; no label column -> unlabeled
     hf = pa.table({"img": pa.array([{"bytes": png_bytes(im), "path": None} for im in images])})

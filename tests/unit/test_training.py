@@ -83,7 +83,7 @@ def test_distill_batches_alternate_between_shards_without_reuse():
     src = BatchSource(data, SCHED, global_batch=3, rank=0, world_size=1, seed=0, model_index=3)
     seen = {0: [], 1: []}
     for step in range(4):  # 2 batches per group = exactly one epoch of each
-        x, _, _ = src.batch(step)
+        x, _, _, _ = src.batch(step)
         ids = x.view(-1).long().tolist()
         group = 0 if ids[0] < n_per else 1
         assert group == step % 2 and all((i < n_per) == (group == 0) for i in ids)

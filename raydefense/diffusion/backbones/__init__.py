@@ -8,7 +8,7 @@ from __future__ import annotations
 from raydefense.config import ModelConfig
 
 # Registration side effects.
-from raydefense.diffusion.backbones import unet2d  # noqa: F401
+from raydefense.diffusion.backbones import sd, unet2d  # noqa: F401
 from raydefense.diffusion.backbones.base import BACKBONES, Backbone
 from raydefense.diffusion.checkpoint import weights_dir
 from raydefense.diffusion.eps import EpsNet, FrozenEps
@@ -23,6 +23,16 @@ def build_net(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> EpsNet:
     return backbone_of(cfg).build(cfg, image_shape)
 
 
+def data_shape(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(C, H, W) of what the diffusion runs on: images, or a latent family's latents."""
+    return backbone_of(cfg).data_shape(cfg, image_shape)
+
+
+def is_latent(cfg: ModelConfig) -> bool:
+    """A latent, text-conditioned family (its data are encoded rows: latents + captions)."""
+    return cfg.kind == "sd"
+
+
 def load_net(cfg: ModelConfig, directory: str, weights: str = "ema") -> EpsNet:
     """The `ema` or `raw` weights of a model/checkpoint directory, frozen, in eval mode."""
     return backbone_of(cfg).load(weights_dir(directory, weights))
@@ -35,4 +45,13 @@ def load_eps(
     return FrozenEps(load_net(cfg, directory, weights).to(device))
 
 
-__all__ = ["BACKBONES", "Backbone", "backbone_of", "build_net", "load_eps", "load_net"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "backbone_of",
+    "build_net",
+    "data_shape",
+    "is_latent",
+    "load_eps",
+    "load_net",
+]

@@ -27,5 +27,12 @@ class Backbone(Protocol):
         """The network `EpsNet.save(directory)` wrote, on CPU, in eval mode, frozen."""
         ...
 
+    def data_shape(
+        self, cfg: ModelConfig, image_shape: tuple[int, int, int]
+    ) -> tuple[int, int, int]:
+        """The shape (C, H, W) the diffusion runs on for images of image_shape: the image
+        shape itself for a pixel-space family, the latent shape for a latent one."""
+        ...
+
 
 BACKBONES: Registry[Backbone] = Registry("backbone")

@@ -84,5 +84,10 @@ class UNet2D:
     def load(self, directory: str) -> EpsNet:
         return UNet2DNet(_load_pretrained(directory)).eval().requires_grad_(False)
 
+    def data_shape(
+        self, cfg: ModelConfig, image_shape: tuple[int, int, int]
+    ) -> tuple[int, int, int]:
+        return image_shape
+
 
 BACKBONES.register("unet2d")(UNet2D())
