@@ -2,7 +2,8 @@
 # GPU throughput of the paper-scale path in one prepared run (under 8 minutes on an H100/H200):
 # training steps/s, samples/s and MFU of the 35.7M CIFAR-10 UNet at batch 128 in fp32 / bf16 /
 # bf16 + torch.compile, SecMI and PIA scoring, soft-target labelling, DualMD vs single-model
-# sampling. Writes JSON (default benchmarks/gpu.json) and prints a summary.
+# sampling, and an SD-1.5-shaped UNet fine-tuning step. Writes JSON (default
+# benchmarks/gpu.json) and prints a summary.
 #
 #   bash benchmarks/gpu.sh [--out FILE] [any benchmarks/gpu_bench.py option]
 #   bash benchmarks/gpu.sh --tiny      # CPU, a tiny UNet, seconds (what CI runs)

@@ -10,7 +10,9 @@ Measured (random weights and images: speed does not depend on them):
   forward + backward) x steps/s / the GPU's dense bf16 peak;
 - scoring: SecMI_stat (t_sec 100, k 10) and PIA (t = 10..300) images/s with the attacks' code;
 - soft targets: DistillMD labelling rows/s (two teachers, 4 draws per row);
-- sampling: DualMD's alternating sampler vs a single model, images/s (100 DDIM steps).
+- sampling: DualMD's alternating sampler vs a single model, images/s (100 DDIM steps);
+- text-to-image: fine-tuning steps/s of an SD-1.5-shaped UNet2DConditionModel (860M parameters,
+  random weights) at batch 16, 512 px, bf16 + gradient checkpointing (`sd15_pokemon`'s step).
 `benchmarks/gpu.sh` wraps this with a time limit; benchmarks/RESULTS.md has the numbers.
 """
 
@@ -113,6 +115,74 @@ def train_rate(
     return {"samples_per_s": last["samples_per_s"], "steps_per_s": last["samples_per_s"] / batch}
 
 
+# SD v1.5's UNet2DConditionModel config (random weights: speed does not depend on them).
+SD15_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+TINY_UNET = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+
+def sd_unet_rate(tiny: bool, device: str, steps: int) -> dict[str, Any]:
+    """Fine-tuning steps/s of an SD-1.5-shaped UNet (the `sd` backbone's network) at batch 16,
+    512 px (64 x 64 latents, 77 x 768 text embeddings), bf16 autocast with gradient
+    checkpointing, AdamW: what one `sd15_pokemon` fit runs per step. --tiny: the tiny pipeline's
+    UNet shapes on CPU (fp32)."""
+    from diffusers import UNet2DConditionModel
+
+    from raydefense.diffusion.backbones.sd import SDUNetNet
+    from raydefense.diffusion.objectives import ddpm_loss
+
+    conf, batch, tokens = (TINY_UNET, 4, (16, 32)) if tiny else (SD15_UNET, 16, (77, 768))
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**conf)
+    if not tiny:
+        unet.enable_gradient_checkpointing()
+    net = SDUNetNet(unet).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+    side = conf["sample_size"]
+    x0 = torch.randn(batch, 4, side, side, device=device)
+    cond = torch.randn(batch, *tokens, device=device)
+    schedule = NoiseSchedule(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    bf16 = device == "cuda"
+
+    def step() -> None:
+        t = torch.randint(1000, (batch,), device=device)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = ddpm_loss(net, schedule, x0, t, torch.randn_like(x0), cond)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    sps = steps / (time.perf_counter() - t0)
+    params = sum(p.numel() for p in unet.parameters())
+    return {"params": params, "batch": batch, "steps_per_s": sps, "samples_per_s": sps * batch}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="a tiny UNet on CPU, seconds per part")
@@ -209,6 +279,9 @@ def main() -> None:
         "dualmd_vs_single": dual / single,
     }
     print(f"sampling ({gen_steps} DDIM steps): single {single:.1f}, DualMD {dual:.1f} images/s")
+    out["sd15_unet_finetune"] = sd_unet_rate(args.tiny, device, 3 if args.tiny else 20)
+    r = out["sd15_unet_finetune"]
+    print(f"SD-1.5-shaped UNet fine-tuning: {r['steps_per_s']:.2f} steps/s at batch {r['batch']}")
     out["seconds"] = time.perf_counter() - t_start
     with open(args.out, "w") as f:
         json.dump(out, f, indent=2)

@@ -6,6 +6,8 @@ raydefense sweep  (same options; the `sweep` section: kind=attacks after distill
                    kind=training, one small pipeline per grid point)
 raydefense seeds  (same options) --seeds 0,1,2 [--aggregate-only]: `run` once per training
                   seed, then mean ± sd over the seeds in <experiment>/seeds/
+raydefense promptdiv  (same options) [--aggregate-only]: text-to-image; `run` without and with
+                  prompt diversification, one table comparing them in <experiment>/promptdiv/
 raydefense submit [--address URL] [--follow] COMMAND [options]: any command above as a job on
                   a Ray cluster
 """
@@ -54,6 +56,11 @@ SUBMIT_HELP = (
     "frozen snapshot of the project as its working dir, S3 endpoint and MLflow URI forwarded "
     "(never credentials); prints the job id and the dashboard and MLflow URLs"
 )
+PROMPTDIV_HELP = (
+    "prompt-diversification study (text-to-image, model.kind=sd): `run` without (this "
+    "experiment) and with it (<experiment>-promptdiv), then the text-to-image table of both in "
+    "<experiment>/promptdiv/summary.{json,md} and the base report"
+)
 SEEDS_HELP = (
     "training-seed study: `run` once per seed, then mean ± sd per target x attack "
     "(and of each target's worst case) in <experiment>/seeds/summary.{json,md}"
@@ -80,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--aggregate-only",
         action="store_true",
         help="run nothing: aggregate the seeds' existing report/results.json",
+    )
+    s = sub.add_parser("promptdiv", help=PROMPTDIV_HELP, description=PROMPTDIV_HELP)
+    add_config_args(s)
+    s.add_argument(
+        "--aggregate-only",
+        action="store_true",
+        help="run nothing: tabulate both runs' existing report/results.json",
     )
     s = sub.add_parser("submit", help=SUBMIT_HELP, description=SUBMIT_HELP)
     s.add_argument(
@@ -342,10 +356,10 @@ def submit_command(args: argparse.Namespace) -> int:
     job = list(args.job)
     if job[:1] == ["--"]:
         job = job[1:]
-    if not job or job[0] not in (*COMMANDS, "seeds"):
+    if not job or job[0] not in (*COMMANDS, "seeds", "promptdiv"):
         raise RaydefenseError(
             "submit needs a command: raydefense submit [--address URL] [--follow] "
-            f"{{{','.join((*COMMANDS, 'seeds'))}}} [options], e.g. run --preset smoke"
+            f"{{{','.join((*COMMANDS, 'seeds', 'promptdiv'))}}} [options], e.g. run --preset smoke"
         )
     try:
         inner = build_parser().parse_args(job)
@@ -377,7 +391,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "submit":
             return submit_command(args)
-        if args.command == "seeds":
+        if args.command == "promptdiv":
+            from raydefense.sweeps.promptdiv import run_promptdiv
+
+            run_promptdiv(
+                args.preset,
+                args.config,
+                args.overrides,
+                args.force,
+                args.aggregate_only,
+                run=execute,
+            )
+        elif args.command == "seeds":
             from raydefense.sweeps.seeds import parse_seeds, run_seeds
 
             run_seeds(

@@ -16,6 +16,7 @@ evaluate/scores.parquet         raw per-row scores; quality.json, skipped.json, 
 report/                         results.json, report.md/html, figures, timings.json
 sweeps/<name>/                  an attack-grid sweep; training_sweeps/<name>/ a training sweep
 seeds/summary.{json,md}         a training-seed study whose base is this experiment
+promptdiv/summary.{json,md}     a prompt-diversification study (text-to-image) whose base this is
 <stage>/_COMPLETE.json, models/<model>/_COMPLETE.json, <soft targets>/_COMPLETE.json
                                 completion markers: fingerprint + manifest, written last
 """
@@ -45,6 +46,8 @@ RESULTS = "report/results.json"
 TIMINGS = "report/timings.json"
 SEEDS = "seeds"
 SEEDS_SUMMARY = "seeds/summary.json"
+PROMPTDIV = "promptdiv"
+PROMPTDIV_SUMMARY = "promptdiv/summary.json"
 
 
 def marker(prefix: str) -> str:

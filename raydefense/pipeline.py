@@ -33,6 +33,7 @@ from raydefense.diffusion.encode import encode_plan_rows
 from raydefense.errors import ConfigError, DataError, FitsFailed
 from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
+from raydefense.report.text_to_image import DIVERSIFICATION_LABELS, t2i_table
 from raydefense.roster import STUDENT, is_teacher, model_index, parse_shadow, shadow_name
 from raydefense.run.context import RunContext
 from raydefense.run.fingerprints import (
@@ -274,6 +275,8 @@ def stage_report(ctx: RunContext) -> dict:
     results.update(
         tradeoff(results, _sweep_results(ctx, "attacks"), _sweep_results(ctx, "training"))
     )
+    if cfg.model.kind == "sd":  # text-to-image: this run's table, or the study's when base
+        results["text_to_image"] = _t2i_table(ctx, results)
     seeds = _seed_study(ctx)
     if seeds:
         results["seeds"] = seeds
@@ -344,6 +347,18 @@ def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
         )
         return None
     return res
+
+
+def _t2i_table(ctx: RunContext, results: dict) -> dict:
+    """The text-to-image table: `raydefense promptdiv`'s (both caption settings) when this
+    experiment is its base, else this run's own column group."""
+    rel = layout.PROMPTDIV_SUMMARY
+    if ctx.storage.exists(rel):
+        summary = ctx.storage.read_json(rel)
+        if ctx.cfg.experiment in summary.get("experiments", {}).values():
+            return dict(summary)
+    label = DIVERSIFICATION_LABELS[ctx.cfg.data.prompt_diversification]
+    return t2i_table({label: results})
 
 
 def _seed_study(ctx: RunContext) -> Optional[dict]:

@@ -193,13 +193,11 @@ class TextBatch:
     end_id: int
 
 
-class TextQueryAttack(QueryAttack):
-    """A gray-box query attack on text-to-image targets that queries eps under conditions it
-    derives from the caption (weakened, null). Scored through `score_text`; its columns are
-    query columns like every QueryAttack's."""
+class _ScoredElsewhere(QueryAttack):
+    """A query attack whose per-row scores come from another method (`scored_by`) than the
+    eps-query `score`, which raises: the scoring worker dispatches on the subclass."""
 
-    text_only: ClassVar[bool] = True
-    kind: ClassVar[AttackKind] = "text"
+    scored_by: ClassVar[str] = ""
 
     def score(
         self,
@@ -212,10 +210,17 @@ class TextQueryAttack(QueryAttack):
         *,
         cond: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        raise TypeError(
-            f"attack {self.name!r} needs a text-to-image target's captions: score it with "
-            "score_text (model.kind=sd)"
-        )
+        raise TypeError(f"attack {self.name!r} is scored by {self.scored_by}, not score()")
+
+
+class TextQueryAttack(_ScoredElsewhere):
+    """A gray-box query attack on text-to-image targets that queries eps under conditions it
+    derives from the caption (weakened, null). Scored through `score_text`; its columns are
+    query columns like every QueryAttack's."""
+
+    text_only: ClassVar[bool] = True
+    kind: ClassVar[AttackKind] = "text"
+    scored_by: ClassVar[str] = "score_text (a text-to-image target's captions)"
 
     @abstractmethod
     def score_text(
@@ -254,29 +259,14 @@ class PublicInterface(Protocol):
     ) -> torch.Tensor: ...
 
 
-class InterfaceAttack(QueryAttack):
+class InterfaceAttack(_ScoredElsewhere):
     """A black-box attack that queries a target's public interface per audited row (Pang &
     Wang: generations from the row's caption; ReDiffuse: variations of the row's image).
     Scored through `score_interface`; its columns are query columns."""
 
     access: ClassVar[Access] = "black-box"
     kind: ClassVar[AttackKind] = "interface"
-
-    def score(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: Optional[dict] = None,
-        *,
-        cond: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        raise TypeError(
-            f"attack {self.name!r} queries a target's public interface: score it with "
-            "score_interface"
-        )
+    scored_by: ClassVar[str] = "score_interface (a target's public interface)"
 
     @abstractmethod
     def score_interface(

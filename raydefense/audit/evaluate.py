@@ -28,6 +28,7 @@ from raydefense.audit.scoring import (
     QUALITY_COL,
     ScoreJob,
     Scorer,
+    generation_prompts,
     long_rows,
     query_col,
     shadow_jobs,
@@ -142,7 +143,11 @@ def run_evaluation(
                     "value": float(res[QUALITY_COL][held].mean()),
                 }
             )
-        quality += quality_rows(cfg, plan, t, gen[t][: cfg.quality.num_generated], domain)
+        n_gen = cfg.quality.num_generated
+        prompts = generation_prompts(plan, len(gen[t]), cfg.seed)
+        quality += quality_rows(
+            cfg, plan, t, gen[t][:n_gen], domain, None if prompts is None else prompts[:n_gen]
+        )
     log.info(
         "evaluate: domain classifier, generated-image attacks and quality in %.1fs",
         time.perf_counter() - t0,

@@ -220,7 +220,7 @@ class ScoringWorker:
         if self.encoded is not None:
             c, h, w = (int(x) for x in image_shape)
             shape = (n, *data_shape(self.cfg.model, (c, h, w)))
-            prompts = generation_prompt_rows(self.encoded, n, self.cfg.seed)
+            prompts = generation_prompt_rows(self.encoded.row_id, n, self.cfg.seed)
             cond = self.encoded.take(prompts).emb[:, 0]
             uncond = self.encoded.null.expand_as(cond)
         kwargs: dict[str, Any] = {
@@ -242,11 +242,21 @@ class ScoringWorker:
         return out.cpu().numpy()
 
 
-def generation_prompt_rows(encoded: EncodedRows, n: int, seed: int) -> np.ndarray:
+def generation_prompt_rows(row_ids: np.ndarray, n: int, seed: int) -> np.ndarray:
     """The rows whose original captions prompt n generated images: a seeded permutation of
-    every encoded row, cycled (prompts carry no membership signal by their choice). -> [n]."""
-    order = np.random.default_rng([seed, STREAM_PROMPTS]).permutation(encoded.row_id)
+    every plan row (`row_ids`, plan order), cycled (prompts carry no membership signal by
+    their choice). -> [n]."""
+    order = np.random.default_rng([seed, STREAM_PROMPTS]).permutation(np.asarray(row_ids))
     return np.resize(order, n)
+
+
+def generation_prompts(plan: Plan, n: int, seed: int) -> Optional[list[str]]:
+    """The prompts of a text-to-image target's n generated images (None without captions)."""
+    if plan.captions is None:
+        return None
+    pos = {int(r): i for i, r in enumerate(plan.row_id)}
+    rows = generation_prompt_rows(plan.row_id, n, seed)
+    return [plan.captions[pos[int(r)]][0] for r in rows]
 
 
 @torch.no_grad()

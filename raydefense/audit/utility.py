@@ -22,6 +22,11 @@ from raydefense.quality.memorization import (
     nearest_neighbour_ratio,
 )
 from raydefense.quality.mmd import membership_mmd_test
+from raydefense.quality.text_image import (
+    SSCD_COPY_THRESHOLD,
+    clip_score,
+    sscd_nearest_similarity,
+)
 from raydefense.seeding import STREAM_DOMAIN, STREAM_QUALITY, derive_seed
 
 log = logging.getLogger("raydefense")
@@ -105,8 +110,10 @@ def quality_rows(
     target: str,
     generated: np.ndarray,
     domain: Optional[DomainFeatures],
+    prompts: Optional[list[str]] = None,
 ) -> list[dict[str, Any]]:
-    """Utility and memorization of a target's generated images (results.json quality rows)."""
+    """Utility and memorization of a target's generated images (results.json quality rows).
+    prompts: a text-to-image target's prompt per generated image (CLIP score)."""
 
     q = cfg.quality
     out: list[dict[str, Any]] = []
@@ -149,6 +156,12 @@ def quality_rows(
         )
         add("mmd_member_gap", res["statistic"])
         add("mmd_p_value", res["p_value"])
+    if q.sscd_model:  # text-to-image memorization (the paper's Table 5 SSCD column)
+        sims = sscd_nearest_similarity(q.sscd_model, generated, train)
+        add("sscd_similarity", float(sims.mean()))
+        add("sscd_copies", float((sims > SSCD_COPY_THRESHOLD).mean()))
+    if q.clip_model and prompts is not None:
+        add("clip_score", float(clip_score(q.clip_model, generated, prompts).mean()))
     ratios = nearest_neighbour_ratio(generated, train, q.memorization_k)
     for k, v in memorization_summary(ratios, q.memorization_threshold).items():
         add(f"memorization_{k}" if not k.startswith("memor") else k, v)

@@ -40,12 +40,14 @@ def tiny_pipeline_dir() -> str:
     return path
 
 
-def _byte_level_tokenizer(directory: str) -> Any:
+def byte_level_tokenizer(directory: str) -> Any:
     """A CLIPTokenizer whose vocabulary is the 256 byte symbols (with and without the
-    end-of-word mark) plus the start/end tokens, and no merges: every character is a token."""
+    end-of-word mark) plus the start/end tokens, and no merges: every character is a token.
+    Writes its vocab.json and merges.txt into `directory` (created)."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+    os.makedirs(directory, exist_ok=True)
     symbols = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]:
@@ -124,7 +126,7 @@ def write_tiny_pipeline(directory: str, seed: int = 0) -> None:
                 )
             )
         tok_dir = tempfile.mkdtemp(prefix="tok-", dir=tmp)
-        tokenizer = _byte_level_tokenizer(tok_dir)
+        tokenizer = byte_level_tokenizer(tok_dir)
         scheduler = DDPMScheduler(
             num_train_timesteps=1000,
             beta_start=0.00085,

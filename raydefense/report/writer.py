@@ -267,6 +267,16 @@ def _shadow_parts(results: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _t2i_parts(results: Mapping[str, Any]) -> list[str]:
+    """The text-to-image table (model.kind=sd runs; both caption settings after
+    `raydefense promptdiv`)."""
+    if not results.get("text_to_image"):
+        return []
+    from raydefense.report.text_to_image import t2i_markdown
+
+    return ["## Text-to-image", "", t2i_markdown(results["text_to_image"]), ""]
+
+
 def _seed_parts(results: Mapping[str, Any]) -> list[str]:
     """The training-seed study (`raydefense seeds`), when this experiment is its base."""
     if not results.get("seeds"):
@@ -298,6 +308,7 @@ def render_report_markdown(
         HOW_TO_READ,
         "",
         *_privacy_parts(results, figure),
+        *_t2i_parts(results),
         *_seed_parts(results),
         "## Attacks",
         "",

@@ -31,6 +31,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "freq_shift": 0,
         "pipeline": None,
         "beta_schedule": "linear",
+        "gradient_checkpointing": False,
     },
     "attacks": {
         "clid": CLiDConfig().model_dump(mode="json"),
@@ -38,6 +39,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "rediffuse": ReDiffuseConfig().model_dump(mode="json"),
     },
     "sampling": {"guidance_scale": 1.0},
+    "quality": {"sscd_model": None, "clip_model": None},
     "train": {
         "hflip": False,
         "precision": "fp32",

@@ -107,7 +107,8 @@ def test_hardware_presets_compose_with_an_experiment_preset(tmp_path):
         (
             ["cpu3"],
             False,
-            "unknown preset 'cpu3'; experiment presets: cifar10_ddpm, digits, smoke, tiny_t2i; "
+            "unknown preset 'cpu3'; experiment presets: cifar10_ddpm, digits, sd15_pokemon, smoke, "
+            "tiny_t2i; "
             "hardware",
         ),
         (["smoke", "cpu2"], True, "either an experiment --preset or --config"),

@@ -31,6 +31,8 @@ def test_gpu_sh_tiny_measures_every_part(tmp_path: Path) -> None:
     assert all(m["steps_per_s"] > 0 and m["mfu"] is None for m in r["train"].values())
     assert set(r["scoring_images_per_s"]) == {"secmi_stat", "pia"}
     assert r["soft_target_rows_per_s"] > 0 and r["sampler_images_per_s"]["dualmd_vs_single"] > 0
+    sd = r["sd15_unet_finetune"]
+    assert sd["steps_per_s"] > 0 and sd["params"] > 0 and sd["batch"] == 4
 
 
 @pytest.mark.skipif(

@@ -392,7 +392,7 @@ def test_pang_wang_and_rediffuse_score_memorised_images_higher() -> None:
     r = rd.score_interface(Replayer(members), images, ids, 0)
     assert r.shape == (6, 1) and r[:3].min() > r[3:].max()
     assert rd.settings() == [{"t_start": 200, "steps": 2, "average": 2, "p": 1.0}]
-    with pytest.raises(TypeError, match="public interface"):
+    with pytest.raises(TypeError, match="score_interface"):
         rd.score(lambda x, t: x, NoiseSchedule(), images, ids, 0)
 
 

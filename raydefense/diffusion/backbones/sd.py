@@ -112,7 +112,10 @@ class SD:
         """The pipeline's pretrained UNet, trainable (fine-tuning starts from it)."""
         path = pipeline_dir(cfg)
         check_scheduler(cfg, path)
-        return SDUNetNet(_load_unet(os.path.join(path, "unet"))).train()
+        unet = _load_unet(os.path.join(path, "unet"))
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()  # type: ignore[attr-defined]  # diffusers stubs
+        return SDUNetNet(unet).train()
 
     def load(self, directory: str) -> EpsNet:
         return SDUNetNet(_load_unet(directory)).eval().requires_grad_(False)
