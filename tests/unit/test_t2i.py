@@ -421,3 +421,30 @@ def test_tiny_t2i_preset_runs_the_text_to_image_attacks() -> None:
     names = {a.name for a in build_attacks(cfg)}
     assert {"pang_wang", "rediffuse", "secmi_stat", "pia"} <= names
     assert any(isinstance(a, TextQueryAttack) for a in build_attacks(cfg)) == ("clid" in names)
+
+
+def test_rediffuse_queries_an_unconditional_models_public_interface() -> None:
+    """ReDiffuse on a pixel-space UNet2DModel (no codec, no captions): variations are clipped
+    pixels, seeded per row, and DualMD's interface alternates its teachers."""
+    from raydefense.diffusion.eps import FrozenEps
+
+    cfg = ModelConfig(block_out_channels=[8, 16], norm_num_groups=4)
+    torch.manual_seed(0)
+    nets = [FrozenEps(build_net(cfg, (1, 8, 8)).eval()) for _ in range(2)]
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    ids = torch.tensor([5, 6, 7])
+    single = SamplerInterface(nets[:1], NoiseSchedule(), SamplingConfig(num_steps=4), (1, 8, 8))
+    scores = ReDiffuse({"average": 2}).score_interface(single, images, ids, 0)
+    alone = ReDiffuse({"average": 2}).score_interface(single, images[1:2], ids[1:2], 0)
+    assert scores.shape == (3, 1) and torch.allclose(scores[1], alone[0], atol=1e-6)
+    gen = single.generate(None, [1, 2])
+    assert gen.shape == (2, 1, 8, 8) and gen.abs().max() <= 1.0
+    log: list[tuple[str, int, int, Optional[torch.Tensor]]] = []
+    dual = SamplerInterface(
+        [Recording("teacher_1", log), Recording("teacher_2", log)],
+        NoiseSchedule(),
+        SamplingConfig(num_steps=4),
+        (1, 8, 8),
+    )
+    dual.vary(images, 200, 2, [1, 2, 3])
+    assert [(n, t) for n, _, t, _ in log] == [("teacher_1", 200), ("teacher_2", 100)]
