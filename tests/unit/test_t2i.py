@@ -336,11 +336,12 @@ def test_public_interface_is_per_seed_and_batch_independent(sd_cfg: ModelConfig)
     cond = codec.embed(["one", "two"])
     both = iface.generate(cond, [11, 12])
     assert both.shape == (2, 3, 32, 32)
-    assert torch.allclose(both[1], iface.generate(cond[1:], [12])[0], atol=1e-5)
+    # a row's output does not depend on its batch (up to CPU kernels chosen by batch size)
+    assert torch.allclose(both[1], iface.generate(cond[1:], [12])[0], atol=1e-4)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     var = iface.vary(images, 200, 2, [1, 2], cond)
     assert var.shape == images.shape
-    assert torch.allclose(var[0], iface.vary(images[:1], 200, 2, [1], cond[:1])[0], atol=1e-5)
+    assert torch.allclose(var[0], iface.vary(images[:1], 200, 2, [1], cond[:1])[0], atol=1e-4)
 
 
 class Replayer:
@@ -436,7 +437,7 @@ def test_rediffuse_queries_an_unconditional_models_public_interface() -> None:
     single = SamplerInterface(nets[:1], NoiseSchedule(), SamplingConfig(num_steps=4), (1, 8, 8))
     scores = ReDiffuse({"average": 2}).score_interface(single, images, ids, 0)
     alone = ReDiffuse({"average": 2}).score_interface(single, images[1:2], ids[1:2], 0)
-    assert scores.shape == (3, 1) and torch.allclose(scores[1], alone[0], atol=1e-6)
+    assert scores.shape == (3, 1) and torch.allclose(scores[1], alone[0], atol=1e-5)
     gen = single.generate(None, [1, 2])
     assert gen.shape == (2, 1, 8, 8) and gen.abs().max() <= 1.0
     log: list[tuple[str, int, int, Optional[torch.Tensor]]] = []
