@@ -275,7 +275,7 @@ def stage_report(ctx: RunContext) -> dict:
     results.update(
         tradeoff(results, _sweep_results(ctx, "attacks"), _sweep_results(ctx, "training"))
     )
-    if cfg.model.kind == "sd":  # text-to-image: this run's table, or the study's when base
+    if is_latent(cfg.model):  # text-to-image: this run's table, or the study's when base
         results["text_to_image"] = _t2i_table(ctx, results)
     seeds = _seed_study(ctx)
     if seeds:

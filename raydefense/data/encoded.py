@@ -9,7 +9,7 @@ scoring read these tables instead of running the VAE and the text encoder again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -25,7 +25,7 @@ NULL_ROW = -1  # the empty prompt's row_id in the text table
 
 @dataclass
 class EncodedRows:
-    """Aligned with `row_id` [R] int64 (any order; `index` maps row ids to positions).
+    """Aligned with `row_id` [R] int64 (any order; `positions` maps row ids to positions).
 
     mean, std: [R, C, h, w] float32, the scaled latent posterior. emb: [R, K, L, D] float32, the
     embeddings of each row's captions (K = the most captions any row has; row r's valid ones are
@@ -39,11 +39,14 @@ class EncodedRows:
     n_captions: torch.Tensor
     null: torch.Tensor
     captions: Optional[list[list[str]]] = None  # each row's caption strings (0 = original)
+    # row id -> position, built on first use (scoring looks rows up batch after batch)
+    _pos: Optional[dict[int, int]] = field(default=None, repr=False, compare=False)
 
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Positions of `row_ids` [B] in this table -> [B] int64 (KeyError on an unknown row)."""
-        pos = {int(r): i for i, r in enumerate(self.row_id)}
-        return np.array([pos[int(r)] for r in row_ids], dtype=np.int64)
+        if self._pos is None:
+            self._pos = {int(r): i for i, r in enumerate(self.row_id)}
+        return np.array([self._pos[int(r)] for r in row_ids], dtype=np.int64)
 
     def take(self, row_ids: np.ndarray) -> EncodedRows:
         """The rows `row_ids`, in that order."""
@@ -61,16 +64,16 @@ class EncodedRows:
     def sample_latents(self, row_ids: np.ndarray, seed: int, stream: int) -> torch.Tensor:
         """One latent x0 per row, the posterior noise seeded per (seed, row, stream): a row's
         latent does not depend on its batch. -> [B, C, h, w]."""
-        enc = self.take(row_ids)
+        idx = torch.from_numpy(self.positions(row_ids))
         noise = np.stack(
             [
                 np.random.default_rng([seed, int(r), stream, 0x1A7]).standard_normal(
-                    tuple(enc.mean.shape[1:]), dtype=np.float32
+                    tuple(self.mean.shape[1:]), dtype=np.float32
                 )
                 for r in row_ids
             ]
         )
-        return enc.mean + enc.std * torch.from_numpy(noise)
+        return self.mean[idx] + self.std[idx] * torch.from_numpy(noise)
 
 
 def _bytes(arr: torch.Tensor) -> list[bytes]:

@@ -104,9 +104,11 @@ def label_soft_targets(
     if groups is None:
         groups = {r: teachers.index(o[0]) for r, o in owners.items()}
     storage.delete(out_dir)
-    ds = ray.data.read_parquet(
-        storage.path(ROWS), filesystem=storage.fs, columns=["row_id", "image"]
-    ).filter(expr=col("row_id").is_in(sorted(int(r) for r in owners)))
+    # Latent families label their encoded rows (read by each actor): no pixels to ship.
+    columns = ["row_id"] if is_latent(cfg.model) else ["row_id", "image"]
+    ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs, columns=columns).filter(
+        expr=col("row_id").is_in(sorted(int(r) for r in owners))
+    )
     rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
     labelled = ds.map_batches(
         LabellerActor,
