@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from raydefense.diffusion.tiny_sd import TINY_VERSION
+
 pytestmark = pytest.mark.e2e
 
 T2I_ATTACKS = ["secmi_stat", "pia", "clid", "pang_wang", "rediffuse"]
@@ -123,7 +125,7 @@ def test_bad_text_to_image_input_is_one_line_and_writes_nothing(
     import shutil
 
     broken = tmp_path / "sd"
-    shutil.copytree(cache / "tiny-sd-v2", broken)
+    shutil.copytree(cache / f"tiny-sd-v{TINY_VERSION}", broken)
     shutil.rmtree(broken / "text_encoder")
     res = cli(
         tmp_path, cache, "prepare", "--preset", "tiny_t2i", "--set", f"model.pipeline={broken}"
