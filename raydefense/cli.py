@@ -8,6 +8,10 @@ raydefense seeds  (same options) --seeds 0,1,2 [--aggregate-only]: `run` once pe
                   seed, then mean ± sd over the seeds in <experiment>/seeds/
 raydefense promptdiv  (same options) [--aggregate-only]: text-to-image; `run` without and with
                   prompt diversification, one table comparing them in <experiment>/promptdiv/
+raydefense audit  (same options) --model ROLE=URI ... [--split FILE]: audit existing models
+                  (diffusers dirs, raydefense model dirs, MLflow models:/ URIs) with the suite
+raydefense config [show] (same options) | --schema | --reference: the resolved config, the JSON
+                  schema, or the Markdown reference of every key
 raydefense submit [--address URL] [--follow] COMMAND [options]: any command above as a job on
                   a Ray cluster
 """
@@ -17,9 +21,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -61,6 +67,16 @@ PROMPTDIV_HELP = (
     "experiment) and with it (<experiment>-promptdiv), then the text-to-image table of both in "
     "<experiment>/promptdiv/summary.{json,md} and the base report"
 )
+AUDIT_HELP = (
+    "audit models trained elsewhere: each --model takes a target role (baseline, teacher_k, "
+    "student) and is imported instead of trained; the same attacks, scoring actors, "
+    "calibration, report and MLflow tree as `run` (DualMD is audited when every teacher is "
+    "given)"
+)
+CONFIG_HELP = (
+    "print the resolved config of --preset/--config/--set as YAML (`config show`), the JSON "
+    "schema (--schema) or the Markdown reference of every key (--reference)"
+)
 SEEDS_HELP = (
     "training-seed study: `run` once per seed, then mean ± sd per target x attack "
     "(and of each target's worst case) in <experiment>/seeds/summary.{json,md}"
@@ -94,6 +110,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--aggregate-only",
         action="store_true",
         help="run nothing: tabulate both runs' existing report/results.json",
+    )
+    s = sub.add_parser("audit", help=AUDIT_HELP, description=AUDIT_HELP)
+    add_config_args(s)
+    s.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        required=True,
+        metavar="ROLE=URI",
+        help="a model to audit, repeatable: ROLE is baseline (trained on all members), "
+        "teacher_1..teacher_K (shard k) or student; URI a diffusers UNet or pipeline "
+        "directory, a raydefense model directory, or models:/<name>/<version> (the MLflow "
+        "Model Registry), runs:/<run id>/<path>",
+    )
+    s.add_argument(
+        "--split",
+        metavar="FILE",
+        help="the members and non-members: a SecMI/PIA split .npz (mia_train_idxs, "
+        "mia_eval_idxs; member_shards for teachers) over data.source's images; sets "
+        "data.split_file",
+    )
+    s.add_argument(
+        "--members",
+        action="append",
+        metavar="PATH",
+        help="instead of --split: the members as an image folder or Parquet file(s) in "
+        "data.source's format (imagefolder / parquet); repeat once per shard for teachers; "
+        "sets data.member_roots",
+    )
+    s.add_argument(
+        "--nonmembers",
+        metavar="PATH",
+        help="with --members: the non-members (sets data.nonmember_root)",
+    )
+    s = sub.add_parser("config", help=CONFIG_HELP, description=CONFIG_HELP)
+    s.add_argument(
+        "show",
+        nargs="?",
+        choices=["show"],
+        help="print the resolved config as YAML (the default)",
+    )
+    add_config_args(s)
+    s.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+    s.add_argument(
+        "--reference",
+        action="store_true",
+        help="print the Markdown configuration reference (docs/config-reference.md) instead",
     )
     s = sub.add_parser("submit", help=SUBMIT_HELP, description=SUBMIT_HELP)
     s.add_argument(
@@ -147,6 +210,52 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="STAGE",
         help="rerun a stage even if it is complete (repeatable)",
     )
+
+
+def config_text(args: argparse.Namespace) -> str:
+    """What `raydefense config` prints."""
+    from raydefense import config_reference
+
+    if args.schema:
+        return config_reference.json_schema()
+    if args.reference:
+        return config_reference.reference_markdown()
+    import yaml
+
+    cfg = load_config(args.preset, args.config, args.overrides)
+    return str(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def audit_overrides(
+    models: list[str],
+    split: Optional[str],
+    members: Optional[list[str]] = None,
+    nonmembers: Optional[str] = None,
+) -> list[str]:
+    """`audit --model ROLE=URI (--split FILE | --members DIR --nonmembers DIR)` as config
+    overrides (audit.models.<role>, data.split_file or data.member_roots / nonmember_root);
+    values are JSON-quoted so that no path is read as a number."""
+    import json
+
+    out = []
+    for item in models:
+        role, sep, uri = item.partition("=")
+        if not sep or not role.strip() or not uri.strip():
+            raise RaydefenseError(
+                f"--model {item!r} is not ROLE=URI (for example baseline=./my_unet or "
+                "student=models:/digits-student/1)"
+            )
+        out.append(f"audit.models.{role.strip()}={json.dumps(uri.strip())}")
+    if split and (members or nonmembers):
+        raise RaydefenseError("give either --split or --members/--nonmembers, not both")
+    if split:
+        out.append(f"data.split_file={json.dumps(split)}")
+    if members or nonmembers:
+        if not (members and nonmembers):
+            raise RaydefenseError("--members and --nonmembers go together: give both")
+        out.append(f"data.member_roots={json.dumps(members)}")
+        out.append(f"data.nonmember_root={json.dumps(nonmembers)}")
+    return out
 
 
 def config_argv(args: argparse.Namespace) -> list[str]:
@@ -225,8 +334,14 @@ def execute(
     from raydefense.tracking.mlflow_tracker import make_tracker
 
     cfg = load_config(preset, config, overrides)
+    if command == "audit" and not cfg.audit.models:
+        raise RaydefenseError("audit needs at least one --model ROLE=URI")
     validate_config(cfg)
     cfg = absolutize(cfg)
+    if cfg.audit.models:
+        from raydefense.audit.imported import precheck
+
+        precheck(cfg)  # before anything is written
     forceable = STAGES + (["sweep"] if command == "sweep" else [])
     bad = [s for s in force or [] if s not in forceable]
     if bad:
@@ -246,6 +361,16 @@ def execute(
     storage.check_writable()
     tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled, storage.uri())
     tracking_uri = getattr(tracker, "uri", None)
+    imports: dict[str, Any] = {}
+    audit_cache = tempfile.mkdtemp(prefix="raydefense-audit-") if cfg.audit.models else ""
+    if cfg.audit.models:  # locate (fetch) the models, digest their weights, pick the targets
+        from raydefense.audit.imported import resolve_imports
+
+        try:
+            cfg, imports = resolve_imports(cfg, tracking_uri, audit_cache)
+        except BaseException:
+            shutil.rmtree(audit_cache, ignore_errors=True)
+            raise
     host = socket.gethostname()
     if hasattr(tracker, "close_orphans"):  # runs a SIGKILLed driver left RUNNING
         closed = tracker.close_orphans(host, _pid_alive)
@@ -271,6 +396,7 @@ def execute(
         tracker=tracker,
         parent_run=parent,
         force=set(force or []),
+        imports=imports,
     )
     status = "FAILED"
     results: Optional[dict] = None
@@ -294,10 +420,12 @@ def execute(
             run_pipeline(ctx, until=COMMANDS[command])
             results = run_sweep(ctx)
         else:
-            results = run_pipeline(ctx, until=COMMANDS[command])
+            results = run_pipeline(ctx, until=COMMANDS.get(command, "report"))
         status = "FINISHED"
     finally:
         tracker.end_run(parent, status)
+        if audit_cache:
+            shutil.rmtree(audit_cache, ignore_errors=True)
     if results and command == "sweep":
         if cfg.sweep.kind == "training":
             from raydefense.sweeps.training import summary as sweep_summary
@@ -356,10 +484,11 @@ def submit_command(args: argparse.Namespace) -> int:
     job = list(args.job)
     if job[:1] == ["--"]:
         job = job[1:]
-    if not job or job[0] not in (*COMMANDS, "seeds", "promptdiv"):
+    if not job or job[0] not in (*COMMANDS, "seeds", "promptdiv", "audit"):
         raise RaydefenseError(
             "submit needs a command: raydefense submit [--address URL] [--follow] "
-            f"{{{','.join((*COMMANDS, 'seeds', 'promptdiv'))}}} [options], e.g. run --preset smoke"
+            f"{{{','.join((*COMMANDS, 'seeds', 'promptdiv', 'audit'))}}} [options], e.g. run "
+            "--preset smoke"
         )
     try:
         inner = build_parser().parse_args(job)
@@ -414,6 +543,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 args.aggregate_only,
                 run=execute,
             )
+        elif args.command == "config":
+            print(config_text(args), end="")
+        elif args.command == "audit":
+            overrides = args.overrides + audit_overrides(
+                args.models, args.split, args.members, args.nonmembers
+            )
+            execute("audit", args.preset, args.config, overrides, args.force)
         else:
             execute(args.command, args.preset, args.config, args.overrides, args.force)
     except RaydefenseError as e:

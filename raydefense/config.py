@@ -31,6 +31,15 @@ class DataConfig(_Section):
     source: str = "digits"
     root: Optional[str] = None
     split_file: Optional[str] = None
+    member_roots: Optional[list[str]] = Field(
+        None,
+        description="instead of data.root + a split: the members as folders / Parquet files in "
+        "data.source's format (imagefolder or parquet); several = one per shard, in order (an "
+        "audit's teachers)",
+    )
+    nonmember_root: Optional[str] = Field(
+        None, description="with member_roots: the non-members, in the same format"
+    )
     num_members: Optional[int] = Field(None, ge=2, description="None: half of the pool")
     num_nonmembers: Optional[int] = Field(None, ge=2, description="None: the other half")
     num_shards: int = Field(2, ge=2)
@@ -66,6 +75,28 @@ class DataConfig(_Section):
         description="each time an image is used, one of its captions is drawn uniformly; "
         "false: its original caption only; applies to every model, the baseline included",
     )
+
+
+    @model_validator(mode="after")
+    def _check_member_roots(self) -> DataConfig:
+        if (self.member_roots is None) != (self.nonmember_root is None):
+            raise ValueError(
+                "data.member_roots and data.nonmember_root go together: give both (the "
+                "members' and the non-members' folders) or neither"
+            )
+        if self.member_roots is not None:
+            if not self.member_roots:
+                raise ValueError("data.member_roots is empty: list the members' folders")
+            if self.split_file or self.root:
+                raise ValueError(
+                    "data.member_roots replaces data.root and data.split_file: unset them"
+                )
+            if self.source not in ("imagefolder", "parquet"):
+                raise ValueError(
+                    f"data.member_roots are read as data.source={self.source!r}; set "
+                    "data.source to imagefolder or parquet (their format)"
+                )
+        return self
 
 
 class ModelConfig(_Section):
@@ -468,6 +499,12 @@ class SamplingConfig(_Section):
 class TrackingConfig(_Section):
     uri: str = "sqlite:///mlflow.db"
     enabled: bool = True
+    register_models: bool = Field(
+        True,
+        description="log every trained target model (baseline, teacher_k, student) to its run "
+        "as an MLflow pyfunc that generates images, register it as <experiment>-<model>, and "
+        "tag the version with its audit (worst-case AUC, TPR@1%FPR, utility) after the report",
+    )
 
 
 class StorageConfig(_Section):
@@ -550,6 +587,40 @@ class SweepConfig(_Section):
     asha: AshaConfig = AshaConfig()
 
 
+AUDIT_ROLE = r"^(baseline|student|teacher_[1-9][0-9]*)$"
+
+
+class AuditConfig(_Section):
+    """Audit existing models instead of training them (`raydefense audit`): each named target
+    role is imported, not trained; the other targets are left out. Shadow models (for the
+    shadow-trained attacks) are still trained, like the `model` section describes."""
+
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="target role (baseline, student, teacher_k) -> a diffusers UNet directory, "
+        "a diffusers pipeline directory, a raydefense model directory (models/<name>), or an "
+        "MLflow model URI (models:/<name>/<version>, runs:/<run id>/<path>)",
+    )
+    digests: dict[str, str] = Field(
+        default_factory=dict,
+        description="set by the audit command, not by hand: role -> SHA-256 of the imported "
+        "weights (so new weights under the same path are audited afresh)",
+    )
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> AuditConfig:
+        import re
+
+        for role in self.models:
+            if not re.match(AUDIT_ROLE, role):
+                raise ValueError(
+                    f"audit.models: unknown role {role!r}; name each model baseline (trained "
+                    "on all members), teacher_1..teacher_K (trained on shard k; DualMD is "
+                    "audited when all K are given) or student"
+                )
+        return self
+
+
 class ExperimentConfig(_Section):
     experiment: str = "digits"
     seed: int = 0
@@ -564,6 +635,7 @@ class ExperimentConfig(_Section):
     storage: StorageConfig = StorageConfig()
     resources: ResourcesConfig = ResourcesConfig()
     sweep: SweepConfig = SweepConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _check_text_to_image(self) -> ExperimentConfig:
@@ -587,8 +659,12 @@ class ExperimentConfig(_Section):
         }
 
     def fingerprint(self) -> str:
-        """SHA-256 of the whole config (results.json's `config_fingerprint`)."""
-        return stable_hash(self.model_dump(mode="json"))
+        """SHA-256 of the whole config (results.json's `config_fingerprint`); an unused `audit`
+        section is left out, so configs from before it keep their fingerprints."""
+        d = self.model_dump(mode="json")
+        if d["audit"] == AuditConfig().model_dump(mode="json"):
+            del d["audit"]
+        return stable_hash(d)
 
 
 def first_error(e: ValidationError) -> tuple[str, str, Any]:

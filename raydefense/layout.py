@@ -8,7 +8,8 @@ prepare/latents.parquet         latent models: row_id, VAE posterior mean and st
 prepare/text.parquet            latent models: row_id, caption_index, caption, embedding; the
                                 empty prompt as row_id -1 (encoded.json: their shapes)
 ray_train/<run name>/           Ray Train run storage (checkpoints; the resume source)
-models/<model>/                 final checkpoint (diffusers dirs + state.pt)
+models/<model>/                 final checkpoint (diffusers dirs + state.pt); registered.json: its
+                                MLflow Model Registry version; imported.json: an audit's source
 distill/soft_targets/           the student's soft targets (Parquet)
 distill/<shadow student>/soft_targets/   a shadow student's
 evaluate/scores.parquet         raw per-row scores; quality.json, skipped.json, shadows.json,
@@ -57,6 +58,11 @@ def marker(prefix: str) -> str:
 
 def model_dir(model: str) -> str:
     return f"models/{model}"
+
+
+def registered(model: str) -> str:
+    """Which MLflow registered-model version holds a model (written after it is logged)."""
+    return f"models/{model}/registered.json"
 
 
 def ray_train_run(run_name: str) -> str:

@@ -9,6 +9,7 @@ plain Python.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -21,14 +22,17 @@ import numpy as np
 
 from raydefense import layout
 from raydefense.audit.evaluate import run_evaluation
+from raydefense.audit.imported import check_imported, import_model
 from raydefense.audit.results import metric_rows
 from raydefense.audit.selection import tradeoff
 from raydefense.audit.targets import shadow_roles, shadow_students, shadows_needed
-from raydefense.data import DATASETS
+from raydefense.config import ExperimentConfig
+from raydefense.data.given import load_pool
 from raydefense.data.plan import Plan, make_plan
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.defense.distillmd import auto_draws
 from raydefense.diffusion.backbones import is_latent
+from raydefense.diffusion.backbones.sd import pipeline_dir
 from raydefense.diffusion.encode import encode_plan_rows
 from raydefense.errors import ConfigError, DataError, FitsFailed
 from raydefense.report import write_report
@@ -56,9 +60,15 @@ STAGE_OUTPUTS = {"prepare": ("prepare",), "train": (), "distill": (), "evaluate"
 
 def stage_prepare(ctx: RunContext) -> None:
     cfg = ctx.cfg
-    pool = DATASETS.get(cfg.data.source)(cfg.data)
+    pool, given = load_pool(cfg.data)
     plan = make_plan(
-        pool, cfg.data, cfg.seed, shadows_needed(cfg), cfg.attacks.shadow.members, shadow_roles(cfg)
+        pool,
+        cfg.data,
+        cfg.seed,
+        shadows_needed(cfg),
+        cfg.attacks.shadow.members,
+        shadow_roles(cfg),
+        given=given,
     )
     write_plan(ctx.storage, plan)
     if is_latent(cfg.model):  # the VAE and the text encoder are frozen: encode once
@@ -72,6 +82,10 @@ def stage_prepare(ctx: RunContext) -> None:
         )
     for rel in (layout.PLAN_JSON, layout.MEMBERSHIP):
         ctx.tracker.log_artifact(ctx.parent_run, local_copy(ctx.storage, rel), "prepare")
+    ctx.tracker.log_inputs(
+        ctx.parent_run,
+        [_dataset(ctx, "members", "training"), _dataset(ctx, "nonmembers", "evaluation")],
+    )
     log.info("prepare: %s", json.dumps(plan.summary()))
 
 
@@ -79,6 +93,7 @@ def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict:
     run_id = ctx.tracker.start_run(
         f"train/{model}", ctx.parent_run, tags={"raydefense.model": model, "raydefense.kind": kind}
     )
+    ctx.tracker.log_inputs(run_id, [_dataset(ctx, model, "training")])
     return {
         "model": model,
         "kind": kind,
@@ -91,6 +106,9 @@ def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict:
 def stage_train(ctx: RunContext) -> None:
     plan_models = ctx.storage.read_json(layout.PLAN_JSON)["models"]
     k = sum(is_teacher(m) for m in plan_models)
+    if ctx.cfg.audit.models:  # an audit imports its targets; only shadow models train
+        _import_models(ctx)
+        plan_models = [m for m in plan_models if parse_shadow(m) is not None]
     todo = [
         m
         for m in plan_models
@@ -101,6 +119,64 @@ def stage_train(ctx: RunContext) -> None:
     ]
     specs = [_spec(ctx, m, "ddpm", k) for m in todo]
     _fit(ctx, specs, fresh="train" in ctx.force)
+
+
+def _dataset(ctx: RunContext, rows: str, context: str) -> dict:
+    """An MLflow dataset input (lineage: data -> model -> audit): the rows a model trained on
+    (`rows` a model name; a student: the members), or "members" / "nonmembers". Its digest is
+    a SHA-256 over the rows' sorted image content hashes, so the same images give the same
+    digest whatever their order or row ids."""
+    table = ctx.storage.read_table(layout.ROWS, columns=["row_id", "hash", "split"]).to_pydict()
+    if rows in ("members", "nonmembers"):
+        want = rows[:-1]
+        chosen = [h for h, s in zip(table["hash"], table["split"]) if s == want]
+    elif rows == STUDENT or (parse_shadow(rows) or (0, ""))[1] == "student":
+        members = read_plan(ctx.storage).members_of(rows)
+        chosen = [h for h, m in zip(table["hash"], members) if m]
+    else:
+        membership = ctx.storage.read_table(layout.MEMBERSHIP, columns=[rows]).column(0)
+        chosen = [h for h, m in zip(table["hash"], membership.to_pylist()) if m]
+    digest = hashlib.sha256("\n".join(sorted(chosen)).encode()).hexdigest()[:32]
+    return {
+        "name": f"{ctx.cfg.data.source}/{rows}",
+        "digest": digest,
+        "source": ctx.storage.uri(layout.ROWS),
+        "context": context,
+        "schema": {"rows_table": list(table)},
+        "profile": {"num_rows": len(chosen), "split_file": ctx.cfg.data.split_file},
+    }
+
+
+def _import_models(ctx: RunContext) -> None:
+    """An audit's targets: each imported model checked against the data and the config, copied
+    into models/<role>/ and marked complete (its fingerprint holds the weights' digest)."""
+    if set(ctx.imports) != set(ctx.cfg.audit.models):
+        raise ConfigError(
+            "audit.models is set but its models were not resolved: run `raydefense audit`"
+        )
+    shape = tuple(ctx.storage.read_json(layout.PLAN_JSON)["image_shape"])
+    for m in ctx.imports.values():
+        check_imported(ctx.cfg, m, shape)
+    for role, m in sorted(ctx.imports.items()):
+        rel, fingerprint = layout.model_dir(role), model_fingerprint(ctx.fingerprints, role)
+        if "train" not in ctx.force and is_complete(ctx.storage, layout.marker(rel), fingerprint):
+            continue
+        unpublish(ctx.storage, layout.marker(rel))
+        run_id = ctx.tracker.start_run(
+            f"import/{role}",
+            ctx.parent_run,
+            tags={
+                "raydefense.model": role,
+                "raydefense.kind": "imported",
+                "raydefense.source": m.uri,
+                "raydefense.sha256": ctx.cfg.audit.digests[role],
+            },
+        )
+        ctx.tracker.log_inputs(run_id, [_dataset(ctx, role, "training")])
+        import_model(ctx.storage, m)
+        mark_complete(ctx.storage, layout.marker(rel), fingerprint, {"source": m.uri}, (rel,))
+        ctx.tracker.end_run(run_id)
+        log.info("train: imported %s from %s", role, m.uri)
 
 
 def _fit(ctx: RunContext, specs: list[dict], fresh: bool = False) -> None:
@@ -131,8 +207,11 @@ def _fit(ctx: RunContext, specs: list[dict], fresh: bool = False) -> None:
 
 
 def _complete_fit(ctx: RunContext, s: dict) -> None:
-    """Publish a finished fit's completion marker and close its MLflow run."""
+    """Publish a finished fit's completion marker and close its MLflow run; a target model is
+    first logged and registered in MLflow (`tracking.register_models`)."""
     rel = layout.model_dir(s["model"])
+    if ctx.cfg.tracking.register_models and parse_shadow(s["model"]) is None:
+        _register(ctx, s["model"], s["mlflow_run_id"])
     mark_complete(
         ctx.storage,
         layout.marker(rel),
@@ -143,11 +222,40 @@ def _complete_fit(ctx: RunContext, s: dict) -> None:
     ctx.tracker.end_run(s["mlflow_run_id"])
 
 
+def _register(ctx: RunContext, model: str, run_id: Optional[str]) -> None:
+    """Log models/<model> to its run as an MLflow model, registered as <experiment>-<model>;
+    models/<model>/registered.json says which version (the report tags it)."""
+    cfg = ctx.cfg
+    shape = ctx.storage.read_json(layout.PLAN_JSON)["image_shape"]
+    meta = {
+        "kind": cfg.model.kind,
+        "schedule": {
+            k: getattr(cfg.model, k)
+            for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+        },
+        "image_shape": shape,
+        "pipeline": pipeline_dir(cfg.model) if is_latent(cfg.model) else None,
+        "experiment": cfg.experiment,
+        "model": model,
+    }
+    with tempfile.TemporaryDirectory(prefix="raydefense-register-") as cache:
+        local = ctx.storage.local_dir(layout.model_dir(model), cache)
+        reg = ctx.tracker.log_model(run_id, local, meta, registered_model_name(cfg, model))
+    if reg:
+        ctx.storage.write_json(layout.registered(model), reg)
+        log.info("train: registered %s as %s version %s", model, reg["name"], reg["version"])
+
+
+def registered_model_name(cfg: ExperimentConfig, model: str) -> str:
+    return f"{cfg.experiment}-{model}"
+
+
 def stage_distill(ctx: RunContext) -> None:
     """Soft targets and the student (paper Algorithm 2); with regime-matched shadows, the same
     for every shadow student, from its draw's shadow teachers on its draw's training rows."""
     cfg, plan = ctx.cfg, read_plan(ctx.storage)
-    students = [(STUDENT, plan.teachers)]
+    # An audit distils no target student (one it audits is imported by the train stage).
+    students = [] if cfg.audit.models else [(STUDENT, plan.teachers)]
     for m in shadow_students(cfg, plan):
         shadow = parse_shadow(m)
         assert shadow is not None  # shadow_students names shadow models only
@@ -272,6 +380,13 @@ def stage_report(ctx: RunContext) -> dict:
         "skipped": skipped,
         "shadows": (storage.read_json(layout.SHADOWS) if storage.exists(layout.SHADOWS) else {}),
     }
+    if cfg.audit.models:
+        results["audit"] = {
+            "models": {
+                role: {"source": uri, "sha256": cfg.audit.digests.get(role)}
+                for role, uri in sorted(cfg.audit.models.items())
+            }
+        }
     results.update(
         tradeoff(results, _sweep_results(ctx, "attacks"), _sweep_results(ctx, "training"))
     )
@@ -295,6 +410,7 @@ def stage_report(ctx: RunContext) -> dict:
             with open(os.path.join(tmp, name), "rb") as fh:
                 storage.write_bytes(f"{layout.REPORT}/{name}", fh.read())
         ctx.tracker.log_artifact(ctx.parent_run, tmp, "report")
+        _tag_registered(ctx, results, tmp)
     storage.write_json(layout.TIMINGS, timings)
     _log_evaluations(ctx, rows, quality)
     worst = {
@@ -321,6 +437,51 @@ def stage_report(ctx: RunContext) -> dict:
         },
     )
     return results
+
+
+def _tag_registered(ctx: RunContext, results: dict, report_dir: str) -> None:
+    """Tag each audited target's Model Registry version with its audit (worst-case AUC and
+    attack, TPR@1%FPR, utility, the report's run) so a platform team can promote a model by
+    it; a model this run trained also gets the report in its own run (`audit_report/`). An
+    audit of `models:/<name>/<version>` tags that version."""
+    if not ctx.cfg.tracking.register_models:
+        return
+    metric = (results.get("privacy_utility") or {}).get("utility_metric")
+    sources = (results.get("audit") or {}).get("models", {})
+    for target, worst in results.get("privacy", {}).items():
+        version: Optional[tuple[str, str]] = None
+        if target in sources:
+            parts = str(sources[target]["source"]).split("/")
+            if str(sources[target]["source"]).startswith("models:/") and len(parts) == 3:
+                version = (parts[1], parts[2])
+        elif ctx.storage.exists(layout.registered(target)):
+            reg = ctx.storage.read_json(layout.registered(target))
+            if reg.get("version"):
+                version = (reg["name"], reg["version"])
+                ctx.tracker.log_artifact(reg["run_id"], report_dir, "audit_report")
+        if version is None:
+            continue
+        tags = {
+            "raydefense.audit.worst_case_auc": f"{worst['auc']:.4f}",
+            "raydefense.audit.worst_case_attack": worst["attack"],
+            "raydefense.audit.tpr_at_1pct_fpr_calibrated": _tag_value(
+                worst.get("tpr_at_1pct_fpr_calibrated")
+            ),
+            "raydefense.audit.tpr_at_1pct_fpr": _tag_value(worst.get("tpr_at_1pct_fpr")),
+            "raydefense.audit.experiment": ctx.cfg.experiment,
+            "raydefense.audit.report": f"runs:/{ctx.parent_run}/report/report.html",
+        }
+        for q in results.get("quality", []):
+            if q["target"] == target and q["metric"] == metric:
+                tags[f"raydefense.audit.{metric}"] = _tag_value(q["value"])
+        try:
+            ctx.tracker.tag_model_version(version[0], version[1], tags)
+        except Exception as e:  # a version on another tracking server: the report still stands
+            log.warning("report: could not tag %s version %s: %s", *version, str(e)[:200])
+
+
+def _tag_value(value: object) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
@@ -458,13 +619,15 @@ def run_pipeline(ctx: RunContext, until: str = "report") -> Optional[dict]:
 
 def _model_manifests(ctx: RunContext, stage: str) -> dict:
     """The train/distill stage manifest: the per-model (and soft-target) manifests, not rehashed."""
+    audit = ctx.cfg.audit.models
     if stage == "train":
-        markers = [
-            layout.marker(layout.model_dir(m))
-            for m in ctx.storage.read_json(layout.PLAN_JSON)["models"]
-        ]
+        models = ctx.storage.read_json(layout.PLAN_JSON)["models"]
+        if audit:
+            models = [m for m in models if parse_shadow(m) is not None] + sorted(audit)
+        markers = [layout.marker(layout.model_dir(m)) for m in models]
     elif stage == "distill":
-        students = [STUDENT, *shadow_students(ctx.cfg, read_plan(ctx.storage))]
+        students = [] if audit else [STUDENT]
+        students += shadow_students(ctx.cfg, read_plan(ctx.storage))
         markers = [layout.marker(layout.soft_targets_dir(m)) for m in students]
         markers += [layout.marker(layout.model_dir(m)) for m in students]
     else:

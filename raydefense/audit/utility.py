@@ -12,7 +12,7 @@ import torch
 
 from raydefense.audit.targets import training_rows
 from raydefense.config import ExperimentConfig
-from raydefense.data import DATASETS
+from raydefense.data.given import load_pool
 from raydefense.data.plan import NONMEMBER, Plan, content_hash
 from raydefense.data.pool import to_model_range
 from raydefense.quality.domain import embed, train_domain_classifier
@@ -79,7 +79,7 @@ def train_domain_features(cfg: ExperimentConfig, plan: Plan) -> Optional[DomainF
     Its penultimate features stand in for Inception's on datasets like digits ("domain FID");
     the FID reference is the non-member set."""
 
-    pool = DATASETS.get(cfg.data.source)(cfg.data)
+    pool, _ = load_pool(cfg.data)
     if pool.labels is None:
         return None
     rows = spare_rows(cfg, plan, pool)

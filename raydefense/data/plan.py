@@ -177,11 +177,16 @@ class Plan:
         return pa.table(cols)
 
 
-def _load_split_file(path: str, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """SecMI/PIA `*_train_ratio0.5.npz`: mia_train_idxs = members, mia_eval_idxs = non-members."""
+def _load_split_file(
+    path: str, pool_size: int
+) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """SecMI/PIA `*_train_ratio0.5.npz`: mia_train_idxs = members, mia_eval_idxs = non-members;
+    optionally member_shards (raydefense's extension): each member's shard 0..K-1, aligned with
+    mia_train_idxs, for models trained on known shards (an audit's teachers)."""
     try:
         with np.load(path) as z:
             members, nonmembers = np.asarray(z["mia_train_idxs"]), np.asarray(z["mia_eval_idxs"])
+            shards = np.asarray(z["member_shards"]) if "member_shards" in z.files else None
     except FileNotFoundError:
         raise DataError(f"data.split_file {path!r} does not exist") from None
     except (KeyError, ValueError, OSError) as e:
@@ -199,18 +204,32 @@ def _load_split_file(path: str, pool_size: int) -> tuple[np.ndarray, np.ndarray]
         raise SplitOverlapError(
             f"data.split_file {path!r} lists rows as both member and non-member"
         )
-    return members.astype(np.int64), nonmembers.astype(np.int64)
+    if shards is not None and (shards.shape != members.shape or (shards.size and shards.min() < 0)):
+        raise DataError(
+            f"data.split_file {path!r}: member_shards must give one shard index >= 0 per "
+            f"member ({members.shape[0]}), got shape {list(shards.shape)}"
+        )
+    return (
+        members.astype(np.int64),
+        nonmembers.astype(np.int64),
+        None if shards is None else shards.astype(np.int64),
+    )
 
 
 def write_split_file(
-    path: str, members: np.ndarray, nonmembers: np.ndarray, ratio: Optional[float] = None
+    path: str,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    ratio: Optional[float] = None,
+    member_shards: Optional[np.ndarray] = None,
 ) -> None:
     """Write a split in the SecMI/PIA `*_train_ratio0.5.npz` format, readable by data.split_file.
 
     Keys: mia_train_idxs (members) and mia_eval_idxs (non-members), int64 indices into the
     source's canonical order, and ratio (float64; default len(members) / (len(members) +
-    len(nonmembers)), 0.5 for the published files). The file is written at exactly `path` (no
-    '.npz' is appended); parent folders are created.
+    len(nonmembers)), 0.5 for the published files); member_shards (int64, aligned with the
+    members) when given. The file is written at exactly `path` (no '.npz' is appended); parent
+    folders are created.
 
     Raises:
         DataError: indices that are not 1-D non-negative integers.
@@ -236,8 +255,19 @@ def write_split_file(
         ratio = len(arrays[0]) / total if total else 0.0
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if member_shards is not None:
+        extra["member_shards"] = np.asarray(member_shards, dtype=np.int64)
+        if extra["member_shards"].shape != arrays[0].shape:
+            raise DataError("write_split_file: member_shards must align with members")
     with open(path, "wb") as f:
-        np.savez(f, mia_train_idxs=arrays[0], mia_eval_idxs=arrays[1], ratio=np.float64(ratio))
+        np.savez(
+            f,
+            mia_train_idxs=arrays[0],
+            mia_eval_idxs=arrays[1],
+            ratio=np.float64(ratio),
+            **extra,
+        )
 
 
 def _take(
@@ -267,8 +297,12 @@ def make_plan(
     num_shadows: int = 0,
     shadow_members: Optional[int] = None,
     shadow_roles: tuple[str, ...] = ("baseline",),
+    given: Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None,
 ) -> Plan:
     """Split the pool (seeded; deterministic for a given seed and config).
+
+    `given` (raydefense.data.given.load_pool): the members, non-members and member shards that
+    came with the pool (member / non-member folders), used like a split file's.
 
     Shadow draws (num_shadows > 0) each take 2 * shadow_members rows (default: the baseline's
     member count) from the rows no target uses, the first half to train on and the second held
@@ -284,16 +318,18 @@ def make_plan(
     """
     rng = np.random.default_rng(derive_seed(seed, STREAM_SPLIT))
     n_pool = len(pool.images)
-    if cfg.split_file:
-        mem_pool, non_pool = _load_split_file(cfg.split_file, n_pool)
+    given_shards: Optional[np.ndarray] = None
+    if given is not None:
+        mem_pool, non_pool, given_shards = given
+    elif cfg.split_file:
+        mem_pool, non_pool, given_shards = _load_split_file(cfg.split_file, n_pool)
     else:
         perm = rng.permutation(n_pool)
         mem_pool, non_pool = perm[: n_pool // 2], perm[n_pool // 2 :]
     # Split files are already random permutations; subsampling them still needs a seeded draw.
-    members = _take(mem_pool, cfg.num_members, "members", rng, shuffle=bool(cfg.split_file))
-    nonmembers = _take(
-        non_pool, cfg.num_nonmembers, "nonmembers", rng, shuffle=bool(cfg.split_file)
-    )
+    shuffle = bool(cfg.split_file) or given is not None
+    members = _take(mem_pool, cfg.num_members, "members", rng, shuffle=shuffle)
+    nonmembers = _take(non_pool, cfg.num_nonmembers, "nonmembers", rng, shuffle=shuffle)
     k = cfg.num_shards
     if len(members) < 2 * k:
         raise DataError(
@@ -302,8 +338,22 @@ def make_plan(
         )
 
     shard_of_member = np.empty(len(members), dtype=np.int64)
-    for s, chunk in enumerate(np.array_split(rng.permutation(len(members)), k)):
-        shard_of_member[chunk] = s
+    if given_shards is not None:  # the split file says which shard each member trained in
+        if given_shards.max(initial=-1) + 1 != k:
+            where = (
+                f"data.split_file {cfg.split_file!r}"
+                if given is None
+                else f"data.member_roots ({len(cfg.member_roots or [])} folders)"
+            )
+            raise DataError(
+                f"{where} gives {given_shards.max() + 1} member shards but data.num_shards={k}: "
+                f"set data.num_shards={given_shards.max() + 1}"
+            )
+        shard_by_row = dict(zip(mem_pool.tolist(), given_shards.tolist()))
+        shard_of_member[:] = [shard_by_row[int(r)] for r in members]
+    else:
+        for s, chunk in enumerate(np.array_split(rng.permutation(len(members)), k)):
+            shard_of_member[chunk] = s
 
     shadow_rows, shadow_train, shadow_held = _draw_shadows(
         n_pool,

@@ -1,8 +1,8 @@
 """report.html: the report.md text as one self-contained HTML page (figures inlined as data URIs).
 
-Only the Markdown that the report writer emits is supported: `#` headings, paragraphs, `- ` lists,
-pipe tables, `![alt](file.png)` images on their own line, and inline `code`, **bold**, *italic*.
-No third-party Markdown package is needed, and the page opens offline (no external assets).
+The Markdown is parsed by markdown-it-py (CommonMark + pipe tables, raw HTML off); the page opens
+offline (no external assets). A `### label` heading directly followed by an image (ROC curves,
+sample grids) becomes a captioned figure, and consecutive figures share one grid.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import os
-import re
+from typing import Any, Optional
+
+from markdown_it import MarkdownIt
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -28,19 +30,9 @@ img{max-width:100%;border:1px solid #eaeef2;margin:.4rem 0}
 figcaption{font-weight:600;font-size:.9rem}
 """
 
-_INLINE = [
-    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
-    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
-    (re.compile(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])"), r"<em>\1</em>"),
-]
-_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
 
-
-def _inline(text: str) -> str:
-    out = html.escape(text, quote=False)
-    for pattern, repl in _INLINE:
-        out = pattern.sub(repl, out)
-    return out
+def _parser() -> MarkdownIt:
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
 def _data_uri(path: str) -> str:
@@ -48,80 +40,80 @@ def _data_uri(path: str) -> str:
         return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
 
 
-def _table(lines: list[str]) -> str:
-    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
-    head, body = rows[0], [r for r in rows[1:] if not all(set(c) <= set("-: ") for c in r)]
-    out = ["<table><thead><tr>", *(f"<th>{_inline(c)}</th>" for c in head), "</tr></thead><tbody>"]
-    for r in body:
-        out += ["<tr>", *(f"<td>{_inline(c)}</td>" for c in r), "</tr>"]
-    return "".join(out + ["</tbody></table>"])
+def _inline_images(tokens: list[Any], base_dir: str) -> None:
+    """Every image is inlined from base_dir as a data URI; one whose file is missing is dropped
+    (a report never links to files beside it)."""
+    for tok in tokens:
+        if tok.type != "inline" or not tok.children:
+            continue
+        kept = []
+        for child in tok.children:
+            if child.type == "image":
+                path = os.path.join(base_dir, str(child.attrGet("src")))
+                if not os.path.isfile(path):
+                    continue
+                child.attrSet("src", _data_uri(path))
+            kept.append(child)
+        tok.children = kept
+
+
+def _figure(md: MarkdownIt, tokens: list[Any], i: int) -> Optional[tuple[str, int]]:
+    """At tokens[i], `### label` + a paragraph holding only an image: (figure HTML, tokens
+    used); the HTML is empty when the image was dropped."""
+    kinds = [t.type for t in tokens[i : i + 6]]
+    if (
+        kinds
+        != [
+            "heading_open",
+            "inline",
+            "heading_close",
+            "paragraph_open",
+            "inline",
+            "paragraph_close",
+        ]
+        or tokens[i].tag != "h3"
+    ):
+        return None
+    parts = [c for c in tokens[i + 4].children or [] if c.type != "softbreak"]
+    if len(parts) > 1 or (parts and parts[0].type != "image"):
+        return None
+    if not parts:  # the image's file is missing
+        return "", 6
+    renderer: Any = md.renderer  # RendererHTML (the protocol lacks renderInline)
+    caption = renderer.renderInline(tokens[i + 1].children or [], md.options, {})
+    image = renderer.renderInline(parts, md.options, {})
+    return f"<figure><figcaption>{caption}</figcaption>{image}</figure>", 6
 
 
 def markdown_to_html(markdown: str, base_dir: str, title: str) -> str:
-    """The page for `markdown` (report.md's text); images are read from base_dir and inlined.
-
-    Consecutive `### label` + image sections (ROC curves, sample grids) become one figure grid.
-    """
-    lines = markdown.splitlines()
+    """The page for `markdown` (report.md's text); images are read from base_dir and inlined."""
+    md = _parser()
+    tokens = md.parse(markdown)
+    _inline_images(tokens, base_dir)
     body: list[str] = []
     figures: list[str] = []
     i = 0
-
-    def flush_figures() -> None:
+    while i < len(tokens):
+        fig = _figure(md, tokens, i)
+        if fig is not None:
+            figures += [fig[0]] if fig[0] else []
+            i += fig[1]
+            continue
         if figures:
             body.append('<div class="figs">' + "".join(figures) + "</div>")
-            figures.clear()
-
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-            continue
-        # "### label" directly followed by an image: a captioned figure
-        nxt = [ln for ln in lines[i + 1 : i + 3] if ln.strip()]
-        if line.startswith("### ") and nxt and (img := _IMAGE.match(nxt[0].strip())):
-            alt, src = img.groups()
-            path = os.path.join(base_dir, src)
-            if os.path.isfile(path):
-                figures.append(
-                    f"<figure><figcaption>{_inline(line[4:])}</figcaption>"
-                    f'<img alt="{html.escape(alt)}" src="{_data_uri(path)}"></figure>'
-                )
-            i = lines.index(nxt[0], i + 1) + 1
-            continue
-        flush_figures()
-        m = re.match(r"^(#{1,6}) (.*)$", line)
-        if m:
-            level = len(m.group(1))
-            body.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-            i += 1
-        elif line.lstrip().startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].lstrip().startswith("|"):
-                block.append(lines[i])
-                i += 1
-            body.append(_table(block))
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{_inline(lines[i][2:])}</li>")
-                i += 1
-            body.append("<ul>" + "".join(items) + "</ul>")
-        elif img := _IMAGE.match(line.strip()):
-            alt, src = img.groups()
-            path = os.path.join(base_dir, src)
-            if os.path.isfile(path):
-                body.append(f'<img alt="{html.escape(alt)}" src="{_data_uri(path)}">')
-            i += 1
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||- |!\[)", lines[i]):
-                para.append(lines[i].strip())
-                i += 1
-            body.append(f"<p>{_inline(' '.join(para))}</p>")
-    flush_figures()
+            figures = []
+        j, depth = i, 0
+        while True:  # one top-level block: until its nesting closes
+            depth += tokens[j].nesting
+            j += 1
+            if depth == 0:
+                break
+        body.append(md.renderer.render(tokens[i:j], md.options, {}))
+        i = j
+    if figures:
+        body.append('<div class="figs">' + "".join(figures) + "</div>")
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width"><title>{html.escape(title)}'
-        f"</title><style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"</title><style>{STYLE}</style></head><body>\n" + "".join(body) + "\n</body></html>\n"
     )

@@ -210,6 +210,15 @@ def _meta_lines(results: Mapping[str, Any]) -> list[str]:
             f"non-members, split {split}, exact duplicates dropped: "
             f"{data.get('duplicates_dropped', 0)}"
         )
+    audit = results.get("audit")
+    if isinstance(audit, Mapping) and audit.get("models"):
+        lines.append(
+            "- Audited models (imported, not trained here): "
+            + ", ".join(
+                f"**{role}** `{m['source']}` (sha256 `{str(m['sha256'])[:12]}`)"
+                for role, m in audit["models"].items()
+            )
+        )
     lines.append(f"- Config fingerprint: `{results['config_fingerprint']}`")
     versions = results["versions"]
     if isinstance(versions, Mapping) and versions:

@@ -103,6 +103,8 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    # An audit's models, by role (raydefense.audit.imported.resolve_imports; empty otherwise).
+    imports: dict[str, Any] = field(default_factory=dict)
 
     def role(self, name: str) -> Any:
         """The backend's `name` role (ROLES); a clear error when this run was given none."""

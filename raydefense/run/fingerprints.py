@@ -24,7 +24,12 @@ def _hash(*parts: object) -> str:
 # Fields added after models were first trained, with their defaults: left out of the hashed
 # config while they keep them, so earlier models keep their fingerprints.
 LATE_FIELDS: dict[str, dict[str, Any]] = {
-    "data": {"extra_caption_column": None, "prompt_diversification": False},
+    "data": {
+        "extra_caption_column": None,
+        "prompt_diversification": False,
+        "member_roots": None,
+        "nonmember_root": None,
+    },
     "model": {
         "kind": "unet2d",
         "downsample_padding": 1,
@@ -40,6 +45,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
     },
     "sampling": {"guidance_scale": 1.0},
     "quality": {"sscd_model": None, "clip_model": None},
+    "audit": {"models": {}, "digests": {}},
     "train": {
         "hflip": False,
         "precision": "fp32",
@@ -57,6 +63,8 @@ def config_tree(cfg: ExperimentConfig) -> dict[str, Any]:
         for k, default in fields.items():
             if d[section].get(k) == default:
                 del d[section][k]
+    if not d["audit"]:  # a section added later, empty unless models are audited
+        del d["audit"]
     return d
 
 
@@ -86,10 +94,14 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
         for k, x in d["train"].items()
         if k not in ("log_every", "checkpoint_every", "val_rows")
     }
-    fp["train"] = _hash("train", v, fp["prepare"], d["model"], train)
+    # An audit imports its target models: their identity is their weights' digests (by role),
+    # not where they were read from.
+    imported = [d["audit"].get("digests", {})] if "audit" in d else []
+    fp["train"] = _hash("train", v, fp["prepare"], d["model"], train, *imported)
     # The target models (and so the student) do not depend on the attacker's shadow models.
-    fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
-    fp["shadows"] = _hash("shadows", fp["targets"], shadow)
+    trained = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
+    fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train, *imported)
+    fp["shadows"] = _hash("shadows", trained, shadow)  # the same whatever an audit imports
     fp["student"] = _hash("distill", v, fp["targets"], d["distill"])
     fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"])
     fp["distill"] = (

@@ -25,6 +25,12 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise DataError(f"data.split_file {cfg.data.split_file!r} does not exist")
     if cfg.data.root and not os.path.exists(cfg.data.root):
         raise DataError(f"data.root {cfg.data.root!r} does not exist; point it at the dataset")
+    for key, path in [
+        *(("data.member_roots", r) for r in cfg.data.member_roots or []),
+        ("data.nonmember_root", cfg.data.nonmember_root),
+    ]:
+        if path is not None and not os.path.exists(path):
+            raise DataError(f"{key} {path!r} does not exist; point it at the images")
     if cfg.train.batch_size % cfg.resources.workers_per_model:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not divisible by "
@@ -42,6 +48,15 @@ def absolutize(cfg: ExperimentConfig) -> ExperimentConfig:
         cfg.data.split_file = os.path.abspath(cfg.data.split_file)
     if cfg.data.root:
         cfg.data.root = os.path.abspath(cfg.data.root)
+    if cfg.data.member_roots is not None and cfg.data.nonmember_root is not None:
+        cfg.data.member_roots = [os.path.abspath(r) for r in cfg.data.member_roots]
+        cfg.data.nonmember_root = os.path.abspath(cfg.data.nonmember_root)
+    cfg.audit.models = {
+        role: uri
+        if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
+        else os.path.abspath(os.path.expanduser(uri))
+        for role, uri in cfg.audit.models.items()
+    }
     return cfg
 
 

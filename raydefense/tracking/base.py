@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 
 class Tracker(Protocol):
@@ -29,6 +29,24 @@ class Tracker(Protocol):
 
     def end_run(self, run_id: Optional[str], status: str = "FINISHED") -> None: ...
 
+    def log_model(
+        self,
+        run_id: Optional[str],
+        model_dir: str,
+        meta: dict[str, Any],
+        registered_name: Optional[str] = None,
+    ) -> Optional[dict[str, Any]]:
+        """Log a model directory to the run as an MLflow model (and register it); returns
+        {model_uri, name, version, run_id}, or None when nothing was logged."""
+        ...
+
+    def tag_model_version(self, name: str, version: str, tags: dict[str, str]) -> None: ...
+
+    def log_inputs(self, run_id: Optional[str], datasets: list[dict[str, Any]]) -> None:
+        """Datasets as the run's MLflow inputs: each {name, digest, source, context, schema,
+        profile}."""
+        ...
+
 
 class NullTracker:
     """Logs nothing (tracking.enabled = false, tests)."""
@@ -46,4 +64,13 @@ class NullTracker:
         pass
 
     def end_run(self, run_id, status="FINISHED"):
+        pass
+
+    def log_model(self, run_id, model_dir, meta, registered_name=None):
+        return None
+
+    def tag_model_version(self, name, version, tags):
+        pass
+
+    def log_inputs(self, run_id, datasets):
         pass

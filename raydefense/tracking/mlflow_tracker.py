@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Optional
@@ -12,6 +16,8 @@ from urllib.parse import urlsplit
 
 from raydefense.errors import ConfigError
 
+# The pyfunc's code, logged with every model ("model from code": loading needs no raydefense).
+SAMPLER_MODEL = os.path.join(os.path.dirname(__file__), "sampler_model.py")
 # A run's first MLflow call must fail fast: MLflow's own HTTP retries (7, exponential backoff)
 # take minutes before anything says the server is missing.
 PROBE_TIMEOUT_S = 5.0
@@ -133,6 +139,74 @@ class MlflowTracker:
     def end_run(self, run_id, status="FINISHED"):
         if run_id is not None:
             self.client.set_terminated(run_id, status)
+
+    def log_model(self, run_id, model_dir, meta, registered_name=None):
+        """The model directory (ema/ and unet/; the optimizer state is left out) as an MLflow
+        pyfunc that generates images (raydefense/tracking/sampler_model.py, logged as code),
+        with its signature and pip requirements; registered as `registered_name`."""
+        if run_id is None:
+            return None
+        import mlflow
+
+        from raydefense.tracking.signature import pip_requirements, sampler_signature
+
+        with tempfile.TemporaryDirectory(prefix="raydefense-model-") as tmp:
+            weights = os.path.join(tmp, "weights")
+            for sub in ("ema", "unet"):
+                shutil.copytree(os.path.join(model_dir, sub), os.path.join(weights, sub))
+            meta_path = os.path.join(tmp, "model.json")
+            with open(meta_path, "w") as f:
+                json.dump(meta, f, indent=2)
+            previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(self.uri)
+            try:
+                with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+                    # "no input example": generating one would run the sampler at log time
+                    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+                    info = mlflow.pyfunc.log_model(
+                        name="model",
+                        python_model=SAMPLER_MODEL,
+                        artifacts={"weights": weights, "model.json": meta_path},
+                        signature=sampler_signature(meta),
+                        pip_requirements=pip_requirements(meta),
+                        registered_model_name=registered_name,
+                    )
+            finally:
+                mlflow.set_tracking_uri(previous)
+        version = info.registered_model_version
+        return {
+            "model_uri": info.model_uri,
+            "name": registered_name,
+            "version": None if version is None else str(version),
+            "run_id": run_id,
+        }
+
+    def tag_model_version(self, name, version, tags):
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, str(version), k, str(v))
+
+    def log_inputs(self, run_id, datasets):
+        if run_id is None or not datasets:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        self.client.log_inputs(
+            run_id,
+            datasets=[
+                DatasetInput(
+                    dataset=Dataset(
+                        name=d["name"],
+                        digest=d["digest"],
+                        source_type="raydefense",
+                        source=json.dumps({"uri": d["source"]}),
+                        schema=json.dumps(d.get("schema", {})),
+                        profile=json.dumps(d.get("profile", {})),
+                    ),
+                    tags=[InputTag("mlflow.data.context", d["context"])],
+                )
+                for d in datasets
+            ],
+        )
 
     def close_orphans(self, host: str, alive: Callable[[int], bool]) -> list[str]:
         """Mark KILLED the RUNNING pipeline runs that an earlier invocation on this host left

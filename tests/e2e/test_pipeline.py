@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -179,6 +180,24 @@ def test_mlflow_run_tree(smoke_run):
     assert len(history) >= 3 and history[-1].step == 100
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"prepare", "report", "evaluate", "config.json"} <= artifacts
+    # lineage: the data as MLflow inputs of the pipeline run and of each fit
+    inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
+    assert set(inputs) >= {"digits/members", "digits/nonmembers"}
+    assert json.loads(inputs["digits/members"].dataset.profile)["num_rows"] == 64
+    fit_inputs = children["train/teacher_1"].inputs.dataset_inputs
+    assert [d.dataset.name for d in fit_inputs] == ["digits/teacher_1"]
+    assert json.loads(fit_inputs[0].dataset.profile)["num_rows"] == 32
+    # every target model registered, its version tagged with its audit
+    for model in ("baseline", "teacher_1", "teacher_2", "student"):
+        (version,) = client.search_model_versions(f"name = 'smoke-{model}'")
+        assert version.run_id == children[f"train/{model}"].info.run_id
+        tags = version.tags
+        assert 0.0 <= float(tags["raydefense.audit.worst_case_auc"]) <= 1.0
+        assert tags["raydefense.audit.worst_case_attack"]
+        assert "raydefense.audit.domain_fid" in tags or "raydefense.audit.fid" in tags, tags
+        assert tags["raydefense.audit.report"].startswith(f"runs:/{parent.info.run_id}/")
+    student_run = children["train/student"].info.run_id
+    assert "audit_report" in {a.path for a in client.list_artifacts(student_run)}
 
 
 def test_second_run_trains_nothing_and_is_fast(smoke_run):
@@ -279,3 +298,210 @@ def test_ray_job_entrypoint_runs_a_stage(tmp_path):
     plan = json.loads((tmp_path / "runs" / "smoke" / "prepare" / "plan.json").read_text())
     assert plan["num_members"] == 64 and plan["shard_sizes"] == [32, 32]
     assert (tmp_path / "runs" / "smoke" / "prepare" / "_COMPLETE.json").exists()
+
+
+# ----------------------------------------------------------------------------- raydefense audit
+
+QUERY_ATTACKS = ["loss", "secmi_stat", "pia", "sima"]
+
+
+def _split_of(exp: Path, path: Path) -> Path:
+    """The smoke run's members (with their shards) and non-members as a split file."""
+    import pyarrow.parquet as pq
+
+    from raydefense.data.plan import write_split_file
+
+    rows = pq.read_table(exp / "prepare" / "rows.parquet", columns=["row_id", "split", "shard"])
+    d = rows.to_pydict()
+    members = [i for i, s in enumerate(d["split"]) if s == "member"]
+    write_split_file(
+        str(path),
+        [d["row_id"][i] for i in members],
+        [r for r, s in zip(d["row_id"], d["split"]) if s == "nonmember"],
+        member_shards=[d["shard"][i] for i in members],
+    )
+    return path
+
+
+def test_audit_of_the_pipeline_models_gives_the_pipeline_scores(smoke_run, tmp_path):
+    """`raydefense audit` on the smoke run's own weights (raydefense model dirs), over the same
+    rows and shards: every per-row query-attack score of every target (DualMD's router included)
+    equals the pipeline's evaluate stage."""
+    import pyarrow.parquet as pq
+
+    cwd, _, _ = smoke_run
+    exp = cwd / "runs" / "smoke"
+    split = _split_of(exp, tmp_path / "split.npz")
+    models = []
+    for role in ("baseline", "teacher_1", "teacher_2", "student"):
+        models += ["--model", f"{role}={exp / 'models' / role}"]
+    attacks = ",".join([*QUERY_ATTACKS, "dualmd_adaptive"])
+    out = cli(
+        tmp_path,
+        "audit",
+        "--preset",
+        "smoke",
+        "--set",
+        "experiment=audited",
+        "--set",
+        f"attacks.enabled=[{attacks}]",
+        "--split",
+        str(split),
+        *models,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "train: imported teacher_2" in out.stderr
+    key = ["target", "attack", "params", "row_id"]
+    ours = pq.read_table(tmp_path / "runs" / "audited" / "evaluate" / "scores.parquet").to_pandas()
+    theirs = pq.read_table(exp / "evaluate" / "scores.parquet").to_pandas()
+    theirs = theirs[theirs.attack.isin(QUERY_ATTACKS)]
+    joined = ours[ours.attack.isin(QUERY_ATTACKS)].merge(theirs, on=key, suffixes=("", "_p"))
+    assert len(joined) == len(theirs) > 0
+    assert set(joined.target) == {"baseline", "teacher_1", "teacher_2", "dualmd", "student"}
+    assert (joined.is_member == joined.is_member_p).all()
+    assert np.allclose(joined.score, joined.score_p, rtol=1e-4, atol=1e-5)
+    results = json.loads((tmp_path / "runs" / "audited" / "report" / "results.json").read_text())
+    assert {(r["target"], r["attack"]) for r in results["attacks"]} >= {
+        ("dualmd", "dualmd_adaptive")
+    }
+    assert set(results["audit"]["models"]) == {"baseline", "teacher_1", "teacher_2", "student"}
+    # a rerun imports nothing again
+    again = cli(
+        tmp_path,
+        "audit",
+        "--preset",
+        "smoke",
+        "--set",
+        "experiment=audited",
+        "--set",
+        f"attacks.enabled=[{attacks}]",
+        "--split",
+        str(split),
+        *models,
+    )
+    assert again.returncode == 0 and "train: complete" in again.stderr, again.stderr[-3000:]
+
+
+def test_registered_student_loads_back_and_is_audited_by_its_uri(smoke_run, tmp_path):
+    """The Model Registry's student: its pyfunc generates images, and `raydefense audit
+    --model student=models:/smoke-student/1` gives the pipeline's per-row scores."""
+    import mlflow
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    cwd, _, _ = smoke_run
+    exp = cwd / "runs" / "smoke"
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    images = mlflow.pyfunc.load_model("models:/smoke-student/1").predict(
+        pd.DataFrame({"seed": [0, 1, 0]}), params={"num_inference_steps": 4}
+    )
+    assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
+    assert (images[0] == images[2]).all() and (images[0] != images[1]).any()
+
+    split = _split_of(exp, tmp_path / "split.npz")
+    out = cli(
+        cwd,
+        "audit",
+        "--preset",
+        "smoke",
+        "--set",
+        "experiment=registered-student",
+        "--set",
+        f"attacks.enabled=[{','.join(QUERY_ATTACKS)}]",
+        "--model",
+        "student=models:/smoke-student/1",
+        "--split",
+        str(split),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    key = ["target", "attack", "params", "row_id"]
+    ours = pq.read_table(cwd / "runs" / "registered-student" / "evaluate" / "scores.parquet")
+    theirs = pq.read_table(exp / "evaluate" / "scores.parquet").to_pandas()
+    theirs = theirs[theirs.attack.isin(QUERY_ATTACKS) & (theirs.target == "student")]
+    joined = ours.to_pandas().merge(theirs, on=key, suffixes=("", "_p"))
+    assert len(joined) == len(theirs) > 0
+    assert np.allclose(joined.score, joined.score_p, rtol=1e-4, atol=1e-5)
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_model_version("smoke-student", "1").tags
+    assert tags["raydefense.audit.experiment"] == "registered-student"
+
+
+def _train_outside(path: Path, members: np.ndarray, steps: int = 150) -> None:
+    """A plain diffusers training loop (nothing of raydefense): a small UNet2DModel on 8x8
+    digits, DDPMScheduler's noise, MSE on eps; saved as a DDPMPipeline."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    x = torch.tensor(np.rint(load_digits().images[members] * 255 / 16) / 127.5 - 1.0)
+    x = x.float()[:, None]
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)
+    for _ in range(steps):
+        batch = x[torch.randint(len(x), (32,))]
+        noise, t = torch.randn_like(batch), torch.randint(1000, (len(batch),))
+        loss = torch.nn.functional.mse_loss(unet(sched.add_noise(batch, noise, t), t).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(path)
+
+
+def test_audit_of_a_model_trained_outside_raydefense(tmp_path):
+    from raydefense.data.plan import write_split_file
+
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(1797)
+    members, nonmembers = rows[:64], rows[64:128]
+    write_split_file(str(tmp_path / "split.npz"), members, nonmembers)
+    _train_outside(tmp_path / "mine", members)
+    out = cli(
+        tmp_path,
+        "audit",
+        "--preset",
+        "smoke",
+        "--set",
+        "experiment=mine",
+        "--set",
+        "attacks.enabled=[loss,secmi_stat,pia]",
+        "--model",
+        f"baseline={tmp_path / 'mine'}",
+        "--split",
+        str(tmp_path / "split.npz"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = tmp_path / "runs" / "mine" / "report"
+    results = json.loads((report / "results.json").read_text())
+    assert {r["target"] for r in results["attacks"]} == {"baseline"}
+    assert {r["attack"] for r in results["attacks"]} == {"loss", "secmi_stat", "pia"}
+    assert all((r["n_members"], r["n_nonmembers"]) == (32, 32) for r in results["attacks"])
+    assert results["audit"]["models"]["baseline"]["source"] == str(tmp_path / "mine")
+    assert "Audited models" in (report / "report.md").read_text()
+    assert "baseline" in out.stdout  # the summary
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "teacher=./x"], "unknown role 'teacher'"),
+        (["--model", "baseline=/nonexistent/unet"], "is not a directory"),
+        (["--model", "baseline"], "is not ROLE=URI"),
+        (["--model", "teacher_1=/tmp"], "import all K teachers"),
+    ],
+)
+def test_bad_audit_input_is_one_clear_line(tmp_path, args, needle):
+    out = cli(tmp_path, "audit", "--preset", "smoke", *args, timeout=120)
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], out.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written

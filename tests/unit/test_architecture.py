@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "raydefense"
 
-# Lowest first; a module may import its own layer or lower ones only (README: Architecture).
+# Lowest first; a module may import its own layer or lower ones only (docs/architecture.md).
 LAYERS = [
     [
         "raydefense",
@@ -20,6 +20,7 @@ LAYERS = [
         "raydefense.registry",
         "raydefense.hashing",
         "raydefense.config",
+        "raydefense.config_reference",
         "raydefense.storage",
         "raydefense.roster",
         "raydefense.layout",
@@ -85,7 +86,7 @@ def layer_of(module: str) -> int:
             if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
                 best, rank = len(prefix), i
     if rank is None:
-        raise AssertionError(f"{module} is in no layer; add it to LAYERS (and the README)")
+        raise AssertionError(f"{module} is in no layer; add it to LAYERS (and docs/architecture.md)")
     return rank
 
 

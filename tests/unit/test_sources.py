@@ -369,7 +369,7 @@ def test_written_split_file_round_trips(tmp_path):
     with np.load(path) as z:
         assert set(z.files) == {"mia_train_idxs", "mia_eval_idxs", "ratio"}
         assert z["mia_train_idxs"].dtype == np.int64 and float(z["ratio"]) == pytest.approx(4 / 7)
-    m, n = _load_split_file(str(path), pool_size=10)
+    m, n, _ = _load_split_file(str(path), pool_size=10)
     assert m.tolist() == members.tolist() and n.tolist() == nonmembers.tolist()
     with pytest.raises(DataError, match="only 9 images"):
         _load_split_file(str(path), pool_size=9)
@@ -379,13 +379,34 @@ def test_written_split_file_round_trips(tmp_path):
         write_split_file(str(tmp_path / "x.npz"), [-1], [2])
 
 
+def test_split_file_member_shards_fix_the_shards(tmp_path):
+    from raydefense.config import DataConfig
+    from raydefense.data.sources import load_digits
+
+    members, nonmembers = np.arange(0, 40), np.arange(100, 140)
+    shards = np.arange(40) % 2  # even rows in shard 0, odd in shard 1
+    path = tmp_path / "split.npz"
+    write_split_file(str(path), members, nonmembers, member_shards=shards)
+    m, _, got = _load_split_file(str(path), pool_size=1797)
+    assert got is not None and got.tolist() == shards.tolist() and m.tolist() == members.tolist()
+    cfg = DataConfig(source="digits", split_file=str(path), num_shards=2)
+    plan = make_plan(load_digits(cfg), cfg, seed=3)
+    is_member = plan.split == MEMBER
+    assert (plan.shard[is_member] == plan.row_id[is_member] % 2).all()
+    with pytest.raises(DataError, match="gives 2 member shards but data.num_shards=3"):
+        make_plan(load_digits(cfg), cfg.model_copy(update={"num_shards": 3}), seed=3)
+    with pytest.raises(DataError, match="must align"):
+        write_split_file(str(tmp_path / "x.npz"), [1, 2], [3], member_shards=[0])
+
+
 @pytest.mark.skipif(
     not (SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz").exists(),
     reason="shared/mia_splits is not beside the checkout",
 )
 def test_published_cifar10_split_file_loads():
     path = str(SHARED_SPLITS / "CIFAR10_train_ratio0.5.npz")
-    members, nonmembers = _load_split_file(path, pool_size=50_000)
+    members, nonmembers, shards = _load_split_file(path, pool_size=50_000)
+    assert shards is None
     assert len(members) == len(nonmembers) == 25_000
     assert len(np.unique(members)) == 25_000 and len(np.unique(nonmembers)) == 25_000
     assert not np.intersect1d(members, nonmembers).size
@@ -418,3 +439,39 @@ def test_make_plan_on_a_fake_cifar10_pool_with_a_split_file(tmp_path):
     assert np.array_equal(make_plan(pool, cfg, seed=1).row_id, plan.row_id)
     assert not np.array_equal(make_plan(pool, cfg, seed=2).row_id, plan.row_id)
     assert plan.summary()["image_shape"] == [3, 32, 32]
+
+
+# ----------------------------------------------------------------------------- member folders
+
+
+def test_member_and_nonmember_folders_are_the_split(tmp_path):
+    from raydefense.data.given import load_pool
+
+    images = random_images(10, side=8, seed=7)
+    for folder, idx in (("shard_a", [0, 1, 2]), ("shard_b", [3, 4, 5]), ("held", [6, 7, 8, 9])):
+        (tmp_path / folder).mkdir()
+        for i in idx:
+            Image.fromarray(hwc(images[i])).save(tmp_path / folder / f"{i}.png")
+    cfg = DataConfig(
+        source="imagefolder",
+        member_roots=[str(tmp_path / "shard_a"), str(tmp_path / "shard_b")],
+        nonmember_root=str(tmp_path / "held"),
+        num_shards=2,
+        calibration_fraction=0.34,
+    )
+    pool, given = load_pool(cfg)
+    assert np.array_equal(pool.images, images)
+    members, nonmembers, shards = given
+    assert members.tolist() == [0, 1, 2, 3, 4, 5] and nonmembers.tolist() == [6, 7, 8, 9]
+    assert shards.tolist() == [0, 0, 0, 1, 1, 1]
+    plan = make_plan(pool, cfg, seed=0, given=given)
+    member = plan.split == MEMBER
+    assert sorted(plan.row_id[member].tolist()) == [0, 1, 2, 3, 4, 5]
+    assert (plan.shard[member] == (plan.row_id[member] >= 3)).all()
+    assert sorted(plan.row_id[plan.split == NONMEMBER].tolist()) == [6, 7, 8, 9]
+    with pytest.raises(DataError, match="gives 2 member shards but data.num_shards=3"):
+        make_plan(pool, cfg.model_copy(update={"num_shards": 3}), seed=0, given=given)
+    with pytest.raises(ValueError, match="go together"):
+        DataConfig(source="imagefolder", member_roots=[str(tmp_path)])
+    with pytest.raises(ValueError, match="set data.source to imagefolder or parquet"):
+        DataConfig(member_roots=[str(tmp_path)], nonmember_root=str(tmp_path))

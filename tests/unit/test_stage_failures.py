@@ -11,6 +11,9 @@ import pytest
 
 from raydefense import layout
 from raydefense.config import ExperimentConfig
+from raydefense.data.plan import make_plan
+from raydefense.data.sources import load_digits
+from raydefense.data.tables import write_plan
 from raydefense.errors import FitsFailed, NonFiniteLossError
 from raydefense.pipeline import stage_train
 from raydefense.run.context import Backend, RunContext
@@ -44,9 +47,11 @@ class HalfFitter:
 
 
 def test_finished_fits_are_kept_and_the_failed_one_is_marked(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path)
+    # the fake fitter writes no weights: nothing to register in MLflow
+    cfg = tiny_config(tmp_path, **{"tracking.register_models": "false"})
     storage = Storage(cfg.storage.root, cfg.experiment)
-    storage.write_json(layout.PLAN_JSON, {"models": ["baseline", "teacher_1", "teacher_2"]})
+    write_plan(storage, make_plan(load_digits(cfg.data), cfg.data, cfg.seed))
+    assert storage.read_json(layout.PLAN_JSON)["models"] == ["baseline", "teacher_1", "teacher_2"]
     tracker = MlflowTracker(cfg.tracking.uri, cfg.experiment)
     parent = tracker.start_run("pipeline/train")
     fitter = HalfFitter(fails="teacher_2")

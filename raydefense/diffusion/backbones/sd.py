@@ -38,7 +38,7 @@ def pipeline_dir(cfg: ModelConfig) -> str:
     if not os.path.isdir(path):
         raise ConfigError(
             f"model.pipeline {cfg.pipeline!r} is not a directory: point it at a local diffusers "
-            "Stable Diffusion pipeline (nothing is downloaded; see the README)"
+            "Stable Diffusion pipeline (nothing is downloaded; see docs/text-to-image.md)"
         )
     missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(path, c))]
     if missing:
