@@ -210,6 +210,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="STAGE",
         help="rerun a stage even if it is complete (repeatable)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's own logs (workers, Ray Data, the raylet) on the console; by default "
+        "they go to a log file and Ray's session log, and the console shows raydefense's "
+        "stages, one progress line per job, and the summary",
+    )
 
 
 def config_text(args: argparse.Namespace) -> str:
@@ -270,6 +277,8 @@ def config_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--set", o]
     for f in args.force:
         argv += ["--force", f]
+    if getattr(args, "verbose", False):
+        argv.append("--verbose")
     return argv
 
 
@@ -512,11 +521,26 @@ def submit_command(args: argparse.Namespace) -> int:
     )
 
 
+QUIET_NOISY = ("mlflow", "alembic", "urllib3", "filelock", "botocore", "boto3", "s3transfer")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    from raydefense.run.console import VERBOSE_ENV, close_console, open_console
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[raydefense] %(message)s")
-    for noisy in ("mlflow", "alembic", "urllib3", "filelock", "botocore", "boto3", "s3transfer"):
+    loud = bool(getattr(args, "verbose", False))
+    if loud:
+        os.environ[VERBOSE_ENV] = "1"
+    # The real CLI (argv from the command line) gets the quiet console for commands that run
+    # stages; config and submit print as they are, and in-process callers keep their stderr.
+    quiet = argv is None and not loud and args.command not in ("config", "submit")
+    console = open_console(quiet, args.command)
+    for noisy in QUIET_NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def fail(message: str) -> None:
+        console.print(f"raydefense: error: {message}")
+
     try:
         if args.command == "submit":
             return submit_command(args)
@@ -553,11 +577,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             execute(args.command, args.preset, args.config, args.overrides, args.force)
     except RaydefenseError as e:
-        print(f"raydefense: error: {e}", file=sys.stderr)
+        fail(str(e))
         return 2
     except KeyboardInterrupt:
-        print("raydefense: interrupted; rerun the same command to resume", file=sys.stderr)
+        console.print("raydefense: interrupted; rerun the same command to resume")
         return 130
+    except Exception as e:  # unexpected: one line here, the traceback in the log
+        import traceback
+
+        traceback.print_exc()  # to stderr: the log file when quiet
+        where = f" (traceback in {console.log_path})" if console.log_path else ""
+        fail(
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}{where}"
+        )
+        return 1
+    finally:
+        close_console()
+    if console.log_path:
+        logging.getLogger("raydefense").info(
+            "Ray's and the libraries' messages: %s; Ray's worker logs: "
+            "/tmp/ray/session_latest/logs (--verbose shows them here)",
+            console.log_path,
+        )
     return 0
 
 

@@ -76,7 +76,6 @@ class DataConfig(_Section):
         "false: its original caption only; applies to every model, the baseline included",
     )
 
-
     @model_validator(mode="after")
     def _check_member_roots(self) -> DataConfig:
         if (self.member_roots is None) != (self.nonmember_root is None):

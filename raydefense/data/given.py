@@ -58,9 +58,7 @@ def load_pool(cfg: DataConfig) -> tuple[ImagePool, Optional[GivenSplit]]:
         else None
     )
     labels = None if pools[0].labels is None else np.concatenate([p.labels for p in pools])
-    captions = (
-        None if pools[0].captions is None else [c for p in pools for c in p.captions or []]
-    )
+    captions = None if pools[0].captions is None else [c for p in pools for c in p.captions or []]
     pool = ImagePool(
         images=np.concatenate([p.images for p in pools]),
         labels=labels,

@@ -10,15 +10,20 @@ Ray cluster (joined under `ray job submit` / RAY_ADDRESS, else a local one).
 
 from __future__ import annotations
 
-from typing import Optional
+import atexit
+from typing import Any, Optional
 
 from raydefense.config import ExperimentConfig
+from raydefense.distributed.progress import start_board
 from raydefense.distributed.runtime import alive_nodes, check_shared_storage, init_ray
 from raydefense.distributed.scoring import RayScorer
 from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
 from raydefense.distributed.tune import RayTrialRunner
+from raydefense.run.console import verbose
 from raydefense.run.context import Backend
+
+_progress: dict[str, Any] = {}
 
 
 def ray_backend(
@@ -30,6 +35,9 @@ def ray_backend(
     per model name (a training sweep's TuneReportCallback on the watched fit)."""
     cluster = init_ray(cfg.resources)
     check_shared_storage(cfg, alive_nodes())
+    if not verbose() and "stop" not in _progress:  # one progress display per driver process
+        _progress["stop"] = start_board()
+        atexit.register(_progress["stop"])
     return Backend(
         fitter=RayFitter(cluster, tracking_uri, fit_callbacks),
         labeller=RayLabeller(),

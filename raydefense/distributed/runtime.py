@@ -9,6 +9,7 @@ import ray
 
 from raydefense.config import ExperimentConfig, ResourcesConfig
 from raydefense.errors import ConfigError, ResourceError
+from raydefense.run.console import verbose
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,13 @@ def init_ray(res: ResourcesConfig) -> dict:
     each hold a CPU, and Ray Data needs free CPUs beside them or ingestion deadlocks.
     """
     if not ray.is_initialized():
+        # Quiet (the default): worker logs stay in Ray's session log, and Ray's own driver-side
+        # messages below ERROR are not shown; progress reaches the console through
+        # raydefense.distributed.progress. --verbose: everything, as Ray prints it.
+        loud = verbose()
+        quiet_data_logs(loud)
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=True)
+            ray.init(log_to_driver=loud, logging_level=logging.INFO if loud else logging.ERROR)
         else:
             num_cpus = res.local_num_cpus or 2 * (os.cpu_count() or 1)
             # The dashboard serves the State API that Ray Train's placement-group cleaner polls.
@@ -31,10 +37,20 @@ def init_ray(res: ResourcesConfig) -> dict:
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
                 object_store_memory=512 * 1024**2,
-                log_to_driver=True,
-                logging_level=logging.WARNING,
+                log_to_driver=loud,
+                logging_level=logging.WARNING if loud else logging.ERROR,
             )
     return ray.cluster_resources()
+
+
+def quiet_data_logs(loud: bool) -> None:
+    """Ray Data's progress bars (in a log, a dump every 10 s) and per-dataset INFO lines only
+    with --verbose."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = loud
+    ctx.print_on_execution_start = loud
+    if not loud:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def alive_nodes() -> int:

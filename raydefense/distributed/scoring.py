@@ -20,7 +20,9 @@ from raydefense.audit.scoring import ScoreJob, ScoringWorker, merge_columns
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import Plan
 from raydefense.data.tables import decode_images
+from raydefense.distributed.progress import report
 from raydefense.distributed.runtime import torch_threads
+from raydefense.run.console import verbose
 from raydefense.storage import Storage
 
 GENERATE, SCORE = "generate", "score"
@@ -134,7 +136,8 @@ class RayScorer:
                 else:
                     parts[str(model)].append(out)
                 done += 1
-                if done == len(blocks) or done % max(1, len(blocks) // 10) == 0:
+                report("score and generate", done, len(blocks), "batches")
+                if verbose() and (done == len(blocks) or done % max(1, len(blocks) // 10) == 0):
                     print(f"[raydefense] scoring: {done}/{len(blocks)} batches", flush=True)
         return [merge_columns(parts[j.model], plan.row_id[j.mask]) for j in jobs], generated
 

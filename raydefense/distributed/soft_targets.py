@@ -21,6 +21,7 @@ from raydefense.defense.distillmd import SoftTargetLabeller
 from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.distributed.progress import advance
 from raydefense.distributed.runtime import torch_threads
 from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS, model_dir
 from raydefense.storage import Storage
@@ -38,6 +39,7 @@ class LabellerActor:
         image_shape: list[int],
         groups: dict[int, int],
         threads: int | None = None,
+        progress: tuple[str, int] | None = None,
     ) -> None:
         cfg = ExperimentConfig.model_validate(cfg_dict)
         torch.set_num_threads(threads or torch_threads(cfg.resources, cfg.resources.label_actors))
@@ -58,6 +60,7 @@ class LabellerActor:
         self.encoded = read_encoded(storage) if is_latent(cfg.model) else None
         self.shape = tuple(image_shape)
         self.groups = {int(r): int(g) for r, g in groups.items()}
+        self.progress = progress  # (job name, total soft targets) for the console
         self.labeller = SoftTargetLabeller(
             models,
             {int(r): frozenset(o) for r, o in owners.items()},
@@ -85,6 +88,8 @@ class LabellerActor:
         out = self.labeller(rows)
         out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
         out["target"] = np.array(encode_float_rows(out["target"]), dtype=object)
+        if self.progress is not None:
+            advance(self.progress[0], len(out["x_t"]), self.progress[1], "soft targets")
         return out
 
 
@@ -119,6 +124,10 @@ def label_soft_targets(
             "draws": draws,
             "image_shape": image_shape,
             "groups": groups,
+            "progress": (
+                "label " + ("student" if out_dir == SOFT_TARGETS else out_dir.split("/")[1]),
+                len(owners) * draws,
+            ),
         },
         batch_size=rows_per_batch,
         batch_format="numpy",

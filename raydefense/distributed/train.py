@@ -26,6 +26,7 @@ from raydefense.data.tables import image_shape, model_training_images, read_plan
 from raydefense.diffusion.backbones import data_shape, is_latent
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
+from raydefense.distributed.progress import report
 from raydefense.distributed.runtime import check_fit_resources, torch_threads
 from raydefense.errors import FitsFailed, NonFiniteLossError
 from raydefense.storage import Storage
@@ -93,7 +94,8 @@ class RayReporter:
 
 
 class ProgressCallback(ray.train.UserCallback):
-    """One progress line per report, printed by the fit's controller (forwarded to the driver)."""
+    """Per report: the fit's progress to the driver's console (the progress board), and one
+    line printed by the fit's controller (its log; the console too with --verbose)."""
 
     def __init__(self, model: str, total_steps: int) -> None:
         self.model, self.total = model, total_steps
@@ -105,6 +107,10 @@ class ProgressCallback(ray.train.UserCallback):
         step, rate = m["step"], m.get("samples_per_s", 0.0)
         steps_per_s = step / max(m.get("elapsed_s", 0.0), 1e-9)
         eta = (self.total - step) / max(steps_per_s, 1e-9)
+        note = f"loss {m['loss']:.4f}" + (
+            f", val_eps_mse {m['val_eps_mse']:.4f}" if "val_eps_mse" in m else ""
+        )
+        report(f"train {self.model}", step, self.total, note)
         print(
             f"[raydefense] train {self.model}: step {step}/{self.total} "
             f"({100 * step / self.total:.0f}%) loss {m['loss']:.4f}"

@@ -159,7 +159,7 @@ def test_the_job_got_no_secrets(cluster, submitted) -> None:
 
 
 def test_plain_ray_job_submit_with_the_token(cluster, mlflow_server, submitted, tmp_path) -> None:
-    """The `ray job submit` path of docs/cluster.md: RAY_AUTH_MODE=token and a frozen working dir."""
+    """`ray job submit` as docs/cluster.md shows it: RAY_AUTH_MODE=token, a frozen working dir."""
     work = tmp_path / "job"
     snapshot(ROOT, work)
     ray_cli = str(Path(sys.executable).parent / "ray")

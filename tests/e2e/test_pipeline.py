@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -138,6 +139,30 @@ def test_results_json_follows_the_contract(smoke_run):
     from diffusers import UNet2DModel
 
     UNet2DModel.from_pretrained(cwd / "runs" / "smoke" / "models" / "student" / "ema")
+
+
+NOISE = re.compile(
+    r"\bE\s+\d+\s+\d+\]|core_worker\.cc|\bERROR\b|Traceback|\(raylet\)|\(TrainController"
+    r"|\(RayTrainWorker|logging_progress|streaming_executor"
+)
+
+
+def test_console_is_quiet_and_shows_progress(smoke_run):
+    """The default console: raydefense's stages, one progress line per job per tenth of its
+    work, the summary; no error-level line and nothing of Ray's internals, no ANSI codes (the
+    output is not a terminal). Ray's messages are in the log file the last line names."""
+    _, first, _ = smoke_run
+    out = first.stderr + first.stdout
+    lines = out.splitlines()
+    assert not [ln for ln in lines if NOISE.search(ln)], [ln for ln in lines if NOISE.search(ln)]
+    assert "\x1b[" not in out
+    assert len(lines) < 150, len(lines)
+    for job in ("train baseline", "train student", "label student", "score and generate"):
+        shown = [ln for ln in lines if f"] {job} " in ln]
+        assert shown and "100%" in shown[-1], (job, shown)
+    log = re.search(r"messages: (\S+);", first.stderr)
+    assert log and os.path.getsize(log.group(1)) > 0
+    print(f"console: {len(lines)} lines")
 
 
 def test_mlflow_run_tree(smoke_run):

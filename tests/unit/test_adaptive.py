@@ -58,7 +58,7 @@ def test_each_teacher_alone_is_half_the_story_and_the_combination_sees_every_mem
     settings, owners = [{"t": 0, "p": 4.0}, {"t": 2, "p": 4.0}], [0, 0, 1, 1]
     test = ~cal
     single = [auc(cols[test, i], member[test]) for i in range(2)]
-    assert all(0.65 < a < 0.85 for a in single)  # one shard's members only: what docs/results.md reports
+    assert all(0.65 < a < 0.85 for a in single)  # one shard's members: docs/results.md
     out = DualMDAdaptive({}).combine("sima", settings, cols, owners, 2, member, cal, seed=0)
     got = {p["combine"]: (p, s) for p, s in out}
     assert set(got) == {"max", "learned"}

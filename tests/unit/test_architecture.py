@@ -86,7 +86,9 @@ def layer_of(module: str) -> int:
             if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
                 best, rank = len(prefix), i
     if rank is None:
-        raise AssertionError(f"{module} is in no layer; add it to LAYERS (and docs/architecture.md)")
+        raise AssertionError(
+            f"{module} is in no layer; add it to LAYERS (and docs/architecture.md)"
+        )
     return rank
 
 

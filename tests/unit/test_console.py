@@ -1,0 +1,57 @@
+"""The console: progress lines (plain text, ETA), one plain line per job per tenth of its work,
+and the quiet mode that moves everything written to fd 2 into a log file."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+from raydefense.run.console import Job, PlainProgress, progress_line
+
+
+def test_progress_line_has_bar_count_eta_and_note() -> None:
+    job = Job(done=200, total=600, note="loss 0.1234", started=0.0, updated=60.0)
+    line = progress_line("train baseline", job)
+    assert line.startswith("train baseline") and "[#######-------------]" in line
+    assert " 33%" in line and "200/600" in line and "ETA 2.0 min" in line
+    assert line.endswith("loss 0.1234") and "\x1b" not in line
+    assert "done" in progress_line("x", Job(5, 5)) and "ETA ?" in progress_line("x", Job(0, 5))
+
+
+def test_plain_progress_prints_each_tenth_once() -> None:
+    out = io.StringIO()
+    view = PlainProgress(out)
+    for done in (0, 5, 12, 13, 55, 100, 100):
+        view.update({"label student": Job(done, 100)})
+    lines = out.getvalue().splitlines()
+    assert [ln.split("%")[0].split()[-1] for ln in lines] == ["0", "12", "55", "100"]
+    assert all(ln.startswith("[raydefense ") for ln in lines)
+
+
+def test_quiet_console_moves_fd2_to_a_log_and_keeps_raydefense_lines() -> None:
+    code = textwrap.dedent(
+        """
+        import logging, os, sys
+        from raydefense.run.console import open_console
+        c = open_console(True, "run")
+        os.write(2, b"[2026 E 1 1] core_worker.cc:1: noise from C++\\n")
+        print("python warning noise", file=sys.stderr)
+        logging.getLogger("raydefense.stage").info("prepare: done")
+        c.print("raydefense: error: shown")
+        sys.stderr.flush()
+        print(c.log_path)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    log_path = res.stdout.strip().splitlines()[-1]
+    assert res.stderr.splitlines()[0].endswith("] prepare: done")
+    assert res.stderr.splitlines()[1] == "raydefense: error: shown"
+    assert "noise" not in res.stderr
+    logged = open(log_path).read()
+    assert "core_worker.cc:1: noise from C++" in logged and "python warning noise" in logged
+    os.remove(log_path)
