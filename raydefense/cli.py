@@ -36,6 +36,7 @@ from raydefense.config import (
     load_config,
 )
 from raydefense.errors import RaydefenseError
+from raydefense.run.console import result
 
 COMMANDS = {
     "run": "report",
@@ -442,9 +443,9 @@ def execute(
         else:
             from raydefense.sweeps.attacks import summary as sweep_summary
             from raydefense.sweeps.attacks import sweep_dir
-        print(sweep_summary(results, storage.uri(sweep_dir(cfg))))
+        result(sweep_summary(results, storage.uri(sweep_dir(cfg))))
     elif results:
-        print(summary(results, storage))
+        result(summary(results, storage))
     return results
 
 

@@ -25,12 +25,12 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
+from raydefense.audit.targets import audit_targets
 from raydefense.config import ExperimentConfig
 from raydefense.diffusion.backbones import backbone_of, data_shape
 from raydefense.diffusion.checkpoint import WEIGHTS_DIRS
 from raydefense.errors import ConfigError
 from raydefense.layout import model_dir
-from raydefense.roster import DUALMD, teacher_name, teacher_shard
 from raydefense.storage import Storage
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -164,40 +164,15 @@ def resolve_imports(
     cfg: ExperimentConfig, tracking_uri: Optional[str], cache_dir: str
 ) -> tuple[ExperimentConfig, dict[str, ImportedModel]]:
     """Locate every `audit.models` source (fetching MLflow URIs into cache_dir) and return the
-    config with `audit.digests` set and, unless the user named them, `attacks.targets` set to
-    the imported roles (plus DualMD when every teacher is imported)."""
+    config with `audit.digests` set. The audit's targets are the imported roles
+    (raydefense.audit.targets.default_targets)."""
     models = {
         role: locate(role, uri, fetch(uri, tracking_uri, cache_dir))
         for role, uri in sorted(cfg.audit.models.items())
     }
     out = cfg.model_copy(deep=True)
     out.audit.digests = {role: m.digest() for role, m in models.items()}
-    if out.attacks.targets is None:
-        out.attacks.targets = audit_targets(cfg)
     return out, models
-
-
-def audit_targets(cfg: ExperimentConfig) -> list[str]:
-    """The imported roles in report order, with `dualmd` after the teachers when all K are
-    imported.
-
-    Raises:
-        ConfigError: teachers that are not exactly teacher_1..teacher_K (K = data.num_shards).
-    """
-    roles = set(cfg.audit.models)
-    k = cfg.data.num_shards
-    teachers = sorted(r for r in roles if teacher_shard(r) is not None)
-    want = [teacher_name(s) for s in range(k)]
-    if teachers and sorted(teachers) != sorted(want):
-        raise ConfigError(
-            f"audit: teachers {', '.join(teachers)} given, but data.num_shards={k} needs "
-            f"{', '.join(want)}: import all K teachers (DualMD alternates them) or set "
-            "data.num_shards to their number"
-        )
-    out = [r for r in ("baseline", *want) if r in roles]
-    if teachers:
-        out.append(DUALMD)
-    return out + (["student"] if "student" in roles else [])
 
 
 def check_imported(cfg: ExperimentConfig, m: ImportedModel, image_shape: tuple[int, ...]) -> None:

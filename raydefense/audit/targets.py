@@ -36,9 +36,40 @@ from raydefense.roster import (
     shadow_name,
     shadow_role,
     target_access,
+    teacher_name,
+    teacher_shard,
 )
 
 ADAPTIVE = DualMDAdaptive.name
+
+
+def audit_targets(cfg: ExperimentConfig) -> list[str]:
+    """An audit's targets (`audit.models`): the imported roles in report order, with `dualmd`
+    after the teachers when all K are imported.
+
+    Raises:
+        ConfigError: teachers that are not exactly teacher_1..teacher_K (K = data.num_shards).
+    """
+    roles = set(cfg.audit.models)
+    k = cfg.data.num_shards
+    teachers = sorted(r for r in roles if teacher_shard(r) is not None)
+    want = [teacher_name(s) for s in range(k)]
+    if teachers and sorted(teachers) != sorted(want):
+        raise ConfigError(
+            f"audit: teachers {', '.join(teachers)} given, but data.num_shards={k} needs "
+            f"{', '.join(want)}: import all K teachers (DualMD alternates them) or set "
+            "data.num_shards to their number"
+        )
+    out = [r for r in (BASELINE, *want) if r in roles]
+    if teachers:
+        out.append(DUALMD)
+    return out + ([STUDENT] if STUDENT in roles else [])
+
+
+def default_targets(cfg: ExperimentConfig, num_shards: int) -> list[str]:
+    """The targets audited when `attacks.targets` is unset: every target of the pipeline, or an
+    audit's imported ones. Pairs a target's access cannot serve are skipped, not errors."""
+    return audit_targets(cfg) if cfg.audit.models else all_targets(num_shards)
 
 
 def build_attacks(cfg: ExperimentConfig) -> list[Attack]:
@@ -84,7 +115,7 @@ def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
     if cfg.attacks.shadow.regime == "baseline":
         return ("baseline",)
     shadow_attacks = [a for a in build_attacks(cfg) if a.trains_on == "shadow"]
-    targets = cfg.attacks.targets or all_targets(cfg.data.num_shards)
+    targets = cfg.attacks.targets or default_targets(cfg, cfg.data.num_shards)
     roles = set()
     for t in targets:
         for a in shadow_attacks:
@@ -157,7 +188,7 @@ def plan_attacks(cfg: ExperimentConfig, plan: Plan) -> AttackPlan:
     """
     check_explicit_targets(cfg)
     explicit = cfg.attacks.targets
-    targets = list(explicit) if explicit is not None else all_targets(plan.num_shards)
+    targets = list(explicit) if explicit is not None else default_targets(cfg, plan.num_shards)
     attacks = build_attacks(cfg)
     out = AttackPlan(targets=targets, attacks={})
     for t in targets:

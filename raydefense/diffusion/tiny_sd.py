@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as F
 
 TINY = "tiny"
-TINY_VERSION = 3  # bump when the architecture or training below changes: the cache key has it
-TOKEN_LENGTH = 16  # the tokenizer's (and text encoder's) sequence length
+TINY_VERSION = 4  # bump when the architecture or training below changes: the cache key has it
+# The tokenizer's (and text encoder's) sequence length. Every character is a token, so this must
+# hold a whole caption: the longest digits_captioned caption is 43 characters (+ start and end).
+TOKEN_LENGTH = 48
 TINY_LOGVAR = -12.0  # posterior log-variance (std 0.0025) of the tiny VAE
 # The VAE's autoencoder training: Adam steps, batch, learning rate, and the crop bank's size.
 VAE_STEPS, VAE_BATCH, VAE_LR, VAE_CROPS = 600, 16, 4e-3, 4096

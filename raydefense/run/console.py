@@ -1,9 +1,10 @@
 """What a person reads while a command runs: raydefense's own lines and one progress line per
 job (fit, labelling, scoring), nothing of Ray's internals unless asked (`--verbose`).
 
-Quiet mode (the default) moves everything the process writes to file descriptor 2 (Ray's C++
-core worker, its Python loggers, Ray Data, MLflow, transformers) into a log file, and prints
-raydefense's lines and progress on a duplicate of the original stderr: a live multi-line table
+Quiet mode (the default) moves everything the process writes to file descriptors 1 and 2 (Ray's
+C++ core worker, its Python loggers and raylet warnings, Ray Data, MLflow, transformers) into a
+log file, and prints raydefense's lines and progress on a duplicate of the original stderr (its
+results on one of the original stdout): a live multi-line table
 when that is a terminal (rich), otherwise plain timestamped lines without ANSI codes, one per
 job each time it passes another tenth of its work. Ray's worker logs stay in its session log
 (`/tmp/ray/session_latest/logs`): the Ray backend starts Ray without `log_to_driver`.
@@ -110,12 +111,20 @@ class LiveProgress:
 
 @dataclass
 class ConsoleSession:
-    """The console of one command: where raydefense prints (None: the current sys.stderr), and
+    """The console of one command: where raydefense prints its lines and progress (`stream`;
+    None: the current sys.stderr) and its results (`out`; None: the current sys.stdout), and
     the log file that took the rest (quiet mode)."""
 
     stream: Optional[TextIO]
     log_path: Optional[str]
     progress: Any  # PlainProgress | LiveProgress
+    out: Optional[TextIO] = None
+
+    def result(self, text: str) -> None:
+        """A command's result (summary, table) on its standard output."""
+        target = self.out or sys.stdout
+        target.write(text + "\n")
+        target.flush()
 
     def print(self, text: str) -> None:
         if isinstance(self.progress, LiveProgress):
@@ -154,22 +163,25 @@ def open_console(quiet: bool, command: str) -> ConsoleSession:
     with _lock:
         if _session is not None and _session.log_path is not None:
             return _session  # stderr is already redirected: keep that console
-        log_path, stream = None, None
+        log_path, stream, out = None, None, None
         if quiet:
+            sys.stdout.flush()
             sys.stderr.flush()
-            console_fd = os.dup(2)
+            console_fd, out_fd = os.dup(2), os.dup(1)
             folder = os.path.join(tempfile.gettempdir(), "raydefense-logs")
             os.makedirs(folder, exist_ok=True)
             log_path = os.path.join(
                 folder, f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
             )
             log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(log_fd, 2)
+            os.dup2(log_fd, 2)  # Ray (C++ and Python), Ray Data, MLflow, library warnings
+            os.dup2(log_fd, 1)  # Ray prints the raylet's warnings on stdout
             os.close(log_fd)
             stream = os.fdopen(console_fd, "w", buffering=1)
+            out = os.fdopen(out_fd, "w", buffering=1)
         tty = (stream or sys.stderr).isatty()
         progress: Any = LiveProgress(stream) if tty and stream else PlainProgress(stream)
-        _session = ConsoleSession(stream, log_path, progress)
+        _session = ConsoleSession(stream, log_path, progress, out)
         handler = _ConsoleHandler()
         fmt = "[raydefense] %(message)s" if tty else "[raydefense %(asctime)s] %(message)s"
         handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
@@ -178,6 +190,14 @@ def open_console(quiet: bool, command: str) -> ConsoleSession:
         logger.setLevel(logging.INFO)
         logger.propagate = False
         return _session
+
+
+def result(text: str) -> None:
+    """Print a command's result on its standard output (the real one in quiet mode)."""
+    if _session is not None:
+        _session.result(text)
+    else:
+        print(text)
 
 
 def close_console() -> None:

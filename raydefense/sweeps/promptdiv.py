@@ -20,6 +20,7 @@ from raydefense import layout
 from raydefense.config import load_config
 from raydefense.errors import ConfigError, RaydefenseError
 from raydefense.report.text_to_image import DIVERSIFICATION_LABELS, t2i_markdown, t2i_table
+from raydefense.run.console import result
 from raydefense.run.session import absolutize
 from raydefense.storage import Storage
 
@@ -97,8 +98,8 @@ def run_promptdiv(
     base = Storage(cfg.storage.root, cfg.experiment)
     base.write_json(layout.PROMPTDIV_SUMMARY, summary)
     base.write_bytes(f"{layout.PROMPTDIV}/summary.md", (t2i_markdown(table) + "\n").encode())
-    print(f"raydefense: prompt-diversification study in {base.uri(layout.PROMPTDIV)}")
-    print(t2i_markdown(table).split("\n\n")[0])
+    result(f"raydefense: prompt-diversification study in {base.uri(layout.PROMPTDIV)}")
+    result(t2i_markdown(table).split("\n\n")[0])
     if run is not None and not aggregate_only:
         run("report", preset, config, overrides, [])  # the base report gains both columns
     return summary

@@ -29,6 +29,7 @@ from raydefense.errors import ConfigError, RaydefenseError
 from raydefense.report.markdown import headline_rows, is_number, short_params
 from raydefense.report.seeds import QUALITY_METRICS, plus_minus, privacy_rows, seeds_markdown
 from raydefense.roster import sort_targets
+from raydefense.run.console import result
 from raydefense.run.session import absolutize
 from raydefense.storage import Storage
 
@@ -355,7 +356,7 @@ def run_seeds(
     base = Storage(cfg.storage.root, cfg.experiment)
     base.write_json(f"{SUMMARY_DIR}/summary.json", summary)
     base.write_bytes(f"{SUMMARY_DIR}/summary.md", (seeds_markdown(summary) + "\n").encode())
-    print(summary_text(summary, base.uri(SUMMARY_DIR)))
+    result(summary_text(summary, base.uri(SUMMARY_DIR)))
     if run is not None and not aggregate_only:
         run("report", preset, config, overrides, [])  # the base report gains the seed spread
     else:

@@ -467,6 +467,8 @@ def _train_outside(path: Path, members: np.ndarray, steps: int = 150) -> None:
         in_channels=1,
         out_channels=1,
         block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
         layers_per_block=1,
         norm_num_groups=8,
     )

@@ -10,7 +10,8 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from raydefense.audit.imported import audit_targets, check_imported, import_model, locate
+from raydefense.audit.imported import check_imported, import_model, locate
+from raydefense.audit.targets import audit_targets
 from raydefense.config import ExperimentConfig, load_config
 from raydefense.errors import ConfigError
 from raydefense.run.fingerprints import stage_fingerprints
@@ -90,7 +91,8 @@ def test_audit_targets_and_fingerprints() -> None:
     other.audit.digests = {"baseline": "1" * 64}
     fa, fb, fp = stage_fingerprints(one), stage_fingerprints(other), stage_fingerprints(plain)
     assert fa["targets"] != fb["targets"] and fa["evaluate"] != fb["evaluate"]
-    assert fa["shadows"] == fb["shadows"] == fp["shadows"] and fa["prepare"] == fp["prepare"]
+    # (the plan may differ from a full run's: only the audited roles need regime-matched shadows)
+    assert fa["shadows"] == fb["shadows"] and fa["prepare"] == fb["prepare"]
     assert plain.fingerprint() == load_config("smoke").fingerprint()
 
 

@@ -39,10 +39,11 @@ def test_quiet_console_moves_fd2_to_a_log_and_keeps_raydefense_lines() -> None:
         c = open_console(True, "run")
         os.write(2, b"[2026 E 1 1] core_worker.cc:1: noise from C++\\n")
         print("python warning noise", file=sys.stderr)
+        print("stdout noise from Ray")
         logging.getLogger("raydefense.stage").info("prepare: done")
         c.print("raydefense: error: shown")
         sys.stderr.flush()
-        print(c.log_path)
+        c.result(c.log_path)
         """
     )
     res = subprocess.run(
@@ -51,7 +52,8 @@ def test_quiet_console_moves_fd2_to_a_log_and_keeps_raydefense_lines() -> None:
     log_path = res.stdout.strip().splitlines()[-1]
     assert res.stderr.splitlines()[0].endswith("] prepare: done")
     assert res.stderr.splitlines()[1] == "raydefense: error: shown"
-    assert "noise" not in res.stderr
+    assert "noise" not in res.stderr and "noise" not in res.stdout
     logged = open(log_path).read()
     assert "core_worker.cc:1: noise from C++" in logged and "python warning noise" in logged
+    assert "stdout noise from Ray" in logged
     os.remove(log_path)

@@ -464,3 +464,15 @@ def test_rediffuse_queries_an_unconditional_models_public_interface() -> None:
     )
     dual.vary(images, 200, 2, [1, 2, 3])
     assert [(n, t) for n, _, t, _ in log] == [("teacher_1", 200), ("teacher_2", 100)]
+
+
+def test_every_digits_caption_fits_the_tiny_tokenizer(codec: SDCodec) -> None:
+    """A truncated caption would lose its digit ("a handwritten digit se..."): the tiny
+    tokenizer holds every digits_captioned caption whole."""
+    from raydefense.data.sources import digit_captions
+
+    captions = [c for k in range(10) for c in digit_captions(k)]
+    ids = codec.token_ids(captions)
+    for caption, row in zip(captions, ids.tolist()):
+        body = [i for i in row[1:] if i != codec.end_id]  # a space only ends a word: no token
+        assert len(body) == len(caption.replace(" ", "")), caption

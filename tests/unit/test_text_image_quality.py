@@ -40,7 +40,7 @@ def test_sscd_similarity_finds_copies(tmp_path: Path) -> None:
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
     from transformers import CLIPConfig, CLIPModel
 
-    from raydefense.diffusion.tiny_sd import byte_level_tokenizer
+    from raydefense.diffusion.tiny_sd import TOKEN_LENGTH, byte_level_tokenizer
 
     d = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
@@ -53,7 +53,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
             "intermediate_size": 37,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
-            "max_position_embeddings": 16,
+            "max_position_embeddings": TOKEN_LENGTH,
         },
         vision_config={
             "hidden_size": 32,
