@@ -471,11 +471,20 @@ def _tag_registered(ctx: RunContext, results: dict, report_dir: str) -> None:
             "raydefense.audit.experiment": ctx.cfg.experiment,
             "raydefense.audit.report": f"runs:/{ctx.parent_run}/report/report.html",
         }
+        utility = ""
         for q in results.get("quality", []):
             if q["target"] == target and q["metric"] == metric:
                 tags[f"raydefense.audit.{metric}"] = _tag_value(q["value"])
+                utility = f"; {metric} {q['value']:.3g}"
+        tpr = worst.get("tpr_at_1pct_fpr_calibrated")
+        description = (
+            f"raydefense audit ({ctx.cfg.experiment}): worst-case membership AUC "
+            f"{worst['auc']:.3f} ({worst['attack']}, chosen on calibration, test AUC); "
+            f"TPR at 1% FPR {'below the resolution' if tpr is None else f'{tpr:.3f}'}"
+            f"{utility}. Report: {tags['raydefense.audit.report']}"
+        )
         try:
-            ctx.tracker.tag_model_version(version[0], version[1], tags)
+            ctx.tracker.tag_model_version(version[0], version[1], tags, description)
         except Exception as e:  # a version on another tracking server: the report still stands
             log.warning("report: could not tag %s version %s: %s", *version, str(e)[:200])
 

@@ -40,7 +40,11 @@ class Tracker(Protocol):
         {model_uri, name, version, run_id}, or None when nothing was logged."""
         ...
 
-    def tag_model_version(self, name: str, version: str, tags: dict[str, str]) -> None: ...
+    def tag_model_version(
+        self, name: str, version: str, tags: dict[str, str], description: Optional[str] = None
+    ) -> None:
+        """Set tags (and the description, shown first in the registry UI) of a model version."""
+        ...
 
     def log_inputs(self, run_id: Optional[str], datasets: list[dict[str, Any]]) -> None:
         """Datasets as the run's MLflow inputs: each {name, digest, source, context, schema,
@@ -69,7 +73,7 @@ class NullTracker:
     def log_model(self, run_id, model_dir, meta, registered_name=None):
         return None
 
-    def tag_model_version(self, name, version, tags):
+    def tag_model_version(self, name, version, tags, description=None):
         pass
 
     def log_inputs(self, run_id, datasets):

@@ -181,9 +181,11 @@ class MlflowTracker:
             "run_id": run_id,
         }
 
-    def tag_model_version(self, name, version, tags):
+    def tag_model_version(self, name, version, tags, description=None):
         for k, v in tags.items():
             self.client.set_model_version_tag(name, str(version), k, str(v))
+        if description:
+            self.client.update_model_version(name, str(version), description=description)
 
     def log_inputs(self, run_id, datasets):
         if run_id is None or not datasets:

@@ -221,6 +221,9 @@ def test_mlflow_run_tree(smoke_run):
         assert tags["raydefense.audit.worst_case_attack"]
         assert "raydefense.audit.domain_fid" in tags or "raydefense.audit.fid" in tags, tags
         assert tags["raydefense.audit.report"].startswith(f"runs:/{parent.info.run_id}/")
+        assert version.description.startswith(
+            "raydefense audit (smoke): worst-case membership AUC "
+        ), version.description
     student_run = children["train/student"].info.run_id
     assert "audit_report" in {a.path for a in client.list_artifacts(student_run)}
 
