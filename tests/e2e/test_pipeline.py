@@ -364,19 +364,9 @@ def test_audit_of_the_pipeline_models_gives_the_pipeline_scores(smoke_run, tmp_p
     for role in ("baseline", "teacher_1", "teacher_2", "student"):
         models += ["--model", f"{role}={exp / 'models' / role}"]
     attacks = ",".join([*QUERY_ATTACKS, "dualmd_adaptive"])
-    out = cli(
-        tmp_path,
-        "audit",
-        "--preset",
-        "smoke",
-        "--set",
-        "experiment=audited",
-        "--set",
-        f"attacks.enabled=[{attacks}]",
-        "--split",
-        str(split),
-        *models,
-    )
+    audit = ["audit", "--preset", "smoke", "--set", "experiment=audited"]
+    audit += ["--set", f"attacks.enabled=[{attacks}]", "--split", str(split), *models]
+    out = cli(tmp_path, *audit)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "train: imported teacher_2" in out.stderr
     key = ["target", "attack", "params", "row_id"]
@@ -394,19 +384,7 @@ def test_audit_of_the_pipeline_models_gives_the_pipeline_scores(smoke_run, tmp_p
     }
     assert set(results["audit"]["models"]) == {"baseline", "teacher_1", "teacher_2", "student"}
     # a rerun imports nothing again
-    again = cli(
-        tmp_path,
-        "audit",
-        "--preset",
-        "smoke",
-        "--set",
-        "experiment=audited",
-        "--set",
-        f"attacks.enabled=[{attacks}]",
-        "--split",
-        str(split),
-        *models,
-    )
+    again = cli(tmp_path, *audit)
     assert again.returncode == 0 and "train: complete" in again.stderr, again.stderr[-3000:]
 
 
