@@ -92,7 +92,7 @@ def test_audit_targets_and_fingerprints() -> None:
     fa, fb, fp = stage_fingerprints(one), stage_fingerprints(other), stage_fingerprints(plain)
     assert fa["targets"] != fb["targets"] and fa["evaluate"] != fb["evaluate"]
     # (the plan may differ from a full run's: only the audited roles need regime-matched shadows)
-    assert fa["shadows"] == fb["shadows"] and fa["prepare"] == fb["prepare"]
+    assert fa["shadows"] == fb["shadows"] == fp["shadows"] and fa["prepare"] == fb["prepare"]
     assert plain.fingerprint() == load_config("smoke").fingerprint()
 
 
