@@ -38,16 +38,22 @@ class Job:
     note: str = ""
     started: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    first_done: Optional[float] = None  # `done` when first seen (a fit reports from step 100)
+
+    def __post_init__(self) -> None:
+        if self.first_done is None:
+            self.first_done = self.done
 
     def fraction(self) -> float:
         return min(1.0, self.done / self.total) if self.total > 0 else 0.0
 
     def eta_s(self) -> Optional[float]:
-        """Seconds left at the rate so far; None before any progress or once done."""
-        f = self.fraction()
-        if f <= 0 or f >= 1:
+        """Seconds left at the rate seen so far; None until two reports, or once done."""
+        progressed = self.done - (self.first_done or 0.0)
+        elapsed = self.updated - self.started
+        if self.fraction() >= 1 or progressed <= 0 or elapsed <= 0:
             return None
-        return (self.updated - self.started) * (1 - f) / f
+        return (self.total - self.done) * elapsed / progressed
 
 
 def progress_line(name: str, job: Job, width: int = 20) -> str:

@@ -13,12 +13,17 @@ from raydefense.run.console import Job, PlainProgress, progress_line
 
 
 def test_progress_line_has_bar_count_eta_and_note() -> None:
-    job = Job(done=200, total=600, note="loss 0.1234", started=0.0, updated=60.0)
+    job = Job(done=200, total=600, note="loss 0.1234", started=0.0, updated=60.0, first_done=0)
     line = progress_line("train baseline", job)
     assert line.startswith("train baseline") and "[#######-------------]" in line
     assert " 33%" in line and "200/600" in line and "ETA 2.0 min" in line
     assert line.endswith("loss 0.1234") and "\x1b" not in line
     assert "done" in progress_line("x", Job(5, 5)) and "ETA ?" in progress_line("x", Job(0, 5))
+    # a fit first reports at step 100: the rate counts from there
+    late = Job(done=100, total=600, started=0.0, updated=0.0)
+    assert late.eta_s() is None
+    late.done, late.updated = 200, 30.0
+    assert late.eta_s() == 120.0
 
 
 def test_plain_progress_prints_each_tenth_once() -> None:
