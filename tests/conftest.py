@@ -10,6 +10,15 @@ import pytest
 from raydefense.config import ExperimentConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One $RAYDEFENSE_CACHE per test session: the tiny SD pipeline (its VAE trains for ~40 s)
+    is built once and shared by every test that uses `model.pipeline: tiny`."""
+    return tmp_path_factory.mktemp("tiny-cache")
+
+
 SHARED_SPLITS = REPO.parent / "shared" / "mia_splits"
 
 

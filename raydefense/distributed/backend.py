@@ -20,7 +20,7 @@ from raydefense.distributed.scoring import RayScorer
 from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
 from raydefense.distributed.tune import RayTrialRunner
-from raydefense.run.console import verbose
+from raydefense.run.console import session
 from raydefense.run.context import Backend
 
 _progress: dict[str, Any] = {}
@@ -35,7 +35,10 @@ def ray_backend(
     per model name (a training sweep's TuneReportCallback on the watched fit)."""
     cluster = init_ray(cfg.resources)
     check_shared_storage(cfg, alive_nodes())
-    if not verbose() and "stop" not in _progress:  # one progress display per driver process
+    # One progress display per CLI process with the quiet console (not for in-process callers,
+    # whose output is theirs, nor with --verbose, where Ray's own lines show progress).
+    console = session()
+    if console is not None and console.log_path and "stop" not in _progress:
         _progress["stop"] = start_board()
         atexit.register(_progress["stop"])
     return Backend(

@@ -351,6 +351,7 @@ def _split_of(exp: Path, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_audit_of_the_pipeline_models_gives_the_pipeline_scores(smoke_run, tmp_path):
     """`raydefense audit` on the smoke run's own weights (raydefense model dirs), over the same
     rows and shards: every per-row query-attack score of every target (DualMD's router included)
@@ -388,6 +389,7 @@ def test_audit_of_the_pipeline_models_gives_the_pipeline_scores(smoke_run, tmp_p
     assert again.returncode == 0 and "train: complete" in again.stderr, again.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_registered_student_loads_back_and_is_audited_by_its_uri(smoke_run, tmp_path):
     """The Model Registry's student: its pyfunc generates images, and `raydefense audit
     --model student=models:/smoke-student/1` gives the pipeline's per-row scores."""

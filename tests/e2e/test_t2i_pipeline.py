@@ -61,8 +61,8 @@ def sets(*extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def t2i_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    cwd, cache = tmp_path_factory.mktemp("t2i"), tmp_path_factory.mktemp("cache")
+def t2i_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> tuple[Path, Path]:
+    cwd, cache = tmp_path_factory.mktemp("t2i"), tiny_cache
     res = cli(cwd, cache, "run", "--preset", "tiny_t2i", *sets())
     assert res.returncode == 0, res.stderr[-4000:]
     return cwd, cache
@@ -178,8 +178,8 @@ def test_bad_text_to_image_input_is_one_line_and_writes_nothing(
 
 
 @pytest.mark.slow
-def test_prompt_diversification_study(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
+def test_prompt_diversification_study(tmp_path: Path, tiny_cache: Path) -> None:
+    cache = tiny_cache
     res = cli(tmp_path, cache, "promptdiv", "--preset", "tiny_t2i", *sets(), timeout=2400)
     assert res.returncode == 0, res.stderr[-4000:]
     root = tmp_path / "runs"

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -42,10 +43,10 @@ SD_SCHEDULE = {
 
 
 @pytest.fixture(scope="module")
-def sd_cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelConfig]:
-    """model.pipeline=tiny, built once into a temporary cache."""
+def sd_cfg(tiny_cache: Path) -> Iterator[ModelConfig]:
+    """model.pipeline=tiny, built once per test session (conftest's tiny_cache)."""
     old = os.environ.get("RAYDEFENSE_CACHE")
-    os.environ["RAYDEFENSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["RAYDEFENSE_CACHE"] = str(tiny_cache)
     try:
         yield ModelConfig(kind="sd", pipeline="tiny", **SD_SCHEDULE)
     finally:
