@@ -18,7 +18,9 @@ import pytest
 
 from raydefense.diffusion.tiny_sd import TINY_VERSION
 
-pytestmark = pytest.mark.e2e
+# The whole module is in the slow suite (about 5 min for the run + bad input, 5 more for the
+# study): the default suite keeps the text-to-image unit tests (tests/unit/test_t2i*.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 T2I_ATTACKS = ["secmi_stat", "pia", "clid", "pang_wang", "rediffuse"]
 TRIM = [
@@ -177,7 +179,6 @@ def test_bad_text_to_image_input_is_one_line_and_writes_nothing(
     assert enc.num_rows == 32 + 1
 
 
-@pytest.mark.slow
 def test_prompt_diversification_study(tmp_path: Path, tiny_cache: Path) -> None:
     cache = tiny_cache
     res = cli(tmp_path, cache, "promptdiv", "--preset", "tiny_t2i", *sets(), timeout=2400)
