@@ -157,22 +157,25 @@ class MlflowTracker:
             meta_path = os.path.join(tmp, "model.json")
             with open(meta_path, "w") as f:
                 json.dump(meta, f, indent=2)
-            previous = mlflow.get_tracking_uri()
+            # The fluent API is the only way MLflow logs a model; point it at this tracker's URI
+            # (not restored: mlflow.get_tracking_uri() resolves a default path against the cwd,
+            # which a Ray job driver may no longer have, and raydefense uses explicit clients).
             mlflow.set_tracking_uri(self.uri)
-            try:
-                with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-                    # "no input example": generating one would run the sampler at log time
-                    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
-                    info = mlflow.pyfunc.log_model(
-                        name="model",
-                        python_model=SAMPLER_MODEL,
-                        artifacts={"weights": weights, "model.json": meta_path},
-                        signature=sampler_signature(meta),
-                        pip_requirements=pip_requirements(meta),
-                        registered_model_name=registered_name,
-                    )
-            finally:
-                mlflow.set_tracking_uri(previous)
+            try:  # log_model inspects the cwd (a uv project?): a vanished one fails it
+                os.getcwd()
+            except FileNotFoundError:
+                os.chdir(tmp)
+            with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+                # "no input example": generating one would run the sampler at log time
+                warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=SAMPLER_MODEL,
+                    artifacts={"weights": weights, "model.json": meta_path},
+                    signature=sampler_signature(meta),
+                    pip_requirements=pip_requirements(meta),
+                    registered_model_name=registered_name,
+                )
         version = info.registered_model_version
         return {
             "model_uri": info.model_uri,
