@@ -82,10 +82,11 @@ def stage_prepare(ctx: RunContext) -> None:
         )
     for rel in (layout.PLAN_JSON, layout.MEMBERSHIP):
         ctx.tracker.log_artifact(ctx.parent_run, local_copy(ctx.storage, rel), "prepare")
-    ctx.tracker.log_inputs(
-        ctx.parent_run,
-        [_dataset(ctx, "members", "training"), _dataset(ctx, "nonmembers", "evaluation")],
-    )
+    if ctx.parent_run is not None:  # no tracking: no table reads for lineage
+        ctx.tracker.log_inputs(
+            ctx.parent_run,
+            [_dataset(ctx, "members", "training"), _dataset(ctx, "nonmembers", "evaluation")],
+        )
     log.info("prepare: %s", json.dumps(plan.summary()))
 
 
@@ -93,7 +94,8 @@ def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict:
     run_id = ctx.tracker.start_run(
         f"train/{model}", ctx.parent_run, tags={"raydefense.model": model, "raydefense.kind": kind}
     )
-    ctx.tracker.log_inputs(run_id, [_dataset(ctx, model, "training")])
+    if run_id is not None:
+        ctx.tracker.log_inputs(run_id, [_dataset(ctx, model, "training")])
     return {
         "model": model,
         "kind": kind,
@@ -127,10 +129,10 @@ def _dataset(ctx: RunContext, rows: str, context: str) -> dict:
     a SHA-256 over the rows' sorted image content hashes, so the same images give the same
     digest whatever their order or row ids."""
     table = ctx.storage.read_table(layout.ROWS, columns=["row_id", "hash", "split"]).to_pydict()
-    if rows in ("members", "nonmembers"):
-        want = rows[:-1]
+    if rows in ("members", "nonmembers", STUDENT):  # the student learns from all members
+        want = "member" if rows == STUDENT else rows[:-1]
         chosen = [h for h, s in zip(table["hash"], table["split"]) if s == want]
-    elif rows == STUDENT or (parse_shadow(rows) or (0, ""))[1] == "student":
+    elif (parse_shadow(rows) or (0, ""))[1] == "student":  # a shadow draw's training rows
         members = read_plan(ctx.storage).members_of(rows)
         chosen = [h for h, m in zip(table["hash"], members) if m]
     else:
@@ -172,7 +174,8 @@ def _import_models(ctx: RunContext) -> None:
                 "raydefense.sha256": ctx.cfg.audit.digests[role],
             },
         )
-        ctx.tracker.log_inputs(run_id, [_dataset(ctx, role, "training")])
+        if run_id is not None:
+            ctx.tracker.log_inputs(run_id, [_dataset(ctx, role, "training")])
         import_model(ctx.storage, m)
         mark_complete(ctx.storage, layout.marker(rel), fingerprint, {"source": m.uri}, (rel,))
         ctx.tracker.end_run(run_id)
