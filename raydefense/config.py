@@ -158,8 +158,40 @@ class ModelConfig(_Section):
         return self
 
 
+class EarlyStoppingConfig(_Section):
+    """Stop a fit once its held-out eps-MSE (`val_eps_mse`, EMA weights, every `log_every`
+    steps) has not improved for `patience` reports, and keep the weights of its best report
+    (raw and EMA, as they were at that step). Which models stop early: each role's
+    `train.<role>.early_stopping` (roles baseline, teacher, student), else `enabled`."""
+
+    enabled: bool = Field(False, description="the default for every role")
+    patience: int = Field(
+        5, ge=1, description="reports (each train.log_every steps) without improvement"
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="an improvement must lower val_eps_mse by more than this"
+    )
+    min_steps: int = Field(0, ge=0, description="never stop before this step")
+
+
+class RoleTrainConfig(_Section):
+    """Per-role overrides of `train` (None: the `train` value). A shadow model follows the role
+    it imitates (a shadow teacher the teachers', a shadow student the student's)."""
+
+    steps: Optional[int] = Field(None, ge=1, description="this role's train.steps")
+    lr: Optional[float] = Field(None, gt=0, description="this role's train.lr")
+    ema_decay: Optional[float] = Field(None, ge=0, lt=1, description="this role's train.ema_decay")
+    early_stopping: Optional[bool] = Field(
+        None, description="stop early on val_eps_mse (None: train.early_stopping.enabled)"
+    )
+
+
+TRAIN_ROLES = ("baseline", "teacher", "student")
+
+
 class TrainConfig(_Section):
-    """One budget for every model (paper A.2.2): baseline, each teacher and the student."""
+    """One budget for every model (paper A.2.2): baseline, each teacher and the student; the
+    per-role sections (`train.teacher.steps`, `train.student.lr`, ...) depart from it."""
 
     steps: int = Field(4000, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -185,8 +217,41 @@ class TrainConfig(_Section):
         ge=0,
         description="calibration-part non-members on which every "
         "report measures the EMA weights' held-out eps-MSE (val_eps_mse; the "
-        "ASHA metric of training sweeps); 0 = off",
+        "ASHA metric of training sweeps and of early stopping); 0 = off",
     )
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    baseline: RoleTrainConfig = RoleTrainConfig()
+    teacher: RoleTrainConfig = RoleTrainConfig()
+    student: RoleTrainConfig = RoleTrainConfig()
+
+    @model_validator(mode="after")
+    def _check_early_stopping(self) -> TrainConfig:
+        if any(self.stops_early(r) for r in TRAIN_ROLES) and not self.val_rows:
+            raise ValueError(
+                "train.early_stopping needs train.val_rows > 0 (it watches val_eps_mse); "
+                "set train.val_rows or turn early stopping off"
+            )
+        return self
+
+    def stops_early(self, role: str) -> bool:
+        own = getattr(self, role).early_stopping
+        return self.early_stopping.enabled if own is None else own
+
+    def for_role(self, role: str) -> TrainConfig:
+        """The settings one role's fits use: its overrides applied (role sections reset, and
+        early stopping on or off for it as `early_stopping.enabled`)."""
+        if role not in TRAIN_ROLES:
+            raise ValueError(f"unknown training role {role!r}; expected one of {TRAIN_ROLES}")
+        own = getattr(self, role)
+        tree = self.model_dump()
+        tree.update({k: v for k, v in own.model_dump().items() if v is not None})
+        tree["early_stopping"] = {
+            **self.early_stopping.model_dump(),
+            "enabled": self.stops_early(role),
+        }
+        for r in TRAIN_ROLES:
+            tree[r] = {}
+        return TrainConfig.model_validate(tree)
 
 
 class DistillConfig(_Section):
@@ -577,8 +642,8 @@ class SweepConfig(_Section):
     )
     trial_attacks: Optional[list[str]] = Field(
         None,
-        description="kind=training: the query attacks each trial runs (None: the query "
-        "attacks of attacks.enabled)",
+        description="kind=training: the attacks each trial runs (None: every attack of "
+        "attacks.enabled, the full worst case)",
     )
     utility: Literal["domain_fid", "heldout_eps_mse"] = Field(
         "domain_fid", description="kind=training: the utility objective (lower is better)"

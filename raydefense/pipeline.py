@@ -38,7 +38,14 @@ from raydefense.errors import ConfigError, DataError, FitsFailed
 from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
 from raydefense.report.text_to_image import DIVERSIFICATION_LABELS, t2i_table
-from raydefense.roster import STUDENT, is_teacher, model_index, parse_shadow, shadow_name
+from raydefense.roster import (
+    STUDENT,
+    is_teacher,
+    model_index,
+    parse_shadow,
+    shadow_name,
+    training_role,
+)
 from raydefense.run.context import RunContext
 from raydefense.run.fingerprints import (
     attack_sweep_fingerprint,
@@ -292,7 +299,11 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
         return
     rows = plan.members_of(student)
     draws = (
-        auto_draws(cfg.train.steps, cfg.train.batch_size, int(rows.sum()))
+        auto_draws(
+            cfg.train.for_role(training_role(student)).steps,
+            cfg.train.batch_size,
+            int(rows.sum()),
+        )
         if cfg.distill.draws_per_row == "auto"
         else int(cfg.distill.draws_per_row)
     )

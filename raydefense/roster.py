@@ -80,6 +80,21 @@ def is_student(model: str) -> bool:
     return model == STUDENT or (shadow is not None and shadow[1] == "student")
 
 
+def training_role(model: str) -> str:
+    """The `train.<role>` settings a model trains with: baseline, teacher or student (a shadow
+    model takes the role it imitates)."""
+    shadow = parse_shadow(model)
+    if shadow is not None:
+        return shadow[1]
+    if model == STUDENT:
+        return "student"
+    if is_teacher(model):
+        return "teacher"
+    if model == BASELINE:
+        return "baseline"
+    raise ValueError(f"unknown model {model!r}")
+
+
 def model_names(
     num_shards: int, num_shadows: int = 0, shadow_roles: tuple[str, ...] = ("baseline",)
 ) -> list[str]:

@@ -20,6 +20,7 @@ from raydefense.config import ModelConfig, TrainConfig
 from raydefense.data.examples import ImageData, LatentData, SoftTargetData, TrainData
 from raydefense.diffusion.backbones import backbone_of, load_net
 from raydefense.diffusion.checkpoint import load_state, save_checkpoint
+from raydefense.diffusion.early_stopping import METRIC, EarlyStopper
 from raydefense.diffusion.ema import EMA
 from raydefense.diffusion.eps import EpsNet
 from raydefense.diffusion.objectives import ddpm_loss, distill_loss
@@ -186,12 +187,19 @@ def fit(
     from reporter.latest_checkpoint().
 
     The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. `validate(ema_net)`,
-    when given, adds its metrics (say held-out eps-MSE) to every report. Returns the last
-    metrics.
+    when given, adds its metrics (say held-out eps-MSE) to every report. With
+    `train_cfg.early_stopping.enabled` (needs `validate`) the fit ends once `val_eps_mse` stops
+    improving, and its last checkpoint holds the weights of its best report (`EarlyStopper`).
+    Returns the last metrics.
     """
     torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
     net = backbone_of(model_cfg).build(model_cfg, image_shape)
     ema = EMA(net, train_cfg.ema_decay)
+    stopper: Optional[EarlyStopper] = None
+    if train_cfg.early_stopping.enabled:
+        if validate is None:
+            raise ValueError("early stopping watches val_eps_mse: set train.val_rows > 0")
+        stopper = EarlyStopper(train_cfg.early_stopping)
     start_step, opt_state = 0, None
     ckpt = reporter.latest_checkpoint()
     if ckpt is not None:
@@ -199,6 +207,10 @@ def fit(
         net.load_state_dict(load_net(model_cfg, ckpt, "raw").state_dict())
         ema.shadow.load_state_dict(load_net(model_cfg, ckpt, "ema").state_dict())
         start_step, opt_state = int(state["step"]), state["optimizer"]
+        if stopper is not None and state.get("early_stopping") is not None:
+            stopper.load_state_dict(state["early_stopping"])
+            if stopper.stopped:  # the fit ended early; its checkpoint holds the best weights
+                return {"step": start_step, **stopper.metrics()}
     for m in (net, ema.shadow):
         m.to(device)
         if train_cfg.channels_last:  # nn.Module.to takes memory_format; the stubs omit it
@@ -275,8 +287,29 @@ def fit(
             if validate is not None:
                 metrics.update(validate(ema.shadow))
             losses, window_start = [], now
-            _report(reporter, metrics, net, ema, opt, done, is_ckpt)
+            stop = False
+            if stopper is not None:
+                stop = _agreed(stopper.observe(done, metrics[METRIC], net, ema.shadow), device)
+                metrics.update(stopper.metrics())
+                if stop or done == train_cfg.steps:
+                    # The fit's last checkpoint: the best report's weights, marked final.
+                    stopper.stopped = True
+                    stopper.restore(net, ema.shadow)
+                    metrics["stopped_early"] = float(stop)
+            _report(reporter, metrics, net, ema, opt, done, is_ckpt or stop, stopper)
+            if stop:
+                break
     return metrics
+
+
+def _agreed(flag: bool, device: torch.device | str) -> bool:
+    """flag, or-ed over every rank (they validate the same EMA weights; this keeps a float
+    difference between devices from stopping one rank alone)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def flip_half(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -312,13 +345,17 @@ def _report(
     opt: torch.optim.Optimizer,
     step: int,
     with_checkpoint: bool,
+    stopper: Optional[EarlyStopper] = None,
 ) -> None:
     if not (with_checkpoint and reporter.world_rank == 0):
         reporter.report(metrics, None)
         return
     tmp = tempfile.mkdtemp(prefix="raydefense-ckpt-")
+    state = {"step": step, "optimizer": opt.state_dict()}
+    if stopper is not None:
+        state["early_stopping"] = stopper.state_dict()
     try:
-        save_checkpoint(tmp, net, ema.shadow, {"step": step, "optimizer": opt.state_dict()})
+        save_checkpoint(tmp, net, ema.shadow, state)
         reporter.report(metrics, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -29,6 +29,7 @@ from raydefense.diffusion.training import fit
 from raydefense.distributed.progress import report
 from raydefense.distributed.runtime import check_fit_resources, torch_threads
 from raydefense.errors import FitsFailed, NonFiniteLossError
+from raydefense.roster import training_role
 from raydefense.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ def _train_loop(config: dict) -> Optional[dict]:
         fit(
             data,
             cfg.model,
-            cfg.train,
+            cfg.train.for_role(training_role(spec.model)),
             schedule,
             shape,
             seed=cfg.seed,
@@ -202,7 +203,8 @@ def fit_one(
     res = cfg.resources
     # list[Any]: at runtime ray.train.RunConfig is Train V2's (UserCallback); mypy resolves the
     # name to ray.air's RunConfig, whose callbacks are Tune callbacks.
-    fit_callbacks: list[Any] = [ProgressCallback(spec.model, cfg.train.steps), *callbacks]
+    steps = cfg.train.for_role(training_role(spec.model)).steps
+    fit_callbacks: list[Any] = [ProgressCallback(spec.model, steps), *callbacks]
     trainer = ray.train.torch.TorchTrainer(
         cast(Any, _train_loop),  # V2 keeps the loop's return value; the V1 stubs want None
         train_loop_config={

@@ -22,12 +22,12 @@ import ray
 import ray.data
 from ray import tune
 
-from raydefense.config import ExperimentConfig
+from raydefense.config import TRAIN_ROLES, ExperimentConfig
 from raydefense.errors import ResourceError
 from raydefense.run.context import Backend
 from raydefense.storage import Storage
 from raydefense.sweeps.attacks import flatten_metrics, trial_metrics, unflatten_metrics
-from raydefense.sweeps.training import run_trial, watched_model, watched_value
+from raydefense.sweeps.training import apply_values, run_trial, watched_model, watched_value
 
 log = logging.getLogger("raydefense")
 
@@ -274,7 +274,15 @@ def run_training_trials(
     def new_tuner(storage_path: str) -> tune.Tuner:
         n = training_concurrency(cfg, ray.cluster_resources(), len(points))
         a = cfg.sweep.asha
-        max_t = max(dict(p.values).get("train.steps", cfg.train.steps) for p in points) + 2
+        # Reports of the longest fit (+ the trial's objectives): ASHA's last rung.
+        max_t = (
+            max(
+                apply_values(cfg, dict(p.values)).train.for_role(r).steps
+                for p in points
+                for r in TRAIN_ROLES
+            )
+            + 2
+        )
         scheduler = (
             ASHAScheduler(
                 time_attr="training_iteration",

@@ -8,7 +8,9 @@ from typing import Any
 import raydefense
 from raydefense.audit.targets import shadow_roles, shadows_needed
 from raydefense.config import (
+    TRAIN_ROLES,
     CLiDConfig,
+    EarlyStoppingConfig,
     ExperimentConfig,
     PangWangConfig,
     ReDiffuseConfig,
@@ -52,6 +54,11 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "tf32": False,
         "channels_last": False,
         "compile": False,
+        "early_stopping": EarlyStoppingConfig().model_dump(mode="json"),
+        **{
+            r: {"steps": None, "lr": None, "ema_decay": None, "early_stopping": None}
+            for r in TRAIN_ROLES
+        },
     },
 }
 
@@ -88,12 +95,15 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     # A latent family's prepare also encodes the rows with its pipeline's VAE and text encoder.
     encoder = [d["model"]["kind"], d["model"]["pipeline"]] if cfg.model.kind == "sd" else []
     fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows, *encoder)
-    # How often a fit logs, checkpoints or validates does not change the model it produces.
-    train = {
-        k: x
-        for k, x in d["train"].items()
-        if k not in ("log_every", "checkpoint_every", "val_rows")
-    }
+    # How often a fit logs, checkpoints or validates does not change the model it produces,
+    # unless it stops early (its reports then decide where it stops, on the validation rows).
+    stops_early = any(cfg.train.stops_early(r) for r in TRAIN_ROLES)
+    cadence = (
+        ("checkpoint_every",) if stops_early else ("log_every", "checkpoint_every", "val_rows")
+    )
+    # The student's own overrides (train.student) change the student alone.
+    student_train = [d["train"]["student"]] if "student" in d["train"] else []
+    train = {k: x for k, x in d["train"].items() if k not in (*cadence, "student")}
     # An audit imports its target models: their identity is their weights' digests (by role),
     # not where they were read from.
     imported = [d["audit"].get("digests", {})] if "audit" in d else []
@@ -102,8 +112,8 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     trained = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
     fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train, *imported)
     fp["shadows"] = _hash("shadows", trained, shadow)  # the same whatever an audit imports
-    fp["student"] = _hash("distill", v, fp["targets"], d["distill"])
-    fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"])
+    fp["student"] = _hash("distill", v, fp["targets"], d["distill"], *student_train)
+    fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"], *student_train)
     fp["distill"] = (
         _hash("distill", fp["student"], fp["shadow_students"])
         if "student" in roles

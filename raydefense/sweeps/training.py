@@ -4,7 +4,8 @@ The search space is `sweep.training`: a grid over dotted config paths of what a 
 (`train.*`, `distill.*`, `model.*`, `data.num_shards`, `seed`). Every grid point is a trial: a
 small pipeline (prepare -> train -> distill -> evaluate) of its own, under
 `<root>/<experiment>/training_sweeps/<name>/trials/<point key>/`, which audits one target
-(`sweep.target`, default the DistillMD student) with query attacks only. Its objectives:
+(`sweep.target`, default the DistillMD student) with `sweep.trial_attacks` (default: every
+enabled attack, the full worst case). Its objectives:
 
 - privacy: the worst-case attack AUC on the target (the (attack, setting) with the highest
   calibration-part AUC, its test-part AUC; the same rule as attack sweeps), lower is better;
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from raydefense import layout
-from raydefense.audit.grid import query_attacks
+from raydefense.attacks import ATTACKS
 from raydefense.audit.scoring import heldout_validator
 from raydefense.audit.selection import best_trial, pareto_front
 from raydefense.audit.targets import ADAPTIVE, schedule_of
@@ -134,23 +135,18 @@ def training_points(cfg: ExperimentConfig) -> list[TrainingPoint]:
 
 
 def trial_attacks(cfg: ExperimentConfig) -> list[str]:
-    """The attacks every trial runs: `sweep.trial_attacks`, or the query attacks of
-    `attacks.enabled` (plus `dualmd_adaptive` when the audited target is DualMD: its gray-box
-    worst case)."""
+    """The attacks every trial runs: `sweep.trial_attacks`, or every attack of `attacks.enabled`
+    (the full worst case: learned and shadow-trained attacks too; `dualmd_adaptive` only when
+    the audited target is DualMD, the one router it attacks)."""
 
-    valid = query_attacks() + [ADAPTIVE]
     chosen = cfg.sweep.trial_attacks
     if chosen is None:
-        chosen = [
-            a
-            for a in cfg.attacks.enabled
-            if a in valid and (a != ADAPTIVE or cfg.sweep.target == DUALMD)
-        ]
-    bad = [a for a in chosen if a not in valid]
+        chosen = [a for a in cfg.attacks.enabled if a != ADAPTIVE or cfg.sweep.target == DUALMD]
+    bad = [a for a in chosen if a not in ATTACKS]
     if bad:
         raise ConfigError(
-            f"sweep.trial_attacks: {bad[0]!r} is not a query attack; choose from: "
-            f"{', '.join(valid)}"
+            f"sweep.trial_attacks: {bad[0]!r} is not an attack; choose from: "
+            f"{', '.join(ATTACKS.names())}"
         )
     if ADAPTIVE in chosen and cfg.sweep.target != DUALMD:
         raise ConfigError(
@@ -160,9 +156,9 @@ def trial_attacks(cfg: ExperimentConfig) -> list[str]:
         )
     if not [a for a in chosen if a != ADAPTIVE]:
         raise ConfigError(
-            "a training sweep needs query attacks: set sweep.trial_attacks, e.g. [loss, secmi_stat]"
+            "a training sweep needs attacks: set sweep.trial_attacks, e.g. [loss, secmi_stat]"
         )
-    return chosen
+    return list(chosen)
 
 
 def watched_model(target: str) -> str:

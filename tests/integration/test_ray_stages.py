@@ -77,6 +77,28 @@ def test_rerun_with_the_same_name_resumes_and_matches_an_uninterrupted_run(exper
         assert torch.allclose(resumed[k], straight[k], atol=1e-6), k
 
 
+def test_a_ddp_teacher_stops_early_by_its_role_and_exports_its_best_report(experiment):
+    """train.teacher.early_stopping on a 2-worker fit: no report after the first improves by
+    min_delta 10, so both ranks agree to stop at step 2 (patience 1) and the exported model
+    holds step 1's weights, marked final."""
+    from raydefense.config import ExperimentConfig
+    from raydefense.distributed.train import FitSpec, fit_one
+
+    cfg, storage, _ = experiment
+    tree = cfg.model_dump(mode="json")
+    tree["train"].update(log_every=1, steps=10)
+    tree["train"]["teacher"] = {"early_stopping": True, "steps": 8}
+    tree["train"]["early_stopping"] = {"patience": 1, "min_delta": 10.0}
+    stop = ExperimentConfig.model_validate(tree)
+    rel = fit_one(stop, storage, FitSpec("teacher_1", "ddpm", 1, "teacher-stops"), None)
+    state = torch.load(storage.path(f"{rel}/state.pt"), weights_only=False)
+    es = state["early_stopping"]
+    assert (state["step"], es["best_step"], es["stopped"]) == (2, 1, True)
+    saved = load_unet(storage.path(rel), "ema").state_dict()
+    for k, v in es["ema"].items():
+        assert torch.equal(saved[k.removeprefix("unet.")], v), k
+
+
 def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     from raydefense.distributed.soft_targets import label_soft_targets
 

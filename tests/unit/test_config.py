@@ -206,3 +206,51 @@ def test_the_paper_preset_builds_ho_et_al_s_cifar10_unet():
     one = load_config(["cifar10_ddpm", "h200"])
     assert (one.resources.workers_per_model, one.resources.concurrent_fits) == (1, 1)
     assert stage_fingerprints(one) == stage_fingerprints(cfg)
+
+
+def test_per_role_training_overrides_resolve_and_retrain_only_what_they_change():
+    from raydefense.roster import training_role
+    from raydefense.run.fingerprints import stage_fingerprints
+
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            "train.teacher.steps=50",
+            "train.teacher.early_stopping=true",
+            "train.student.steps=300",
+            "train.student.lr=0.0005",
+        ],
+    )
+    teacher, student = cfg.train.for_role("teacher"), cfg.train.for_role("student")
+    assert (teacher.steps, teacher.lr, teacher.early_stopping.enabled) == (50, cfg.train.lr, True)
+    assert (student.steps, student.lr, student.early_stopping.enabled) == (300, 0.0005, False)
+    assert cfg.train.for_role("baseline").steps == cfg.train.steps
+    assert teacher.teacher.steps is None  # resolved settings carry no overrides of their own
+    roles = [training_role(m) for m in ("baseline", "teacher_2", "student")]
+    assert roles == ["baseline", "teacher", "student"]
+    shadow_roles = [
+        training_role(m) for m in ("shadow_1", "shadow_1_teacher_2", "shadow_1_student")
+    ]
+    assert shadow_roles == ["baseline", "teacher", "student"]
+
+    base = stage_fingerprints(load_config("smoke"))
+    longer = stage_fingerprints(load_config("smoke", overrides=["train.student.steps=300"]))
+    assert longer["targets"] == base["targets"] and longer["train"] == base["train"]
+    assert longer["student"] != base["student"]
+    stopped = stage_fingerprints(load_config("smoke", overrides=["train.teacher.early_stopping=1"]))
+    assert stopped["targets"] != base["targets"]
+    # Early stopping makes the report cadence part of the model; without it, it is not.
+    every = ["train.early_stopping.enabled=true", "train.log_every=10"]
+    assert (
+        stage_fingerprints(load_config("smoke", overrides=every))["targets"]
+        != stage_fingerprints(load_config("smoke", overrides=every[:1]))["targets"]
+    )
+    assert (
+        stage_fingerprints(load_config("smoke", overrides=every[1:]))["targets"] == base["targets"]
+    )
+
+
+def test_early_stopping_without_validation_rows_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="train.val_rows") as e:
+        load_config("smoke", overrides=["train.val_rows=0", "train.teacher.early_stopping=true"])
+    assert "\n" not in str(e.value)

@@ -73,8 +73,9 @@ def test_checks_before_a_sweep_starts() -> None:
     assert check_training_sweep(
         cfg_with("sweep.target=teacher_3", "sweep.training={data.num_shards: [3, 4]}")
     )
-    with pytest.raises(ConfigError, match="'gsa1' is not a query attack"):
-        check_training_sweep(cfg_with("sweep.trial_attacks=[loss, gsa1]"))
+    with pytest.raises(ConfigError, match="'gsa9' is not an attack; choose from: "):
+        check_training_sweep(cfg_with("sweep.trial_attacks=[loss, gsa9]"))
+    assert check_training_sweep(cfg_with("sweep.trial_attacks=[loss, gsa1, blackbox_nn]"))
     with pytest.raises(ConfigError, match="needs train.val_rows > 0"):
         check_training_sweep(cfg_with("train.val_rows=0"))
     assert check_training_sweep(cfg_with("train.val_rows=0", "sweep.asha.enabled=false"))
@@ -91,12 +92,13 @@ def test_trial_config_audits_one_target_in_its_own_directory() -> None:
     )
     assert t.attacks.targets == ["dualmd"] and t.attacks.enabled == ["loss", "secmi_stat", "pia"]
     assert t.tracking.enabled is False
-    # Without sweep.trial_attacks: the query attacks of attacks.enabled.
+    # Without sweep.trial_attacks: every attack of attacks.enabled (the full worst case) but
+    # the router-aware one, which comes along when DualMD is audited.
+    every = ["loss", "secmi_stat", "secmi_nn", "pia", "pian", "sima", "gsa1", "gsa2", "blackbox_nn"]
     t2 = trial_config(cfg_with("sweep.trial_attacks=null"), point, "/r")
-    assert t2.attacks.enabled == ["loss", "secmi_stat", "pia", "pian", "sima"]
-    # Auditing DualMD: its gray-box worst case, the router-aware attack, comes along.
+    assert t2.attacks.enabled == every
     t3 = trial_config(cfg_with("sweep.trial_attacks=null", "sweep.target=dualmd"), point, "/r")
-    assert t3.attacks.enabled == ["loss", "secmi_stat", "pia", "pian", "sima", "dualmd_adaptive"]
+    assert t3.attacks.enabled == [*every, "dualmd_adaptive"]
     with pytest.raises(ConfigError, match="'dualmd_adaptive' attacks DualMD's step router"):
         trial_config(cfg_with("sweep.trial_attacks=[sima, dualmd_adaptive]"), point, "/r")
 

@@ -10,6 +10,7 @@ import torch
 
 from raydefense.config import ModelConfig, TrainConfig
 from raydefense.data.examples import ImageData, SoftTargetData
+from raydefense.diffusion.backbones import load_net
 from raydefense.diffusion.backbones.unet2d import load_unet
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import BatchSource, fit
@@ -181,3 +182,177 @@ def test_bf16_autocast_and_channels_last_train_on_cpu():
         assert all(p.dtype == torch.float32 for p in net.parameters())  # fp32 master weights
     assert np.allclose(runs["nhwc"], runs["fp32"], rtol=1e-4)  # a layout, not new numbers
     assert np.allclose(runs["bf16"], runs["fp32"], rtol=0.05) and runs["bf16"] != runs["fp32"]
+
+
+class ScriptedValidation:
+    """validate(ema_net) for fit: val_eps_mse from a script, one value per report, and a copy
+    of the EMA weights it was given (the weights each value belongs to)."""
+
+    def __init__(self, values):
+        self.values, self.seen = list(values), []
+
+    def __call__(self, net):
+        self.seen.append({k: v.clone() for k, v in net.state_dict().items()})
+        return {"val_eps_mse": self.values[len(self.seen) - 1]}
+
+
+def early(steps=12, patience=2, **kw):
+    return TrainConfig(
+        steps=steps,
+        batch_size=4,
+        log_every=1,
+        checkpoint_every=3,
+        early_stopping={"enabled": True, "patience": patience, **kw},
+    )
+
+
+def test_early_stopping_ends_the_fit_and_keeps_the_best_reports_weights():
+    # best at step 3; steps 4 and 5 do not improve (0.5 is not below 0.5 - 0.0): stop at 5
+    val = ScriptedValidation([0.9, 0.7, 0.5, 0.5, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    rep = ListReporter()
+    out = fit(
+        images(),
+        MODEL,
+        early(),
+        SCHED,
+        (1, 8, 8),
+        seed=0,
+        model_index=0,
+        reporter=rep,
+        validate=val,
+    )
+    assert [r["step"] for r in rep.reports] == [1, 2, 3, 4, 5]
+    assert out["stopped_early"] == 1.0 and out["best_step"] == 3
+    assert out["best_val_eps_mse"] == 0.5 and out["val_eps_mse"] == 0.6
+    saved = load_net(MODEL, rep.ckpt, "ema").state_dict()
+    for k, v in val.seen[2].items():  # the EMA weights validated at step 3
+        assert torch.equal(saved[k], v), k
+    assert not torch.equal(saved[k], val.seen[4][k])
+
+
+def test_min_delta_and_min_steps_postpone_the_stop():
+    vals = [0.9, 0.89, 0.88, 0.87, 0.86, 0.86, 0.86, 0.86]
+    rep = ListReporter()
+    fit(
+        images(),
+        MODEL,
+        early(steps=8, patience=2, min_delta=0.05),
+        SCHED,
+        (1, 8, 8),
+        seed=0,
+        model_index=0,
+        reporter=rep,
+        validate=ScriptedValidation(vals),
+    )
+    assert rep.reports[-1]["step"] == 3 and rep.reports[-1]["best_step"] == 1
+    rep = ListReporter()
+    fit(
+        images(),
+        MODEL,
+        early(steps=8, patience=2, min_delta=0.05, min_steps=6),
+        SCHED,
+        (1, 8, 8),
+        seed=0,
+        model_index=0,
+        reporter=rep,
+        validate=ScriptedValidation(vals),
+    )
+    assert rep.reports[-1]["step"] == 6 and rep.reports[-1]["best_step"] == 1
+
+
+def test_a_fit_that_never_stalls_ends_with_its_best_weights_too():
+    vals = [0.9, 0.8, 0.7, 0.6, 0.65, 0.64]
+    val, rep = ScriptedValidation(vals), ListReporter()
+    out = fit(
+        images(),
+        MODEL,
+        early(steps=6, patience=3),
+        SCHED,
+        (1, 8, 8),
+        seed=0,
+        model_index=0,
+        reporter=rep,
+        validate=val,
+    )
+    assert out["step"] == 6 and out["stopped_early"] == 0.0 and out["best_step"] == 4
+    saved = load_net(MODEL, rep.ckpt, "ema").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in val.seen[3].items())
+
+
+def test_early_stopping_resumes_to_the_same_stop_and_weights():
+    vals = [0.9, 0.8, 0.7, 0.75, 0.72, 0.71, 0.73, 0.9, 0.9]
+    full = ListReporter()
+    fit(
+        images(),
+        MODEL,
+        early(steps=9, patience=3),
+        SCHED,
+        (1, 8, 8),
+        seed=1,
+        model_index=2,
+        reporter=full,
+        validate=ScriptedValidation(vals),
+    )
+    assert full.reports[-1]["step"] == 6 and full.reports[-1]["best_step"] == 3
+    crashed = ListReporter(stop_after=3)  # crash after the step-3 checkpoint (the best so far)
+    try:
+        fit(
+            images(),
+            MODEL,
+            early(steps=9, patience=3),
+            SCHED,
+            (1, 8, 8),
+            seed=1,
+            model_index=2,
+            reporter=crashed,
+            validate=ScriptedValidation(vals),
+        )
+    except KeyboardInterrupt:
+        pass
+    resumed = ListReporter(resume_from=crashed.ckpt)
+    fit(
+        images(),
+        MODEL,
+        early(steps=9, patience=3),
+        SCHED,
+        (1, 8, 8),
+        seed=1,
+        model_index=2,
+        reporter=resumed,
+        validate=ScriptedValidation(vals[3:]),
+    )
+    assert [r["step"] for r in resumed.reports] == [4, 5, 6]
+    for weights in ("ema", "raw"):
+        a, b = load_unet(full.ckpt, weights), load_unet(resumed.ckpt, weights)
+        for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), k
+    # A rerun after the stop trains nothing more: its checkpoint is final.
+    again = ListReporter(resume_from=full.ckpt)
+    out = fit(
+        images(),
+        MODEL,
+        early(steps=9, patience=3),
+        SCHED,
+        (1, 8, 8),
+        seed=1,
+        model_index=2,
+        reporter=again,
+        validate=ScriptedValidation(vals),
+    )
+    assert again.reports == [] and out["best_step"] == 3
+
+
+def test_early_stopping_needs_validation():
+    import pytest
+
+    with pytest.raises(ValueError, match="val_rows"):
+        fit(
+            images(),
+            MODEL,
+            early(),
+            SCHED,
+            (1, 8, 8),
+            seed=0,
+            model_index=0,
+            reporter=ListReporter(),
+        )
