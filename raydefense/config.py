@@ -649,6 +649,13 @@ class SweepConfig(_Section):
         "domain_fid", description="kind=training: the utility objective (lower is better)"
     )
     asha: AshaConfig = AshaConfig()
+    utility_budget: float = Field(
+        1.1,
+        gt=0,
+        description="kind=training: the recommended setting is the most private one on the "
+        "calibration-side front whose mean utility is at most this factor times the undefended "
+        "baseline's (from the experiment's own evaluate stage)",
+    )
 
 
 AUDIT_ROLE = r"^(baseline|student|teacher_[1-9][0-9]*)$"

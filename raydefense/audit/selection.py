@@ -8,6 +8,7 @@ invariant 5). Pure Python over plain dicts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, TypeVar
 
@@ -53,6 +54,83 @@ def best_trial(trials: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any
     if not done:
         return None
     return min(done, key=lambda t: (t["privacy_auc_calibration"], t["utility"]))
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
+    return mean, sd
+
+
+def settings_over_seeds(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Completed trials grouped by their grid values without `seed`: one setting per group,
+    with its calibration and test worst-case AUC and its utility averaged over its seeds (sd
+    with two seeds or more). A grid without `seed` gives one setting per trial. In first
+    appearance order; `pareto` marks the front over (mean calibration AUC, mean utility)."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for t in trials:
+        if t.get("status", "completed") != "completed" or t.get("privacy_auc_calibration") is None:
+            continue
+        values = {k: v for k, v in t["values"].items() if k != "seed"}
+        groups.setdefault(json.dumps(values, sort_keys=True, separators=(",", ":")), []).append(t)
+    out = []
+    for label, ts in groups.items():
+        cal, _ = _mean_sd([float(t["privacy_auc_calibration"]) for t in ts])
+        auc, auc_sd = _mean_sd([float(t["privacy_auc"]) for t in ts])
+        util, util_sd = _mean_sd([float(t["utility"]) for t in ts])
+        out.append(
+            {
+                "setting": label,
+                "values": json.loads(label),
+                "trials": [t["key"] for t in ts],
+                "seeds": [t["values"].get("seed") for t in ts],
+                "privacy_auc_calibration": cal,
+                "privacy_auc": auc,
+                "privacy_auc_sd": auc_sd,
+                "utility": util,
+                "utility_sd": util_sd,
+            }
+        )
+    front = pareto_front([(s["privacy_auc_calibration"], s["utility"]) for s in out])
+    for i, s in enumerate(out):
+        s["pareto"] = i in front
+    return out
+
+
+def recommend(
+    settings: Sequence[Mapping[str, Any]],
+    reference_utility: Optional[float],
+    budget: float,
+) -> dict[str, Any]:
+    """The recommended setting: on the calibration-side front, the lowest mean calibration AUC
+    among settings whose mean utility is at most `budget` x `reference_utility` (the
+    undefended baseline's; utility lower = better). Test AUCs never choose.
+
+    Returns {"key": the setting's label or None, "rule": one line, "within_budget": bool,
+    "closest": the front setting nearest the budget when none is within it (else None)}."""
+    front = [s for s in settings if s.get("pareto")]
+    if not front:
+        return {"key": None, "rule": "no completed trial", "within_budget": False, "closest": None}
+    if reference_utility is None:
+        best = min(front, key=lambda s: (s["privacy_auc_calibration"], s["utility"]))
+        return {
+            "key": best["setting"],
+            "rule": "lowest calibration AUC on the front (no baseline utility to budget against)",
+            "within_budget": False,
+            "closest": None,
+        }
+    limit = budget * reference_utility
+    ok = [s for s in front if s["utility"] <= limit]
+    rule = (
+        f"lowest mean calibration AUC on the front with utility <= {budget:g} x the baseline's "
+        f"{reference_utility:.3f} (= {limit:.3f})"
+    )
+    if ok:
+        best = min(ok, key=lambda s: (s["privacy_auc_calibration"], s["utility"]))
+        return {"key": best["setting"], "rule": rule, "within_budget": True, "closest": None}
+    closest = min(front, key=lambda s: s["utility"])
+    return {"key": None, "rule": rule, "within_budget": False, "closest": closest["setting"]}
 
 
 UTILITY_PREFERENCE = ("domain_fid", "fid", "heldout_eps_mse")
@@ -162,7 +240,20 @@ def tradeoff(
                     }
                 )
     trials: list[dict[str, Any]] = []
+    recommended: Optional[dict[str, Any]] = None
     if training_sweep and training_sweep.get("utility_metric") == metric:
+        # Recommended against this report's own baseline (the sweep's reference otherwise).
+        base = next((p["utility"] for p in points if p["label"] == "baseline"), None)
+        settings = settings_over_seeds(training_sweep.get("trials", []))
+        budget = float(training_sweep.get("utility_budget", 1.1))
+        rec = recommend(settings, base, budget)
+        chosen = next((s for s in settings if s["setting"] == rec["key"]), None)
+        recommended = {
+            **rec,
+            "setting": chosen,
+            "reference_utility": base,
+            "utility_budget": budget,
+        }
         for t in training_sweep.get("trials", []):
             if t.get("status") == "completed":
                 trials.append(
@@ -174,6 +265,7 @@ def tradeoff(
                         "privacy_auc_calibration": t.get("privacy_auc_calibration"),
                         "utility": t["utility"],
                         "pareto": bool(t.get("pareto")),
+                        "recommended": bool(chosen and t["key"] in chosen["trials"]),
                         "target": training_sweep.get("target"),
                     }
                 )
@@ -190,6 +282,7 @@ def tradeoff(
                     "utility_metric": training_sweep.get("utility_metric"),
                     "num_trials": training_sweep.get("num_trials"),
                     "num_stopped": training_sweep.get("num_stopped"),
+                    "recommended": recommended,
                 }
                 if training_sweep
                 else None

@@ -74,6 +74,30 @@ def plot_tradeoff(section: Mapping[str, Any], path: str) -> None:
                 linewidth=1.0,
                 label=f"Pareto front ({kind}s; chosen on calibration AUC)",
             )
+    rec = [p for p in section["points"] if p.get("recommended")]
+    if rec:
+        ax.scatter(
+            [p["privacy_auc"] for p in rec],
+            [p["utility"] for p in rec],
+            marker="*",
+            s=260,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.5,
+            label="recommended setting (chosen on calibration)",
+            zorder=4,
+        )
+    base = next((p for p in section["points"] if p["label"] == "baseline"), None)
+    ts = section.get("training_sweep") or {}
+    budget = (ts.get("recommended") or {}).get("utility_budget")
+    if base is not None and budget and ts.get("recommended", {}).get("reference_utility"):
+        ax.axhline(
+            budget * base["utility"],
+            color="tab:red",
+            linestyle=":",
+            linewidth=1.0,
+            label=f"utility budget ({budget:g} x the baseline's)",
+        )
     ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1.0, label="chance (AUC 0.5)")
     ax.set_xlabel("worst-case attack AUC (lower = more private)")
     ax.set_ylabel(f"{section.get('utility_metric')} (lower = better)")
@@ -163,6 +187,9 @@ def tradeoff_markdown(section: Mapping[str, Any], figure: Optional[str]) -> str:
                 f"is {section.get('utility_metric')}."
             )
         )
+    rec = (ts or {}).get("recommended")
+    if rec:
+        lines += ["", _recommendation_markdown(rec, section.get("utility_metric")), ""]
     pts = section.get("points", [])
     if not pts:
         return "\n".join(lines + ["No utility metric to plot against privacy."])
@@ -173,7 +200,7 @@ def tradeoff_markdown(section: Mapping[str, Any], figure: Optional[str]) -> str:
             escape(p.get("setting", "")),
             f"{p['privacy_auc']:.3f}",
             f"{p['utility']:.3f}",
-            "yes" if p["pareto"] else "",
+            ("yes" if p["pareto"] else "") + (" (recommended)" if p.get("recommended") else ""),
         ]
         for p in pts
     ]
@@ -193,3 +220,25 @@ def tradeoff_markdown(section: Mapping[str, Any], figure: Optional[str]) -> str:
     if figure:
         lines += ["", f"![privacy-utility]({figure})"]
     return "\n".join(lines)
+
+
+def _recommendation_markdown(rec: Mapping[str, Any], metric: Optional[str]) -> str:
+    """The training sweep's recommended setting, the rule that chose it, and its numbers."""
+    chosen = rec.get("setting")
+    if chosen:
+        sd = chosen.get("privacy_auc_sd")
+        spread = f" ± {sd:.3f}" if sd is not None else ""
+        ref = rec.get("reference_utility")
+        ratio = f" ({chosen['utility'] / ref:.2f}x the baseline's {ref:.3f})" if ref else ""
+        n = len(chosen["trials"])
+        return (
+            f"**Recommended setting:** `{escape(chosen['setting'])}`: worst-case AUC "
+            f"{chosen['privacy_auc']:.3f}{spread} (test), {metric} {chosen['utility']:.3f}{ratio}"
+            f", over {n} trial{'s' if n > 1 else ''}. Rule: {rec['rule']}."
+        )
+    if rec.get("closest"):
+        return (
+            f"**No setting within the utility budget** (rule: {rec['rule']}); the closest "
+            f"setting on the front: `{escape(rec['closest'])}`."
+        )
+    return f"**No recommended setting**: {rec.get('rule')}."

@@ -164,7 +164,7 @@ def training_sweep_fingerprint(cfg: ExperimentConfig) -> str:
     d["sweep"] = {
         k: v
         for k, v in d["sweep"].items()
-        if k not in ("attacks", "max_concurrent_trials", "cpus_per_trial")
+        if k not in ("attacks", "max_concurrent_trials", "cpus_per_trial", "utility_budget")
     }
     payload = ["training-sweep", raydefense.__version__, d]
     return stable_hash(payload)

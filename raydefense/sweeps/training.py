@@ -24,7 +24,7 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from raydefense import layout
 from raydefense.attacks import ATTACKS
 from raydefense.audit.scoring import heldout_validator
-from raydefense.audit.selection import best_trial, pareto_front
+from raydefense.audit.selection import best_trial, pareto_front, recommend, settings_over_seeds
 from raydefense.audit.targets import ADAPTIVE, schedule_of
 from raydefense.config import ExperimentConfig, first_error, set_path
 from raydefense.data.encoded import read_encoded
@@ -42,9 +42,10 @@ from raydefense.diffusion.backbones import is_latent, load_net
 from raydefense.errors import ConfigError
 from raydefense.hashing import stable_hash
 from raydefense.pipeline import run_pipeline
-from raydefense.roster import DUALMD, all_targets, teacher_name
+from raydefense.roster import BASELINE, DUALMD, all_targets, teacher_name
 from raydefense.run.context import Backend, RunContext
 from raydefense.run.fingerprints import training_sweep_fingerprint
+from raydefense.run.markers import is_complete
 from raydefense.run.session import local_copy
 from raydefense.storage import Storage
 from raydefense.sweeps.attacks import trial_metrics, trials_of, worst_case
@@ -252,6 +253,41 @@ def run_trial(
     return {**obj, "timings": ctx.timings}
 
 
+def reference_utility(ctx: RunContext) -> Optional[dict[str, Any]]:
+    """The undefended baseline's `sweep.utility` from this experiment's own evaluate stage
+    (complete, for this very config), or None: what a recommended setting's utility is
+    budgeted against."""
+    cfg, storage = ctx.cfg, ctx.storage
+    if not is_complete(storage, layout.marker("evaluate"), ctx.fingerprints["evaluate"]):
+        return None
+    values = [
+        q["value"]
+        for q in storage.read_json(layout.QUALITY)
+        if q["target"] == BASELINE and q["metric"] == cfg.sweep.utility
+    ]
+    if not values:
+        return None
+    return {"target": BASELINE, "utility": float(values[0]), "source": layout.QUALITY}
+
+
+def with_recommendation(
+    trials: list[dict[str, Any]], reference: Optional[dict[str, Any]], budget: float
+) -> dict[str, Any]:
+    """results.json's `settings` (completed trials averaged over seeds), `reference` and
+    `recommended` (raydefense.audit.selection.recommend); marks the recommended trials."""
+    settings = settings_over_seeds(trials)
+    rec = recommend(settings, reference["utility"] if reference else None, budget)
+    chosen = next((s for s in settings if s["setting"] == rec["key"]), None)
+    for t in trials:
+        t["recommended"] = bool(chosen and t["key"] in chosen["trials"])
+    return {
+        "settings": settings,
+        "reference": reference,
+        "utility_budget": budget,
+        "recommended": {**rec, "setting": chosen},
+    }
+
+
 def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str) -> float:
     """The watched model's final val_eps_mse, measured on its stored EMA weights (the value
     the trial's last report carries)."""
@@ -280,19 +316,42 @@ def summary(results: dict[str, Any], where: str) -> str:
         f"results in {where}/results.json",
         f"  target {results['target']}: worst-case attack AUC (lower = more private) vs "
         f"{results['utility_metric']} (lower = better); * = Pareto front (chosen on "
-        "calibration AUC)",
-        f"  {'':1} {'trial':<14} {'AUC':>6} {'utility':>9} {'val_eps_mse':>11}  setting",
+        "calibration AUC), R = recommended",
+        f"  {'':2} {'trial':<14} {'AUC':>6} {'utility':>9} {'val_eps_mse':>11}  setting",
     ]
     for t in results["trials"]:
         auc_s = f"{t['privacy_auc']:.3f}" if t["status"] == "completed" else "-"
         util_s = f"{t['utility']:.3f}" if t["status"] == "completed" else "-"
         val = t.get("last_val_eps_mse")
+        mark = ("*" if t.get("pareto") else " ") + ("R" if t.get("recommended") else " ")
         lines.append(
-            f"  {'*' if t.get('pareto') else ' '} {t['key']:<14} {auc_s:>6} "
+            f"  {mark} {t['key']:<14} {auc_s:>6} "
             f"{util_s:>9} {val if val is None else round(val, 4)!s:>11}  "
             f"{t['setting']}" + ("" if t["status"] == "completed" else f" ({t['status']})")
         )
+    lines.append("  " + recommendation_line(results))
     return "\n".join(lines)
+
+
+def recommendation_line(results: dict[str, Any]) -> str:
+    """One line: the recommended setting (mean over its seeds) and the rule that chose it."""
+    rec = results.get("recommended") or {}
+    ref = results.get("reference")
+    chosen = rec.get("setting")
+    if chosen:
+        seeds = f" over {len(chosen['trials'])} trials" if len(chosen["trials"]) > 1 else ""
+        ratio = f", {chosen['utility'] / ref['utility']:.2f}x the baseline's" if ref else ""
+        return (
+            f"recommended: {chosen['setting']}: worst-case AUC {chosen['privacy_auc']:.3f} "
+            f"(test), {results['utility_metric']} {chosen['utility']:.3f}{ratio}{seeds}; "
+            f"rule: {rec['rule']}"
+        )
+    if rec.get("closest"):
+        return (
+            f"no setting within the utility budget (rule: {rec['rule']}); the closest front "
+            f"setting: {rec['closest']}"
+        )
+    return f"no recommendation: {rec.get('rule', 'no completed trial')}"
 
 
 def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
@@ -404,6 +463,9 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
             "trials": trials,
             "pareto": [t["key"] for t in completed if t["pareto"]],
         }
+        results.update(
+            with_recommendation(trials, reference_utility(ctx), cfg.sweep.utility_budget)
+        )
         storage.write_json(f"{base}/results.json", results)
         best = best_trial(completed)
         if best is not None:
@@ -417,6 +479,8 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
                 },
             )
             tracker.set_tags(parent, {"best.setting": best["setting"]})
+        if results["recommended"]["key"]:
+            tracker.set_tags(parent, {"recommended.setting": results["recommended"]["key"]})
         tracker.log_artifact(parent, local_copy(storage, f"{base}/results.json"), "sweep")
         status = "FINISHED"
         return results

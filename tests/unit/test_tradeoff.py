@@ -215,3 +215,84 @@ def test_pareto_front_of_targets_is_chosen_on_calibration_auc() -> None:
     res["attacks"][1].update(auc=0.52, auc_calibration=0.53)  # student (fid 1.8)
     pts = {p["label"]: p for p in tradeoff(res)["privacy_utility"]["points"]}
     assert pts["dualmd"]["pareto"] and pts["student"]["pareto"]  # both on the calibration front
+
+
+def _trial(key, seed, lr, cal, auc, util):
+    return {
+        "key": key,
+        "setting": f'{{"seed":{seed},"train.lr":{lr}}}',
+        "values": {"seed": seed, "train.lr": lr},
+        "status": "completed",
+        "privacy_auc_calibration": cal,
+        "privacy_auc": auc,
+        "utility": util,
+    }
+
+
+SEEDED = [
+    _trial("p000-a", 0, 0.001, 0.60, 0.61, 1.00),
+    _trial("p001-b", 0, 0.002, 0.52, 0.54, 1.30),
+    _trial("p002-c", 1, 0.001, 0.62, 0.63, 1.04),
+    _trial("p003-d", 1, 0.002, 0.54, 0.52, 1.10),
+    {"key": "p004-e", "setting": "{}", "values": {"seed": 2}, "status": "stopped"},
+]
+
+
+def test_settings_average_over_seeds_and_the_recommendation_respects_the_budget() -> None:
+    from raydefense.audit.selection import recommend, settings_over_seeds
+
+    settings = settings_over_seeds(SEEDED)
+    assert [s["setting"] for s in settings] == ['{"train.lr":0.001}', '{"train.lr":0.002}']
+    slow, fast = settings
+    assert slow["trials"] == ["p000-a", "p002-c"] and slow["seeds"] == [0, 1]
+    assert fast["privacy_auc_calibration"] == pytest.approx(0.53)
+    assert fast["privacy_auc"] == pytest.approx(0.53) and fast["utility"] == pytest.approx(1.2)
+    assert fast["privacy_auc_sd"] == pytest.approx(0.01414, abs=1e-4)
+    assert slow["pareto"] and fast["pareto"]  # a trade-off: neither dominates
+    # Budget 1.1 x 1.0: lr 0.002's mean utility 1.2 is over it, so lr 0.001 is recommended.
+    rec = recommend(settings, 1.0, 1.1)
+    assert rec["key"] == '{"train.lr":0.001}' and rec["within_budget"]
+    # Budget 1.25: both are within, and the more private (by calibration AUC) wins.
+    assert recommend(settings, 1.0, 1.25)["key"] == '{"train.lr":0.002}'
+    # No setting within budget: none recommended, the closest front setting named.
+    none = recommend(settings, 0.5, 1.1)
+    assert none["key"] is None and none["closest"] == '{"train.lr":0.001}'
+    # Without a baseline utility: the most private on the front.
+    assert recommend(settings, None, 1.1)["key"] == '{"train.lr":0.002}'
+
+
+def test_the_report_marks_the_recommended_trials_and_draws_the_budget(tmp_path) -> None:
+    from raydefense.sweeps.training import summary, with_recommendation
+
+    res = _results()  # baseline domain FID 1.0
+    sweep = {
+        "sweep": "tr",
+        "target": "student",
+        "utility_metric": "domain_fid",
+        "num_trials": 5,
+        "num_stopped": 1,
+        "num_completed": 4,
+        "trials": [dict(t) for t in SEEDED],
+        "utility_budget": 1.1,
+    }
+    out = tradeoff(res, None, sweep)
+    by = {p["label"]: p for p in out["privacy_utility"]["points"]}
+    assert {k for k, p in by.items() if p.get("recommended")} == {"p000-a", "p002-c"}
+    rec = out["privacy_utility"]["training_sweep"]["recommended"]
+    assert rec["reference_utility"] == 1.0 and rec["setting"]["utility"] == pytest.approx(1.02)
+    res.update(out)
+    write_report(str(tmp_path), res)
+    md = (tmp_path / "report.md").read_text()
+    assert '**Recommended setting:** `{"train.lr":0.001}`: worst-case AUC 0.620 ± 0.014' in md
+    assert "(1.02x the baseline's 1.000), over 2 trials" in md
+    assert "| 0.610 | 1.000 |  (recommended) |" in md
+    assert (tmp_path / TRADEOFF_PNG).stat().st_size > 10_000
+    # The sweep's own results.json carries the same choice against its reference.
+    for t in sweep["trials"]:
+        t.setdefault("pareto", False)
+    sweep.update(with_recommendation(sweep["trials"], {"utility": 1.0}, 1.1))
+    assert sweep["recommended"]["key"] == '{"train.lr":0.001}'
+    assert [t["key"] for t in sweep["trials"] if t["recommended"]] == ["p000-a", "p002-c"]
+    text = summary({**sweep, "experiment": "unit"}, "/x")
+    assert 'recommended: {"train.lr":0.001}: worst-case AUC 0.620 (test), domain_fid 1.020' in text
+    assert "1.02x the baseline's over 2 trials" in text
