@@ -649,12 +649,18 @@ class SweepConfig(_Section):
         "domain_fid", description="kind=training: the utility objective (lower is better)"
     )
     asha: AshaConfig = AshaConfig()
+    reference: Optional[str] = Field(
+        "baseline",
+        description="kind=training: a second target every trial also audits (same seed and "
+        "data), whose utility is the trial's reference (utility_reference); None = off",
+    )
     utility_budget: float = Field(
         1.1,
         gt=0,
         description="kind=training: the recommended setting is the most private one on the "
-        "calibration-side front whose mean utility is at most this factor times the undefended "
-        "baseline's (from the experiment's own evaluate stage)",
+        "calibration-side front whose utility is at most this factor times the baseline's: "
+        "the mean of its trials' utility / utility_reference, else against the experiment's "
+        "own evaluated baseline",
     )
 
 

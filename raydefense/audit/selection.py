@@ -79,6 +79,14 @@ def settings_over_seeds(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         cal, _ = _mean_sd([float(t["privacy_auc_calibration"]) for t in ts])
         auc, auc_sd = _mean_sd([float(t["privacy_auc"]) for t in ts])
         util, util_sd = _mean_sd([float(t["utility"]) for t in ts])
+        # Each trial's utility against its own reference (the baseline of its seed), when all
+        # of them measured one.
+        refs = [float(t["utility_reference"]) for t in ts if t.get("utility_reference")]
+        ratio: tuple[Optional[float], Optional[float]] = (
+            _mean_sd([float(t["utility"]) / r for t, r in zip(ts, refs)])
+            if len(refs) == len(ts)
+            else (None, None)
+        )
         out.append(
             {
                 "setting": label,
@@ -90,6 +98,8 @@ def settings_over_seeds(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, A
                 "privacy_auc_sd": auc_sd,
                 "utility": util,
                 "utility_sd": util_sd,
+                "utility_ratio": ratio[0],
+                "utility_ratio_sd": ratio[1],
             }
         )
     front = pareto_front([(s["privacy_auc_calibration"], s["utility"]) for s in out])
@@ -104,15 +114,18 @@ def recommend(
     budget: float,
 ) -> dict[str, Any]:
     """The recommended setting: on the calibration-side front, the lowest mean calibration AUC
-    among settings whose mean utility is at most `budget` x `reference_utility` (the
-    undefended baseline's; utility lower = better). Test AUCs never choose.
+    among settings within the utility budget (utility lower = better): the mean of their trials'
+    utility / utility_reference (each trial's own baseline) at most `budget`, or, for settings
+    without per-trial references, mean utility at most `budget` x `reference_utility` (the
+    experiment's undefended baseline). Test AUCs never choose.
 
     Returns {"key": the setting's label or None, "rule": one line, "within_budget": bool,
     "closest": the front setting nearest the budget when none is within it (else None)}."""
     front = [s for s in settings if s.get("pareto")]
     if not front:
         return {"key": None, "rule": "no completed trial", "within_budget": False, "closest": None}
-    if reference_utility is None:
+    own = all(s.get("utility_ratio") is not None for s in front)
+    if reference_utility is None and not own:
         best = min(front, key=lambda s: (s["privacy_auc_calibration"], s["utility"]))
         return {
             "key": best["setting"],
@@ -120,16 +133,24 @@ def recommend(
             "within_budget": False,
             "closest": None,
         }
-    limit = budget * reference_utility
-    ok = [s for s in front if s["utility"] <= limit]
-    rule = (
-        f"lowest mean calibration AUC on the front with utility <= {budget:g} x the baseline's "
-        f"{reference_utility:.3f} (= {limit:.3f})"
-    )
+    if own:
+        ratio = {s["setting"]: float(s["utility_ratio"]) for s in front}
+        rule = (
+            f"lowest mean calibration AUC on the front with utility <= {budget:g} x the "
+            "baseline's of the same trial (mean over seeds)"
+        )
+    else:
+        assert reference_utility is not None
+        ratio = {s["setting"]: s["utility"] / reference_utility for s in front}
+        rule = (
+            f"lowest mean calibration AUC on the front with utility <= {budget:g} x the "
+            f"baseline's {reference_utility:.3f} (= {budget * reference_utility:.3f})"
+        )
+    ok = [s for s in front if ratio[s["setting"]] <= budget]
     if ok:
         best = min(ok, key=lambda s: (s["privacy_auc_calibration"], s["utility"]))
         return {"key": best["setting"], "rule": rule, "within_budget": True, "closest": None}
-    closest = min(front, key=lambda s: s["utility"])
+    closest = min(front, key=lambda s: ratio[s["setting"]])
     return {"key": None, "rule": rule, "within_budget": False, "closest": closest["setting"]}
 
 

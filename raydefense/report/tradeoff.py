@@ -229,7 +229,10 @@ def _recommendation_markdown(rec: Mapping[str, Any], metric: Optional[str]) -> s
         sd = chosen.get("privacy_auc_sd")
         spread = f" ± {sd:.3f}" if sd is not None else ""
         ref = rec.get("reference_utility")
-        ratio = f" ({chosen['utility'] / ref:.2f}x the baseline's {ref:.3f})" if ref else ""
+        if chosen.get("utility_ratio") is not None:
+            ratio = f" ({chosen['utility_ratio']:.2f}x its trials' own baselines)"
+        else:
+            ratio = f" ({chosen['utility'] / ref:.2f}x the baseline's {ref:.3f})" if ref else ""
         n = len(chosen["trials"])
         return (
             f"**Recommended setting:** `{escape(chosen['setting'])}`: worst-case AUC "

@@ -183,32 +183,55 @@ def check_training_sweep(cfg: ExperimentConfig) -> list[TrainingPoint]:
             f"sweep.target {cfg.sweep.target!r} is not a target of every trial; "
             f"choose from: {', '.join(sorted(valid))}"
         )
+    ref = cfg.sweep.reference
+    if ref is not None and (ref not in valid or ref == cfg.sweep.target):
+        raise ConfigError(
+            f"sweep.reference {ref!r} must be another target of every trial than "
+            f"sweep.target; choose from: {', '.join(sorted(valid - {cfg.sweep.target}))} "
+            "(or null)"
+        )
     return points
 
 
 def trial_config(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str) -> ExperimentConfig:
     """The config of one trial's pipeline: the point's values, its own storage
     (`<trials_root>/<key>`), one audited target, query attacks only, no MLflow of its own (the
-    sweep driver logs each trial as a child run)."""
+    sweep driver logs each trial as a child run). `sweep.reference` (say the baseline) is audited
+    too: its utility is the trial's own reference."""
     t = apply_values(cfg, dict(point.values))
     t.experiment = point.key
     t.storage.root = trials_root
     t.tracking.enabled = False
     t.attacks.enabled = trial_attacks(cfg)
-    t.attacks.targets = [cfg.sweep.target]
+    t.attacks.targets = [cfg.sweep.target] + ([cfg.sweep.reference] if cfg.sweep.reference else [])
     return t
 
 
 def trial_objectives(
-    scores: pa.Table, quality: list[dict], target: str, utility: str
+    scores: pa.Table,
+    quality: list[dict],
+    target: str,
+    utility: str,
+    reference: Optional[str] = None,
 ) -> dict[str, Any]:
     """A finished trial's objectives from its evaluate outputs.
 
     Returns {privacy_auc, privacy_auc_calibration, privacy_tpr_at_1pct_fpr (None when 1% is
     below the test split's resolution), privacy_{tpr,fpr}_at_1pct_fpr_calibrated, privacy_attack,
-    privacy_setting, utility, utility_metric}: privacy is the worst-case (attack, setting) by
-    calibration AUC, its test-part metrics; utility is the target's `utility` quality row.
+    privacy_setting, utility, utility_metric, and with `reference` utility_reference and
+    reference_privacy_auc}: privacy is the worst-case (attack, setting) by calibration AUC, its
+    test-part metrics; utility is the target's `utility` quality row; the reference's are the
+    same measures of the reference target in the same trial.
     """
+    out = _objectives(scores, quality, target, utility)
+    if reference is not None:
+        ref = _objectives(scores, quality, reference, utility)
+        out["utility_reference"] = ref["utility"]
+        out["reference_privacy_auc"] = ref["privacy_auc"]
+    return out
+
+
+def _objectives(scores: pa.Table, quality: list[dict], target: str, utility: str) -> dict[str, Any]:
     scores = scores.filter(pc.equal(scores["target"], target))
     rows = []
     for tr in trials_of(scores):
@@ -249,6 +272,7 @@ def run_trial(
         storage.read_json(layout.QUALITY),
         cfg.sweep.target,
         cfg.sweep.utility,
+        cfg.sweep.reference,
     )
     return {**obj, "timings": ctx.timings}
 
@@ -340,7 +364,10 @@ def recommendation_line(results: dict[str, Any]) -> str:
     chosen = rec.get("setting")
     if chosen:
         seeds = f" over {len(chosen['trials'])} trials" if len(chosen["trials"]) > 1 else ""
-        ratio = f", {chosen['utility'] / ref['utility']:.2f}x the baseline's" if ref else ""
+        if chosen.get("utility_ratio") is not None:
+            ratio = f", {chosen['utility_ratio']:.2f}x its trials' own baselines"
+        else:
+            ratio = f", {chosen['utility'] / ref['utility']:.2f}x the baseline's" if ref else ""
         return (
             f"recommended: {chosen['setting']}: worst-case AUC {chosen['privacy_auc']:.3f} "
             f"(test), {results['utility_metric']} {chosen['utility']:.3f}{ratio}{seeds}; "
@@ -404,7 +431,7 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
                 {
                     k: v
                     for k, v in tr["metrics"].items()
-                    if k.startswith("privacy_") or k.startswith("utility")
+                    if k.startswith(("privacy_", "utility", "reference_"))
                 }
             )
             trials.append(row)
@@ -439,6 +466,8 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
                             "privacy_tpr_at_1pct_fpr_calibrated",
                             "privacy_fpr_at_1pct_fpr_calibrated",
                             "utility",
+                            "utility_reference",
+                            "reference_privacy_auc",
                         )
                         if t.get(k) is not None
                     },

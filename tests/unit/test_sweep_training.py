@@ -76,6 +76,8 @@ def test_checks_before_a_sweep_starts() -> None:
     with pytest.raises(ConfigError, match="'gsa9' is not an attack; choose from: "):
         check_training_sweep(cfg_with("sweep.trial_attacks=[loss, gsa9]"))
     assert check_training_sweep(cfg_with("sweep.trial_attacks=[loss, gsa1, blackbox_nn]"))
+    with pytest.raises(ConfigError, match="sweep.reference 'student' must be another target"):
+        check_training_sweep(cfg_with("sweep.reference=student"))
     with pytest.raises(ConfigError, match="needs train.val_rows > 0"):
         check_training_sweep(cfg_with("train.val_rows=0"))
     assert check_training_sweep(cfg_with("train.val_rows=0", "sweep.asha.enabled=false"))
@@ -90,7 +92,12 @@ def test_trial_config_audits_one_target_in_its_own_directory() -> None:
         "s3://bucket/x/smoke/training_sweeps/smoke/trials",
         point.key,
     )
-    assert t.attacks.targets == ["dualmd"] and t.attacks.enabled == ["loss", "secmi_stat", "pia"]
+    # the reference target (the baseline, for its utility) is audited in the same trial
+    assert t.attacks.targets == ["dualmd", "baseline"]
+    assert t.attacks.enabled == ["loss", "secmi_stat", "pia"]
+    assert trial_config(cfg_with("sweep.reference=null"), point, "/r").attacks.targets == [
+        "student"
+    ]
     assert t.tracking.enabled is False
     # Without sweep.trial_attacks: every attack of attacks.enabled (the full worst case) but
     # the router-aware one, which comes along when DualMD is audited.
@@ -164,6 +171,8 @@ def test_trial_objectives_take_the_worst_case_by_calibration_auc() -> None:
     obj = trial_objectives(pa.table(cols), quality, "student", "domain_fid")
     assert obj["privacy_attack"] == "pia" and obj["privacy_setting"] == '{"t": 2}'
     assert obj["privacy_auc"] > 0.9 and obj["utility"] == 4.5
+    ref = trial_objectives(pa.table(cols), quality, "student", "domain_fid", "baseline")
+    assert ref["utility_reference"] == 1.0 and ref["reference_privacy_auc"] > 0.9
     with pytest.raises(ValueError, match="no heldout_eps_mse quality row"):
         trial_objectives(pa.table(cols), quality, "student", "heldout_eps_mse")
 

@@ -296,3 +296,17 @@ def test_the_report_marks_the_recommended_trials_and_draws_the_budget(tmp_path) 
     text = summary({**sweep, "experiment": "unit"}, "/x")
     assert 'recommended: {"train.lr":0.001}: worst-case AUC 0.620 (test), domain_fid 1.020' in text
     assert "1.02x the baseline's over 2 trials" in text
+
+
+def test_each_trials_own_baseline_is_the_budgets_reference_when_measured() -> None:
+    from raydefense.audit.selection import recommend, settings_over_seeds
+
+    trials = [dict(t) for t in SEEDED]
+    # lr 0.002's seeds each had a worse baseline (1.2, 1.0): ratios 1.083 and 1.1, mean 1.092
+    for t, ref in zip(trials, (1.0, 1.2, 1.0, 1.0)):
+        t["utility_reference"] = ref
+    settings = settings_over_seeds(trials)
+    assert settings[1]["utility_ratio"] == pytest.approx((1.3 / 1.2 + 1.1) / 2)
+    rec = recommend(settings, 5.0, 1.1)  # the experiment's baseline is not what decides
+    assert rec["key"] == '{"train.lr":0.002}' and "of the same trial" in rec["rule"]
+    assert recommend(settings, None, 1.01)["closest"] == '{"train.lr":0.001}'
