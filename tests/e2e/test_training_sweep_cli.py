@@ -113,7 +113,16 @@ def test_training_sweep_is_killed_resumed_and_asha_stops_the_bad_point(tmp_path:
     assert 2 <= stop_at < 5
     assert bad["history"][stop_at - 1]["val_eps_mse"] > good["history"][stop_at - 1]["val_eps_mse"]
     assert results["pareto"] == [good["key"]]
-    assert "* p000-" in second and "(stopped)" in second
+    # The trial's own baseline (sweep.reference) is its utility reference; the one completed
+    # setting is the front, and the recommendation names it or the closest to the budget.
+    assert good["utility_reference"] > 0 and 0.0 <= good["reference_privacy_auc"] <= 1.0
+    [setting] = results["settings"]
+    assert setting["utility_ratio"] == pytest.approx(good["utility"] / good["utility_reference"])
+    rec = results["recommended"]
+    assert (rec["key"] or rec["closest"]) == '{"train.lr":0.002}'
+    assert good["recommended"] is rec["within_budget"]
+    assert ("recommended: " if rec["within_budget"] else "no setting within") in second
+    assert re.search(r"\*[R ] p000-", second) and "(stopped)" in second
 
     # 3. MLflow: the killed invocation's runs are closed; the finished parent holds a child per
     # trial with its val_eps_mse curve.
