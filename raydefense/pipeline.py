@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from typing import Optional
@@ -126,8 +127,36 @@ def stage_train(ctx: RunContext) -> None:
             ctx.storage, layout.marker(layout.model_dir(m)), model_fingerprint(ctx.fingerprints, m)
         )
     ]
+    if "train" not in ctx.force:
+        todo = [m for m in todo if not _reuse_model(ctx, m)]
     specs = [_spec(ctx, m, "ddpm", k) for m in todo]
     _fit(ctx, specs, fresh="train" in ctx.force)
+
+
+def _reuse_model(ctx: RunContext, model: str) -> bool:
+    """Copy `model` from a sibling experiment (`ctx.model_sources`) that completed it with this
+    very fingerprint, instead of training it again: the same fingerprint means the same plan,
+    config and seed, and a fit is a pure function of those (batches are seeded per step), so
+    the copy is the model this run would train. True when copied."""
+    rel, fingerprint = layout.model_dir(model), model_fingerprint(ctx.fingerprints, model)
+    for other in ctx.model_sources:
+        if not is_complete(other, layout.marker(rel), fingerprint):
+            continue
+        unpublish(ctx.storage, layout.marker(rel))
+        with tempfile.TemporaryDirectory(prefix="raydefense-reuse-") as tmp:
+            copy = os.path.join(tmp, "model")
+            shutil.copytree(
+                other.local_dir(rel, tmp),
+                copy,
+                ignore=shutil.ignore_patterns(layout.MARKER, "registered.json"),
+            )
+            ctx.storage.upload_dir(copy, rel)
+        mark_complete(
+            ctx.storage, layout.marker(rel), fingerprint, {"reused_from": other.uri(rel)}, (rel,)
+        )
+        log.info("train: %s reused from %s (same fingerprint)", model, other.uri(rel))
+        return True
+    return False
 
 
 def _dataset(ctx: RunContext, rows: str, context: str) -> dict:

@@ -182,7 +182,8 @@ def _training_trial(
     point = points[config["point"]]
     _stage_lines(point.key)
     watched = {watched_model(cfg.sweep.target): [TuneReportCallback()]}
-    out = run_trial(cfg, point, trials_root, backend_factory(cfg, None, fit_callbacks=watched))
+    backend = backend_factory(cfg, None, fit_callbacks=watched)
+    out = run_trial(cfg, point, trials_root, backend, siblings=points)
     # ASHA needs its metric in every result: the watched model's final value, measured on the
     # stored model (also when its fit was complete before this trial attempt).
     final = watched_value(cfg, point, trials_root)

@@ -105,6 +105,9 @@ class RunContext:
     skipped: list[str] = field(default_factory=list)
     # An audit's models, by role (raydefense.audit.imported.resolve_imports; empty otherwise).
     imports: dict[str, Any] = field(default_factory=dict)
+    # Sibling experiments whose complete models this run may copy instead of training them
+    # again when their fingerprints match (a training sweep's other trials).
+    model_sources: tuple[Storage, ...] = ()
 
     def role(self, name: str) -> Any:
         """The backend's `name` role (ROLES); a clear error when this run was given none."""

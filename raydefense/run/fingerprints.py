@@ -16,7 +16,7 @@ from raydefense.config import (
     ReDiffuseConfig,
 )
 from raydefense.hashing import stable_hash
-from raydefense.roster import STUDENT, parse_shadow
+from raydefense.roster import STUDENT, parse_shadow, training_role
 
 
 def _hash(*parts: object) -> str:
@@ -111,6 +111,11 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     # The target models (and so the student) do not depend on the attacker's shadow models.
     trained = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
     fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train, *imported)
+    # Each target model's own fingerprint: its role's resolved settings (another role's
+    # overrides do not retrain it; without overrides it is fp["targets"]).
+    for role in ("baseline", "teacher"):
+        own = _role_train(cfg, role)
+        fp[f"model.{role}"] = _hash("targets", v, cfg.seed, d["data"], d["model"], own, *imported)
     fp["shadows"] = _hash("shadows", trained, shadow)  # the same whatever an audit imports
     fp["student"] = _hash("distill", v, fp["targets"], d["distill"], *student_train)
     fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"], *student_train)
@@ -126,13 +131,29 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     return fp
 
 
+def _role_train(cfg: ExperimentConfig, role: str) -> dict[str, Any]:
+    """The train settings one role's fits use, as hashed: the role's resolved settings
+    (`TrainConfig.for_role`) with LATE_FIELDS at their defaults left out, and the report cadence
+    left out unless the role stops early. Equal to stage_fingerprints' `train` for a role
+    without overrides."""
+    t = cfg.train.for_role(role).model_dump(mode="json")
+    for k, default in LATE_FIELDS["train"].items():
+        if t.get(k) == default:
+            del t[k]
+    cadence: tuple[str, ...] = ("checkpoint_every",)
+    if not cfg.train.stops_early(role):
+        cadence += ("log_every", "val_rows")
+    return {k: x for k, x in t.items() if k not in cadence}
+
+
 def model_fingerprint(fps: dict[str, str], model: str) -> str:
     """Per-model fingerprint of a fit (its run name and completion marker)."""
     if model == STUDENT:
         return fps["student"]
     shadow = parse_shadow(model)
     if shadow is None:
-        return fps["targets"]
+        role = training_role(model)
+        return fps.get(f"model.{role}", fps["targets"])
     return fps["shadow_students"] if shadow[1] == "student" else fps["shadows"]
 
 

@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -260,12 +261,19 @@ def _objectives(scores: pa.Table, quality: list[dict], target: str, utility: str
 
 
 def run_trial(
-    cfg: ExperimentConfig, point: TrainingPoint, trials_root: str, backend: Backend
+    cfg: ExperimentConfig,
+    point: TrainingPoint,
+    trials_root: str,
+    backend: Backend,
+    siblings: Sequence[TrainingPoint] = (),
 ) -> dict[str, Any]:
-    """One trial's pipeline (resumes its complete stages) and its objectives."""
+    """One trial's pipeline (resumes its complete stages) and its objectives. A model that a
+    sibling trial has already trained with the same fingerprint (say the teachers, when the
+    points differ only in student settings) is copied from it, not trained again."""
     tcfg = trial_config(cfg, point, trials_root)
     storage = Storage(tcfg.storage.root, tcfg.experiment)
-    ctx = RunContext(cfg=tcfg, storage=storage, backend=backend)
+    sources = tuple(Storage(tcfg.storage.root, p.key) for p in siblings if p.key != point.key)
+    ctx = RunContext(cfg=tcfg, storage=storage, backend=backend, model_sources=sources)
     run_pipeline(ctx, until="evaluate")
     obj = trial_objectives(
         storage.read_table(layout.SCORES),

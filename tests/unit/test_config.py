@@ -240,6 +240,12 @@ def test_per_role_training_overrides_resolve_and_retrain_only_what_they_change()
     assert longer["student"] != base["student"]
     stopped = stage_fingerprints(load_config("smoke", overrides=["train.teacher.early_stopping=1"]))
     assert stopped["targets"] != base["targets"]
+    # Per model: the teachers' early stopping retrains the teachers, not the baseline, and an
+    # override that changes nothing (false = the default) retrains nothing.
+    assert stopped["model.teacher"] != base["model.teacher"] == base["targets"]
+    assert stopped["model.baseline"] == base["model.baseline"] == base["targets"]
+    same = stage_fingerprints(load_config("smoke", overrides=["train.teacher.early_stopping=0"]))
+    assert same["model.teacher"] == base["model.teacher"]
     # Early stopping makes the report cadence part of the model; without it, it is not.
     every = ["train.early_stopping.enabled=true", "train.log_every=10"]
     assert (

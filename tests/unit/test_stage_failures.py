@@ -85,3 +85,45 @@ def test_finished_fits_are_kept_and_the_failed_one_is_marked(tmp_path: Path) -> 
     fitter.fails = ""
     stage_train(ctx)
     assert fitter.calls == [["baseline", "teacher_1", "teacher_2"], ["teacher_2"]]
+
+
+def test_a_sibling_experiments_complete_models_are_copied_not_trained(tmp_path: Path) -> None:
+    """A training sweep's trials share models: stage_train copies a model that a sibling
+    completed with the same fingerprint and fits only the rest (here, the teachers of a sibling
+    whose teachers stopped early are not this run's: only the baseline is copied)."""
+    cfg = tiny_config(tmp_path, **{"tracking.register_models": "false"})
+    other_cfg = tiny_config(tmp_path, **{"train.teacher.steps": "7"})
+    sibling = Storage(cfg.storage.root, "sibling")
+    plan = make_plan(load_digits(cfg.data), cfg.data, cfg.seed)
+    write_plan(sibling, plan)
+    fitter = HalfFitter(fails="")
+    stage_train(
+        RunContext(
+            cfg=other_cfg,
+            storage=sibling,
+            backend=Backend(fitter=fitter),
+            fingerprints=stage_fingerprints(other_cfg),
+        )
+    )
+    sibling.write_json("models/baseline/registered.json", {"version": "1"})  # MLflow's, not ours
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    write_plan(storage, plan)
+    ctx = RunContext(
+        cfg=cfg,
+        storage=storage,
+        backend=Backend(fitter=fitter),
+        fingerprints=stage_fingerprints(cfg),
+        model_sources=(Storage(cfg.storage.root, "missing"), sibling),
+    )
+    stage_train(ctx)
+    assert fitter.calls == [["baseline", "teacher_1", "teacher_2"], ["teacher_1", "teacher_2"]]
+    rel = layout.model_dir("baseline")
+    fp = model_fingerprint(ctx.fingerprints, "baseline")
+    assert is_complete(storage, layout.marker(rel), fp)
+    assert storage.read_json(layout.marker(rel))["outputs"] == {"reused_from": sibling.uri(rel)}
+    assert storage.read_json(f"{rel}/weights.json") == {"ok": 1}
+    assert not storage.exists(f"{rel}/registered.json")
+    # --force train trains everything again, sibling or not.
+    ctx.force = {"train"}
+    stage_train(ctx)
+    assert fitter.calls[-1] == ["baseline", "teacher_1", "teacher_2"]
