@@ -42,6 +42,7 @@ def plot_tradeoff(section: Mapping[str, Any], path: str) -> None:
         ),
         ("black-box claim", "black-box attacks only (DualMD's claim)", "D", "tab:green"),
         ("trial", "training-sweep trials", "s", "tab:orange"),
+        ("reference", "each trial's reference (its own baseline)", "^", "tab:gray"),
     ]
     for kind, name, marker, color in groups:
         pts = [p for p in section["points"] if p["kind"] == kind]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -365,6 +366,54 @@ def summary(results: dict[str, Any], where: str) -> str:
     return "\n".join(lines)
 
 
+SWEEP_PNG = "privacy_utility.png"
+
+
+def sweep_figure_section(results: dict[str, Any]) -> dict[str, Any]:
+    """The sweep as the report's privacy-utility figure reads it: every completed trial (the
+    recommended setting's marked), and each trial's reference target as a point of its own."""
+    points: list[dict[str, Any]] = []
+    for t in results["trials"]:
+        if t["status"] != "completed":
+            continue
+        points.append(
+            {
+                "label": t["key"],
+                "kind": "trial",
+                "privacy_auc": t["privacy_auc"],
+                "utility": t["utility"],
+                "pareto": bool(t.get("pareto")),
+                "recommended": bool(t.get("recommended")),
+            }
+        )
+        if t.get("utility_reference") is not None and t.get("reference_privacy_auc") is not None:
+            points.append(
+                {
+                    "label": f"{results.get('reference_target') or 'reference'} ({t['key'][:4]})",
+                    "kind": "reference",
+                    "privacy_auc": t["reference_privacy_auc"],
+                    "utility": t["utility_reference"],
+                    "pareto": False,
+                }
+            )
+    return {"utility_metric": results["utility_metric"], "points": points}
+
+
+def write_sweep_figure(storage: Storage, base: str, results: dict[str, Any]) -> Optional[str]:
+    """`<base>/privacy_utility.png` (every trial, the references, the recommended setting);
+    returns a local copy's path for MLflow, or None without completed trials."""
+    from raydefense.report.tradeoff import plot_tradeoff
+
+    section = sweep_figure_section(results)
+    if not section["points"]:
+        return None
+    path = os.path.join(tempfile.mkdtemp(prefix="raydefense-sweep-"), SWEEP_PNG)
+    plot_tradeoff(section, path)
+    with open(path, "rb") as f:
+        storage.write_bytes(f"{base}/{SWEEP_PNG}", f.read())
+    return path
+
+
 def recommendation_line(results: dict[str, Any]) -> str:
     """One line: the recommended setting (mean over its seeds) and the rule that chose it."""
     rec = results.get("recommended") or {}
@@ -489,6 +538,7 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
             "space": cfg.sweep.training,
             "target": cfg.sweep.target,
             "utility_metric": cfg.sweep.utility,
+            "reference_target": cfg.sweep.reference,
             "attacks": trial_attacks(cfg),
             "asha": cfg.sweep.asha.model_dump(),
             "num_trials": len(trials),
@@ -519,6 +569,9 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
         if results["recommended"]["key"]:
             tracker.set_tags(parent, {"recommended.setting": results["recommended"]["key"]})
         tracker.log_artifact(parent, local_copy(storage, f"{base}/results.json"), "sweep")
+        figure = write_sweep_figure(storage, base, results)
+        if figure is not None:
+            tracker.log_artifact(parent, figure, "sweep")
         status = "FINISHED"
         return results
     finally:

@@ -310,3 +310,22 @@ def test_each_trials_own_baseline_is_the_budgets_reference_when_measured() -> No
     rec = recommend(settings, 5.0, 1.1)  # the experiment's baseline is not what decides
     assert rec["key"] == '{"train.lr":0.002}' and "of the same trial" in rec["rule"]
     assert recommend(settings, None, 1.01)["closest"] == '{"train.lr":0.001}'
+
+
+def test_a_training_sweep_draws_every_trial_and_its_own_baseline(tmp_path) -> None:
+    from raydefense.storage import Storage
+    from raydefense.sweeps.training import SWEEP_PNG, sweep_figure_section, write_sweep_figure
+
+    trials = [dict(t) for t in SEEDED]
+    for t in trials[:4]:
+        t.update(utility_reference=1.0, reference_privacy_auc=0.99, pareto=True)
+    trials[0]["recommended"] = True
+    results = {"utility_metric": "domain_fid", "reference_target": "baseline", "trials": trials}
+    pts = sweep_figure_section(results)["points"]
+    assert [p["kind"] for p in pts] == ["trial", "reference"] * 4  # the stopped trial: no point
+    assert pts[1]["label"] == "baseline (p000)" and pts[0]["recommended"]
+    storage = Storage(str(tmp_path), "exp")
+    assert write_sweep_figure(storage, "training_sweeps/s", results) is not None
+    with Image.open(storage.path(f"training_sweeps/s/{SWEEP_PNG}")) as im:
+        assert im.size[0] > 600
+    assert write_sweep_figure(storage, "x", {**results, "trials": trials[4:]}) is None
