@@ -76,6 +76,14 @@ class Storage:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel)))
         return sorted(i.base_name for i in infos)
 
+    def experiments(self) -> list[str]:
+        """Every experiment directory under this storage's root (this one included), sorted."""
+        root = self.base.rsplit("/", 1)[0]
+        if self.fs.get_file_info(root).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(root))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
     # -- bytes / json / tables
     def write_bytes(self, rel: str, data: bytes) -> None:
         target = self.path(rel)

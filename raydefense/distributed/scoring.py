@@ -142,8 +142,10 @@ class RayScorer:
         return [merge_columns(parts[j.model], plan.row_id[j.mask]) for j in jobs], generated
 
     def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
-        remote = ray.remote(_call)
-        return ray.get([remote.options(num_cpus=1).remote(fn, *it) for it in items])
+        # "DEFAULT": the cluster's own scheduling, never a placement group the caller runs in
+        # (a Tune trial's 0.01-CPU bundle captures child tasks, and one CPU never fits it).
+        remote = ray.remote(_call).options(num_cpus=1, scheduling_strategy="DEFAULT")
+        return ray.get([remote.remote(fn, *it) for it in items])
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:

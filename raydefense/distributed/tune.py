@@ -183,7 +183,7 @@ def _training_trial(
     _stage_lines(point.key)
     watched = {watched_model(cfg.sweep.target): [TuneReportCallback()]}
     backend = backend_factory(cfg, None, fit_callbacks=watched)
-    out = run_trial(cfg, point, trials_root, backend, siblings=points)
+    out = run_trial(cfg, point, trials_root, backend)
     # ASHA needs its metric in every result: the watched model's final value, measured on the
     # stored model (also when its fit was complete before this trial attempt).
     final = watched_value(cfg, point, trials_root)

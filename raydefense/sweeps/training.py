@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -262,18 +261,15 @@ def _objectives(scores: pa.Table, quality: list[dict], target: str, utility: str
 
 
 def run_trial(
-    cfg: ExperimentConfig,
-    point: TrainingPoint,
-    trials_root: str,
-    backend: Backend,
-    siblings: Sequence[TrainingPoint] = (),
+    cfg: ExperimentConfig, point: TrainingPoint, trials_root: str, backend: Backend
 ) -> dict[str, Any]:
-    """One trial's pipeline (resumes its complete stages) and its objectives. A model that a
-    sibling trial has already trained with the same fingerprint (say the teachers, when the
-    points differ only in student settings) is copied from it, not trained again."""
+    """One trial's pipeline (resumes its complete stages) and its objectives. A model that
+    another trial of this sweep (of this grid or an earlier one) has already trained with the
+    same fingerprint (say the teachers, when the points differ only in student settings) is
+    copied from it, not trained again."""
     tcfg = trial_config(cfg, point, trials_root)
     storage = Storage(tcfg.storage.root, tcfg.experiment)
-    sources = tuple(Storage(tcfg.storage.root, p.key) for p in siblings if p.key != point.key)
+    sources = tuple(Storage(tcfg.storage.root, k) for k in storage.experiments() if k != point.key)
     ctx = RunContext(cfg=tcfg, storage=storage, backend=backend, model_sources=sources)
     run_pipeline(ctx, until="evaluate")
     obj = trial_objectives(

@@ -363,3 +363,27 @@ def test_asha_remembers_its_rungs_across_a_restore(tmp_path, ray_cluster) -> Non
     assert grid.num_errors == 0
     iters = {r.config["point"]: r.metrics["training_iteration"] for r in grid}
     assert iters == {0: 6, 1: 2}
+
+
+def test_learned_attack_fits_escape_a_tune_trials_placement_group(ray_cluster) -> None:
+    """A training-sweep trial runs in a 0.01-CPU bundle that captures child tasks; the scorer's
+    one-CPU fit tasks (secmi_nn, blackbox_nn) must be scheduled on the cluster, not in it."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from raydefense.distributed.scoring import RayScorer
+
+    pg = placement_group([{"CPU": 0.01}])
+    ray.get(pg.ready(), timeout=60)
+
+    @ray.remote(num_cpus=0.01)
+    def trial() -> list[int]:
+        return RayScorer().map(abs, [(-2,), (3,)])
+
+    try:
+        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+        out = ray.get(trial.options(scheduling_strategy=strategy).remote(), timeout=120)
+        assert out == [2, 3]
+    finally:
+        remove_placement_group(pg)
