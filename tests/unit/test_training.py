@@ -206,21 +206,28 @@ def early(steps=12, patience=2, **kw):
     )
 
 
-def test_early_stopping_ends_the_fit_and_keeps_the_best_reports_weights():
-    # best at step 3; steps 4 and 5 do not improve (0.5 is not below 0.5 - 0.0): stop at 5
-    val = ScriptedValidation([0.9, 0.7, 0.5, 0.5, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
-    rep = ListReporter()
+def fit_early(reporter, values, cfg=None, seed=0, model_index=0):
+    """fit() of the tiny net under early stopping with a scripted val_eps_mse; -> (metrics,
+    the ScriptedValidation)."""
+    val = ScriptedValidation(values)
     out = fit(
         images(),
         MODEL,
-        early(),
+        cfg or early(),
         SCHED,
         (1, 8, 8),
-        seed=0,
-        model_index=0,
-        reporter=rep,
+        seed=seed,
+        model_index=model_index,
+        reporter=reporter,
         validate=val,
     )
+    return out, val
+
+
+def test_early_stopping_ends_the_fit_and_keeps_the_best_reports_weights():
+    # best at step 3; steps 4 and 5 do not improve (0.5 is not below 0.5 - 0.0): stop at 5
+    rep = ListReporter()
+    out, val = fit_early(rep, [0.9, 0.7, 0.5, 0.5, 0.6] + [0.1] * 7)
     assert [r["step"] for r in rep.reports] == [1, 2, 3, 4, 5]
     assert out["stopped_early"] == 1.0 and out["best_step"] == 3
     assert out["best_val_eps_mse"] == 0.5 and out["val_eps_mse"] == 0.6
@@ -233,47 +240,16 @@ def test_early_stopping_ends_the_fit_and_keeps_the_best_reports_weights():
 def test_min_delta_and_min_steps_postpone_the_stop():
     vals = [0.9, 0.89, 0.88, 0.87, 0.86, 0.86, 0.86, 0.86]
     rep = ListReporter()
-    fit(
-        images(),
-        MODEL,
-        early(steps=8, patience=2, min_delta=0.05),
-        SCHED,
-        (1, 8, 8),
-        seed=0,
-        model_index=0,
-        reporter=rep,
-        validate=ScriptedValidation(vals),
-    )
+    fit_early(rep, vals, early(steps=8, patience=2, min_delta=0.05))
     assert rep.reports[-1]["step"] == 3 and rep.reports[-1]["best_step"] == 1
     rep = ListReporter()
-    fit(
-        images(),
-        MODEL,
-        early(steps=8, patience=2, min_delta=0.05, min_steps=6),
-        SCHED,
-        (1, 8, 8),
-        seed=0,
-        model_index=0,
-        reporter=rep,
-        validate=ScriptedValidation(vals),
-    )
+    fit_early(rep, vals, early(steps=8, patience=2, min_delta=0.05, min_steps=6))
     assert rep.reports[-1]["step"] == 6 and rep.reports[-1]["best_step"] == 1
 
 
 def test_a_fit_that_never_stalls_ends_with_its_best_weights_too():
-    vals = [0.9, 0.8, 0.7, 0.6, 0.65, 0.64]
-    val, rep = ScriptedValidation(vals), ListReporter()
-    out = fit(
-        images(),
-        MODEL,
-        early(steps=6, patience=3),
-        SCHED,
-        (1, 8, 8),
-        seed=0,
-        model_index=0,
-        reporter=rep,
-        validate=val,
-    )
+    rep = ListReporter()
+    out, val = fit_early(rep, [0.9, 0.8, 0.7, 0.6, 0.65, 0.64], early(steps=6, patience=3))
     assert out["step"] == 6 and out["stopped_early"] == 0.0 and out["best_step"] == 4
     saved = load_net(MODEL, rep.ckpt, "ema").state_dict()
     assert all(torch.equal(saved[k], v) for k, v in val.seen[3].items())
@@ -281,46 +257,17 @@ def test_a_fit_that_never_stalls_ends_with_its_best_weights_too():
 
 def test_early_stopping_resumes_to_the_same_stop_and_weights():
     vals = [0.9, 0.8, 0.7, 0.75, 0.72, 0.71, 0.73, 0.9, 0.9]
+    cfg = early(steps=9, patience=3)
     full = ListReporter()
-    fit(
-        images(),
-        MODEL,
-        early(steps=9, patience=3),
-        SCHED,
-        (1, 8, 8),
-        seed=1,
-        model_index=2,
-        reporter=full,
-        validate=ScriptedValidation(vals),
-    )
+    fit_early(full, vals, cfg, seed=1, model_index=2)
     assert full.reports[-1]["step"] == 6 and full.reports[-1]["best_step"] == 3
     crashed = ListReporter(stop_after=3)  # crash after the step-3 checkpoint (the best so far)
     try:
-        fit(
-            images(),
-            MODEL,
-            early(steps=9, patience=3),
-            SCHED,
-            (1, 8, 8),
-            seed=1,
-            model_index=2,
-            reporter=crashed,
-            validate=ScriptedValidation(vals),
-        )
+        fit_early(crashed, vals, cfg, seed=1, model_index=2)
     except KeyboardInterrupt:
         pass
     resumed = ListReporter(resume_from=crashed.ckpt)
-    fit(
-        images(),
-        MODEL,
-        early(steps=9, patience=3),
-        SCHED,
-        (1, 8, 8),
-        seed=1,
-        model_index=2,
-        reporter=resumed,
-        validate=ScriptedValidation(vals[3:]),
-    )
+    fit_early(resumed, vals[3:], cfg, seed=1, model_index=2)
     assert [r["step"] for r in resumed.reports] == [4, 5, 6]
     for weights in ("ema", "raw"):
         a, b = load_unet(full.ckpt, weights), load_unet(resumed.ckpt, weights)
@@ -328,17 +275,7 @@ def test_early_stopping_resumes_to_the_same_stop_and_weights():
             assert torch.equal(p, q), k
     # A rerun after the stop trains nothing more: its checkpoint is final.
     again = ListReporter(resume_from=full.ckpt)
-    out = fit(
-        images(),
-        MODEL,
-        early(steps=9, patience=3),
-        SCHED,
-        (1, 8, 8),
-        seed=1,
-        model_index=2,
-        reporter=again,
-        validate=ScriptedValidation(vals),
-    )
+    out, _ = fit_early(again, vals, cfg, seed=1, model_index=2)
     assert again.reports == [] and out["best_step"] == 3
 
 
