@@ -45,7 +45,7 @@ from raydefense.hashing import stable_hash
 from raydefense.pipeline import run_pipeline
 from raydefense.roster import BASELINE, DUALMD, all_targets, teacher_name
 from raydefense.run.context import Backend, RunContext
-from raydefense.run.fingerprints import training_sweep_fingerprint
+from raydefense.run.fingerprints import stage_fingerprints, training_sweep_fingerprint
 from raydefense.run.markers import is_complete
 from raydefense.run.session import local_copy
 from raydefense.storage import Storage
@@ -287,7 +287,8 @@ def reference_utility(ctx: RunContext) -> Optional[dict[str, Any]]:
     (complete, for this very config), or None: what a recommended setting's utility is
     budgeted against."""
     cfg, storage = ctx.cfg, ctx.storage
-    if not is_complete(storage, layout.marker("evaluate"), ctx.fingerprints["evaluate"]):
+    fingerprint = (ctx.fingerprints or stage_fingerprints(cfg))["evaluate"]
+    if not is_complete(storage, layout.marker("evaluate"), fingerprint):
         return None
     values = [
         q["value"]

@@ -258,3 +258,28 @@ def test_cli_refuses_a_bad_grid_before_writing_anything(tmp_path, capsys) -> Non
     assert rc == 2 and len(err) == 1
     assert "'attacks.loss.draws' is not a training hyperparameter" in err[0]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_reference_is_the_experiments_own_complete_evaluate(tmp_path) -> None:
+    from raydefense import layout
+    from raydefense.run.context import RunContext
+    from raydefense.run.fingerprints import stage_fingerprints
+    from raydefense.run.markers import mark_complete
+    from raydefense.storage import Storage
+    from raydefense.sweeps.training import reference_utility
+
+    cfg = cfg_with(f"storage.root={tmp_path}")
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    ctx = RunContext(cfg=cfg, storage=storage)  # `raydefense sweep` computes no fingerprints
+    assert reference_utility(ctx) is None
+    storage.write_json(
+        layout.QUALITY, [{"target": "baseline", "metric": "domain_fid", "value": 2.5}]
+    )
+    mark_complete(storage, layout.marker("evaluate"), "stale", {})
+    assert reference_utility(ctx) is None  # another config's evaluate is no reference
+    mark_complete(storage, layout.marker("evaluate"), stage_fingerprints(cfg)["evaluate"], {})
+    assert reference_utility(ctx) == {
+        "target": "baseline",
+        "utility": 2.5,
+        "source": layout.QUALITY,
+    }
