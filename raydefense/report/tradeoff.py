@@ -91,13 +91,16 @@ def plot_tradeoff(section: Mapping[str, Any], path: str) -> None:
     base = next((p for p in section["points"] if p["label"] == "baseline"), None)
     ts = section.get("training_sweep") or {}
     budget = (ts.get("recommended") or {}).get("utility_budget")
-    if base is not None and budget and ts.get("recommended", {}).get("reference_utility"):
+    line = section.get("budget_line")  # (factor, utility) when the section names it
+    if line is None and base is not None and budget and ts["recommended"].get("reference_utility"):
+        line = (budget, budget * base["utility"])
+    if line is not None:
         ax.axhline(
-            budget * base["utility"],
+            line[1],
             color="tab:red",
             linestyle=":",
             linewidth=1.0,
-            label=f"utility budget ({budget:g} x the baseline's)",
+            label=f"utility budget ({line[0]:g} x the baseline's)",
         )
     ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1.0, label="chance (AUC 0.5)")
     ax.set_xlabel("worst-case attack AUC (lower = more private)")

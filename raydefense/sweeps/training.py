@@ -370,6 +370,7 @@ def sweep_figure_section(results: dict[str, Any]) -> dict[str, Any]:
     """The sweep as the report's privacy-utility figure reads it: every completed trial (the
     recommended setting's marked), and each trial's reference target as a point of its own."""
     points: list[dict[str, Any]] = []
+    refs: dict[tuple[float, float], list[str]] = {}  # trials sharing one baseline: one point
     for t in results["trials"]:
         if t["status"] != "completed":
             continue
@@ -384,16 +385,25 @@ def sweep_figure_section(results: dict[str, Any]) -> dict[str, Any]:
             }
         )
         if t.get("utility_reference") is not None and t.get("reference_privacy_auc") is not None:
-            points.append(
-                {
-                    "label": f"{results.get('reference_target') or 'reference'} ({t['key'][:4]})",
-                    "kind": "reference",
-                    "privacy_auc": t["reference_privacy_auc"],
-                    "utility": t["utility_reference"],
-                    "pareto": False,
-                }
+            refs.setdefault((t["reference_privacy_auc"], t["utility_reference"]), []).append(
+                t["key"][:4]
             )
-    return {"utility_metric": results["utility_metric"], "points": points}
+    name = results.get("reference_target") or "reference"
+    points += [
+        {
+            "label": f"{name} ({', '.join(keys)})",
+            "kind": "reference",
+            "privacy_auc": auc,
+            "utility": utility,
+            "pareto": False,
+        }
+        for (auc, utility), keys in refs.items()
+    ]
+    section: dict[str, Any] = {"utility_metric": results["utility_metric"], "points": points}
+    budget = results.get("utility_budget")
+    if len(refs) == 1 and budget:  # one baseline for every trial: its budget is one line
+        section["budget_line"] = (budget, budget * next(iter(refs))[1])
+    return section
 
 
 def write_sweep_figure(storage: Storage, base: str, results: dict[str, Any]) -> Optional[str]:

@@ -320,10 +320,17 @@ def test_a_training_sweep_draws_every_trial_and_its_own_baseline(tmp_path) -> No
     for t in trials[:4]:
         t.update(utility_reference=1.0, reference_privacy_auc=0.99, pareto=True)
     trials[0]["recommended"] = True
+    trials[3]["reference_privacy_auc"] = 0.98  # p003's own baseline differs
     results = {"utility_metric": "domain_fid", "reference_target": "baseline", "trials": trials}
-    pts = sweep_figure_section(results)["points"]
-    assert [p["kind"] for p in pts] == ["trial", "reference"] * 4  # the stopped trial: no point
-    assert pts[1]["label"] == "baseline (p000)" and pts[0]["recommended"]
+    results["utility_budget"] = 1.1
+    section = sweep_figure_section(results)
+    pts = section["points"]
+    # the stopped trial has no point; trials that share one baseline share its point
+    assert [p["kind"] for p in pts] == ["trial"] * 4 + ["reference"] * 2
+    assert [p["label"] for p in pts[4:]] == ["baseline (p000, p001, p002)", "baseline (p003)"]
+    assert pts[0]["recommended"] and "budget_line" not in section
+    one = sweep_figure_section({**results, "trials": trials[:3]})
+    assert one["budget_line"] == (1.1, pytest.approx(1.1))
     storage = Storage(str(tmp_path), "exp")
     assert write_sweep_figure(storage, "training_sweeps/s", results) is not None
     with Image.open(storage.path(f"training_sweeps/s/{SWEEP_PNG}")) as im:
