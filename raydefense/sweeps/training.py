@@ -196,7 +196,7 @@ def check_training_sweep(cfg: ExperimentConfig) -> list[TrainingPoint]:
 
 def trial_config(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str) -> ExperimentConfig:
     """The config of one trial's pipeline: the point's values, its own storage
-    (`<trials_root>/<key>`), one audited target, query attacks only, no MLflow of its own (the
+    (`<trials_root>/<key>`), one audited target with `trial_attacks`, no MLflow of its own (the
     sweep driver logs each trial as a child run). `sweep.reference` (say the baseline) is audited
     too: its utility is the trial's own reference."""
     t = apply_values(cfg, dict(point.values))
