@@ -301,22 +301,19 @@ def stage_distill(ctx: RunContext) -> None:
         j = shadow[0]
         students.append((m, [shadow_name(j, "teacher", k) for k in range(plan.num_shards)]))
     fresh = "distill" in ctx.force
-    for student, teachers in students:
+    todo = [
+        (m, teachers)
+        for m, teachers in students
+        if fresh
+        or not is_complete(
+            ctx.storage, layout.marker(layout.model_dir(m)), model_fingerprint(ctx.fingerprints, m)
+        )
+    ]
+    if not fresh:  # a sibling's student of this fingerprint needs neither labels nor a fit here
+        todo = [(m, teachers) for m, teachers in todo if not _reuse_model(ctx, m)]
+    for student, teachers in todo:
         _soft_targets(ctx, plan, student, teachers)
-    _fit(
-        ctx,
-        [
-            _spec(ctx, m, "distill", plan.num_shards)
-            for m, _ in students
-            if fresh
-            or not is_complete(
-                ctx.storage,
-                layout.marker(layout.model_dir(m)),
-                model_fingerprint(ctx.fingerprints, m),
-            )
-        ],
-        fresh=fresh,
-    )
+    _fit(ctx, [_spec(ctx, m, "distill", plan.num_shards) for m, _ in todo], fresh=fresh)
 
 
 def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]) -> None:

@@ -14,11 +14,11 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.plan import make_plan
 from raydefense.data.sources import load_digits
 from raydefense.data.tables import write_plan
-from raydefense.errors import FitsFailed, NonFiniteLossError
-from raydefense.pipeline import stage_train
+from raydefense.errors import FitsFailed, NonFiniteLossError, RaydefenseError
+from raydefense.pipeline import stage_distill, stage_train
 from raydefense.run.context import Backend, RunContext
 from raydefense.run.fingerprints import model_fingerprint, stage_fingerprints
-from raydefense.run.markers import is_complete
+from raydefense.run.markers import is_complete, mark_complete
 from raydefense.storage import Storage
 from raydefense.tracking.mlflow_tracker import MlflowTracker
 
@@ -127,3 +127,41 @@ def test_a_sibling_experiments_complete_models_are_copied_not_trained(tmp_path: 
     ctx.force = {"train"}
     stage_train(ctx)
     assert fitter.calls[-1] == ["baseline", "teacher_1", "teacher_2"]
+
+
+def test_a_sibling_experiments_student_is_copied_without_labels_or_a_fit(tmp_path: Path) -> None:
+    """The distill stage reuses a sibling's student of the same fingerprint: no soft targets are
+    labelled and nothing is fitted. A student distilled differently (another student budget) is
+    not this run's: the stage goes on to label (here it has no labeller, so it says so)."""
+    cfg = tiny_config(tmp_path, **{"tracking.register_models": "false"})
+    plan = make_plan(load_digits(cfg.data), cfg.data, cfg.seed)
+    rel = layout.model_dir("student")
+
+    def sibling_with_student(name: str, student_cfg: ExperimentConfig) -> Storage:
+        sibling = Storage(cfg.storage.root, name)
+        write_plan(sibling, plan)
+        sibling.write_json(f"{rel}/weights.json", {"student": name})
+        fp = model_fingerprint(stage_fingerprints(student_cfg), "student")
+        mark_complete(sibling, layout.marker(rel), fp, {}, (rel,))
+        return sibling
+
+    other = sibling_with_student("other", tiny_config(tmp_path, **{"train.student.steps": "7"}))
+    same = sibling_with_student("same", cfg)
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    write_plan(storage, plan)
+    fitter = HalfFitter(fails="")
+    ctx = RunContext(
+        cfg=cfg,
+        storage=storage,
+        backend=Backend(fitter=fitter),
+        fingerprints=stage_fingerprints(cfg),
+        model_sources=(other,),
+    )
+    with pytest.raises(RaydefenseError, match="no labeller"):
+        stage_distill(ctx)
+    ctx.model_sources = (other, same)
+    stage_distill(ctx)
+    assert fitter.calls == []
+    assert storage.read_json(f"{rel}/weights.json") == {"student": "same"}
+    assert storage.read_json(layout.marker(rel))["outputs"] == {"reused_from": same.uri(rel)}
+    assert not storage.exists(layout.marker(layout.soft_targets_dir("student")))
