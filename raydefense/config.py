@@ -25,6 +25,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class CaptionerConfig(_Section):
+    """A captioning model that writes the extra captions of prompt diversification (paper section
+    3.1: BLIP, 5 extra captions per training image) in the prepare stage."""
+
+    path: str = Field(
+        description="a local directory holding a transformers image-to-text model and its "
+        "processor (save_pretrained layout), e.g. Salesforce/blip-image-captioning-base"
+    )
+    num_captions: int = Field(5, ge=1, description="extra captions per image (the paper's 5)")
+    max_new_tokens: int = Field(30, ge=1, description="the longest caption, in tokens")
+    top_p: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="nucleus sampling (BLIP's sampling mode, which gives diverse captions); "
+        "each image's draws are seeded by (seed, row)",
+    )
+    prompt: Optional[str] = Field(
+        None, description="a text prefix for conditional captioning (BLIP: 'a picture of')"
+    )
+
+
 class DataConfig(_Section):
     """Where images come from and how they are split (members/non-members, shards, eval parts)."""
 
@@ -74,6 +96,12 @@ class DataConfig(_Section):
         False,
         description="each time an image is used, one of its captions is drawn uniformly; "
         "false: its original caption only; applies to every model, the baseline included",
+    )
+    captioner: Optional[CaptionerConfig] = Field(
+        None,
+        description="generate extra captions in the prepare stage with a local captioning "
+        "model (data.captioner.path), appended after each planned image's own captions; an "
+        "image without captions gets the generated ones only (the first stands as original)",
     )
 
     @model_validator(mode="after")
@@ -726,6 +754,11 @@ class ExperimentConfig(_Section):
                 "data.prompt_diversification draws captions for a text-conditioned model; "
                 f"model.kind={self.model.kind} takes none: set model.kind=sd or turn it off"
             )
+        if self.model.kind != "sd" and self.data.captioner is not None:
+            raise ValueError(
+                "data.captioner writes captions for a text-conditioned model; "
+                f"model.kind={self.model.kind} takes none: set model.kind=sd or unset it"
+            )
         return self
 
     def flat_params(self) -> dict[str, str]:
@@ -902,13 +935,19 @@ def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
                 f"valid keys there: {choices}"
             )
         annotation = known[part].annotation
+        # Optional[Section] (data.captioner): its keys are the section's
+        members = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+        if getattr(annotation, "model_fields", None) is None and len(members) == 1:
+            annotation = members[0]
         sub = getattr(annotation, "model_fields", None)
         if sub is None and getattr(annotation, "__origin__", None) is dict:
             sub = "free"
         if i == len(parts) - 1:
             node[part] = value
         else:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # an unset optional section
+                node[part] = {}
+            node = node[part]
             known = sub
 
 

@@ -65,6 +65,9 @@ def _section(model: type[BaseModel], prefix: str, level: int) -> list[str]:
             subsections.append((sub, f"{prefix}.{name}" if prefix else name))
             continue
         key = f"{prefix}.{name}" if prefix else name
+        optional = [a for a in get_args(sub) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if optional:  # Optional[Section] (unset by default): a row, and the section's keys
+            subsections.append((optional[0], key))
         rows.append(
             f"| `{key}` | {_cell(_type_name(field.annotation))} | {_default(field)} | "
             f"{_cell(field.description or '')} |"

@@ -20,6 +20,7 @@ import time
 from typing import Optional
 
 import numpy as np
+import torch
 
 from raydefense import layout
 from raydefense.audit.evaluate import run_evaluation
@@ -28,8 +29,9 @@ from raydefense.audit.results import metric_rows
 from raydefense.audit.selection import tradeoff
 from raydefense.audit.targets import shadow_roles, shadow_students, shadows_needed
 from raydefense.config import ExperimentConfig
+from raydefense.data.captioning import with_generated_captions
 from raydefense.data.given import load_pool
-from raydefense.data.plan import Plan, make_plan
+from raydefense.data.plan import Plan, check_captions, make_plan
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.defense.distillmd import auto_draws
 from raydefense.diffusion.backbones import is_latent
@@ -78,6 +80,18 @@ def stage_prepare(ctx: RunContext) -> None:
         shadow_roles(cfg),
         given=given,
     )
+    if cfg.data.captioner is not None:  # prompt diversification's extra captions (section 3.1)
+        t0 = time.perf_counter()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        plan = with_generated_captions(plan, cfg.data.captioner, cfg.seed, device)
+        if cfg.data.prompt_diversification:
+            check_captions(cfg.data, plan, needs_captions=False)
+        log.info(
+            "prepare: captioned %d rows (%d captions each) in %.1fs",
+            len(plan.row_id),
+            cfg.data.captioner.num_captions,
+            time.perf_counter() - t0,
+        )
     write_plan(ctx.storage, plan)
     if is_latent(cfg.model):  # the VAE and the text encoder are frozen: encode once
         t0 = time.perf_counter()

@@ -61,3 +61,48 @@ def digits_as_cifar(n: int) -> tuple[np.ndarray, np.ndarray]:
     x = (d.images[:n] * (255.0 / 16.0)).round().astype(np.uint8)
     x = x.repeat(4, axis=1).repeat(4, axis=2)
     return np.repeat(x[:, None], 3, axis=1), d.target[:n].astype(np.int64)
+
+
+CAPTION_WORDS = ["a", "digit", "picture", "of", "the", "number", "zero", "one", "two", "drawn"]
+
+
+def tiny_blip(out: Path) -> Path:
+    """A random BLIP captioner (BlipForConditionalGeneration + BlipProcessor) saved at `out`,
+    built offline: a 16-wide, 1-layer vision and text model on 16 x 16 inputs and a BERT
+    tokenizer over a 16-token vocabulary (its decoder start token [DEC], as BLIP's)."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *CAPTION_WORDS]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(str(out / "vocab.txt"), bos_token="[DEC]", model_max_length=32)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 16, "width": 16}), tokenizer=tokenizer
+    )
+    small = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = BlipConfig(
+        text_config={
+            **small,
+            "vocab_size": len(vocab),
+            "intermediate_size": 32,
+            "max_position_embeddings": 32,
+            "pad_token_id": 0,
+            "bos_token_id": vocab.index("[DEC]"),
+            "eos_token_id": vocab.index("[SEP]"),
+            "sep_token_id": vocab.index("[SEP]"),
+        },
+        vision_config={**small, "image_size": 16, "patch_size": 8, "intermediate_size": 32},
+        projection_dim=16,
+        image_text_hidden_size=16,
+    )
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(config).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -432,7 +432,8 @@ def make_plan(
         captions=captions,
     )
     validate_plan(plan)
-    if captions is not None and cfg.prompt_diversification:
+    # With a captioner the extra captions come later (prepare's caption step checks them then).
+    if captions is not None and cfg.prompt_diversification and cfg.captioner is None:
         check_captions(cfg, plan, needs_captions=False)
     return plan
 

@@ -31,6 +31,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "prompt_diversification": False,
         "member_roots": None,
         "nonmember_root": None,
+        "captioner": None,
     },
     "model": {
         "kind": "unet2d",
