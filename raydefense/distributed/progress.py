@@ -23,15 +23,22 @@ class ProgressBoard:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
 
-    def set(self, name: str, done: float, total: float, note: str = "") -> None:
+    def set(
+        self, name: str, done: float, total: float, note: str = "", new: bool = False
+    ) -> None:
+        """`new`, or less done than before (a fit restarted from a checkpoint, or the same job
+        in a sweep's next trial): a new run of the job."""
         job = self.jobs.get(name)
-        if job is None or done < job.done:  # a new job, or one restarted from a checkpoint
-            job = self.jobs[name] = Job(done, total, note)
+        if job is None or new or done < job.done:
+            job = self.jobs[name] = Job(done, total, note, run=job.run + 1 if job else 0)
         job.done, job.total, job.note, job.updated = done, total, note, time.time()
 
     def add(self, name: str, units: float, total: float, note: str = "") -> None:
+        """Count `units` more done; after a finished run, they start the next run."""
         job = self.jobs.get(name)
-        self.set(name, (job.done if job else 0.0) + units, total, note)
+        finished = job is not None and job.done >= job.total
+        base = job.done if job is not None and not finished else 0.0
+        self.set(name, base + units, total, note, new=finished)
 
     def snapshot(self) -> dict[str, Job]:
         return dict(self.jobs)

@@ -39,6 +39,7 @@ class Job:
     started: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     first_done: Optional[float] = None  # `done` when first seen (a fit reports from step 100)
+    run: int = 0  # how many times a job of this name started before (a sweep's next trial)
 
     def __post_init__(self) -> None:
         if self.first_done is None:
@@ -78,13 +79,14 @@ class PlainProgress:
 
     def __init__(self, stream: Optional[TextIO]) -> None:
         self.stream = stream
-        self.shown: dict[str, int] = {}
+        self.shown: dict[str, tuple[int, int]] = {}  # name -> (run, last tenth shown)
 
     def update(self, jobs: Mapping[str, Job]) -> None:
         for name, job in jobs.items():
             tenth = int(job.fraction() * 10)
-            if self.shown.get(name, -1) < tenth:
-                self.shown[name] = tenth
+            run, shown = self.shown.get(name, (job.run, -1))
+            if run != job.run or shown < tenth:  # a new run of the job starts over
+                self.shown[name] = (job.run, tenth)
                 stamp = time.strftime("%H:%M:%S")
                 out = self.stream or sys.stderr
                 out.write(f"[raydefense {stamp}] {progress_line(name, job)}\n")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+from raydefense.distributed.progress import ProgressBoard
 from raydefense.run.console import Job, PlainProgress, progress_line
 
 
@@ -34,6 +35,31 @@ def test_plain_progress_prints_each_tenth_once() -> None:
     lines = out.getvalue().splitlines()
     assert [ln.split("%")[0].split()[-1] for ln in lines] == ["0", "12", "55", "100"]
     assert all(ln.startswith("[raydefense ") for ln in lines)
+
+
+def test_a_jobs_next_run_is_shown_from_its_start() -> None:
+    """A sweep's next trial runs jobs of the same names: the board starts a new run of each
+    (fewer units done than before, or units added after a finished run), and the console
+    shows it from its first tenth again."""
+    board = ProgressBoard.__ray_actor_class__()  # the actor's class, called in-process
+    out = io.StringIO()
+    view = PlainProgress(out)
+    for _ in range(2):
+        board.add("label student", 50, 100)
+        view.update(board.snapshot())
+    for step in (1000, 4000):
+        board.set("train student", step, 4000)
+        view.update(board.snapshot())
+    board.add("label student", 30, 100)  # the next trial
+    board.set("train student", 100, 4000)
+    view.update(board.snapshot())
+    assert board.snapshot()["label student"].run == 1
+    assert board.snapshot()["label student"].done == 30
+    lines = [ln.split("] ", 1)[1] for ln in out.getvalue().splitlines()]
+    assert [ln.split("[")[0].strip() for ln in lines] == ["label student"] * 2 + [
+        "train student"
+    ] * 2 + ["label student", "train student"]
+    assert " 30%" in lines[4] and "  2%" in lines[5]
 
 
 def test_quiet_console_moves_fd2_to_a_log_and_keeps_raydefense_lines() -> None:
