@@ -23,9 +23,7 @@ class ProgressBoard:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
 
-    def set(
-        self, name: str, done: float, total: float, note: str = "", new: bool = False
-    ) -> None:
+    def set(self, name: str, done: float, total: float, note: str = "", new: bool = False) -> None:
         """`new`, or less done than before (a fit restarted from a checkpoint, or the same job
         in a sweep's next trial): a new run of the job."""
         job = self.jobs.get(name)
