@@ -303,6 +303,14 @@ class DistillConfig(_Section):
     )
     teacher_weights: Literal["ema", "raw"] = "ema"
     label_batch_size: int = Field(1024, ge=1)
+    synthetic_per_teacher: int = Field(
+        0,
+        ge=0,
+        description="an extension of Algorithm 2 (0 = off, the paper's form): each teacher draws "
+        "this many DDIM samples that join the student's inputs, owned by the teacher that drew "
+        "them and labelled by the others like member rows; pixel models only",
+    )
+    synthetic_steps: int = Field(50, ge=1, description="DDIM steps of each synthetic sample")
 
 
 class LossAttackConfig(_Section):
@@ -753,6 +761,11 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 "data.prompt_diversification draws captions for a text-conditioned model; "
                 f"model.kind={self.model.kind} takes none: set model.kind=sd or turn it off"
+            )
+        if self.model.kind == "sd" and self.distill.synthetic_per_teacher:
+            raise ValueError(
+                "distill.synthetic_per_teacher draws pixel samples; a latent text-conditioned "
+                "model (model.kind=sd) is not supported: set it to 0"
             )
         if self.model.kind != "sd" and self.data.captioner is not None:
             raise ValueError(

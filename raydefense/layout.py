@@ -75,6 +75,12 @@ def soft_targets_dir(student: str = STUDENT) -> str:
     return SOFT_TARGETS if student == STUDENT else f"distill/{student}/soft_targets"
 
 
+def synthetic_dir(student: str = STUDENT) -> str:
+    """Where a student's synthetic rows (distill.synthetic_per_teacher) live, one Parquet file per
+    teacher: distill/synthetic, or distill/<name>/synthetic for a shadow student."""
+    return "distill/synthetic" if student == STUDENT else f"distill/{student}/synthetic"
+
+
 def sample_grid(target: str) -> str:
     return f"{SAMPLES}/{target}.npy"
 

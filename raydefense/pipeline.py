@@ -338,28 +338,39 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
     if "distill" not in ctx.force and is_complete(storage, marker, fingerprint):
         return
     rows = plan.members_of(student)
-    draws = (
-        auto_draws(
-            cfg.train.for_role(training_role(student)).steps,
-            cfg.train.batch_size,
-            int(rows.sum()),
-        )
-        if cfg.distill.draws_per_row == "auto"
-        else int(cfg.distill.draws_per_row)
-    )
     unpublish(storage, marker)
     owners = {
         int(r): [t for t in teachers if plan.rows_of(t)[i]]
         for i, r in enumerate(plan.row_id)
         if rows[i]
     }
+    extra: list[str] = []
+    if cfg.distill.synthetic_per_teacher:  # extra inputs, each owned by the teacher that drew it
+        where = layout.synthetic_dir(student)
+        storage.delete(where)
+        drawn = ctx.role("labeller").synthesize(
+            cfg, teachers, cfg.distill.synthetic_per_teacher, where
+        )
+        for t, ids in drawn.items():
+            owners.update({int(r): [t] for r in ids})
+        extra = [f"{where}/{t}.parquet" for t in teachers]
+    draws = (
+        auto_draws(
+            cfg.train.for_role(training_role(student)).steps, cfg.train.batch_size, len(owners)
+        )
+        if cfg.distill.draws_per_row == "auto"
+        else int(cfg.distill.draws_per_row)
+    )
     # the batch group of a row (distill.batching) is the shard index of the teacher that owns it
     groups = {r: teachers.index(o[0]) for r, o in owners.items()}
-    run_id = ctx.tracker.start_run(rel, ctx.parent_run, params={"draws_per_row": str(draws)})
+    params = {"draws_per_row": str(draws), "synthetic_rows": str(len(owners) - int(rows.sum()))}
+    run_id = ctx.tracker.start_run(rel, ctx.parent_run, params=params)
     t0 = time.perf_counter()
-    n = ctx.role("labeller").label_soft_targets(cfg, storage, teachers, owners, draws, rel, groups)
+    n = ctx.role("labeller").label_soft_targets(
+        cfg, storage, teachers, owners, draws, rel, groups, extra
+    )
     secs = time.perf_counter() - t0
-    expected = int(rows.sum()) * draws
+    expected = len(owners) * draws
     if n != expected:
         raise DataError(
             f"soft targets of {student}: wrote {n} rows, expected {expected}; rerun distill"
@@ -376,7 +387,7 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
         n,
         student,
         draws,
-        int(rows.sum()),
+        len(owners),
         secs,
     )
 

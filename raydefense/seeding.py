@@ -24,6 +24,7 @@ STREAM_PROMPTS = 11  # text-to-image: which captions prompt the generated images
 STREAM_CLID = 12  # CLiD: the noise of a row's (t, draw) queries, shared by its conditions
 STREAM_PANG_WANG = 13  # Pang & Wang: the seeds of a row's generations
 STREAM_REDIFFUSE = 14  # ReDiffuse: the seeds of a row's variations
+STREAM_SYNTHETIC = 16  # distill.synthetic_per_teacher: a teacher's synthetic samples
 STREAM_CAPTION = 15  # data.captioner: the sampling seed of a row's generated captions
 
 

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from raydefense.diffusion.eps import EpsModel
+from raydefense.diffusion.sampling import sample
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import PrivacyInvariantError
-from raydefense.seeding import STREAM_ASSIGNMENT, STREAM_SOFT_TARGET
+from raydefense.seeding import STREAM_ASSIGNMENT, STREAM_SOFT_TARGET, STREAM_SYNTHETIC, derive_seed
 
 TEACHER_ASSIGNMENTS = ("mean", "one_other")
 TeacherAssignment = Literal["mean", "one_other"]
@@ -40,6 +41,55 @@ def auto_draws(steps: int, batch_size: int, num_members: int) -> int:
     """Draws per row so that student training never reuses a (row, t, noise) draw: equivalent
     to Algorithm 2's fresh noise every iteration."""
     return max(1, -(-steps * batch_size // num_members))
+
+
+# Synthetic rows (distill.synthetic_per_teacher): ids above every pool index, kept below 2**32
+# so that derive_seed's 32-bit parts never make a synthetic row's draws a real row's.
+SYNTHETIC_ROW_BASE = 2**31
+SYNTHETIC_ROWS_PER_TEACHER = 2**20
+
+
+def synthetic_row_ids(k: int, n: int) -> np.ndarray:
+    """[n] int64: the row ids of teacher k's (0-based shard index) synthetic rows."""
+    if n > SYNTHETIC_ROWS_PER_TEACHER:
+        raise ValueError(f"at most {SYNTHETIC_ROWS_PER_TEACHER} synthetic rows per teacher")
+    return SYNTHETIC_ROW_BASE + k * SYNTHETIC_ROWS_PER_TEACHER + np.arange(n, dtype=np.int64)
+
+
+@torch.no_grad()
+def synthetic_images(
+    teacher: EpsModel,
+    schedule: NoiseSchedule,
+    n: int,
+    shape: tuple[int, int, int],
+    seed: int,
+    k: int,
+    num_steps: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """n DDIM samples of teacher k (`distill.synthetic_per_teacher`, an extension of Algorithm 2:
+    extra student inputs that are nobody's member rows). They are owned by the teacher that drew
+    them, so only the other teachers label them: a sample that copies one of its teacher's
+    members is then treated exactly like that member.
+
+    shape: (C, H, W). Batch b is seeded by (seed, STREAM_SYNTHETIC, k, b).
+    Returns uint8 [n, C, H, W] in [0, 255], as the plan's rows.
+    """
+    out = []
+    for b, start in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - start)
+        x = sample(
+            [teacher],
+            schedule,
+            (m, *shape),
+            "ddim",
+            num_steps,
+            seed=derive_seed(seed, STREAM_SYNTHETIC, k, b),
+            device=device,
+        )
+        out.append(np.rint((x.cpu().numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
+    return np.concatenate(out) if out else np.zeros((0, *shape), np.uint8)
 
 
 def labelling_teachers(owners: frozenset[str], teachers: list[str]) -> list[str]:

@@ -5,9 +5,11 @@ every teacher (ActorPoolStrategy); output written as Parquet."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.data
@@ -17,7 +19,7 @@ from ray.data.expressions import col
 from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import read_encoded
 from raydefense.data.tables import decode_images, encode_float_rows
-from raydefense.defense.distillmd import SoftTargetLabeller
+from raydefense.defense.distillmd import SoftTargetLabeller, synthetic_images, synthetic_row_ids
 from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
@@ -102,10 +104,12 @@ def label_soft_targets(
     image_shape: list[int],
     out_dir: str = SOFT_TARGETS,
     groups: Optional[dict[int, int]] = None,
+    extra_rows: Sequence[str] = (),
 ) -> int:
     """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that trained
     on it) to out_dir; returns the row count. groups: row_id -> the batch group written as
-    "shard" (default: the index in `teachers` of the row's first owner)."""
+    "shard" (default: the index in `teachers` of the row's first owner). extra_rows: Parquet
+    tables (row_id, image) of rows outside the plan (synthetic rows), labelled like its rows."""
     if groups is None:
         groups = {r: teachers.index(o[0]) for r, o in owners.items()}
     storage.delete(out_dir)
@@ -114,6 +118,12 @@ def label_soft_targets(
     ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs, columns=columns).filter(
         expr=col("row_id").is_in(sorted(int(r) for r in owners))
     )
+    if extra_rows:
+        ds = ds.union(
+            ray.data.read_parquet(
+                [storage.path(rel) for rel in extra_rows], filesystem=storage.fs, columns=columns
+            )
+        )
     rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
     labelled = ds.map_batches(
         LabellerActor,
@@ -146,8 +156,61 @@ def label_soft_targets(
     )
 
 
+def _synthesize(cfg_dict: dict, teacher: str, k: int, n: int, rel: str) -> list[int]:
+    """Teacher k's n synthetic rows (defense.distillmd.synthetic_images) written to `rel` as a
+    rows-like table (row_id, image); returns their row ids."""
+    cfg = ExperimentConfig.model_validate(cfg_dict)
+    torch.set_num_threads(torch_threads(cfg.resources, 1))
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="raydefense-teacher-") as cache:
+        eps = load_eps(
+            cfg.model,
+            storage.local_dir(model_dir(teacher), cache),
+            cfg.distill.teacher_weights,
+            device,
+        )
+        shape = tuple(storage.read_json(PLAN_JSON)["image_shape"])
+        images = synthetic_images(
+            eps,
+            NoiseSchedule.of(cfg.model),
+            n,
+            (int(shape[0]), int(shape[1]), int(shape[2])),
+            cfg.seed,
+            k,
+            cfg.distill.synthetic_steps,
+            device=device,
+        )
+    ids = synthetic_row_ids(k, n)
+    flat = images.reshape(n, -1)
+    table = pa.table(
+        {
+            "row_id": pa.array(ids, pa.int64()),
+            "image": pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1])),
+        }
+    )
+    storage.write_table(rel, table)
+    return [int(i) for i in ids]
+
+
 class RayLabeller:
     """The labeller role on a Ray Data actor pool (see raydefense.run.context.Labeller)."""
+
+    def synthesize(
+        self, cfg: ExperimentConfig, teachers: list[str], n: int, out_dir: str
+    ) -> dict[str, list[int]]:
+        """Each teacher's n synthetic rows, drawn concurrently (one Ray task per teacher, with
+        a fit worker's CPUs and GPUs), written to out_dir/<teacher>.parquet; returns teacher ->
+        its rows' ids."""
+        res = cfg.resources
+        task = ray.remote(_synthesize).options(
+            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker
+        )
+        refs = [
+            task.remote(cfg.model_dump(mode="json"), t, k, n, f"{out_dir}/{t}.parquet")
+            for k, t in enumerate(teachers)
+        ]
+        return dict(zip(teachers, ray.get(refs)))
 
     def label_soft_targets(
         self,
@@ -158,6 +221,9 @@ class RayLabeller:
         draws: int,
         out_dir: str,
         groups: dict[int, int],
+        extra_rows: Sequence[str] = (),
     ) -> int:
         shape = storage.read_json(PLAN_JSON)["image_shape"]
-        return label_soft_targets(cfg, storage, teachers, owners, draws, shape, out_dir, groups)
+        return label_soft_targets(
+            cfg, storage, teachers, owners, draws, shape, out_dir, groups, extra_rows
+        )

@@ -7,6 +7,7 @@ needs none).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -42,10 +43,19 @@ class Labeller(Protocol):
         draws: int,
         out_dir: str,
         groups: dict[int, int],
+        extra_rows: Sequence[str] = (),
     ) -> int:
         """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that
         trained on it) under out_dir, labelled by the other `teachers`, `groups` (row_id ->
-        shard index) in the "shard" column; returns the rows written."""
+        shard index) in the "shard" column; returns the rows written. extra_rows: tables of
+        rows outside the plan (synthesize's)."""
+        ...
+
+    def synthesize(
+        self, cfg: ExperimentConfig, teachers: list[str], n: int, out_dir: str
+    ) -> dict[str, list[int]]:
+        """n synthetic rows per teacher (distill.synthetic_per_teacher) written to
+        out_dir/<teacher>.parquet; returns teacher -> its rows' ids."""
         ...
 
 

@@ -46,6 +46,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "pang_wang": PangWangConfig().model_dump(mode="json"),
         "rediffuse": ReDiffuseConfig().model_dump(mode="json"),
     },
+    "distill": {"synthetic_per_teacher": 0, "synthetic_steps": 50},
     "sampling": {"guidance_scale": 1.0},
     "quality": {"sscd_model": None, "clip_model": None},
     "audit": {"models": {}, "digests": {}},

@@ -136,6 +136,42 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     assert torch.equal(again.x_t, data.x_t) and torch.equal(again.target, data.target)
 
 
+def test_synthetic_rows_are_drawn_per_teacher_and_labelled_by_the_other(experiment):
+    """distill.synthetic_per_teacher: each teacher's samples (one Ray task per teacher) join the
+    labelling as rows owned by the teacher that drew them, so the other teacher labels them."""
+    from raydefense.distributed.soft_targets import RayLabeller
+
+    cfg, storage, _ = experiment
+    cfg = cfg.model_copy(deep=True)
+    cfg.distill.synthetic_steps = 4
+    labeller = RayLabeller()
+    teachers = ["teacher_1", "teacher_2"]
+    drawn = labeller.synthesize(cfg, teachers, 6, "distill/synthetic")
+    assert [len(drawn[t]) for t in teachers] == [6, 6]
+    first = storage.read_table("distill/synthetic/teacher_1.parquet")
+    assert first.column_names == ["row_id", "image"] and first.num_rows == 6
+    owners = _owners(read_plan(storage))
+    for t, ids in drawn.items():
+        owners.update({r: [t] for r in ids})
+    extra = [f"distill/synthetic/{t}.parquet" for t in teachers]
+    groups = {r: teachers.index(o[0]) for r, o in owners.items()}
+    n = labeller.label_soft_targets(cfg, storage, teachers, owners, 2, "distill/st", groups, extra)
+    assert n == 2 * len(owners)
+    import pyarrow.parquet as pq
+
+    files = [f for f in storage.listdir("distill/st") if f.endswith(".parquet")]
+    rows = pq.ParquetDataset([storage.path(f"distill/st/{f}") for f in files]).read().to_pydict()
+    synthetic = {
+        r: who for r, who in zip(rows["row_id"], rows["teachers"]) if r in drawn["teacher_1"]
+    }
+    assert len(synthetic) == 6 and set(synthetic.values()) == {"teacher_2"}
+    again = labeller.synthesize(cfg, teachers, 6, "distill/synthetic2")
+    assert again == drawn
+    assert storage.read_table("distill/synthetic2/teacher_2.parquet").equals(
+        storage.read_table("distill/synthetic/teacher_2.parquet")
+    )
+
+
 def _owners(plan) -> dict[int, list[str]]:
     members = plan.split == MEMBER
     return {

@@ -184,3 +184,51 @@ def test_draws_are_seeded_per_row_and_draw():
 def test_auto_draws_cover_every_student_step_with_fresh_noise():
     assert auto_draws(steps=4000, batch_size=64, num_members=256) == 1000
     assert auto_draws(steps=10, batch_size=3, num_members=7) == 5  # ceil(30 / 7)
+
+
+class ShrinkTeacher:
+    """eps(x, t) = x: DDIM then pulls every sample towards 0 (a mid-grey image)."""
+
+    def __call__(self, x, t, cond=None):
+        return x
+
+
+def test_synthetic_rows_are_seeded_uint8_images_with_their_own_ids():
+    from raydefense.defense.distillmd import (
+        SYNTHETIC_ROW_BASE,
+        synthetic_images,
+        synthetic_row_ids,
+    )
+
+    a = synthetic_images(
+        ShrinkTeacher(), SCHED, 5, (1, 4, 4), seed=0, k=1, num_steps=4, batch_size=2
+    )
+    assert a.shape == (5, 1, 4, 4) and a.dtype == np.uint8
+    again = synthetic_images(
+        ShrinkTeacher(), SCHED, 5, (1, 4, 4), seed=0, k=1, num_steps=4, batch_size=2
+    )
+    other = synthetic_images(
+        ShrinkTeacher(), SCHED, 5, (1, 4, 4), seed=0, k=0, num_steps=4, batch_size=2
+    )
+    assert np.array_equal(a, again) and not np.array_equal(a, other)
+    assert len({im.tobytes() for im in a}) == 5  # every sample has its own noise
+    ids = synthetic_row_ids(1, 5)
+    assert ids.dtype == np.int64 and ids[0] > SYNTHETIC_ROW_BASE and len(set(ids)) == 5
+    assert not set(ids) & set(synthetic_row_ids(0, 5))
+    assert (ids < 2**32).all()  # derive_seed keeps 32 bits of each part: no real row's draws
+    with pytest.raises(ValueError, match="at most"):
+        synthetic_row_ids(0, 2**21)
+
+
+def test_synthetic_rows_config_and_fingerprints():
+    from raydefense.config import load_config
+    from raydefense.errors import ConfigError
+    from raydefense.run.fingerprints import config_tree, stage_fingerprints
+
+    off = load_config("digits")
+    assert "synthetic_per_teacher" not in config_tree(off)["distill"]
+    on = load_config("digits", overrides=["distill.synthetic_per_teacher=512"])
+    fp_on, fp_off = stage_fingerprints(on), stage_fingerprints(off)
+    assert fp_on["student"] != fp_off["student"] and fp_on["targets"] == fp_off["targets"]
+    with pytest.raises(ConfigError, match="synthetic_per_teacher draws pixel samples"):
+        load_config("tiny_t2i", overrides=["distill.synthetic_per_teacher=8"])
