@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -12,6 +13,15 @@ from raydefense.errors import ConfigError, ResourceError
 from raydefense.run.console import verbose
 
 log = logging.getLogger(__name__)
+
+
+def cluster_task(fn: Any, num_cpus: float = 1, num_gpus: float = 0) -> Any:
+    """`fn` as a Ray task scheduled on the cluster ("DEFAULT"), never in a placement group its
+    caller runs in: a training-sweep trial holds a 0.01-CPU bundle that captures child tasks,
+    and a one-CPU task never fits it."""
+    return ray.remote(fn).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy="DEFAULT"
+    )
 
 
 def init_ray(res: ResourcesConfig) -> dict:

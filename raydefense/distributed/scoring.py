@@ -21,7 +21,7 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.plan import Plan
 from raydefense.data.tables import decode_images
 from raydefense.distributed.progress import report
-from raydefense.distributed.runtime import torch_threads
+from raydefense.distributed.runtime import cluster_task, torch_threads
 from raydefense.run.console import verbose
 from raydefense.storage import Storage
 
@@ -142,9 +142,7 @@ class RayScorer:
         return [merge_columns(parts[j.model], plan.row_id[j.mask]) for j in jobs], generated
 
     def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
-        # "DEFAULT": the cluster's own scheduling, never a placement group the caller runs in
-        # (a Tune trial's 0.01-CPU bundle captures child tasks, and one CPU never fits it).
-        remote = ray.remote(_call).options(num_cpus=1, scheduling_strategy="DEFAULT")
+        remote = cluster_task(_call)
         return ray.get([remote.remote(fn, *it) for it in items])
 
 

@@ -24,7 +24,7 @@ from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.distributed.progress import advance
-from raydefense.distributed.runtime import torch_threads
+from raydefense.distributed.runtime import cluster_task, torch_threads
 from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS, model_dir
 from raydefense.storage import Storage
 
@@ -203,9 +203,7 @@ class RayLabeller:
         a fit worker's CPUs and GPUs), written to out_dir/<teacher>.parquet; returns teacher ->
         its rows' ids."""
         res = cfg.resources
-        task = ray.remote(_synthesize).options(
-            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker
-        )
+        task = cluster_task(_synthesize, res.cpus_per_worker, res.gpus_per_worker)
         refs = [
             task.remote(cfg.model_dump(mode="json"), t, k, n, f"{out_dir}/{t}.parquet")
             for k, t in enumerate(teachers)

@@ -367,7 +367,8 @@ def test_asha_remembers_its_rungs_across_a_restore(tmp_path, ray_cluster) -> Non
 
 def test_learned_attack_fits_escape_a_tune_trials_placement_group(ray_cluster) -> None:
     """A training-sweep trial runs in a 0.01-CPU bundle that captures child tasks; the scorer's
-    one-CPU fit tasks (secmi_nn, blackbox_nn) must be scheduled on the cluster, not in it."""
+    one-CPU fit tasks (secmi_nn, blackbox_nn) and the synthetic-row tasks (`cluster_task`, as
+    RayLabeller.synthesize) must be scheduled on the cluster, not in it."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -377,13 +378,24 @@ def test_learned_attack_fits_escape_a_tune_trials_placement_group(ray_cluster) -
     pg = placement_group([{"CPU": 0.01}])
     ray.get(pg.ready(), timeout=60)
 
+    from raydefense.distributed.runtime import cluster_task
+
     @ray.remote(num_cpus=0.01)
     def trial() -> list[int]:
         return RayScorer().map(abs, [(-2,), (3,)])
+
+    def negate(x: int) -> int:
+        return -x
+
+    @ray.remote(num_cpus=0.01)
+    def synthesizing_trial() -> int:
+        return ray.get(cluster_task(negate, 1, 0).remote(-4))
 
     try:
         strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
         out = ray.get(trial.options(scheduling_strategy=strategy).remote(), timeout=120)
         assert out == [2, 3]
+        again = synthesizing_trial.options(scheduling_strategy=strategy).remote()
+        assert ray.get(again, timeout=120) == 4
     finally:
         remove_placement_group(pg)
