@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydefense.config import DataConfig
-from raydefense.data.pool import ImagePool, check_caption_lists
+from raydefense.data.pool import ImagePool, check_caption_lists, image_column
 from raydefense.errors import DataError, SplitOverlapError
 from raydefense.roster import (
     SHADOW_ROLES,
@@ -148,7 +148,6 @@ class Plan:
     def to_table(self) -> pa.Table:
         """The rows table written as Parquet (image = raw uint8 bytes, C*H*W per row; captions =
         list<string>, a column only when the plan has captions)."""
-        flat = self.images.reshape(len(self.images), -1)
         cols = {
             "row_id": pa.array(self.row_id, pa.int64()),
             "hash": pa.array(self.hash, pa.string()),
@@ -156,7 +155,7 @@ class Plan:
             "shard": pa.array(self.shard, pa.int16()),
             "part": pa.array(self.part.tolist(), pa.string()),
             "label": pa.array(self.label, pa.int64()),
-            "image": pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1])),
+            "image": image_column(self.images),
         }
         if self.captions is not None:
             cols["captions"] = pa.array(self.captions, pa.list_(pa.string()))

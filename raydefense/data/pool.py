@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
 
 from raydefense.config import DataConfig
 from raydefense.registry import Registry
@@ -82,6 +83,13 @@ def resize_images(images: np.ndarray, resolution: Optional[int]) -> np.ndarray:
     for i, im in enumerate(images):
         out[i] = resize_image(im, resolution)
     return out
+
+
+def image_column(images_u8: np.ndarray) -> pa.Array:
+    """uint8 [N, ...] -> a fixed-size binary column, each row's raw bytes (C*H*W), as the rows
+    table stores images (data.tables.decode_images reads them back)."""
+    flat = np.ascontiguousarray(images_u8).reshape(len(images_u8), -1)
+    return pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1]))
 
 
 def to_model_range(images_u8: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ byte-identical (invariant 4).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal, Optional
 
 import numpy as np
@@ -67,13 +67,15 @@ def synthetic_images(
     num_steps: int,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    on_batch: Optional[Callable[[int], None]] = None,
 ) -> np.ndarray:
     """n DDIM samples of teacher k (`distill.synthetic_per_teacher`, an extension of Algorithm 2:
     extra student inputs that are nobody's member rows). They are owned by the teacher that drew
     them, so only the other teachers label them: a sample that copies one of its teacher's
     members is then treated exactly like that member.
 
-    shape: (C, H, W). Batch b is seeded by (seed, STREAM_SYNTHETIC, k, b).
+    shape: (C, H, W). Batch b is seeded by (seed, STREAM_SYNTHETIC, k, b). on_batch(done) is
+    called after each batch with the samples drawn so far (progress).
     Returns uint8 [n, C, H, W] in [0, 255], as the plan's rows.
     """
     out = []
@@ -89,6 +91,8 @@ def synthetic_images(
             device=device,
         )
         out.append(np.rint((x.cpu().numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8))
+        if on_batch is not None:
+            on_batch(start + m)
     return np.concatenate(out) if out else np.zeros((0, *shape), np.uint8)
 
 

@@ -19,6 +19,7 @@ import torch
 from raydefense.audit.scoring import ScoreJob, ScoringWorker, merge_columns
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import Plan
+from raydefense.data.pool import image_column
 from raydefense.data.tables import decode_images
 from raydefense.distributed.progress import report
 from raydefense.distributed.runtime import cluster_task, torch_threads
@@ -98,7 +99,7 @@ class RayScorer:
                     "model": pa.array([model] * len(ids), pa.string()),
                     "op": pa.array([op] * len(ids), pa.string()),
                     "row_id": pa.array(ids, pa.int64()),
-                    "image": pa.array([r.tobytes() for r in flat], pa.binary(width)),
+                    "image": image_column(flat),
                 }
             )
 

@@ -18,12 +18,13 @@ from ray.data.expressions import col
 
 from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import read_encoded
+from raydefense.data.pool import image_column
 from raydefense.data.tables import decode_images, encode_float_rows
 from raydefense.defense.distillmd import SoftTargetLabeller, synthetic_images, synthetic_row_ids
 from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.distributed.progress import advance
+from raydefense.distributed.progress import advance, report
 from raydefense.distributed.runtime import cluster_task, torch_threads
 from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS, model_dir
 from raydefense.storage import Storage
@@ -180,16 +181,12 @@ def _synthesize(cfg_dict: dict, teacher: str, k: int, n: int, rel: str) -> list[
             k,
             cfg.distill.synthetic_steps,
             device=device,
+            on_batch=lambda done: report(f"sample {teacher}", done, n, "synthetic rows"),
         )
     ids = synthetic_row_ids(k, n)
-    flat = images.reshape(n, -1)
-    table = pa.table(
-        {
-            "row_id": pa.array(ids, pa.int64()),
-            "image": pa.array([r.tobytes() for r in flat], pa.binary(flat.shape[1])),
-        }
+    storage.write_table(
+        rel, pa.table({"row_id": pa.array(ids, pa.int64()), "image": image_column(images)})
     )
-    storage.write_table(rel, table)
     return [int(i) for i in ids]
 
 

@@ -211,6 +211,11 @@ def test_synthetic_rows_are_seeded_uint8_images_with_their_own_ids():
         ShrinkTeacher(), SCHED, 5, (1, 4, 4), seed=0, k=0, num_steps=4, batch_size=2
     )
     assert np.array_equal(a, again) and not np.array_equal(a, other)
+    progress: list[int] = []
+    synthetic_images(
+        ShrinkTeacher(), SCHED, 5, (1, 4, 4), 0, 1, 4, batch_size=2, on_batch=progress.append
+    )
+    assert progress == [2, 4, 5]
     assert len({im.tobytes() for im in a}) == 5  # every sample has its own noise
     ids = synthetic_row_ids(1, 5)
     assert ids.dtype == np.int64 and ids[0] > SYNTHETIC_ROW_BASE and len(set(ids)) == 5
