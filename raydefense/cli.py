@@ -10,6 +10,8 @@ raydefense promptdiv  (same options) [--aggregate-only]: text-to-image; `run` wi
                   prompt diversification, one table comparing them in <experiment>/promptdiv/
 raydefense audit  (same options) --model ROLE=URI ... [--split FILE]: audit existing models
                   (diffusers dirs, raydefense model dirs, MLflow models:/ URIs) with the suite
+raydefense profile  (same options) [--timesteps 10,50,...] [--draws N]: every target's eps-MSE
+                  per timestep on its members and non-members, the student's gap taken apart
 raydefense config [show] (same options) | --schema | --reference: the resolved config, the JSON
                   schema, or the Markdown reference of every key
 raydefense submit [--address URL] [--follow] COMMAND [options]: any command above as a job on
@@ -78,6 +80,12 @@ CONFIG_HELP = (
     "print the resolved config of --preset/--config/--set as YAML (`config show`), the JSON "
     "schema (--schema) or the Markdown reference of every key (--reference)"
 )
+PROFILE_HELP = (
+    "after `run`: every target's denoising error (eps-MSE) per timestep on its test members "
+    "and non-members, and the student's gap taken apart (its error on members against its "
+    "labelling teachers', on non-members against the teachers'); report/timestep_profile."
+    "{json,md}, in-process on this machine"
+)
 SEEDS_HELP = (
     "training-seed study: `run` once per seed, then mean ± sd per target x attack "
     "(and of each target's worst case) in <experiment>/seeds/summary.{json,md}"
@@ -111,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--aggregate-only",
         action="store_true",
         help="run nothing: tabulate both runs' existing report/results.json",
+    )
+    s = sub.add_parser("profile", help=PROFILE_HELP, description=PROFILE_HELP)
+    add_config_args(s)
+    s.add_argument(
+        "--timesteps",
+        default="10,25,50,100,150,200,300,500",
+        help="the timesteps to profile, e.g. 10,50,100 (default: %(default)s)",
+    )
+    s.add_argument(
+        "--draws", type=int, default=4, help="noise draws per row and timestep (default: 4)"
     )
     s = sub.add_parser("audit", help=AUDIT_HELP, description=AUDIT_HELP)
     add_config_args(s)
@@ -522,6 +540,19 @@ def submit_command(args: argparse.Namespace) -> int:
     )
 
 
+def profile_command(args: argparse.Namespace) -> None:
+    from raydefense.audit.profile import PROFILE_JSON, parse_timesteps
+    from raydefense.report.profile import profile_markdown, run_profile
+    from raydefense.run.session import absolutize
+    from raydefense.storage import Storage
+
+    timesteps = parse_timesteps(args.timesteps)  # bad input fails before anything loads
+    cfg = absolutize(load_config(args.preset, args.config, args.overrides))
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    prof = run_profile(cfg, timesteps, args.draws, storage)
+    result(profile_markdown(prof) + f"\nwritten to {storage.uri(PROFILE_JSON)}")
+
+
 QUIET_NOISY = ("mlflow", "alembic", "urllib3", "filelock", "botocore", "boto3", "s3transfer")
 
 
@@ -570,6 +601,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             )
         elif args.command == "config":
             print(config_text(args), end="")
+        elif args.command == "profile":
+            profile_command(args)
         elif args.command == "audit":
             overrides = args.overrides + audit_overrides(
                 args.models, args.split, args.members, args.nonmembers

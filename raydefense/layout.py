@@ -14,7 +14,8 @@ distill/soft_targets/           the student's soft targets (Parquet)
 distill/<shadow student>/soft_targets/   a shadow student's
 evaluate/scores.parquet         raw per-row scores; quality.json, skipped.json, shadows.json,
                                 samples/<target>.npy
-report/                         results.json, report.md/html, figures, timings.json
+report/                         results.json, report.md/html, figures, timings.json;
+                                timestep_profile.{json,md} (`raydefense profile`)
 sweeps/<name>/                  an attack-grid sweep; training_sweeps/<name>/ a training sweep
 seeds/summary.{json,md}         a training-seed study whose base is this experiment
 promptdiv/summary.{json,md}     a prompt-diversification study (text-to-image) whose base this is

@@ -251,6 +251,29 @@ def test_second_run_trains_nothing_and_is_fast(smoke_run):
     assert len(trains) == 8
 
 
+def test_profile_of_the_run_takes_the_students_gap_apart(smoke_run):
+    cwd, _, _ = smoke_run
+    out = cli(cwd, "profile", "--preset", "smoke", "--timesteps", "10,200", "--draws", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "labelling teachers on those members" in out.stdout
+    prof = json.loads((cwd / "runs/smoke/report/timestep_profile.json").read_text())
+    assert prof["timesteps"] == [10, 200] and prof["weights"] == "ema"
+    assert set(prof["targets"]) == {"baseline", "teacher_1", "teacher_2", "student"}
+    for name, line in prof["targets"].items():
+        assert all(0 < v < 2 for v in line["member"] + line["nonmember"]), name
+        assert all(0 <= a <= 1 for a in line["auc"]), name
+    dec = prof["student_decomposition"]
+    assert set(dec) == {
+        "student_on_members",
+        "labellers_on_members",
+        "student_on_nonmembers",
+        "teachers_on_nonmembers",
+    }
+    assert dec["student_on_nonmembers"] == prof["targets"]["student"]["nonmember"]
+    bad = cli(cwd, "profile", "--preset", "smoke", "--timesteps", "10,x")
+    assert bad.returncode == 2 and "not a list of integers" in bad.stderr
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
