@@ -566,6 +566,13 @@ class QualityConfig(_Section):
         "target, shadow or audit uses them; content duplicates of those "
         "dropped) train the domain feature extractor",
     )
+    domain_rows_from: Literal["spare", "spare_and_shadow"] = Field(
+        "spare_and_shadow",
+        description="the rows the domain feature extractor may train on: spare pool rows "
+        "only, or those first and then the shadow draws' rows (the attacker's own data, "
+        "disjoint from every target's members and non-members) when spare rows are fewer than "
+        "domain_rows (a split that uses nearly the whole pool leaves almost no spare rows)",
+    )
     sscd_model: Optional[str] = Field(
         None,
         description="text-to-image memorization: local path of an SSCD TorchScript model "

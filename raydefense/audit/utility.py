@@ -1,5 +1,6 @@
 """Utility and memorization of generated samples, and the domain feature extractor (trained on
-spare pool rows, disjoint from every audited row) that stands in for Inception on small data."""
+spare pool rows, then shadow rows; disjoint from every audited row) that stands in for
+Inception on small data."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from raydefense.audit.targets import training_rows
 from raydefense.config import ExperimentConfig
 from raydefense.data.given import load_pool
-from raydefense.data.plan import NONMEMBER, Plan, content_hash
+from raydefense.data.plan import NONMEMBER, SHADOW, Plan, content_hash
 from raydefense.data.pool import to_model_range
 from raydefense.quality.domain import embed, train_domain_classifier
 from raydefense.quality.fid import fid_from_features, inception_score, precision_recall
@@ -54,27 +55,37 @@ class DomainFeatures:
 
 
 def spare_rows(cfg: ExperimentConfig, plan: Plan, pool: Any) -> np.ndarray:
-    """Pool indices that no target, shadow or audit uses: not in the plan and no content
-    duplicate of a plan row; a seeded draw of at most `quality.domain_rows`. -> [n] int64."""
-    used = set(plan.hash)
-    free = np.setdiff1d(np.arange(len(pool.images)), plan.row_id)
+    """The domain feature extractor's pool indices, a seeded draw of at most
+    `quality.domain_rows`: spare rows first (not in the plan, no content duplicate of a plan
+    row), then, with `quality.domain_rows_from=spare_and_shadow` and too few spare rows, shadow
+    rows (the attacker's own data: no target trains on them, no attack audits them; content
+    duplicates of target rows dropped). -> [n] int64, sorted."""
     rng = np.random.default_rng(derive_seed(cfg.seed, STREAM_DOMAIN))
-    out, seen = [], set()
-    for i in rng.permutation(free):
-        h = content_hash(pool.images[i])
-        if h in used or h in seen:
-            continue
-        seen.add(h)
-        out.append(int(i))
-        if len(out) == cfg.quality.domain_rows:
-            break
+    out: list[int] = []
+    seen: set[str] = set()
+
+    def take(candidates: np.ndarray, used: set[str]) -> None:
+        for i in rng.permutation(candidates):
+            if len(out) == cfg.quality.domain_rows:
+                return
+            h = content_hash(pool.images[i])
+            if h in used or h in seen:
+                continue
+            seen.add(h)
+            out.append(int(i))
+
+    take(np.setdiff1d(np.arange(len(pool.images)), plan.row_id), set(plan.hash))
+    if cfg.quality.domain_rows_from == "spare_and_shadow":
+        shadow = plan.split == SHADOW
+        targets = {h for h, s in zip(plan.hash, shadow) if not s}
+        take(np.unique(plan.row_id[shadow]), targets)
     return np.array(sorted(out), dtype=np.int64)
 
 
 def train_domain_features(cfg: ExperimentConfig, plan: Plan) -> Optional[DomainFeatures]:
-    """A small classifier trained on labelled spare pool rows (`spare_rows`), never on a row
-    any target trains on or any attack audits, so its feature space is disjoint from the audit;
-    None without labels or spare rows.
+    """A small classifier trained on labelled spare pool rows (and shadow rows: `spare_rows`),
+    never on a row any target trains on or any attack audits, so its feature space is disjoint
+    from the audit; None without labels or such rows.
 
     Its penultimate features stand in for Inception's on datasets like digits ("domain FID");
     the FID reference is the non-member set."""

@@ -48,7 +48,9 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
     },
     "distill": {"synthetic_per_teacher": 0, "synthetic_steps": 50},
     "sampling": {"guidance_scale": 1.0},
-    "quality": {"sscd_model": None, "clip_model": None},
+    # quality.domain_rows_from: its default changed the evaluation, so only "spare" (what
+    # evaluations before it did) keeps their fingerprints.
+    "quality": {"sscd_model": None, "clip_model": None, "domain_rows_from": "spare"},
     "audit": {"models": {}, "digests": {}},
     "train": {
         "hflip": False,

@@ -282,3 +282,32 @@ def test_domain_features_train_on_spare_rows_only(tmp_path: Path) -> None:
     domain = train_domain_features(cfg, plan)
     assert domain.train_rows == 300
     assert domain.reference.shape[0] == int((plan.split == NONMEMBER).sum())
+
+
+def test_domain_features_fall_back_on_shadow_rows_never_on_audited_ones(tmp_path: Path) -> None:
+    """A split that uses (nearly) the whole pool leaves few spare rows: the shadow draws' rows
+    (the attacker's data) fill up, never a target's member or non-member, nor a copy of one."""
+    from raydefense.audit.utility import spare_rows
+    from raydefense.data.plan import content_hash
+
+    cfg = _cfg(tmp_path, **{"quality.domain_rows": "5000"})  # more than the pool: take all
+    storage = _prepare(cfg)
+    plan = read_plan(storage)
+    pool = DATASETS.get("digits")(cfg.data)
+    spare = set(
+        spare_rows(
+            cfg.model_copy(
+                update={"quality": cfg.quality.model_copy(update={"domain_rows_from": "spare"})}
+            ),
+            plan,
+            pool,
+        ).tolist()
+    )
+    both = set(spare_rows(cfg, plan, pool).tolist())
+    shadow = set(plan.row_id[plan.split == SHADOW].tolist())
+    audited = plan.split != SHADOW
+    assert spare and not spare & set(plan.row_id.tolist())
+    assert both == spare | shadow  # every shadow row joins (none duplicates a target row here)
+    assert not both & set(plan.row_id[audited].tolist())
+    target_hashes = {h for h, a in zip(plan.hash, audited) if a}
+    assert not {content_hash(pool.images[i]) for i in both} & target_hashes
