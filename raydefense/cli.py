@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(s)
     s.add_argument(
         "--timesteps",
-        default="10,25,50,100,150,200,300,500",
-        help="the timesteps to profile, e.g. 10,50,100 (default: %(default)s)",
+        help="the timesteps to profile, e.g. 10,50,100 (default: eight from 10 to 500, "
+        "raydefense.audit.profile.DEFAULT_TIMESTEPS)",
     )
     s.add_argument(
         "--draws", type=int, default=4, help="noise draws per row and timestep (default: 4)"
@@ -541,12 +541,15 @@ def submit_command(args: argparse.Namespace) -> int:
 
 
 def profile_command(args: argparse.Namespace) -> None:
-    from raydefense.audit.profile import PROFILE_JSON, parse_timesteps
+    from raydefense.audit.profile import DEFAULT_TIMESTEPS, PROFILE_JSON, parse_timesteps
     from raydefense.report.profile import profile_markdown, run_profile
     from raydefense.run.session import absolutize
     from raydefense.storage import Storage
 
-    timesteps = parse_timesteps(args.timesteps)  # bad input fails before anything loads
+    # bad input fails before anything loads
+    timesteps = (
+        list(DEFAULT_TIMESTEPS) if args.timesteps is None else parse_timesteps(args.timesteps)
+    )
     cfg = absolutize(load_config(args.preset, args.config, args.overrides))
     storage = Storage(cfg.storage.root, cfg.experiment)
     prof = run_profile(cfg, timesteps, args.draws, storage)

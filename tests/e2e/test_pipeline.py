@@ -253,11 +253,13 @@ def test_second_run_trains_nothing_and_is_fast(smoke_run):
 
 def test_profile_of_the_run_takes_the_students_gap_apart(smoke_run):
     cwd, _, _ = smoke_run
-    out = cli(cwd, "profile", "--preset", "smoke", "--timesteps", "10,200", "--draws", "1")
+    from raydefense.audit.profile import DEFAULT_TIMESTEPS
+
+    out = cli(cwd, "profile", "--preset", "smoke", "--draws", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "labelling teachers on those members" in out.stdout
     prof = json.loads((cwd / "runs/smoke/report/timestep_profile.json").read_text())
-    assert prof["timesteps"] == [10, 200] and prof["weights"] == "ema"
+    assert prof["timesteps"] == list(DEFAULT_TIMESTEPS) and prof["weights"] == "ema"
     assert set(prof["targets"]) == {"baseline", "teacher_1", "teacher_2", "student"}
     for name, line in prof["targets"].items():
         assert all(0 < v < 2 for v in line["member"] + line["nonmember"]), name
