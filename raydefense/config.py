@@ -311,6 +311,22 @@ class DistillConfig(_Section):
         "them and labelled by the others like member rows; pixel models only",
     )
     synthetic_steps: int = Field(50, ge=1, description="DDIM steps of each synthetic sample")
+    member_inputs: bool = Field(
+        True,
+        description="true (the paper's form): the student's inputs are the noised member rows; "
+        "false (an extension): members are left out of its inputs and it distils on the "
+        "teachers' synthetic rows alone (needs distill.synthetic_per_teacher > 0), so a member "
+        "reaches it only through a teacher's samples",
+    )
+
+    @model_validator(mode="after")
+    def _check_inputs(self) -> DistillConfig:
+        if not self.member_inputs and not self.synthetic_per_teacher:
+            raise ValueError(
+                "distill.member_inputs=false leaves the student no inputs: set "
+                "distill.synthetic_per_teacher > 0 (e.g. 2048)"
+            )
+        return self
 
 
 class LossAttackConfig(_Section):

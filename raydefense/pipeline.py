@@ -339,10 +339,12 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
         return
     rows = plan.members_of(student)
     unpublish(storage, marker)
+    # distill.member_inputs=false: the members are labelled by no one and never shown to the
+    # student; its inputs are the synthetic rows below (the config requires some).
     owners = {
         int(r): [t for t in teachers if plan.rows_of(t)[i]]
         for i, r in enumerate(plan.row_id)
-        if rows[i]
+        if rows[i] and cfg.distill.member_inputs
     }
     extra: list[str] = []
     if cfg.distill.synthetic_per_teacher:  # extra inputs, each owned by the teacher that drew it
@@ -363,7 +365,12 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
     )
     # the batch group of a row (distill.batching) is the shard index of the teacher that owns it
     groups = {r: teachers.index(o[0]) for r, o in owners.items()}
-    params = {"draws_per_row": str(draws), "synthetic_rows": str(len(owners) - int(rows.sum()))}
+    synthetic = len(owners) - (int(rows.sum()) if cfg.distill.member_inputs else 0)
+    params = {
+        "draws_per_row": str(draws),
+        "synthetic_rows": str(synthetic),
+        "member_inputs": str(cfg.distill.member_inputs).lower(),
+    }
     run_id = ctx.tracker.start_run(rel, ctx.parent_run, params=params)
     t0 = time.perf_counter()
     n = ctx.role("labeller").label_soft_targets(

@@ -20,12 +20,18 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import read_encoded
 from raydefense.data.pool import image_column
 from raydefense.data.tables import decode_images, encode_float_rows
-from raydefense.defense.distillmd import SoftTargetLabeller, synthetic_images, synthetic_row_ids
+from raydefense.defense.distillmd import (
+    SYNTHETIC_ROW_BASE,
+    SoftTargetLabeller,
+    synthetic_images,
+    synthetic_row_ids,
+)
 from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.distributed.progress import advance, report
 from raydefense.distributed.runtime import cluster_task, torch_threads
+from raydefense.errors import DataError
 from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS, model_dir
 from raydefense.storage import Storage
 
@@ -116,15 +122,25 @@ def label_soft_targets(
     storage.delete(out_dir)
     # Latent families label their encoded rows (read by each actor): no pixels to ship.
     columns = ["row_id"] if is_latent(cfg.model) else ["row_id", "image"]
-    ds = ray.data.read_parquet(storage.path(ROWS), filesystem=storage.fs, columns=columns).filter(
-        expr=col("row_id").is_in(sorted(int(r) for r in owners))
-    )
+    # Plan rows come from the rows table; synthetic ids (above every pool index) from extra_rows.
+    # With distill.member_inputs=false no plan row is labelled and the rows table is not read.
+    in_plan = sorted(int(r) for r in owners if r < SYNTHETIC_ROW_BASE)
+    parts = []
+    if in_plan:
+        parts.append(
+            ray.data.read_parquet(
+                storage.path(ROWS), filesystem=storage.fs, columns=columns
+            ).filter(expr=col("row_id").is_in(in_plan))
+        )
     if extra_rows:
-        ds = ds.union(
+        parts.append(
             ray.data.read_parquet(
                 [storage.path(rel) for rel in extra_rows], filesystem=storage.fs, columns=columns
             )
         )
+    if not parts:
+        raise DataError(f"{out_dir}: no rows to label (no member rows and no extra rows)")
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
     labelled = ds.map_batches(
         LabellerActor,

@@ -165,6 +165,14 @@ def test_synthetic_rows_are_drawn_per_teacher_and_labelled_by_the_other(experime
         r: who for r, who in zip(rows["row_id"], rows["teachers"]) if r in drawn["teacher_1"]
     }
     assert len(synthetic) == 6 and set(synthetic.values()) == {"teacher_2"}
+    # distill.member_inputs=false: the synthetic rows alone (the rows table is not read)
+    only = {r: [t] for t, ids in drawn.items() for r in ids}
+    groups = {r: teachers.index(o[0]) for r, o in only.items()}
+    n = labeller.label_soft_targets(cfg, storage, teachers, only, 2, "distill/so", groups, extra)
+    assert n == 2 * len(only)
+    files = [f for f in storage.listdir("distill/so") if f.endswith(".parquet")]
+    ids = pq.ParquetDataset([storage.path(f"distill/so/{f}") for f in files]).read()["row_id"]
+    assert sorted(ids.to_pylist()) == sorted(2 * list(only))
     again = labeller.synthesize(cfg, teachers, 6, "distill/synthetic2")
     assert again == drawn
     assert storage.read_table("distill/synthetic2/teacher_2.parquet").equals(

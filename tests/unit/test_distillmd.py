@@ -237,3 +237,78 @@ def test_synthetic_rows_config_and_fingerprints():
     assert fp_on["student"] != fp_off["student"] and fp_on["targets"] == fp_off["targets"]
     with pytest.raises(ConfigError, match="synthetic_per_teacher draws pixel samples"):
         load_config("tiny_t2i", overrides=["distill.synthetic_per_teacher=8"])
+
+
+class _RecordingLabeller:
+    """The labeller role in-process: draws n fake synthetic ids per teacher, records what the
+    distill stage asks it to label and returns the row count it would write."""
+
+    def __init__(self) -> None:
+        self.owners: dict[int, list[str]] = {}
+        self.extra: list[str] = []
+
+    def synthesize(self, cfg, teachers, n, out_dir):
+        from raydefense.defense.distillmd import synthetic_row_ids
+
+        return {t: [int(r) for r in synthetic_row_ids(k, n)] for k, t in enumerate(teachers)}
+
+    def label_soft_targets(self, cfg, storage, teachers, owners, draws, out_dir, groups, extra):
+        self.owners, self.extra = dict(owners), list(extra)
+        return len(owners) * draws
+
+
+@pytest.mark.parametrize("member_inputs", [True, False])
+def test_member_inputs_false_distils_on_synthetic_rows_alone(tmp_path, member_inputs):
+    """distill.member_inputs=false: no member row is handed to the labeller (so none becomes a
+    student input); the synthetic rows are, each owned by the teacher that drew it."""
+    from raydefense.data.plan import make_plan
+    from raydefense.data.sources import load_digits
+    from raydefense.data.tables import write_plan
+    from raydefense.defense.distillmd import SYNTHETIC_ROW_BASE
+    from raydefense.pipeline import _soft_targets
+    from raydefense.run.context import Backend, RunContext
+    from raydefense.run.fingerprints import stage_fingerprints
+    from raydefense.storage import Storage
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "distill.synthetic_per_teacher": "3",
+            "distill.member_inputs": str(member_inputs).lower(),
+        },
+    )
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    plan = make_plan(load_digits(cfg.data), cfg.data, cfg.seed)
+    write_plan(storage, plan)
+    labeller = _RecordingLabeller()
+    ctx = RunContext(
+        cfg=cfg,
+        storage=storage,
+        backend=Backend(labeller=labeller),
+        fingerprints=stage_fingerprints(cfg),
+    )
+    _soft_targets(ctx, plan, "student", plan.teachers)
+    members = {int(r) for r, m in zip(plan.row_id, plan.members_of("student")) if m}
+    labelled = set(labeller.owners)
+    synthetic = {r for r in labelled if r >= SYNTHETIC_ROW_BASE}
+    assert len(synthetic) == 6 and len(labeller.extra) == 2
+    assert {tuple(labeller.owners[r]) for r in synthetic} == {("teacher_1",), ("teacher_2",)}
+    assert labelled - synthetic == (members if member_inputs else set())
+
+
+def test_member_inputs_config_and_fingerprints():
+    from raydefense.config import load_config
+    from raydefense.errors import ConfigError
+    from raydefense.run.fingerprints import config_tree, stage_fingerprints
+
+    assert "member_inputs" not in config_tree(load_config("digits"))["distill"]
+    with pytest.raises(ConfigError, match="member_inputs=false leaves the student no inputs"):
+        load_config("digits", overrides=["distill.member_inputs=false"])
+    on = load_config("digits", overrides=["distill.synthetic_per_teacher=64"])
+    off = load_config(
+        "digits", overrides=["distill.synthetic_per_teacher=64", "distill.member_inputs=false"]
+    )
+    fp_on, fp_off = stage_fingerprints(on), stage_fingerprints(off)
+    assert fp_on["student"] != fp_off["student"] and fp_on["targets"] == fp_off["targets"]
