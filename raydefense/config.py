@@ -315,16 +315,23 @@ class DistillConfig(_Section):
         True,
         description="true (the paper's form): the student's inputs are the noised member rows; "
         "false (an extension): members are left out of its inputs and it distils on the "
-        "teachers' synthetic rows alone (needs distill.synthetic_per_teacher > 0), so a member "
-        "reaches it only through a teacher's samples",
+        "teachers' synthetic rows and/or public rows alone (needs "
+        "distill.synthetic_per_teacher > 0 or distill.public_inputs)",
+    )
+    public_inputs: bool = Field(
+        False,
+        description="an extension of Algorithm 2: every spare pool row (in no model's rows or "
+        "any audit, no content copy of a plan row: data the defender holds but trains no "
+        "teacher on) joins the student's inputs, labelled by the mean of all K teachers; pixel "
+        "models only",
     )
 
     @model_validator(mode="after")
     def _check_inputs(self) -> DistillConfig:
-        if not self.member_inputs and not self.synthetic_per_teacher:
+        if not self.member_inputs and not (self.synthetic_per_teacher or self.public_inputs):
             raise ValueError(
                 "distill.member_inputs=false leaves the student no inputs: set "
-                "distill.synthetic_per_teacher > 0 (e.g. 2048)"
+                "distill.synthetic_per_teacher > 0 (e.g. 2048) or distill.public_inputs=true"
             )
         return self
 
@@ -789,6 +796,11 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 "distill.synthetic_per_teacher draws pixel samples; a latent text-conditioned "
                 "model (model.kind=sd) is not supported: set it to 0"
+            )
+        if self.model.kind == "sd" and self.distill.public_inputs:
+            raise ValueError(
+                "distill.public_inputs labels pixel rows; a latent text-conditioned model "
+                "(model.kind=sd) is not supported: set it to false"
             )
         if self.model.kind != "sd" and self.data.captioner is not None:
             raise ValueError(

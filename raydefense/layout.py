@@ -12,6 +12,8 @@ models/<model>/                 final checkpoint (diffusers dirs + state.pt); re
                                 MLflow Model Registry version; imported.json: an audit's source
 distill/soft_targets/           the student's soft targets (Parquet)
 distill/<shadow student>/soft_targets/   a shadow student's
+distill[/<shadow student>]/synthetic/, public.parquet   extra student inputs (row_id, image):
+                                teachers' samples, spare pool rows (distill.*_inputs)
 evaluate/scores.parquet         raw per-row scores; quality.json, skipped.json, shadows.json,
                                 samples/<target>.npy
 report/                         results.json, report.md/html, figures, timings.json;
@@ -74,6 +76,12 @@ def soft_targets_dir(student: str = STUDENT) -> str:
     """Where a student's soft targets live: distill/soft_targets for the target student,
     distill/<name>/soft_targets for a shadow student."""
     return SOFT_TARGETS if student == STUDENT else f"distill/{student}/soft_targets"
+
+
+def public_rows(student: str = STUDENT) -> str:
+    """A student's public input rows (distill.public_inputs): distill/public.parquet, or
+    distill/<name>/public.parquet for a shadow student."""
+    return "distill/public.parquet" if student == STUDENT else f"distill/{student}/public.parquet"
 
 
 def synthetic_dir(student: str = STUDENT) -> str:

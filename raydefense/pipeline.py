@@ -20,6 +20,7 @@ import time
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from raydefense import layout
@@ -31,7 +32,8 @@ from raydefense.audit.targets import shadow_roles, shadow_students, shadows_need
 from raydefense.config import ExperimentConfig
 from raydefense.data.captioning import with_generated_captions
 from raydefense.data.given import load_pool
-from raydefense.data.plan import Plan, check_captions, make_plan
+from raydefense.data.plan import Plan, check_captions, make_plan, unused_rows
+from raydefense.data.pool import image_column
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.defense.distillmd import auto_draws
 from raydefense.diffusion.backbones import is_latent
@@ -340,7 +342,7 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
     rows = plan.members_of(student)
     unpublish(storage, marker)
     # distill.member_inputs=false: the members are labelled by no one and never shown to the
-    # student; its inputs are the synthetic rows below (the config requires some).
+    # student; its inputs are the synthetic and/or public rows below (the config requires one).
     owners = {
         int(r): [t for t in teachers if plan.rows_of(t)[i]]
         for i, r in enumerate(plan.row_id)
@@ -356,6 +358,9 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
         for t, ids in drawn.items():
             owners.update({int(r): [t] for r in ids})
         extra = [f"{where}/{t}.parquet" for t in teachers]
+    if cfg.distill.public_inputs:  # spare pool rows: nobody's member, labelled by every teacher
+        owners.update({r: [] for r in _write_public_rows(ctx, plan, layout.public_rows(student))})
+        extra.append(layout.public_rows(student))
     draws = (
         auto_draws(
             cfg.train.for_role(training_role(student)).steps, cfg.train.batch_size, len(owners)
@@ -363,12 +368,15 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
         if cfg.distill.draws_per_row == "auto"
         else int(cfg.distill.draws_per_row)
     )
-    # the batch group of a row (distill.batching) is the shard index of the teacher that owns it
-    groups = {r: teachers.index(o[0]) for r, o in owners.items()}
-    synthetic = len(owners) - (int(rows.sum()) if cfg.distill.member_inputs else 0)
+    # The batch group of a row (distill.batching) is the shard index of the teacher that owns
+    # it; an owner-less public row goes to group (row id mod K).
+    groups = {r: teachers.index(o[0]) if o else r % len(teachers) for r, o in owners.items()}
+    public = sum(1 for o in owners.values() if not o)
+    synthetic = len(owners) - public - (int(rows.sum()) if cfg.distill.member_inputs else 0)
     params = {
         "draws_per_row": str(draws),
         "synthetic_rows": str(synthetic),
+        "public_rows": str(public),
         "member_inputs": str(cfg.distill.member_inputs).lower(),
     }
     run_id = ctx.tracker.start_run(rel, ctx.parent_run, params=params)
@@ -397,6 +405,26 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
         len(owners),
         secs,
     )
+
+
+def _write_public_rows(ctx: RunContext, plan: Plan, rel: str) -> list[int]:
+    """distill.public_inputs: the pool's unused rows (data.plan.unused_rows) written to `rel`
+    as a rows-like table (row_id, image); returns their ids.
+
+    Raises:
+        DataError: the pool has no unused row (e.g. the split takes all of it)."""
+    pool, _ = load_pool(ctx.cfg.data)
+    ids = unused_rows(pool.images, plan.row_id, set(plan.hash))
+    if not len(ids):
+        raise DataError(
+            "distill.public_inputs: every pool row is in the plan, so no public row is left; "
+            "lower data.num_members / data.num_nonmembers or set distill.public_inputs=false"
+        )
+    ctx.storage.write_table(
+        rel,
+        pa.table({"row_id": pa.array(ids, pa.int64()), "image": image_column(pool.images[ids])}),
+    )
+    return [int(i) for i in ids]
 
 
 def stage_evaluate(ctx: RunContext) -> None:

@@ -38,6 +38,23 @@ def content_hash(image_u8: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(image_u8).tobytes()).hexdigest()
 
 
+def unused_rows(
+    pool_images: np.ndarray, plan_row_ids: np.ndarray, plan_hashes: set[str]
+) -> np.ndarray:
+    """Pool indices outside the plan, dropping any whose content copies a plan row (or an
+    earlier unused row): data no model trains on and no attack audits.
+
+    pool_images: [N, C, H, W] uint8. Returns [n] int64, ascending."""
+    seen = set(plan_hashes)
+    out = []
+    for i in np.setdiff1d(np.arange(len(pool_images)), plan_row_ids):
+        h = content_hash(pool_images[i])
+        if h not in seen:
+            seen.add(h)
+            out.append(int(i))
+    return np.asarray(out, dtype=np.int64)
+
+
 @dataclass
 class Plan:
     """A materialised split. Arrays are aligned: one entry per selected row.

@@ -20,12 +20,7 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import read_encoded
 from raydefense.data.pool import image_column
 from raydefense.data.tables import decode_images, encode_float_rows
-from raydefense.defense.distillmd import (
-    SYNTHETIC_ROW_BASE,
-    SoftTargetLabeller,
-    synthetic_images,
-    synthetic_row_ids,
-)
+from raydefense.defense.distillmd import SoftTargetLabeller, synthetic_images, synthetic_row_ids
 from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
@@ -122,9 +117,14 @@ def label_soft_targets(
     storage.delete(out_dir)
     # Latent families label their encoded rows (read by each actor): no pixels to ship.
     columns = ["row_id"] if is_latent(cfg.model) else ["row_id", "image"]
-    # Plan rows come from the rows table; synthetic ids (above every pool index) from extra_rows.
-    # With distill.member_inputs=false no plan row is labelled and the rows table is not read.
-    in_plan = sorted(int(r) for r in owners if r < SYNTHETIC_ROW_BASE)
+    # Plan rows come from the rows table, the others (synthetic, public) from extra_rows; with
+    # distill.member_inputs=false no plan row is labelled and the rows table is not read.
+    extra_ids = {
+        int(r)
+        for rel in extra_rows
+        for r in storage.read_table(rel, ["row_id"])["row_id"].to_pylist()
+    }
+    in_plan = sorted(int(r) for r in owners if int(r) not in extra_ids)
     parts = []
     if in_plan:
         parts.append(

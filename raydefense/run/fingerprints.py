@@ -46,7 +46,12 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "pang_wang": PangWangConfig().model_dump(mode="json"),
         "rediffuse": ReDiffuseConfig().model_dump(mode="json"),
     },
-    "distill": {"synthetic_per_teacher": 0, "synthetic_steps": 50, "member_inputs": True},
+    "distill": {
+        "synthetic_per_teacher": 0,
+        "synthetic_steps": 50,
+        "member_inputs": True,
+        "public_inputs": False,
+    },
     "sampling": {"guidance_scale": 1.0},
     # quality.domain_rows_from: its default changed the evaluation, so only "spare" (what
     # evaluations before it did) keeps their fingerprints.

@@ -253,7 +253,7 @@ class _RecordingLabeller:
         return {t: [int(r) for r in synthetic_row_ids(k, n)] for k, t in enumerate(teachers)}
 
     def label_soft_targets(self, cfg, storage, teachers, owners, draws, out_dir, groups, extra):
-        self.owners, self.extra = dict(owners), list(extra)
+        self.owners, self.extra, self.groups = dict(owners), list(extra), dict(groups)
         return len(owners) * draws
 
 
@@ -312,3 +312,73 @@ def test_member_inputs_config_and_fingerprints():
     )
     fp_on, fp_off = stage_fingerprints(on), stage_fingerprints(off)
     assert fp_on["student"] != fp_off["student"] and fp_on["targets"] == fp_off["targets"]
+
+
+def test_public_rows_are_labelled_by_every_teacher():
+    """distill.public_inputs: a row no teacher trained on gets the mean of all teachers."""
+    owners = {**OWNERS, 13: frozenset()}
+    lab = SoftTargetLabeller(TEACHERS, owners, SCHED, draws=2, seed=0)
+    out = lab({"row_id": np.array([13]), "shard": np.array([1]), "image": np.zeros((1, 1, 2, 2))})
+    assert np.allclose(out["target"], 1.5) and set(out["teachers"]) == {"teacher_1,teacher_2"}
+
+
+def test_unused_rows_leave_out_the_plan_and_its_content_copies():
+    from raydefense.data.plan import content_hash, unused_rows
+
+    images = np.arange(6 * 4, dtype=np.uint8).reshape(6, 1, 2, 2)
+    images[4] = images[0]  # a content copy of plan row 0
+    images[5] = images[3]  # a copy of an unused row: kept once
+    ids = unused_rows(images, np.array([0, 1]), {content_hash(images[i]) for i in (0, 1)})
+    assert ids.tolist() == [2, 3] and ids.dtype == np.int64
+
+
+def test_public_inputs_add_the_unused_pool_rows_labelled_by_all(tmp_path):
+    """distill.member_inputs=false + distill.public_inputs: the student's inputs are the pool's
+    unused rows alone (no plan row, no content copy of one), owned by no teacher."""
+    from raydefense.data.plan import content_hash, make_plan
+    from raydefense.data.sources import load_digits
+    from raydefense.data.tables import write_plan
+    from raydefense.pipeline import _soft_targets
+    from raydefense.run.context import Backend, RunContext
+    from raydefense.run.fingerprints import stage_fingerprints
+    from raydefense.storage import Storage
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(
+        tmp_path, **{"distill.public_inputs": "true", "distill.member_inputs": "false"}
+    )
+    storage = Storage(cfg.storage.root, cfg.experiment)
+    pool = load_digits(cfg.data)
+    plan = make_plan(pool, cfg.data, cfg.seed)
+    write_plan(storage, plan)
+    labeller = _RecordingLabeller()
+    ctx = RunContext(
+        cfg=cfg,
+        storage=storage,
+        backend=Backend(labeller=labeller),
+        fingerprints=stage_fingerprints(cfg),
+    )
+    _soft_targets(ctx, plan, "student", plan.teachers)
+    ids = sorted(labeller.owners)
+    assert len(ids) > 1000 and not set(ids) & set(plan.row_id.tolist())
+    assert all(labeller.owners[r] == [] for r in ids)
+    assert not {content_hash(pool.images[r]) for r in ids} & set(plan.hash)
+    assert set(labeller.groups.values()) == {0, 1} and labeller.extra == ["distill/public.parquet"]
+    table = storage.read_table("distill/public.parquet")
+    assert table["row_id"].to_pylist() == ids
+    assert table["image"][0].as_py() == pool.images[ids[0]].tobytes()
+
+
+def test_public_inputs_config():
+    from raydefense.config import load_config
+    from raydefense.errors import ConfigError
+    from raydefense.run.fingerprints import config_tree
+
+    assert "public_inputs" not in config_tree(load_config("digits"))["distill"]
+    cfg = load_config(
+        "digits", overrides=["distill.public_inputs=true", "distill.member_inputs=false"]
+    )
+    assert cfg.distill.public_inputs and not cfg.distill.member_inputs
+    with pytest.raises(ConfigError, match="public_inputs labels pixel rows"):
+        load_config("tiny_t2i", overrides=["distill.public_inputs=true"])
