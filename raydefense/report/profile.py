@@ -45,6 +45,7 @@ def profile_markdown(prof: Mapping[str, Any]) -> str:
             "The student's gap, taken apart: on its members it was fitted to the labelling "
             "teachers' predictions, so its error there follows theirs; on non-members its error "
             "is its own generalisation. Equal rows at every t leave the error attacks nothing.",
+            *_inputs_caveat(prof.get("student_inputs", {})),
             "",
             markdown_table(
                 ["eps-MSE"] + [f"t={t}" for t in ts],
@@ -60,6 +61,21 @@ def profile_markdown(prof: Mapping[str, Any]) -> str:
             ),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _inputs_caveat(inputs: Mapping[str, Any]) -> list[str]:
+    """A line for a student distilled on more than (or other than) its members."""
+    if inputs.get("members", True) and not inputs.get("public"):
+        return []
+    parts = [] if inputs.get("members", True) else ["its members were never its inputs"]
+    if inputs.get("synthetic_per_teacher"):
+        parts.append("teachers' samples, each labelled by the teachers that did not draw it")
+    if inputs.get("public"):
+        parts.append("public rows, labelled by every teacher")
+    return [
+        "This student distilled on other inputs (" + "; ".join(parts) + "): the labelling "
+        "teachers' row is each member's non-owner teachers, for comparison."
+    ]
 
 
 def run_profile(
@@ -100,6 +116,11 @@ def run_profile(
         }
         prof = profile(models, schedule, plan, timesteps, draws, cfg.seed, cfg.attacks.batch_size)
     prof["weights"] = cfg.attacks.weights
+    prof["student_inputs"] = {
+        "members": cfg.distill.member_inputs,
+        "synthetic_per_teacher": cfg.distill.synthetic_per_teacher,
+        "public": cfg.distill.public_inputs,
+    }
     storage.write_json(PROFILE_JSON, prof)
     storage.write_bytes(PROFILE_MD, profile_markdown(prof).encode())
     return prof

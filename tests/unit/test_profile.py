@@ -114,6 +114,10 @@ def test_a_memorizer_shows_its_members_and_the_student_gap_is_taken_apart(plan):
     assert len(dec["student_on_members"]) == 2
     text = profile_markdown(prof)
     assert "| teacher_2 |" in text and "labelling teachers on those members" in text
+    assert "distilled on other inputs" not in text
+    public = {"members": False, "synthetic_per_teacher": 0, "public": True}
+    text = profile_markdown({**prof, "student_inputs": public})
+    assert "(its members were never its inputs; public rows, labelled by every teacher)" in text
 
 
 def test_bad_timesteps_are_one_line(plan):
