@@ -257,14 +257,12 @@ class _RecordingLabeller:
         return len(owners) * draws
 
 
-@pytest.mark.parametrize("member_inputs", [True, False])
-def test_member_inputs_false_distils_on_synthetic_rows_alone(tmp_path, member_inputs):
-    """distill.member_inputs=false: no member row is handed to the labeller (so none becomes a
-    student input); the synthetic rows are, each owned by the teacher that drew it."""
+def _distil_inputs(tmp_path, **overrides: str):
+    """Run the distill stage's labelling step on a tiny digits plan with a recording labeller
+    -> (pool, plan, storage, the labeller)."""
     from raydefense.data.plan import make_plan
     from raydefense.data.sources import load_digits
     from raydefense.data.tables import write_plan
-    from raydefense.defense.distillmd import SYNTHETIC_ROW_BASE
     from raydefense.pipeline import _soft_targets
     from raydefense.run.context import Backend, RunContext
     from raydefense.run.fingerprints import stage_fingerprints
@@ -272,15 +270,10 @@ def test_member_inputs_false_distils_on_synthetic_rows_alone(tmp_path, member_in
 
     from conftest import tiny_config
 
-    cfg = tiny_config(
-        tmp_path,
-        **{
-            "distill.synthetic_per_teacher": "3",
-            "distill.member_inputs": str(member_inputs).lower(),
-        },
-    )
+    cfg = tiny_config(tmp_path, **overrides)
     storage = Storage(cfg.storage.root, cfg.experiment)
-    plan = make_plan(load_digits(cfg.data), cfg.data, cfg.seed)
+    pool = load_digits(cfg.data)
+    plan = make_plan(pool, cfg.data, cfg.seed)
     write_plan(storage, plan)
     labeller = _RecordingLabeller()
     ctx = RunContext(
@@ -290,6 +283,22 @@ def test_member_inputs_false_distils_on_synthetic_rows_alone(tmp_path, member_in
         fingerprints=stage_fingerprints(cfg),
     )
     _soft_targets(ctx, plan, "student", plan.teachers)
+    return pool, plan, storage, labeller
+
+
+@pytest.mark.parametrize("member_inputs", [True, False])
+def test_member_inputs_false_distils_on_synthetic_rows_alone(tmp_path, member_inputs):
+    """distill.member_inputs=false: no member row is handed to the labeller (so none becomes a
+    student input); the synthetic rows are, each owned by the teacher that drew it."""
+    from raydefense.defense.distillmd import SYNTHETIC_ROW_BASE
+
+    _, plan, _, labeller = _distil_inputs(
+        tmp_path,
+        **{
+            "distill.synthetic_per_teacher": "3",
+            "distill.member_inputs": str(member_inputs).lower(),
+        },
+    )
     members = {int(r) for r, m in zip(plan.row_id, plan.members_of("student")) if m}
     labelled = set(labeller.owners)
     synthetic = {r for r in labelled if r >= SYNTHETIC_ROW_BASE}
@@ -335,31 +344,11 @@ def test_unused_rows_leave_out_the_plan_and_its_content_copies():
 def test_public_inputs_add_the_unused_pool_rows_labelled_by_all(tmp_path):
     """distill.member_inputs=false + distill.public_inputs: the student's inputs are the pool's
     unused rows alone (no plan row, no content copy of one), owned by no teacher."""
-    from raydefense.data.plan import content_hash, make_plan
-    from raydefense.data.sources import load_digits
-    from raydefense.data.tables import write_plan
-    from raydefense.pipeline import _soft_targets
-    from raydefense.run.context import Backend, RunContext
-    from raydefense.run.fingerprints import stage_fingerprints
-    from raydefense.storage import Storage
+    from raydefense.data.plan import content_hash
 
-    from conftest import tiny_config
-
-    cfg = tiny_config(
+    pool, plan, storage, labeller = _distil_inputs(
         tmp_path, **{"distill.public_inputs": "true", "distill.member_inputs": "false"}
     )
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    pool = load_digits(cfg.data)
-    plan = make_plan(pool, cfg.data, cfg.seed)
-    write_plan(storage, plan)
-    labeller = _RecordingLabeller()
-    ctx = RunContext(
-        cfg=cfg,
-        storage=storage,
-        backend=Backend(labeller=labeller),
-        fingerprints=stage_fingerprints(cfg),
-    )
-    _soft_targets(ctx, plan, "student", plan.teachers)
     ids = sorted(labeller.owners)
     assert len(ids) > 1000 and not set(ids) & set(plan.row_id.tolist())
     assert all(labeller.owners[r] == [] for r in ids)
