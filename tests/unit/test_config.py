@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from raydefense.config import ExperimentConfig, load_config, preset_names
+from raydefense.config import TRAIN_ROLES, ExperimentConfig, load_config, preset_names
 from raydefense.errors import ConfigError
 
 
@@ -274,3 +276,17 @@ def test_a_shipped_preset_may_start_from_another():
     # everything it does not set is the digits preset's
     assert mnist.train == digits.train and mnist.attacks == digits.attacks
     assert mnist.model == digits.model and mnist.sweep == digits.sweep
+
+
+def test_the_digits_default_before_issue_16_is_a_config_file():
+    # docs/results.md's earlier numbers ran on it; only the split and the training regime differ
+    path = Path(__file__).parents[2] / "docs" / "configs" / "digits-128.yaml"
+    old, new = load_config(config_file=str(path)), load_config("digits")
+    assert (old.data.num_members, old.data.num_nonmembers) == (256, 256)
+    assert (new.data.num_members, new.data.num_nonmembers) == (512, 256)
+    assert (old.model.dropout, old.train.val_rows, new.model.dropout) == (0.0, 64, 0.1)
+    assert not any(old.train.stops_early(r) for r in TRAIN_ROLES)
+    assert [old.train.for_role(r).steps for r in TRAIN_ROLES] == [3000] * 3
+    assert new.train.stops_early("teacher") and new.train.stops_early("student")
+    assert new.train.for_role("student").steps == 4000
+    assert (old.attacks, old.distill, old.sampling) == (new.attacks, new.distill, new.sampling)
