@@ -209,7 +209,7 @@ def fit(
         start_step, opt_state = int(state["step"]), state["optimizer"]
         if stopper is not None and state.get("early_stopping") is not None:
             stopper.load_state_dict(state["early_stopping"])
-            if stopper.stopped:  # the fit ended early; its checkpoint holds the best weights
+            if stopper.stopped:  # the fit finished (early or at its budget); best weights saved
                 return {"step": start_step, **stopper.metrics()}
     for m in (net, ema.shadow):
         m.to(device)
