@@ -531,6 +531,82 @@ class DualMDAdaptiveConfig(_Section):
     cv_folds: int = Field(2, ge=2, description="folds of the learned combination's cross-fit")
 
 
+_BASES_DESCRIPTION = (
+    "query attacks whose per-row statistics are calibrated (every setting of each); None: "
+    "every enabled query attack that asks eps(x_t, t) directly (loss, secmi_stat, pia, pian, "
+    "sima)"
+)
+
+
+class LiRAConfig(_Section):
+    """LiRA (Carlini et al. 2022, arXiv 2112.03570; on diffusion losses as in Carlini et al.
+    2023): per audited row, the target's statistic against the same statistic (same seeded
+    noise) from reference models that never trained on the row. Offline (the default): one-sided
+    z-score against the references' Gaussian; online: log N(IN) - log N(OUT) where reference
+    models trained on the row exist (raydefense.attacks.reference)."""
+
+    bases: Optional[list[str]] = Field(None, description=_BASES_DESCRIPTION)
+    variance: Literal["auto", "global", "per_example"] = Field(
+        "auto",
+        description="per_example: each row's own spread over its references; global: one "
+        "spread shared by every row (the paper's choice below 64 references); auto: "
+        "per_example from `per_example_min` references on",
+    )
+    per_example_min: int = Field(64, ge=2, description="references that make `auto` per-example")
+    transform: Literal["log", "none"] = Field(
+        "log",
+        description="log: the statistic is -log(error) of the error a base score negates (a "
+        "positive error's analogue of LiRA's logit scaling, closer to Gaussian); none: the raw "
+        "score",
+    )
+
+
+class RMIAConfig(_Section):
+    """RMIA (Zarifzadeh, Liu, Shokri, ICML 2024, arXiv 2312.03262), offline: the likelihood
+    ratio of x under the target vs the references, compared pairwise with population rows z
+    (rows no audit uses and no model trained on). Pr(x | model) = exp(-error(x) / T(x)), the
+    error a base score negates over the references' mean error on x;
+    Pr(x) = ((1 + a) mean_ref Pr(x | ref) + (1 - a)) / 2; score = fraction of z with
+    LR(x, z) >= gamma."""
+
+    bases: Optional[list[str]] = Field(None, description=_BASES_DESCRIPTION)
+    gamma: float = Field(
+        1.0,
+        gt=0,
+        description="pairwise likelihood-ratio threshold; 1: the score is the population's "
+        "CDF of the ratio (the paper tunes gamma near 1-2 for class probabilities; this "
+        "proxy's ratios sit near 1, where gamma = 2 flags no pair)",
+    )
+    offline_a: float = Field(
+        0.3, ge=0, le=1, description="offline approximation of Pr(x) from OUT references"
+    )
+
+
+class QuantileConfig(_Section):
+    """Quantile-regression attack (Tang, Wu, Aydore, Kearns, Roth, ICML 2024, arXiv
+    2312.05140): no shadow diffusion model. Small regressors trained on the attacker's
+    population rows (never audited, never trained on) predict, from the image alone, the
+    distribution of the target's statistic on non-members (a Gaussian: mean and spread, fitted
+    by its likelihood); a row's score is its z-score against that prediction (a per-example
+    threshold), averaged over a bag of regressors on bootstrap samples."""
+
+    bases: Optional[list[str]] = Field(None, description=_BASES_DESCRIPTION)
+    bag: int = Field(5, ge=1, description="regressors, each on its own bootstrap sample")
+    aggregate: list[Literal["mean", "vote"]] = Field(
+        ["mean"],
+        min_length=1,
+        description="mean: the bag's average z-score; vote: the fraction of the bag whose "
+        "1 - alpha quantile the row's statistic exceeds (the paper's majority vote)",
+    )
+    alpha: float = Field(0.01, gt=0, lt=1, description="the vote's per-regressor FPR")
+    epochs: int = Field(100, ge=1)
+    width: int = Field(32, ge=4, description="channels of the regressor's first conv layer")
+    lr: float = Field(1e-3, gt=0)
+    transform: Literal["log", "none"] = Field(
+        "log", description="as attacks.lira.transform: the regressed statistic"
+    )
+
+
 class AttacksConfig(_Section):
     """Which attacks run in `evaluate`, against which targets, and their hyperparameters."""
 
@@ -562,6 +638,9 @@ class AttacksConfig(_Section):
     rediffuse: ReDiffuseConfig = ReDiffuseConfig()
     clid: CLiDConfig = CLiDConfig()
     dualmd_adaptive: DualMDAdaptiveConfig = DualMDAdaptiveConfig()
+    lira: LiRAConfig = LiRAConfig()
+    rmia: RMIAConfig = RMIAConfig()
+    quantile: QuantileConfig = QuantileConfig()
     shadow: ShadowConfig = ShadowConfig()
 
 

@@ -24,10 +24,11 @@ import pyarrow as pa
 import torch
 
 from raydefense import layout
+from raydefense.attacks.base import FAMILIES, NOT_COVERED
 from raydefense.audit.evaluate import run_evaluation
 from raydefense.audit.imported import check_imported, import_model
 from raydefense.audit.results import metric_rows
-from raydefense.audit.selection import tradeoff
+from raydefense.audit.selection import suite_coverage, tradeoff
 from raydefense.audit.targets import shadow_roles, shadow_students, shadows_needed
 from raydefense.config import ExperimentConfig
 from raydefense.data.captioning import with_generated_captions
@@ -435,6 +436,7 @@ def stage_evaluate(ctx: RunContext) -> None:
     storage.write_json(layout.QUALITY, out.quality)
     storage.write_json(layout.SKIPPED, out.skipped)
     storage.write_json(layout.SHADOWS, out.shadows)
+    storage.write_json(layout.REFERENCES, out.references)
     for target, grid in out.samples.items():
         storage.write_bytes(layout.sample_grid(target), _npy_bytes(grid))
 
@@ -479,6 +481,9 @@ def stage_report(ctx: RunContext) -> dict:
         "quality": quality,
         "skipped": skipped,
         "shadows": (storage.read_json(layout.SHADOWS) if storage.exists(layout.SHADOWS) else {}),
+        "references": (
+            storage.read_json(layout.REFERENCES) if storage.exists(layout.REFERENCES) else {}
+        ),
     }
     if cfg.audit.models:
         results["audit"] = {
@@ -490,6 +495,7 @@ def stage_report(ctx: RunContext) -> dict:
     results.update(
         tradeoff(results, _sweep_results(ctx, "attacks"), _sweep_results(ctx, "training"))
     )
+    results["suite"] = suite_coverage(rows, FAMILIES, NOT_COVERED)
     if is_latent(cfg.model):  # text-to-image: this run's table, or the study's when base
         results["text_to_image"] = _t2i_table(ctx, results)
     seeds = _seed_study(ctx)

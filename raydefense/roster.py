@@ -58,9 +58,26 @@ def shadow_name(j: int, role: str = "baseline", shard: int = 0) -> str:
     raise ValueError(f"unknown shadow role {role!r}; expected one of {SHADOW_ROLES}")
 
 
+def shadow_router(j: int) -> str:
+    """Shadow draw j's DualMD: a step router over that draw's shadow teachers (never trained;
+    the reference model of a reference-calibrated attack on `dualmd`)."""
+    return f"shadow_{j + 1}_{DUALMD}"
+
+
+def router_teachers(model: str, teachers: list[str]) -> Optional[list[str]]:
+    """The teachers behind a step router: `dualmd` -> `teachers` (the plan's), shadow_j_dualmd
+    -> shadow draw j's teachers (as many); None for a single model."""
+    if model == DUALMD:
+        return list(teachers)
+    shadow = parse_shadow(model)
+    if shadow is not None and shadow[1] == DUALMD:
+        return [shadow_name(shadow[0], "teacher", k) for k in range(len(teachers))]
+    return None
+
+
 def parse_shadow(model: str) -> Optional[tuple[int, str, int]]:
-    """A shadow model name -> (draw j, role, shard k) (k = -1 unless a teacher); None for a
-    target's name."""
+    """A shadow model name -> (draw j, role, shard k) (k = -1 unless a teacher; role "dualmd"
+    for a draw's router, `shadow_router`); None for a target's name."""
     parts = model.split("_")
     if parts[0] != "shadow" or len(parts) < 2 or not parts[1].isdigit():
         return None
@@ -69,6 +86,8 @@ def parse_shadow(model: str) -> Optional[tuple[int, str, int]]:
         return j, "baseline", -1
     if parts[2:] == [STUDENT]:
         return j, "student", -1
+    if parts[2:] == [DUALMD]:
+        return j, DUALMD, -1
     if len(parts) == 4 and parts[2] == "teacher" and parts[3].isdigit():
         return j, "teacher", int(parts[3]) - 1
     raise KeyError(f"unknown shadow model {model!r}")

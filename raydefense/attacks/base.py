@@ -10,7 +10,9 @@ Every attack orients its output **higher = more likely a member** and declares:
   - "learned": per-row features (`features(...) -> [B, F]`) that a classifier turns into scores;
     `trains_on` says whether that classifier is fitted on the target's calibration part
     ("calibration", out-of-fold scores there) or on shadow models' rows ("shadow");
-  - "generated": scores from the target's generated images (`score_generated(...) -> [B, S]`).
+  - "generated": scores from the target's generated images (`score_generated(...) -> [B, S]`);
+  - "reference": per-row recalibration of base query columns against reference models that
+    never trained on the row and/or population rows (LiRA, RMIA, quantile regression).
 - `settings()`: one params dict per output column (a t sweep is several settings of one attack).
 
 Attacks never touch Ray, MLflow or the file system. `cache` is a per-batch dict that attacks use to
@@ -62,7 +64,7 @@ def check_access(attack: Attack, target: str, target_access: str) -> None:
 
 
 Access = Literal["black-box", "gray-box", "white-box"]
-AttackKind = Literal["query", "learned", "generated", "adaptive", "text", "interface"]
+AttackKind = Literal["query", "learned", "generated", "adaptive", "text", "interface", "reference"]
 
 
 class Attack(ABC):
@@ -78,6 +80,10 @@ class Attack(ABC):
     needs_router: ClassVar[bool] = False
     # needs captions: text-to-image targets only (model.kind=sd)
     text_only: ClassVar[bool] = False
+    # reference-calibrated attacks (raydefense.attacks.reference): they compare the target with
+    # OUT reference models (the attacker's shadows) and/or with population rows
+    uses_references: ClassVar[bool] = False
+    uses_population: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, num_train_timesteps: int = 1000) -> None:
         """cfg: the attack's config section (raydefense.config.AttacksConfig.<name>) or its
@@ -307,6 +313,43 @@ class GeneratedAttack(Attack):
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+# The attack families the suite can cover, strongest-informed last: what the report's worst
+# case says it was taken over.
+FAMILIES = {
+    "threshold": "a threshold on one query statistic (loss, SecMI_stat, PIA, PIAN, SimA, CLiD)",
+    "learned": "a classifier over per-row features, fitted on calibration rows or on shadow "
+    "models (SecMI_NN, GSA)",
+    "black-box": "generated images or the public sampler only (nearest neighbour, Pang & Wang, "
+    "ReDiffuse)",
+    "router-aware": "DualMD's public step routing: one timestep per teacher, combined",
+    "population": "per-example thresholds learned on population rows the target never saw "
+    "(quantile regression)",
+    "reference": "the target's statistic against OUT reference models trained like it, same "
+    "noise (offline LiRA, RMIA)",
+}
+# Families the field uses that the suite does not implement yet: the report names them.
+NOT_COVERED = (
+    "online LiRA (reference models trained IN on half of the audited rows)",
+    "a combined classifier over every attack column (nested cross-validation)",
+    "DualMD's cross-teacher contrast (z_own - z_other through the router)",
+)
+
+
+def attack_family(attack: type[Attack] | Attack) -> str:
+    """The family (a FAMILIES key) an attack belongs to."""
+    kind = attack.kind
+    if kind in ("query", "text"):
+        return "threshold"
+    if kind == "learned":
+        return "learned"
+    if kind in ("generated", "interface"):
+        return "black-box"
+    if kind == "adaptive":
+        return "router-aware"
+    if kind == "reference":
+        return "reference" if attack.uses_references else "population"
+    raise ValueError(f"attack {attack.name!r} has kind {kind!r}, which has no family")
 
 
 def scaled_timestep(t: int, schedule: NoiseSchedule) -> int:

@@ -18,11 +18,20 @@ import torch
 
 from raydefense.attacks.adaptive import DualMDAdaptive
 from raydefense.attacks.base import GeneratedAttack, LearnedAttack, QueryAttack
+from raydefense.attacks.reference import ReferenceAttack
 from raydefense.audit.learned import (
     adaptive_scores,
     fit_learned,
     learned_fit_args,
     learned_scores,
+)
+from raydefense.audit.reference import (
+    reference_inputs,
+    reference_jobs,
+    reference_members,
+    reference_rows,
+    references_for,
+    score_reference_attack,
 )
 from raydefense.audit.scoring import (
     QUALITY_COL,
@@ -54,6 +63,7 @@ class EvaluationResult:
     samples: dict[str, np.ndarray]
     skipped: list[dict[str, str]]
     shadows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_evaluation(
@@ -84,6 +94,12 @@ def run_evaluation(
     ]
     served = {t: [a.name for a in ap.attacks[t] if a.trains_on == "shadow"] for t in ap.targets}
     jobs += shadow_jobs(cfg, plan, served)
+    # Reference-calibrated attacks: the targets on population rows, the references on the
+    # audited rows and the population (checked OUT for every audited row first).
+    referenced = {
+        t: [a for a in ap.attacks[t] if isinstance(a, ReferenceAttack)] for t in ap.targets
+    }
+    jobs += reference_jobs(cfg, plan, referenced)
     # The same pool generates images (grids, black-box attack, quality) with the models it holds.
     needs_bb = any(a.kind == "generated" for t in ap.targets for a in ap.attacks[t])
     n_gen = max(
@@ -93,7 +109,7 @@ def run_evaluation(
     )
     t0 = time.perf_counter()
     columns, gen = scorer.score(cfg, plan, jobs, {t: n_gen for t in ap.targets})
-    scored = dict(zip([j.model for j in jobs], columns))
+    scored = dict(zip([j.name for j in jobs], columns))
     log.info(
         "evaluate: scored %d models and generated %d images per target in %.1fs",
         len(jobs),
@@ -109,6 +125,8 @@ def run_evaluation(
     quality: list[dict[str, Any]] = []
     fits: list[tuple[Any, ...]] = []
     fit_keys: list[tuple[str, str]] = []
+    ref_fits: list[tuple[Any, ...]] = []
+    ref_keys: list[tuple[str, ReferenceAttack, list[dict[str, Any]], int]] = []
     for t in ap.targets:
         mask = audited_rows(plan, t)
         ids, member = plan.row_id[mask], plan.split[mask] == MEMBER
@@ -132,6 +150,10 @@ def run_evaluation(
             elif isinstance(a, LearnedAttack):
                 fits.append(learned_fit_args(cfg, plan, t, a.name, a, scored))
                 fit_keys.append((t, a.name))
+            elif isinstance(a, ReferenceAttack):
+                settings, data = reference_inputs(cfg, plan, t, a, scored)
+                ref_fits.append((a.name, cfg.model_dump(mode="json"), data))
+                ref_keys.append((t, a, settings, len(references_for(cfg, plan, t))))
             else:
                 raise TypeError(f"attack {a.name!r} subclasses none of raydefense.attacks.base's")
         if QUALITY_COL in res:
@@ -159,6 +181,19 @@ def run_evaluation(
         params = by_name[name].settings()[0]
         long_rows(cols, t, name, params, ids, member, part, learned_scores(out, part))
     log.info("evaluate: fitted %d learned attacks in %.1fs", len(fits), time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for (t, a, settings, n_refs), out in zip(
+        ref_keys, scorer.map(score_reference_attack, ref_fits)
+    ):
+        mask = audited_rows(plan, t)
+        ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
+        for params, score in reference_rows(a, settings, out, n_refs):
+            long_rows(cols, t, a.name, params, ids, member, part, score)
+    log.info(
+        "evaluate: %d reference-calibrated attacks in %.1fs",
+        len(ref_fits),
+        time.perf_counter() - t0,
+    )
     if domain is not None:
         quality.append(
             {
@@ -176,7 +211,12 @@ def run_evaluation(
         )
     samples = {t: g[: cfg.sampling.num_images] for t, g in gen.items()}
     return EvaluationResult(
-        pa.table(cols), quality, samples, ap.skipped, shadow_summary(cfg, plan, served)
+        pa.table(cols),
+        quality,
+        samples,
+        ap.skipped,
+        shadow_summary(cfg, plan, served),
+        reference_summary(cfg, plan, referenced),
     )
 
 
@@ -201,6 +241,33 @@ def shadow_summary(
                     "heldout": int(plan.shadow_nonmembers(m).sum()),
                 }
                 for m in models
+            },
+        }
+    return out
+
+
+def reference_summary(
+    cfg: ExperimentConfig, plan: Plan, referenced: dict[str, list[ReferenceAttack]]
+) -> dict[str, dict[str, Any]]:
+    """Per target audited by reference-calibrated attacks: the attacks, the population size
+    and each reference model's member count and its overlap with the audited rows (0 by
+    `check_references`) (results.json `references`)."""
+    out = {}
+    population = int(plan.population().sum())
+    for t, attacks in referenced.items():
+        if not attacks:
+            continue
+        refs = references_for(cfg, plan, t) if any(a.uses_references for a in attacks) else []
+        audited = audited_rows(plan, t)
+        out[t] = {
+            "attacks": [a.name for a in attacks],
+            "population_rows": population,
+            "models": {
+                r: {
+                    "members": int(reference_members(plan, r).sum()),
+                    "audited_rows_trained_on": int((reference_members(plan, r) & audited).sum()),
+                }
+                for r in refs
             },
         }
     return out

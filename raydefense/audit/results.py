@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydefense.attacks import ATTACKS
+from raydefense.attacks.base import attack_family
 from raydefense.attacks.metrics import attack_metrics, roc
 from raydefense.audit.targets import ADAPTIVE
 from raydefense.data.plan import TEST
@@ -51,6 +52,7 @@ def metric_rows(
         row = {"target": target, "attack": attack, "params": json.loads(params), **m}
         if attack in ATTACKS:
             row["access"] = ATTACKS.get(attack).access
+            row["family"] = attack_family(ATTACKS.get(attack))
         if target == DUALMD and row.get("access") not in (None, "black-box"):
             row["note"] = ADAPTIVE_NOTE if attack == ADAPTIVE else GRAYBOX_NOTE
         rows.append(row)

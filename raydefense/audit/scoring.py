@@ -29,7 +29,7 @@ from raydefense.audit.targets import (
 )
 from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import EncodedRows, read_encoded
-from raydefense.data.plan import CALIBRATION, NONMEMBER, Plan
+from raydefense.data.plan import Plan
 from raydefense.data.pool import to_model_range
 from raydefense.data.tables import image_shape
 from raydefense.defense.dualmd import DualMDPipeline, DualMDStepRouter
@@ -39,7 +39,7 @@ from raydefense.diffusion.eps import EpsModel, EpsNet, FrozenEps
 from raydefense.diffusion.sampling import sample
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.layout import model_dir
-from raydefense.roster import DUALMD
+from raydefense.roster import router_teachers
 from raydefense.seeding import STREAM_AUDIT_LATENT, STREAM_PROMPTS, STREAM_QUALITY
 from raydefense.storage import Storage
 
@@ -55,14 +55,16 @@ def load_target(
     teachers: list[str],
     device: str = "cpu",
 ) -> EpsModel:
-    """A target's eps interface: its network, or DualMD's step router over its teachers."""
+    """A target's eps interface: its network, or a step router over its teachers (DualMD's, or a
+    shadow draw's `shadow_j_dualmd` over that draw's shadow teachers)."""
 
     def load(model: str) -> EpsModel:
         return load_eps(cfg.model, storage.local_dir(model_dir(model), cache_dir), weights, device)
 
-    if target == DUALMD:
+    routed = router_teachers(target, teachers)
+    if routed is not None:  # DualMD, or a reference's router over a shadow draw's teachers
         return DualMDStepRouter(
-            [load(m) for m in teachers],
+            [load(m) for m in routed],
             schedule_of(cfg),
             cfg.sampling.num_steps,
         )
@@ -288,29 +290,21 @@ def heldout_eps_mse_rows(
     return (total / draws).astype(np.float32)
 
 
-def validation_rows(plan: Plan, n: int) -> np.ndarray:
-    """The first n calibration-part non-members (plan row order): rows no target trains on and
-    whose test-part siblings alone decide the reported attack metrics. -> bool mask [R]."""
-    mask = (plan.split == NONMEMBER) & (plan.part == CALIBRATION)
-    keep = np.flatnonzero(mask)[:n]
-    out = np.zeros(len(mask), dtype=bool)
-    out[keep] = True
-    return out
-
-
 def heldout_validator(
     plan: Plan,
     schedule: NoiseSchedule,
     n: int,
     seed: int,
+    model: str,
     encoded: Optional[EncodedRows] = None,
 ) -> Callable[[EpsNet], dict[str, float]]:
     """A training-loop hook: net (EMA weights) -> {"val_eps_mse": mean held-out eps-MSE on
-    `validation_rows(plan, n)`}, one seeded (t, noise) draw per row, so successive reports
+    `plan.validation_rows(n, model)` (rows outside the audit that `model` does not train on)},
+    one seeded (t, noise) draw per row, so successive reports
     of one fit (and fits of different trials) are measured on identical inputs. `encoded`:
     a latent family's encoded rows (latents and original captions are validated instead)."""
 
-    mask = validation_rows(plan, n)
+    mask, _ = plan.validation_rows(n, model)
     ids = plan.row_id[mask]
     cond: Optional[torch.Tensor] = None
     if encoded is None:
@@ -330,12 +324,19 @@ def heldout_validator(
 
 @dataclass
 class ScoreJob:
-    """Score `row_ids` (all rows of the plan where `mask`) of `model` with `attacks`."""
+    """Score `row_ids` (all rows of the plan where `mask`) of `model` with `attacks`. `key`
+    names the job's columns when one model has several jobs (a reference model's audited and
+    population rows beside its shadow rows); default: the model's name."""
 
     model: str
     mask: np.ndarray
     attacks: list[str]
     with_quality: bool = True
+    key: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return self.key or self.model
 
 
 def shadow_jobs(cfg: ExperimentConfig, plan: Plan, served: dict[str, list[str]]) -> list[ScoreJob]:

@@ -96,25 +96,48 @@ def build_attacks(cfg: ExperimentConfig) -> list[Attack]:
                 f"attack {name!r} learns from shadow models; set "
                 "attacks.shadow.num_models >= 1 or drop it from attacks.enabled"
             )
+        if attack.uses_references and cfg.attacks.shadow.num_models < 1:
+            raise ConfigError(
+                f"attack {name!r} compares the target with reference models and "
+                "attacks.shadow.num_models=0 trains none; set attacks.shadow.num_models >= 1 "
+                "or drop it from attacks.enabled"
+            )
+        if attack.uses_population and cfg.attacks.shadow.num_models < 1:
+            raise ConfigError(
+                f"attack {name!r} needs population rows (the held-out half of a shadow draw, "
+                "never audited) and attacks.shadow.num_models=0 draws none; set "
+                "attacks.shadow.num_models >= 1 or drop it from attacks.enabled"
+            )
         out.append(attack)
     return out
 
 
+def uses_shadow_models(attack: type[Attack] | Attack) -> bool:
+    """The attack learns from shadow models or compares with them as references."""
+    return attack.trains_on == "shadow" or attack.uses_references
+
+
 def shadows_needed(cfg: ExperimentConfig) -> int:
-    """Number of shadow draws prepare must plan (0 unless an enabled attack learns from them)."""
-    uses = any(ATTACKS.get(n).trains_on == "shadow" for n in cfg.attacks.enabled)
+    """Number of shadow draws prepare must plan: 0 unless an enabled attack learns from shadow
+    models, compares with reference models or reads population rows (a draw's held-out half)."""
+    uses = any(
+        uses_shadow_models(a) or a.uses_population for a in map(ATTACKS.get, cfg.attacks.enabled)
+    )
     return cfg.attacks.shadow.num_models if uses else 0
 
 
 def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
     """The shadow regimes prepare must plan: with `attacks.shadow.regime` "baseline" only the
-    baseline-like shadow; with "matched" the roles of the targets a shadow-trained attack audits
-    (every target unless `attacks.targets` is set). () when no shadow is needed."""
-    if not shadows_needed(cfg):
+    baseline-like shadow; with "matched" the roles of the targets a shadow-trained or reference
+    attack audits (every target unless `attacks.targets` is set). () when no shadow model is
+    needed (a population-only attack draws rows but trains no shadow model)."""
+    if not shadows_needed(cfg) or not any(
+        uses_shadow_models(ATTACKS.get(n)) for n in cfg.attacks.enabled
+    ):
         return ()
     if cfg.attacks.shadow.regime == "baseline":
         return ("baseline",)
-    shadow_attacks = [a for a in build_attacks(cfg) if a.trains_on == "shadow"]
+    shadow_attacks = [a for a in build_attacks(cfg) if uses_shadow_models(a)]
     targets = cfg.attacks.targets or default_targets(cfg, cfg.data.num_shards)
     roles = set()
     for t in targets:

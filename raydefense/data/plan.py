@@ -131,6 +131,34 @@ class Plan:
     def num_shards(self) -> int:
         return len(self.teachers)
 
+    def population(self) -> np.ndarray:
+        """Bool [R]: the attacker's population: rows no audit scores (the shadow split) that no
+        model trains on (held out by every shadow draw). What reference attacks compare with
+        (RMIA's population samples z, the quantile regressor's training rows)."""
+        assert self.shadow_train is not None  # set by __post_init__
+        trained = self.membership.any(axis=0) | self.shadow_train.any(axis=0)
+        rows: np.ndarray = (self.split == SHADOW) & ~trained
+        return rows
+
+    def validation_rows(self, n: int, model: str) -> tuple[np.ndarray, str]:
+        """The n rows on which `model`'s fit measures held-out eps-MSE (early stopping, ASHA):
+        rows no audit scores and `model` does not train on (the shadow split), shadow-trained
+        rows before population rows, so a target's selection never reads an audited row nor the
+        attacker's population. Without n such rows (no shadow draw), the first n calibration
+        non-members (the rule before #27; they also set thresholds).
+
+        Returns (bool mask [R], rule: "outside_audit" | "calibration_nonmembers")."""
+        outside = (self.split == SHADOW) & ~self.members_of(model)
+        pop = self.population()
+        order = np.concatenate([np.flatnonzero(outside & ~pop), np.flatnonzero(outside & pop)])
+        rule = "outside_audit"
+        if len(order) < n:
+            order = np.flatnonzero((self.split == NONMEMBER) & (self.part == CALIBRATION))
+            rule = "calibration_nonmembers"
+        out = np.zeros(len(self.row_id), dtype=bool)
+        out[order[:n]] = True
+        return out, rule
+
     def rows_of(self, model: str) -> np.ndarray:
         """Bool [R]: the rows `model` trains on (its row of the membership matrix)."""
         rows: np.ndarray = self.membership[self.models.index(model)]

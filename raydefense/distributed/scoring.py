@@ -38,7 +38,7 @@ class ScoringActor:
     def __init__(
         self,
         cfg_dict: dict,
-        jobs: dict[str, tuple[list[str], bool]],
+        jobs: dict[str, tuple[str, list[str], bool]],
         teachers: list[str],
         image_shape: list[int],
     ) -> None:
@@ -51,13 +51,14 @@ class ScoringActor:
         self.workers: dict[str, ScoringWorker] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # `model` is a job's name (ScoreJob.name); generation blocks name the target itself.
         model, op = str(batch["model"][0]), str(batch["op"][0])
         if model not in self.workers:
-            attacks, with_quality = self.jobs.get(model, ([], False))
+            net, attacks, with_quality = self.jobs.get(model, (model, [], False))
             self.workers[model] = ScoringWorker(
                 self.cfg,
                 self.storage,
-                model,
+                net,
                 attacks,
                 self.teachers,
                 self._cache,
@@ -110,13 +111,13 @@ class RayScorer:
         ]
         for job in jobs:
             ids = plan.row_id[job.mask]
-            table = block(job.model, SCORE, ids, plan.images[job.mask].reshape(len(ids), -1))
+            table = block(job.name, SCORE, ids, plan.images[job.mask].reshape(len(ids), -1))
             blocks += [table.slice(s, bs) for s in range(0, len(ids), bs)]
         ds = ray.data.from_arrow(blocks).map_batches(
             ScoringActor,
             fn_constructor_kwargs={
                 "cfg_dict": cfg.model_dump(mode="json"),
-                "jobs": {j.model: (j.attacks, j.with_quality) for j in jobs},
+                "jobs": {j.name: (j.model, j.attacks, j.with_quality) for j in jobs},
                 "teachers": plan.teachers,
                 "image_shape": list(plan.images.shape[1:]),
             },
@@ -126,7 +127,7 @@ class RayScorer:
             num_cpus=res.cpus_per_worker,
             num_gpus=res.gpus_per_worker,
         )
-        parts: dict[str, list[dict[str, np.ndarray]]] = {j.model: [] for j in jobs}
+        parts: dict[str, list[dict[str, np.ndarray]]] = {j.name: [] for j in jobs}
         generated: dict[str, np.ndarray] = {}
         done = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -140,7 +141,7 @@ class RayScorer:
                 report("score and generate", done, len(blocks), "batches")
                 if verbose() and (done == len(blocks) or done % max(1, len(blocks) // 10) == 0):
                     print(f"[raydefense] scoring: {done}/{len(blocks)} batches", flush=True)
-        return [merge_columns(parts[j.model], plan.row_id[j.mask]) for j in jobs], generated
+        return [merge_columns(parts[j.name], plan.row_id[j.mask]) for j in jobs], generated
 
     def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
         remote = cluster_task(_call)

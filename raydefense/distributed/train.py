@@ -161,7 +161,9 @@ def _train_loop(config: dict) -> Optional[dict]:
         from raydefense.audit.scoring import heldout_validator
 
         assert plan is not None  # read above whenever val_rows is set
-        validate = heldout_validator(plan, schedule, cfg.train.val_rows, cfg.seed, encoded)
+        validate = heldout_validator(
+            plan, schedule, cfg.train.val_rows, cfg.seed, spec.model, encoded
+        )
     try:
         fit(
             data,

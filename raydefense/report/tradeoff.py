@@ -144,6 +144,9 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
 
     for t in sort_targets(privacy):
         body.append(line(t, privacy[t]))
+        raw = privacy[t].get("without_calibrated")
+        if raw and raw is not privacy[t] and raw["attack"] != privacy[t]["attack"]:
+            body.append(line(f"{t}, without reference/population attacks", raw))
         if privacy[t].get("black_box"):
             body.append(line(f"{t}, black-box only", privacy[t]["black_box"]))
     table = markdown_table(
@@ -166,6 +169,12 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
         f"calibration non-members at 1% FPR and gives the TPR and FPR it realises on test. "
         f"{RESOLUTION_LIMITED}: 1% is below 1/n of that split's non-members."
     ]
+    if any(privacy[t].get("without_calibrated") for t in privacy):
+        notes.append(
+            "*Without reference/population attacks*: the same choice over the raw-statistic "
+            "and learned attacks alone (what the suite reported before LiRA, RMIA and "
+            "quantile regression); shown where it picks another attack."
+        )
     if any(privacy[t].get("black_box") for t in privacy):
         notes.append(
             "DualMD protects against **black-box** attackers only (the paper's threat "
@@ -249,3 +258,19 @@ def _recommendation_markdown(rec: Mapping[str, Any], metric: Optional[str]) -> s
             f"setting on the front: `{escape(rec['closest'])}`."
         )
     return f"**No recommended setting**: {rec.get('rule')}."
+
+
+def suite_markdown(suite: Mapping[str, Any]) -> str:
+    """What the worst case was taken over (results.json `suite`): the families covered, with
+    their attacks, and those not covered."""
+    lines = [f"The worst case is {suite['headline']}. The suite covers:", ""]
+    for f in suite.get("covered", []):
+        lines.append(
+            f"- **{escape(f['family'])}**: {escape(f['description'])}: "
+            f"{escape(', '.join(f['attacks']))}"
+        )
+    missing = suite.get("not_covered", [])
+    if missing:
+        lines += ["", "It does not cover (an attacker using these may do better):", ""]
+        lines += [f"- {escape(m)}" for m in missing]
+    return "\n".join(lines)

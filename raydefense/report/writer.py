@@ -233,7 +233,7 @@ def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[st
     results.json has them: raydefense.report.tradeoff)."""
     if "privacy" not in results:
         return []
-    from raydefense.report.tradeoff import privacy_markdown, tradeoff_markdown
+    from raydefense.report.tradeoff import privacy_markdown, suite_markdown, tradeoff_markdown
 
     parts = [
         "## Privacy: the defender's worst case",
@@ -243,6 +243,8 @@ def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[st
         privacy_markdown(results["privacy"]),
         "",
     ]
+    if results.get("suite"):
+        parts += [suite_markdown(results["suite"]), ""]
     if results.get("privacy_utility"):
         parts += [
             "## Privacy-utility trade-off",

@@ -23,6 +23,10 @@ def _hash(*parts: object) -> str:
     return stable_hash(list(parts))
 
 
+# The rows early stopping validates on (`Plan.validation_rows`): changing them changes which
+# weights an early-stopping fit keeps, so fits that stop early hash the rule.
+VALIDATION_RULE = "outside_audit"
+
 # Fields added after models were first trained, with their defaults: left out of the hashed
 # config while they keep them, so earlier models keep their fingerprints.
 LATE_FIELDS: dict[str, dict[str, Any]] = {
@@ -97,9 +101,7 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     # the one baseline-like shadow per draw that regime "baseline" plans.
     shadow = {k: x for k, x in d["attacks"]["shadow"].items() if k != "regime"} if shadows else None
     plan_shadows = (
-        shadow
-        if shadow is None or roles in ((), ("baseline",))
-        else {**shadow, "roles": list(roles)}
+        shadow if shadow is None or roles == ("baseline",) else {**shadow, "roles": list(roles)}
     )
     # A latent family's prepare also encodes the rows with its pipeline's VAE and text encoder.
     encoder = [d["model"]["kind"], d["model"]["pipeline"]] if cfg.model.kind == "sd" else []
@@ -113,6 +115,8 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     # The student's own overrides (train.student) change the student alone.
     student_train = [d["train"]["student"]] if "student" in d["train"] else []
     train = {k: x for k, x in d["train"].items() if k not in (*cadence, "student")}
+    if stops_early:  # which rows early stopping reads (#27: outside the audit, no longer
+        train["validation_rule"] = VALIDATION_RULE  # the calibration non-members)
     # An audit imports its target models: their identity is their weights' digests (by role),
     # not where they were read from.
     imported = [d["audit"].get("digests", {})] if "audit" in d else []
@@ -152,7 +156,10 @@ def _role_train(cfg: ExperimentConfig, role: str) -> dict[str, Any]:
     cadence: tuple[str, ...] = ("checkpoint_every",)
     if not cfg.train.stops_early(role):
         cadence += ("log_every", "val_rows")
-    return {k: x for k, x in t.items() if k not in cadence}
+    out = {k: x for k, x in t.items() if k not in cadence}
+    if cfg.train.stops_early(role):
+        out["validation_rule"] = VALIDATION_RULE
+    return out
 
 
 def model_fingerprint(fps: dict[str, str], model: str) -> str:

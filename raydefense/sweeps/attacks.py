@@ -126,7 +126,7 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, scorer: Scorer) -> pa.Table:
     )
     t0 = time.perf_counter()
     columns, _ = scorer.score(cfg, plan, jobs, {})
-    scored = dict(zip([j.model for j in jobs], columns))
+    scored = dict(zip([j.name for j in jobs], columns))
     log.info(
         "sweep: scored %d settings of %d attacks on %d targets in %.1fs",
         sum(len(a.settings()) for a in attacks),

@@ -331,7 +331,12 @@ def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str)
         )
     encoded = read_encoded(storage) if is_latent(tcfg.model) else None
     validate = heldout_validator(
-        read_plan(storage), schedule_of(tcfg), tcfg.train.val_rows, tcfg.seed, encoded
+        read_plan(storage),
+        schedule_of(tcfg),
+        tcfg.train.val_rows,
+        tcfg.seed,
+        watched_model(cfg.sweep.target),
+        encoded,
     )
     return validate(net)[VAL_METRIC]
 

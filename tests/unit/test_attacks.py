@@ -193,6 +193,7 @@ def test_every_registered_attack_declares_itself_through_a_base_class() -> None:
         QueryAttack,
         TextQueryAttack,
     )
+    from raydefense.attacks.reference import ReferenceAttack
 
     bases = {
         "query": QueryAttack,
@@ -200,6 +201,7 @@ def test_every_registered_attack_declares_itself_through_a_base_class() -> None:
         "generated": GeneratedAttack,
         "text": TextQueryAttack,
         "interface": InterfaceAttack,
+        "reference": ReferenceAttack,
     }
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raydefense.audit.scoring import heldout_validator, validation_rows
+from raydefense.audit.scoring import heldout_validator
 from raydefense.audit.selection import pareto_front
 from raydefense.config import load_config
 from raydefense.data.examples import ImageData
-from raydefense.data.plan import CALIBRATION, MEMBER, NONMEMBER, TEST, make_plan
+from raydefense.data.plan import CALIBRATION, MEMBER, NONMEMBER, SHADOW, TEST, make_plan
 from raydefense.data.pool import DATASETS
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
@@ -183,16 +183,30 @@ def _plan():
     return make_plan(pool, cfg.data, 0, 0, None)
 
 
-def test_validation_rows_are_calibration_non_members() -> None:
-    plan = _plan()
-    mask = validation_rows(plan, 10)
-    assert mask.sum() == 10
-    assert (plan.split[mask] == NONMEMBER).all() and (plan.part[mask] == CALIBRATION).all()
-    assert not (plan.split[mask] == MEMBER).any() and not (plan.part[mask] == TEST).any()
-    assert (
-        validation_rows(plan, 10_000).sum()
-        == ((plan.split == NONMEMBER) & (plan.part == CALIBRATION)).sum()
-    )
+def test_validation_rows_stay_outside_the_audit() -> None:
+    """With a shadow draw, every model validates on shadow-split rows it does not train on,
+    shadow-trained rows before the attacker's population; without one, the calibration
+    non-members (the old rule) are the fallback, and the rule says so."""
+    cfg = load_config("smoke", None, [])
+    pool = DATASETS.get("digits")(cfg.data)
+    plan = make_plan(pool, cfg.data, 0, 1, 40, ("baseline", "teacher"))
+    audited = plan.split != SHADOW
+    pop = plan.population()
+    assert pop.sum() > 0 and not (pop & plan.membership.any(0)).any() and not pop[audited].any()
+    for model in ("baseline", "teacher_1", "student", "shadow_1", "shadow_1_teacher_2"):
+        mask, rule = plan.validation_rows(10, model)
+        assert rule == "outside_audit" and mask.sum() == 10
+        assert not (mask & audited).any() and not (mask & plan.members_of(model)).any()
+    target_rows, _ = plan.validation_rows(10, "baseline")
+    assert not (target_rows & pop).any()  # the population is left to the attacker
+    # The shadow baseline trains on every shadow-trained row: it validates on the population.
+    assert plan.validation_rows(10, "shadow_1")[0][pop].sum() == 10
+
+    plain = _plan()
+    mask, rule = plain.validation_rows(10, "baseline")
+    assert rule == "calibration_nonmembers" and mask.sum() == 10
+    assert (plain.split[mask] == NONMEMBER).all() and (plain.part[mask] == CALIBRATION).all()
+    assert not (plain.part[mask] == TEST).any()
 
 
 def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
@@ -201,7 +215,7 @@ def test_training_reports_carry_a_deterministic_val_eps_mse() -> None:
     cfg = load_config("smoke", None, ["train.steps=4", "train.log_every=2", "train.batch_size=8"])
     plan = _plan()
     schedule = NoiseSchedule(cfg.model.num_train_timesteps)
-    validate = heldout_validator(plan, schedule, 8, 0)
+    validate = heldout_validator(plan, schedule, 8, 0, "baseline")
     images = torch.from_numpy(plan.images[plan.split == MEMBER][:16].astype(np.float32))
 
     class Reporter:

@@ -80,6 +80,7 @@ def test_worst_case_is_chosen_by_calibration_auc_and_a_sweep_can_raise_it() -> N
         "params": {"t_sec": 40},
         "source": "sweep s",
         "access": None,
+        "family": None,
         "auc": 0.61,
         "auc_calibration": 0.64,
         "tpr_at_1pct_fpr": 0.05,
@@ -336,3 +337,30 @@ def test_a_training_sweep_draws_every_trial_and_its_own_baseline(tmp_path) -> No
     with Image.open(storage.path(f"training_sweeps/s/{SWEEP_PNG}")) as im:
         assert im.size[0] > 600
     assert write_sweep_figure(storage, "x", {**results, "trials": trials[4:]}) is None
+
+
+def test_worst_case_names_the_suite_and_the_raw_statistic_choice_beside_it() -> None:
+    """With reference-calibrated rows the worst case keeps the raw-statistic choice beside it
+    (the before/after of #27), and results name the families covered and those not covered."""
+    from raydefense.attacks.base import FAMILIES, NOT_COVERED
+    from raydefense.audit.selection import suite_coverage
+    from raydefense.report.tradeoff import privacy_markdown, suite_markdown
+
+    rows = [
+        {**_row("student", "loss", {}, 0.60, 0.62), "family": "threshold"},
+        {**_row("student", "lira", {"base": "loss"}, 0.70, 0.71), "family": "reference"},
+        {**_row("baseline", "loss", {}, 0.80, 0.82), "family": "threshold"},
+    ]
+    w = worst_case_privacy(rows)
+    assert w["student"]["attack"] == "lira" and w["student"]["family"] == "reference"
+    assert w["student"]["without_calibrated"]["attack"] == "loss"
+    assert "without_calibrated" not in w["baseline"]  # no calibrated attack ran on it
+    text = privacy_markdown(w)
+    assert "student, without reference/population attacks" in text
+    suite = suite_coverage(rows, FAMILIES, NOT_COVERED)
+    assert [f["family"] for f in suite["covered"]] == ["threshold", "reference"]
+    assert suite["covered"][1]["attacks"] == ["lira"]
+    assert any(m.startswith("learned:") for m in suite["not_covered"])
+    assert any("online LiRA" in m and "not implemented" in m for m in suite["not_covered"])
+    md = suite_markdown(suite)
+    assert "strongest attack in the suite, chosen on calibration" in md and "online LiRA" in md
