@@ -515,20 +515,26 @@ class CLiDConfig(_Section):
 class DualMDAdaptiveConfig(_Section):
     """Router-aware gray-box attack on DualMD (raydefense.attacks.adaptive): per teacher, the
     base attack's best setting (calibration AUC) among the timesteps that teacher serves,
-    standardised on calibration non-members, then combined."""
+    standardised on calibration non-members, then combined; every such choice cross-fitted."""
 
     bases: Optional[list[str]] = Field(
         None,
         description="query attacks whose per-timestep scores are combined; None: every "
         "enabled query attack with a single-timestep setting served by each teacher",
     )
-    combine: list[Literal["max", "learned"]] = Field(
-        ["max", "learned"],
+    combine: list[Literal["max", "learned", "contrast"]] = Field(
+        ["max", "learned", "contrast"],
         min_length=1,
         description="max: max of the standardised per-teacher "
-        "scores; learned: logistic regression on them, fitted on calibration (out-of-fold)",
+        "scores; learned: logistic regression on them; contrast: max_k (z_k - the other "
+        "teachers' mean z), |z_1 - z_2| for two (the cross-teacher contrast)",
     )
-    cv_folds: int = Field(2, ge=2, description="folds of the learned combination's cross-fit")
+    cv_folds: int = Field(
+        2,
+        ge=2,
+        description="folds of the cross-fit: calibration rows are scored by choices "
+        "(setting, sign, standardisation, weights) made on the other folds",
+    )
 
 
 _BASES_DESCRIPTION = (
@@ -607,6 +613,18 @@ class QuantileConfig(_Section):
     )
 
 
+class CombinedConfig(_Section):
+    """The combined attack: L1 logistic regression over every per-row attack column of a
+    target, fitted on its calibration part; calibration scores out-of-fold (`folds`), the
+    regularisation chosen by an inner CV inside each fold (nested cross-validation)."""
+
+    folds: int = Field(5, ge=2, description="outer folds: calibration scores out-of-fold")
+    inner_folds: int = Field(3, ge=2, description="inner folds choosing the regularisation")
+    cs: list[float] = Field(
+        [0.01, 0.03, 0.1, 0.3, 1.0], min_length=1, description="inverse L1 strengths tried"
+    )
+
+
 class AttacksConfig(_Section):
     """Which attacks run in `evaluate`, against which targets, and their hyperparameters."""
 
@@ -641,6 +659,7 @@ class AttacksConfig(_Section):
     lira: LiRAConfig = LiRAConfig()
     rmia: RMIAConfig = RMIAConfig()
     quantile: QuantileConfig = QuantileConfig()
+    combined: CombinedConfig = CombinedConfig()
     shadow: ShadowConfig = ShadowConfig()
 
 

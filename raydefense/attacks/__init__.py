@@ -8,6 +8,7 @@ from raydefense.attacks import (  # noqa: F401
     adaptive,
     blackbox,
     clid,
+    combined,
     gsa,
     loss,
     pang_wang,

@@ -8,9 +8,13 @@ attack's setting with the best calibration AUC, standardises its score on the ca
 non-members (z-score, orientation fixed on calibration), and combines the K standardised scores:
 
 - `max`: max_k z_k (a member of shard k stands out in z_k, a non-member in none);
-- `learned`: logistic regression on [z_1 .. z_K] fitted on the calibration part (out-of-fold
-  scores there, `cv_folds` stratified folds; the test part is scored by the model fitted on all
-  of the calibration part).
+- `learned`: logistic regression on [z_1 .. z_K] fitted on the calibration part;
+- `contrast`: max_k (z_k - the mean of the other teachers' z), |z_1 - z_2| for two teachers:
+  a member of one shard stands out in its own teacher only, so the row's difficulty cancels.
+
+Every label-reading choice (setting, sign, standardisation, weights) is cross-fitted: the
+calibration part is scored out-of-fold (`cv_folds` stratified folds), the test part by choices
+made on all of the calibration part.
 
 It needs no model queries of its own: it recombines the per-timestep score columns that the base
 query attacks (SimA, PIA, PIAN, loss with one timestep) already computed against DualMD's router.
@@ -97,64 +101,100 @@ class DualMDAdaptive(Attack):
     ) -> list[tuple[dict[str, Any], np.ndarray]]:
         """Scores of every `combine` rule for one base attack.
 
+        Every choice that reads labels (each teacher's setting and sign, the standardisation on
+        non-members, the learned weights) is made on calibration rows other than those it
+        scores: out-of-fold on the calibration part (`cv_folds` stratified folds), on all of
+        it for the rest. So the calibration AUC that selection reads is not in-sample.
+
         Args:
             base: the base attack's name. settings: its settings (one per column).
             columns: [N, S] its scores against DualMD's router, higher = member, N audited rows.
             owners: [T] teacher index per timestep (`timestep_owners`).
             member: [N] bool. calibration: [N] bool, the calibration part (labels usable).
-            seed: seeds the cross-fitting folds.
+            seed: seeds the folds.
         Returns:
             [(params, scores [N] float64, higher = member)] per rule; params name the base, the
-            rule and the timestep chosen per teacher (teacher order).
+            rule and the timestep chosen per teacher on all of the calibration part.
         Raises:
             ValueError: some teacher serves none of the base's settings.
         """
+        from sklearn.model_selection import StratifiedKFold
+
         groups = settings_by_teacher(settings, owners, num_teachers)
         missing = [k + 1 for k, idx in groups.items() if not idx]
         if missing:
             raise ValueError(f"{base} has no setting whose timestep teacher(s) {missing} serve")
         y = member.astype(np.int64)
-        cal_y, ref = y[calibration], calibration & ~member
-        z, chosen = [], []
-        for k in range(num_teachers):
-            # Best setting for teacher k by calibration AUC, either orientation.
-            aucs = [auc(columns[calibration, i], cal_y) for i in groups[k]]
+        cal = np.flatnonzero(calibration)
+        rest = np.flatnonzero(~calibration)
+        rules = list(self.cfg.combine)
+        out = {r: np.empty(len(y), dtype=np.float64) for r in rules}
+
+        def fill(fit_rows: np.ndarray, score_rows: np.ndarray) -> list[int]:
+            chosen, z_fit, z_score = self._fit(columns, groups, y, fit_rows, score_rows)
+            for r in rules:
+                out[r][score_rows] = self._rule(r, z_fit, y[fit_rows], z_score)
+            return chosen
+
+        folds = StratifiedKFold(
+            n_splits=self.cfg.cv_folds, shuffle=True, random_state=int(seed) % (2**32)
+        )
+        for tr, te in folds.split(cal, y[cal]):
+            fill(cal[tr], cal[te])
+        chosen = fill(cal, rest)
+        ts = [served_timestep(settings[i]) for i in chosen]
+        return [({"base": base, "combine": r, "timesteps": ts}, out[r]) for r in rules]
+
+    @staticmethod
+    def _fit(
+        columns: np.ndarray,
+        groups: dict[int, list[int]],
+        y: np.ndarray,
+        fit_rows: np.ndarray,
+        score_rows: np.ndarray,
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Per teacher the best setting by AUC on `fit_rows` (either orientation), oriented and
+        standardised on their non-members. -> (chosen column per teacher, Z [fit, K],
+        Z [score, K])."""
+        chosen, zf, zs = [], [], []
+        ref = fit_rows[y[fit_rows] == 0]
+        for k in sorted(groups):
+            aucs = [auc(columns[fit_rows, i], y[fit_rows]) for i in groups[k]]
             j = int(np.argmax([max(a, 1.0 - a) for a in aucs]))
             i = groups[k][j]
             sign = 1.0 if aucs[j] >= 0.5 else -1.0
             col = sign * columns[:, i].astype(np.float64)
-            z.append(standardise(col, col[ref]))
-            chosen.append(served_timestep(settings[i]))
-        Z = np.stack(z, axis=1)  # [N, K]
-        out = []
-        for rule in self.cfg.combine:
-            params = {"base": base, "combine": rule, "timesteps": chosen}
-            if rule == "max":
-                out.append((params, Z.max(axis=1)))
-            else:
-                out.append((params, self._learned(Z, y, calibration, seed)))
-        return out
+            z = standardise(col, col[ref])
+            chosen.append(i)
+            zf.append(z[fit_rows])
+            zs.append(z[score_rows])
+        return chosen, np.stack(zf, axis=1), np.stack(zs, axis=1)
 
-    def _learned(
-        self, Z: np.ndarray, y: np.ndarray, calibration: np.ndarray, seed: int
-    ) -> np.ndarray:
-        """Logistic regression on the calibration part: out-of-fold there, fitted on all of it
-        for the rest. -> [N] decision values."""
+    @staticmethod
+    def _rule(rule: str, z_fit: np.ndarray, y_fit: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """One combination of standardised per-teacher scores Z [n, K] -> [n]."""
+        if rule == "max":
+            out: np.ndarray = z.max(axis=1)
+            return out
+        if rule == "contrast":
+            return contrast(z)
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
 
-        cal = np.flatnonzero(calibration)
-        out = np.empty(len(y), dtype=np.float64)
-        folds = StratifiedKFold(
-            n_splits=self.cfg.cv_folds, shuffle=True, random_state=int(seed) % (2**32)
-        )
-        for tr, te in folds.split(Z[cal], y[cal]):
-            m = LogisticRegression().fit(Z[cal[tr]], y[cal[tr]])
-            out[cal[te]] = m.decision_function(Z[cal[te]])
-        rest = np.flatnonzero(~calibration)
-        if rest.size:
-            out[rest] = LogisticRegression().fit(Z[cal], y[cal]).decision_function(Z[rest])
-        return out
+        model = LogisticRegression().fit(z_fit, y_fit)
+        learned: np.ndarray = model.decision_function(z)
+        return learned
+
+
+def contrast(z: np.ndarray) -> np.ndarray:
+    """The cross-teacher contrast (spec/attacks.md §6b item 5): a member of shard k lowers only
+    teacher k's error, so its z_k stands out from the other teachers' z on the same row, which
+    removes the row's difficulty as a reference model would. The shard is unknown to the
+    attacker: max_k (z_k - mean of the other z), which is |z_1 - z_2| for two teachers.
+    z: [N, K], K >= 2 -> [N]."""
+    k = z.shape[1]
+    others = (z.sum(axis=1, keepdims=True) - z) / (k - 1)
+    out: np.ndarray = (z - others).max(axis=1)
+    return out
 
 
 def check_router(attack: Attack, target: str) -> None:

@@ -64,7 +64,9 @@ def check_access(attack: Attack, target: str, target_access: str) -> None:
 
 
 Access = Literal["black-box", "gray-box", "white-box"]
-AttackKind = Literal["query", "learned", "generated", "adaptive", "text", "interface", "reference"]
+AttackKind = Literal[
+    "query", "learned", "generated", "adaptive", "text", "interface", "reference", "combined"
+]
 
 
 class Attack(ABC):
@@ -327,11 +329,11 @@ FAMILIES = {
     "(quantile regression)",
     "reference": "the target's statistic against OUT reference models trained like it, same "
     "noise (offline LiRA, RMIA)",
+    "combined": "a classifier over every attack column of the target, nested cross-validation",
 }
 # Families the field uses that the suite does not implement yet: the report names them.
 NOT_COVERED = (
     "online LiRA (reference models trained IN on half of the audited rows)",
-    "a combined classifier over every attack column (nested cross-validation)",
     "DualMD's cross-teacher contrast (z_own - z_other through the router)",
 )
 
@@ -349,6 +351,8 @@ def attack_family(attack: type[Attack] | Attack) -> str:
         return "router-aware"
     if kind == "reference":
         return "reference" if attack.uses_references else "population"
+    if kind == "combined":
+        return "combined"
     raise ValueError(f"attack {attack.name!r} has kind {kind!r}, which has no family")
 
 
@@ -378,6 +382,14 @@ def check_cond(name: str, x0: torch.Tensor, cond: Optional[torch.Tensor]) -> Non
             f"attack {name!r}: cond must have one entry per image of x0 (batch "
             f"{x0.shape[0]}); got cond of shape {tuple(cond.shape)}"
         )
+
+
+def proximal_timestep(eps: EpsModel, t: int) -> int:
+    """The timestep of PIA's proximal query eps(x0, .) for an attack at t: 0 for a single model;
+    for a step router (DualMD), the first timestep served by the teacher that answers t (its
+    `proximal_timestep`), so both queries reach the same model."""
+    router = getattr(eps, "proximal_timestep", None)
+    return 0 if router is None else int(router(t))
 
 
 def call_eps(

@@ -22,6 +22,7 @@ from raydefense.attacks.base import (
     call_eps,
     check_cond,
     check_timesteps,
+    proximal_timestep,
     repeat_cond,
     scaled_timestep,
     slice_cond,
@@ -97,13 +98,19 @@ class PIA(QueryAttack):
         check_cond(self.name, x0, cond)
         x = x0.float()
         b = x.shape[0]
-        eps0 = call_eps(eps, x, torch.zeros(b, dtype=torch.long, device=x.device), cond).float()
-        if self.normalized:
-            eps0 = normalize_eps0(eps0)
+        # The proximal query eps(x0, t0): t0 = 0 for a single model; through a step router, the
+        # first timestep served by the teacher that answers t, so both queries of a score reach
+        # the same teacher (DualMD routes t = 0 and an attack t to different teachers).
+        t0s = [proximal_timestep(eps, t) for t in self.timesteps]
+        eps0_at: dict[int, torch.Tensor] = {}
+        for t0 in sorted(set(t0s)):
+            t0_vec = torch.full((b,), t0, dtype=torch.long, device=x.device)
+            e0 = call_eps(eps, x, t0_vec, cond).float()
+            eps0_at[t0] = normalize_eps0(e0) if self.normalized else e0
         # All timesteps in one call: [n_t * B] rows, timestep-major.
         n = len(self.timesteps)
         t_vec = torch.tensor(self.timesteps, dtype=torch.long, device=x.device).repeat_interleave(b)
-        x_rep, e_rep = x.repeat(n, 1, 1, 1), eps0.repeat(n, 1, 1, 1)
+        x_rep, e_rep = x.repeat(n, 1, 1, 1), torch.cat([eps0_at[t0] for t0 in t0s])
         cond_rep = repeat_cond(cond, n)  # row r of x_rep is item r % b, as cond_rep's
         x_t = schedule.q_sample(x_rep, t_vec, e_rep)
         out = torch.empty(b, n, dtype=torch.float32, device=x.device)

@@ -18,6 +18,7 @@ import torch
 
 from raydefense.attacks.adaptive import DualMDAdaptive
 from raydefense.attacks.base import GeneratedAttack, LearnedAttack, QueryAttack
+from raydefense.attacks.combined import CombinedAttack
 from raydefense.attacks.reference import ReferenceAttack
 from raydefense.audit.learned import (
     adaptive_scores,
@@ -45,9 +46,10 @@ from raydefense.audit.scoring import (
 from raydefense.audit.targets import audited_rows, plan_attacks, shadows_for
 from raydefense.audit.utility import quality_rows, train_domain_features
 from raydefense.config import ExperimentConfig
-from raydefense.data.plan import MEMBER, NONMEMBER, TEST, Plan
+from raydefense.data.plan import CALIBRATION, MEMBER, NONMEMBER, TEST, Plan
 from raydefense.data.pool import to_model_range
 from raydefense.roster import parse_shadow, target_access
+from raydefense.seeding import STREAM_QUALITY, derive_seed
 from raydefense.storage import Storage
 
 # Attack kinds a scoring job computes per row (the rest: generated-set and adaptive attacks).
@@ -154,17 +156,20 @@ def run_evaluation(
                 settings, data = reference_inputs(cfg, plan, t, a, scored)
                 ref_fits.append((a.name, cfg.model_dump(mode="json"), data))
                 ref_keys.append((t, a, settings, len(references_for(cfg, plan, t))))
+            elif isinstance(a, CombinedAttack):
+                continue  # combines the other columns once they all exist (below)
             else:
                 raise TypeError(f"attack {a.name!r} subclasses none of raydefense.attacks.base's")
         if QUALITY_COL in res:
-            held = (plan.split[mask] == NONMEMBER) & (part == TEST)
-            quality.append(
-                {
-                    "target": t,
-                    "metric": "heldout_eps_mse",
-                    "value": float(res[QUALITY_COL][held].mean()),
-                }
-            )
+            # Reported on the test non-members; what choices read, on the calibration ones.
+            for metric, rows in (
+                ("heldout_eps_mse", TEST),
+                ("heldout_eps_mse_calibration", CALIBRATION),
+            ):
+                held = (plan.split[mask] == NONMEMBER) & (part == rows)
+                quality.append(
+                    {"target": t, "metric": metric, "value": float(res[QUALITY_COL][held].mean())}
+                )
         n_gen = cfg.quality.num_generated
         prompts = generation_prompts(plan, len(gen[t]), cfg.seed)
         quality += quality_rows(
@@ -194,6 +199,15 @@ def run_evaluation(
         len(ref_fits),
         time.perf_counter() - t0,
     )
+    t0 = time.perf_counter()
+    for t in ap.targets:
+        for a in ap.attacks[t]:
+            if isinstance(a, CombinedAttack):
+                params, score = combined_scores(cfg, plan, t, a, cols)
+                mask = audited_rows(plan, t)
+                ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
+                long_rows(cols, t, a.name, params, ids, member, part, score)
+    log.info("evaluate: combined attacks in %.1fs", time.perf_counter() - t0)
     if domain is not None:
         quality.append(
             {
@@ -244,6 +258,35 @@ def shadow_summary(
             },
         }
     return out
+
+
+def combined_scores(
+    cfg: ExperimentConfig,
+    plan: Plan,
+    target: str,
+    attack: CombinedAttack,
+    cols: dict[str, list[Any]],
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The combined attack on `target` over every attack column scored on it so far (`cols`,
+    long format): (params, scores over its audited rows in plan order)."""
+    import pandas as pd
+
+    df = pd.DataFrame(cols)
+    df = df[(df.target == target) & (df.attack != attack.name)]
+    wide = df.pivot_table(index="row_id", columns=["attack", "params"], values="score")
+    mask = audited_rows(plan, target)
+    ids = plan.row_id[mask]
+    features = wide.reindex(ids).to_numpy(dtype=np.float64)
+    member = plan.split[mask] == MEMBER
+    calibration = plan.part[mask] != TEST
+    seed = derive_seed(cfg.seed, STREAM_QUALITY, len(attack.name))
+    score = attack.combine(features, member, calibration, seed)
+    params = {
+        **attack.settings()[0],
+        "columns": int(features.shape[1]),
+        "attacks": sorted({str(a) for a, _ in wide.columns}),
+    }
+    return params, score
 
 
 def reference_summary(

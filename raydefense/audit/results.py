@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from raydefense.attacks import ATTACKS
-from raydefense.attacks.base import attack_family
+from raydefense.attacks.base import ACCESS_LEVELS, attack_family
 from raydefense.attacks.metrics import attack_metrics, roc
 from raydefense.audit.targets import ADAPTIVE
 from raydefense.data.plan import TEST
@@ -53,6 +53,11 @@ def metric_rows(
         if attack in ATTACKS:
             row["access"] = ATTACKS.get(attack).access
             row["family"] = attack_family(ATTACKS.get(attack))
+            inputs = [a for a in row["params"].get("attacks", []) if a in ATTACKS]
+            if row["family"] == "combined" and inputs:  # needs what its inputs need
+                row["access"] = max(
+                    (ATTACKS.get(a).access for a in inputs), key=ACCESS_LEVELS.index
+                )
         if target == DUALMD and row.get("access") not in (None, "black-box"):
             row["note"] = ADAPTIVE_NOTE if attack == ADAPTIVE else GRAYBOX_NOTE
         rows.append(row)

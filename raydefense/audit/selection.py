@@ -57,7 +57,14 @@ def best_trial(trials: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any
     done = [t for t in trials if t.get("privacy_auc_calibration") is not None]
     if not done:
         return None
-    return min(done, key=lambda t: (t["privacy_auc_calibration"], t["utility"]))
+    return min(done, key=lambda t: (t["privacy_auc_calibration"], selection_utility(t)))
+
+
+def selection_utility(item: Mapping[str, Any], key: str = "utility") -> float:
+    """The utility a choice reads: `<key>_calibration` (measured on calibration non-members,
+    #27) when the item has it, else `<key>` (results from before it existed)."""
+    v = item.get(f"{key}_calibration")
+    return float(item[key] if v is None else v)
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, Optional[float]]:
@@ -83,13 +90,21 @@ def settings_over_seeds(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         cal, _ = _mean_sd([float(t["privacy_auc_calibration"]) for t in ts])
         auc, auc_sd = _mean_sd([float(t["privacy_auc"]) for t in ts])
         util, util_sd = _mean_sd([float(t["utility"]) for t in ts])
+        util_sel, _ = _mean_sd([selection_utility(t) for t in ts])
         # Each trial's utility against its own reference (the baseline of its seed), when all
-        # of them measured one.
+        # of them measured one: as reported (test) and as chosen on (calibration).
         refs = [float(t["utility_reference"]) for t in ts if t.get("utility_reference")]
         ratio: tuple[Optional[float], Optional[float]] = (
             _mean_sd([float(t["utility"]) / r for t, r in zip(ts, refs)])
             if len(refs) == len(ts)
             else (None, None)
+        )
+        ratio_sel = (
+            _mean_sd(
+                [selection_utility(t) / selection_utility(t, "utility_reference") for t in ts]
+            )[0]
+            if len(refs) == len(ts)
+            else None
         )
         out.append(
             {
@@ -104,9 +119,11 @@ def settings_over_seeds(trials: Sequence[Mapping[str, Any]]) -> list[dict[str, A
                 "utility_sd": util_sd,
                 "utility_ratio": ratio[0],
                 "utility_ratio_sd": ratio[1],
+                "utility_selection": util_sel,
+                "utility_ratio_selection": ratio_sel,
             }
         )
-    front = pareto_front([(s["privacy_auc_calibration"], s["utility"]) for s in out])
+    front = pareto_front([(s["privacy_auc_calibration"], s["utility_selection"]) for s in out])
     for i, s in enumerate(out):
         s["pareto"] = i in front
     return out
@@ -121,7 +138,8 @@ def recommend(
     among settings within the utility budget (utility lower = better): the mean of their trials'
     utility / utility_reference (each trial's own baseline) at most `budget`, or, for settings
     without per-trial references, mean utility at most `budget` x `reference_utility` (the
-    experiment's undefended baseline). Test AUCs never choose.
+    experiment's undefended baseline). Test AUCs never choose, and utilities are read as
+    measured on calibration non-members where the results have them (`selection_utility`).
 
     Returns {"key": the setting's label or None, "rule": one line, "within_budget": bool,
     "closest": the front setting nearest the budget when none is within it (else None)}."""
@@ -129,8 +147,12 @@ def recommend(
     if not front:
         return {"key": None, "rule": "no completed trial", "within_budget": False, "closest": None}
     own = all(s.get("utility_ratio") is not None for s in front)
+
+    def util(s: Mapping[str, Any]) -> float:
+        return float(s.get("utility_selection", s["utility"]))
+
     if reference_utility is None and not own:
-        best = min(front, key=lambda s: (s["privacy_auc_calibration"], s["utility"]))
+        best = min(front, key=lambda s: (s["privacy_auc_calibration"], util(s)))
         return {
             "key": best["setting"],
             "rule": "lowest calibration AUC on the front (no baseline utility to budget against)",
@@ -138,21 +160,24 @@ def recommend(
             "closest": None,
         }
     if own:
-        ratio = {s["setting"]: float(s["utility_ratio"]) for s in front}
+        ratio = {
+            s["setting"]: float(s.get("utility_ratio_selection") or s["utility_ratio"])
+            for s in front
+        }
         rule = (
             f"lowest mean calibration AUC on the front with utility <= {budget:g} x the "
             "baseline's of the same trial (mean over seeds)"
         )
     else:
         assert reference_utility is not None
-        ratio = {s["setting"]: s["utility"] / reference_utility for s in front}
+        ratio = {s["setting"]: util(s) / reference_utility for s in front}
         rule = (
             f"lowest mean calibration AUC on the front with utility <= {budget:g} x the "
             f"baseline's {reference_utility:.3f} (= {budget * reference_utility:.3f})"
         )
     ok = [s for s in front if ratio[s["setting"]] <= budget]
     if ok:
-        best = min(ok, key=lambda s: (s["privacy_auc_calibration"], s["utility"]))
+        best = min(ok, key=lambda s: (s["privacy_auc_calibration"], util(s)))
         return {"key": best["setting"], "rule": rule, "within_budget": True, "closest": None}
     closest = min(front, key=lambda s: ratio[s["setting"]])
     return {"key": None, "rule": rule, "within_budget": False, "closest": closest["setting"]}
@@ -268,6 +293,11 @@ def tradeoff(
     points: list[dict[str, Any]] = []
     if metric:
         values = {q["target"]: q["value"] for q in results["quality"] if q["metric"] == metric}
+        on_cal = {
+            q["target"]: q["value"]
+            for q in results["quality"]
+            if q["metric"] == f"{metric}_calibration"
+        }
         for t in sort_targets(worst):
             if t in values:
                 points.append(
@@ -277,10 +307,12 @@ def tradeoff(
                         "privacy_auc": worst[t]["auc"],
                         "privacy_auc_calibration": worst[t]["auc_calibration"],
                         "utility": float(values[t]),
+                        **({"utility_calibration": float(on_cal[t])} if t in on_cal else {}),
                     }
                 )
-        # The front is chosen on calibration AUCs; the plot shows the test AUCs it reports.
-        front = pareto_front([(p["privacy_auc_calibration"], p["utility"]) for p in points])
+        # The front is chosen on calibration AUCs and calibration utilities; the plot shows the
+        # test values it reports.
+        front = pareto_front([(p["privacy_auc_calibration"], selection_utility(p)) for p in points])
         for i, p in enumerate(points):
             p["pareto"] = i in front
         for t in sort_targets(worst):  # a black-box-only claim: its own threat model, no front
@@ -300,7 +332,7 @@ def tradeoff(
     recommended: Optional[dict[str, Any]] = None
     if training_sweep and training_sweep.get("utility_metric") == metric:
         # Recommended against this report's own baseline (the sweep's reference otherwise).
-        base = next((p["utility"] for p in points if p["label"] == "baseline"), None)
+        base = next((selection_utility(p) for p in points if p["label"] == "baseline"), None)
         settings = settings_over_seeds(training_sweep.get("trials", []))
         budget = float(training_sweep.get("utility_budget", 1.1))
         rec = recommend(settings, base, budget)

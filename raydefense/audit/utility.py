@@ -14,7 +14,7 @@ import torch
 from raydefense.audit.targets import training_rows
 from raydefense.config import ExperimentConfig
 from raydefense.data.given import load_pool
-from raydefense.data.plan import NONMEMBER, SHADOW, Plan, content_hash
+from raydefense.data.plan import CALIBRATION, NONMEMBER, SHADOW, Plan, content_hash
 from raydefense.data.pool import to_model_range
 from raydefense.quality.domain import embed, train_domain_classifier
 from raydefense.quality.fid import fid_from_features, inception_score, precision_recall
@@ -44,6 +44,7 @@ class DomainFeatures:
     reference: np.ndarray  # [N_ref, D] embeddings of the non-member images
     train_accuracy: float
     train_rows: int = 0
+    reference_calibration: Optional[np.ndarray] = None  # [N_cal, D] calibration non-members
 
     def embed(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
 
@@ -111,8 +112,11 @@ def train_domain_features(cfg: ExperimentConfig, plan: Plan) -> Optional[DomainF
         cfg.quality.domain_classifier_epochs,
         derive_seed(cfg.seed, STREAM_QUALITY),
     )
-    reference = to_model_range(plan.images[plan.split == NONMEMBER])
-    return DomainFeatures(model, embed(model, reference), acc, len(rows))
+    nonmember = plan.split == NONMEMBER
+    reference = embed(model, to_model_range(plan.images[nonmember]))
+    # The calibration non-members alone: the domain FID that choices read (#27).
+    on_cal = plan.part[nonmember] == CALIBRATION
+    return DomainFeatures(model, reference, acc, len(rows), reference[on_cal])
 
 
 def quality_rows(
@@ -135,6 +139,8 @@ def quality_rows(
     if domain is not None:
         fake = domain.embed(generated)
         add("domain_fid", fid_from_features(domain.reference, fake))
+        if domain.reference_calibration is not None and len(domain.reference_calibration) > 1:
+            add("domain_fid_calibration", fid_from_features(domain.reference_calibration, fake))
         p, r = precision_recall(domain.reference, fake, q.precision_recall_k)
         add("domain_precision", p)
         add("domain_recall", r)

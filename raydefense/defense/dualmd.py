@@ -95,6 +95,11 @@ class DualMDStepRouter:
     def teacher_index(self, t: int) -> int:
         return int(self.owner[t])
 
+    def proximal_timestep(self, t: int) -> int:
+        """The first timestep served by the teacher that answers t (PIA's proximal query for an
+        attack at t: both reach the same teacher; 0 when that teacher serves t = 0)."""
+        return int(torch.nonzero(self.owner == self.owner[t])[0, 0])
+
     @torch.no_grad()
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Optional[Any] = None

@@ -34,7 +34,13 @@ from pydantic import ValidationError
 from raydefense import layout
 from raydefense.attacks import ATTACKS
 from raydefense.audit.scoring import heldout_validator
-from raydefense.audit.selection import best_trial, pareto_front, recommend, settings_over_seeds
+from raydefense.audit.selection import (
+    best_trial,
+    pareto_front,
+    recommend,
+    selection_utility,
+    settings_over_seeds,
+)
 from raydefense.audit.targets import ADAPTIVE, schedule_of
 from raydefense.config import ExperimentConfig, first_error, set_path
 from raydefense.data.encoded import read_encoded
@@ -222,12 +228,16 @@ def trial_objectives(
     privacy_setting, utility, utility_metric, and with `reference` utility_reference and
     reference_privacy_auc}: privacy is the worst-case (attack, setting) by calibration AUC, its
     test-part metrics; utility is the target's `utility` quality row; the reference's are the
-    same measures of the reference target in the same trial.
+    same measures of the reference target in the same trial. `utility_calibration` (and
+    `utility_reference_calibration`): the same utility on calibration non-members, what choices
+    read, when the evaluation measured it.
     """
     out = _objectives(scores, quality, target, utility)
     if reference is not None:
         ref = _objectives(scores, quality, reference, utility)
         out["utility_reference"] = ref["utility"]
+        if "utility_calibration" in ref:
+            out["utility_reference_calibration"] = ref["utility_calibration"]
         out["reference_privacy_auc"] = ref["privacy_auc"]
     return out
 
@@ -247,7 +257,13 @@ def _objectives(scores: pa.Table, quality: list[dict], target: str, utility: str
             f"no {utility} quality row for target {target!r} (domain FID needs "
             "class labels; set sweep.utility=heldout_eps_mse)"
         )
+    on_cal = [
+        q["value"]
+        for q in quality
+        if q["target"] == target and q["metric"] == f"{utility}_calibration"
+    ]
     return {
+        **({"utility_calibration": float(on_cal[0])} if on_cal else {}),
         "privacy_auc": w["auc"],
         "privacy_auc_calibration": w["auc_calibration"],
         "privacy_tpr_at_1pct_fpr": w["tpr_at_1pct_fpr"],
@@ -290,14 +306,23 @@ def reference_utility(ctx: RunContext) -> Optional[dict[str, Any]]:
     fingerprint = (ctx.fingerprints or stage_fingerprints(cfg))["evaluate"]
     if not is_complete(storage, layout.marker("evaluate"), fingerprint):
         return None
+    quality = storage.read_json(layout.QUALITY)
     values = [
-        q["value"]
-        for q in storage.read_json(layout.QUALITY)
-        if q["target"] == BASELINE and q["metric"] == cfg.sweep.utility
+        q["value"] for q in quality if q["target"] == BASELINE and q["metric"] == cfg.sweep.utility
     ]
     if not values:
         return None
-    return {"target": BASELINE, "utility": float(values[0]), "source": layout.QUALITY}
+    on_cal = [
+        q["value"]
+        for q in quality
+        if q["target"] == BASELINE and q["metric"] == f"{cfg.sweep.utility}_calibration"
+    ]
+    return {
+        "target": BASELINE,
+        "utility": float(values[0]),
+        **({"utility_calibration": float(on_cal[0])} if on_cal else {}),
+        "source": layout.QUALITY,
+    }
 
 
 def with_recommendation(
@@ -306,7 +331,7 @@ def with_recommendation(
     """results.json's `settings` (completed trials averaged over seeds), `reference` and
     `recommended` (raydefense.audit.selection.recommend); marks the recommended trials."""
     settings = settings_over_seeds(trials)
-    rec = recommend(settings, reference["utility"] if reference else None, budget)
+    rec = recommend(settings, selection_utility(reference) if reference else None, budget)
     chosen = next((s for s in settings if s["setting"] == rec["key"]), None)
     for t in trials:
         t["recommended"] = bool(chosen and t["key"] in chosen["trials"])
@@ -506,7 +531,9 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
             trials.append(row)
         completed = [t for t in trials if t["status"] == "completed"]
         # Chosen on calibration: the front and `best.*` never look at test AUCs.
-        front = pareto_front([(t["privacy_auc_calibration"], t["utility"]) for t in completed])
+        front = pareto_front(
+            [(t["privacy_auc_calibration"], selection_utility(t)) for t in completed]
+        )
         for i in front:
             completed[i]["pareto"] = True
         for t in trials:

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from raydefense.attacks.adaptive import DualMDAdaptive, served_timestep, settings_by_teacher
+from raydefense.attacks.adaptive import (
+    DualMDAdaptive,
+    contrast,
+    served_timestep,
+    settings_by_teacher,
+)
 from raydefense.attacks.base import AccessError
 from raydefense.attacks.metrics import auc
 from raydefense.audit.targets import adaptive_bases, check_explicit_targets
@@ -61,10 +66,11 @@ def test_each_teacher_alone_is_half_the_story_and_the_combination_sees_every_mem
     assert all(0.65 < a < 0.85 for a in single)  # one shard's members: docs/results.md
     out = DualMDAdaptive({}).combine("sima", settings, cols, owners, 2, member, cal, seed=0)
     got = {p["combine"]: (p, s) for p, s in out}
-    assert set(got) == {"max", "learned"}
+    assert set(got) == {"max", "learned", "contrast"}
     assert got["max"][0] == {"base": "sima", "combine": "max", "timesteps": [0, 2]}
-    for rule in ("max", "learned"):
-        assert auc(got[rule][1][test], member[test]) > 0.97, rule
+    for rule in ("max", "learned", "contrast"):
+        assert auc(got[rule][1][test], member[test]) > 0.95, rule
+        assert auc(got[rule][1][cal], member[cal]) > 0.9, rule  # out-of-fold, still strong
     # The max is standardised on calibration non-members: they sit near zero per teacher.
     ref = cal & ~member
     assert abs(np.median(got["max"][1][ref])) < 1.0
@@ -179,3 +185,76 @@ def test_asking_for_it_on_a_target_without_a_router_is_an_error(tmp_path) -> Non
             },
         )
     )
+
+
+def test_contrast_cancels_a_difficulty_shared_by_both_teachers() -> None:
+    """A row's difficulty moves both teachers' scores alike; only its own teacher sees its
+    membership: max hides the members under the difficulty, the contrast recovers them."""
+    rng = np.random.default_rng(4)
+    n = 600
+    member = np.arange(n) < n // 2
+    shard = np.where(member, np.arange(n) % 2, -1)
+    difficulty = rng.normal(0.0, 3.0, n)
+    cols = difficulty[:, None] + rng.normal(0.0, 0.3, (n, 2))
+    cols[shard == 0, 0] += 1.0
+    cols[shard == 1, 1] += 1.0
+    cal = rng.permutation(n) < n // 2
+    out = DualMDAdaptive({"combine": ["max", "contrast"]}).combine(
+        "sima", [{"t": 0}, {"t": 2}], cols, [0, 0, 1, 1], 2, member, cal, seed=0
+    )
+    got = {p["combine"]: s for p, s in out}
+    assert auc(got["max"][~cal], member[~cal]) < 0.65
+    assert auc(got["contrast"][~cal], member[~cal]) > 0.9
+    z = np.array([[1.0, -1.0], [0.5, 2.5]])
+    assert contrast(z) == pytest.approx([2.0, 2.0])  # |z_1 - z_2| for two teachers
+
+
+def test_calibration_scores_are_out_of_fold() -> None:
+    """A column that separates calibration rows by chance only: in-sample it would look strong
+    on calibration; cross-fitted, its calibration AUC stays near chance."""
+    rng = np.random.default_rng(5)
+    n = 200
+    member = np.arange(n) < n // 2
+    cal = rng.permutation(n) < n // 2
+    cols = rng.normal(size=(n, 40))  # 20 settings per teacher, all noise
+    settings = [{"t": t} for t in range(40)]
+    owners = [0] * 20 + [1] * 20
+    out = DualMDAdaptive({"combine": ["max"]}).combine(
+        "sima", settings, cols, owners, 2, member, cal, seed=0
+    )
+    assert abs(auc(out[0][1][cal], member[cal]) - 0.5) < 0.12
+
+
+def test_pia_through_the_router_asks_one_teacher_per_score() -> None:
+    """PIA's proximal query eps(x0, t0) and its attack query eps(x_t, t) reach the same teacher:
+    t0 is the first timestep served by t's teacher (0 on a single model, unchanged)."""
+    from raydefense.attacks.pia import PIA
+
+    schedule = NoiseSchedule(1000)
+    calls: list[tuple[int, int]] = []
+
+    class Teacher:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def __call__(self, x, t, cond=None):
+            calls.extend((self.k, int(v)) for v in t.unique())
+            return torch.zeros_like(x) + 0.1 * (self.k + 1)
+
+    router = DualMDStepRouter([Teacher(0), Teacher(1)], schedule, 10)
+    owner = router.owner
+    attack = PIA({"timesteps": [110, 220], "canonical_t": 110})
+    x0 = torch.zeros(2, 1, 4, 4)
+    attack.score(router, schedule, x0, torch.arange(2), 0)
+    for t in (110, 220):
+        t0 = router.proximal_timestep(t)
+        assert owner[t0] == owner[t] and (owner[: t0] != owner[t]).all()
+    seen: dict[int, set[int]] = {}
+    for k, t in calls:
+        seen.setdefault(k, set()).add(t)
+    for k, ts in seen.items():  # every timestep a teacher was asked about is one it serves
+        assert all(int(owner[t]) == k for t in ts)
+    # On a single model the proximal query stays at t = 0 (the official PIA).
+    calls.clear()
+    attack.score(Teacher(0), schedule, x0, torch.arange(2), 0)
+    assert (0, 0) in calls

@@ -193,6 +193,7 @@ def test_every_registered_attack_declares_itself_through_a_base_class() -> None:
         QueryAttack,
         TextQueryAttack,
     )
+    from raydefense.attacks.combined import CombinedAttack
     from raydefense.attacks.reference import ReferenceAttack
 
     bases = {
@@ -202,6 +203,7 @@ def test_every_registered_attack_declares_itself_through_a_base_class() -> None:
         "text": TextQueryAttack,
         "interface": InterfaceAttack,
         "reference": ReferenceAttack,
+        "combined": CombinedAttack,
     }
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)

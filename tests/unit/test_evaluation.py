@@ -135,7 +135,7 @@ def test_every_attack_every_target(tmp_path: Path) -> None:
     adaptive = df[df.attack == "dualmd_adaptive"]
     # sampling.num_steps=4 routes t=250 to teacher 1 and t=0, 50 to teacher 2: SimA reaches both.
     assert {json.loads(p)["base"] for p in adaptive.params} == {"sima"}
-    assert {json.loads(p)["combine"] for p in adaptive.params} == {"max", "learned"}
+    assert {json.loads(p)["combine"] for p in adaptive.params} == {"max", "learned", "contrast"}
     assert all(json.loads(p)["timesteps"][0] == 250 for p in adaptive.params)
     rows, curves = metric_rows(out.scores, bootstrap=10, seed=0)
     assert all(0 <= r["auc"] <= 1 and 0 <= r["auc_calibration"] <= 1 for r in rows)

@@ -26,6 +26,7 @@ from raydefense.attacks.reference import (
 )
 from raydefense.audit.evaluate import run_evaluation
 from raydefense.audit.reference import check_references, references_for
+from raydefense.audit.results import metric_rows
 from raydefense.audit.scoring import SerialScorer
 from raydefense.audit.targets import build_attacks, shadows_needed
 from raydefense.config import load_config
@@ -129,7 +130,7 @@ def test_statistic_is_minus_log_error() -> None:
 
 # ------------------------------------------------------------------------- the evaluation
 
-REFS = "[loss, sima, pia, gsa1, dualmd_adaptive, lira, rmia, quantile]"
+REFS = "[loss, sima, pia, gsa1, dualmd_adaptive, lira, rmia, quantile, combined]"
 
 
 def test_reference_attacks_score_every_target_against_out_references(tmp_path: Path) -> None:
@@ -154,6 +155,15 @@ def test_reference_attacks_score_every_target_against_out_references(tmp_path: P
             assert sorted({p["base"] for p in params}) == ["loss", "pia", "sima"]
             assert len(params) == 1 + 3 + 3
             assert np.isfinite(g[g.attack == a].score).all()
+    comb = df[df.attack == "combined"]
+    assert set(comb.target) == {"baseline", "teacher_1", "teacher_2", DUALMD, STUDENT}
+    params = json.loads(comb[comb.target == "baseline"].params.iloc[0])
+    assert params["attacks"] == ["gsa1", "lira", "loss", "pia", "quantile", "rmia", "sima"]
+    assert params["columns"] == 1 + 1 + 3 + 3 + 7 * 3  # loss, gsa1, sima, pia, lira/rmia/qr
+    rows, _ = metric_rows(out.scores, bootstrap=0, seed=0)
+    access = {(r["target"], r["attack"]): r["access"] for r in rows}
+    assert access[("baseline", "combined")] == "white-box"  # GSA is among its inputs
+    assert access[(DUALMD, "combined")] == "gray-box"
     assert references_for(cfg, plan, "teacher_1") == ["shadow_1_teacher_1", "shadow_1_teacher_2"]
     assert references_for(cfg, plan, DUALMD) == ["shadow_1_dualmd"]
     assert references_for(cfg, plan, STUDENT) == ["shadow_1_student"]
@@ -203,4 +213,24 @@ def test_reference_attacks_refuse_missing_or_overlapping_references(tmp_path: Pa
 
 def test_digits_enables_the_reference_attacks() -> None:
     cfg = load_config("digits", None, [])
-    assert {"lira", "rmia", "quantile"} <= set(cfg.attacks.enabled)
+    assert {"lira", "rmia", "quantile", "combined"} <= set(cfg.attacks.enabled)
+
+
+def test_the_combined_attack_is_scored_out_of_fold_on_calibration() -> None:
+    """Many noise columns: a classifier fitted in-sample would look strong on calibration;
+    nested cross-validation keeps its calibration AUC near chance, and a real signal column
+    still comes through on both parts."""
+    from raydefense.attacks.combined import CombinedAttack
+
+    rng = np.random.default_rng(0)
+    n = 300
+    member = np.arange(n) < n // 2
+    cal = rng.permutation(n) < n // 2
+    noise = rng.normal(size=(n, 60))
+    attack = CombinedAttack({"folds": 3, "inner_folds": 2})
+    s = attack.combine(noise, member, cal, seed=0)
+    assert abs(auc(s[cal], member[cal]) - 0.5) < 0.12
+    signal = np.column_stack([noise, member + rng.normal(0, 0.7, n)])
+    s = attack.combine(signal, member, cal, seed=0)
+    # out-of-fold on 150 calibration rows: a fold's model sees 100 rows of 61 columns
+    assert auc(s[cal], member[cal]) > 0.7 and auc(s[~cal], member[~cal]) > 0.8

@@ -102,10 +102,11 @@ def test_trial_config_audits_one_target_in_its_own_directory() -> None:
     # Without sweep.trial_attacks: every attack of attacks.enabled (the full worst case) but
     # the router-aware one, which comes along when DualMD is audited.
     every = ["loss", "secmi_stat", "secmi_nn", "pia", "pian", "sima", "gsa1", "gsa2", "blackbox_nn"]
+    calibrated = ["lira", "rmia", "quantile", "combined"]
     t2 = trial_config(cfg_with("sweep.trial_attacks=null"), point, "/r")
-    assert t2.attacks.enabled == every
+    assert t2.attacks.enabled == [*every, *calibrated]
     t3 = trial_config(cfg_with("sweep.trial_attacks=null", "sweep.target=dualmd"), point, "/r")
-    assert t3.attacks.enabled == [*every, "dualmd_adaptive"]
+    assert t3.attacks.enabled == [*every, "dualmd_adaptive", *calibrated]
     with pytest.raises(ConfigError, match="'dualmd_adaptive' attacks DualMD's step router"):
         trial_config(cfg_with("sweep.trial_attacks=[sima, dualmd_adaptive]"), point, "/r")
 
