@@ -190,6 +190,7 @@ BLACK_BOX_CLAIMS = ("dualmd",)
 
 
 PRIVACY_FIELDS = (
+    "auc_ci",
     "orientation",
     "tpr_at_1pct_fpr",
     "tpr_at_1pct_fpr_calibrated",

@@ -1,6 +1,7 @@
-"""The training-seed study's section of the report (`raydefense seeds`' summary.md as well):
-mean ± sd per target's worst case and per attack line over the seeds, and how the training-seed
-spread compares with the bootstrap CI."""
+"""The seed study's section of the report (`raydefense seeds`' summary.md as well): per
+target's worst case and per attack line, the mean over seeds ± its standard error with the
+per-seed values, utility against each seed's own baseline, and how the seed-to-seed spread
+compares with one run's bootstrap standard error."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 from raydefense.report.markdown import MISSING, escape, markdown_table
 from raydefense.roster import sort_targets
 
+Z95 = 1.959964  # a 95% CI spans about 2 x 1.96 standard errors
+
 QUALITY_METRICS = (
     "domain_fid",
     "heldout_eps_mse",
@@ -22,14 +25,20 @@ QUALITY_METRICS = (
 
 
 def plus_minus(stat: Optional[Mapping[str, Any]], n_total: int, digits: int = 3) -> str:
-    """ "0.912 ± 0.013"; "0.912 (n=1)" for one value; "(n=2)" appended when seeds are missing."""
+    """ "0.912 ± 0.013 [0.90, 0.92, 0.91]": the mean ± its standard error over seeds (`se`; a
+    summary from before it existed shows its sd) and the per-seed values; "0.912 (n=1)" for one
+    value; "(n=2)" appended when seeds are missing."""
     if not stat or stat.get("mean") is None:
         return MISSING
     text = f"{stat['mean']:.{digits}f}"
-    if stat.get("sd") is not None:
-        text += f" ± {stat['sd']:.{digits}f}"
+    spread = stat.get("se", stat.get("sd"))
+    if spread is not None:
+        text += f" ± {spread:.{digits}f}"
+    values = [v for v in stat.get("values", []) if v is not None]
+    if len(values) > 1:
+        text += " [" + ", ".join(f"{v:.{max(digits - 1, 2)}f}" for v in values) + "]"
     n = int(stat.get("n", n_total))
-    if n < n_total or stat.get("sd") is None:
+    if n < n_total or spread is None:
         text += f" (n={n})"
     return text
 
@@ -68,9 +77,12 @@ def seeds_markdown(summary: Mapping[str, Any]) -> str:
         f"{s} (`{experiments.get(str(s), experiments.get(s, MISSING))}`)" for s in seeds
     )
     parts = [
-        "## Training-seed study",
+        "## Seed study (each seed re-draws the split and retrains)",
         "",
-        f"Seeds {names}. Numbers are mean ± sample sd (ddof=1) over the training seeds; "
+        f"Seeds {names}. Each seed re-draws the split and retrains every model. Numbers are "
+        "the mean over seeds ± its standard error, then the per-seed values in brackets; for "
+        "AUCs the standard error is sqrt(max(sd², mean bootstrap se²) / n): a seed's AUC "
+        "carries at least its own row-sampling error, which three seeds' sd can understate. "
         f"(n=k) marks a number that only k of the {n_total} seeds have.",
         "",
         "### Privacy: the defender's worst case",
@@ -117,6 +129,20 @@ def seeds_markdown(summary: Mapping[str, Any]) -> str:
             for t in sort_targets(quality)
         ]
         parts += ["### Utility", "", markdown_table(["Target"] + metrics, body), ""]
+    ratios = summary.get("utility_ratio", {})
+    if ratios:
+        metrics = sorted({m for r in ratios.values() for m in r})
+        body = [
+            [escape(t)] + [plus_minus(ratios[t].get(m), n_total, 2) for m in metrics]
+            for t in sort_targets(ratios)
+        ]
+        parts += [
+            "Utility against the baseline of the same seed (target / baseline, per seed; a "
+            "budget such as 1.1x holds only where every seed's value is within it):",
+            "",
+            markdown_table(["Target"] + [f"{m} ratio" for m in metrics], body),
+            "",
+        ]
 
     parts += ["### Attacks", ""]
     rows = summary.get("attacks", [])
@@ -137,7 +163,7 @@ def seeds_markdown(summary: Mapping[str, Any]) -> str:
     parts += [
         markdown_table(["Attack"] + [escape(t) for t in targets], body),
         "",
-        "Cells: test AUC mean ± sd over training seeds.",
+        "Cells: test AUC, mean ± standard error over seeds [per seed].",
         "",
         _spread_sentence(summary),
     ]
@@ -151,18 +177,19 @@ def _spread_sentence(summary: Mapping[str, Any]) -> str:
         sd = (r.get("auc") or {}).get("sd")
         w = widths.get(r["target"], {}).get(r["line"])
         if sd is not None and w is not None:
-            pairs.append((float(sd), float(w) / 2))
+            pairs.append((float(sd), float(w) / (2 * Z95)))
     if not pairs:
         return (
             "No cell has both a training-seed sd and a bootstrap CI, so the two spreads "
             "cannot be compared."
         )
     sd_mean = float(np.mean([p[0] for p in pairs]))
-    half_mean = float(np.mean([p[1] for p in pairs]))
-    larger = sum(1 for sd, half in pairs if sd > half)
+    se_mean = float(np.mean([p[1] for p in pairs]))
+    larger = sum(1 for sd, se in pairs if sd > se)
     return (
-        f"Over the {len(pairs)} cells, the training-seed sd of AUC averages {sd_mean:.3f} and "
-        f"the bootstrap 95% CI half-width (test-row resampling within one run, averaged over "
-        f"seeds) averages {half_mean:.3f}; the seed sd exceeds the half-width in {larger} of "
-        f"{len(pairs)} cells. The bootstrap CI does not include training-seed variation."
+        f"Over the {len(pairs)} cells, the seed-to-seed sd of AUC averages {sd_mean:.3f} and "
+        f"one run's bootstrap standard error (test-row resampling, the 95% CI half-width / "
+        f"1.96, averaged over seeds) averages {se_mean:.3f}; the seed sd exceeds it in "
+        f"{larger} of {len(pairs)} cells. Both are spreads of one seed's AUC (like with like); "
+        "the mean over seeds has the standard error in the cells."
     )

@@ -1,4 +1,5 @@
-"""Training-seed study: the same config over several `seed` values, aggregated as mean ± sd.
+"""Seed study: the same config over several `seed` values (each re-draws the split and retrains
+every model), aggregated as the mean ± its standard error with the per-seed values.
 
 A bootstrap CI in results.json resamples the test rows of one run; it says nothing about how much
 the numbers move when the models are trained again from another seed. `raydefense seeds` runs the
@@ -44,6 +45,8 @@ METRICS = (
     "asr_calibrated",
 )
 RESULTS = layout.RESULTS
+# Utility metrics whose ratio to the seed's own baseline the summary gives per seed.
+RATIO_METRICS = ("domain_fid", "heldout_eps_mse")
 SUMMARY_DIR = layout.SEEDS
 
 
@@ -97,16 +100,39 @@ def _number(value: Any) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
-def _stat(values: Sequence[Optional[float]]) -> dict[str, Any]:
-    """{"mean", "sd" (sample, ddof=1; None for fewer than 2 values), "n", "values"} over the
-    values that are not None; `values` keeps the Nones, aligned with the entry's seeds."""
+# A 95% percentile bootstrap CI spans about 2 x 1.96 standard errors.
+Z95 = 1.959964
+
+
+def _stat(
+    values: Sequence[Optional[float]], boot_se: Sequence[Optional[float]] = ()
+) -> dict[str, Any]:
+    """{"mean", "sd" (sample, ddof=1; None for fewer than 2 values), "se", "n", "values"} over
+    the values that are not None; `values` keeps the Nones, aligned with the entry's seeds.
+
+    "se": the standard error of the mean over seeds, sqrt(max(sd^2, mean boot_se^2) / n). Every
+    seed re-draws the split and retrains, so its value carries the row-sampling error its own
+    bootstrap measures (`boot_se`, per seed) besides the training variation; with few seeds the
+    sample sd can fall far below that floor, so the larger of the two is used. Without
+    bootstrap errors: sd / sqrt(n)."""
     xs = [v for v in values if v is not None]
+    sd = float(np.std(xs, ddof=1)) if len(xs) > 1 else None
+    boots = [b for b in boot_se if b is not None]
+    var = max(sd**2 if sd is not None else 0.0, float(np.mean(np.square(boots))) if boots else 0.0)
+    se = math.sqrt(var / len(xs)) if xs and (sd is not None or boots) else None
     return {
         "mean": float(np.mean(xs)) if xs else None,
-        "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
+        "sd": sd,
+        "se": se,
         "n": len(xs),
         "values": list(values),
     }
+
+
+def _boot_se(row: Mapping[str, Any]) -> Optional[float]:
+    """The bootstrap standard error of a row's AUC from its 95% CI (None without one)."""
+    w = _ci_width(row)
+    return None if w is None else w / (2 * Z95)
 
 
 def _attack_text(entry: Mapping[str, Any]) -> Optional[str]:
@@ -143,7 +169,8 @@ def _aggregate_entry(entries: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[s
     for k in numeric:
         if k in nested:
             continue  # a number in one seed and a dict in another: not comparable
-        out[k] = _stat([_number(e.get(k)) for _, e in entries])
+        boots = [_boot_se(e) for _, e in entries] if k == "auc" else []
+        out[k] = _stat([_number(e.get(k)) for _, e in entries], boots)
     for k in nested:
         if k in numeric:
             continue
@@ -177,7 +204,10 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
                               every other numeric field: {"mean", "sd", "n", "values"},
                               nested dicts (e.g. "black_box"): the same shape, recursively}},
          "quality": {target: {metric of QUALITY_METRICS: {"mean", "sd", "n", "values"}}},
+         "utility_ratio": {target: {metric of RATIO_METRICS: per-seed target / baseline}},
          "bootstrap_ci_width": {target: {line: mean over seeds of auc_ci[1] - auc_ci[0]}}}
+        Every stat also has "se" (`_stat`: the standard error of the mean over seeds, with
+        each seed's bootstrap error as its floor for AUCs).
         `values` lists are aligned with the entry's `seeds` (None where a seed lacks the metric);
         mean/sd/n use the seeds that have it; sd is the sample sd (ddof=1), None for one value.
         Targets and lines are the union over the seeds.
@@ -217,7 +247,8 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
             for m in METRICS:
                 values = [_number(r.get(m)) for _, r in have]
                 if any(v is not None for v in values):
-                    entry[m] = _stat(values)
+                    boots = [_boot_se(r) for _, r in have] if m == "auc" else []
+                    entry[m] = _stat(values, boots)
             attacks.append(entry)
             ws = [w for w in (_ci_width(r) for _, r in have) if w is not None]
             if ws:
@@ -251,12 +282,29 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
             if any(v is not None for v in values):
                 quality.setdefault(t, {})[m] = _stat(values)
 
+    # Each target's utility against its own seed's baseline (the seed re-draws both), per seed.
+    ratios: dict[str, dict[str, Any]] = {}
+    base = quality.get("baseline", {})
+    for t, metrics in quality.items():
+        if t == "baseline":
+            continue
+        for m, st in metrics.items():
+            if m not in RATIO_METRICS or m not in base:
+                continue
+            per_seed = [
+                None if v is None or b is None or b == 0 else v / b
+                for v, b in zip(st["values"], base[m]["values"])
+            ]
+            if any(r is not None for r in per_seed):
+                ratios.setdefault(t, {})[m] = _stat(per_seed)
+
     return {
         "seeds": seeds,
         "experiments": {str(s): res[s].get("experiment") for s in seeds},
         "attacks": attacks,
         "privacy": privacy,
         "quality": quality,
+        "utility_ratio": ratios,
         "bootstrap_ci_width": widths,
     }
 
@@ -265,12 +313,13 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
 
 
 def summary_text(summary: Mapping[str, Any], where: str) -> str:
-    """What the CLI prints: where the files are and each target's worst-case AUC mean ± sd."""
+    """What the CLI prints: where the files are and each target's worst-case AUC mean ± se."""
     seeds = list(summary.get("seeds", []))
     lines = [
         f"raydefense: seed study over seeds {', '.join(map(str, seeds))}: results in "
         f"{where}/ (summary.json, summary.md)",
-        "  worst-case AUC per target (mean ± sd over training seeds):",
+        "  worst-case AUC per target (mean ± standard error over seeds; each seed re-draws "
+        "the split and retrains; per-seed values in brackets):",
     ]
     privacy = summary.get("privacy", {})
     for t in sort_targets(privacy):

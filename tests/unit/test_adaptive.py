@@ -248,7 +248,7 @@ def test_pia_through_the_router_asks_one_teacher_per_score() -> None:
     attack.score(router, schedule, x0, torch.arange(2), 0)
     for t in (110, 220):
         t0 = router.proximal_timestep(t)
-        assert owner[t0] == owner[t] and (owner[: t0] != owner[t]).all()
+        assert owner[t0] == owner[t] and (owner[:t0] != owner[t]).all()
     seen: dict[int, set[int]] = {}
     for k, t in calls:
         seen.setdefault(k, set()).add(t)

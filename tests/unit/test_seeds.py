@@ -223,21 +223,26 @@ def test_aggregate_ignores_nan_and_bools():
 
 def test_seeds_markdown():
     md = seeds_markdown(aggregate(three_seeds()))
-    assert md.startswith("## Training-seed study")
+    assert md.startswith("## Seed study (each seed re-draws the split and retrains)")
     # worst case per target, with the attacks
-    assert "| baseline | 0.800 ± 0.100 |" in md
+    # mean ± the standard error over seeds [per seed]: sd 0.1 over three seeds gives
+    # 0.1 / sqrt(3) = 0.058 (above the bootstrap floor 0.2 / 3.92 = 0.051)
+    assert "| baseline | 0.800 ± 0.058 [0.80, 0.90, 0.70] |" in md
     assert "loss (every seed)" in md
-    assert "0.200 ± 0.100" in md  # calibrated TPR@1%FPR
+    assert "0.200 ± 0.058 [0.10, 0.20, 0.30]" in md  # calibrated TPR@1%FPR
     assert "0.010 ± 0.000" in md  # its realised FPR
-    assert "| dualmd (black-box) | 0.600 ± 0.050 |" in md
+    assert "| dualmd (black-box) | 0.600 ± 0.029 [0.55, 0.65, 0.60] |" in md
     assert "seed 0: pia (t=10); seed 1: pia (t=10); seed 2: pia (t=20)" in md
     assert "| teacher_0 | 0.950 (n=1) |" in md
-    # lines x targets
+    # lines x targets: identical values over seeds keep the bootstrap floor, 0.051 / sqrt(3)
     assert "| Attack | baseline | teacher_0 | dualmd | student |" in md
-    assert "| loss | 0.800 ± 0.100 | 0.950 (n=1) | 0.600 ± 0.000 | 0.500 ± 0.000 |" in md
-    assert "bootstrap 95% CI half-width" in md and "averages 0.100" in md
+    assert (
+        "| loss | 0.800 ± 0.058 [0.80, 0.90, 0.70] | 0.950 ± 0.051 (n=1) | "
+        "0.600 ± 0.029 [0.60, 0.60, 0.60] | 0.500 ± 0.029 [0.50, 0.50, 0.50] |"
+    ) in md
+    assert "bootstrap standard error" in md and "averages 0.051" in md
     text = summary_text(aggregate(three_seeds()), "/x/exp/seeds")
-    assert "/x/exp/seeds/" in text and "dualmd (black-box)" in text and "0.800 ± 0.100" in text
+    assert "/x/exp/seeds/" in text and "dualmd (black-box)" in text and "0.800 ± 0.058" in text
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -271,9 +276,13 @@ def test_cli_aggregate_only(tmp_path, capsys):
     assert base.exists("seeds/summary.json") and base.exists("seeds/summary.md")
     summary = base.read_json("seeds/summary.json")
     assert summary == aggregate(three_seeds())
-    assert base.read_bytes("seeds/summary.md").decode().startswith("## Training-seed study")
+    assert (
+        base.read_bytes("seeds/summary.md")
+        .decode()
+        .startswith("## Seed study (each seed re-draws the split and retrains)")
+    )
     assert f"{base.uri('seeds')}/" in out
-    assert "baseline" in out and "0.800 ± 0.100" in out
+    assert "baseline" in out and "0.800 ± 0.058" in out
     assert not (tmp_path / "mlflow.db").exists() and not any(root.glob("**/mlflow*"))
 
 
@@ -351,7 +360,7 @@ def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys)
     assert calls[3] == ("report", presets, None, ["experiment=exp", f"storage.root={root}"], [])
     assert calls[0][3][:2] == ["experiment=exp", f"storage.root={root}"]
     assert Storage(str(root), "exp").read_json("seeds/summary.json") == aggregate(hand)
-    assert "0.800 ± 0.100" in capsys.readouterr().out
+    assert "0.800 ± 0.058" in capsys.readouterr().out
 
 
 def test_seeds_module_does_not_import_ray():
@@ -379,4 +388,11 @@ def test_utility_is_aggregated_per_target_and_metric():
     assert "memorized_count" not in q["student"]  # only QUALITY_METRICS are summarised
     assert q["dualmd"]["mmd_p_value"]["n"] == 1 and q["dualmd"]["mmd_p_value"]["sd"] is None
     md = seeds_markdown(aggregate(hand))
-    assert "### Utility" in md and "2.500 ± 0.500" in md
+    assert "### Utility" in md and "2.500 ± 0.289 [2.00, 2.50, 3.00]" in md  # 0.5 / sqrt(3)
+    # Against each seed's own baseline: per-seed ratios, the budget read per seed.
+    for s, base in ((0, 2.0), (1, 2.0), (2, 2.5)):
+        hand[s]["quality"].append({"target": "baseline", "metric": "domain_fid", "value": base})
+    ratio = aggregate(hand)["utility_ratio"]["student"]["domain_fid"]
+    assert ratio["values"] == pytest.approx([1.0, 1.25, 1.2])
+    md = seeds_markdown(aggregate(hand))
+    assert "| student | 1.15 ± 0.08 [1.00, 1.25, 1.20] |" in md
