@@ -1,12 +1,15 @@
 """Attack scoring throughput against the raw UNet rate of the same model and batch.
 
     python benchmarks/attack_throughput.py [--preset digits] [--batch 256] [--threads 2]
+    python benchmarks/attack_throughput.py --tiny   # smoke preset, batch 16, 0.2 s a rate (CI)
 
 For each attack the ideal rate is `unet_rate / unet_passes_per_image` (forward passes; GSA counts a
 forward+backward pass against the measured forward+backward rate). The printed ratio
 `measured / ideal` is the efficiency of the attack code around the UNet (goal >= 0.8): everything
 is timed in one process, side by side, on the same random-weight model (speed does not depend on
-the weights).
+the weights). Attacks that make no eps queries of their own (DualMD's router attack, the
+reference and combined attacks: they recombine other attacks' score columns) and the attacks on
+generated images have no rate here: one line names them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,18 @@ from raydefense.config import load_config
 from raydefense.diffusion.backbones import build_net
 from raydefense.diffusion.eps import FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
+
+# Why an attack kind has no rate here (no UNet pass per audited image of its own).
+SKIPPED_KINDS = {
+    "generated": "they score generated images by distance",
+    "adaptive": "they recombine other attacks' score columns",
+    "reference": "they recombine other attacks' score columns",
+    "combined": "they recombine other attacks' score columns",
+}
+FULL = {"preset": "digits", "batch": 256, "threads": 2, "seconds": 3.0}
+# One thread: on a loaded 2-core CI box two OpenMP threads wait on each other (a batch-16
+# forward took 1-4 s instead of 0.01 s).
+TINY = {"preset": "smoke", "batch": 16, "threads": 1, "seconds": 0.2}
 
 
 def unet_passes(attack: Any) -> float:
@@ -53,11 +68,15 @@ def rate(fn: Callable[[], Any], n_images: int, min_seconds: float = 3.0) -> floa
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="digits")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
+    p.add_argument("--preset", help=f"default {FULL['preset']}")
+    p.add_argument("--batch", type=int, help=f"default {FULL['batch']}")
+    p.add_argument("--threads", type=int, help=f"default {FULL['threads']}")
+    p.add_argument("--seconds", type=float, help=f"per rate, default {FULL['seconds']}")
     args = p.parse_args()
+    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset)
     schedule = NoiseSchedule(
@@ -83,11 +102,13 @@ def main() -> None:
     print(f"\nattack throughput, preset={args.preset}, batch={B}, threads={args.threads}")
     print(f"UNet forward: {fwd:,.0f} images/s; forward+backward: {fb:,.0f} images/s")
     print(f"{'attack':<12} {'passes':>7} {'images/s':>10} {'ideal':>10} {'ratio':>6}")
+    skipped: dict[str, list[str]] = {}
     for name in cfg.attacks.enabled:
         cls = ATTACKS.get(name)
+        if cls.kind in SKIPPED_KINDS:
+            skipped.setdefault(SKIPPED_KINDS[cls.kind], []).append(name)
+            continue
         attack = cls(getattr(cfg.attacks, name), cfg.model.num_train_timesteps)
-        if attack.kind == "generated":
-            continue  # scores generated images with a distance, no UNet per query image
         passes = unet_passes(attack)
         base = fb if attack.access == "white-box" else fwd
         if attack.kind == "query":
@@ -97,6 +118,9 @@ def main() -> None:
         got = rate(fn, B, args.seconds)
         ideal = base / passes
         print(f"{name:<12} {passes:>7g} {got:>10,.1f} {ideal:>10,.1f} {got / ideal:>6.2f}")
+    if skipped:
+        why = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in skipped.items())
+        print(f"skipped, no eps queries of their own: {why}")
 
 
 if __name__ == "__main__":

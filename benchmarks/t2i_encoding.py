@@ -1,6 +1,7 @@
 """What encoding the rows once (prepare) saves a text-to-image fit, measured side by side.
 
     python benchmarks/t2i_encoding.py [--steps 30] [--batch 16] [--pipeline tiny]
+    python benchmarks/t2i_encoding.py --tiny   # 2 steps at batch 2, 1 thread (CI)
 
 Three ways to run the same fine-tuning step of the `sd` backbone (UNet forward + backward +
 AdamW), on the same images and captions, timed in one process:
@@ -31,15 +32,22 @@ from raydefense.diffusion.objectives import ddpm_loss
 from raydefense.diffusion.schedule import NoiseSchedule
 
 SD = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
+FULL = {"steps": 30, "batch": 16, "threads": 2}
+# One thread: on a loaded 2-core CI box two OpenMP threads wait on each other.
+TINY = {"steps": 2, "batch": 2, "threads": 1}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
+    p.add_argument("--steps", type=int, help=f"timed steps per mode, default {FULL['steps']}")
+    p.add_argument("--batch", type=int, help=f"default {FULL['batch']}")
     p.add_argument("--pipeline", default="tiny")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help=f"default {FULL['threads']}")
     args = p.parse_args()
+    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     torch.set_num_threads(args.threads)
     cfg = ModelConfig(kind="sd", pipeline=args.pipeline, beta_schedule="scaled_linear", **SD)
     codec = SDCodec(cfg)

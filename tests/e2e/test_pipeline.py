@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 
 TARGETS = {"baseline", "teacher_1", "teacher_2", "dualmd", "student"}
 ATTACKS = {"loss", "secmi_stat", "secmi_nn", "pia", "pian", "sima", "gsa1", "gsa2", "blackbox_nn"}
+CALIBRATED = {"lira", "rmia", "quantile", "combined"}  # reference, population, combined (#27)
 ROW_KEYS = {
     "target",
     "attack",
@@ -68,7 +69,7 @@ def test_results_json_follows_the_contract(smoke_run):
     refused = {("dualmd", "gsa1"), ("dualmd", "gsa2")}  # gradients: DualMD is gray-box
     no_router = {(t, "dualmd_adaptive") for t in TARGETS - {"dualmd"}}
     assert {(r["target"], r["attack"]) for r in rows} == {
-        (t, a) for t in TARGETS for a in ATTACKS
+        (t, a) for t in TARGETS for a in ATTACKS | CALIBRATED
     } - refused | {("dualmd", "dualmd_adaptive")}
     assert {(s["target"], s["attack"]) for s in results["skipped"]} == refused | no_router
     for r in rows:
@@ -132,6 +133,28 @@ def test_results_json_follows_the_contract(smoke_run):
         "student": ["shadow_1_student"],
     }
     assert shadows["student"]["models"]["shadow_1_student"] == {"members": 64, "heldout": 64}
+    # Reference attacks compare each target with OUT references of its regime (DualMD: the
+    # shadow draw's router), scored on the Ray actor pool beside the targets; the population is
+    # the draw's held-out half.
+    refs = results["references"]
+    assert {t: sorted(r["models"]) for t, r in refs.items()} == {
+        "baseline": ["shadow_1"],
+        "teacher_1": ["shadow_1_teacher_1", "shadow_1_teacher_2"],
+        "teacher_2": ["shadow_1_teacher_1", "shadow_1_teacher_2"],
+        "dualmd": ["shadow_1_dualmd"],
+        "student": ["shadow_1_student"],
+    }
+    assert all(r["population_rows"] == 64 for r in refs.values())
+    assert all(
+        m["audited_rows_trained_on"] == 0 for r in refs.values() for m in r["models"].values()
+    )
+    lira = [r for r in rows if r["target"] == "student" and r["attack"] == "lira"]
+    assert {r["params"]["base"] for r in lira} == {"loss", "secmi_stat", "pia", "pian", "sima"}
+    assert all(r["family"] == "reference" and r["params"]["references"] == 1 for r in lira)
+    covered = {f["family"] for f in results["suite"]["covered"]}
+    assert {"threshold", "learned", "black-box", "reference", "population", "combined"} <= covered
+    assert any("online LiRA" in m for m in results["suite"]["not_covered"])
+    assert "strongest attack in the suite, chosen on calibration" in md
     assert "- **teacher_1** (gsa1, gsa2): teacher-like: `shadow_1_teacher_1` (32 members" in md
     assert (
         cwd / "runs" / "smoke" / "distill" / "shadow_1_student" / "soft_targets" / "_COMPLETE.json"
