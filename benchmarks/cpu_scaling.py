@@ -1,12 +1,14 @@
 """CPU scaling of Ray Train fits, side by side on one local Ray cluster.
 
     python benchmarks/cpu_scaling.py [--preset digits] [--steps 300]
+    python benchmarks/cpu_scaling.py --tiny   # smoke preset's model, 4 steps: the path (CI)
 
 Two ratios, each from fits of the preset's model on its prepared data (same steps, same global
 batch), timed in one process:
 - DDP: one fit with 2 workers (1 CPU each, gloo) vs the same fit with 1 worker (2 CPUs);
 - concurrency: two fits at once (resources.concurrent_fits=2) vs the same two one after the other.
 On a 2-core machine neither can beat 1.0 by much: the point is what the orchestration costs.
+With --tiny the fits are all start-up, so its ratios only show that the path runs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from raydefense.pipeline import stage_prepare
 from raydefense.run.context import RunContext
 from raydefense.storage import Storage
 
+FULL = {"preset": "digits", "steps": 300}
+TINY = {"preset": "smoke", "steps": 4}
+
 
 def timed_fits(cfg, storage, models: list[str], tag: str, **resources) -> float:
     c = cfg.model_copy(update={"resources": cfg.resources.model_copy(update=resources)})
@@ -37,9 +42,13 @@ def timed_fits(cfg, storage, models: list[str], tag: str, **resources) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="digits")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
+    p.add_argument("--preset", help=f"default {FULL['preset']}")
+    p.add_argument("--steps", type=int, help=f"default {FULL['steps']}")
     args = p.parse_args()
+    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     root = tempfile.mkdtemp(prefix="raydefense-scaling-")
     cfg = load_config(
         args.preset,

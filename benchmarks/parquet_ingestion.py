@@ -2,6 +2,7 @@
 
     python benchmarks/parquet_ingestion.py [--rows 20000] [--repeats 3] [--batch 64]
                                            [--no-ray-data]
+    python benchmarks/parquet_ingestion.py --tiny   # 256 rows, one round: the path (CI)
 
 Builds a table in the project's own format (an ImagePool of N random 3x32x32 uint8 images, split
 by `make_plan`, written by `write_plan` as `prepare/rows.parquet` + membership + plan.json) under a
@@ -45,6 +46,8 @@ import torch
 
 EXPERIMENT = "bench"
 BUCKET = "bench"
+FULL = {"rows": 20_000, "repeats": 3, "batch": 64}
+TINY = {"rows": 256, "repeats": 1, "batch": 32}
 
 
 def build_plan(rows: int, seed: int = 0):
@@ -162,9 +165,12 @@ def _worker(config: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, default=20_000, help="images in rows.parquet")
-    p.add_argument("--repeats", type=int, default=3, help="rounds; the median is reported")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
+    p.add_argument("--rows", type=int, help=f"images in rows.parquet, default {FULL['rows']}")
+    p.add_argument(
+        "--repeats", type=int, help=f"rounds; the median is reported, default {FULL['repeats']}"
+    )
+    p.add_argument("--batch", type=int, help=f"default {FULL['batch']}")
     p.add_argument(
         "--threads",
         type=int,
@@ -186,6 +192,9 @@ def main() -> None:
         help="skip the ray.data.read_parquet modes",
     )
     args = p.parse_args()
+    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
     import ray
     import ray.data

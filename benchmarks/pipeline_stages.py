@@ -1,9 +1,11 @@
 """Time the pipeline stage by stage (fresh storage root), then a cached rerun, and print both.
 
     python benchmarks/pipeline_stages.py [--preset digits] [--set KEY=VALUE ...]
+    python benchmarks/pipeline_stages.py --tiny   # smoke preset shrunk to TINY_SETS (CI, slow)
 
 Everything runs in one process on the same machine, so the ratios (stage share of the total, cold
-vs cached rerun) are measured side by side.
+vs cached rerun) are measured side by side. --tiny runs every stage on a handful of rows and
+steps (the tests' tiny config), so it checks the path, not the shares.
 """
 
 from __future__ import annotations
@@ -15,17 +17,34 @@ import time
 
 from raydefense.cli import execute
 
+# The smoke preset shrunk to seconds per stage, as tests/conftest.py's tiny_config; --set wins.
+TINY_SETS = [
+    "data.num_members=16",
+    "data.num_nonmembers=16",
+    "train.steps=4",
+    "train.batch_size=8",
+    "train.checkpoint_every=2",
+    "train.log_every=2",
+    "distill.draws_per_row=2",
+    "attacks.bootstrap=20",
+    "attacks.loss.draws=2",
+    "attacks.secmi_stat.t_sec=20",
+    "sampling.num_images=4",
+    "sampling.num_steps=4",
+    "sampling.quality_draws=1",
+]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="digits")
+    p.add_argument("--tiny", action="store_true", help="CI smoke mode: smoke preset, TINY_SETS")
+    p.add_argument("--preset", help="default digits (--tiny: smoke)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
+    args.preset = args.preset or ("smoke" if args.tiny else "digits")
     root = tempfile.mkdtemp(prefix="raydefense-bench-")
-    sets = args.overrides + [
-        f"storage.root={root}/runs",
-        f"tracking.uri=sqlite:///{root}/mlflow.db",
-    ]
+    sets = (TINY_SETS if args.tiny else []) + args.overrides
+    sets += [f"storage.root={root}/runs", f"tracking.uri=sqlite:///{root}/mlflow.db"]
 
     t0 = time.perf_counter()
     results = execute("run", args.preset, None, sets)

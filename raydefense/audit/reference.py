@@ -35,6 +35,7 @@ from raydefense.seeding import STREAM_QUALITY, derive_seed
 
 POPULATION = "population"
 REFERENCE = "reference"
+MIN_POPULATION = 8  # fewer population rows make RMIA's fractions and the regressors meaningless
 
 
 def job_key(model: str, kind: str) -> str:
@@ -120,6 +121,14 @@ def reference_jobs(
     Each job runs the union of the bases those attacks recalibrate."""
     population = plan.population()
     audited = (plan.split == MEMBER) | (plan.split == NONMEMBER)
+    needs = sorted({a.name for attacks in served.values() for a in attacks if a.uses_population})
+    if needs and population.sum() < MIN_POPULATION:
+        raise ConfigError(
+            f"attacks {', '.join(needs)} need population rows (held out by every shadow draw) "
+            f"and the plan has {int(population.sum())}: the draws overlap; lower "
+            "attacks.shadow.num_models or attacks.shadow.members and rerun prepare "
+            "(raydefense run --force prepare)"
+        )
     jobs: list[ScoreJob] = []
     ref_bases: dict[str, set[str]] = {}
     for t, attacks in served.items():

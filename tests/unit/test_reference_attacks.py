@@ -209,6 +209,15 @@ def test_reference_attacks_refuse_missing_or_overlapping_references(tmp_path: Pa
         check_references(cfg, plan, "baseline", ["shadow_1"])
     with pytest.raises(ConfigError, match="no reference model"):
         check_references(cfg, plan, "baseline", [])
+    # Overlapping shadow draws can leave no row held out by all of them: one line, not a crash.
+    from raydefense.audit.reference import reference_jobs
+
+    qr = _cfg(tmp_path, **{"attacks.enabled": "[loss, quantile]"})
+    attack = build_attacks(qr)[-1]
+    plan.shadow_train[0] |= plan.shadow_heldout[0]
+    plan.shadow_heldout[0] = False
+    with pytest.raises(ConfigError, match="quantile need population rows .* the plan has 0"):
+        reference_jobs(qr, plan, {"baseline": [attack]})
 
 
 def test_digits_enables_the_reference_attacks() -> None:

@@ -84,6 +84,7 @@ def test_worst_case_is_chosen_by_calibration_auc_and_a_sweep_can_raise_it() -> N
         "auc": 0.61,
         "auc_calibration": 0.64,
         "tpr_at_1pct_fpr": 0.05,
+        "auc_ci": None,
         "orientation": None,
         "tpr_at_1pct_fpr_calibrated": None,
         "fpr_at_1pct_fpr_calibrated": None,
