@@ -8,6 +8,8 @@ import platform
 import tempfile
 
 import raydefense
+from raydefense.attacks.reference import ReferenceAttack
+from raydefense.audit.reference import base_attacks
 from raydefense.audit.targets import adaptive_bases, build_attacks, check_explicit_targets
 from raydefense.config import ExperimentConfig
 from raydefense.data import DATASETS
@@ -18,9 +20,12 @@ from raydefense.storage import Storage
 def validate_config(cfg: ExperimentConfig) -> None:
     """Checks that need the registries (they are not expressible in the pydantic schema)."""
     DATASETS.get(cfg.data.source)
-    build_attacks(cfg)
+    attacks = build_attacks(cfg)
     check_explicit_targets(cfg)
     adaptive_bases(cfg)
+    for a in attacks:  # a reference attack's bases must be enabled query attacks
+        if isinstance(a, ReferenceAttack):
+            base_attacks(cfg, a)
     if cfg.data.split_file and not os.path.isfile(cfg.data.split_file):
         raise DataError(f"data.split_file {cfg.data.split_file!r} does not exist")
     if cfg.data.root and not os.path.exists(cfg.data.root):

@@ -189,14 +189,15 @@ def test_reference_attacks_refuse_missing_or_overlapping_references(tmp_path: Pa
                 **{"attacks.enabled": "[loss, quantile]", "attacks.shadow.num_models": "0"},
             )
         )
-    with pytest.raises(ConfigError, match="bases names 'secmi_nn'"):
-        run_cfg = _cfg(
-            tmp_path,
-            **{"attacks.enabled": "[loss, secmi_nn, lira]", "attacks.lira.bases": "[secmi_nn]"},
-        )
-        from raydefense.audit.reference import base_attacks
+    # Checked with the config, before any stage runs.
+    from raydefense.run.session import validate_config
 
-        base_attacks(run_cfg, build_attacks(run_cfg)[-1])
+    bad = _cfg(
+        tmp_path,
+        **{"attacks.enabled": "[loss, secmi_nn, lira]", "attacks.lira.bases": "[secmi_nn]"},
+    )
+    with pytest.raises(ConfigError, match="bases names 'secmi_nn'"):
+        validate_config(bad)
     # The quantile attack draws population rows but trains no shadow model.
     qr_only = _cfg(tmp_path, **{"attacks.enabled": "[loss, quantile]"})
     assert shadows_needed(qr_only) == 1
