@@ -35,10 +35,10 @@ def run_tiny(script: str, timeout: int, **env: str) -> str:
     return proc.stdout
 
 
-def finite(text: str) -> float:
-    """A printed number ("1,234.5", "0.87"); nan, inf and non-positive values fail."""
+def finite(text: str, positive: bool = True) -> float:
+    """A printed number ("1,234.5", "0.87"); nan, inf and (if `positive`) 0 or less fail."""
     x = float(text.replace(",", ""))
-    assert math.isfinite(x) and x > 0, text
+    assert math.isfinite(x) and (x > 0 if positive else x >= 0), text
     return x
 
 
@@ -77,10 +77,12 @@ def test_t2i_encoding_prints_both_speedups(tiny_cache: Path) -> None:
 @pytest.mark.ray
 @pytest.mark.s3
 def test_parquet_ingestion_prints_every_mode_against_memory() -> None:
-    out = run_tiny("parquet_ingestion.py", timeout=300)
+    out = run_tiny("parquet_ingestion.py", timeout=600)
     for mode in ("memory", "parquet/local", "parquet/s3", "raydata/local", "raydata/s3"):
         row = only_match(rf"^{re.escape(mode)} +(\S+) +\S+ +(\S+) .* (\S+) +(\S+)$", out)
-        assert finite(row[1]) and finite(row[2]) and finite(row[3])  # median s, rows/s, ratio
+        assert finite(row[1]) and finite(row[2])  # median seconds, rows/s
+        # vs memory: Ray Data's start-up against 256 rows in memory can print 0.000
+        finite(row[3], positive=False)
     for name in ("parquet", "raydata"):
         finite(only_match(rf"^{name}: S3 / local throughput = (\S+) ", out)[1])
 
