@@ -299,7 +299,10 @@ def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
             out.append({**rs[0], "line": attack, "setting": short_params(rs[0].get("params"))})
             continue
         for r in rs:
-            if isinstance(r.get("params"), Mapping) and r["params"].get("canonical"):
+            # A recalibrated column (LiRA on PIA's canonical t) keeps its base's flag: the
+            # canonical line is the base attack's own.
+            p = r.get("params")
+            if isinstance(p, Mapping) and p.get("canonical") and "base" not in p:
                 out.append(
                     {**r, "line": f"{attack} (canonical)", "setting": short_params(r["params"])}
                 )

@@ -309,6 +309,13 @@ def test_paper_table_headline_settings_and_refusals():
     assert "n/a: gsa1 on dualmd: needs white-box access." in table
     sweeps = sweep_tables_markdown(rows)
     assert "### pia" in sweeps and "| p=4, t=300 | 0.900 (0.600) | – |" in sweeps
+    # A recalibrated column keeps its base's canonical flag: no second "(canonical)" line.
+    lira = [
+        _row("baseline", "lira", {"base": b, "t": 200, "canonical": True}, auc, 0.2)
+        for b, auc in (("pia", 0.9), ("pian", 0.6))
+    ]
+    lines = [h["line"] for h in headline_rows(lira)]
+    assert lines == ["lira (best on calibration)"]
 
 
 @pytest.mark.skipif(
