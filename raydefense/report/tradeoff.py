@@ -146,7 +146,7 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
         body.append(line(t, privacy[t]))
         raw = privacy[t].get("without_calibrated")
         if raw and raw is not privacy[t] and raw["attack"] != privacy[t]["attack"]:
-            body.append(line(f"{t}, without reference/population attacks", raw))
+            body.append(line(f"{t}, without reference/population/combined attacks", raw))
         if privacy[t].get("black_box"):
             body.append(line(f"{t}, black-box only", privacy[t]["black_box"]))
     table = markdown_table(
@@ -171,9 +171,10 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
     ]
     if any(privacy[t].get("without_calibrated") for t in privacy):
         notes.append(
-            "*Without reference/population attacks*: the same choice over the raw-statistic "
-            "and learned attacks alone (what the suite reported before LiRA, RMIA and "
-            "quantile regression); shown where it picks another attack."
+            "*Without reference/population/combined attacks*: the same choice over the "
+            "raw-statistic, learned, black-box and router-aware attacks alone (what the suite "
+            "reported before LiRA, RMIA, quantile regression and the combined attack); shown "
+            "where it picks another attack."
         )
     if any(privacy[t].get("black_box") for t in privacy):
         notes.append(

@@ -355,9 +355,13 @@ def test_worst_case_names_the_suite_and_the_raw_statistic_choice_beside_it() -> 
     w = worst_case_privacy(rows)
     assert w["student"]["attack"] == "lira" and w["student"]["family"] == "reference"
     assert w["student"]["without_calibrated"]["attack"] == "loss"
+    # The combination stacks the calibrated columns: it is left out of the "before" as well.
+    stacked = rows + [{**_row("student", "combined", {}, 0.72, 0.73), "family": "combined"}]
+    assert worst_case_privacy(stacked)["student"]["attack"] == "combined"
+    assert worst_case_privacy(stacked)["student"]["without_calibrated"]["attack"] == "loss"
     assert "without_calibrated" not in w["baseline"]  # no calibrated attack ran on it
     text = privacy_markdown(w)
-    assert "student, without reference/population attacks" in text
+    assert "student, without reference/population/combined attacks" in text
     suite = suite_coverage(rows, FAMILIES, NOT_COVERED)
     assert [f["family"] for f in suite["covered"]] == ["threshold", "reference"]
     assert suite["covered"][1]["attacks"] == ["lira"]
