@@ -27,7 +27,7 @@ from raydefense import layout
 from raydefense.attacks.base import FAMILIES, NOT_COVERED
 from raydefense.audit.evaluate import run_evaluation
 from raydefense.audit.imported import check_imported, import_model
-from raydefense.audit.results import metric_rows
+from raydefense.audit.results import metric_rows, paired_auc_gain
 from raydefense.audit.selection import suite_coverage, tradeoff
 from raydefense.audit.targets import shadow_roles, shadow_students, shadows_needed
 from raydefense.config import ExperimentConfig
@@ -443,9 +443,8 @@ def stage_evaluate(ctx: RunContext) -> None:
 
 def stage_report(ctx: RunContext) -> dict:
     cfg, storage = ctx.cfg, ctx.storage
-    rows, all_curves = metric_rows(
-        storage.read_table(layout.SCORES), cfg.attacks.bootstrap, cfg.seed
-    )
+    scores = storage.read_table(layout.SCORES)
+    rows, all_curves = metric_rows(scores, cfg.attacks.bootstrap, cfg.seed)
     curves: dict[str, dict] = {}  # ROC figures for the paper-table lines only
     for h in headline_rows(rows):
         key = f"{h['attack']} {json.dumps(h['params'], sort_keys=True)}"
@@ -496,6 +495,13 @@ def stage_report(ctx: RunContext) -> dict:
         tradeoff(results, _sweep_results(ctx, "attacks"), _sweep_results(ctx, "training"))
     )
     results["suite"] = suite_coverage(rows, FAMILIES, NOT_COVERED)
+    # What the reference/population/combined attacks add, per target, on the same test rows.
+    for t, entry in results["privacy"].items():
+        old = entry.get("without_calibrated")
+        if old and entry.get("source") == old.get("source") == "evaluate":
+            entry["gain_over_without_calibrated"] = paired_auc_gain(
+                scores, t, entry, old, cfg.attacks.bootstrap, cfg.seed
+            )
     if is_latent(cfg.model):  # text-to-image: this run's table, or the study's when base
         results["text_to_image"] = _t2i_table(ctx, results)
     seeds = _seed_study(ctx)

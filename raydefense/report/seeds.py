@@ -53,7 +53,7 @@ def privacy_rows(
     """(label, entry) for a worst-case entry and, after it, each nested entry."""
     out = [(_label(target, path), entry)]
     for k, v in entry.items():
-        if isinstance(v, Mapping) and "seeds" in v and "attacks" in v:
+        if isinstance(v, Mapping) and "seeds" in v and "attacks" in v and "auc" in v:
             out += privacy_rows(target, v, n_total, path + (k,))
     return out
 

@@ -146,7 +146,14 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
         body.append(line(t, privacy[t]))
         raw = privacy[t].get("without_calibrated")
         if raw and raw is not privacy[t] and raw["attack"] != privacy[t]["attack"]:
-            body.append(line(f"{t}, without reference/population/combined attacks", raw))
+            gain = privacy[t].get("gain_over_without_calibrated") or {}
+            ci = gain.get("auc_diff_ci")
+            label = f"{t}, without reference/population/combined attacks"
+            if gain.get("auc_diff") is not None:
+                label += f" (the suite adds {gain['auc_diff']:+.3f}" + (
+                    f" [{ci[0]:+.3f}, {ci[1]:+.3f}])" if ci else ")"
+                )
+            body.append(line(label, raw))
         if privacy[t].get("black_box"):
             body.append(line(f"{t}, black-box only", privacy[t]["black_box"]))
     table = markdown_table(
@@ -174,7 +181,8 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
             "*Without reference/population/combined attacks*: the same choice over the "
             "raw-statistic, learned, black-box and router-aware attacks alone (what the suite "
             "reported before LiRA, RMIA, quantile regression and the combined attack); shown "
-            "where it picks another attack."
+            "where it picks another attack, with what the full suite adds in test AUC and its "
+            "paired bootstrap 95% CI (both attacks on the same resampled test rows)."
         )
     if any(privacy[t].get("black_box") for t in privacy):
         notes.append(

@@ -155,6 +155,11 @@ def test_results_json_follows_the_contract(smoke_run):
     assert {"threshold", "learned", "black-box", "reference", "population", "combined"} <= covered
     assert any("online LiRA" in m for m in results["suite"]["not_covered"])
     assert "strongest attack in the suite, chosen on calibration" in md
+    for entry in results["privacy"].values():  # what the new families add, paired CI
+        gain = entry.get("gain_over_without_calibrated")
+        if gain is not None:
+            lo, hi = gain["auc_diff_ci"]
+            assert lo <= gain["auc_diff"] <= hi
     assert "- **teacher_1** (gsa1, gsa2): teacher-like: `shadow_1_teacher_1` (32 members" in md
     assert (
         cwd / "runs" / "smoke" / "distill" / "shadow_1_student" / "soft_targets" / "_COMPLETE.json"

@@ -244,3 +244,39 @@ def test_the_combined_attack_is_scored_out_of_fold_on_calibration() -> None:
     s = attack.combine(signal, member, cal, seed=0)
     # out-of-fold on 150 calibration rows: a fold's model sees 100 rows of 61 columns
     assert auc(s[cal], member[cal]) > 0.7 and auc(s[~cal], member[~cal]) > 0.8
+
+
+def test_the_gain_over_the_raw_suite_is_a_paired_bootstrap_on_the_same_rows() -> None:
+    """What the new families add: test-AUC difference of two attacks on the same rows, with a
+    paired CI; calibration rows never enter it."""
+    import pyarrow as pa
+
+    from raydefense.audit.results import paired_auc_gain
+
+    rng = np.random.default_rng(0)
+    n = 200
+    member = np.arange(n) < n // 2
+    part = np.where(np.arange(n) % 2 == 0, "test", "calibration")
+    strong = member + rng.normal(0, 0.5, n)
+    weak = member + rng.normal(0, 3.0, n)
+    strong[part == "calibration"] = 0.0  # calibration rows must not matter
+    cols = {k: [] for k in ("target", "attack", "params", "row_id", "is_member", "part", "score")}
+    for name, s in (("lira", strong), ("loss", -weak)):
+        cols["target"] += ["student"] * n
+        cols["attack"] += [name] * n
+        cols["params"] += ["{}"] * n
+        cols["row_id"] += list(range(n))
+        cols["is_member"] += member.tolist()
+        cols["part"] += part.tolist()
+        cols["score"] += s.tolist()
+    table = pa.table(cols)
+    new = {"attack": "lira", "params": {}, "orientation": 1}
+    old = {"attack": "loss", "params": {}, "orientation": -1}  # flipped on calibration
+    test = part == "test"
+    want = auc(strong[test], member[test]) - auc(weak[test], member[test])
+    gain = paired_auc_gain(table, "student", new, old, 300, 0)
+    assert gain["auc_diff"] == pytest.approx(want)
+    lo, hi = gain["auc_diff_ci"]
+    assert 0 < lo < want < hi
+    with pytest.raises(ValueError, match="not scored on the same test rows"):
+        paired_auc_gain(table, "student", new, {"attack": "pia", "params": {}}, 10, 0)
