@@ -32,6 +32,9 @@ TINY_SETS = [
     "sampling.num_images=4",
     "sampling.num_steps=4",
     "sampling.quality_draws=1",
+    # Two query attacks: no shadow or reference models to train, so the path stays seconds long
+    # (the attack suite has its own benchmark).
+    "attacks.enabled=[loss, secmi_stat]",
 ]
 
 
