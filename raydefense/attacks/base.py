@@ -332,9 +332,7 @@ FAMILIES = {
     "combined": "a classifier over every attack column of the target, nested cross-validation",
 }
 # Families the field uses that the suite does not implement yet: the report names them.
-NOT_COVERED = (
-    "online LiRA (reference models trained IN on half of the audited rows)",
-)
+NOT_COVERED = ("online LiRA (reference models trained IN on half of the audited rows)",)
 
 
 def attack_family(attack: type[Attack] | Attack) -> str:
