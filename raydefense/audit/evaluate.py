@@ -200,13 +200,16 @@ def run_evaluation(
         time.perf_counter() - t0,
     )
     t0 = time.perf_counter()
-    for t in ap.targets:
-        for a in ap.attacks[t]:
-            if isinstance(a, CombinedAttack):
-                params, score = combined_scores(cfg, plan, t, a, cols)
-                mask = audited_rows(plan, t)
-                ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
-                long_rows(cols, t, a.name, params, ids, member, part, score)
+    combined = [(t, a) for t in ap.targets for a in ap.attacks[t] if isinstance(a, CombinedAttack)]
+    if combined:
+        import pandas as pd
+
+        table = pd.DataFrame(cols)  # every column so far, built once for all targets
+        for t, a in combined:
+            params, score = combined_scores(cfg, plan, t, a, table)
+            mask = audited_rows(plan, t)
+            ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
+            long_rows(cols, t, a.name, params, ids, member, part, score)
     log.info("evaluate: combined attacks in %.1fs", time.perf_counter() - t0)
     if domain is not None:
         quality.append(
@@ -265,14 +268,12 @@ def combined_scores(
     plan: Plan,
     target: str,
     attack: CombinedAttack,
-    cols: dict[str, list[Any]],
+    table: Any,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """The combined attack on `target` over every attack column scored on it so far (`cols`,
-    long format): (params, scores over its audited rows in plan order)."""
-    import pandas as pd
-
-    df = pd.DataFrame(cols)
-    df = df[(df.target == target) & (df.attack != attack.name)]
+    """The combined attack on `target` over every attack column scored on it so far (`table`:
+    a pandas DataFrame of the long-format columns): (params, scores over its audited rows in
+    plan order)."""
+    df = table[(table.target == target) & (table.attack != attack.name)]
     wide = df.pivot_table(index="row_id", columns=["attack", "params"], values="score")
     mask = audited_rows(plan, target)
     ids = plan.row_id[mask]
