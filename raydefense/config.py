@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raydefense.errors import ConfigError
 from raydefense.hashing import stable_hash
@@ -559,12 +559,31 @@ class LiRAConfig(_Section):
         "per_example from `per_example_min` references on",
     )
     per_example_min: int = Field(64, ge=2, description="references that make `auto` per-example")
+    online_models: int = Field(
+        0,
+        ge=0,
+        description="online LiRA: this many extra reference draws (0 = off; else >= 2), each "
+        "trained like the targets on a random half of the audited rows (every audited row IN "
+        "for exactly half of them), recorded in the membership matrix; per draw a baseline, K "
+        "teachers and a distilled student (whichever roles the audited targets need): costly, "
+        "off in the CPU presets",
+    )
     transform: Literal["log", "none"] = Field(
         "log",
         description="log: the statistic is -log(error) of the error a base score negates (a "
         "positive error's analogue of LiRA's logit scaling, closer to Gaussian); none: the raw "
         "score",
     )
+
+    @field_validator("online_models")
+    @classmethod
+    def _online_pairs(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError(
+                "attacks.lira.online_models=1 leaves each row without an IN or an OUT "
+                "reference; set 0 (offline only) or >= 2"
+            )
+        return v
 
 
 class RMIAConfig(_Section):

@@ -24,12 +24,19 @@ import pyarrow as pa
 import torch
 
 from raydefense import layout
-from raydefense.attacks.base import FAMILIES, NOT_COVERED
+from raydefense.attacks.base import FAMILIES, variants_not_run
 from raydefense.audit.evaluate import run_evaluation
 from raydefense.audit.imported import check_imported, import_model
 from raydefense.audit.results import metric_rows, paired_auc_gain
 from raydefense.audit.selection import suite_coverage, tradeoff
-from raydefense.audit.targets import shadow_roles, shadow_students, shadows_needed
+from raydefense.audit.targets import (
+    online_needed,
+    online_roles,
+    online_students,
+    shadow_roles,
+    shadow_students,
+    shadows_needed,
+)
 from raydefense.config import ExperimentConfig
 from raydefense.data.captioning import with_generated_captions
 from raydefense.data.given import load_pool
@@ -45,11 +52,13 @@ from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
 from raydefense.report.text_to_image import DIVERSIFICATION_LABELS, t2i_table
 from raydefense.roster import (
+    DUALMD,
     STUDENT,
+    draw_name,
     is_teacher,
     model_index,
-    parse_shadow,
-    shadow_name,
+    parse_draw,
+    router_teachers,
     training_role,
 )
 from raydefense.run.context import RunContext
@@ -82,6 +91,8 @@ def stage_prepare(ctx: RunContext) -> None:
         cfg.attacks.shadow.members,
         shadow_roles(cfg),
         given=given,
+        num_online=online_needed(cfg),
+        online_roles=online_roles(cfg),
     )
     if cfg.data.captioner is not None:  # prompt diversification's extra captions (section 3.1)
         t0 = time.perf_counter()
@@ -133,9 +144,9 @@ def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict:
 def stage_train(ctx: RunContext) -> None:
     plan_models = ctx.storage.read_json(layout.PLAN_JSON)["models"]
     k = sum(is_teacher(m) for m in plan_models)
-    if ctx.cfg.audit.models:  # an audit imports its targets; only shadow models train
+    if ctx.cfg.audit.models:  # an audit imports its targets; only the attacker's models train
         _import_models(ctx)
-        plan_models = [m for m in plan_models if parse_shadow(m) is not None]
+        plan_models = [m for m in plan_models if parse_draw(m) is not None]
     todo = [
         m
         for m in plan_models
@@ -185,7 +196,7 @@ def _dataset(ctx: RunContext, rows: str, context: str) -> dict:
     if rows in ("members", "nonmembers", STUDENT):  # the student learns from all members
         want = "member" if rows == STUDENT else rows[:-1]
         chosen = [h for h, s in zip(table["hash"], table["split"]) if s == want]
-    elif (parse_shadow(rows) or (0, ""))[1] == "student":  # a shadow draw's training rows
+    elif (parse_draw(rows) or ("", 0, ""))[2] == "student":  # a draw's training rows
         members = read_plan(ctx.storage).members_of(rows)
         chosen = [h for h, m in zip(table["hash"], members) if m]
     else:
@@ -266,7 +277,7 @@ def _complete_fit(ctx: RunContext, s: dict) -> None:
     """Publish a finished fit's completion marker and close its MLflow run; a target model is
     first logged and registered in MLflow (`tracking.register_models`)."""
     rel = layout.model_dir(s["model"])
-    if ctx.cfg.tracking.register_models and parse_shadow(s["model"]) is None:
+    if ctx.cfg.tracking.register_models and parse_draw(s["model"]) is None:
         _register(ctx, s["model"], s["mlflow_run_id"])
     mark_complete(
         ctx.storage,
@@ -312,11 +323,12 @@ def stage_distill(ctx: RunContext) -> None:
     cfg, plan = ctx.cfg, read_plan(ctx.storage)
     # An audit distils no target student (one it audits is imported by the train stage).
     students = [] if cfg.audit.models else [(STUDENT, plan.teachers)]
-    for m in shadow_students(cfg, plan):
-        shadow = parse_shadow(m)
-        assert shadow is not None  # shadow_students names shadow models only
-        j = shadow[0]
-        students.append((m, [shadow_name(j, "teacher", k) for k in range(plan.num_shards)]))
+    for m in shadow_students(cfg, plan) + online_students(cfg, plan):
+        draw = parse_draw(m)
+        assert draw is not None  # shadow_students and online_students name draws' models only
+        teachers = router_teachers(draw_name(draw[0], draw[1], DUALMD), plan.teachers)
+        assert teachers is not None  # a draw's router stands for that draw's teachers
+        students.append((m, teachers))
     fresh = "distill" in ctx.force
     todo = [
         (m, teachers)
@@ -494,7 +506,13 @@ def stage_report(ctx: RunContext) -> dict:
     results.update(
         tradeoff(results, _sweep_results(ctx, "attacks"), _sweep_results(ctx, "training"))
     )
-    results["suite"] = suite_coverage(rows, FAMILIES, NOT_COVERED)
+    lira = "lira" in cfg.attacks.enabled
+    results["suite"] = suite_coverage(
+        rows,
+        FAMILIES,
+        variants_not_run(cfg.attacks.lira.online_models, lira),
+        results["references"],
+    )
     # What the reference/population/combined attacks add, per target, on the same test rows.
     for t, entry in results["privacy"].items():
         old = entry.get("without_calibrated")
@@ -744,11 +762,12 @@ def _model_manifests(ctx: RunContext, stage: str) -> dict:
     if stage == "train":
         models = ctx.storage.read_json(layout.PLAN_JSON)["models"]
         if audit:
-            models = [m for m in models if parse_shadow(m) is not None] + sorted(audit)
+            models = [m for m in models if parse_draw(m) is not None] + sorted(audit)
         markers = [layout.marker(layout.model_dir(m)) for m in models]
     elif stage == "distill":
         students = [] if audit else [STUDENT]
-        students += shadow_students(ctx.cfg, read_plan(ctx.storage))
+        plan = read_plan(ctx.storage)
+        students += shadow_students(ctx.cfg, plan) + online_students(ctx.cfg, plan)
         markers = [layout.marker(layout.soft_targets_dir(m)) for m in students]
         markers += [layout.marker(layout.model_dir(m)) for m in students]
     else:

@@ -4,7 +4,10 @@ the access an attacker has to each target.
 Models (each trained once, each a row of the membership matrix unless it is a student):
 `baseline` (all members), `teacher_k` (shard k of K), `student` (distilled from the teachers),
 and the attacker's shadow models per shadow draw j (`SHADOW_ROLES`): `shadow_j` like the
-baseline, `shadow_j_teacher_k` like a teacher, `shadow_j_student` like the student.
+baseline, `shadow_j_teacher_k` like a teacher, `shadow_j_student` like the student. Online
+LiRA's reference models per online draw j have the same roles under the prefix `online`
+(`online_j`, `online_j_teacher_k`, `online_j_student`, the router `online_j_dualmd`): they train
+on a random half of the audited rows, shadows on rows no audit scores.
 Targets (what the audit attacks): the baseline, each teacher, `dualmd` (the teachers behind a
 step router) and the student.
 """
@@ -27,6 +30,9 @@ SHADOW_REGIME_INDEX0 = 1000
 # The training regimes a shadow model can imitate: the baseline's (all of a draw's members), a
 # teacher's (one of K shards of them) and the student's (distilled from the draw's K teachers).
 SHADOW_ROLES = ("baseline", "teacher", "student")
+SHADOW, ONLINE = "shadow", "online"  # the two kinds of draw (name prefixes)
+# online_j's models: 50000 + 100 (j - 1) + their target counterpart's index (baseline 0).
+ONLINE_INDEX0 = 50_000
 
 
 def teacher_name(shard: int) -> str:
@@ -46,65 +52,100 @@ def is_teacher(model: str) -> bool:
     return teacher_shard(model) is not None
 
 
+def draw_name(prefix: str, j: int, role: str = "baseline", shard: int = 0) -> str:
+    """A draw's model: prefix (SHADOW or ONLINE), draw 0..S-1 and role -> {prefix}_{j+1}
+    (trained like the baseline), {prefix}_{j+1}_teacher_{shard+1} (like a teacher),
+    {prefix}_{j+1}_student (like the student) or {prefix}_{j+1}_dualmd (the step router over
+    the draw's teachers, never trained)."""
+    if prefix not in (SHADOW, ONLINE):
+        raise ValueError(f"unknown draw kind {prefix!r}; expected {SHADOW!r} or {ONLINE!r}")
+    if role == "baseline":
+        return f"{prefix}_{j + 1}"
+    if role == "teacher":
+        return f"{prefix}_{j + 1}_{teacher_name(shard)}"
+    if role in (STUDENT, DUALMD):
+        return f"{prefix}_{j + 1}_{role}"
+    raise ValueError(f"unknown shadow role {role!r}; expected one of {SHADOW_ROLES}")
+
+
 def shadow_name(j: int, role: str = "baseline", shard: int = 0) -> str:
     """Shadow draw 0..S-1 and role -> model name: shadow_{j+1} (trained like the baseline),
     shadow_{j+1}_teacher_{shard+1} (like a teacher) or shadow_{j+1}_student (like the student)."""
-    if role == "baseline":
-        return f"shadow_{j + 1}"
-    if role == "teacher":
-        return f"shadow_{j + 1}_{teacher_name(shard)}"
-    if role == "student":
-        return f"shadow_{j + 1}_{STUDENT}"
-    raise ValueError(f"unknown shadow role {role!r}; expected one of {SHADOW_ROLES}")
+    if role == DUALMD:
+        raise ValueError(f"unknown shadow role {role!r}; expected one of {SHADOW_ROLES}")
+    return draw_name(SHADOW, j, role, shard)
+
+
+def online_name(j: int, role: str = "baseline", shard: int = 0) -> str:
+    """Online draw j's reference model of a role (`draw_name` with the prefix `online`)."""
+    return draw_name(ONLINE, j, role, shard)
 
 
 def shadow_router(j: int) -> str:
     """Shadow draw j's DualMD: a step router over that draw's shadow teachers (never trained;
     the reference model of a reference-calibrated attack on `dualmd`)."""
-    return f"shadow_{j + 1}_{DUALMD}"
+    return draw_name(SHADOW, j, DUALMD)
+
+
+def online_router(j: int) -> str:
+    """Online draw j's DualMD: a step router over that draw's teachers."""
+    return draw_name(ONLINE, j, DUALMD)
 
 
 def router_teachers(model: str, teachers: list[str]) -> Optional[list[str]]:
     """The teachers behind a step router: `dualmd` -> `teachers` (the plan's), shadow_j_dualmd
-    -> shadow draw j's teachers (as many); None for a single model."""
+    / online_j_dualmd -> that draw's teachers (as many); None for a single model."""
     if model == DUALMD:
         return list(teachers)
-    shadow = parse_shadow(model)
-    if shadow is not None and shadow[1] == DUALMD:
-        return [shadow_name(shadow[0], "teacher", k) for k in range(len(teachers))]
+    draw = parse_draw(model)
+    if draw is not None and draw[2] == DUALMD:
+        return [draw_name(draw[0], draw[1], "teacher", k) for k in range(len(teachers))]
     return None
+
+
+def parse_draw(model: str) -> Optional[tuple[str, int, str, int]]:
+    """A shadow or online model name -> (kind SHADOW/ONLINE, draw j, role, shard k) (k = -1
+    unless a teacher; role "dualmd" for a draw's router); None for a target's name."""
+    parts = model.split("_")
+    if parts[0] not in (SHADOW, ONLINE) or len(parts) < 2 or not parts[1].isdigit():
+        return None
+    kind, j = parts[0], int(parts[1]) - 1
+    if len(parts) == 2:
+        return kind, j, "baseline", -1
+    if parts[2:] == [STUDENT]:
+        return kind, j, "student", -1
+    if parts[2:] == [DUALMD]:
+        return kind, j, DUALMD, -1
+    if len(parts) == 4 and parts[2] == "teacher" and parts[3].isdigit():
+        return kind, j, "teacher", int(parts[3]) - 1
+    raise KeyError(f"unknown {kind} model {model!r}")
 
 
 def parse_shadow(model: str) -> Optional[tuple[int, str, int]]:
     """A shadow model name -> (draw j, role, shard k) (k = -1 unless a teacher; role "dualmd"
-    for a draw's router, `shadow_router`); None for a target's name."""
-    parts = model.split("_")
-    if parts[0] != "shadow" or len(parts) < 2 or not parts[1].isdigit():
-        return None
-    j = int(parts[1]) - 1
-    if len(parts) == 2:
-        return j, "baseline", -1
-    if parts[2:] == [STUDENT]:
-        return j, "student", -1
-    if parts[2:] == [DUALMD]:
-        return j, DUALMD, -1
-    if len(parts) == 4 and parts[2] == "teacher" and parts[3].isdigit():
-        return j, "teacher", int(parts[3]) - 1
-    raise KeyError(f"unknown shadow model {model!r}")
+    for a draw's router, `shadow_router`); None for any other name (online ones included)."""
+    draw = parse_draw(model)
+    return None if draw is None or draw[0] != SHADOW else draw[1:]
+
+
+def parse_online(model: str) -> Optional[tuple[int, str, int]]:
+    """An online reference model's name -> (draw j, role, shard k); None for any other."""
+    draw = parse_draw(model)
+    return None if draw is None or draw[0] != ONLINE else draw[1:]
 
 
 def is_student(model: str) -> bool:
-    """The target student or a shadow student (both learn from soft targets)."""
-    shadow = parse_shadow(model)
-    return model == STUDENT or (shadow is not None and shadow[1] == "student")
+    """The target student or a shadow or online student (all learn from soft targets)."""
+    draw = parse_draw(model)
+    return model == STUDENT or (draw is not None and draw[2] == "student")
 
 
 def training_role(model: str) -> str:
     """The `train.<role>` settings a model trains with: baseline, teacher or student (a shadow
-    model takes the role it imitates)."""
-    shadow = parse_shadow(model)
-    if shadow is not None:
-        return shadow[1]
+    model or an online reference takes the role it imitates)."""
+    draw = parse_draw(model)
+    if draw is not None:
+        return draw[2]
     if model == STUDENT:
         return "student"
     if is_teacher(model):
@@ -115,36 +156,54 @@ def training_role(model: str) -> str:
 
 
 def model_names(
-    num_shards: int, num_shadows: int = 0, shadow_roles: tuple[str, ...] = ("baseline",)
+    num_shards: int,
+    num_shadows: int = 0,
+    shadow_roles: tuple[str, ...] = ("baseline",),
+    num_online: int = 0,
+    online_roles: tuple[str, ...] = (),
 ) -> list[str]:
     """Rows of the membership matrix: the undefended baseline, one teacher per shard, then per
     shadow draw the attacker's models trained on its rows (disjoint from every target row): one
     like the baseline and/or K like the teachers (the latter also when a shadow student is
-    distilled from them). Students are not rows: they learn from soft targets."""
-    shadows = []
-    for j in range(num_shadows):
-        if "baseline" in shadow_roles:
-            shadows.append(shadow_name(j))
-        if {"teacher", "student"} & set(shadow_roles):
-            shadows += [shadow_name(j, "teacher", k) for k in range(num_shards)]
-    return [BASELINE] + [teacher_name(k) for k in range(num_shards)] + shadows
+    distilled from them); then the same per online draw for its `online_roles`. Students are
+    not rows: they learn from soft targets."""
+
+    def draws(prefix: str, n: int, roles: tuple[str, ...]) -> list[str]:
+        out = []
+        for j in range(n):
+            if "baseline" in roles:
+                out.append(draw_name(prefix, j))
+            if {"teacher", "student"} & set(roles):
+                out += [draw_name(prefix, j, "teacher", k) for k in range(num_shards)]
+        return out
+
+    return (
+        [BASELINE]
+        + [teacher_name(k) for k in range(num_shards)]
+        + draws(SHADOW, num_shadows, shadow_roles)
+        + draws(ONLINE, num_online, online_roles)
+    )
 
 
 def model_index(model: str, num_shards: int) -> int:
     """The index that seeds a model's training batches: baseline 0, teacher_k k, the student
     K + 1, shadow_j 100 + j - 1 (independent of how many shadows exist), shadow_j's teachers and
-    student 1000 + 100 (j - 1) + their target counterpart's index."""
+    student 1000 + 100 (j - 1) + their target counterpart's index, online_j's models
+    50000 + 100 (j - 1) + their counterpart's index."""
     if model == BASELINE:
         return 0
     shard = teacher_shard(model)
     if shard is not None:
         return shard + 1
-    shadow = parse_shadow(model)
-    if shadow is not None:
-        j, role, k = shadow
+    draw = parse_draw(model)
+    if draw is not None:
+        kind, j, role, k = draw
+        own = {"baseline": 0, "teacher": k + 1}.get(role, num_shards + 1)
+        if kind == ONLINE:
+            return ONLINE_INDEX0 + 100 * j + own
         if role == "baseline":
             return SHADOW_MODEL_INDEX0 + j
-        return SHADOW_REGIME_INDEX0 + 100 * j + (k + 1 if role == "teacher" else num_shards + 1)
+        return SHADOW_REGIME_INDEX0 + 100 * j + own
     if model == STUDENT:
         return num_shards + 1
     raise KeyError(f"unknown model {model!r}")

@@ -27,6 +27,7 @@ STREAM_REDIFFUSE = 14  # ReDiffuse: the seeds of a row's variations
 STREAM_SYNTHETIC = 16  # distill.synthetic_per_teacher: a teacher's synthetic samples
 STREAM_CAPTION = 15  # data.captioner: the sampling seed of a row's generated captions
 STREAM_PROFILE = 17  # `raydefense profile`: the noise of a row's draws, shared by every t and model
+STREAM_ONLINE = 18  # online LiRA: which audited rows each online draw trains on, and its shards
 
 
 def derive_seed(*parts: int) -> int:

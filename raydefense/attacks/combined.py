@@ -4,8 +4,12 @@ the calibration part.
 
 Its calibration scores are out-of-fold and its regularisation is chosen by an inner
 cross-validation inside each outer fold (nested cross-validation), so the calibration AUC that
-selection reads is never in-sample; the test part is scored by the model fitted on all of the
-calibration part. Pure numpy + scikit-learn.
+selection reads is never in-sample. The test part is scored by the mean of the outer folds'
+models, so that calibration and test scores come from the same kind of fit (each on
+(folds - 1) / folds of the calibration part, its C chosen the same way): a threshold set on the
+calibration scores then means the same on the test part. (A refit on all of the calibration
+part can choose another C and put its scores on another scale: on digits its calibrated 1% FPR
+threshold realised 5.5-6.2% on the teachers.) Pure numpy + scikit-learn.
 """
 
 from __future__ import annotations
@@ -42,18 +46,19 @@ class CombinedAttack(Attack):
         """Args: features [N, F] attack columns (any orientation); member [N] bool;
         calibration [N] bool (labels usable there only). seed: the folds.
         Returns: [N] float64 decision values, higher = member: out-of-fold on the calibration
-        part, from the model fitted on all of it elsewhere."""
+        part, the mean of the fold models' elsewhere."""
         from sklearn.model_selection import StratifiedKFold
 
         x = np.nan_to_num(np.asarray(features, dtype=np.float64))
         y = member.astype(np.int64)
         cal, rest = np.flatnonzero(calibration), np.flatnonzero(~calibration)
-        out = np.empty(len(y), dtype=np.float64)
+        out = np.zeros(len(y), dtype=np.float64)
         outer = StratifiedKFold(self.cfg.folds, shuffle=True, random_state=int(seed) % (2**32))
         for tr, te in outer.split(cal, y[cal]):
-            out[cal[te]] = self._fit(x[cal[tr]], y[cal[tr]], seed).decision_function(x[cal[te]])
-        if rest.size:
-            out[rest] = self._fit(x[cal], y[cal], seed).decision_function(x[rest])
+            model = self._fit(x[cal[tr]], y[cal[tr]], seed)
+            out[cal[te]] = model.decision_function(x[cal[te]])
+            if rest.size:
+                out[rest] += model.decision_function(x[rest]) / self.cfg.folds
         return out
 
     def _fit(self, x: np.ndarray, y: np.ndarray, seed: int) -> Any:

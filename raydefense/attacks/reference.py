@@ -21,6 +21,7 @@ import numpy as np
 
 from raydefense.attacks.base import ATTACKS, Attack, AttackKind
 from raydefense.config import LiRAConfig, RMIAConfig
+from raydefense.errors import ConfigError
 
 # Below this an error counts as zero (a log would diverge).
 TINY_ERROR = 1e-30
@@ -36,6 +37,9 @@ class ReferenceData:
         trained on them); pop_references: [m, Z] the references' (None when not scored).
     images, pop_images: [N, C, H, W] / [Z, C, H, W] float32 in [-1, 1] (the quantile
         regressor's inputs; None for the attacks that read scores only).
+    online: [o, N] online LiRA's references' scores on the same rows (None when off);
+        online_in: [o, N] bool, which of them trained on the row (IN), from the membership
+        matrix.
     """
 
     target: np.ndarray
@@ -44,6 +48,8 @@ class ReferenceData:
     pop_references: Optional[np.ndarray] = None
     images: Optional[np.ndarray] = None
     pop_images: Optional[np.ndarray] = None
+    online: Optional[np.ndarray] = None
+    online_in: Optional[np.ndarray] = None
 
 
 class ReferenceAttack(Attack):
@@ -63,7 +69,8 @@ class ReferenceAttack(Attack):
 
     def score_columns(self, data: ReferenceData, seed: int) -> np.ndarray:
         """Every base column at once: `data` with a trailing column axis (target [N, S],
-        references [m, N, S], pop_target [Z, S], pop_references [m, Z, S]).
+        references [m, N, S], pop_target [Z, S], pop_references [m, Z, S], online [o, N, S];
+        images and online_in have none).
         -> [N, S, len(settings())] float64. By default one `score_reference` per column."""
 
         def col(a: Optional[np.ndarray], i: int) -> Optional[np.ndarray]:
@@ -78,6 +85,8 @@ class ReferenceAttack(Attack):
                     pop_references=col(data.pop_references, i),
                     images=data.images,
                     pop_images=data.pop_images,
+                    online=col(data.online, i),
+                    online_in=data.online_in,
                 ),
                 seed,
             )
@@ -207,20 +216,29 @@ def _positive_mean(sd: np.ndarray) -> float:
 
 @ATTACKS.register("lira")
 class LiRA(ReferenceAttack):
-    """Offline LiRA on every base statistic (the references are the target's regime-matched
-    shadow models, all OUT for every audited row)."""
+    """LiRA on every base statistic: offline against the target's regime-matched shadow models
+    (all OUT for every audited row); with `online_models` also online, against the online
+    draws' references (IN for half of the rows, OUT for the rest)."""
 
     name = "lira"
 
     def __init__(self, cfg: LiRAConfig | dict[str, Any], num_train_timesteps: int = 1000) -> None:
         self.cfg = cfg if isinstance(cfg, LiRAConfig) else LiRAConfig.model_validate(cfg)
+        if self.cfg.variance == "per_example" and 0 < self.cfg.online_models < 4:
+            raise ConfigError(
+                f"attacks.lira.variance=per_example with online_models="
+                f"{self.cfg.online_models} leaves a row one IN or one OUT reference, no spread; "
+                "set online_models >= 4 or variance: auto"
+            )
 
     def per_example(self, num_references: int) -> bool:
         v = self.cfg.variance
         return v == "per_example" or (v == "auto" and num_references >= self.cfg.per_example_min)
 
     def settings(self) -> list[dict[str, Any]]:
-        return [{"mode": "offline", "variance": self.cfg.variance, "transform": self.cfg.transform}]
+        own = {"variance": self.cfg.variance, "transform": self.cfg.transform}
+        online = [{"mode": "online", **own}] if self.cfg.online_models else []
+        return [{"mode": "offline", **own}, *online]
 
     def score_reference(self, data: ReferenceData, seed: int) -> np.ndarray:
         tr = self.cfg.transform
@@ -229,8 +247,18 @@ class LiRA(ReferenceAttack):
         if data.pop_target is not None and data.pop_references is not None:
             pop_refs = statistic(np.atleast_2d(data.pop_references), tr)
             resid = statistic(data.pop_target, tr) - pop_refs.mean(axis=0)
-        z = lira_offline(statistic(data.target, tr), refs, self.per_example(len(refs)), resid)
-        return z[:, None]
+        target = statistic(data.target, tr)
+        out = [lira_offline(target, refs, self.per_example(len(refs)), resid)]
+        if self.cfg.online_models:
+            if data.online is None or data.online_in is None:
+                raise ValueError("online LiRA needs the online references' scores and IN mask")
+            online = statistic(np.atleast_2d(data.online), tr)
+            inside = np.asarray(data.online_in, dtype=bool)
+            # per-example needs two entries per row and side: half the references are IN
+            per_example = self.per_example(len(online)) and int(inside.sum(0).min()) >= 2
+            per_example &= int((~inside).sum(0).min()) >= 2
+            out.append(lira_online(target, online, inside, online, ~inside, per_example))
+        return np.stack(out, axis=1)
 
 
 # ------------------------------------------------------------------------------------- RMIA

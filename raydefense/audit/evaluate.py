@@ -19,7 +19,7 @@ import torch
 from raydefense.attacks.adaptive import DualMDAdaptive
 from raydefense.attacks.base import GeneratedAttack, LearnedAttack, QueryAttack
 from raydefense.attacks.combined import CombinedAttack
-from raydefense.attacks.reference import ReferenceAttack
+from raydefense.attacks.reference import LiRA, ReferenceAttack
 from raydefense.audit.learned import (
     adaptive_scores,
     fit_learned,
@@ -27,6 +27,7 @@ from raydefense.audit.learned import (
     learned_scores,
 )
 from raydefense.audit.reference import (
+    online_membership,
     reference_inputs,
     reference_jobs,
     reference_members,
@@ -43,7 +44,12 @@ from raydefense.audit.scoring import (
     query_col,
     shadow_jobs,
 )
-from raydefense.audit.targets import audited_rows, plan_attacks, shadows_for
+from raydefense.audit.targets import (
+    audited_rows,
+    online_references,
+    plan_attacks,
+    shadows_for,
+)
 from raydefense.audit.utility import quality_rows, train_domain_features
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import CALIBRATION, MEMBER, NONMEMBER, TEST, Plan
@@ -128,7 +134,7 @@ def run_evaluation(
     fits: list[tuple[Any, ...]] = []
     fit_keys: list[tuple[str, str]] = []
     ref_fits: list[tuple[Any, ...]] = []
-    ref_keys: list[tuple[str, ReferenceAttack, list[dict[str, Any]], int]] = []
+    ref_keys: list[tuple[str, ReferenceAttack, list[dict[str, Any]], int, int]] = []
     for t in ap.targets:
         mask = audited_rows(plan, t)
         ids, member = plan.row_id[mask], plan.split[mask] == MEMBER
@@ -155,7 +161,8 @@ def run_evaluation(
             elif isinstance(a, ReferenceAttack):
                 settings, data = reference_inputs(cfg, plan, t, a, scored)
                 ref_fits.append((a.name, cfg.model_dump(mode="json"), data))
-                ref_keys.append((t, a, settings, len(references_for(cfg, plan, t))))
+                n_online = len(online_references(cfg, plan, t)) if isinstance(a, LiRA) else 0
+                ref_keys.append((t, a, settings, len(references_for(cfg, plan, t)), n_online))
             elif isinstance(a, CombinedAttack):
                 continue  # combines the other columns once they all exist (below)
             else:
@@ -187,12 +194,12 @@ def run_evaluation(
         long_rows(cols, t, name, params, ids, member, part, learned_scores(out, part))
     log.info("evaluate: fitted %d learned attacks in %.1fs", len(fits), time.perf_counter() - t0)
     t0 = time.perf_counter()
-    for (t, a, settings, n_refs), out in zip(
+    for (t, a, settings, n_refs, n_online), out in zip(
         ref_keys, scorer.map(score_reference_attack, ref_fits)
     ):
         mask = audited_rows(plan, t)
         ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
-        for params, score in reference_rows(a, settings, out, n_refs):
+        for params, score in reference_rows(a, settings, out, n_refs, n_online):
             long_rows(cols, t, a.name, params, ids, member, part, score)
     log.info(
         "evaluate: %d reference-calibrated attacks in %.1fs",
@@ -314,4 +321,16 @@ def reference_summary(
                 for r in refs
             },
         }
+        online = (
+            online_references(cfg, plan, t) if any(isinstance(a, LiRA) for a in attacks) else []
+        )
+        if online:  # online LiRA: IN for the rows they trained on (membership matrix)
+            inside = online_membership(plan, t, online)
+            out[t]["online"] = {
+                "models": {
+                    r: {"members": int(reference_members(plan, r).sum()), "audited_rows_in": int(n)}
+                    for r, n in zip(online, inside.sum(axis=1))
+                },
+                "in_per_row": [int(inside.sum(0).min()), int(inside.sum(0).max())],
+            }
     return out

@@ -9,6 +9,10 @@ reference is OUT for every audited row: `check_references` proves it from the me
 before any scoring. The population (`Plan.population`): rows held out by every shadow draw, no
 audit scores them and no model trains on them.
 
+Online LiRA (`attacks.lira.online_models`) adds the online draws' references
+(`online_references`): trained like the target on a random half of the audited rows, so IN for
+some rows and OUT for the others, which the membership matrix records (`online_membership`).
+
 A reference job scores its model on every audited row and the population with the base query
 attacks (the same seeded noise per (row, t) as the target's queries); a target's population job
 scores it on the population rows.
@@ -23,9 +27,14 @@ import numpy as np
 
 from raydefense.attacks.base import InterfaceAttack, QueryAttack, TextQueryAttack
 from raydefense.attacks.quantile import QuantileRegression
-from raydefense.attacks.reference import ReferenceAttack, ReferenceData
+from raydefense.attacks.reference import LiRA, ReferenceAttack, ReferenceData
 from raydefense.audit.scoring import ScoreJob, query_col
-from raydefense.audit.targets import audited_rows, build_attacks, shadows_for
+from raydefense.audit.targets import (
+    audited_rows,
+    build_attacks,
+    online_references,
+    shadows_for,
+)
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, NONMEMBER, Plan
 from raydefense.data.pool import to_model_range
@@ -88,6 +97,15 @@ def reference_members(plan: Plan, reference: str) -> np.ndarray:
     return plan.members_of(reference)
 
 
+def online_membership(plan: Plan, target: str, references: Sequence[str]) -> np.ndarray:
+    """Bool [o, N]: which online reference trained on which audited row of `target` (rows in
+    plan order), read from the membership matrix."""
+    audited = audited_rows(plan, target)
+    if not references:
+        return np.zeros((0, int(audited.sum())), dtype=bool)
+    return np.stack([reference_members(plan, r)[audited] for r in references])
+
+
 def check_references(
     cfg: ExperimentConfig, plan: Plan, target: str, references: Sequence[str]
 ) -> None:
@@ -142,6 +160,9 @@ def reference_jobs(
             check_references(cfg, plan, t, refs)
             for r in refs:
                 ref_bases.setdefault(r, set()).update(bases)
+        lira = [a for a in attacks if isinstance(a, LiRA)]
+        for r in online_references(cfg, plan, t) if lira else []:
+            ref_bases.setdefault(r, set()).update(base_attacks(cfg, lira[0]))
     for r, names in ref_bases.items():
         jobs.append(ScoreJob(r, audited | population, sorted(names), False, job_key(r, REFERENCE)))
     return jobs
@@ -189,6 +210,10 @@ def reference_inputs(
             else None
         ),
     )
+    online = online_references(cfg, plan, target) if isinstance(attack, LiRA) else []
+    if online:
+        data.online = np.stack([stack(scored[job_key(r, REFERENCE)], at_audited) for r in online])
+        data.online_in = online_membership(plan, target, online)
     if isinstance(attack, QuantileRegression):
         data.images = to_model_range(plan.images[mask])
         data.pop_images = to_model_range(plan.images[population])
@@ -208,15 +233,20 @@ def score_reference_attack(
 
 
 def reference_rows(
-    attack: ReferenceAttack, base_settings: list[dict[str, Any]], scores: np.ndarray, num_refs: int
+    attack: ReferenceAttack,
+    base_settings: list[dict[str, Any]],
+    scores: np.ndarray,
+    num_refs: int,
+    num_online: int = 0,
 ) -> list[tuple[dict[str, Any], np.ndarray]]:
     """[(params, scores [N])] per base column and own setting of a `score_reference_attack`
-    result; params: the base, its setting, the attack's own, and the reference count."""
+    result; params: the base, its setting, the attack's own, and the reference count (online
+    LiRA: its online references)."""
     out = []
     for i, base in enumerate(base_settings):
         for j, params in enumerate(attack.settings()):
             full = {**base, **params}
             if attack.uses_references:
-                full["references"] = num_refs
+                full["references"] = num_online if params.get("mode") == "online" else num_refs
             out.append((full, scores[:, i, j]))
     return out

@@ -254,11 +254,14 @@ def worst_case_privacy(
 def suite_coverage(
     attack_rows: Sequence[Mapping[str, Any]],
     families: Mapping[str, str],
-    not_implemented: Sequence[str],
+    not_run: Sequence[str] = (),
+    references: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
     """What the worst case was taken over: the families (`families`: name -> description, in
-    order) with at least one attack row, their attacks, and those that did not run (not
-    enabled, or `not_implemented` by the suite)."""
+    order) with at least one attack row, their attacks, and what did not run: families not
+    enabled, and `not_run` (variants left out, each line saying why). With `references`
+    (results.json `references`), per target the reference models the calibrated attacks read:
+    {target: {"offline": n, "online": n, "population_rows": z}}."""
     ran: dict[str, set[str]] = {}
     for r in attack_rows:
         if r.get("family"):
@@ -271,7 +274,15 @@ def suite_coverage(
             if f in ran
         ],
         "not_covered": [f"{f}: {d} (not enabled)" for f, d in families.items() if f not in ran]
-        + [f"{x} (not implemented)" for x in not_implemented],
+        + list(not_run),
+        "reference_models": {
+            t: {
+                "offline": len(r.get("models", {})),
+                "online": len(r.get("online", {}).get("models", {})),
+                "population_rows": int(r.get("population_rows", 0)),
+            }
+            for t, r in (references or {}).items()
+        },
     }
 
 

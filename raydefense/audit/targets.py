@@ -33,6 +33,9 @@ from raydefense.roster import (
     SHADOW_ROLES,
     STUDENT,
     all_targets,
+    online_name,
+    online_router,
+    router_teachers,
     shadow_name,
     shadow_role,
     target_access,
@@ -148,6 +151,67 @@ def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
                 continue
             roles.add(shadow_role(t))
     return tuple(r for r in SHADOW_ROLES if r in roles)
+
+
+def online_needed(cfg: ExperimentConfig) -> int:
+    """Number of online draws prepare must plan: `attacks.lira.online_models` when LiRA is
+    enabled, else 0."""
+    return cfg.attacks.lira.online_models if "lira" in cfg.attacks.enabled else 0
+
+
+def online_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The regimes online LiRA's references imitate: the roles (`shadow_role`) of the targets
+    LiRA audits (every target unless `attacks.targets` is set). () when online LiRA is off."""
+    if not online_needed(cfg):
+        return ()
+    lira = next(a for a in build_attacks(cfg) if a.name == "lira")
+    roles = set()
+    for t in cfg.attacks.targets or default_targets(cfg, cfg.data.num_shards):
+        try:
+            check_access(lira, t, target_access(cfg, t))
+        except AccessError:
+            continue
+        roles.add(shadow_role(t))
+    return tuple(r for r in SHADOW_ROLES if r in roles)
+
+
+def online_students(cfg: ExperimentConfig, plan: Plan) -> list[str]:
+    """The online students the distill stage must distil (one per online draw)."""
+    if "student" not in online_roles(cfg):
+        return []
+    return [online_name(j, "student") for j in range(plan.num_online_draws)]
+
+
+def online_references(cfg: ExperimentConfig, plan: Plan, target: str) -> list[str]:
+    """Online LiRA's references of `target`, each IN for about half of its audited rows: per
+    online draw the model of the target's regime (every teacher of the draw for a teacher, the
+    draw's router for `dualmd`). [] when online LiRA is off.
+
+    Raises:
+        ConfigError: the plan lacks them (prepared without online draws or for other targets).
+    """
+    if not online_needed(cfg):
+        return []
+    role = shadow_role(target)
+    out: list[str] = []
+    for j in range(plan.num_online_draws):
+        if target == DUALMD:
+            out.append(online_router(j))
+        elif role == "teacher":
+            out += [online_name(j, "teacher", k) for k in range(plan.num_shards)]
+        else:
+            out.append(online_name(j, role))
+    trained = set(plan.online_models) | set(online_students(cfg, plan))
+    behind = [router_teachers(m, plan.teachers) or [m] for m in out]  # a router: its teachers
+    needed = [m for models in behind for m in models if m not in trained]
+    if needed or not out:
+        raise ConfigError(
+            f"online LiRA on {target!r} needs {cfg.attacks.lira.online_models} online draws "
+            f"with {role}-like models and the plan has "
+            f"{'none' if not out else 'not ' + ', '.join(needed)}; rerun prepare with this "
+            "config (raydefense run --force prepare)"
+        )
+    return out
 
 
 def shadow_students(cfg: ExperimentConfig, plan: Plan) -> list[str]:

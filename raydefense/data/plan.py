@@ -21,14 +21,18 @@ from raydefense.config import DataConfig
 from raydefense.data.pool import ImagePool, check_caption_lists, image_column
 from raydefense.errors import DataError, SplitOverlapError
 from raydefense.roster import (
+    ONLINE,
     SHADOW_ROLES,
     STUDENT,
     is_teacher,
     model_names,
+    online_name,
+    parse_draw,
+    parse_online,
     parse_shadow,
     shadow_name,
 )
-from raydefense.seeding import STREAM_SHADOW, STREAM_SPLIT, derive_seed
+from raydefense.seeding import STREAM_ONLINE, STREAM_SHADOW, STREAM_SPLIT, derive_seed
 
 MEMBER, NONMEMBER, SHADOW = "member", "nonmember", "shadow"
 CALIBRATION, TEST = "calibration", "test"
@@ -65,6 +69,9 @@ class Plan:
     (see model_names). shadow_train / shadow_heldout: [S, R] bool per shadow draw j, the rows its
     shadow models learn from (split into K shards for its teachers) and the rows drawn with them
     that none of them trains on (their non-members when an attack learns from them).
+    online_train: [O, R] bool per online draw j (online LiRA's IN/OUT references): the audited
+    rows (members and non-members) its models learn from, each audited row in exactly
+    floor(O / 2) draws (LiRA's balanced assignment).
     captions: None, or per row its pool image's captions (index 0 = the original caption).
     """
 
@@ -79,6 +86,7 @@ class Plan:
     membership: np.ndarray
     shadow_heldout: Optional[np.ndarray] = None
     shadow_train: Optional[np.ndarray] = None
+    online_train: Optional[np.ndarray] = None
     duplicates_dropped: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     captions: Optional[list[list[str]]] = None
@@ -90,6 +98,8 @@ class Plan:
             self.shadow_heldout = np.zeros((0, len(self.row_id)), dtype=bool)
         if self.shadow_train is None:
             self.shadow_train = np.zeros_like(self.shadow_heldout)
+        if self.online_train is None:
+            self.online_train = np.zeros((0, len(self.row_id)), dtype=bool)
 
     @property
     def teachers(self) -> list[str]:
@@ -101,20 +111,33 @@ class Plan:
         return [m for m in self.models if parse_shadow(m) is not None]
 
     @property
+    def online_models(self) -> list[str]:
+        """Online LiRA's reference models of the membership matrix (students are not rows)."""
+        return [m for m in self.models if parse_online(m) is not None]
+
+    @property
+    def num_online_draws(self) -> int:
+        assert self.online_train is not None  # set by __post_init__
+        return len(self.online_train)
+
+    @property
     def num_shadow_draws(self) -> int:
         assert self.shadow_heldout is not None  # set by __post_init__
         return len(self.shadow_heldout)
 
     def members_of(self, model: str) -> np.ndarray:
         """Bool [R]: the images `model` learned from: its membership row; the student's are all
-        members, shadow_j_student's are draw j's training rows (students distil from them)."""
+        members, shadow_j_student's (online_j_student's) are draw j's training rows (students
+        distil from them)."""
         if model == STUDENT:
             members: np.ndarray = self.split == MEMBER
             return members
-        shadow = parse_shadow(model)
-        if shadow is not None and shadow[1] == "student":
-            assert self.shadow_train is not None  # set by __post_init__
-            train: np.ndarray = self.shadow_train[shadow[0]]
+        draw = parse_draw(model)
+        if draw is not None and draw[2] == "student":
+            assert self.shadow_train is not None and self.online_train is not None
+            train: np.ndarray = (self.online_train if draw[0] == ONLINE else self.shadow_train)[
+                draw[1]
+            ]
             return train
         return self.rows_of(model)
 
@@ -212,12 +235,16 @@ class Plan:
         return pa.table(cols)
 
     def shadow_draws_table(self) -> pa.Table:
-        """row_id + per shadow draw `shadow_<j>:train` and `shadow_<j>:heldout` bool columns."""
+        """row_id + per shadow draw `shadow_<j>:train` and `shadow_<j>:heldout` bool columns,
+        per online draw `online_<j>:train`."""
         cols = {"row_id": pa.array(self.row_id, pa.int64())}
         assert self.shadow_train is not None and self.shadow_heldout is not None  # __post_init__
+        assert self.online_train is not None
         for j in range(self.num_shadow_draws):
             cols[f"{shadow_name(j)}:train"] = pa.array(self.shadow_train[j])
             cols[f"{shadow_name(j)}:heldout"] = pa.array(self.shadow_heldout[j])
+        for j in range(self.num_online_draws):
+            cols[f"{online_name(j)}:train"] = pa.array(self.online_train[j])
         return pa.table(cols)
 
 
@@ -342,6 +369,8 @@ def make_plan(
     shadow_members: Optional[int] = None,
     shadow_roles: tuple[str, ...] = ("baseline",),
     given: Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None,
+    num_online: int = 0,
+    online_roles: tuple[str, ...] = (),
 ) -> Plan:
     """Split the pool (seeded; deterministic for a given seed and config).
 
@@ -355,6 +384,10 @@ def make_plan(
     draw's training rows, "teacher" (and "student", distilled from them) on K disjoint shards of
     them, like the targets. Draws and shards use their own seed streams, so adding shadows or
     roles leaves the target split (and the other shadows' rows) unchanged.
+
+    Online draws (num_online > 0, online LiRA's references) train on audited rows: each
+    audited row goes to exactly floor(num_online / 2) of them (LiRA's balanced assignment), a
+    draw holds a model per `online_roles` like a shadow draw; their own seed stream again.
 
     Raises:
         SplitOverlapError: duplicate images across splits/shards with on_duplicate='error'.
@@ -434,7 +467,7 @@ def make_plan(
     unknown = set(shadow_roles) - set(SHADOW_ROLES)
     if unknown:
         raise ValueError(f"unknown shadow roles {sorted(unknown)}; expected {SHADOW_ROLES}")
-    models = model_names(k, num_shadows, shadow_roles)
+    models = model_names(k, num_shadows, shadow_roles, num_online, online_roles)
     membership = np.zeros((len(models), len(row_id)), dtype=bool)
     membership[0] = split == MEMBER
     for s in range(k):
@@ -454,6 +487,17 @@ def make_plan(
             )
             for s, chunk in enumerate(np.array_split(order, k)):
                 membership[models.index(shadow_name(j, "teacher", s)), rows[chunk]] = True
+    online = _draw_online(split, num_online, seed)
+    for j in range(num_online):
+        if online_name(j) in models:
+            membership[models.index(online_name(j))] = online[j]
+        if online_name(j, "teacher", 0) in models:
+            rows = np.flatnonzero(online[j])
+            order = np.random.default_rng(derive_seed(seed, STREAM_ONLINE, j, 1)).permutation(
+                len(rows)
+            )
+            for s, chunk in enumerate(np.array_split(order, k)):
+                membership[models.index(online_name(j, "teacher", s)), rows[chunk]] = True
     labels = pool.labels[row_id] if pool.labels is not None else -np.ones(len(row_id), np.int64)
     plan = Plan(
         row_id=row_id,
@@ -467,11 +511,13 @@ def make_plan(
         membership=membership,
         shadow_heldout=heldout,
         shadow_train=train,
+        online_train=online,
         duplicates_dropped=dropped,
         meta={
             "source": pool.name,
             "split_file": cfg.split_file,
             "shadow_roles": list(shadow_roles) if num_shadows else [],
+            **({"online_roles": list(online_roles)} if num_online else {}),
         },
         captions=captions,
     )
@@ -562,6 +608,20 @@ def _draw_shadows(
     return rows, train, held
 
 
+def _draw_online(split: np.ndarray, num_online: int, seed: int) -> np.ndarray:
+    """Online draws over the audited rows (members and non-members): each audited row IN for
+    exactly floor(num_online / 2) draws, chosen by a seeded per-row ranking (Carlini et al.'s
+    `keep = argsort(uniform) < n / 2`). -> [O, R] bool."""
+    audited = np.flatnonzero((split == MEMBER) | (split == NONMEMBER))
+    out = np.zeros((num_online, len(split)), dtype=bool)
+    if num_online:
+        u = np.random.default_rng(derive_seed(seed, STREAM_ONLINE)).uniform(
+            size=(num_online, len(audited))
+        )
+        out[:, audited] = u.argsort(axis=0).argsort(axis=0) < num_online // 2
+    return out
+
+
 def _check_duplicates(
     hashes: list[str], split: np.ndarray, shard: np.ndarray, on_duplicate: str
 ) -> tuple[np.ndarray, int]:
@@ -645,6 +705,28 @@ def validate_plan(plan: Plan) -> None:
             raise SplitOverlapError(
                 f"shadow draw {j + 1}'s teacher shards must be disjoint and cover its training rows"
             )
+    assert plan.online_train is not None  # __post_init__
+    audited = (plan.split == MEMBER) | (plan.split == NONMEMBER)
+    if (plan.online_train & ~audited).any():
+        raise SplitOverlapError("an online draw trains on rows outside the audited rows")
+    online_teachers: dict[int, list[np.ndarray]] = defaultdict(list)
+    for m in plan.online_models:
+        online = parse_online(m)
+        assert online is not None  # online_models are the models that parse as online
+        j, role, _ = online
+        if j >= plan.num_online_draws:
+            raise SplitOverlapError(f"{m} has no online draw in the plan")
+        if (plan.rows_of(m) & ~plan.online_train[j]).any():
+            raise SplitOverlapError(f"{m} trains on rows outside its draw's training rows")
+        if role == "teacher":
+            online_teachers[j].append(plan.rows_of(m))
+    for j, shards in online_teachers.items():
+        if (np.sum(shards, axis=0) > 1).any() or not np.array_equal(
+            np.any(shards, axis=0), plan.online_train[j]
+        ):
+            raise SplitOverlapError(
+                f"online draw {j + 1}'s teacher shards must be disjoint and cover its rows"
+            )
     target_h = {h for h, sp in zip(plan.hash, plan.split) if sp != SHADOW}
     if target_h & {h for h, sp in zip(plan.hash, plan.split) if sp == SHADOW}:
         raise SplitOverlapError("shadow rows share image content with target rows")
@@ -676,24 +758,36 @@ def plan_from_tables(
         ).astype(bool),
         shadow_heldout=_draw_columns(shadow_draws, "heldout"),
         shadow_train=_draw_columns(shadow_draws, "train"),
+        online_train=_draw_columns(shadow_draws, "train", ONLINE),
         captions=d["captions"] if "captions" in d else None,
     )
     validate_plan(plan)
     return plan
 
 
-def _draw_columns(table: Optional[pa.Table], kind: str) -> Optional[np.ndarray]:
-    """The `shadow_<j>:<kind>` columns of a shadow-draws table -> [S, R] bool (None if none)."""
+def _draw_columns(
+    table: Optional[pa.Table], kind: str, prefix: str = "shadow"
+) -> Optional[np.ndarray]:
+    """The `<prefix>_<j>:<kind>` columns of a shadow-draws table -> [S, R] bool (None if
+    none); prefix "shadow" or "online"."""
     if table is None:
         return None
-    names = [c for c in table.column_names if c.endswith(f":{kind}")]
+
+    def parsed(column: str) -> Optional[tuple[str, int, str, int]]:
+        return parse_draw(column.split(":")[0]) if ":" in column else None
+
+    names = [
+        c
+        for c in table.column_names
+        if c.endswith(f":{kind}") and (parsed(c) or ("",))[0] == prefix
+    ]
     if not names:
         return None
 
     def draw(column: str) -> int:
-        shadow = parse_shadow(column.split(":")[0])
-        assert shadow is not None  # the columns are named shadow_<j>:<kind>
-        return shadow[0]
+        d = parsed(column)
+        assert d is not None  # the columns are named <prefix>_<j>:<kind>
+        return d[1]
 
     names.sort(key=draw)
     return np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in names]).astype(bool)

@@ -278,6 +278,18 @@ def suite_markdown(suite: Mapping[str, Any]) -> str:
             f"- **{escape(f['family'])}**: {escape(f['description'])}: "
             f"{escape(', '.join(f['attacks']))}"
         )
+    refs = suite.get("reference_models") or {}
+    if refs:
+        per_target = [
+            f"{escape(t)} {r['offline']} OUT"
+            + (f" + {r['online']} online (IN/OUT)" if r.get("online") else "")
+            for t, r in refs.items()
+        ]
+        pop = max(r.get("population_rows", 0) for r in refs.values())
+        lines += [
+            "",
+            f"Reference models per target: {'; '.join(per_target)}; population rows: {pop}.",
+        ]
     missing = suite.get("not_covered", [])
     if missing:
         lines += ["", "It does not cover (an attacker using these may do better):", ""]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import raydefense
-from raydefense.audit.targets import shadow_roles, shadows_needed
+from raydefense.audit.targets import online_needed, online_roles, shadow_roles, shadows_needed
 from raydefense.config import (
     TRAIN_ROLES,
     CLiDConfig,
@@ -16,7 +16,7 @@ from raydefense.config import (
     ReDiffuseConfig,
 )
 from raydefense.hashing import stable_hash
-from raydefense.roster import STUDENT, parse_shadow, training_role
+from raydefense.roster import ONLINE, STUDENT, parse_draw, training_role
 
 
 def _hash(*parts: object) -> str:
@@ -76,13 +76,23 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+# Fields added later inside a subsection ((section, subsection): {field: default}), likewise.
+LATE_SUBFIELDS: dict[tuple[str, str], dict[str, Any]] = {
+    ("attacks", "lira"): {"online_models": 0},
+}
+
+
 def config_tree(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The config as hashed: LATE_FIELDS at their defaults are left out."""
+    """The config as hashed: LATE_FIELDS and LATE_SUBFIELDS at their defaults are left out."""
     d = cfg.model_dump(mode="json")
     for section, fields in LATE_FIELDS.items():
         for k, default in fields.items():
             if d[section].get(k) == default:
                 del d[section][k]
+    for (section, sub), fields in LATE_SUBFIELDS.items():
+        for k, default in fields.items():
+            if d[section].get(sub, {}).get(k, default) == default:
+                d[section].get(sub, {}).pop(k, None)
     if not d["audit"]:  # a section added later, empty unless models are audited
         del d["audit"]
     return d
@@ -105,7 +115,13 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     )
     # A latent family's prepare also encodes the rows with its pipeline's VAE and text encoder.
     encoder = [d["model"]["kind"], d["model"]["pipeline"]] if cfg.model.kind == "sd" else []
-    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows, *encoder)
+    # Online LiRA's draws (over the audited rows) join the plan only when there are some.
+    online = (
+        [{"online_models": online_needed(cfg), "roles": list(online_roles(cfg))}]
+        if online_needed(cfg)
+        else []
+    )
+    fp["prepare"] = _hash("prepare", v, cfg.seed, d["data"], plan_shadows, *encoder, *online)
     # How often a fit logs, checkpoints or validates does not change the model it produces,
     # unless it stops early (its reports then decide where it stops, on the validation rows).
     stops_early = any(cfg.train.stops_early(r) for r in TRAIN_ROLES)
@@ -132,11 +148,11 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     fp["shadows"] = _hash("shadows", trained, shadow)  # the same whatever an audit imports
     fp["student"] = _hash("distill", v, fp["targets"], d["distill"], *student_train)
     fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"], *student_train)
-    fp["distill"] = (
-        _hash("distill", fp["student"], fp["shadow_students"])
-        if "student" in roles
-        else fp["student"]
-    )
+    fp["online"] = _hash("online", trained, *online)  # the same whatever an audit imports
+    fp["online_students"] = _hash("online_students", fp["online"], d["distill"], *student_train)
+    students = [fp["shadow_students"]] if "student" in roles else []
+    students += [fp["online_students"]] if "student" in online_roles(cfg) else []
+    fp["distill"] = _hash("distill", fp["student"], *students) if students else fp["student"]
     fp["evaluate"] = _hash(
         "evaluate", v, fp["train"], fp["distill"], d["attacks"], d["sampling"], d["quality"]
     )
@@ -166,11 +182,13 @@ def model_fingerprint(fps: dict[str, str], model: str) -> str:
     """Per-model fingerprint of a fit (its run name and completion marker)."""
     if model == STUDENT:
         return fps["student"]
-    shadow = parse_shadow(model)
-    if shadow is None:
+    draw = parse_draw(model)
+    if draw is None:
         role = training_role(model)
         return fps.get(f"model.{role}", fps["targets"])
-    return fps["shadow_students"] if shadow[1] == "student" else fps["shadows"]
+    if draw[0] == ONLINE:
+        return fps["online_students"] if draw[2] == "student" else fps["online"]
+    return fps["shadow_students"] if draw[2] == "student" else fps["shadows"]
 
 
 def attack_sweep_fingerprint(cfg: ExperimentConfig, fps: dict[str, str]) -> str:

@@ -17,6 +17,9 @@ from raydefense.audit.results import metric_rows
 from raydefense.audit.scoring import SerialScorer
 from raydefense.audit.targets import (
     audited_rows,
+    online_needed,
+    online_roles,
+    online_students,
     plan_attacks,
     shadow_roles,
     shadow_students,
@@ -76,9 +79,12 @@ def _prepare(cfg) -> Storage:
         shadows_needed(cfg),
         cfg.attacks.shadow.members,
         shadow_roles(cfg),
+        num_online=online_needed(cfg),
+        online_roles=online_roles(cfg),
     )
     write_plan(storage, plan)
-    for i, m in enumerate(plan.models + [STUDENT] + shadow_students(cfg, plan)):
+    students = [STUDENT] + shadow_students(cfg, plan) + online_students(cfg, plan)
+    for i, m in enumerate(plan.models + students):
         torch.manual_seed(i)
         net = build_net(cfg.model, (1, 8, 8))
         local = Path(cfg.storage.root) / cfg.experiment / "models" / m

@@ -9,7 +9,14 @@ from raydefense.config import DataConfig
 from raydefense.data.plan import MEMBER, NONMEMBER, TEST, make_plan, plan_from_tables
 from raydefense.data.pool import DATASETS, ImagePool
 from raydefense.errors import DataError, SplitOverlapError
-from raydefense.roster import SHADOW_ROLES, model_index, parse_shadow, shadow_name
+from raydefense.roster import (
+    SHADOW_ROLES,
+    model_index,
+    online_name,
+    parse_online,
+    parse_shadow,
+    shadow_name,
+)
 
 from conftest import SHARED_SPLITS
 
@@ -138,6 +145,55 @@ def test_regime_matched_shadow_teachers_split_their_draw_like_the_targets():
     with pytest.raises(SplitOverlapError, match="teacher shards must be disjoint"):
         plan_from_tables(
             plan.to_table(), pa.table(bad), list(plan.images.shape[1:]), plan.shadow_draws_table()
+        )
+
+
+def test_online_draws_put_each_audited_row_in_half_of_them():
+    """Online LiRA's draws train on audited rows only, each row IN for exactly O / 2 of them,
+    per draw K disjoint teacher shards; adding them leaves every other model's rows unchanged;
+    they round-trip through the tables and their names parse."""
+    pool, cfg = unique_pool(400), DataConfig(num_members=60, num_nonmembers=60, num_shards=2)
+    base = make_plan(pool, cfg, seed=3, num_shadows=1, shadow_members=30, shadow_roles=SHADOW_ROLES)
+    plan = make_plan(
+        pool,
+        cfg,
+        seed=3,
+        num_shadows=1,
+        shadow_members=30,
+        shadow_roles=SHADOW_ROLES,
+        num_online=4,
+        online_roles=SHADOW_ROLES,
+    )
+    assert np.array_equal(plan.membership[: len(base.models)], base.membership)
+    assert plan.models[: len(base.models)] == base.models
+    audited = (plan.split == MEMBER) | (plan.split == NONMEMBER)
+    assert (plan.online_train.sum(axis=0)[audited] == 2).all()
+    assert not plan.online_train[:, ~audited].any()
+    assert np.array_equal(plan.population(), base.population())
+    for j in range(4):
+        shards = np.stack([plan.rows_of(online_name(j, "teacher", k)) for k in range(2)])
+        assert (shards.sum(axis=0) <= 1).all()
+        assert np.array_equal(shards.any(axis=0), plan.online_train[j])
+        assert np.array_equal(plan.members_of(online_name(j, "student")), plan.online_train[j])
+        assert parse_online(online_name(j, "teacher", 1)) == (j, "teacher", 1)
+    assert parse_shadow("online_1") is None and parse_online("shadow_1") is None
+    names = plan.models + [online_name(j, "student") for j in range(4)] + ["student"]
+    assert len({model_index(m, 2) for m in names}) == len(names)
+    back = plan_from_tables(
+        plan.to_table(),
+        plan.membership_table(),
+        list(plan.images.shape[1:]),
+        plan.shadow_draws_table(),
+    )
+    assert np.array_equal(back.online_train, plan.online_train)
+    assert np.array_equal(back.shadow_train, plan.shadow_train)
+    plan.online_train[0, np.flatnonzero(~audited)[0]] = True
+    with pytest.raises(SplitOverlapError, match="outside the audited rows"):
+        plan_from_tables(
+            plan.to_table(),
+            plan.membership_table(),
+            list(plan.images.shape[1:]),
+            plan.shadow_draws_table(),
         )
 
 

@@ -343,7 +343,7 @@ def test_a_training_sweep_draws_every_trial_and_its_own_baseline(tmp_path) -> No
 def test_worst_case_names_the_suite_and_the_raw_statistic_choice_beside_it() -> None:
     """With reference-calibrated rows the worst case keeps the raw-statistic choice beside it
     (the before/after of #27), and results name the families covered and those not covered."""
-    from raydefense.attacks.base import FAMILIES, NOT_COVERED
+    from raydefense.attacks.base import FAMILIES, variants_not_run
     from raydefense.audit.selection import suite_coverage
     from raydefense.report.tradeoff import privacy_markdown, suite_markdown
 
@@ -362,10 +362,22 @@ def test_worst_case_names_the_suite_and_the_raw_statistic_choice_beside_it() -> 
     assert "without_calibrated" not in w["baseline"]  # no calibrated attack ran on it
     text = privacy_markdown(w)
     assert "student, without reference/population/combined attacks" in text
-    suite = suite_coverage(rows, FAMILIES, NOT_COVERED)
+    refs = {
+        "student": {
+            "models": {"shadow_1_student": {}},
+            "online": {"models": {"online_1_student": {}, "online_2_student": {}}},
+            "population_rows": 512,
+        }
+    }
+    suite = suite_coverage(rows, FAMILIES, variants_not_run(0, lira_enabled=True), refs)
+    assert suite["reference_models"] == {
+        "student": {"offline": 1, "online": 2, "population_rows": 512}
+    }
     assert [f["family"] for f in suite["covered"]] == ["threshold", "reference"]
     assert suite["covered"][1]["attacks"] == ["lira"]
     assert any(m.startswith("learned:") for m in suite["not_covered"])
-    assert any("online LiRA" in m and "not implemented" in m for m in suite["not_covered"])
+    assert any("online LiRA" in m and "online_models = 0" in m for m in suite["not_covered"])
+    assert variants_not_run(2, lira_enabled=True) == variants_not_run(0, lira_enabled=False) == []
     md = suite_markdown(suite)
     assert "strongest attack in the suite, chosen on calibration" in md and "online LiRA" in md
+    assert "student 1 OUT + 2 online (IN/OUT); population rows: 512" in md
