@@ -158,3 +158,21 @@ def mlflow_server(tmp_path_factory, local_s3):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """(cwd, the completed process, its seconds): `raydefense run --preset smoke` once per test
+    session, in its own cwd: the e2e pipeline tests read it and the sweep test starts from a
+    copy (CI runs the default and the slow suite in one session, so it runs once). Tests must
+    not change what is under it."""
+    import time
+
+    from processes import run_cli
+
+    cwd = tmp_path_factory.mktemp("smoke")
+    t0 = time.perf_counter()
+    first = run_cli(cwd, "run", "--preset", "smoke")
+    first_s = time.perf_counter() - t0
+    assert first.returncode == 0, first.stderr[-3000:]
+    return cwd, first, first_s

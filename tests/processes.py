@@ -1,4 +1,5 @@
-"""Test helper: SIGKILL a CLI run and everything it started (Ray's head and workers)."""
+"""Test helpers: run the CLI as a user does; SIGKILL a CLI run and everything it started (Ray's
+head and workers)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import psutil
+
+
+def run_cli(
+    cwd: Path, *args: str, timeout: int = 900, env: Optional[dict] = None
+) -> subprocess.CompletedProcess:
+    """`python -m raydefense.cli ARGS` in `cwd`, output captured; `env` (default: the caller's
+    environment without RAY_ADDRESS, so a fresh local Ray)."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "raydefense.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def session_of(sid: int) -> list:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -37,25 +38,7 @@ ROW_KEYS = {
 
 
 def cli(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run(
-        [sys.executable, "-m", "raydefense.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("smoke")
-    t0 = time.perf_counter()
-    first = cli(cwd, "run", "--preset", "smoke")
-    first_s = time.perf_counter() - t0
-    assert first.returncode == 0, first.stderr[-3000:]
-    return cwd, first, first_s
+    return run_cli(cwd, *args, timeout=timeout)
 
 
 def test_results_json_follows_the_contract(smoke_run):

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fakes import digits_as_cifar, write_cifar10
+from processes import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]
 
@@ -37,14 +37,7 @@ SETS = [
 
 
 def cli(cwd: Path, env: dict, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "raydefense.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(cwd, *args, timeout=timeout, env=env)
 
 
 def s3_args(data: Path, tracking_uri: str, *extra: str) -> list[str]:

@@ -1,38 +1,29 @@
-"""End to end: `raydefense sweep --preset smoke` as a user runs it (the pipeline through distill,
-then 14 Tune trials), and a second invocation that neither retrains, rescores nor reruns trials.
-About 5 minutes on 2 cores, so it is marked slow (`python -m pytest -m slow`)."""
+"""End to end: `raydefense sweep --preset smoke` as a user runs it, on a copy of the session's
+smoke run (its trained models complete, so the sweep's pipeline skips train and distill; the
+cached path is what a user gets on a second sweep of a trained experiment): 14 Tune trials, and
+a second invocation that neither retrains, rescores nor reruns trials. Minutes on 2 cores, so it
+is marked slow (`python -m pytest -m slow`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from processes import run_cli as cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def cli(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run(
-        [sys.executable, "-m", "raydefense.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def test_sweep_smoke_preset_then_a_cached_rerun(tmp_path: Path) -> None:
+def test_sweep_smoke_preset_then_a_cached_rerun(smoke_run, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
+    shutil.copytree(smoke_run[0] / "runs" / "smoke", tmp_path / "runs" / "smoke")
     t0 = time.perf_counter()
     first = cli(tmp_path, "sweep", "--preset", "smoke")
+    assert "train: complete" in first.stderr, first.stderr[-3000:]
     first_s = time.perf_counter() - t0
     assert first.returncode == 0, first.stderr[-3000:]
     assert "sweep 'smoke': 14 trials" in first.stdout

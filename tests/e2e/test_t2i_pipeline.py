@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from processes import run_cli
 
 from raydefense.diffusion.tiny_sd import TINY_VERSION
 
@@ -45,14 +45,7 @@ TRIM = [
 def cli(cwd: Path, cache: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAYDEFENSE_CACHE"] = str(cache)
-    return subprocess.run(
-        [sys.executable, "-m", "raydefense.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli(cwd, *args, timeout=timeout, env=env)
 
 
 def sets(*extra: str) -> list[str]:
@@ -179,11 +172,13 @@ def test_bad_text_to_image_input_is_one_line_and_writes_nothing(
     assert enc.num_rows == 32 + 1
 
 
-def test_prompt_diversification_study(tmp_path: Path, tiny_cache: Path) -> None:
-    cache = tiny_cache
-    res = cli(tmp_path, cache, "promptdiv", "--preset", "tiny_t2i", *sets(), timeout=2400)
+def test_prompt_diversification_study(t2i_run: tuple[Path, Path]) -> None:
+    """The study on the module's run: its "w/o" column is that complete run (nothing retrains),
+    the "w/" experiment reuses its targets and distils its own student."""
+    cwd, cache = t2i_run
+    res = cli(cwd, cache, "promptdiv", "--preset", "tiny_t2i", *sets(), timeout=2400)
     assert res.returncode == 0, res.stderr[-4000:]
-    root = tmp_path / "runs"
+    root = cwd / "runs"
     summary = json.loads((root / "tiny_t2i" / "promptdiv" / "summary.json").read_text())
     assert summary["experiments"] == {
         "w/o prompt div.": "tiny_t2i",
