@@ -140,11 +140,15 @@ def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
         return ()
     if cfg.attacks.shadow.regime == "baseline":
         return ("baseline",)
-    shadow_attacks = [a for a in build_attacks(cfg) if uses_shadow_models(a)]
-    targets = cfg.attacks.targets or default_targets(cfg, cfg.data.num_shards)
+    return _audited_roles(cfg, [a for a in build_attacks(cfg) if uses_shadow_models(a)])
+
+
+def _audited_roles(cfg: ExperimentConfig, attacks: list[Attack]) -> tuple[str, ...]:
+    """The training regimes (`shadow_role`, in SHADOW_ROLES order) of the targets any of
+    `attacks` can audit (every target unless `attacks.targets` is set)."""
     roles = set()
-    for t in targets:
-        for a in shadow_attacks:
+    for t in cfg.attacks.targets or default_targets(cfg, cfg.data.num_shards):
+        for a in attacks:
             try:
                 check_access(a, t, target_access(cfg, t))
             except AccessError:
@@ -164,15 +168,7 @@ def online_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
     LiRA audits (every target unless `attacks.targets` is set). () when online LiRA is off."""
     if not online_needed(cfg):
         return ()
-    lira = next(a for a in build_attacks(cfg) if a.name == "lira")
-    roles = set()
-    for t in cfg.attacks.targets or default_targets(cfg, cfg.data.num_shards):
-        try:
-            check_access(lira, t, target_access(cfg, t))
-        except AccessError:
-            continue
-        roles.add(shadow_role(t))
-    return tuple(r for r in SHADOW_ROLES if r in roles)
+    return _audited_roles(cfg, [a for a in build_attacks(cfg) if a.name == "lira"])
 
 
 def online_students(cfg: ExperimentConfig, plan: Plan) -> list[str]:
