@@ -165,7 +165,14 @@ def test_runs_read_back_from_the_mlflow_server(s3_run):
     client = MlflowClient(tracking_uri=server["uri"])
     exp = client.get_experiment_by_name("smoke")
     runs = client.search_runs([exp.experiment_id], max_results=200)
-    parent = [r for r in runs if r.info.run_name == "pipeline/run"][-1]  # the first invocation
+    # The server is the session's: the cluster tests log "smoke" runs to it too. This module's
+    # first invocation is the earliest parent run that started after the fixture did.
+    ours = [
+        r
+        for r in runs
+        if r.info.run_name == "pipeline/run" and r.info.start_time >= s3_run["started"] * 1000 - 1
+    ]
+    parent = min(ours, key=lambda r: r.info.start_time)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["data.source"] == "cifar10"
     assert parent.data.tags.get("version.mlflow") and "teacher_1.loss.auc" in parent.data.metrics
