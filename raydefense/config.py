@@ -237,7 +237,11 @@ class TrainConfig(_Section):
         "fp32",
         description="bf16: forward and loss under torch.autocast(bfloat16), fp32 master weights",
     )
-    tf32: bool = Field(False, description="TF32 matmuls and convolutions on CUDA")
+    tf32: bool = Field(
+        False,
+        description="TF32 matmuls and convolutions on CUDA; false is strict fp32 for both "
+        "(PyTorch's own default leaves convolutions in TF32)",
+    )
     channels_last: bool = Field(False, description="NHWC memory format for the network")
     compile: bool = Field(False, description="torch.compile the network before DDP")
     val_rows: int = Field(

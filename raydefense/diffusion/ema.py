@@ -11,7 +11,13 @@ M = TypeVar("M", bound=torch.nn.Module)
 
 
 class EMA(Generic[M]):
-    """Keeps `shadow`, a frozen copy of the model whose parameters track an EMA of the live ones."""
+    """Keeps `shadow`, a frozen copy of the model whose parameters track an EMA of the live ones.
+
+    An update is two fused multi-tensor kernels (`torch._foreach_lerp_` over the parameters,
+    `torch._foreach_copy_` over the buffers) instead of one launch per tensor: the 35.7M CIFAR-10
+    UNet has ~250 parameter tensors, whose separate launches would outlast its GPU step. The
+    values are those of the per-tensor `lerp_` (elementwise, the same formula).
+    """
 
     def __init__(self, model: M, decay: float) -> None:
         self.decay = decay
@@ -19,7 +25,10 @@ class EMA(Generic[M]):
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p.detach(), 1.0 - self.decay)
-        for sb, b in zip(self.shadow.buffers(), model.buffers()):
-            sb.copy_(b)
+        shadow: list[torch.Tensor] = list(self.shadow.parameters())
+        live = [p.detach() for p in model.parameters()]
+        if shadow:
+            torch._foreach_lerp_(shadow, live, 1.0 - self.decay)
+        buffers: list[torch.Tensor] = list(self.shadow.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(model.buffers()))

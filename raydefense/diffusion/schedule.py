@@ -6,6 +6,7 @@ is called with the same integer t in {0..T-1} that indexes the schedule (spec/at
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,9 +52,14 @@ class NoiseSchedule:
         """[T] float32, decreasing from 1 - beta_0 towards 0."""
         return torch.cumprod(1.0 - self._betas64(), dim=0).float()
 
+    def table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """alphas_cumprod [T] on device as dtype, built once per (schedule, device, dtype): a
+        training or scoring step reads it without rebuilding it on the host and copying it."""
+        return _abar_table(self, device, dtype)
+
     def abar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """alphas_cumprod at t, shaped [B, 1, 1, 1] (or scalar) on like's device/dtype."""
-        table = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
+        table = self.table(like.device, like.dtype)
         if isinstance(t, int):
             return table[t]
         return table[t.long()].view(-1, *([1] * (like.dim() - 1)))
@@ -122,3 +128,10 @@ class NoiseSchedule:
         var = beta_t * (1.0 - a_prev) / (1.0 - a_t)
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return mean + var.sqrt() * noise
+
+
+@functools.lru_cache(maxsize=64)
+def _abar_table(schedule: NoiseSchedule, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Read-only by contract (callers index it); the cache is bounded by the (schedule, device,
+    # dtype) combinations a process meets, a handful.
+    return schedule.alphas_cumprod.to(device=device, dtype=dtype)

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, Optional, Protocol, cast
 
 import numpy as np
@@ -109,29 +110,38 @@ class BatchSource:
                         np.arange(len(groups)), derive_seed(seed, STREAM_TRAIN, model_index, -1)
                     )
                 ]
+        # Image rows that live on a GPU are drawn there, from a generator of that device
+        # reseeded per step: indices, timesteps, noise and flips never touch the host, and a
+        # run is reproducible per device type (CUDA's Philox stream is not the CPU's).
+        self.device = data.images.device if isinstance(data, ImageData) else torch.device("cpu")
+        self._gen = torch.Generator(device=self.device) if self.device.type != "cpu" else None
+
+    def _generator(self, *key: int) -> torch.Generator:
+        seed = derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, *key)
+        if self._gen is None:
+            return torch.Generator().manual_seed(seed)
+        return self._gen.manual_seed(seed)  # sets seed and offset on the device: no sync
 
     def flips(self, step: int) -> torch.Tensor:
-        """[local_batch] bool: which images of this step's batch are mirrored (train.hflip),
-        from a stream of their own, so the rows, timesteps and noise match a run without
-        flips."""
-        g = torch.Generator().manual_seed(
-            derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step, 0xF11)
-        )
-        return torch.rand(self.local_batch, generator=g) < 0.5
+        """[local_batch] bool on the data's device: which images of this step's batch are
+        mirrored (train.hflip), from a stream of their own, so the rows, timesteps and noise
+        match a run without flips."""
+        g = self._generator(step, 0xF11)
+        return torch.rand(self.local_batch, generator=g, device=self.device) < 0.5
 
     def batch(self, step: int) -> tuple[Optional[torch.Tensor], ...]:
         """(x0, t, noise, cond) for images and latents (cond None for images); (x_t, t,
         soft target, cond) for soft targets."""
         if isinstance(self.data, (ImageData, LatentData)):
-            g = torch.Generator().manual_seed(
-                derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step)
-            )
+            g, dev = self._generator(step), self.device
             n = len(self.data.images if isinstance(self.data, ImageData) else self.data.mean)
-            idx = torch.randint(n, (self.local_batch,), generator=g)
-            t = torch.randint(self.schedule.num_train_timesteps, (self.local_batch,), generator=g)
+            idx = torch.randint(n, (self.local_batch,), generator=g, device=dev)
+            t = torch.randint(
+                self.schedule.num_train_timesteps, (self.local_batch,), generator=g, device=dev
+            )
             if isinstance(self.data, ImageData):
                 x0 = self.data.images[idx]
-                return x0, t, torch.randn(x0.shape, generator=g), None
+                return x0, t, torch.randn(x0.shape, generator=g, device=dev), None
             d = self.data
             mean, std = d.mean[idx], d.std[idx]
             noise = torch.randn(mean.shape, generator=g)
@@ -168,6 +178,130 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
 
 
+@dataclass
+class Fit:
+    """A fit ready to step: the live network, its EMA, the optimizer, the batch source, and
+    the step to resume from (`prepare_fit`). `model` is what the step calls (the network as
+    `wrap_model` and `train.compile` left it)."""
+
+    net: EpsNet
+    ema: EMA
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    source: BatchSource
+    start_step: int
+    stopper: Optional[EarlyStopper]
+
+
+def prepare_fit(
+    data: TrainData,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    schedule: NoiseSchedule,
+    image_shape: tuple[int, int, int],
+    *,
+    seed: int,
+    model_index: int,
+    rank: int = 0,
+    world_size: int = 1,
+    checkpoint: Optional[str] = None,
+    device: torch.device | str = "cpu",
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    batching: Literal["alternate", "mixed"] = "alternate",
+    early_stopping: bool = False,
+) -> Fit:
+    """Build (or resume from `checkpoint`) everything a fit steps with, on `device`.
+
+    Weights are initialised from a seed of their own (seed, model); on CUDA the TF32 flags of
+    cuDNN convolutions and matmuls are both set from `train.tf32` (PyTorch's default leaves
+    convolutions in TF32, so an unset flag would make "fp32" TF32), and image rows move to the
+    GPU so a step indexes them there.
+    """
+    torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
+    net = backbone_of(model_cfg).build(model_cfg, image_shape)
+    ema = EMA(net, train_cfg.ema_decay)
+    stopper = EarlyStopper(train_cfg.early_stopping) if early_stopping else None
+    start_step, opt_state = 0, None
+    if checkpoint is not None:
+        state = load_state(checkpoint)
+        net.load_state_dict(load_net(model_cfg, checkpoint, "raw").state_dict())
+        ema.shadow.load_state_dict(load_net(model_cfg, checkpoint, "ema").state_dict())
+        start_step, opt_state = int(state["step"]), state["optimizer"]
+        if stopper is not None and state.get("early_stopping") is not None:
+            stopper.load_state_dict(state["early_stopping"])
+    for m in (net, ema.shadow):
+        m.to(device)
+        if train_cfg.channels_last:  # nn.Module.to takes memory_format; the stubs omit it
+            m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = train_cfg.tf32
+        torch.backends.cudnn.allow_tf32 = train_cfg.tf32
+    model = wrap_model(net)
+    if train_cfg.compile:
+        model = cast(torch.nn.Module, torch.compile(model))
+    opt = _adamw(model, train_cfg)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    if isinstance(data, ImageData) and torch.device(device).type == "cuda":
+        # The member images live on the GPU: a step indexes them there instead of copying its
+        # batch from the host (soft targets, R draws per row, can outgrow GPU memory: they stay).
+        data = ImageData(data.images.to(device))
+    source = BatchSource(
+        data, schedule, train_cfg.batch_size, rank, world_size, seed, model_index, batching
+    )
+    return Fit(net, ema, model, opt, source, start_step, stopper)
+
+
+class TrainStep:
+    """One optimizer step of a fit: batch, loss (DDPM or DistillMD), backward, grad clip,
+    AdamW at the warmup schedule's lr, EMA update.
+
+    Nothing in it reads a tensor's value on the host: on CUDA the batch is drawn on the device
+    (`BatchSource`), the schedule table is cached there, the lr is a Python float from the step
+    number, and the returned loss and grad norm stay device tensors until a report reads them
+    (tests/unit/test_training_sync.py holds this).
+    """
+
+    def __init__(
+        self,
+        fit: Fit,
+        train_cfg: TrainConfig,
+        schedule: NoiseSchedule,
+        device: torch.device | str,
+    ) -> None:
+        self.fit, self.cfg, self.schedule = fit, train_cfg, schedule
+        self.device = torch.device(device)
+        self.is_distill = isinstance(fit.source.data, SoftTargetData)
+        self.bf16 = train_cfg.precision == "bf16"
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run step `step` (0-based); returns (loss, grad norm), detached 0-d device tensors."""
+        f, cfg = self.fit, self.cfg
+        lr = lr_at(step, cfg)
+        for group in f.opt.param_groups:
+            group["lr"] = lr
+        a, b, c_, cond = (
+            None if x is None else x.to(self.device, non_blocking=True)
+            for x in f.source.batch(step)
+        )
+        assert a is not None and b is not None and c_ is not None
+        if cfg.hflip and not self.is_distill:
+            a = flip_half(a, f.source.flips(step))
+        if cfg.channels_last:
+            a, c_ = (x.contiguous(memory_format=torch.channels_last) for x in (a, c_))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.is_distill:
+                loss = distill_loss(f.model, a, b, c_, cond)
+            else:
+                loss = ddpm_loss(f.model, self.schedule, a, b, c_, cond)
+        f.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(f.model.parameters(), cfg.grad_clip)
+        f.opt.step()
+        f.ema.update(f.net)
+        return loss.detach(), grad_norm.detach()
+
+
 def fit(
     data: TrainData,
     model_cfg: ModelConfig,
@@ -192,84 +326,37 @@ def fit(
     improving, and its last checkpoint holds the weights of its best report (`EarlyStopper`).
     Returns the last metrics.
     """
-    torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
-    net = backbone_of(model_cfg).build(model_cfg, image_shape)
-    ema = EMA(net, train_cfg.ema_decay)
-    stopper: Optional[EarlyStopper] = None
-    if train_cfg.early_stopping.enabled:
-        if validate is None:
-            raise ValueError("early stopping watches val_eps_mse: set train.val_rows > 0")
-        stopper = EarlyStopper(train_cfg.early_stopping)
-    start_step, opt_state = 0, None
-    ckpt = reporter.latest_checkpoint()
-    if ckpt is not None:
-        state = load_state(ckpt)
-        net.load_state_dict(load_net(model_cfg, ckpt, "raw").state_dict())
-        ema.shadow.load_state_dict(load_net(model_cfg, ckpt, "ema").state_dict())
-        start_step, opt_state = int(state["step"]), state["optimizer"]
-        if stopper is not None and state.get("early_stopping") is not None:
-            stopper.load_state_dict(state["early_stopping"])
-            if stopper.stopped:  # the fit finished (early or at its budget); best weights saved
-                return {"step": start_step, **stopper.metrics()}
-    for m in (net, ema.shadow):
-        m.to(device)
-        if train_cfg.channels_last:  # nn.Module.to takes memory_format; the stubs omit it
-            m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    on_cuda = torch.device(device).type == "cuda"
-    if train_cfg.tf32 and on_cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model = wrap_model(net)
-    if train_cfg.compile:
-        model = cast(torch.nn.Module, torch.compile(model))
-    dev_type, bf16 = torch.device(device).type, train_cfg.precision == "bf16"
-    opt = _adamw(model, train_cfg)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
-    if isinstance(data, ImageData) and torch.device(device).type == "cuda":
-        # The member images live on the GPU: a step indexes them there instead of copying its
-        # batch from the host (soft targets, R draws per row, can outgrow GPU memory: they stay).
-        data = ImageData(data.images.to(device))
-    source = BatchSource(
+    if train_cfg.early_stopping.enabled and validate is None:
+        raise ValueError("early stopping watches val_eps_mse: set train.val_rows > 0")
+    f = prepare_fit(
         data,
+        model_cfg,
+        train_cfg,
         schedule,
-        train_cfg.batch_size,
-        reporter.world_rank,
-        reporter.world_size,
-        seed,
-        model_index,
-        batching,
+        image_shape,
+        seed=seed,
+        model_index=model_index,
+        rank=reporter.world_rank,
+        world_size=reporter.world_size,
+        checkpoint=reporter.latest_checkpoint(),
+        device=device,
+        wrap_model=wrap_model,
+        batching=batching,
+        early_stopping=train_cfg.early_stopping.enabled,
     )
-    is_distill = isinstance(data, SoftTargetData)
+    stopper, start_step = f.stopper, f.start_step
+    if stopper is not None and stopper.stopped:  # finished (early or at its budget); best saved
+        return {"step": start_step, **stopper.metrics()}
+    train_step = TrainStep(f, train_cfg, schedule, device)
     # Losses stay on the device until a report (no host sync per step); a report checks the
     # window for a non-finite loss and stops the fit at the first such step.
     losses: list[torch.Tensor] = []
     window_start, t0 = time.perf_counter(), time.perf_counter()
     metrics: dict = {"step": start_step}
-    model.train()
+    f.model.train()
     for step in range(start_step, train_cfg.steps):
-        lr = lr_at(step, train_cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        a, b, c_, cond = (
-            None if x is None else x.to(device, non_blocking=True) for x in source.batch(step)
-        )
-        assert a is not None and b is not None and c_ is not None
-        if train_cfg.hflip and not is_distill:
-            a = flip_half(a, source.flips(step))
-        if train_cfg.channels_last:
-            a, c_ = (x.contiguous(memory_format=torch.channels_last) for x in (a, c_))
-        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=bf16):
-            if is_distill:
-                loss = distill_loss(model, a, b, c_, cond)
-            else:
-                loss = ddpm_loss(model, schedule, a, b, c_, cond)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        opt.step()
-        ema.update(net)
-        losses.append(loss.detach())
+        loss, grad_norm = train_step(step)
+        losses.append(loss)
         done = step + 1
         is_ckpt = done % train_cfg.checkpoint_every == 0 or done == train_cfg.steps
         if done % train_cfg.log_every == 0 or is_ckpt:
@@ -279,24 +366,24 @@ def fit(
             metrics = {
                 "step": done,
                 "loss": float(window.mean()),
-                "lr": lr,
+                "lr": lr_at(step, train_cfg),
                 "grad_norm": float(grad_norm),
                 "samples_per_s": len(losses) * train_cfg.batch_size / max(now - window_start, 1e-9),
                 "elapsed_s": now - t0,
             }
             if validate is not None:
-                metrics.update(validate(ema.shadow))
+                metrics.update(validate(f.ema.shadow))
             losses, window_start = [], now
             stop = False
             if stopper is not None:
-                stop = _agreed(stopper.observe(done, metrics[METRIC], net, ema.shadow), device)
+                stop = _agreed(stopper.observe(done, metrics[METRIC], f.net, f.ema.shadow), device)
                 metrics.update(stopper.metrics())
                 if stop or done == train_cfg.steps:
                     # The fit's last checkpoint: the best report's weights, marked final.
                     stopper.stopped = True
-                    stopper.restore(net, ema.shadow)
+                    stopper.restore(f.net, f.ema.shadow)
                     metrics["stopped_early"] = float(stop)
-            _report(reporter, metrics, net, ema, opt, done, is_ckpt or stop, stopper)
+            _report(reporter, metrics, f.net, f.ema, f.opt, done, is_ckpt or stop, stopper)
             if stop:
                 break
     return metrics
