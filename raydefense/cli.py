@@ -191,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--submission-id", help="a job id of your choosing (default: Ray's)")
     s.add_argument(
+        "--shared-path",
+        action="append",
+        default=[],
+        metavar="MOUNT",
+        help="a folder every node mounts at the same path (repeatable): inputs under it are "
+        "allowed on a multi-node cluster",
+    )
+    s.add_argument(
         "job",
         nargs=argparse.REMAINDER,
         metavar="COMMAND ...",
@@ -507,7 +515,7 @@ def submit_command(args: argparse.Namespace) -> int:
     """`raydefense submit`: check the job's command and config here, then submit it."""
     from pathlib import Path
 
-    from raydefense.distributed.submit import submit
+    from raydefense.distributed.submit import local_inputs, submit
 
     job = list(args.job)
     if job[:1] == ["--"]:
@@ -537,6 +545,8 @@ def submit_command(args: argparse.Namespace) -> int:
         working_dir=args.working_dir,
         follow=args.follow,
         submission_id=args.submission_id,
+        inputs=local_inputs(cfg),
+        shared_paths=args.shared_path,
     )
 
 

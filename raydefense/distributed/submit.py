@@ -59,11 +59,28 @@ FORWARDED_ENV = (
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
+def _excluded(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def snapshot_files(project: Path, excludes: Iterable[str] = SNAPSHOT_EXCLUDES) -> list[Path]:
+    """The files a snapshot of `project` would hold (excluded names pruned as directories are
+    walked, so a 100 GB ./runs costs nothing to skip)."""
+    patterns, out = tuple(excludes), []
+    for here, dirs, files in os.walk(project):
+        dirs[:] = [d for d in dirs if not _excluded(d, patterns)]
+        out += [Path(here) / f for f in files if not _excluded(f, patterns)]
+    return out
+
+
 def snapshot(project: Path, dest: Path, excludes: Iterable[str] = SNAPSHOT_EXCLUDES) -> int:
     """Copy `project` into `dest` without the excluded names; returns the bytes copied.
 
+    The size is checked before anything is copied: a dataset left inside the project is refused
+    in one line, not copied to a temporary folder first.
+
     Raises:
-        ConfigError: the project has no raydefense package, or the snapshot is too large.
+        ConfigError: the project has no raydefense package, or the snapshot would be too large.
     """
     if not (project / "raydefense" / "__init__.py").is_file():
         raise ConfigError(
@@ -71,19 +88,95 @@ def snapshot(project: Path, dest: Path, excludes: Iterable[str] = SNAPSHOT_EXCLU
             "`raydefense submit` from the project root or pass --working-dir"
         )
     patterns = tuple(excludes)
+    sizes = {p: p.lstat().st_size for p in snapshot_files(project, patterns)}
+    size = sum(sizes.values())
+    if size > MAX_SNAPSHOT_BYTES:
+        big = max(sizes, key=sizes.__getitem__)
+        raise ConfigError(
+            f"the working dir snapshot would be {size / 2**20:.0f} MiB (largest file "
+            f"{big.relative_to(project)}, {sizes[big] / 2**20:.0f} MiB; the limit is "
+            f"{MAX_SNAPSHOT_BYTES / 2**20:.0f} MiB); move data out of the project or pass "
+            "--working-dir"
+        )
 
     def ignore(_dir: str, names: list[str]) -> set[str]:
-        return {n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)}
+        return {n for n in names if _excluded(n, patterns)}
 
     shutil.copytree(project, dest, ignore=ignore, symlinks=True)
-    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    if size > MAX_SNAPSHOT_BYTES:
-        big = max((p for p in dest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-        raise ConfigError(
-            f"the working dir snapshot is {size / 2**20:.0f} MiB (largest file "
-            f"{big.relative_to(dest)}); move data out of the project or pass --working-dir"
-        )
     return size
+
+
+# Config fields that name files or folders the job reads (data, weights, feature models).
+INPUT_FIELDS = (
+    "data.root",
+    "data.split_file",
+    "data.nonmember_root",
+    "model.pipeline",
+    "quality.inception_weights",
+    "quality.sscd_model",
+    "quality.clip_model",
+)
+
+
+def local_inputs(cfg: Any) -> list[tuple[str, str]]:
+    """(config key, path) of every local input the job's config reads ("tiny" and URIs are not
+    local files)."""
+    out = []
+    for key in INPUT_FIELDS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name, None)
+        if value:
+            out.append((key, str(value)))
+    for i, root in enumerate(cfg.data.member_roots or []):
+        out.append((f"data.member_roots[{i}]", str(root)))
+    return [(k, v) for k, v in out if "://" not in v and v != "tiny"]
+
+
+def unstaged_inputs(
+    inputs: list[tuple[str, str]], working_dir: Path, shared: Iterable[str]
+) -> list[tuple[str, str]]:
+    """The inputs no node but this one can read: not inside the working dir (whose snapshot
+    travels to every node) and not under a `--shared-path` (a volume every node mounts at the
+    same path)."""
+    root, prefixes = working_dir.resolve(), [Path(p) for p in shared]
+    out = []
+    for key, value in inputs:
+        path = Path(value)
+        if not path.is_absolute():
+            inside = root / path
+            if root == inside.resolve() or root in inside.resolve().parents:
+                continue
+        if any(path == p or p in path.parents for p in prefixes):
+            continue
+        out.append((key, value))
+    return out
+
+
+def check_inputs_staged(
+    inputs: list[tuple[str, str]],
+    working_dir: Path,
+    shared: Iterable[str],
+    address: str,
+    count_nodes: Callable[[str], int],
+) -> None:
+    """Raise ConfigError (one line) when an input only this machine can read would be read on
+    a cluster of more than one node; the node count is asked only when such an input exists."""
+    unstaged = unstaged_inputs(inputs, working_dir, shared)
+    if unstaged and (nodes := count_nodes(address)) > 1:
+        key, value = unstaged[0]
+        raise ConfigError(
+            f"{key}={value} is a path on this machine, but the job runs on a cluster of {nodes} "
+            "nodes that do not share its files: put it on a volume every node mounts at the "
+            "same path and pass --shared-path THAT_MOUNT, or (if small) inside the working dir"
+        )
+
+
+def alive_nodes(address: str) -> int:
+    """How many nodes the cluster behind the dashboard has alive (the state API; it sends the
+    token when token auth is on)."""
+    from ray.util.state import list_nodes
+
+    return len(list_nodes(address=address, filters=[("state", "=", "ALIVE")], limit=10_000))
 
 
 def token_available(env: Optional[dict[str, str]] = None) -> bool:
@@ -127,12 +220,20 @@ def submit(
     follow: bool = False,
     submission_id: Optional[str] = None,
     out: Callable[[str], None] = print,
+    inputs: Iterable[tuple[str, str]] = (),
+    shared_paths: Iterable[str] = (),
+    count_nodes: Callable[[str], int] = alive_nodes,
 ) -> int:
     """Submit `raydefense <command>` as a Ray job; with `follow`, stream its logs and return 0
     only when it succeeded. Returns the process exit status.
 
+    `inputs`: the (config key, path) pairs the job reads (`local_inputs`); on a cluster of more
+    than one node, a path outside the working dir and every `shared_paths` prefix is refused
+    before anything is uploaded (the other nodes cannot read this machine's files).
+
     Raises:
-        RaydefenseError: the dashboard is unreachable or refuses the client (one line).
+        RaydefenseError: the dashboard is unreachable or refuses the client, or an input is
+            not staged where every node can read it (one line).
     """
     from ray.job_submission import JobSubmissionClient
 
@@ -157,6 +258,7 @@ def submit(
             f"cannot use the Ray dashboard at {address}: {first[:300]}{hint}; start the "
             "cluster (`ray up cluster.yaml`, `ray dashboard cluster.yaml`) or pass --address"
         ) from None
+    check_inputs_staged(list(inputs), Path(working_dir), shared_paths, address, count_nodes)
     with tempfile.TemporaryDirectory(prefix="raydefense-submit-") as tmp:
         snap = Path(tmp) / "raydefense"
         size = snapshot(Path(working_dir).resolve(), snap)

@@ -280,3 +280,22 @@ def test_a_worker_node_lost_mid_fit_costs_minutes_not_the_run(
         f"{span('teacher_1'):.0f}s: {lost:.0f}s lost; MLflow runs {names}; baseline ended on "
         f"{[n[:8] for n in final_nodes]}"
     )
+
+
+def test_a_local_data_path_is_refused_on_the_multi_node_cluster(cluster) -> None:
+    """The node count comes from the cluster's state API (with its token); a dataset path that
+    only this machine has is refused before anything is uploaded."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydefense.cli", "submit", "--address", cluster.dashboard]
+        + ["--", "prepare", "--preset", "smoke", "--set", "data.source=cifar10"]
+        + ["--set", "data.root=/srv/datasets/cifar-10-batches-py"],
+        cwd=ROOT,
+        env=client_env(cluster),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "data.root=/srv/datasets/cifar-10-batches-py" in line and "of 3 nodes" in line
+    assert "--shared-path" in line

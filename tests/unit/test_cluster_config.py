@@ -25,6 +25,9 @@ CRD_TREE = Path(__file__).resolve().parents[1] / "data" / "kuberay_rayjob_proper
 # RayJobSpec.submissionMode (the CRD leaves it a free string)
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
 SECRET_WORDS = ("aws_access_key_id", "aws_secret_access_key", "secret_key", "password")
+HEAD_PROFILE, WORKER_PROFILE = "raydefense-head", "raydefense-worker"
+DRIVER_AMI = "base-oss-nvidia-driver-gpu-ubuntu-24.04"
+IAM = ROOT / "cluster" / "iam"
 
 
 def ray_schema() -> dict[str, Any]:
@@ -44,6 +47,11 @@ def cluster_problems(cfg: dict[str, Any]) -> list[str]:
     res = types[head]["resources"]
     if res.get("CPU") != 0 or res.get("GPU", 0) != 0:
         out.append(f"head {head!r} must declare CPU: 0 and GPU: 0 (no training on the head)")
+    if types[head]["node_config"].get("IamInstanceProfile") != {"Name": HEAD_PROFILE}:
+        out.append(f"head {head!r} needs {HEAD_PROFILE} (the default role cannot pass a role)")
+    for name, t in types.items():
+        if not t["node_config"].get("ImageId"):
+            out.append(f"{name}: no ImageId (the launcher's default AMI has CUDA 11.2)")
     total = 0
     for name, t in types.items():
         if name == head:
@@ -56,15 +64,21 @@ def cluster_problems(cfg: dict[str, Any]) -> list[str]:
         lo, hi = t.get("min_workers", 0), t.get("max_workers", cfg["max_workers"])
         if not 0 <= lo <= hi:
             out.append(f"{name}: min_workers {lo} > max_workers {hi}")
-        if "IamInstanceProfile" not in t["node_config"]:
-            out.append(f"{name}: workers reach S3 through an IamInstanceProfile")
+        if t["node_config"].get("IamInstanceProfile") != {"Name": WORKER_PROFILE}:
+            out.append(f"{name}: workers reach the bucket through {WORKER_PROFILE}")
+        if name.startswith("gpu") and DRIVER_AMI not in t["node_config"].get("ImageId", ""):
+            out.append(f"{name}: boot the DLAMI with a driver for torch's CUDA ({DRIVER_AMI})")
         total += hi
     if total > cfg["max_workers"]:
         out.append(f"the node types' max_workers add up to {total} > max_workers")
     text = yaml.safe_dump(cfg).lower()
     out += [f"credentials in the file ({w})" for w in SECRET_WORDS if w in text]
-    if ray.__version__ not in cfg["docker"]["image"]:
-        out.append(f"docker image {cfg['docker']['image']} is not Ray {ray.__version__}")
+    docker = cfg["docker"]
+    for key in ("image", "head_image", "worker_image"):
+        if ray.__version__ not in docker.get(key, ""):
+            out.append(f"docker {key} {docker.get(key)} is not Ray {ray.__version__}")
+    if not docker.get("head_image", "").endswith("-cpu"):
+        out.append("docker head_image: the head trains nothing, so Ray's CPU image")
     return out
 
 
@@ -109,8 +123,10 @@ def test_the_checks_catch_what_they_are_for(cluster: dict) -> None:
     bad["available_node_types"]["gpu_8x"]["resources"].pop("GPU")
     bad["available_node_types"]["gpu_1x"]["min_workers"] = 9
     bad["setup_commands"].append("export AWS_SECRET_ACCESS_KEY=x")
+    bad["available_node_types"]["head"]["node_config"].pop("IamInstanceProfile")
+    bad["available_node_types"]["gpu_8x"]["node_config"].pop("ImageId")
     problems = cluster_problems(bad)
-    assert len(problems) == 4, problems
+    assert len(problems) == 7, problems  # the missing AMI counts twice: none, and not the DLAMI
     bad["head_node_type"] = "nope"
     assert "is not one of available_node_types" in cluster_problems(bad)[0]
 
@@ -163,3 +179,51 @@ def test_rayjob_manifest_uses_only_crd_fields() -> None:
         ".spec.rayClusterSpec.authOptions.mode: 'tokens' is not one of ['disabled', 'token']",
         ".spec.rayClusterSpec.headGroupSpec.rayStartParam",
     ]
+
+
+def statements(policy: str) -> list[dict[str, Any]]:
+    return json.loads((IAM / policy).read_text())["Statement"]
+
+
+def test_the_head_passes_only_the_worker_role_and_both_reach_one_bucket() -> None:
+    """The launcher's default head role has EC2 and S3 but no iam:PassRole, so the head could
+    not start a worker with its instance profile: the first scale-up would fail."""
+    head, worker = statements("head-policy.json"), statements("worker-policy.json")
+    passes = [s for s in head if "iam:PassRole" in s["Action"]]
+    assert [s["Resource"] for s in passes] == [f"arn:aws:iam::ACCOUNT_ID:role/{WORKER_PROFILE}"]
+    for policy in (head, worker):
+        s3 = [s for s in policy if any(a.startswith("s3:") for a in s["Action"])]
+        assert {s["Resource"] for s in s3} == {"arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/*"}
+    assert not any(a.startswith(("ec2:", "iam:")) for s in worker for a in s["Action"])
+    script = (ROOT / "cluster" / "iam.sh").read_text()
+    assert HEAD_PROFILE in script and WORKER_PROFILE in script
+
+
+# What EKS leaves allocatable per instance type (capacity less kube-reserved, system-reserved
+# and the eviction threshold; rounded down): requests above it leave a pod Pending forever.
+ALLOCATABLE = {
+    "m6i.2xlarge": (7.9, 30),  # (vCPU, GiB)
+    "g6e.4xlarge": (15.8, 120),
+    "p5.48xlarge": (191, 1900),
+}
+
+
+def gib(q: str) -> float:
+    return float(q[:-2]) * (1 if q.endswith("Gi") else 1 / 1024 if q.endswith("Mi") else 1024)
+
+
+def test_rayjob_pods_fit_their_nodes_and_the_object_store_has_shm() -> None:
+    job = yaml.safe_load(RAYJOB.read_text())
+    assert job["spec"]["entrypoint"].split()[1].startswith("/"), "an absolute entrypoint"
+    cluster = job["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        spec = group["template"]["spec"]
+        node = spec["nodeSelector"]["node.kubernetes.io/instance-type"]
+        cpu, mem = ALLOCATABLE[node]
+        (c,) = spec["containers"]
+        req = c["resources"]["requests"]
+        assert float(req["cpu"]) <= cpu and gib(req["memory"]) <= mem, (node, req)
+        shm = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        assert shm and vols[shm[0]["name"]]["emptyDir"]["medium"] == "Memory", node

@@ -126,3 +126,61 @@ def test_an_unreachable_dashboard_is_one_line() -> None:
     )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "cannot use the Ray dashboard" in err[0]
+
+
+def test_a_dataset_inside_the_project_is_refused_before_anything_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proj = tmp_path / "proj"
+    (proj / "raydefense").mkdir(parents=True)
+    (proj / "raydefense" / "__init__.py").write_text("")
+    (proj / "data").mkdir()
+    (proj / "data" / "big.bin").write_bytes(b"0" * 2048)
+    (proj / "runs").mkdir()
+    (proj / "runs" / "huge.bin").write_bytes(b"0" * 4096)  # excluded: never counted
+    assert sorted(sub.snapshot_files(proj)) == [
+        proj / "data" / "big.bin",
+        proj / "raydefense" / "__init__.py",
+    ]
+    monkeypatch.setattr(sub, "MAX_SNAPSHOT_BYTES", 1024)
+    with pytest.raises(ConfigError, match=r"would be .*largest file data/big\.bin"):
+        sub.snapshot(proj, tmp_path / "snap")
+    assert not (tmp_path / "snap").exists()
+
+
+def test_local_inputs_on_a_multi_node_cluster_are_refused_in_one_line(tmp_path: Path) -> None:
+    from raydefense.config import load_config
+
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            "data.source=cifar10",
+            "data.root=/data/cifar-10-batches-py",
+            "data.split_file=splits/x.npz",
+        ],
+    )
+    inputs = sub.local_inputs(cfg)
+    assert inputs == [
+        ("data.root", "/data/cifar-10-batches-py"),
+        ("data.split_file", "splits/x.npz"),
+    ]
+    # Inside the working dir (its snapshot travels) or under a shared mount: allowed.
+    assert sub.unstaged_inputs(inputs, tmp_path, ["/data"]) == []
+    assert sub.unstaged_inputs(inputs, tmp_path, []) == [inputs[0]]
+    asked: list[str] = []
+
+    def nodes(n: int):
+        def count(address: str) -> int:
+            asked.append(address)
+            return n
+
+        return count
+
+    sub.check_inputs_staged(inputs, tmp_path, [], "http://head:8265", nodes(1))  # one node: ok
+    sub.check_inputs_staged(inputs, tmp_path, ["/data"], "http://head:8265", nodes(3))
+    with pytest.raises(ConfigError) as e:
+        sub.check_inputs_staged(inputs, tmp_path, [], "http://head:8265", nodes(3))
+    msg = str(e.value)
+    assert "\n" not in msg and "data.root=/data/cifar-10-batches-py" in msg
+    assert "cluster of 3 nodes" in msg and "--shared-path" in msg
+    assert asked == ["http://head:8265", "http://head:8265"]  # not asked when all are staged
