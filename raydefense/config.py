@@ -228,6 +228,13 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: Literal["none", "diffusers"] = Field(
+        "none",
+        description="none: a constant ema_decay (pytorch-ddpm's EMA, the paper's DDPM runs); "
+        "diffusers: the decay of diffusers' EMAModel as train_text_to_image uses it, "
+        "min(ema_decay, (1 + s) / (10 + s)) at update s (0 at the first: the EMA starts at the "
+        "weights)",
+    )
     checkpoint_every: int = Field(1000, ge=1)
     log_every: int = Field(100, ge=1)
     hflip: bool = Field(

@@ -219,7 +219,7 @@ def prepare_fit(
     """
     torch.manual_seed(derive_seed(seed, STREAM_TRAIN, model_index, 0xC0DE))  # init weights
     net = backbone_of(model_cfg).build(model_cfg, image_shape)
-    ema = EMA(net, train_cfg.ema_decay)
+    ema = EMA(net, train_cfg.ema_decay, train_cfg.ema_warmup)
     stopper = EarlyStopper(train_cfg.early_stopping) if early_stopping else None
     start_step, opt_state = 0, None
     if checkpoint is not None:
@@ -298,7 +298,7 @@ class TrainStep:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(f.model.parameters(), cfg.grad_clip)
         f.opt.step()
-        f.ema.update(f.net)
+        f.ema.update(f.net, step)
         return loss.detach(), grad_norm.detach()
 
 

@@ -63,6 +63,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
     "audit": {"models": {}, "digests": {}},
     "train": {
         "hflip": False,
+        "ema_warmup": "none",
         "precision": "fp32",
         "tf32": False,
         "channels_last": False,

@@ -293,3 +293,25 @@ def test_early_stopping_needs_validation():
             model_index=0,
             reporter=ListReporter(),
         )
+
+
+def test_the_diffusers_ema_warmup_is_emamodel_s_schedule() -> None:
+    """train.ema_warmup=diffusers tracks diffusers' own EMAModel (train_text_to_image's
+    defaults) update for update; "none" is the constant decay."""
+    from diffusers.training_utils import EMAModel
+
+    from raydefense.diffusion.ema import EMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    ours, theirs = EMA(net, 0.9999, "diffusers"), EMAModel(net.parameters(), decay=0.9999)
+    for step in range(30):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update(net, step)
+        theirs.step(net.parameters())
+        for a, b in zip(ours.shadow.parameters(), theirs.shadow_params):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert ours.decay_at(0) == 0.0 and ours.decay_at(1) == 2 / 11
+    assert ours.decay_at(10**6) == 0.9999 and EMA(net, 0.9999).decay_at(0) == 0.9999
