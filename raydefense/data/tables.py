@@ -80,35 +80,78 @@ def read_soft_targets(
 ) -> SoftTargetData:
     """A student's soft targets (all files of soft_targets_dir(student)), ordered by (row, draw).
     shape: (C, H, W) of x_t (a latent family's latent shape). encoded: a latent family's encoded
-    rows, whence each target's condition (the embedding of its `caption`)."""
+    rows, whence each target's condition (the embedding of its `caption`, gathered per batch).
+
+    Streamed: the (row, draw) keys are read first to place every example, then each file is read
+    batch by batch straight into preallocated tensors (no Python bytes per row, no concatenated
+    or sorted copy of the table), so the peak is the output plus one batch.
+    """
     rel = soft_targets_dir(student)
-    files = [f for f in storage.listdir(rel) if f.endswith(".parquet")]
-    table = pa.concat_tables(
-        [pq.read_table(storage.path(f"{rel}/{f}"), filesystem=storage.fs) for f in files]
+    files = sorted(
+        storage.path(f"{rel}/{f}") for f in storage.listdir(rel) if f.endswith(".parquet")
     )
+    if not files:
+        raise DataError(f"no soft targets under {storage.path(rel)}: run the distill stage")
+    keys = [pq.read_table(f, columns=["row_id", "draw"], filesystem=storage.fs) for f in files]
+    row_id = np.concatenate([k.column("row_id").to_numpy() for k in keys]).astype(np.int64)
+    draw = np.concatenate([k.column("draw").to_numpy() for k in keys]).astype(np.int64)
+    n = len(row_id)
     # A stable order makes student batches independent of how Ray Data split the files.
-    table = table.sort_by([("row_id", "ascending"), ("draw", "ascending")])
-
-    def floats(col: str) -> torch.Tensor:
-        raw = b"".join(table.column(col).to_pylist())
-        return torch.from_numpy(np.frombuffer(raw, dtype=np.float32).reshape(-1, *shape).copy())
-
-    return SoftTargetData(
-        x_t=floats("x_t"),
-        t=torch.from_numpy(table.column("t").to_numpy().astype(np.int64)),
-        target=floats("target"),
-        group=torch.from_numpy(table.column("shard").to_numpy().astype(np.int64)),
-        cond=None if encoded is None else _conditions(table, encoded),
+    order = np.lexsort((draw, row_id))  # order[k]: the file-order index of example k
+    dest = np.empty(n, dtype=np.int64)
+    dest[order] = np.arange(n)
+    x_t = torch.empty((n, *shape), dtype=torch.float32)
+    target = torch.empty((n, *shape), dtype=torch.float32)
+    t = np.empty(n, dtype=np.int64)
+    group = np.empty(n, dtype=np.int64)
+    caption = np.zeros(n, dtype=np.int64)
+    has_caption = True
+    columns = ["x_t", "target", "t", "shard"]
+    offset = 0
+    for f in files:
+        names = pq.ParquetFile(f, filesystem=storage.fs).schema_arrow.names
+        has_caption &= "caption" in names
+        cols = columns + (["caption"] if "caption" in names else [])
+        for batch in pq.ParquetFile(f, filesystem=storage.fs).iter_batches(
+            batch_size=4096, columns=cols
+        ):
+            pos = torch.from_numpy(dest[offset : offset + batch.num_rows])
+            x_t[pos] = torch.from_numpy(fixed_floats(batch.column("x_t"), shape))
+            target[pos] = torch.from_numpy(fixed_floats(batch.column("target"), shape))
+            where = pos.numpy()
+            t[where] = batch.column("t").to_numpy()
+            group[where] = batch.column("shard").to_numpy()
+            if "caption" in cols:
+                caption[where] = batch.column("caption").to_numpy()
+            offset += batch.num_rows
+    data = SoftTargetData(
+        x_t=x_t, t=torch.from_numpy(t), target=target, group=torch.from_numpy(group)
     )
+    if encoded is not None:
+        if not has_caption:
+            raise DataError(
+                "the soft targets carry no caption column (written for an unconditional "
+                "model); rerun distill with --force distill"
+            )
+        at = encoded.positions(row_id[order])
+        data.cond_table = encoded.emb
+        data.cond_index = torch.from_numpy(np.stack([at, caption], axis=1))
+    return data
 
 
-def _conditions(table: pa.Table, encoded: EncodedRows) -> torch.Tensor:
-    """[N, L, D]: the embedding of each soft target's (row, caption)."""
-    if "caption" not in table.column_names:
+def fixed_floats(column: pa.Array, shape: tuple[int, ...]) -> np.ndarray:
+    """A binary column of equal-length float32 rows -> [N, *shape] float32, read from the
+    column's value buffer (a view; the caller copies it where it belongs)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        raise DataError("a soft-target file has empty rows; rerun distill with --force distill")
+    wide = pa.types.is_large_binary(arr.type)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)
+    offsets = offsets[arr.offset : arr.offset + len(arr) + 1]
+    per_row = 4 * int(np.prod(shape))
+    if len(arr) and not np.all(np.diff(offsets) == per_row):
         raise DataError(
-            "the soft targets carry no caption column (written for an unconditional model); "
-            "rerun distill with --force distill"
+            f"soft-target rows are not {shape} float32; rerun distill with --force distill"
         )
-    pos = torch.from_numpy(encoded.positions(table.column("row_id").to_numpy()))
-    caption = torch.from_numpy(table.column("caption").to_numpy().astype(np.int64))
-    return encoded.emb[pos, caption]
+    raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return raw.view(np.float32).reshape(len(arr), *shape)

@@ -157,7 +157,7 @@ class BatchSource:
         group = self.groups[step % n_groups]
         start = (step // n_groups) * self.global_batch + self.rank * self.local_batch
         idx = torch.from_numpy(group.take(start, self.local_batch))
-        cond = None if self.data.cond is None else self.data.cond[idx]
+        cond = self.data.conditions(idx)
         return self.data.x_t[idx], self.data.t[idx], self.data.target[idx], cond
 
 

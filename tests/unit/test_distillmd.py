@@ -371,3 +371,61 @@ def test_public_inputs_config():
     assert cfg.distill.public_inputs and not cfg.distill.member_inputs
     with pytest.raises(ConfigError, match="public_inputs labels pixel rows"):
         load_config("tiny_t2i", overrides=["distill.public_inputs=true"])
+
+
+def test_soft_targets_stream_back_in_row_draw_order_with_conditions_per_batch(tmp_path) -> None:
+    """read_soft_targets places every example by its (row, draw) key whatever the file order and
+    row groups, and a latent family's conditions are gathered per batch from the encoded rows'
+    caption table (never one [L, D] copy per example)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raydefense.data.encoded import EncodedRows
+    from raydefense.data.tables import encode_float_rows, read_soft_targets
+    from raydefense.defense.footprint import bytes_per_example
+    from raydefense.layout import soft_targets_dir
+    from raydefense.storage import Storage
+
+    storage = Storage(str(tmp_path), "exp")
+    folder = tmp_path / "exp" / soft_targets_dir("student")
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    shape = (2, 3, 3)
+    ids = rng.permutation(np.arange(100, 124))
+    expected = {}
+    for k in range(3):
+        rows = np.repeat(ids[k * 8 : (k + 1) * 8], 3)
+        draws = np.tile([2, 0, 1], 8)
+        n = len(rows)
+        x_t = rng.standard_normal((n, *shape)).astype(np.float32)
+        target = rng.standard_normal((n, *shape)).astype(np.float32)
+        t, caption = rng.integers(0, 1000, n), rng.integers(0, 2, n)
+        for i in range(n):
+            expected[(rows[i], draws[i])] = (x_t[i], target[i], t[i], rows[i] % 2, caption[i])
+        table = pa.table(
+            {"row_id": rows, "draw": draws, "shard": rows % 2, "t": t, "caption": caption,
+             "x_t": encode_float_rows(x_t), "target": encode_float_rows(target)}
+        )  # fmt: skip
+        pq.write_table(table, folder / f"part-{k}.parquet", row_group_size=5)
+    emb = torch.randn(24, 2, 4, 6)
+    encoded = EncodedRows(
+        row_id=np.arange(123, 99, -1),  # positions differ from row ids
+        mean=torch.zeros(24, *shape),
+        std=torch.ones(24, *shape),
+        emb=emb,
+        n_captions=torch.full((24,), 2),
+        null=torch.zeros(4, 6),
+    )
+    data = read_soft_targets(storage, shape, encoded=encoded)
+    keys = sorted(expected)
+    held = [data.x_t, data.target, data.t, data.group, data.cond_index]
+    assert sum(x.nbytes for x in held) == len(keys) * bytes_per_example(shape, conditioned=True)
+    assert data.cond is None and data.cond_table is emb  # shared, not copied per example
+    idx = torch.arange(len(keys))
+    cond = data.conditions(idx)
+    for i, key in enumerate(keys):
+        x_t, target, t, group, caption = expected[key]
+        assert np.array_equal(data.x_t[i].numpy(), x_t)
+        assert np.array_equal(data.target[i].numpy(), target)
+        assert int(data.t[i]) == t and int(data.group[i]) == group
+        assert torch.equal(cond[i], emb[123 - key[0], caption])

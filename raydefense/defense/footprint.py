@@ -1,0 +1,86 @@
+"""The memory model of a DistillMD student fit: what the soft targets and the model state cost,
+from the config and the data's shapes, before anything runs.
+
+The student reads its soft-target examples from host memory (`read_soft_targets`): per example
+x_t and the target ([C, H, W] float32 each), t, the batch group and, for text-to-image, an index
+into the rows' caption embeddings (`SoftTargetData.cond_index`), which are held once per row,
+not once per example. `distill.draws_per_row: auto` gives every student step fresh (t, noise),
+so the example count is the student's steps x batch size: at paper scale that is the number to
+watch. On the GPU a fit holds fp32 weights, gradients, AdamW's two moments and the EMA copy
+(20 bytes per parameter, whatever the autocast precision) plus activations, which depend on the
+batch and the kernels and are measured by benchmarks/gpu_bench.py (`max_memory_gib`).
+docs/architecture.md tabulates the figures for `cifar10_ddpm` and `sd15_pokemon`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Optional
+
+from raydefense.config import ExperimentConfig
+from raydefense.defense.distillmd import auto_draws
+from raydefense.roster import STUDENT, training_role
+
+FLOAT32 = 4
+INT64 = 8
+# fp32 weights + gradients + AdamW exp_avg + exp_avg_sq + the EMA copy, per parameter.
+STATE_BYTES_PER_PARAM = 5 * FLOAT32
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes of one student fit (all figures in bytes unless named otherwise)."""
+
+    examples: int  # soft-target examples the student reads (members x draws)
+    draws_per_row: int
+    bytes_per_example: int  # as the student holds them now
+    bytes_per_example_per_example_cond: int  # had each example carried its own condition
+    soft_targets: int  # examples x bytes_per_example
+    conditions: int  # the caption-embedding table, once per row (text-to-image)
+    host_peak: int  # soft targets + conditions: what the student's host must hold
+    gpu_state: Optional[int]  # weights, grads, AdamW, EMA (None: no parameter count given)
+
+
+def bytes_per_example(example_shape: tuple[int, ...], conditioned: bool) -> int:
+    """Host bytes of one soft-target example as `read_soft_targets` holds it: x_t and the
+    target (float32), t and group (int64), and (text-to-image) its (row, caption) index."""
+    return 2 * FLOAT32 * prod(example_shape) + 2 * INT64 + (2 * INT64 if conditioned else 0)
+
+
+def student_footprint(
+    cfg: ExperimentConfig,
+    example_shape: tuple[int, int, int],
+    num_members: Optional[int] = None,
+    cond_shape: Optional[tuple[int, int]] = None,
+    captions_per_row: int = 1,
+    params: Optional[int] = None,
+) -> Footprint:
+    """The student fit's memory from the config: example_shape (C, H, W) of x_t (a latent
+    family's latent shape), num_members (default `data.num_members`; a split file's count
+    otherwise), cond_shape (L, D) of a caption embedding (text-to-image), params (the network's
+    parameter count, for the GPU state)."""
+    members = num_members if num_members is not None else cfg.data.num_members
+    if members is None:
+        raise ValueError("data.num_members is unset (a split file decides it): pass num_members")
+    steps = cfg.train.for_role(training_role(STUDENT)).steps
+    draws = (
+        auto_draws(steps, cfg.train.batch_size, members)
+        if cfg.distill.draws_per_row == "auto"
+        else int(cfg.distill.draws_per_row)
+    )
+    examples = members * draws
+    cond_row = FLOAT32 * prod(cond_shape) if cond_shape else 0
+    per_example = bytes_per_example(example_shape, cond_shape is not None)
+    conditions = members * captions_per_row * cond_row
+    soft = examples * per_example
+    return Footprint(
+        examples=examples,
+        draws_per_row=draws,
+        bytes_per_example=per_example,
+        bytes_per_example_per_example_cond=bytes_per_example(example_shape, False) + cond_row,
+        soft_targets=soft,
+        conditions=conditions,
+        host_peak=soft + conditions,
+        gpu_state=None if params is None else params * STATE_BYTES_PER_PARAM,
+    )
