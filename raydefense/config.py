@@ -469,6 +469,13 @@ class PangWangConfig(_Section):
         description="pixel similarity per column: SSIM (their default with no feature model) "
         "and negative mean squared distance",
     )
+    feature_model: Optional[str] = Field(
+        None,
+        description="a local transformers image model directory (theirs: "
+        "facebook/deit-base-distilled-patch16-384): adds their feature column, the cosine "
+        "similarity of the generation's and the image's last hidden states along the feature "
+        "dimension, averaged over tokens and generations; None: pixel columns only",
+    )
 
 
 class ReDiffuseConfig(_Section):

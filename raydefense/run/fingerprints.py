@@ -80,6 +80,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
 # Fields added later inside a subsection ((section, subsection): {field: default}), likewise.
 LATE_SUBFIELDS: dict[tuple[str, str], dict[str, Any]] = {
     ("attacks", "lira"): {"online_models": 0},
+    ("attacks", "pang_wang"): {"feature_model": None},
 }
 
 

@@ -413,6 +413,34 @@ def test_pang_wang_and_rediffuse_score_memorised_images_higher() -> None:
         rd.score(lambda x, t: x, NoiseSchedule(), images, ids, 0)
 
 
+def test_pang_wang_feature_column_uses_a_local_image_model(tmp_path: Any) -> None:
+    """attacks.pang_wang.feature_model: their DeiT feature similarity from a local model dir
+    (here a tiny random DeiT the test saves, with its image processor); a member's generation
+    is the member itself, so its cosine is 1. A directory that is no such model is one line."""
+    from transformers import DeiTConfig, DeiTImageProcessor, DeiTModel
+
+    from raydefense.attacks.pang_wang import FeatureModel
+    from raydefense.errors import ConfigError
+
+    torch.manual_seed(0)
+    conf = DeiTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    DeiTModel(conf).save_pretrained(tmp_path / "deit")
+    size = {"height": 16, "width": 16}
+    DeiTImageProcessor(size=size, crop_size=size).save_pretrained(tmp_path / "deit")
+    images = torch.rand(6, 3, 4, 4) * 2 - 1
+    cond = torch.zeros(6, 2, 48)
+    cond[:, 0] = images.flatten(1)
+    pw = PangWang({"num_generations": 2, "feature_model": str(tmp_path / "deit")})
+    assert [p["similarity"] for p in pw.settings()] == ["ssim", "l2", "feature"]
+    s = pw.score_interface(Replayer(images[:3]), images, torch.arange(6), 0, cond)
+    assert s.shape == (6, 3)
+    assert torch.allclose(s[:3, 2], torch.ones(3), atol=1e-5) and (s[3:, 2] < 0.999).all()
+    assert FeatureModel(str(tmp_path / "deit"))(images).shape == (6, 6, 16)  # cls, dist, 4 patches
+    with pytest.raises(ConfigError, match="not a local transformers image model"):
+        FeatureModel(str(tmp_path))
+
+
 def test_similarities() -> None:
     a = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-5)
