@@ -487,6 +487,11 @@ class ReDiffuseConfig(_Section):
     step: int = Field(100, ge=1, description="DDIM stride (200 -> 100 -> 0 by default)")
     average: int = Field(10, ge=1, description="variations averaged per image")
     p: float = Field(1.0, gt=0, description="the distance's power (theirs: 1)")
+    distance: Literal["lp", "ssim"] = Field(
+        "lp",
+        description="lp: -mean |x0 - reconstruction|^p (their DDIM code); ssim: the SSIM of the "
+        "reconstruction to the image (their Stable Diffusion code, which scores SSIM)",
+    )
 
 
 class CLiDConfig(_Section):

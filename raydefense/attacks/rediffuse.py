@@ -5,7 +5,12 @@ averaged over 10 draws; members are reconstructed more faithfully. Threshold for
 -mean_{c,h,w} |x0 - mean variation|^p (their repo feeds that map to a ResNet classifier; the
 threshold form needs no classifier). For DualMD the variations come from the alternating sampler,
 so the attack tests its black-box claim end to end; text-to-image targets vary the image under
-its caption, and the attacker sees decoded pixels only.
+its caption, and the attacker sees decoded pixels only. Their Stable Diffusion code uses other
+settings (`sd15_pokemon` sets them): t = 50, one DDIM step (k = 50), one draw, classifier-free
+guidance 7.5 (the target's public sampler's), scored by SSIM (`distance: ssim`; theirs is
+skimage's on grayscale decodes, ours the Gaussian-window SSIM of `attacks.similarity` on the
+pixels). Their SD script builds linear betas 0.00085..0.012; the variations here use the
+target's own schedule (SD's scaled-linear), as its public interface would.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from raydefense.attacks.base import ATTACKS, InterfaceAttack, PublicInterface, scaled_timestep
+from raydefense.attacks.similarity import ssim
 from raydefense.config import ReDiffuseConfig
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.seeding import STREAM_REDIFFUSE, derive_seed
@@ -41,6 +47,9 @@ class ReDiffuse(InterfaceAttack):
 
     def settings(self) -> list[dict[str, Any]]:
         c = self.cfg
+        if c.distance == "ssim":
+            return [{"t_start": self.t_start, "steps": self.num_steps, "average": c.average,
+                     "distance": "ssim"}]  # fmt: skip
         return [{"t_start": self.t_start, "steps": self.num_steps, "average": c.average, "p": c.p}]
 
     @torch.no_grad()
@@ -61,5 +70,7 @@ class ReDiffuse(InterfaceAttack):
             seeds = [derive_seed(seed, STREAM_REDIFFUSE, int(r), i) for r in row_ids.tolist()]
             total += interface.vary(images, self.t_start, self.num_steps, seeds, cond).cpu()
         recon = total / self.cfg.average
+        if self.cfg.distance == "ssim":
+            return ssim(recon, ref)[:, None].float()
         dist = (ref - recon).abs().pow(self.cfg.p).flatten(1).mean(1)
         return (-dist)[:, None].float()

@@ -81,6 +81,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
 LATE_SUBFIELDS: dict[tuple[str, str], dict[str, Any]] = {
     ("attacks", "lira"): {"online_models": 0},
     ("attacks", "pang_wang"): {"feature_model": None},
+    ("attacks", "rediffuse"): {"distance": "lp"},
 }
 
 

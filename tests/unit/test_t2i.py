@@ -409,6 +409,11 @@ def test_pang_wang_and_rediffuse_score_memorised_images_higher() -> None:
     r = rd.score_interface(Replayer(members), images, ids, 0)
     assert r.shape == (6, 1) and r[:3].min() > r[3:].max()
     assert rd.settings() == [{"t_start": 200, "steps": 2, "average": 2, "p": 1.0}]
+    # Their Stable Diffusion settings: t 50, one DDIM step, one draw, scored by SSIM.
+    sd = ReDiffuse({"t_start": 50, "step": 50, "average": 1, "distance": "ssim"})
+    r = sd.score_interface(Replayer(members), images, ids, 0)
+    assert torch.allclose(r[:3, 0], torch.ones(3), atol=1e-5) and r[3:].max() < 0.9
+    assert sd.settings() == [{"t_start": 50, "steps": 1, "average": 1, "distance": "ssim"}]
     with pytest.raises(TypeError, match="score_interface"):
         rd.score(lambda x, t: x, NoiseSchedule(), images, ids, 0)
 
