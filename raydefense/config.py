@@ -314,6 +314,12 @@ class DistillConfig(_Section):
     )
     teacher_weights: Literal["ema", "raw"] = "ema"
     label_batch_size: int = Field(1024, ge=1)
+    target_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="how soft targets are stored and held by the student: bfloat16 halves "
+        "their bytes (a paper-scale student holds one per training example; the loss is "
+        "computed in float32 either way)",
+    )
     synthetic_per_teacher: int = Field(
         0,
         ge=0,

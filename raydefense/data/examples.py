@@ -23,7 +23,8 @@ class ImageData:
 class SoftTargetData:
     """DistillMD training data: precomputed (x_t, t, soft target) examples.
 
-    x_t, target: [N, C, H, W] float32. t: [N] int64. group: [N] int64, the shard of the source row
+    x_t: [N, C, H, W] float32; target: the same shape, float32 or bfloat16
+    (`distill.target_dtype`). t: [N] int64. group: [N] int64, the shard of the source row
     (batches alternate between groups under batching='alternate'). The text embedding each target
     was computed with (text-to-image) is either `cond` [N, L, D] float32, or, without repeating
     it per example, `cond_table` [R, K, L, D] (each source row's caption embeddings) indexed by

@@ -72,15 +72,27 @@ def encode_float_rows(arr: np.ndarray) -> list[bytes]:
     return [r.tobytes() for r in flat]
 
 
+def encode_target_rows(arr: np.ndarray, dtype: str = "float32") -> list[bytes]:
+    """Soft targets [N, ...] float32 -> one bytes value per row, as float32 or as bfloat16
+    (the upper 16 bits of each float32, rounded to nearest even by torch)."""
+    if dtype == "float32":
+        return encode_float_rows(arr)
+    half = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16)
+    flat = half.view(torch.int16).numpy().reshape(len(arr), -1)
+    return [r.tobytes() for r in flat]
+
+
 def read_soft_targets(
     storage: Storage,
     shape: tuple[int, int, int],
     student: str = STUDENT,
     encoded: Optional[EncodedRows] = None,
+    target_dtype: str = "float32",
 ) -> SoftTargetData:
     """A student's soft targets (all files of soft_targets_dir(student)), ordered by (row, draw).
     shape: (C, H, W) of x_t (a latent family's latent shape). encoded: a latent family's encoded
     rows, whence each target's condition (the embedding of its `caption`, gathered per batch).
+    target_dtype: how distill stored the targets (`distill.target_dtype`); they are held so.
 
     Streamed: the (row, draw) keys are read first to place every example, then each file is read
     batch by batch straight into preallocated tensors (no Python bytes per row, no concatenated
@@ -101,7 +113,8 @@ def read_soft_targets(
     dest = np.empty(n, dtype=np.int64)
     dest[order] = np.arange(n)
     x_t = torch.empty((n, *shape), dtype=torch.float32)
-    target = torch.empty((n, *shape), dtype=torch.float32)
+    bf16 = target_dtype == "bfloat16"
+    target = torch.empty((n, *shape), dtype=torch.bfloat16 if bf16 else torch.float32)
     t = np.empty(n, dtype=np.int64)
     group = np.empty(n, dtype=np.int64)
     caption = np.zeros(n, dtype=np.int64)
@@ -117,7 +130,8 @@ def read_soft_targets(
         ):
             pos = torch.from_numpy(dest[offset : offset + batch.num_rows])
             x_t[pos] = torch.from_numpy(fixed_floats(batch.column("x_t"), shape))
-            target[pos] = torch.from_numpy(fixed_floats(batch.column("target"), shape))
+            values = torch.from_numpy(fixed_floats(batch.column("target"), shape, bf16))
+            target[pos] = values.view(torch.bfloat16) if bf16 else values
             where = pos.numpy()
             t[where] = batch.column("t").to_numpy()
             group[where] = batch.column("shard").to_numpy()
@@ -139,19 +153,23 @@ def read_soft_targets(
     return data
 
 
-def fixed_floats(column: pa.Array, shape: tuple[int, ...]) -> np.ndarray:
+def fixed_floats(column: pa.Array, shape: tuple[int, ...], bf16: bool = False) -> np.ndarray:
     """A binary column of equal-length float32 rows -> [N, *shape] float32, read from the
-    column's value buffer (a view; the caller copies it where it belongs)."""
+    column's value buffer (a view; the caller copies it where it belongs). bf16: the rows are
+    bfloat16, returned as their int16 bit patterns (`torch.from_numpy(...).view(torch.bfloat16)`
+    reads them back)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if arr.null_count:
         raise DataError("a soft-target file has empty rows; rerun distill with --force distill")
     wide = pa.types.is_large_binary(arr.type)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)
     offsets = offsets[arr.offset : arr.offset + len(arr) + 1]
-    per_row = 4 * int(np.prod(shape))
+    per_row = (2 if bf16 else 4) * int(np.prod(shape))
     if len(arr) and not np.all(np.diff(offsets) == per_row):
+        kind = "bfloat16" if bf16 else "float32"
         raise DataError(
-            f"soft-target rows are not {shape} float32; rerun distill with --force distill"
+            f"soft-target rows are not {shape} {kind} (distill.target_dtype changed since they "
+            "were written?); rerun distill with --force distill"
         )
     raw = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return raw.view(np.float32).reshape(len(arr), *shape)
+    return raw.view(np.int16 if bf16 else np.float32).reshape(len(arr), *shape)

@@ -42,10 +42,17 @@ class Footprint:
     gpu_state: Optional[int]  # weights, grads, AdamW, EMA (None: no parameter count given)
 
 
-def bytes_per_example(example_shape: tuple[int, ...], conditioned: bool) -> int:
-    """Host bytes of one soft-target example as `read_soft_targets` holds it: x_t and the
-    target (float32), t and group (int64), and (text-to-image) its (row, caption) index."""
-    return 2 * FLOAT32 * prod(example_shape) + 2 * INT64 + (2 * INT64 if conditioned else 0)
+def bytes_per_example(
+    example_shape: tuple[int, ...], conditioned: bool, target_bytes: int = FLOAT32
+) -> int:
+    """Host bytes of one soft-target example as `read_soft_targets` holds it: x_t (float32),
+    the target (`target_bytes` per value: 4, or 2 for bfloat16), t and group (int64), and
+    (text-to-image) its (row, caption) index."""
+    return (
+        (FLOAT32 + target_bytes) * prod(example_shape)
+        + 2 * INT64
+        + (2 * INT64 if conditioned else 0)
+    )
 
 
 def student_footprint(
@@ -71,7 +78,8 @@ def student_footprint(
     )
     examples = members * draws
     cond_row = FLOAT32 * prod(cond_shape) if cond_shape else 0
-    per_example = bytes_per_example(example_shape, cond_shape is not None)
+    target_bytes = 2 if cfg.distill.target_dtype == "bfloat16" else FLOAT32
+    per_example = bytes_per_example(example_shape, cond_shape is not None, target_bytes)
     conditions = members * captions_per_row * cond_row
     soft = examples * per_example
     return Footprint(

@@ -158,7 +158,8 @@ class BatchSource:
         start = (step // n_groups) * self.global_batch + self.rank * self.local_batch
         idx = torch.from_numpy(group.take(start, self.local_batch))
         cond = self.data.conditions(idx)
-        return self.data.x_t[idx], self.data.t[idx], self.data.target[idx], cond
+        # A bfloat16-stored target (distill.target_dtype) enters the loss as float32.
+        return self.data.x_t[idx], self.data.t[idx], self.data.target[idx].float(), cond
 
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -19,7 +19,7 @@ from ray.data.expressions import col
 from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import read_encoded
 from raydefense.data.pool import image_column
-from raydefense.data.tables import decode_images, encode_float_rows
+from raydefense.data.tables import decode_images, encode_float_rows, encode_target_rows
 from raydefense.defense.distillmd import SoftTargetLabeller, synthetic_images, synthetic_row_ids
 from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
@@ -63,6 +63,7 @@ class LabellerActor:
         # Latent families label encoded rows (latents + caption embeddings), not pixels.
         self.encoded = read_encoded(storage) if is_latent(cfg.model) else None
         self.shape = tuple(image_shape)
+        self.target_dtype = cfg.distill.target_dtype
         self.groups = {int(r): int(g) for r, g in groups.items()}
         self.progress = progress  # (job name, total soft targets) for the console
         self.labeller = SoftTargetLabeller(
@@ -91,7 +92,7 @@ class LabellerActor:
             )
         out = self.labeller(rows)
         out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
-        out["target"] = np.array(encode_float_rows(out["target"]), dtype=object)
+        out["target"] = np.array(encode_target_rows(out["target"], self.target_dtype), dtype=object)
         if self.progress is not None:
             advance(self.progress[0], len(out["x_t"]), self.progress[1], "soft targets")
         return out

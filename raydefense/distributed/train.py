@@ -143,7 +143,9 @@ def _train_loop(config: dict) -> Optional[dict]:
     encoded = read_encoded(storage) if is_latent(cfg.model) else None
     data: TrainData
     if spec.kind == "distill":
-        data = read_soft_targets(storage, data_shape(cfg.model, shape), spec.model, encoded)
+        data = read_soft_targets(
+            storage, data_shape(cfg.model, shape), spec.model, encoded, cfg.distill.target_dtype
+        )
     elif encoded is not None:
         assert plan is not None
         rows = plan.row_id[plan.rows_of(spec.model)]

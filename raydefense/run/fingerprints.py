@@ -55,6 +55,7 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "synthetic_steps": 50,
         "member_inputs": True,
         "public_inputs": False,
+        "target_dtype": "float32",
     },
     "sampling": {"guidance_scale": 1.0},
     # quality.domain_rows_from: its default changed the evaluation, so only "spare" (what

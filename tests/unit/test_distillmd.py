@@ -429,3 +429,38 @@ def test_soft_targets_stream_back_in_row_draw_order_with_conditions_per_batch(tm
         assert np.array_equal(data.target[i].numpy(), target)
         assert int(data.t[i]) == t and int(data.group[i]) == group
         assert torch.equal(cond[i], emb[123 - key[0], caption])
+
+
+def test_bfloat16_soft_targets_round_trip_at_half_the_bytes(tmp_path) -> None:
+    """distill.target_dtype=bfloat16: targets are written and held as bfloat16 (each value
+    float32's nearest bfloat16), enter the loss as float32, and cost 2 bytes a value; reading
+    them as float32 is one line naming the cause."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raydefense.data.tables import encode_float_rows, encode_target_rows, read_soft_targets
+    from raydefense.defense.footprint import bytes_per_example
+    from raydefense.errors import DataError
+    from raydefense.layout import soft_targets_dir
+    from raydefense.storage import Storage
+
+    storage = Storage(str(tmp_path), "exp")
+    folder = tmp_path / "exp" / soft_targets_dir("student")
+    folder.mkdir(parents=True)
+    shape = (1, 2, 3)
+    rng = np.random.default_rng(1)
+    x_t = rng.standard_normal((4, *shape)).astype(np.float32)
+    target = rng.standard_normal((4, *shape)).astype(np.float32)
+    table = pa.table(
+        {"row_id": [3, 1, 2, 0], "draw": [0, 0, 0, 0], "shard": [1, 1, 0, 0], "t": [5, 6, 7, 8],
+         "x_t": encode_float_rows(x_t), "target": encode_target_rows(target, "bfloat16")}
+    )  # fmt: skip
+    pq.write_table(table, folder / "part-0.parquet")
+    data = read_soft_targets(storage, shape, target_dtype="bfloat16")
+    order = [3, 1, 2, 0]  # row ids -> file positions, sorted by row id
+    expected = torch.from_numpy(target[np.argsort(order)]).to(torch.bfloat16)
+    assert data.target.dtype == torch.bfloat16 and torch.equal(data.target, expected)
+    held = [data.x_t, data.target, data.t, data.group]
+    assert sum(x.nbytes for x in held) == 4 * bytes_per_example(shape, False, target_bytes=2)
+    with pytest.raises(DataError, match="target_dtype changed"):
+        read_soft_targets(storage, shape)
