@@ -122,12 +122,11 @@ def read_soft_targets(
     columns = ["x_t", "target", "t", "shard"]
     offset = 0
     for f in files:
-        names = pq.ParquetFile(f, filesystem=storage.fs).schema_arrow.names
+        parquet = pq.ParquetFile(f, filesystem=storage.fs)  # opened once: schema, then batches
+        names = parquet.schema_arrow.names
         has_caption &= "caption" in names
         cols = columns + (["caption"] if "caption" in names else [])
-        for batch in pq.ParquetFile(f, filesystem=storage.fs).iter_batches(
-            batch_size=4096, columns=cols
-        ):
+        for batch in parquet.iter_batches(batch_size=4096, columns=cols):
             pos = torch.from_numpy(dest[offset : offset + batch.num_rows])
             x_t[pos] = torch.from_numpy(fixed_floats(batch.column("x_t"), shape))
             values = torch.from_numpy(fixed_floats(batch.column("target"), shape, bf16))
