@@ -173,10 +173,23 @@ def check_inputs_staged(
 
 def alive_nodes(address: str) -> int:
     """How many nodes the cluster behind the dashboard has alive (the state API; it sends the
-    token when token auth is on)."""
+    token when token auth is on).
+
+    Counted here, not with a state filter: Ray 2.60 pushes a node filter down to the GCS and
+    then reports the nodes it filtered out (a dead worker) as truncated output, which
+    `list_nodes` raises on."""
     from ray.util.state import list_nodes
 
-    return len(list_nodes(address=address, filters=[("state", "=", "ALIVE")], limit=10_000))
+    return count_alive(list_nodes(address=address, limit=10_000))
+
+
+def count_alive(nodes: Iterable[Any]) -> int:
+    """Nodes whose state is ALIVE, from the state API's node records (objects or dicts)."""
+
+    def state(node: Any) -> str:
+        return str(node.get("state") if isinstance(node, dict) else getattr(node, "state", ""))
+
+    return sum(1 for node in nodes if state(node) == "ALIVE")
 
 
 def token_available(env: Optional[dict[str, str]] = None) -> bool:

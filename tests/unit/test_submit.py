@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -184,3 +185,15 @@ def test_local_inputs_on_a_multi_node_cluster_are_refused_in_one_line(tmp_path: 
     assert "\n" not in msg and "data.root=/data/cifar-10-batches-py" in msg
     assert "cluster of 3 nodes" in msg and "--shared-path" in msg
     assert asked == ["http://head:8265", "http://head:8265"]  # not asked when all are staged
+
+
+def test_alive_nodes_are_counted_client_side_so_a_dead_worker_is_not_truncation() -> None:
+    """Ray 2.60's server-side node filter reports filtered-out dead nodes as truncated output
+    (and `list_nodes` then raises); the count filters the unfiltered records itself."""
+    records = [
+        {"node_id": "a", "state": "ALIVE"},
+        {"node_id": "b", "state": "DEAD"},
+        SimpleNamespace(node_id="c", state="ALIVE"),
+    ]
+    assert sub.count_alive(records) == 2
+    assert sub.count_alive([]) == 0
