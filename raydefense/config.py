@@ -320,6 +320,19 @@ class DistillConfig(_Section):
         "their bytes (a paper-scale student holds one per training example; the loss is "
         "computed in float32 either way)",
     )
+    store_x_t: bool = Field(
+        False,
+        description="false: soft targets store their (row, draw) keys and t, and the student "
+        "regenerates each x_t from the seeded noise per batch (bit-identical, half the bytes "
+        "of float32 targets); true: x_t is stored with every target",
+    )
+    disk_dir: Optional[str] = Field(
+        None,
+        description="a local directory where each student fit holds its soft targets in a "
+        "memory-mapped file (reserved up front, unlinked at once) instead of RAM: for "
+        "paper-scale students whose targets outgrow the host (cifar10_ddpm: 0.56 TiB in "
+        "bfloat16); null: in RAM. The same batches and bytes either way",
+    )
     synthetic_per_teacher: int = Field(
         0,
         ge=0,

@@ -6,6 +6,7 @@ tensors, so the loop in `raydefense.diffusion.training` does not know where they
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -23,22 +24,40 @@ class ImageData:
 class SoftTargetData:
     """DistillMD training data: precomputed (x_t, t, soft target) examples.
 
-    x_t: [N, C, H, W] float32; target: the same shape, float32 or bfloat16
-    (`distill.target_dtype`). t: [N] int64. group: [N] int64, the shard of the source row
-    (batches alternate between groups under batching='alternate'). The text embedding each target
-    was computed with (text-to-image) is either `cond` [N, L, D] float32, or, without repeating
-    it per example, `cond_table` [R, K, L, D] (each source row's caption embeddings) indexed by
-    `cond_index` [N, 2] int64 (row position, caption): at SD's 77 x 768 that is 236 KB per example
-    saved, 76 GB over `sd15_pokemon`'s 320k examples. Both None: unconditional.
+    x_t: [N, C, H, W] float32 as stored (distill.store_x_t), or None, and then `regenerate`
+    (idx [B] -> x_t [B, C, H, W]) remakes them per batch from the examples' seeded (row, draw)
+    keys (`raydefense.diffusion.noising.RegeneratedInputs`); `inputs(idx)` gives either.
+    target: [N, C, H, W], float32 or bfloat16 (`distill.target_dtype`). t: [N] int64. group:
+    [N] int64, the shard of the source row (batches alternate between groups under
+    batching='alternate'). The text embedding each target was computed with (text-to-image) is
+    either `cond` [N, L, D] float32, or, without repeating it per example, `cond_table`
+    [R, K, L, D] (each source row's caption embeddings) indexed by `cond_index` [N, 2] int64
+    (row position, caption): at SD's 77 x 768 that is 236 KB per example saved, 76 GB over
+    `sd15_pokemon`'s 320k examples. Both None: unconditional.
     """
 
-    x_t: torch.Tensor
+    x_t: Optional[torch.Tensor]
     t: torch.Tensor
     target: torch.Tensor
     group: torch.Tensor
     cond: Optional[torch.Tensor] = None
     cond_table: Optional[torch.Tensor] = None
     cond_index: Optional[torch.Tensor] = None
+    regenerate: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def __post_init__(self) -> None:
+        if (self.x_t is None) == (self.regenerate is None):
+            raise ValueError("SoftTargetData needs exactly one of x_t and regenerate")
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] float32: x_t of examples `idx` [B] (stored, or regenerated)."""
+        if self.x_t is not None:
+            return self.x_t[idx]
+        assert self.regenerate is not None  # __post_init__
+        return self.regenerate(idx)
 
     def conditions(self, idx: torch.Tensor) -> Optional[torch.Tensor]:
         """[B, L, D] the conditions of examples `idx` [B] (gathered per batch), or None."""

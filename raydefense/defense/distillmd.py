@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from raydefense.diffusion.eps import EpsModel
+from raydefense.diffusion.noising import noised_inputs
 from raydefense.diffusion.sampling import sample
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import PrivacyInvariantError
-from raydefense.seeding import STREAM_ASSIGNMENT, STREAM_SOFT_TARGET, STREAM_SYNTHETIC, derive_seed
+from raydefense.seeding import STREAM_ASSIGNMENT, STREAM_SYNTHETIC, derive_seed
 
 TEACHER_ASSIGNMENTS = ("mean", "one_other")
 TeacherAssignment = Literal["mean", "one_other"]
@@ -135,26 +136,6 @@ def assigned_teachers(
     return used
 
 
-def draw_latent_caption(
-    seed: int, row_id: int, draw: int, shape: tuple[int, ...], n_captions: int, diversify: bool
-) -> tuple[np.ndarray, int]:
-    """Latent families, per (row, draw): the VAE posterior's standard-normal draw [C, h, w] and
-    the caption used (uniform over the row's captions under prompt diversification, else 0),
-    from a stream apart from draw_t_noise's."""
-    rng = np.random.default_rng([seed, row_id, STREAM_SOFT_TARGET, draw, 1])
-    z = rng.standard_normal(shape, dtype=np.float32)
-    return z, int(rng.integers(n_captions)) if diversify else 0
-
-
-def draw_t_noise(
-    seed: int, row_id: int, draw: int, num_timesteps: int, shape: tuple[int, ...]
-) -> tuple[int, np.ndarray]:
-    """(t, noise) of one (row, draw): t uniform in [0, T), noise [C, H, W] float32 N(0, I)."""
-    rng = np.random.default_rng([seed, row_id, STREAM_SOFT_TARGET, draw])
-    t = int(rng.integers(num_timesteps))
-    return t, rng.standard_normal(shape, dtype=np.float32)
-
-
 class SoftTargetLabeller:
     """Maps a batch of member rows to `draws` soft-target examples per row.
 
@@ -209,40 +190,25 @@ class SoftTargetLabeller:
         row_ids = np.asarray(batch["row_id"], dtype=np.int64)
         latent = "latent_mean" in batch
         source = np.asarray(batch["latent_mean" if latent else "image"], dtype=np.float32)
-        shape = source.shape[1:]
-        T = self.schedule.num_train_timesteps
         names = sorted(self.teachers)
         n = len(row_ids) * self.draws
         out_row = np.repeat(row_ids, self.draws)
         out_draw = np.tile(np.arange(self.draws, dtype=np.int64), len(row_ids))
         out_shard = np.repeat(np.asarray(batch["shard"]), self.draws)
-        t_all = np.empty(n, dtype=np.int64)
-        noise = np.empty((n, *shape), dtype=np.float32)
-        for i in range(n):
-            t_all[i], noise[i] = draw_t_noise(
-                self.seed, int(out_row[i]), int(out_draw[i]), T, shape
-            )
         x0 = torch.from_numpy(np.repeat(source, self.draws, axis=0))
-        cond: Optional[torch.Tensor] = None
-        caption = np.zeros(n, dtype=np.int64)
-        if latent:
-            # x0 = a posterior draw per (row, draw); the target is conditioned on one caption.
+        std = n_caps = None
+        if (
+            latent
+        ):  # x0 = a posterior draw per (row, draw); the target is conditioned on one caption
             std = torch.from_numpy(np.repeat(np.asarray(batch["latent_std"]), self.draws, axis=0))
             n_caps = np.repeat(np.asarray(batch["n_captions"]), self.draws)
-            z = np.empty((n, *shape), dtype=np.float32)
-            for i in range(n):
-                z[i], caption[i] = draw_latent_caption(
-                    self.seed,
-                    int(out_row[i]),
-                    int(out_draw[i]),
-                    shape,
-                    int(n_caps[i]),
-                    self.diversify,
-                )
-            x0 = x0 + std * torch.from_numpy(z)
+        t_all, x_t, caption = noised_inputs(
+            self.seed, self.schedule, x0, out_row, out_draw, std, n_caps, self.diversify
+        )
+        cond: Optional[torch.Tensor] = None
+        if latent:
             emb = torch.from_numpy(np.asarray(batch["emb"], dtype=np.float32))
             cond = emb[torch.arange(n) // self.draws, torch.from_numpy(caption)]
-        x_t = self.schedule.q_sample(x0, torch.from_numpy(t_all), torch.from_numpy(noise))
 
         # Group items by the teachers that label them (for "mean", one group per shard with K
         # disjoint shards; for "one_other", one group per chosen teacher). All draws of a row

@@ -159,7 +159,7 @@ class BatchSource:
         idx = torch.from_numpy(group.take(start, self.local_batch))
         cond = self.data.conditions(idx)
         # A bfloat16-stored target (distill.target_dtype) enters the loss as float32.
-        return self.data.x_t[idx], self.data.t[idx], self.data.target[idx].float(), cond
+        return self.data.inputs(idx), self.data.t[idx], self.data.target[idx].float(), cond
 
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

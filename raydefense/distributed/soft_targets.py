@@ -64,6 +64,7 @@ class LabellerActor:
         self.encoded = read_encoded(storage) if is_latent(cfg.model) else None
         self.shape = tuple(image_shape)
         self.target_dtype = cfg.distill.target_dtype
+        self.store_x_t = cfg.distill.store_x_t
         self.groups = {int(r): int(g) for r, g in groups.items()}
         self.progress = progress  # (job name, total soft targets) for the console
         self.labeller = SoftTargetLabeller(
@@ -91,10 +92,13 @@ class LabellerActor:
                 n_captions=enc.n_captions.numpy(),
             )
         out = self.labeller(rows)
-        out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
+        if self.store_x_t:
+            out["x_t"] = np.array(encode_float_rows(out["x_t"]), dtype=object)
+        else:  # the student regenerates them from (row, draw) (distill.store_x_t)
+            del out["x_t"]
         out["target"] = np.array(encode_target_rows(out["target"], self.target_dtype), dtype=object)
         if self.progress is not None:
-            advance(self.progress[0], len(out["x_t"]), self.progress[1], "soft targets")
+            advance(self.progress[0], len(out["t"]), self.progress[1], "soft targets")
         return out
 
 

@@ -144,7 +144,13 @@ def _train_loop(config: dict) -> Optional[dict]:
     data: TrainData
     if spec.kind == "distill":
         data = read_soft_targets(
-            storage, data_shape(cfg.model, shape), spec.model, encoded, cfg.distill.target_dtype
+            storage,
+            data_shape(cfg.model, shape),
+            spec.model,
+            encoded,
+            cfg.distill.target_dtype,
+            noising=(cfg.seed, NoiseSchedule.of(cfg.model), cfg.data.prompt_diversification),
+            disk_dir=cfg.distill.disk_dir,
         )
     elif encoded is not None:
         assert plan is not None

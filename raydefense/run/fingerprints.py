@@ -97,6 +97,10 @@ def config_tree(cfg: ExperimentConfig) -> dict[str, Any]:
         for k, default in fields.items():
             if d[section].get(sub, {}).get(k, default) == default:
                 d[section].get(sub, {}).pop(k, None)
+    # Never hashed: whether soft targets store x_t or the student regenerates them from their
+    # seeds, and whether it holds them in RAM or on disk, change no byte a student sees.
+    for where in ("store_x_t", "disk_dir"):
+        d["distill"].pop(where, None)
     if not d["audit"]:  # a section added later, empty unless models are audited
         del d["audit"]
     return d

@@ -13,6 +13,7 @@ from raydefense.config import ResourcesConfig
 from raydefense.data.plan import MEMBER
 from raydefense.data.tables import read_plan, read_soft_targets
 from raydefense.diffusion.backbones.unet2d import load_unet
+from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import FitsFailed, NonFiniteLossError, ResourceError
 from raydefense.layout import SOFT_TARGETS
 from raydefense.pipeline import stage_prepare
@@ -126,14 +127,21 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
             or owners[r] == ["teacher_2"]
             and who == "teacher_1"
         )
-    data = read_soft_targets(storage, (1, 8, 8))
-    assert data.x_t.shape == (n, 1, 8, 8) and np.isfinite(data.target.numpy()).all()
-    # a rerun (e.g. a retried stage) produces byte-identical soft targets
+    assert "x_t" not in rows  # distill.store_x_t=false: the student regenerates them
+    noising = (cfg.seed, NoiseSchedule.of(cfg.model), False)
+    data = read_soft_targets(storage, (1, 8, 8), noising=noising)
+    every = torch.arange(n)
+    x_t = data.inputs(every)
+    assert x_t.shape == (n, 1, 8, 8) and np.isfinite(data.target.numpy()).all()
+    # a rerun (e.g. a retried stage) produces byte-identical soft targets, here storing x_t:
+    # they are the x_t the student regenerated
+    stored = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"store_x_t": True})})
     label_soft_targets(
-        cfg, storage, ["teacher_1", "teacher_2"], owners, draws=3, image_shape=[1, 8, 8]
+        stored, storage, ["teacher_1", "teacher_2"], owners, draws=3, image_shape=[1, 8, 8]
     )
     again = read_soft_targets(storage, (1, 8, 8))
-    assert torch.equal(again.x_t, data.x_t) and torch.equal(again.target, data.target)
+    assert again.x_t is not None and torch.equal(again.x_t, x_t)
+    assert torch.equal(again.target, data.target)
 
 
 def test_synthetic_rows_are_drawn_per_teacher_and_labelled_by_the_other(experiment):

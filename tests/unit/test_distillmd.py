@@ -11,9 +11,9 @@ from raydefense.defense.distillmd import (
     SoftTargetLabeller,
     assigned_teachers,
     auto_draws,
-    draw_t_noise,
     labelling_teachers,
 )
+from raydefense.diffusion.noising import draw_t_noise
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import PrivacyInvariantError
 

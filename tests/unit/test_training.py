@@ -315,3 +315,35 @@ def test_the_diffusers_ema_warmup_is_emamodel_s_schedule() -> None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert ours.decay_at(0) == 0.0 and ours.decay_at(1) == 2 / 11
     assert ours.decay_at(10**6) == 0.9999 and EMA(net, 0.9999).decay_at(0) == 0.9999
+
+
+def test_a_student_on_regenerated_inputs_is_the_student_on_stored_ones():
+    """distill.store_x_t=false changes no byte the student sees: x_t regenerated per batch from
+    the (row, draw) seeds give the same weights as the labeller's stored x_t."""
+    from raydefense.defense.distillmd import SoftTargetLabeller
+    from raydefense.diffusion.noising import RegeneratedInputs
+
+    ids = np.arange(6) * 7
+    x0 = torch.rand((6, 1, 8, 8), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    owners = {int(r): frozenset({f"teacher_{1 + i % 2}"}) for i, r in enumerate(ids)}
+    teachers = {"teacher_1": lambda x, t: 0.3 * x, "teacher_2": lambda x, t: -0.2 * x}
+    out = SoftTargetLabeller(teachers, owners, SCHED, draws=4, seed=3)(
+        {"row_id": ids, "shard": np.arange(6) % 2, "image": x0.numpy()}
+    )
+    common = dict(
+        t=torch.from_numpy(out["t"]),
+        target=torch.from_numpy(out["target"]),
+        group=torch.from_numpy(out["shard"]),
+    )
+    stored = SoftTargetData(x_t=torch.from_numpy(out["x_t"]), **common)
+    regen = RegeneratedInputs(
+        3, SCHED, x0, np.repeat(np.arange(6), 4), out["row_id"], out["draw"], out["t"]
+    )
+    keys_only = SoftTargetData(x_t=None, regenerate=regen, **common)
+    cfg = TrainConfig(steps=6, batch_size=4, lr=1e-3, checkpoint_every=6, log_every=3)
+    a, b = ListReporter(), ListReporter()
+    fit(stored, MODEL, cfg, SCHED, (1, 8, 8), seed=0, model_index=3, reporter=a)
+    fit(keys_only, MODEL, cfg, SCHED, (1, 8, 8), seed=0, model_index=3, reporter=b)
+    assert [r["loss"] for r in a.reports] == [r["loss"] for r in b.reports]
+    for p, q in zip(load_unet(a.ckpt, "raw").parameters(), load_unet(b.ckpt, "raw").parameters()):
+        assert torch.equal(p, q)
