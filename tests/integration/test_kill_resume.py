@@ -39,6 +39,8 @@ EVERY = 5  # checkpoint and log every 5 steps: 3 mid-way checkpoints per fit to 
 TARGETS = ["baseline", "teacher_1", "teacher_2"]
 MODELS = [*TARGETS, "student"]
 ATTEMPT_TIMEOUT_S = 600
+# The runs' seed and schedule (the smoke preset's), which regenerate the student's x_t.
+NOISING = (load_config("smoke").seed, NoiseSchedule.of(load_config("smoke").model), False)
 
 
 def flags(base: Path) -> list[str]:
@@ -122,7 +124,7 @@ def check_markers_describe_complete_outputs(storage: Storage) -> None:
     if storage.exists(f"{SOFT_TARGETS}/_COMPLETE.json"):
         rows = storage.read_json(f"{SOFT_TARGETS}/_COMPLETE.json")["outputs"]["rows"]
         shape = tuple(storage.read_json(PLAN_JSON)["image_shape"])
-        assert len(read_soft_targets(storage, shape).t) == rows
+        assert len(read_soft_targets(storage, shape, noising=NOISING)) == rows
     if storage.exists("train/_COMPLETE.json"):
         for m in TARGETS:
             assert storage.exists(f"models/{m}/_COMPLETE.json"), m
@@ -220,10 +222,8 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
                 assert torch.allclose(got[k], want[k], rtol=0, atol=1e-6), (m, weights, k)
         assert load_state(run.path(f"models/{m}"))["step"] == STEPS
     shape = tuple(ref.read_json(PLAN_JSON)["image_shape"])
-    smoke = load_config("smoke")  # the runs' seed and schedule regenerate the student's x_t
-    noising = (smoke.seed, NoiseSchedule.of(smoke.model), False)
-    a = read_soft_targets(ref, shape, noising=noising)
-    b = read_soft_targets(run, shape, noising=noising)
+    a = read_soft_targets(ref, shape, noising=NOISING)
+    b = read_soft_targets(run, shape, noising=NOISING)
     for field in ("t", "target", "group"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     every = torch.arange(len(a))

@@ -104,3 +104,13 @@ def test_pipeline_stages_prints_shares_and_the_cached_rerun() -> None:
     shares = re.findall(r"^\w+ +\S+ +(\S+)%$", out, re.M)
     assert shares and abs(sum(float(s) for s in shares) - 100) < 1, out
     finite(only_match(r"^cached rerun: (\S+) s += (\S+) x the cold run$", out)[2])
+
+
+def test_soft_target_inputs_prints_every_holding_against_stored() -> None:
+    out = run_tiny("soft_target_inputs.py", timeout=300)
+    for shape in ("pixel", "latent"):
+        assert re.search(rf"^{shape} \[", out, re.M)
+    rows = re.findall(r"^(stored|regenerated|disk) +(\S+) +(\S+) +(\S+) +(\S+)x$", out, re.M)
+    assert [r[0] for r in rows] == ["stored", "regenerated", "disk"] * 2
+    for _, ms, rate, held, ratio in rows:
+        finite(ms), finite(rate), finite(held), finite(ratio)
