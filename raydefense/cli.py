@@ -386,7 +386,7 @@ def execute(
         )
     if command == "sweep":  # a bad search space fails before any stage runs
         if cfg.sweep.kind == "training":
-            from raydefense.sweeps.training import check_training_sweep
+            from raydefense.sweeps.training_sweep import check_training_sweep
 
             check_training_sweep(cfg)
         else:
@@ -447,7 +447,7 @@ def execute(
             ctx.skipped = STAGES[:-1]
             results = stage_report(ctx)
         elif command == "sweep" and cfg.sweep.kind == "training":
-            from raydefense.sweeps.training import run_training_sweep
+            from raydefense.sweeps.training_sweep import run_training_sweep
 
             results = run_training_sweep(ctx)  # every trial runs a pipeline of its own
         elif command == "sweep":
@@ -464,8 +464,8 @@ def execute(
             shutil.rmtree(audit_cache, ignore_errors=True)
     if results and command == "sweep":
         if cfg.sweep.kind == "training":
-            from raydefense.sweeps.training import summary as sweep_summary
-            from raydefense.sweeps.training import sweep_dir
+            from raydefense.sweeps.training_sweep import summary as sweep_summary
+            from raydefense.sweeps.training_sweep import sweep_dir
         else:
             from raydefense.sweeps.attacks import summary as sweep_summary
             from raydefense.sweeps.attacks import sweep_dir
@@ -552,7 +552,8 @@ def submit_command(args: argparse.Namespace) -> int:
 
 def profile_command(args: argparse.Namespace) -> None:
     from raydefense.audit.profile import DEFAULT_TIMESTEPS, PROFILE_JSON, parse_timesteps
-    from raydefense.report.profile import profile_markdown, run_profile
+    from raydefense.report.profile_tables import profile_markdown
+    from raydefense.run.profile_command import run_profile
     from raydefense.run.session import absolutize
     from raydefense.storage import Storage
 

@@ -591,7 +591,7 @@ class LiRAConfig(_Section):
     2023): per audited row, the target's statistic against the same statistic (same seeded
     noise) from reference models that never trained on the row. Offline (the default): one-sided
     z-score against the references' Gaussian; online: log N(IN) - log N(OUT) where reference
-    models trained on the row exist (raydefense.attacks.reference)."""
+    models trained on the row exist (raydefense.attacks.lira_rmia)."""
 
     bases: Optional[list[str]] = Field(None, description=_BASES_DESCRIPTION)
     variance: Literal["auto", "global", "per_example"] = Field(
@@ -831,7 +831,8 @@ class SweepConfig(_Section):
     section (the Cartesian product of the listed values; unlisted fields keep their
     `attacks.<name>` value), validated against the attack registry by `raydefense.audit.grid`.
     kind=training: a grid over dotted config paths (`train.lr`, `distill.draws_per_row`,
-    `data.num_shards`, ...); every point is a small pipeline (`raydefense.sweeps.training`)."""
+    `data.num_shards`, ...); every point is a small pipeline
+    (`raydefense.sweeps.training_sweep`)."""
 
     name: str = Field(
         "attacks",

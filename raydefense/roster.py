@@ -134,12 +134,6 @@ def parse_online(model: str) -> Optional[tuple[int, str, int]]:
     return None if draw is None or draw[0] != ONLINE else draw[1:]
 
 
-def is_student(model: str) -> bool:
-    """The target student or a shadow or online student (all learn from soft targets)."""
-    draw = parse_draw(model)
-    return model == STUDENT or (draw is not None and draw[2] == "student")
-
-
 def training_role(model: str) -> str:
     """The `train.<role>` settings a model trains with: baseline, teacher or student (a shadow
     model or an online reference takes the role it imitates)."""

@@ -82,7 +82,7 @@ class Attack(ABC):
     needs_router: ClassVar[bool] = False
     # needs captions: text-to-image targets only (model.kind=sd)
     text_only: ClassVar[bool] = False
-    # reference-calibrated attacks (raydefense.attacks.reference): they compare the target with
+    # reference-calibrated attacks (raydefense.attacks.lira_rmia): they compare the target with
     # OUT reference models (the attacker's shadows) and/or with population rows
     uses_references: ClassVar[bool] = False
     uses_population: ClassVar[bool] = False

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from raydefense.attacks.base import ATTACKS
-from raydefense.attacks.reference import ReferenceAttack, ReferenceData, statistic
+from raydefense.attacks.lira_rmia import ReferenceAttack, ReferenceData, statistic
 from raydefense.config import QuantileConfig
 
 

@@ -19,7 +19,7 @@ import torch
 from raydefense.attacks.adaptive import DualMDAdaptive
 from raydefense.attacks.base import GeneratedAttack, LearnedAttack, QueryAttack
 from raydefense.attacks.combined import CombinedAttack
-from raydefense.attacks.reference import LiRA, ReferenceAttack
+from raydefense.attacks.lira_rmia import LiRA, ReferenceAttack
 from raydefense.audit.learned import (
     adaptive_scores,
     fit_learned,

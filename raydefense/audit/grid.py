@@ -26,10 +26,6 @@ def sweepable_attacks() -> list[str]:
     return [n for n in ATTACKS.names() if ATTACKS.get(n).kind in ("query", "learned")]
 
 
-def query_attacks() -> list[str]:
-    return [n for n in ATTACKS.names() if ATTACKS.get(n).kind == "query"]
-
-
 @dataclass(frozen=True)
 class GridPoint:
     """One grid point of one attack: `values` overrides fields of `attacks.<attack>`."""

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from raydefense.attacks.base import InterfaceAttack, QueryAttack, TextQueryAttack
+from raydefense.attacks.lira_rmia import LiRA, ReferenceAttack, ReferenceData
 from raydefense.attacks.quantile import QuantileRegression
-from raydefense.attacks.reference import LiRA, ReferenceAttack, ReferenceData
 from raydefense.audit.scoring import ScoreJob, query_col
 from raydefense.audit.targets import (
     audited_rows,

@@ -4,7 +4,7 @@ Ray cluster (joined under `ray job submit` / RAY_ADDRESS, else a local one).
 - fitter: Ray Train, one TorchTrainer per model (`raydefense.distributed.train`);
 - labeller: a Ray Data actor pool writing soft targets (`raydefense.distributed.soft_targets`);
 - scorer: a Ray Data actor pool scoring and generating, Ray tasks for learned-attack fits
-  (`raydefense.distributed.scoring`);
+  (`raydefense.distributed.ray_scorer`);
 - trials: Ray Tune for attack-grid and training sweeps (`raydefense.distributed.tune`).
 """
 
@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from raydefense.config import ExperimentConfig
 from raydefense.distributed.progress import start_board
+from raydefense.distributed.ray_scorer import RayScorer
 from raydefense.distributed.runtime import alive_nodes, check_shared_storage, init_ray
-from raydefense.distributed.scoring import RayScorer
 from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
 from raydefense.distributed.tune import RayTrialRunner

@@ -27,7 +27,7 @@ from raydefense.errors import ResourceError
 from raydefense.run.context import Backend
 from raydefense.storage import Storage
 from raydefense.sweeps.attacks import flatten_metrics, trial_metrics, unflatten_metrics
-from raydefense.sweeps.training import apply_values, run_trial, watched_model, watched_value
+from raydefense.sweeps.training_sweep import apply_values, run_trial, watched_model, watched_value
 
 log = logging.getLogger("raydefense")
 

@@ -292,7 +292,7 @@ def _seed_parts(results: Mapping[str, Any]) -> list[str]:
     """The training-seed study (`raydefense seeds`), when this experiment is its base."""
     if not results.get("seeds"):
         return []
-    from raydefense.report.seeds import seeds_markdown
+    from raydefense.report.seed_tables import seeds_markdown
 
     return [seeds_markdown(results["seeds"]), ""]
 

@@ -15,7 +15,7 @@ from raydefense.audit.scoring import Scorer
 from raydefense.config import ExperimentConfig
 from raydefense.errors import RaydefenseError
 from raydefense.storage import Storage
-from raydefense.tracking.base import NullTracker, Tracker
+from raydefense.tracking.tracker import NullTracker, Tracker
 
 
 class Fitter(Protocol):

@@ -8,7 +8,7 @@ import platform
 import tempfile
 
 import raydefense
-from raydefense.attacks.reference import ReferenceAttack
+from raydefense.attacks.lira_rmia import ReferenceAttack
 from raydefense.audit.reference import base_attacks
 from raydefense.audit.targets import adaptive_bases, build_attacks, check_explicit_targets
 from raydefense.config import ExperimentConfig

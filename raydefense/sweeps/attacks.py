@@ -49,7 +49,6 @@ from raydefense.run.context import RunContext
 from raydefense.run.fingerprints import attack_sweep_fingerprint
 from raydefense.run.markers import is_complete, mark_complete, unpublish
 from raydefense.run.session import local_copy
-from raydefense.storage import Storage
 
 log = logging.getLogger("raydefense")
 
@@ -360,7 +359,3 @@ def run_sweep(ctx: RunContext) -> dict[str, Any]:
         return results
     finally:
         tracker.end_run(parent, status)
-
-
-def read_results(storage: Storage, cfg: ExperimentConfig) -> dict[str, Any]:
-    return storage.read_json(f"{sweep_dir(cfg)}/results.json")

@@ -28,7 +28,7 @@ from raydefense import layout
 from raydefense.config import load_config
 from raydefense.errors import ConfigError, RaydefenseError
 from raydefense.report.markdown import headline_rows, is_number, short_params
-from raydefense.report.seeds import QUALITY_METRICS, plus_minus, privacy_rows, seeds_markdown
+from raydefense.report.seed_tables import QUALITY_METRICS, plus_minus, privacy_rows, seeds_markdown
 from raydefense.roster import sort_targets
 from raydefense.run.console import result
 from raydefense.run.session import absolutize

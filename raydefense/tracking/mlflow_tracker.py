@@ -251,7 +251,7 @@ def make_tracker(
     keeps its artifacts next to the run's other outputs (`<storage root>/<experiment>/mlflow`).
     An MLflow server (http[s]://) decides its artifact store itself (`--artifacts-destination`).
     """
-    from raydefense.tracking.base import NullTracker
+    from raydefense.tracking.tracker import NullTracker
 
     if not enabled:
         return NullTracker()

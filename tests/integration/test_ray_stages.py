@@ -235,7 +235,7 @@ def test_a_scoring_actor_killed_mid_evaluate_changes_nothing(experiment):
     from processes import ActorKiller
 
     from raydefense.audit.scoring import ScoreJob
-    from raydefense.distributed.scoring import RayScorer
+    from raydefense.distributed.ray_scorer import RayScorer
 
     cfg, storage, _ = experiment
     cfg = cfg.model_copy(

@@ -373,7 +373,7 @@ def test_learned_attack_fits_escape_a_tune_trials_placement_group(ray_cluster) -
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from raydefense.distributed.scoring import RayScorer
+    from raydefense.distributed.ray_scorer import RayScorer
 
     pg = placement_group([{"CPU": 0.01}])
     ray.get(pg.ready(), timeout=60)

@@ -178,3 +178,15 @@ def test_the_gate_sees_function_local_imports(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from raydefense.pipeline import run_pipeline\n")
     assert "raydefense.pipeline" in imports("raydefense.report.m", src)
+
+
+def test_every_module_basename_names_one_role() -> None:
+    """Two modules of one basename (sweeps/training.py beside diffusion/training.py) make every
+    traceback, import and search ambiguous; package __init__ files aside, each basename is
+    one module."""
+    names: dict[str, list[str]] = {}
+    for name, path in modules().items():
+        if path.name != "__init__.py":
+            names.setdefault(path.name, []).append(name)
+    shared = {base: mods for base, mods in names.items() if len(mods) > 1}
+    assert shared == {}, f"basenames used twice: {shared}"

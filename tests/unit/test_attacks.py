@@ -194,7 +194,7 @@ def test_every_registered_attack_declares_itself_through_a_base_class() -> None:
         TextQueryAttack,
     )
     from raydefense.attacks.combined import CombinedAttack
-    from raydefense.attacks.reference import ReferenceAttack
+    from raydefense.attacks.lira_rmia import ReferenceAttack
 
     bases = {
         "query": QueryAttack,

@@ -21,7 +21,8 @@ from raydefense.data.plan import MEMBER, TEST, make_plan
 from raydefense.data.pool import DATASETS, to_model_range
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import ConfigError, RaydefenseError
-from raydefense.report.profile import profile_markdown, run_profile
+from raydefense.report.profile_tables import profile_markdown
+from raydefense.run.profile_command import run_profile
 from raydefense.storage import Storage
 
 from conftest import tiny_config

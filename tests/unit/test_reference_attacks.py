@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from test_evaluation import _cfg, _prepare
 
-from raydefense.attacks.metrics import auc
-from raydefense.attacks.quantile import QuantileRegression
-from raydefense.attacks.reference import (
+from raydefense.attacks.lira_rmia import (
     RMIA,
     LiRA,
     ReferenceData,
@@ -24,6 +22,8 @@ from raydefense.attacks.reference import (
     rmia_offline,
     statistic,
 )
+from raydefense.attacks.metrics import auc
+from raydefense.attacks.quantile import QuantileRegression
 from raydefense.audit.evaluate import run_evaluation
 from raydefense.audit.reference import check_references, references_for
 from raydefense.audit.results import metric_rows

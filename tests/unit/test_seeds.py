@@ -10,7 +10,7 @@ import pytest
 
 from raydefense.cli import main
 from raydefense.errors import ConfigError
-from raydefense.report.seeds import seeds_markdown
+from raydefense.report.seed_tables import seeds_markdown
 from raydefense.storage import Storage
 from raydefense.sweeps.seeds import METRICS, aggregate, parse_seeds, seed_experiment, summary_text
 

@@ -20,7 +20,7 @@ from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
 from raydefense.errors import ConfigError
 from raydefense.run.fingerprints import training_sweep_fingerprint
-from raydefense.sweeps.training import (
+from raydefense.sweeps.training_sweep import (
     TrainingPoint,
     apply_values,
     check_training_sweep,
@@ -281,7 +281,7 @@ def test_the_reference_is_the_experiments_own_complete_evaluate(tmp_path) -> Non
     from raydefense.run.fingerprints import stage_fingerprints
     from raydefense.run.markers import mark_complete
     from raydefense.storage import Storage
-    from raydefense.sweeps.training import reference_utility
+    from raydefense.sweeps.training_sweep import reference_utility
 
     cfg = cfg_with(f"storage.root={tmp_path}")
     storage = Storage(cfg.storage.root, cfg.experiment)

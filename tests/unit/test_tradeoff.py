@@ -264,7 +264,7 @@ def test_settings_average_over_seeds_and_the_recommendation_respects_the_budget(
 
 
 def test_the_report_marks_the_recommended_trials_and_draws_the_budget(tmp_path) -> None:
-    from raydefense.sweeps.training import summary, with_recommendation
+    from raydefense.sweeps.training_sweep import summary, with_recommendation
 
     res = _results()  # baseline domain FID 1.0
     sweep = {
@@ -316,7 +316,7 @@ def test_each_trials_own_baseline_is_the_budgets_reference_when_measured() -> No
 
 def test_a_training_sweep_draws_every_trial_and_its_own_baseline(tmp_path) -> None:
     from raydefense.storage import Storage
-    from raydefense.sweeps.training import SWEEP_PNG, sweep_figure_section, write_sweep_figure
+    from raydefense.sweeps.training_sweep import SWEEP_PNG, sweep_figure_section, write_sweep_figure
 
     trials = [dict(t) for t in SEEDED]
     for t in trials[:4]:

@@ -9,7 +9,7 @@ from raydefense.config import ModelConfig
 
 # Registration side effects.
 from raydefense.diffusion.backbones import sd, unet2d  # noqa: F401
-from raydefense.diffusion.backbones.base import BACKBONES, Backbone
+from raydefense.diffusion.backbones.backbone import BACKBONES, Backbone
 from raydefense.diffusion.checkpoint import weights_dir
 from raydefense.diffusion.eps import EpsNet, FrozenEps
 

@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from raydefense.config import ModelConfig
-from raydefense.diffusion.backbones.base import BACKBONES
+from raydefense.diffusion.backbones.backbone import BACKBONES
 from raydefense.diffusion.eps import EpsNet
 from raydefense.diffusion.tiny_sd import TINY, tiny_pipeline_dir
 from raydefense.errors import ConfigError

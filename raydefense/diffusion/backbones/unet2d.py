@@ -12,7 +12,7 @@ import torch
 from diffusers import UNet2DModel
 
 from raydefense.config import ModelConfig
-from raydefense.diffusion.backbones.base import BACKBONES
+from raydefense.diffusion.backbones.backbone import BACKBONES
 from raydefense.diffusion.checkpoint import weights_dir
 from raydefense.diffusion.eps import EpsNet, check_unconditional
 

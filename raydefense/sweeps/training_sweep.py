@@ -64,7 +64,6 @@ log = logging.getLogger("raydefense")
 SWEEPABLE_PREFIXES = ("train.", "distill.", "model.")
 SWEEPABLE_PATHS = ("data.num_shards", "seed")
 PRIVACY_METRIC, VAL_METRIC = "privacy_auc", "val_eps_mse"
-OBJECTIVES = ("privacy_auc", "utility")
 
 
 def sweep_dir(cfg: ExperimentConfig) -> str:
