@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from raydefense.config import (
     ExperimentConfig,
@@ -37,8 +37,12 @@ from raydefense.config import (
     hardware_preset_names,
     load_config,
 )
+from raydefense.console import result
 from raydefense.errors import RaydefenseError
-from raydefense.run.console import result
+
+if TYPE_CHECKING:
+    from raydefense.storage import Storage
+    from raydefense.tracking.tracker import Tracker
 
 COMMANDS = {
     "run": "report",
@@ -358,7 +362,7 @@ def execute(
     config: Optional[str] = None,
     overrides: Optional[list[str]] = None,
     force: Optional[list[str]] = None,
-) -> Optional[dict]:
+) -> Optional[dict[str, Any]]:
     """Run one CLI command in-process (also the entry of jobs/pipeline.py). Returns results."""
     from raydefense.layout import marker
     from raydefense.pipeline import STAGES, run_pipeline, stage_report
@@ -435,7 +439,7 @@ def execute(
         imports=imports,
     )
     status = "FAILED"
-    results: Optional[dict] = None
+    results: Optional[dict[str, Any]] = None
     try:
         if command == "report":
             ctx.fingerprints = stage_fingerprints(cfg)
@@ -485,7 +489,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _log_config(tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
+def _log_config(tracker: Tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
     import json
     import tempfile
 
@@ -495,7 +499,7 @@ def _log_config(tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
     tracker.log_artifact(run_id, path)
 
 
-def summary(results: dict, storage) -> str:
+def summary(results: dict[str, Any], storage: Storage) -> str:
     from raydefense.report.markdown import headline_rows, rate
     from raydefense.roster import target_order_key
 
@@ -571,7 +575,7 @@ QUIET_NOISY = ("mlflow", "alembic", "urllib3", "filelock", "botocore", "boto3", 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from raydefense.run.console import VERBOSE_ENV, close_console, open_console
+    from raydefense.console import VERBOSE_ENV, close_console, open_console
 
     args = build_parser().parse_args(argv)
     loud = bool(getattr(args, "verbose", False))

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -126,7 +126,7 @@ def stage_prepare(ctx: RunContext) -> None:
     log.info("prepare: %s", json.dumps(plan.summary()))
 
 
-def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict:
+def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict[str, Any]:
     run_id = ctx.tracker.start_run(
         f"train/{model}", ctx.parent_run, tags={"raydefense.model": model, "raydefense.kind": kind}
     )
@@ -187,7 +187,7 @@ def _reuse_model(ctx: RunContext, model: str) -> bool:
     return False
 
 
-def _dataset(ctx: RunContext, rows: str, context: str) -> dict:
+def _dataset(ctx: RunContext, rows: str, context: str) -> dict[str, Any]:
     """An MLflow dataset input (lineage: data -> model -> audit): the rows a model trained on
     (`rows` a model name; a student: the members), or "members" / "nonmembers". Its digest is
     a SHA-256 over the rows' sorted image content hashes, so the same images give the same
@@ -246,7 +246,7 @@ def _import_models(ctx: RunContext) -> None:
         log.info("train: imported %s from %s", role, m.uri)
 
 
-def _fit(ctx: RunContext, specs: list[dict], fresh: bool = False) -> None:
+def _fit(ctx: RunContext, specs: list[dict[str, Any]], fresh: bool = False) -> None:
     """Fit (or resume) the models of specs; `fresh` (--force) starts them over."""
     if not specs:
         return
@@ -273,7 +273,7 @@ def _fit(ctx: RunContext, specs: list[dict], fresh: bool = False) -> None:
         _complete_fit(ctx, s)
 
 
-def _complete_fit(ctx: RunContext, s: dict) -> None:
+def _complete_fit(ctx: RunContext, s: dict[str, Any]) -> None:
     """Publish a finished fit's completion marker and close its MLflow run; a target model is
     first logged and registered in MLflow (`tracking.register_models`)."""
     rel = layout.model_dir(s["model"])
@@ -453,11 +453,11 @@ def stage_evaluate(ctx: RunContext) -> None:
         storage.write_bytes(layout.sample_grid(target), _npy_bytes(grid))
 
 
-def stage_report(ctx: RunContext) -> dict:
+def stage_report(ctx: RunContext) -> dict[str, Any]:
     cfg, storage = ctx.cfg, ctx.storage
     scores = storage.read_table(layout.SCORES)
     rows, all_curves = metric_rows(scores, cfg.attacks.bootstrap, cfg.seed)
-    curves: dict[str, dict] = {}  # ROC figures for the paper-table lines only
+    curves: dict[str, dict[str, Any]] = {}  # ROC figures for the paper-table lines only
     for h in headline_rows(rows):
         key = f"{h['attack']} {json.dumps(h['params'], sort_keys=True)}"
         curves.setdefault(h["line"], {})[h["target"]] = all_curves[key][h["target"]]
@@ -569,7 +569,7 @@ def stage_report(ctx: RunContext) -> dict:
     return results
 
 
-def _tag_registered(ctx: RunContext, results: dict, report_dir: str) -> None:
+def _tag_registered(ctx: RunContext, results: dict[str, Any], report_dir: str) -> None:
     """Tag each audited target's Model Registry version with its audit (worst-case AUC and
     attack, TPR@1%FPR, utility, the report's run) so a platform team can promote a model by
     it; a model this run trained also gets the report in its own run (`audit_report/`). An
@@ -623,7 +623,7 @@ def _tag_value(value: object) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
+def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict[str, Any]]:
     """The `sweep.name` sweep of this kind, if it ran over exactly these models / this config
     (its results.json's fingerprint matches); None otherwise."""
     if kind == "attacks":
@@ -638,7 +638,7 @@ def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
         expected = training_sweep_fingerprint(ctx.cfg)
     if not ctx.storage.exists(f"{rel}/results.json"):
         return None
-    res = ctx.storage.read_json(f"{rel}/results.json")
+    res: dict[str, Any] = ctx.storage.read_json(f"{rel}/results.json")
     if res.get(key) != expected:
         log.info(
             "report: %s sweep %r is from other models or settings; not used",
@@ -649,7 +649,7 @@ def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict]:
     return res
 
 
-def _t2i_table(ctx: RunContext, results: dict) -> dict:
+def _t2i_table(ctx: RunContext, results: dict[str, Any]) -> dict[str, Any]:
     """The text-to-image table: `raydefense promptdiv`'s (both caption settings) when this
     experiment is its base, else this run's own column group."""
     rel = layout.PROMPTDIV_SUMMARY
@@ -661,19 +661,21 @@ def _t2i_table(ctx: RunContext, results: dict) -> dict:
     return t2i_table({label: results})
 
 
-def _seed_study(ctx: RunContext) -> Optional[dict]:
+def _seed_study(ctx: RunContext) -> Optional[dict[str, Any]]:
     """`raydefense seeds`' summary when this experiment is its base (its own seed ran under
     this experiment name); None otherwise."""
     rel = layout.SEEDS_SUMMARY
     if not ctx.storage.exists(rel):
         return None
-    summary = ctx.storage.read_json(rel)
+    summary: dict[str, Any] = ctx.storage.read_json(rel)
     if summary.get("experiments", {}).get(str(ctx.cfg.seed)) != ctx.cfg.experiment:
         return None
     return summary
 
 
-def _log_evaluations(ctx: RunContext, rows: list[dict], quality: list[dict]) -> None:
+def _log_evaluations(
+    ctx: RunContext, rows: list[dict[str, Any]], quality: list[dict[str, Any]]
+) -> None:
     """Metrics on the parent (`<target>.<attack>.auc`, ...) and one child run per evaluated
     target (`evaluate/<target>`), plus the raw scores as an artifact."""
     keys = (
@@ -711,7 +713,7 @@ STAGE_FUNCS = {
 }
 
 
-def run_pipeline(ctx: RunContext, until: str = "report") -> Optional[dict]:
+def run_pipeline(ctx: RunContext, until: str = "report") -> Optional[dict[str, Any]]:
     """Run stages up to and including `until`, skipping complete ones. Returns results (if the
     report stage ran)."""
     if until not in STAGES:
@@ -756,7 +758,7 @@ def run_pipeline(ctx: RunContext, until: str = "report") -> Optional[dict]:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _model_manifests(ctx: RunContext, stage: str) -> dict:
+def _model_manifests(ctx: RunContext, stage: str) -> dict[str, Any]:
     """The train/distill stage manifest: the per-model (and soft-target) manifests, not rehashed."""
     audit = ctx.cfg.audit.models
     if stage == "train":
@@ -772,7 +774,7 @@ def _model_manifests(ctx: RunContext, stage: str) -> dict:
         markers += [layout.marker(layout.model_dir(m)) for m in students]
     else:
         return {}
-    out: dict = {}
+    out: dict[str, Any] = {}
     for m in markers:
         out.update(ctx.storage.read_json(m).get("manifest", {}))
     return out

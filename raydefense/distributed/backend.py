@@ -14,13 +14,13 @@ import atexit
 from typing import Any, Optional
 
 from raydefense.config import ExperimentConfig
+from raydefense.console import session
 from raydefense.distributed.progress import start_board
 from raydefense.distributed.ray_scorer import RayScorer
 from raydefense.distributed.runtime import alive_nodes, check_shared_storage, init_ray
 from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
 from raydefense.distributed.tune import RayTrialRunner
-from raydefense.run.console import session
 from raydefense.run.context import Backend
 
 _progress: dict[str, Any] = {}
@@ -29,7 +29,7 @@ _progress: dict[str, Any] = {}
 def ray_backend(
     cfg: ExperimentConfig,
     tracking_uri: Optional[str],
-    fit_callbacks: Optional[dict[str, list]] = None,
+    fit_callbacks: Optional[dict[str, list[Any]]] = None,
 ) -> Backend:
     """Start (or join) Ray and return the four roles. `fit_callbacks`: extra Ray Train callbacks
     per model name (a training sweep's TuneReportCallback on the watched fit)."""

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import ray
 
-from raydefense.run.console import Job, poll
+from raydefense.console import Job, poll
 
 BOARD = "raydefense-progress"
 _handle: dict[str, Any] = {}

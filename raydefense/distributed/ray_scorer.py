@@ -18,12 +18,12 @@ import torch
 
 from raydefense.audit.scoring import ScoreJob, ScoringWorker, merge_columns
 from raydefense.config import ExperimentConfig
+from raydefense.console import verbose
 from raydefense.data.plan import Plan
 from raydefense.data.pool import image_column
 from raydefense.data.tables import decode_images
 from raydefense.distributed.progress import report
 from raydefense.distributed.runtime import cluster_task, torch_threads
-from raydefense.run.console import verbose
 from raydefense.storage import Storage
 
 GENERATE, SCORE = "generate", "score"
@@ -37,7 +37,7 @@ class ScoringActor:
 
     def __init__(
         self,
-        cfg_dict: dict,
+        cfg_dict: dict[str, Any],
         jobs: dict[str, tuple[str, list[str], bool]],
         teachers: list[str],
         image_shape: list[int],
@@ -143,7 +143,7 @@ class RayScorer:
                     print(f"[raydefense] scoring: {done}/{len(blocks)} batches", flush=True)
         return [merge_columns(parts[j.name], plan.row_id[j.mask]) for j in jobs], generated
 
-    def map(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+    def map(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
         remote = cluster_task(_call)
         return ray.get([remote.remote(fn, *it) for it in items])
 

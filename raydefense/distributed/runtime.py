@@ -9,8 +9,8 @@ from typing import Any
 import ray
 
 from raydefense.config import ExperimentConfig, ResourcesConfig
+from raydefense.console import verbose
 from raydefense.errors import ConfigError, ResourceError
-from raydefense.run.console import verbose
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def cluster_task(fn: Any, num_cpus: float = 1, num_gpus: float = 0) -> Any:
     )
 
 
-def init_ray(res: ResourcesConfig) -> dict:
+def init_ray(res: ResourcesConfig) -> dict[str, Any]:
     """Initialise Ray once per process and return the cluster's resources.
 
     A local cluster declares `local_num_cpus` logical CPUs (default 2 x cores): concurrent fits
@@ -50,7 +50,7 @@ def init_ray(res: ResourcesConfig) -> dict:
                 log_to_driver=loud,
                 logging_level=logging.WARNING if loud else logging.ERROR,
             )
-    return ray.cluster_resources()
+    return dict(ray.cluster_resources())
 
 
 def quiet_data_logs(loud: bool) -> None:
@@ -64,7 +64,7 @@ def quiet_data_logs(loud: bool) -> None:
 
 
 def alive_nodes() -> int:
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
+    return len([n for n in ray.nodes() if n.get("Alive")])
 
 
 def check_shared_storage(cfg: ExperimentConfig, nodes: int) -> None:
@@ -96,7 +96,7 @@ def check_shared_storage(cfg: ExperimentConfig, nodes: int) -> None:
         )
 
 
-def check_fit_resources(res: ResourcesConfig, cluster: dict) -> None:
+def check_fit_resources(res: ResourcesConfig, cluster: dict[str, Any]) -> None:
     """Refuse a fit that can never be placed (instead of waiting forever for a placement group)."""
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
     need_cpu = res.workers_per_model * res.cpus_per_worker

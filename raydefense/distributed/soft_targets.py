@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,7 @@ class LabellerActor:
 
     def __init__(
         self,
-        cfg_dict: dict,
+        cfg_dict: dict[str, Any],
         teachers: list[str],
         owners: dict[int, list[str]],
         draws: int,
@@ -178,7 +178,7 @@ def label_soft_targets(
     )
 
 
-def _synthesize(cfg_dict: dict, teacher: str, k: int, n: int, rel: str) -> list[int]:
+def _synthesize(cfg_dict: dict[str, Any], teacher: str, k: int, n: int, rel: str) -> list[int]:
     """Teacher k's n synthetic rows (defense.distillmd.synthetic_images) written to `rel` as a
     rows-like table (row_id, image); returns their row ids."""
     cfg = ExperimentConfig.model_validate(cfg_dict)

@@ -31,6 +31,7 @@ from raydefense.distributed.runtime import check_fit_resources, torch_threads
 from raydefense.errors import FitsFailed, NonFiniteLossError
 from raydefense.roster import training_role
 from raydefense.storage import Storage
+from raydefense.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class RayReporter:
     def __init__(self, tracking_uri: Optional[str], experiment: str, run_id: Optional[str]) -> None:
         ctx = ray.train.get_context()
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self._tracker = None
+        self._tracker: Optional[Tracker] = None
         if run_id and tracking_uri and self.world_rank == 0:
             from raydefense.tracking.mlflow_tracker import MlflowTracker
 
@@ -63,7 +64,7 @@ class RayReporter:
         self._run_id = run_id
         self._restored: Optional[str] = None
 
-    def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Optional[str]) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
         if self._tracker is not None:
@@ -101,7 +102,12 @@ class ProgressCallback(ray.train.UserCallback):
     def __init__(self, model: str, total_steps: int) -> None:
         self.model, self.total = model, total_steps
 
-    def after_report(self, run_context, metrics, checkpoint) -> None:
+    def after_report(
+        self,
+        run_context: Any,
+        metrics: list[dict[str, Any]],
+        checkpoint: Optional[ray.train.Checkpoint],
+    ) -> None:
         m = metrics[0] if metrics else {}
         if "loss" not in m:
             return
@@ -130,7 +136,7 @@ def _quiet_ray_train_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _train_loop(config: dict) -> Optional[dict]:
+def _train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     """Runs on every Ray Train worker."""
     cfg = ExperimentConfig.model_validate(config["cfg"])
     spec = FitSpec(**config["spec"])
@@ -259,7 +265,7 @@ def fit_many(
     storage: Storage,
     specs: list[FitSpec],
     tracking_uri: Optional[str],
-    callbacks: Optional[dict[str, list]] = None,
+    callbacks: Optional[dict[str, list[Any]]] = None,
 ) -> dict[str, str]:
     """Fit models concurrently (at most resources.concurrent_fits at once); model -> model dir.
     `callbacks`: extra Ray Train callbacks per model name.
@@ -292,9 +298,9 @@ class RayFitter:
 
     def __init__(
         self,
-        cluster: dict,
+        cluster: dict[str, Any],
         tracking_uri: Optional[str],
-        fit_callbacks: Optional[dict[str, list]] = None,
+        fit_callbacks: Optional[dict[str, list[Any]]] = None,
     ) -> None:
         self.cluster, self.tracking_uri = cluster, tracking_uri
         self.fit_callbacks = fit_callbacks or {}  # model -> extra Ray Train callbacks
@@ -302,5 +308,5 @@ class RayFitter:
     def check_resources(self, cfg: ExperimentConfig) -> None:
         check_fit_resources(cfg.resources, self.cluster)
 
-    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict]) -> None:
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict[str, Any]]) -> None:
         fit_many(cfg, storage, [FitSpec(**s) for s in specs], self.tracking_uri, self.fit_callbacks)

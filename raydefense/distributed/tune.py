@@ -38,7 +38,7 @@ log = logging.getLogger("raydefense")
 STATE_SYNC_PERIOD_S = 5
 
 
-def _trial(config: dict, scores: pa.Table = None) -> None:
+def _trial(config: dict[str, Any], scores: pa.Table = None) -> None:
     attack, params = config["setting"].split(" ", 1)
     tune.report(flatten_metrics(trial_metrics(scores, attack, params)))
 
@@ -47,7 +47,7 @@ def _dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def concurrency(cfg: ExperimentConfig, cluster: dict, num_trials: int) -> int:
+def concurrency(cfg: ExperimentConfig, cluster: dict[str, Any], num_trials: int) -> int:
     """sweep.max_concurrent_trials, or as many trials as the cluster's CPUs hold at
     sweep.cpus_per_trial each (at least 1, at most the number of trials).
 
@@ -160,9 +160,9 @@ def run_trials(
 
 
 def _training_trial(
-    config: dict,
-    base: dict | None = None,
-    points: list | None = None,
+    config: dict[str, Any],
+    base: dict[str, Any] | None = None,
+    points: list[Any] | None = None,
     trials_root: str | None = None,
     backend_factory: Callable[..., Backend] | None = None,
 ) -> None:
@@ -220,19 +220,19 @@ class AshaMemory(tune.Callback):
     def __init__(self, scheduler: Any) -> None:
         self.scheduler = scheduler
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         return {
             "rungs": [[(m, dict(rec)) for m, rec in b._rungs] for b in self.scheduler._brackets],
             "num_stopped": self.scheduler._num_stopped,
         }
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict[str, Any]) -> None:
         for bracket, rungs in zip(self.scheduler._brackets, state["rungs"]):
             bracket._rungs = [(m, dict(rec)) for m, rec in rungs]
         self.scheduler._num_stopped = state["num_stopped"]
 
 
-def training_concurrency(cfg: ExperimentConfig, cluster: dict, num_trials: int) -> int:
+def training_concurrency(cfg: ExperimentConfig, cluster: dict[str, Any], num_trials: int) -> int:
     """sweep.max_concurrent_trials, or as many trials as the cluster's CPUs hold when each runs
     resources.concurrent_fits fits at once (at least 1, at most the number of trials)."""
     res = cfg.resources
@@ -246,7 +246,7 @@ def run_training_trials(
     storage: Storage,
     rel_path: str,
     run_name: str,
-    points: list,
+    points: list[Any],
     trials_root: str,
     backend_factory: Callable[..., Backend],
 ) -> list[dict[str, Any]]:
@@ -360,9 +360,9 @@ class RayTrialRunner:
         storage: Storage,
         rel_path: str,
         run_name: str,
-        trials: list[dict],
+        trials: list[dict[str, Any]],
         scores: pa.Table,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         return run_trials(cfg, storage, rel_path, run_name, trials, scores)
 
     def training_trials(
@@ -371,9 +371,9 @@ class RayTrialRunner:
         storage: Storage,
         rel_path: str,
         run_name: str,
-        points: list,
+        points: list[Any],
         trials_root: str,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         return run_training_trials(
             cfg, storage, rel_path, run_name, points, trials_root, self.backend_factory
         )

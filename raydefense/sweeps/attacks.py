@@ -152,7 +152,7 @@ def score_sweep(cfg: ExperimentConfig, plan: Plan, scorer: Scorer) -> pa.Table:
             len(learned),
             time.perf_counter() - t0,
         )
-    cols: dict[str, list] = {k: [] for k in SCORES_COLUMNS}
+    cols: dict[str, list[Any]] = {k: [] for k in SCORES_COLUMNS}
     for t in targets:
         res = scored[t]
         mask = audited_rows(plan, t)

@@ -18,9 +18,9 @@ from typing import Any, Optional, Union
 
 from raydefense import layout
 from raydefense.config import load_config
+from raydefense.console import result
 from raydefense.errors import ConfigError, RaydefenseError
 from raydefense.report.text_to_image import DIVERSIFICATION_LABELS, t2i_markdown, t2i_table
-from raydefense.run.console import result
 from raydefense.run.session import absolutize
 from raydefense.storage import Storage
 

@@ -26,11 +26,11 @@ import numpy as np
 
 from raydefense import layout
 from raydefense.config import load_config
+from raydefense.console import result
 from raydefense.errors import ConfigError, RaydefenseError
 from raydefense.report.markdown import headline_rows, is_number, short_params
 from raydefense.report.seed_tables import QUALITY_METRICS, plus_minus, privacy_rows, seeds_markdown
 from raydefense.roster import sort_targets
-from raydefense.run.console import result
 from raydefense.run.session import absolutize
 from raydefense.storage import Storage
 
@@ -217,11 +217,11 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
     seeds = sorted(int(s) for s in results_by_seed)
     res = {int(s): r for s, r in results_by_seed.items()}
 
-    heads: dict[int, dict[tuple[str, str], dict]] = {}
+    heads: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
     lines: dict[str, None] = {}
     targets: dict[str, None] = {}
     for s in seeds:
-        index: dict[tuple[str, str], dict] = {}
+        index: dict[tuple[str, str], dict[str, Any]] = {}
         for row in headline_rows(list(res[s].get("attacks") or [])):
             key = (str(row.get("target")), str(row["line"]))
             index.setdefault(key, row)

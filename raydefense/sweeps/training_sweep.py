@@ -215,7 +215,7 @@ def trial_config(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str) 
 
 def trial_objectives(
     scores: pa.Table,
-    quality: list[dict],
+    quality: list[dict[str, Any]],
     target: str,
     utility: str,
     reference: Optional[str] = None,
@@ -241,7 +241,9 @@ def trial_objectives(
     return out
 
 
-def _objectives(scores: pa.Table, quality: list[dict], target: str, utility: str) -> dict[str, Any]:
+def _objectives(
+    scores: pa.Table, quality: list[dict[str, Any]], target: str, utility: str
+) -> dict[str, Any]:
     scores = scores.filter(pc.equal(scores["target"], target))
     rows = []
     for tr in trials_of(scores):

@@ -26,6 +26,7 @@ LAYERS = [
         "raydefense.layout",
         "raydefense.tracking",
         "raydefense.presets",
+        "raydefense.console",
     ],
     ["raydefense.data", "raydefense.diffusion"],
     ["raydefense.defense", "raydefense.attacks", "raydefense.quality"],

@@ -9,8 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+from raydefense.console import Job, PlainProgress, progress_line
 from raydefense.distributed.progress import ProgressBoard
-from raydefense.run.console import Job, PlainProgress, progress_line
 
 
 def test_progress_line_has_bar_count_eta_and_note() -> None:
@@ -66,7 +66,7 @@ def test_quiet_console_moves_fd2_to_a_log_and_keeps_raydefense_lines() -> None:
     code = textwrap.dedent(
         """
         import logging, os, sys
-        from raydefense.run.console import open_console
+        from raydefense.console import open_console
         c = open_console(True, "run")
         os.write(2, b"[2026 E 1 1] core_worker.cc:1: noise from C++\\n")
         print("python warning noise", file=sys.stderr)
