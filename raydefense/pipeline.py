@@ -61,7 +61,7 @@ from raydefense.roster import (
     router_teachers,
     training_role,
 )
-from raydefense.run.context import RunContext
+from raydefense.run.context import FitSpec, RunContext
 from raydefense.run.fingerprints import (
     attack_sweep_fingerprint,
     model_fingerprint,
@@ -126,19 +126,19 @@ def stage_prepare(ctx: RunContext) -> None:
     log.info("prepare: %s", json.dumps(plan.summary()))
 
 
-def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> dict[str, Any]:
+def _spec(ctx: RunContext, model: str, kind: str, num_shards: int) -> FitSpec:
     run_id = ctx.tracker.start_run(
         f"train/{model}", ctx.parent_run, tags={"raydefense.model": model, "raydefense.kind": kind}
     )
     if run_id is not None:
         ctx.tracker.log_inputs(run_id, [_dataset(ctx, model, "training")])
-    return {
-        "model": model,
-        "kind": kind,
-        "model_index": model_index(model, num_shards),
-        "run_name": f"{model}-{model_fingerprint(ctx.fingerprints, model)[:12]}",
-        "mlflow_run_id": run_id,
-    }
+    return FitSpec(
+        model=model,
+        kind=kind,
+        model_index=model_index(model, num_shards),
+        run_name=f"{model}-{model_fingerprint(ctx.fingerprints, model)[:12]}",
+        mlflow_run_id=run_id,
+    )
 
 
 def stage_train(ctx: RunContext) -> None:
@@ -246,47 +246,47 @@ def _import_models(ctx: RunContext) -> None:
         log.info("train: imported %s from %s", role, m.uri)
 
 
-def _fit(ctx: RunContext, specs: list[dict[str, Any]], fresh: bool = False) -> None:
+def _fit(ctx: RunContext, specs: list[FitSpec], fresh: bool = False) -> None:
     """Fit (or resume) the models of specs; `fresh` (--force) starts them over."""
     if not specs:
         return
     for s in specs:
-        unpublish(ctx.storage, layout.marker(layout.model_dir(s["model"])))
+        unpublish(ctx.storage, layout.marker(layout.model_dir(s.model)))
         if fresh:  # run names are deterministic: Ray Train would "resume" the finished run
-            ctx.storage.delete(layout.ray_train_run(s["run_name"]))
+            ctx.storage.delete(layout.ray_train_run(s.run_name))
     try:
-        ctx.role("fitter").fit(ctx.cfg, ctx.storage, specs)
+        ctx.fitter.fit(ctx.cfg, ctx.storage, specs)
     except FitsFailed as e:  # the fits that finished keep their models (a rerun skips them)
         for s in specs:
-            if s["model"] in e.done:
+            if s.model in e.done:
                 _complete_fit(ctx, s)
             else:
-                error = str(e.failed[s["model"]])[:5000]
-                ctx.tracker.set_tags(s["mlflow_run_id"], {"raydefense.error": error})
-                ctx.tracker.end_run(s["mlflow_run_id"], "FAILED")
+                error = str(e.failed[s.model])[:5000]
+                ctx.tracker.set_tags(s.mlflow_run_id, {"raydefense.error": error})
+                ctx.tracker.end_run(s.mlflow_run_id, "FAILED")
         raise
     except BaseException:
         for s in specs:
-            ctx.tracker.end_run(s["mlflow_run_id"], "FAILED")
+            ctx.tracker.end_run(s.mlflow_run_id, "FAILED")
         raise
     for s in specs:
         _complete_fit(ctx, s)
 
 
-def _complete_fit(ctx: RunContext, s: dict[str, Any]) -> None:
+def _complete_fit(ctx: RunContext, s: FitSpec) -> None:
     """Publish a finished fit's completion marker and close its MLflow run; a target model is
     first logged and registered in MLflow (`tracking.register_models`)."""
-    rel = layout.model_dir(s["model"])
-    if ctx.cfg.tracking.register_models and parse_draw(s["model"]) is None:
-        _register(ctx, s["model"], s["mlflow_run_id"])
+    rel = layout.model_dir(s.model)
+    if ctx.cfg.tracking.register_models and parse_draw(s.model) is None:
+        _register(ctx, s.model, s.mlflow_run_id)
     mark_complete(
         ctx.storage,
         layout.marker(rel),
-        model_fingerprint(ctx.fingerprints, s["model"]),
-        {"run_name": s["run_name"]},
+        model_fingerprint(ctx.fingerprints, s.model),
+        {"run_name": s.run_name},
         prefixes=(rel,),
     )
-    ctx.tracker.end_run(s["mlflow_run_id"])
+    ctx.tracker.end_run(s.mlflow_run_id)
 
 
 def _register(ctx: RunContext, model: str, run_id: Optional[str]) -> None:
@@ -365,9 +365,7 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
     if cfg.distill.synthetic_per_teacher:  # extra inputs, each owned by the teacher that drew it
         where = layout.synthetic_dir(student)
         storage.delete(where)
-        drawn = ctx.role("labeller").synthesize(
-            cfg, teachers, cfg.distill.synthetic_per_teacher, where
-        )
+        drawn = ctx.labeller.synthesize(cfg, teachers, cfg.distill.synthetic_per_teacher, where)
         for t, ids in drawn.items():
             owners.update({int(r): [t] for r in ids})
         extra = [f"{where}/{t}.parquet" for t in teachers]
@@ -394,9 +392,7 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
     }
     run_id = ctx.tracker.start_run(rel, ctx.parent_run, params=params)
     t0 = time.perf_counter()
-    n = ctx.role("labeller").label_soft_targets(
-        cfg, storage, teachers, owners, draws, rel, groups, extra
-    )
+    n = ctx.labeller.label_soft_targets(cfg, storage, teachers, owners, draws, rel, groups, extra)
     secs = time.perf_counter() - t0
     expected = len(owners) * draws
     if n != expected:
@@ -443,7 +439,7 @@ def _write_public_rows(ctx: RunContext, plan: Plan, rel: str) -> list[int]:
 def stage_evaluate(ctx: RunContext) -> None:
     cfg, storage = ctx.cfg, ctx.storage
     with tempfile.TemporaryDirectory(prefix="raydefense-eval-") as cache:
-        out = run_evaluation(cfg, storage, read_plan(storage), ctx.role("scorer"), cache)
+        out = run_evaluation(cfg, storage, read_plan(storage), ctx.scorer, cache)
     storage.write_table(layout.SCORES, out.scores)
     storage.write_json(layout.QUALITY, out.quality)
     storage.write_json(layout.SKIPPED, out.skipped)
@@ -728,7 +724,7 @@ def run_pipeline(ctx: RunContext, until: str = "report") -> Optional[dict[str, A
         or not is_complete(ctx.storage, layout.marker(s), ctx.fingerprints[s])
     ]
     if set(todo) & {"train", "distill", "evaluate"}:
-        ctx.role("fitter").check_resources(ctx.cfg)  # fail fast, before anything is written
+        ctx.fitter.check_resources(ctx.cfg)  # fail fast, before anything is written
     results = None
     for stage in stages:
         if stage not in todo:

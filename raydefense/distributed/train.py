@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Optional, cast
 
 import ray
@@ -30,6 +29,7 @@ from raydefense.distributed.progress import report
 from raydefense.distributed.runtime import check_fit_resources, torch_threads
 from raydefense.errors import FitsFailed, NonFiniteLossError
 from raydefense.roster import training_role
+from raydefense.run.context import FitSpec
 from raydefense.storage import Storage
 from raydefense.tracking.tracker import Tracker
 
@@ -37,17 +37,6 @@ log = logging.getLogger(__name__)
 
 # What a fit returns when its loss became nan/inf (it then ends without a final checkpoint).
 NONFINITE_STEP, NONFINITE_VALUE = "nonfinite_loss_step", "nonfinite_loss"
-
-
-@dataclass(frozen=True)
-class FitSpec:
-    """One model to train. kind 'ddpm' reads its member rows; 'distill' reads soft targets."""
-
-    model: str
-    kind: str
-    model_index: int
-    run_name: str
-    mlflow_run_id: Optional[str] = None
 
 
 class RayReporter:
@@ -308,5 +297,5 @@ class RayFitter:
     def check_resources(self, cfg: ExperimentConfig) -> None:
         check_fit_resources(cfg.resources, self.cluster)
 
-    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict[str, Any]]) -> None:
-        fit_many(cfg, storage, [FitSpec(**s) for s in specs], self.tracking_uri, self.fit_callbacks)
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec]) -> None:
+        fit_many(cfg, storage, specs, self.tracking_uri, self.fit_callbacks)

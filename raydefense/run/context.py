@@ -18,6 +18,19 @@ from raydefense.storage import Storage
 from raydefense.tracking.tracker import NullTracker, Tracker
 
 
+@dataclass(frozen=True)
+class FitSpec:
+    """One model to train: kind "ddpm" reads its member rows (or latents), "distill" its soft
+    targets. run_name names the fit's resumable run (deterministic per fingerprint);
+    mlflow_run_id is the run its metrics go to (None: not tracked)."""
+
+    model: str
+    kind: str
+    model_index: int
+    run_name: str
+    mlflow_run_id: Optional[str] = None
+
+
 class Fitter(Protocol):
     """Trains models (Ray Train in production)."""
 
@@ -25,9 +38,12 @@ class Fitter(Protocol):
         """Raise ResourceError when one fit can never be placed (before anything is written)."""
         ...
 
-    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict[str, Any]]) -> None:
-        """Train the models described by specs ({model, kind, model_index, run_name,
-        mlflow_run_id}) and leave each final checkpoint under models/<model>."""
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec]) -> None:
+        """Train the models of specs and leave each final checkpoint under models/<model>.
+
+        Raises:
+            FitsFailed: some fits failed; the others finished and kept their models.
+        """
         ...
 
 
@@ -119,9 +135,29 @@ class RunContext:
     # again when their fingerprints match (a training sweep's other trials).
     model_sources: tuple[Storage, ...] = ()
 
-    def role(self, name: str) -> Any:
-        """The backend's `name` role (ROLES); a clear error when this run was given none."""
+    def _role(self, name: str) -> Any:
         r = getattr(self.backend, name)
         if r is None:
             raise RaydefenseError(f"this run has no {name}: give RunContext a Backend with one")
         return r
+
+    # The backend's roles, typed; a clear error when this run was given none.
+    @property
+    def fitter(self) -> Fitter:
+        fitter: Fitter = self._role("fitter")
+        return fitter
+
+    @property
+    def labeller(self) -> Labeller:
+        labeller: Labeller = self._role("labeller")
+        return labeller
+
+    @property
+    def scorer(self) -> Scorer:
+        scorer: Scorer = self._role("scorer")
+        return scorer
+
+    @property
+    def trials(self) -> TrialRunner:
+        trials: TrialRunner = self._role("trials")
+        return trials

@@ -282,7 +282,7 @@ def run_sweep(ctx: RunContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     if "sweep" in ctx.force or not is_complete(storage, marker, fp):
         unpublish(storage, marker)
-        table = score_sweep(cfg, read_plan(storage), ctx.role("scorer"))
+        table = score_sweep(cfg, read_plan(storage), ctx.scorer)
         storage.write_table(scores_rel, table)
         mark_complete(
             storage, marker, fp, {"rows": table.num_rows}, manifest=storage.manifest(scores_rel)
@@ -308,7 +308,7 @@ def run_sweep(ctx: RunContext) -> dict[str, Any]:
     status = "FAILED"
     try:
         t0 = time.perf_counter()
-        done = ctx.role("trials").attack_trials(
+        done = ctx.trials.attack_trials(
             cfg, storage, f"{base}/tune", f"trials-{fp[:12]}", trials, table
         )
         tune_s = time.perf_counter() - t0

@@ -503,7 +503,7 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
     )
     status = "FAILED"
     try:
-        done = ctx.role("trials").training_trials(
+        done = ctx.trials.training_trials(
             cfg,
             storage,
             f"{base}/tune",

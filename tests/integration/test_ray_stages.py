@@ -28,7 +28,8 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, ray_cluster):
     """A prepared tiny experiment whose two teachers were fit concurrently with 2 workers each."""
-    from raydefense.distributed.train import FitSpec, fit_many
+    from raydefense.distributed.train import fit_many
+    from raydefense.run.context import FitSpec
 
     tmp = tmp_path_factory.mktemp("exp")
     cfg = tiny_config(
@@ -58,7 +59,8 @@ def test_two_concurrent_two_worker_fits(experiment):
 
 
 def test_rerun_with_the_same_name_resumes_and_matches_an_uninterrupted_run(experiment):
-    from raydefense.distributed.train import FitSpec, fit_one
+    from raydefense.distributed.train import fit_one
+    from raydefense.run.context import FitSpec
 
     cfg, storage, _ = experiment
     one = cfg.model_copy(deep=True)
@@ -83,7 +85,8 @@ def test_a_ddp_teacher_stops_early_by_its_role_and_exports_its_best_report(exper
     min_delta 10, so both ranks agree to stop at step 2 (patience 1) and the exported model
     holds step 1's weights, marked final."""
     from raydefense.config import ExperimentConfig
-    from raydefense.distributed.train import FitSpec, fit_one
+    from raydefense.distributed.train import fit_one
+    from raydefense.run.context import FitSpec
 
     cfg, storage, _ = experiment
     tree = cfg.model_dump(mode="json")
@@ -266,7 +269,8 @@ def test_a_nan_loss_stops_a_ddp_fit_at_once_with_one_line(experiment):
     """lr 1e30 makes the second step's loss nan on both DDP ranks. The fit reports it and ends
     (a raised error would make Ray Train retry from the last checkpoint, to the same nan); the
     driver raises one line naming the model and the step, and writes no model."""
-    from raydefense.distributed.train import FitSpec, fit_many
+    from raydefense.distributed.train import fit_many
+    from raydefense.run.context import FitSpec
 
     cfg, storage, _ = experiment
     bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e30})})

@@ -5,7 +5,6 @@ one-line error."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,7 +15,7 @@ from raydefense.data.sources import load_digits
 from raydefense.data.tables import write_plan
 from raydefense.errors import FitsFailed, NonFiniteLossError, RaydefenseError
 from raydefense.pipeline import stage_distill, stage_train
-from raydefense.run.context import Backend, RunContext
+from raydefense.run.context import Backend, FitSpec, RunContext
 from raydefense.run.fingerprints import model_fingerprint, stage_fingerprints
 from raydefense.run.markers import is_complete, mark_complete
 from raydefense.storage import Storage
@@ -34,14 +33,14 @@ class HalfFitter:
     def check_resources(self, cfg: ExperimentConfig) -> None:
         pass
 
-    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[dict[str, Any]]) -> None:
-        self.calls.append([s["model"] for s in specs])
+    def fit(self, cfg: ExperimentConfig, storage: Storage, specs: list[FitSpec]) -> None:
+        self.calls.append([s.model for s in specs])
         done = []
         for s in specs:
-            if s["model"] != self.fails:
-                storage.write_json(f"{layout.model_dir(s['model'])}/weights.json", {"ok": 1})
-                done.append(s["model"])
-        if self.fails in [s["model"] for s in specs]:
+            if s.model != self.fails:
+                storage.write_json(f"{layout.model_dir(s.model)}/weights.json", {"ok": 1})
+                done.append(s.model)
+        if self.fails in [s.model for s in specs]:
             err = NonFiniteLossError(7, float("nan"), self.fails)
             raise FitsFailed({self.fails: err}, done)
 

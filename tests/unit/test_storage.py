@@ -108,8 +108,8 @@ class _RecordingFitter:
 
     def fit(self, cfg, storage, specs):
         for s in specs:
-            self.seen[s["model"]] = storage.files(f"ray_train/{s['run_name']}")
-            storage.write_bytes(f"models/{s['model']}/ema/w.bin", b"trained")
+            self.seen[s.model] = storage.files(f"ray_train/{s.run_name}")
+            storage.write_bytes(f"models/{s.model}/ema/w.bin", b"trained")
 
 
 def test_force_train_starts_over_instead_of_resuming_the_finished_run(tmp_path):
