@@ -19,17 +19,12 @@ import ray.train.torch
 import torch
 
 from raydefense.config import ExperimentConfig
-from raydefense.data.encoded import model_training_latents, read_encoded
-from raydefense.data.examples import TrainData
-from raydefense.data.tables import image_shape, model_training_images, read_plan, read_soft_targets
-from raydefense.diffusion.backbones import data_shape, is_latent
-from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.diffusion.training import fit
 from raydefense.distributed.progress import report
 from raydefense.distributed.runtime import check_fit_resources, torch_threads
 from raydefense.errors import FitsFailed, NonFiniteLossError
 from raydefense.roster import training_role
 from raydefense.run.context import FitSpec
+from raydefense.run.fitting import load_fit, run_fit
 from raydefense.storage import Storage
 from raydefense.tracking.tracker import Tracker
 
@@ -131,56 +126,18 @@ def _train_loop(config: dict[str, Any]) -> Optional[dict[str, Any]]:
     spec = FitSpec(**config["spec"])
     torch.set_num_threads(torch_threads(cfg.resources, config["running_workers"]))
     _quiet_ray_train_logs()
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    shape = image_shape(storage)
-    # One read of the plan (the image table) serves both the DDPM rows and the validation rows.
-    plan = read_plan(storage) if (spec.kind != "distill" or cfg.train.val_rows) else None
-    encoded = read_encoded(storage) if is_latent(cfg.model) else None
-    data: TrainData
-    if spec.kind == "distill":
-        data = read_soft_targets(
-            storage,
-            data_shape(cfg.model, shape),
-            spec.model,
-            encoded,
-            cfg.distill.target_dtype,
-            noising=(cfg.seed, NoiseSchedule.of(cfg.model), cfg.data.prompt_diversification),
-            disk_dir=cfg.distill.disk_dir,
-        )
-    elif encoded is not None:
-        assert plan is not None
-        rows = plan.row_id[plan.rows_of(spec.model)]
-        data = model_training_latents(encoded, rows, cfg.data.prompt_diversification)
-    else:
-        data = model_training_images(storage, spec.model, plan)
+    work = load_fit(cfg, Storage(cfg.storage.root, cfg.experiment), spec)
     reporter = RayReporter(config.get("tracking_uri"), cfg.experiment, spec.mlflow_run_id)
     world = reporter.world_size
     nodes = reporter.record_placement()
     if reporter.world_rank == 0 and len(set(nodes)) > 1:
         print(f"[raydefense] train {spec.model}: {world} workers on {len(set(nodes))} nodes")
-    schedule = NoiseSchedule.of(cfg.model)
-    validate = None
-    if cfg.train.val_rows:
-        from raydefense.audit.scoring import heldout_validator
-
-        assert plan is not None  # read above whenever val_rows is set
-        validate = heldout_validator(
-            plan, schedule, cfg.train.val_rows, cfg.seed, spec.model, encoded
-        )
     try:
-        fit(
-            data,
-            cfg.model,
-            cfg.train.for_role(training_role(spec.model)),
-            schedule,
-            shape,
-            seed=cfg.seed,
-            model_index=spec.model_index,
-            reporter=reporter,
+        run_fit(
+            work,
+            reporter,
             device=ray.train.torch.get_device(),
             wrap_model=(lambda m: ray.train.torch.prepare_model(m)) if world > 1 else (lambda m: m),
-            batching=cfg.distill.batching,
-            validate=validate,
         )
     except NonFiniteLossError as e:
         # Every rank stops at the same report (check_finite agrees on the step). Returned, not
