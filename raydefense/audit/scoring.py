@@ -1,15 +1,20 @@
-"""Scoring: the worker that turns one model's rows into attack scores and features (what a Ray
-Data actor runs), the `Scorer` role that places scoring jobs, and an in-process `SerialScorer`.
+"""Scoring: the worker that turns one model's rows into attack scores and features, the
+`Scorer` role that places scoring jobs, `PoolScorer` (the role on any `WorkerPool`: Ray Data's
+actor pool in production, whose actors run `ScoringBlocks`) and an in-process `SerialScorer`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional, Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from raydefense.attacks.base import (
@@ -30,8 +35,8 @@ from raydefense.audit.targets import (
 from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import EncodedRows, read_encoded
 from raydefense.data.plan import Plan
-from raydefense.data.pool import to_model_range
-from raydefense.data.tables import image_shape
+from raydefense.data.pool import image_column, to_model_range
+from raydefense.data.tables import decode_images, image_shape
 from raydefense.defense.dualmd import DualMDPipeline, DualMDStepRouter
 from raydefense.diffusion.backbones import data_shape, is_latent, load_eps
 from raydefense.diffusion.backbones.sd import SDCodec
@@ -39,6 +44,7 @@ from raydefense.diffusion.eps import EpsModel, EpsNet, FrozenEps
 from raydefense.diffusion.sampling import sample
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.layout import model_dir
+from raydefense.placement import WorkerPool, torch_threads
 from raydefense.roster import router_teachers
 from raydefense.seeding import STREAM_AUDIT_LATENT, STREAM_PROMPTS, STREAM_QUALITY
 from raydefense.storage import Storage
@@ -369,6 +375,119 @@ def merge_columns(parts: list[dict[str, np.ndarray]], row_ids: np.ndarray) -> di
     pos = {int(r): i for i, r in enumerate(cols["row_id"])}
     order = np.array([pos[int(r)] for r in row_ids])
     return {k: v[order] for k, v in cols.items()}
+
+
+GENERATE, SCORE = "generate", "score"
+
+
+class ScoringBlocks:
+    """A pool worker of `PoolScorer`: every block holds rows of a single model (a job's name;
+    generation blocks name the target itself). It builds each model's ScoringWorker the first
+    time it sees one (then keeps it) and returns one record per block: the model name, the op
+    and the worker's output (column sets differ between models, e.g. shadows carry only GSA
+    features, so a record is an opaque value, not a ragged Arrow schema)."""
+
+    def __init__(
+        self,
+        cfg_dict: dict[str, Any],
+        jobs: dict[str, tuple[str, list[str], bool]],
+        teachers: list[str],
+        image_shape: list[int],
+    ) -> None:
+        self.cfg = ExperimentConfig.model_validate(cfg_dict)
+        torch.set_num_threads(torch_threads(self.cfg.resources, self.cfg.attacks.score_actors))
+        self._cache = tempfile.mkdtemp(prefix="raydefense-score-")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.storage = Storage(self.cfg.storage.root, self.cfg.experiment)
+        self.jobs, self.teachers, self.shape = jobs, teachers, tuple(image_shape)
+        self.workers: dict[str, ScoringWorker] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[str, str, Any]:
+        model, op = str(batch["model"][0]), str(batch["op"][0])
+        if model not in self.workers:
+            net, attacks, with_quality = self.jobs.get(model, (model, [], False))
+            self.workers[model] = ScoringWorker(
+                self.cfg,
+                self.storage,
+                net,
+                attacks,
+                self.teachers,
+                self._cache,
+                device=self.device,
+                with_quality=with_quality,
+            )
+        if op == GENERATE:  # a one-row block whose row_id is the number of images
+            out: Any = self.workers[model].generate(int(batch["row_id"][0]), self.shape)
+        else:
+            out = self.workers[model](
+                decode_images(list(batch["image"]), self.shape),
+                np.array(batch["row_id"], dtype=np.int64),
+            )
+        return model, op, out
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "_cache", ""), ignore_errors=True)
+
+
+class PoolScorer:
+    """The Scorer role on any WorkerPool (Ray Data's actor pool in production): every job's
+    rows in blocks of `attacks.batch_size` and every generation, through one pool whose
+    workers start once and keep the models they load."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def score(
+        self, cfg: ExperimentConfig, plan: Plan, jobs: list[ScoreJob], generate: dict[str, int]
+    ) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        bs = cfg.attacks.batch_size
+        width = int(np.prod(plan.images.shape[1:]))
+
+        def block(model: str, op: str, ids: np.ndarray, flat: np.ndarray) -> pa.Table:
+            return pa.table(
+                {
+                    "model": pa.array([model] * len(ids), pa.string()),
+                    "op": pa.array([op] * len(ids), pa.string()),
+                    "row_id": pa.array(ids, pa.int64()),
+                    "image": image_column(flat),
+                }
+            )
+
+        # Generation first (long blocks), then one block per batch of one model's rows.
+        blocks = [
+            block(t, GENERATE, np.array([n]), np.zeros((1, width), np.uint8))
+            for t, n in generate.items()
+        ]
+        for job in jobs:
+            ids = plan.row_id[job.mask]
+            table = block(job.name, SCORE, ids, plan.images[job.mask].reshape(len(ids), -1))
+            blocks += [table.slice(s, bs) for s in range(0, len(ids), bs)]
+        make_worker = partial(
+            ScoringBlocks,
+            cfg.model_dump(mode="json"),
+            {j.name: (j.model, j.attacks, j.with_quality) for j in jobs},
+            plan.teachers,
+            list(plan.images.shape[1:]),
+        )
+        parts: dict[str, list[dict[str, np.ndarray]]] = {j.name: [] for j in jobs}
+        generated: dict[str, np.ndarray] = {}
+        res = cfg.resources
+        for model, op, out in self.pool.map_blocks(
+            blocks,
+            make_worker,
+            workers=cfg.attacks.score_actors,
+            cpus=res.cpus_per_worker,
+            gpus=res.gpus_per_worker,
+            label="score and generate",
+        ):
+            if op == GENERATE:
+                generated[model] = out
+            else:
+                parts[model].append(out)
+        return [merge_columns(parts[j.name], plan.row_id[j.mask]) for j in jobs], generated
+
+    def map(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+        return self.pool.map_tasks(fn, items)
 
 
 class SerialScorer:

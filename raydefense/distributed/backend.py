@@ -3,8 +3,9 @@ Ray cluster (joined under `ray job submit` / RAY_ADDRESS, else a local one).
 
 - fitter: Ray Train, one TorchTrainer per model (`raydefense.distributed.train`);
 - labeller: a Ray Data actor pool writing soft targets (`raydefense.distributed.soft_targets`);
-- scorer: a Ray Data actor pool scoring and generating, Ray tasks for learned-attack fits
-  (`raydefense.distributed.ray_scorer`);
+- pool: a Ray Data actor pool for row blocks and Ray tasks for functions
+  (`raydefense.distributed.ray_pool`), which the scorer (`audit.scoring.PoolScorer`) scores,
+  generates and fits learned attacks on;
 - trials: Ray Tune for attack-grid and training sweeps (`raydefense.distributed.tune`).
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Optional
 from raydefense.config import ExperimentConfig
 from raydefense.console import session
 from raydefense.distributed.progress import start_board
-from raydefense.distributed.ray_scorer import RayScorer
+from raydefense.distributed.ray_pool import RayWorkerPool
 from raydefense.distributed.runtime import alive_nodes, check_shared_storage, init_ray
 from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
@@ -31,8 +32,9 @@ def ray_backend(
     tracking_uri: Optional[str],
     fit_callbacks: Optional[dict[str, list[Any]]] = None,
 ) -> Backend:
-    """Start (or join) Ray and return the four roles. `fit_callbacks`: extra Ray Train callbacks
-    per model name (a training sweep's TuneReportCallback on the watched fit)."""
+    """Start (or join) Ray and return its roles (fitter, labeller, pool, trials).
+    `fit_callbacks`: extra Ray Train callbacks per model name (a training sweep's
+    TuneReportCallback on the watched fit)."""
     cluster = init_ray(cfg.resources)
     check_shared_storage(cfg, alive_nodes())
     # One progress display per CLI process with the quiet console (not for in-process callers,
@@ -44,6 +46,6 @@ def ray_backend(
     return Backend(
         fitter=RayFitter(cluster, tracking_uri, fit_callbacks),
         labeller=RayLabeller(),
-        scorer=RayScorer(),
+        pool=RayWorkerPool(),
         trials=RayTrialRunner(backend_factory=ray_backend),
     )

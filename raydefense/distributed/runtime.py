@@ -113,12 +113,3 @@ def check_fit_resources(res: ResourcesConfig, cluster: dict[str, Any]) -> None:
             f"{res.workers_per_model} x gpus_per_worker={res.gpus_per_worker:g}) but the cluster "
             f"has {gpus:g}; set resources.gpus_per_worker=0 or add GPU nodes"
         )
-
-
-def torch_threads(res: ResourcesConfig, sharing: int) -> int:
-    """Torch threads of one fit worker, labelling actor or scoring actor (evaluated on its node):
-    resources.torch_threads, or the node's cores shared among the `sharing` workers or actors
-    that run at once (at least cpus_per_worker; a fit running alone gets the whole machine)."""
-    if res.torch_threads:
-        return res.torch_threads
-    return max(1, int(res.cpus_per_worker), (os.cpu_count() or 1) // max(1, sharing))

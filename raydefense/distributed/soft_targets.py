@@ -25,9 +25,10 @@ from raydefense.diffusion.backbones import is_latent, load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.distributed.progress import advance, report
-from raydefense.distributed.runtime import cluster_task, torch_threads
+from raydefense.distributed.runtime import cluster_task
 from raydefense.errors import DataError
 from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS, model_dir
+from raydefense.placement import torch_threads
 from raydefense.storage import Storage
 
 

@@ -20,8 +20,9 @@ import torch
 
 from raydefense.config import ExperimentConfig
 from raydefense.distributed.progress import report
-from raydefense.distributed.runtime import check_fit_resources, torch_threads
+from raydefense.distributed.runtime import check_fit_resources
 from raydefense.errors import FitsFailed, NonFiniteLossError
+from raydefense.placement import torch_threads
 from raydefense.roster import training_role
 from raydefense.run.context import FitSpec
 from raydefense.run.fitting import load_fit, run_fit

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
-from raydefense.audit.scoring import Scorer
+from raydefense.audit.scoring import PoolScorer, Scorer
 from raydefense.config import ExperimentConfig
 from raydefense.errors import RaydefenseError
+from raydefense.placement import WorkerPool
 from raydefense.storage import Storage
 from raydefense.tracking.tracker import NullTracker, Tracker
 
@@ -107,15 +108,18 @@ class TrialRunner(Protocol):
 
 @dataclass
 class Backend:
-    """The roles a run places work through; None where this run does not need one."""
+    """The roles a run places work through; None where this run does not need one. Scoring
+    runs on `pool` (`audit.scoring.PoolScorer`) unless a `scorer` is given (an in-process
+    SerialScorer, say)."""
 
     fitter: Optional[Fitter] = None
     labeller: Optional[Labeller] = None
-    scorer: Optional[Scorer] = None
+    pool: Optional[WorkerPool] = None
     trials: Optional[TrialRunner] = None
+    scorer: Optional[Scorer] = None
 
 
-ROLES = ("fitter", "labeller", "scorer", "trials")
+ROLES = ("fitter", "labeller", "pool", "trials")
 
 
 @dataclass
@@ -154,8 +158,9 @@ class RunContext:
 
     @property
     def scorer(self) -> Scorer:
-        scorer: Scorer = self._role("scorer")
-        return scorer
+        if self.backend.scorer is not None:
+            return self.backend.scorer
+        return PoolScorer(self._role("pool"))
 
     @property
     def trials(self) -> TrialRunner:

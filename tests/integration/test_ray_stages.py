@@ -237,8 +237,8 @@ def test_a_scoring_actor_killed_mid_evaluate_changes_nothing(experiment):
     scores equal an undisturbed pass (scores are seeded per row)."""
     from processes import ActorKiller
 
-    from raydefense.audit.scoring import ScoreJob
-    from raydefense.distributed.ray_scorer import RayScorer
+    from raydefense.audit.scoring import PoolScorer, ScoreJob
+    from raydefense.distributed.ray_pool import RayWorkerPool
 
     cfg, storage, _ = experiment
     cfg = cfg.model_copy(
@@ -251,12 +251,12 @@ def test_a_scoring_actor_killed_mid_evaluate_changes_nothing(experiment):
     plan = read_plan(storage)
     job = ScoreJob("teacher_1", np.ones(len(plan.row_id), bool), ["loss", "secmi_stat"], False)
     t0 = time.monotonic()
-    (calm,), _ = RayScorer().score(cfg, plan, [job], {})
+    (calm,), _ = PoolScorer(RayWorkerPool()).score(cfg, plan, [job], {})
     t1 = time.monotonic()
     # Killed in its first task: back-to-back batches keep the actor's title busy, so a later
     # task's start can go unseen by the watcher and the pass end with no kill.
-    with ActorKiller("ScoringActor", after=0) as killer:
-        (hit,), _ = RayScorer().score(cfg, plan, [job], {})
+    with ActorKiller("BlockActor", after=0) as killer:
+        (hit,), _ = PoolScorer(RayWorkerPool()).score(cfg, plan, [job], {})
     t2 = time.monotonic()
     assert killer.killed is not None, "scoring ended before the actor could be killed"
     print(f"\nscoring: undisturbed {t1 - t0:.1f}s, actor killed {t2 - t1:.1f}s")

@@ -373,7 +373,7 @@ def test_learned_attack_fits_escape_a_tune_trials_placement_group(ray_cluster) -
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from raydefense.distributed.ray_scorer import RayScorer
+    from raydefense.distributed.ray_pool import RayWorkerPool
 
     pg = placement_group([{"CPU": 0.01}])
     ray.get(pg.ready(), timeout=60)
@@ -382,7 +382,7 @@ def test_learned_attack_fits_escape_a_tune_trials_placement_group(ray_cluster) -
 
     @ray.remote(num_cpus=0.01)
     def trial() -> list[int]:
-        return RayScorer().map(abs, [(-2,), (3,)])
+        return RayWorkerPool().map_tasks(abs, [(-2,), (3,)])
 
     def negate(x: int) -> int:
         return -x

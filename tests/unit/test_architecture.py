@@ -27,6 +27,7 @@ LAYERS = [
         "raydefense.tracking",
         "raydefense.presets",
         "raydefense.console",
+        "raydefense.placement",
     ],
     ["raydefense.data", "raydefense.diffusion"],
     ["raydefense.defense", "raydefense.attacks", "raydefense.quality"],
@@ -191,3 +192,20 @@ def test_every_module_basename_names_one_role() -> None:
             names.setdefault(path.name, []).append(name)
     shared = {base: mods for base, mods in names.items() if len(mods) > 1}
     assert shared == {}, f"basenames used twice: {shared}"
+
+
+def test_the_ray_adapter_imports_no_domain_above_it() -> None:
+    """`distributed/` places work and knows nothing of what it is: it never imports the audit,
+    the pipeline or the CLI. (Still to move, issue #29: the Tune trial function, so tune.py
+    imports `sweeps`; nothing else in the adapter may.)"""
+    bad = []
+    for m, targets in internal_graph().items():
+        if not m.startswith("raydefense.distributed"):
+            continue
+        for t in targets:
+            top = ".".join(t.split(".")[:2])
+            if top in ("raydefense.audit", "raydefense.pipeline", "raydefense.cli"):
+                bad.append((m, t))
+            elif top == "raydefense.sweeps" and m != "raydefense.distributed.tune":
+                bad.append((m, t))
+    assert bad == [], f"the Ray adapter imports domain code: {bad}"

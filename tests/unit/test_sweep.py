@@ -307,3 +307,27 @@ def test_worst_case_is_chosen_by_calibration_auc_never_test() -> None:
     w = worst_case(rows)
     assert w["a"]["attack"] == "y"  # the max calibration AUC; ties: first in sweep order
     assert w["b"]["attack"] == "x"
+
+
+def test_the_pool_scorer_in_process_equals_the_serial_scorer(tmp_path: Path) -> None:
+    """`PoolScorer` on the in-process pool (the path Ray's actor pool runs: blocks of one
+    model's rows through `ScoringBlocks`, records merged back to plan order) gives the serial
+    scorer's columns value for value, and generates the same images."""
+    from raydefense.audit.scoring import PoolScorer
+    from raydefense.placement import InProcessPool
+
+    cfg = _cfg(tmp_path, **{"attacks.batch_size": "7"})  # blocks that split the rows unevenly
+    storage = _prepare(cfg)
+    plan = read_plan(storage)
+    jobs = [
+        ScoreJob(m, audited_rows(plan, m), ["secmi_stat", "loss"], False)
+        for m in ("baseline", "teacher_1")
+    ]
+    pooled, made = PoolScorer(InProcessPool()).score(cfg, plan, jobs, {"baseline": 2})
+    serial, ref = SerialScorer(storage, str(tmp_path / "c")).score(cfg, plan, jobs, {"baseline": 2})
+    for a, b in zip(pooled, serial):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(made["baseline"], ref["baseline"])
+    assert PoolScorer(InProcessPool()).map(abs, [(-2,), (3,)]) == [2, 3]
