@@ -2,9 +2,10 @@
 scores already computed; training sweeps: one trial per training grid point, each running a
 pipeline of its own (ASHA on the watched fit's val_eps_mse).
 
-The scores table reaches trials through the object store once (`tune.with_parameters`). Each
-trial computes its per-target ROC metrics (`raydefense.sweeps.attacks.trial_metrics`) and
-reports them in one `tune.report`. Run storage is
+What a trial computes comes from the sweep (`evaluate` for attack settings, a `TrainingTrial`
+for grid points); this module only places the trials. The sweep's callable (with the scores
+table it carries) reaches trials through the object store once (`tune.with_parameters`); a
+trial reports its metrics in one `tune.report`. Run storage is
 `<root>/<experiment>/sweeps/<name>/tune/<run name>`, with a deterministic run name, so an
 interrupted sweep resumes through `Tuner.restore` (finished trials are not rerun; errored ones
 are retried).
@@ -17,17 +18,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
 import ray
 import ray.data
 from ray import tune
 
-from raydefense.config import TRAIN_ROLES, ExperimentConfig
+from raydefense.config import ExperimentConfig
 from raydefense.errors import ResourceError
-from raydefense.run.context import Backend
+from raydefense.run.context import Backend, TrainingTrial
 from raydefense.storage import Storage
-from raydefense.sweeps.attacks import flatten_metrics, trial_metrics, unflatten_metrics
-from raydefense.sweeps.training_sweep import apply_values, run_trial, watched_model, watched_value
 
 log = logging.getLogger("raydefense")
 
@@ -38,9 +36,11 @@ log = logging.getLogger("raydefense")
 STATE_SYNC_PERIOD_S = 5
 
 
-def _trial(config: dict[str, Any], scores: pa.Table = None) -> None:
-    attack, params = config["setting"].split(" ", 1)
-    tune.report(flatten_metrics(trial_metrics(scores, attack, params)))
+def _trial(
+    config: dict[str, Any], evaluate: Callable[[str], dict[str, float]] | None = None
+) -> None:
+    assert evaluate is not None  # tune.with_parameters always passes it
+    tune.report(evaluate(config["setting"]))
 
 
 def _dirname(trial: Any) -> str:
@@ -101,25 +101,26 @@ def run_trials(
     storage: Storage,
     rel_path: str,
     run_name: str,
-    trials: list[dict[str, str]],
-    scores: pa.Table,
+    settings: list[str],
+    evaluate: Callable[[str], dict[str, float]],
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the Tune experiment; one result per trial, in `trials` order:
-    {attack, params, trial_id, reported_at (Tune's result timestamp), metrics: {target: {...}}}.
+    """Run (or resume) the Tune experiment; one result per setting, in order: {trial_id,
+    reported_at (Tune's result timestamp), metrics (as the trial reported them)}.
+    `evaluate` (with what it carries, say the scores table) reaches the trials through the
+    object store once.
 
     Raises:
         RuntimeError: trials still errored after the run (their errors are logged by Tune).
     """
-    settings = [f"{t['attack']} {t['params']}" for t in trials]
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, scores=scores), {"cpu": cfg.sweep.cpus_per_trial}
+        tune.with_parameters(_trial, evaluate=evaluate), {"cpu": cfg.sweep.cpus_per_trial}
     )
 
     def new_tuner(storage_path: str) -> tune.Tuner:
-        n = concurrency(cfg, ray.cluster_resources(), len(trials))
+        n = concurrency(cfg, ray.cluster_resources(), len(settings))
         log.info(
             "sweep: %d trials, at most %d at once (%g CPU each)",
-            len(trials),
+            len(settings),
             n,
             cfg.sweep.cpus_per_trial,
         )
@@ -145,7 +146,7 @@ def run_trials(
         by_setting[r.config["setting"]] = {
             "trial_id": r.metrics.get("trial_id"),
             "reported_at": r.metrics.get("timestamp"),
-            "metrics": unflatten_metrics(r.metrics),
+            "metrics": dict(r.metrics),
         }
     missing = [s for s in settings if s not in by_setting]
     if missing:
@@ -153,7 +154,7 @@ def run_trials(
             f"the Tune run under {storage.uri(rel_path)} lacks {len(missing)} "
             f"setting(s), e.g. {missing[0]!r}; delete it and rerun"
         )
-    return [{**t, **by_setting[s]} for t, s in zip(trials, settings)]
+    return [by_setting[s] for s in settings]
 
 
 # ----------------------------------------------------------------------------- training sweeps
@@ -161,15 +162,14 @@ def run_trials(
 
 def _training_trial(
     config: dict[str, Any],
+    trial: TrainingTrial | None = None,
     base: dict[str, Any] | None = None,
-    points: list[Any] | None = None,
-    trials_root: str | None = None,
     backend_factory: Callable[..., Backend] | None = None,
 ) -> None:
     """One training-sweep trial (a Tune function trainable, the V2 pattern): its pipeline builds
     the TorchTrainers; the watched fit's reports reach Tune through TuneReportCallback (ASHA
-    reads their val_eps_mse), and one last report carries the objectives. `backend_factory`
-    builds the trial pipeline's Ray backend (raydefense.distributed.backend.ray_backend)."""
+    reads their metric), and one last report carries the objectives. `backend_factory` builds
+    the trial pipeline's Ray backend (raydefense.distributed.backend.ray_backend)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # A trial is a Ray worker: no Ray Data progress bars or plan logs in its log stream (the
@@ -177,21 +177,19 @@ def _training_trial(
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # tune.with_parameters always passes these (the defaults only make them keyword-optional)
-    assert points is not None and trials_root is not None and backend_factory is not None
+    assert trial is not None and base is not None and backend_factory is not None
     cfg = ExperimentConfig.model_validate(base)
-    point = points[config["point"]]
-    _stage_lines(point.key)
-    watched = {watched_model(cfg.sweep.target): [TuneReportCallback()]}
-    backend = backend_factory(cfg, None, fit_callbacks=watched)
-    out = run_trial(cfg, point, trials_root, backend)
-    # ASHA needs its metric in every result: the watched model's final value, measured on the
-    # stored model (also when its fit was complete before this trial attempt).
-    final = watched_value(cfg, point, trials_root)
+    i = config["point"]
+    _stage_lines(trial.label(i))
+    backend = backend_factory(cfg, None, fit_callbacks={trial.watched: [TuneReportCallback()]})
+    out = trial.run(i, backend)
+    # The scheduler needs its metric in every result: the watched model's final value,
+    # measured on the stored model (also when its fit was complete before this trial attempt).
     tune.report(
         {
             **{k: v for k, v in out.items() if isinstance(v, (int, float))},
             **{k: v for k, v in out.items() if isinstance(v, str)},
-            "val_eps_mse": final,
+            trial.metric: trial.final_value(i),
             "completed": 1,
         }
     )
@@ -246,13 +244,12 @@ def run_training_trials(
     storage: Storage,
     rel_path: str,
     run_name: str,
-    points: list[Any],
-    trials_root: str,
+    trial: TrainingTrial,
     backend_factory: Callable[..., Backend],
 ) -> list[dict[str, Any]]:
     """Run (or resume) the training sweep's Tune experiment: one trial per grid point, ASHA on
-    val_eps_mse (sweep.asha). Returns per point, in order: {status: completed | stopped,
-    trial_id, metrics (the last result), history: [{iteration, val_eps_mse}]}.
+    the trial's metric (sweep.asha). Returns per point, in order: {status: completed |
+    stopped, trial_id, metrics (the last result), history: [{iteration, <metric>}]}.
 
     Raises:
         RuntimeError: trials errored (rerun to resume them).
@@ -264,30 +261,20 @@ def run_training_trials(
     trainable = tune.with_resources(
         tune.with_parameters(
             _training_trial,
+            trial=trial,
             base=cfg.model_dump(mode="json"),
-            points=points,
-            trials_root=trials_root,
             backend_factory=backend_factory,
         ),
         {"cpu": 0.01},
     )
 
     def new_tuner(storage_path: str) -> tune.Tuner:
-        n = training_concurrency(cfg, ray.cluster_resources(), len(points))
+        n = training_concurrency(cfg, ray.cluster_resources(), trial.points)
         a = cfg.sweep.asha
-        # Reports of the longest fit (+ the trial's objectives): ASHA's last rung.
-        max_t = (
-            max(
-                apply_values(cfg, dict(p.values)).train.for_role(r).steps
-                for p in points
-                for r in TRAIN_ROLES
-            )
-            + 2
-        )
         scheduler = (
             ASHAScheduler(
                 time_attr="training_iteration",
-                max_t=max_t,
+                max_t=trial.max_t,
                 grace_period=a.grace_period,
                 reduction_factor=a.reduction_factor,
             )
@@ -296,17 +283,17 @@ def run_training_trials(
         )
         log.info(
             "training sweep: %d trials, at most %d at once%s",
-            len(points),
+            trial.points,
             n,
-            f", ASHA on val_eps_mse (grace {a.grace_period}, factor {a.reduction_factor})"
+            f", ASHA on {trial.metric} (grace {a.grace_period}, factor {a.reduction_factor})"
             if a.enabled
             else "",
         )
         return tune.Tuner(
             trainable,
-            param_space={"point": tune.grid_search(list(range(len(points))))},
+            param_space={"point": tune.grid_search(list(range(trial.points)))},
             tune_config=tune.TuneConfig(
-                metric="val_eps_mse",
+                metric=trial.metric,
                 mode="min",
                 scheduler=scheduler,
                 max_concurrent_trials=n,
@@ -328,10 +315,10 @@ def run_training_trials(
     for r in grid:
         df = r.metrics_dataframe
         history = []
-        if df is not None and "val_eps_mse" in df:
-            for it, v in zip(df["training_iteration"], df["val_eps_mse"]):
+        if df is not None and trial.metric in df:
+            for it, v in zip(df["training_iteration"], df[trial.metric]):
                 if v == v:  # not NaN
-                    history.append({"iteration": int(it), "val_eps_mse": float(v)})
+                    history.append({"iteration": int(it), trial.metric: float(v)})
         done = bool(r.metrics.get("completed"))
         by_point[r.config["point"]] = {
             "status": "completed" if done else "stopped",
@@ -339,13 +326,13 @@ def run_training_trials(
             "metrics": dict(r.metrics) if done else {},
             "history": history,
         }
-    missing = [i for i in range(len(points)) if i not in by_point]
+    missing = [i for i in range(trial.points) if i not in by_point]
     if missing:
         raise RuntimeError(
             f"the Tune run under {storage.uri(rel_path)} lacks trial(s) for grid "
             f"point(s) {missing}; delete it and rerun"
         )
-    return [by_point[i] for i in range(len(points))]
+    return [by_point[i] for i in range(trial.points)]
 
 
 class RayTrialRunner:
@@ -360,10 +347,10 @@ class RayTrialRunner:
         storage: Storage,
         rel_path: str,
         run_name: str,
-        trials: list[dict[str, Any]],
-        scores: pa.Table,
+        settings: list[str],
+        evaluate: Callable[[str], dict[str, float]],
     ) -> list[dict[str, Any]]:
-        return run_trials(cfg, storage, rel_path, run_name, trials, scores)
+        return run_trials(cfg, storage, rel_path, run_name, settings, evaluate)
 
     def training_trials(
         self,
@@ -371,9 +358,6 @@ class RayTrialRunner:
         storage: Storage,
         rel_path: str,
         run_name: str,
-        points: list[Any],
-        trials_root: str,
+        trial: TrainingTrial,
     ) -> list[dict[str, Any]]:
-        return run_training_trials(
-            cfg, storage, rel_path, run_name, points, trials_root, self.backend_factory
-        )
+        return run_training_trials(cfg, storage, rel_path, run_name, trial, self.backend_factory)

@@ -7,7 +7,7 @@ needs none).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -76,6 +76,26 @@ class Labeller(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TrainingTrial:
+    """What a training sweep's trials run, handed to the trial runner, which only places them
+    (each callable runs on a trial worker, so it and its arguments must pickle).
+
+    run(i, backend): grid point i's pipeline on `backend` (the runner's, with the scheduler's
+    callback on the `watched` model's fit), returning its objectives (numbers and strings).
+    final_value(i): the watched model's final `metric` as stored (every trial's last report
+    carries it, also when its fit was complete before this attempt). label(i): the point's key
+    for log lines. max_t: the most reports a trial makes (the scheduler's last rung)."""
+
+    points: int
+    watched: str
+    metric: str
+    max_t: int
+    run: Callable[[int, Backend], dict[str, Any]]
+    final_value: Callable[[int], float]
+    label: Callable[[int], str]
+
+
 class TrialRunner(Protocol):
     """Runs sweep trials (Ray Tune in production)."""
 
@@ -85,11 +105,12 @@ class TrialRunner(Protocol):
         storage: Storage,
         rel_path: str,
         run_name: str,
-        trials: list[dict[str, Any]],
-        scores: Any,
+        settings: list[str],
+        evaluate: Callable[[str], dict[str, float]],
     ) -> list[dict[str, Any]]:
-        """Attack-sweep trials: one per {attack, params}, run or resumed under
-        rel_path/run_name; returns them with `metrics` {target: {...}} and `trial_id`."""
+        """One trial per setting, run or resumed under rel_path/run_name; `evaluate(setting)`
+        gives a trial's flat metrics (it runs on a trial worker: it must pickle). Returns per
+        setting, in order: {trial_id, reported_at, metrics (as reported, flat)}."""
         ...
 
     def training_trials(
@@ -98,11 +119,11 @@ class TrialRunner(Protocol):
         storage: Storage,
         rel_path: str,
         run_name: str,
-        points: list[Any],
-        trials_root: str,
+        trial: TrainingTrial,
     ) -> list[dict[str, Any]]:
-        """Training-sweep trials: one pipeline per point under trials_root/<key>; returns per
-        point {status, trial_id, metrics, history}."""
+        """One trial per grid point (`trial.run`), early-stopped on `trial.metric`; returns
+        per point {status: completed | stopped, trial_id, metrics (the last result), history:
+        [{iteration, <metric>}]}."""
         ...
 
 

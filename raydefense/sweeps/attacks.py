@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -204,6 +205,13 @@ def trial_metrics(scores: pa.Table, attack: str, params: str) -> dict[str, dict[
     return out
 
 
+def evaluate(scores: pa.Table, setting: str) -> dict[str, float]:
+    """One attack-sweep trial, as a trial runner calls it: `setting` is "<attack> <params>";
+    its per-target metrics, flat (`flatten_metrics`)."""
+    attack, params = setting.split(" ", 1)
+    return flatten_metrics(trial_metrics(scores, attack, params))
+
+
 def flatten_metrics(per_target: dict[str, dict[str, float]]) -> dict[str, float]:
     """{target: {metric: v}} -> {"<target>.<metric>": v} (what a trial reports to Tune)."""
     return {
@@ -308,9 +316,11 @@ def run_sweep(ctx: RunContext) -> dict[str, Any]:
     status = "FAILED"
     try:
         t0 = time.perf_counter()
-        done = ctx.trials.attack_trials(
-            cfg, storage, f"{base}/tune", f"trials-{fp[:12]}", trials, table
+        settings = [f"{t['attack']} {t['params']}" for t in trials]
+        ran = ctx.trials.attack_trials(
+            cfg, storage, f"{base}/tune", f"trials-{fp[:12]}", settings, partial(evaluate, table)
         )
+        done = [{**t, **r, "metrics": unflatten_metrics(r["metrics"])} for t, r in zip(trials, ran)]
         tune_s = time.perf_counter() - t0
         for tr in done:
             child = tracker.start_run(

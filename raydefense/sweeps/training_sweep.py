@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -42,7 +43,7 @@ from raydefense.audit.selection import (
     settings_over_seeds,
 )
 from raydefense.audit.targets import ADAPTIVE, schedule_of
-from raydefense.config import ExperimentConfig, first_error, set_path
+from raydefense.config import TRAIN_ROLES, ExperimentConfig, first_error, set_path
 from raydefense.data.encoded import read_encoded
 from raydefense.data.tables import read_plan
 from raydefense.diffusion.backbones import is_latent, load_net
@@ -50,7 +51,7 @@ from raydefense.errors import ConfigError
 from raydefense.hashing import stable_hash
 from raydefense.pipeline import run_pipeline
 from raydefense.roster import BASELINE, DUALMD, all_targets, teacher_name
-from raydefense.run.context import Backend, RunContext
+from raydefense.run.context import Backend, RunContext, TrainingTrial
 from raydefense.run.fingerprints import stage_fingerprints, training_sweep_fingerprint
 from raydefense.run.markers import is_complete
 from raydefense.run.session import local_copy
@@ -344,6 +345,44 @@ def with_recommendation(
     }
 
 
+def training_trial(
+    cfg: ExperimentConfig, points: list[TrainingPoint], trials_root: str
+) -> TrainingTrial:
+    """The sweep's trials as a trial runner places them: point i's pipeline (`run_trial`), the
+    watched fit whose `val_eps_mse` curve early stopping reads, and its last rung (the longest
+    fit's reports, plus the trial's objectives)."""
+    max_t = max(
+        apply_values(cfg, dict(p.values)).train.for_role(r).steps
+        for p in points
+        for r in TRAIN_ROLES
+    )
+    return TrainingTrial(
+        points=len(points),
+        watched=watched_model(cfg.sweep.target),
+        metric=VAL_METRIC,
+        max_t=max_t + 2,
+        run=partial(_run_point, cfg, points, trials_root),
+        final_value=partial(_final_value, cfg, points, trials_root),
+        label=partial(_point_key, points),
+    )
+
+
+def _run_point(
+    cfg: ExperimentConfig, points: list[TrainingPoint], trials_root: str, i: int, backend: Backend
+) -> dict[str, Any]:
+    return run_trial(cfg, points[i], trials_root, backend)
+
+
+def _final_value(
+    cfg: ExperimentConfig, points: list[TrainingPoint], trials_root: str, i: int
+) -> float:
+    return watched_value(cfg, points[i], trials_root)
+
+
+def _point_key(points: list[TrainingPoint], i: int) -> str:
+    return points[i].key
+
+
 def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str) -> float:
     """The watched model's final val_eps_mse, measured on its stored EMA weights (the value
     the trial's last report carries)."""
@@ -508,8 +547,7 @@ def run_training_sweep(ctx: RunContext) -> dict[str, Any]:
             storage,
             f"{base}/tune",
             f"training-{fp[:12]}",
-            points,
-            storage.uri(f"{base}/trials"),
+            training_trial(cfg, points, storage.uri(f"{base}/trials")),
         )
         trials = []
         for p, tr in zip(points, done):

@@ -14,6 +14,7 @@ import pytest
 
 from raydefense.attacks.metrics import accuracy_at, auc, best_threshold, tpr_at_fpr
 from raydefense.audit.grid import grid_points, point_attack
+from raydefense.audit.scoring import PoolScorer
 from raydefense.data.plan import TEST
 from raydefense.pipeline import run_pipeline
 from raydefense.run.context import RunContext
@@ -67,7 +68,7 @@ def swept(tmp_path_factory, ray_cluster):
 
     def invoke():
         backend = ray_backend(cfg, tracker.uri)
-        backend.scorer = Counting(backend.scorer, "score")
+        backend.scorer = Counting(PoolScorer(backend.pool), "score")
         backend.trials = Counting(backend.trials, "attack_trials")
         parent = tracker.start_run("pipeline/sweep")
         ctx = RunContext(
@@ -253,16 +254,20 @@ def _synthetic_scores():
 def test_an_interrupted_tune_run_resumes_only_its_failed_trial(tmp_path, ray_cluster):
     """The first run lacks one setting's scores, so that trial fails (as if interrupted); the
     rerun restores the Tune run: finished trials keep their results, the failed one reruns."""
+    from functools import partial
+
     from ray import tune
 
     from raydefense.distributed.tune import _trial, run_trials
+    from raydefense.sweeps.attacks import evaluate, unflatten_metrics
 
     cfg = tiny_config(tmp_path)
     storage = Storage(cfg.storage.root, cfg.experiment)
     table = _synthetic_scores()
     trials = trials_of(table)
+    settings = [f"{t['attack']} {t['params']}" for t in trials]
     drop = trials[-1]
-    partial = table.filter(
+    lacking = table.filter(
         pc.invert(
             pc.and_(
                 pc.equal(table["attack"], drop["attack"]), pc.equal(table["params"], drop["params"])
@@ -270,7 +275,7 @@ def test_an_interrupted_tune_run_resumes_only_its_failed_trial(tmp_path, ray_clu
         )
     )
     with pytest.raises(RuntimeError, match="1 sweep trial"):
-        run_trials(cfg, storage, "sweeps/resume/tune", "run", trials, partial)
+        run_trials(cfg, storage, "sweeps/resume/tune", "run", settings, partial(evaluate, lacking))
     path = storage.path("sweeps/resume/tune/run")
     assert tune.Tuner.can_restore(path)
     grid = tune.Tuner.restore(path, trainable=_trial).get_results()
@@ -281,14 +286,14 @@ def test_an_interrupted_tune_run_resumes_only_its_failed_trial(tmp_path, ray_clu
     }
     assert len(done) == len(trials) - 1
     time.sleep(1.1)  # Tune's timestamps are in seconds
-    resumed = run_trials(cfg, storage, "sweeps/resume/tune", "run", trials, table)
-    assert [(r["attack"], r["params"]) for r in resumed] == [
-        (t["attack"], t["params"]) for t in trials
-    ]
-    for r in resumed[:-1]:  # the finished trials were restored, not rerun
-        assert done[f"{r['attack']} {r['params']}"] == (r["trial_id"], r["reported_at"])
+    resumed = run_trials(
+        cfg, storage, "sweeps/resume/tune", "run", settings, partial(evaluate, table)
+    )
+    assert len(resumed) == len(settings)
+    for s, r in zip(settings[:-1], resumed[:-1]):  # the finished trials were restored, not rerun
+        assert done[s] == (r["trial_id"], r["reported_at"])
     assert resumed[-1]["reported_at"] > max(ts for _, ts in done.values())
-    last = resumed[-1]["metrics"]
+    last = unflatten_metrics(resumed[-1]["metrics"])
     assert set(last) == {"baseline", "student"}
     assert all(np.isfinite(v) for m in last.values() for v in m.values())
 
