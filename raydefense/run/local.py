@@ -6,6 +6,7 @@ single-machine debugging session use it.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from typing import Any, Optional
 
@@ -67,6 +68,10 @@ class LocalReporter:
         rel = self.latest()
         return None if rel is None else self.storage.local_dir(rel, self._cache)
 
+    def close(self) -> None:
+        """Remove the local copies of checkpoints (remote storage only; the storage keeps them)."""
+        shutil.rmtree(self._cache, ignore_errors=True)
+
 
 class LocalFitter:
     """The Fitter role in this process: the specs one after another on this machine's device
@@ -87,17 +92,16 @@ class LocalFitter:
             reporter = LocalReporter(storage, spec.run_name, self.tracker, spec.mlflow_run_id)
             try:
                 run_fit(load_fit(cfg, storage, spec), reporter, device=device)
+                final = reporter.latest_checkpoint()
+                if final is None:
+                    raise RuntimeError(f"training {spec.model} left no checkpoint")
+                storage.upload_dir(final, layout.model_dir(spec.model))
+                done.append(spec.model)
             except NonFiniteLossError as e:
                 failed[spec.model] = NonFiniteLossError(e.step, e.value, spec.model)
-                continue
             except Exception as e:
                 failed[spec.model] = e
-                continue
-            final = reporter.latest_checkpoint()
-            if final is None:
-                failed[spec.model] = RuntimeError(f"training {spec.model} left no checkpoint")
-                continue
-            storage.upload_dir(final, layout.model_dir(spec.model))
-            done.append(spec.model)
+            finally:
+                reporter.close()
         if failed:
             raise FitsFailed(failed, done)

@@ -101,4 +101,6 @@ def test_the_reporter_points_at_whole_checkpoints_only(tmp_path: Path) -> None:
         reporter.report({"step": step, "loss": 1.0}, str(ckpt))
     latest = reporter.latest_checkpoint()
     assert latest is not None and (Path(latest) / "state.txt").read_text() == "6"
+    reporter.close()
+    assert not Path(reporter._cache).exists()
     assert storage.listdir(f"{layout.ray_train_run('fit-x')}/local") == ["latest.json", "step-6"]
