@@ -108,7 +108,7 @@ def read_soft_targets(
     noising: (seed, schedule, prompt diversification) of the run, which regenerate x_t per batch
     when distill did not store them (distill.store_x_t=false); the source rows are then read
     once per row (`student_input_images`, or the encoded latents). disk_dir: hold the targets
-    in a memory-mapped file there (`targets_buffer`, distill.student_targets=disk) instead of
+    in a memory-mapped file there (`targets_buffer`, distill.disk_dir) instead of
     RAM: a paper-scale student's targets outgrow any host, and its batches read them at random.
 
     Streamed: the (row, draw) keys are read first to place every example, then each file is read
@@ -121,8 +121,9 @@ def read_soft_targets(
     )
     if not files:
         raise DataError(f"no soft targets under {storage.path(rel)}: run the distill stage")
-    keys = [pq.read_table(f, columns=["row_id", "draw"], filesystem=storage.fs) for f in files]
-    names = [set(pq.read_schema(f, filesystem=storage.fs).names) for f in files]
+    parquets = [pq.ParquetFile(f, filesystem=storage.fs) for f in files]  # each opened once
+    keys = [p.read(columns=["row_id", "draw"]) for p in parquets]
+    names = [set(p.schema_arrow.names) for p in parquets]
     stored = {"x_t" in present for present in names}
     if len(stored) > 1:
         raise DataError(
@@ -147,8 +148,7 @@ def read_soft_targets(
     has_caption = all("caption" in present for present in names)
     columns = ["target", "t", "shard"] + (["x_t"] if store_x_t else [])
     offset = 0
-    for f, present in zip(files, names):
-        parquet = pq.ParquetFile(f, filesystem=storage.fs)
+    for parquet, present in zip(parquets, names):
         cols = columns + (["caption"] if "caption" in present else [])
         for batch in parquet.iter_batches(batch_size=4096, columns=cols):
             pos = torch.from_numpy(dest[offset : offset + batch.num_rows])
@@ -163,12 +163,13 @@ def read_soft_targets(
                 caption[where] = batch.column("caption").to_numpy()
             offset += batch.num_rows
     sorted_rows, sorted_draws = row_id[order], draw[order]
+    at = encoded.positions(sorted_rows) if encoded is not None else None  # rows in `encoded`
     regenerate = None
     if x_t is None:
         assert noising is not None  # checked above
         seed, schedule, diversify = noising
         if encoded is not None:
-            at = encoded.positions(sorted_rows)
+            assert at is not None
             regenerate = RegeneratedInputs(
                 seed, schedule, encoded.mean, at, sorted_rows, sorted_draws, t,
                 std=encoded.std, n_captions=encoded.n_captions.numpy(), caption=caption,
@@ -176,8 +177,10 @@ def read_soft_targets(
             )  # fmt: skip
         else:
             ids, x0 = student_input_images(storage, student, sorted_rows, shape)
-            at = np.searchsorted(ids, sorted_rows)
-            regenerate = RegeneratedInputs(seed, schedule, x0, at, sorted_rows, sorted_draws, t)
+            row_pos = np.searchsorted(ids, sorted_rows)
+            regenerate = RegeneratedInputs(
+                seed, schedule, x0, row_pos, sorted_rows, sorted_draws, t
+            )
     data = SoftTargetData(
         x_t=x_t,
         t=torch.from_numpy(t),
@@ -185,16 +188,14 @@ def read_soft_targets(
         group=torch.from_numpy(group),
         regenerate=regenerate,
     )
-    if encoded is not None:
+    if encoded is not None and at is not None:
         if not has_caption:
             raise DataError(
                 "the soft targets carry no caption column (written for an unconditional "
                 "model); rerun distill with --force distill"
             )
         data.cond_table = encoded.emb
-        data.cond_index = torch.from_numpy(
-            np.stack([encoded.positions(sorted_rows), caption], axis=1)
-        )
+        data.cond_index = torch.from_numpy(np.stack([at, caption], axis=1))
     return data
 
 

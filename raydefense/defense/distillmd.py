@@ -197,9 +197,8 @@ class SoftTargetLabeller:
         out_shard = np.repeat(np.asarray(batch["shard"]), self.draws)
         x0 = torch.from_numpy(np.repeat(source, self.draws, axis=0))
         std = n_caps = None
-        if (
-            latent
-        ):  # x0 = a posterior draw per (row, draw); the target is conditioned on one caption
+        # Latents: x0 is a posterior draw per (row, draw); the target is conditioned on a caption.
+        if latent:
             std = torch.from_numpy(np.repeat(np.asarray(batch["latent_std"]), self.draws, axis=0))
             n_caps = np.repeat(np.asarray(batch["n_captions"]), self.draws)
         t_all, x_t, caption = noised_inputs(
