@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS
+from raydefense.attacks.base import ATTACKS, Query
 from raydefense.config import load_config
 from raydefense.diffusion.backbones import build_net
 from raydefense.diffusion.eps import FrozenEps
@@ -112,9 +112,9 @@ def main() -> None:
         passes = unet_passes(attack)
         base = fb if attack.access == "white-box" else fwd
         if attack.kind == "query":
-            fn = lambda a=attack: a.score(eps, schedule, x, ids, cfg.seed, {})  # noqa: E731
+            fn = lambda a=attack: a.score(Query(eps, schedule, x, ids, cfg.seed, cache={}))  # noqa: E731
         else:
-            fn = lambda a=attack: a.features(eps, schedule, x, ids, cfg.seed, {})  # noqa: E731
+            fn = lambda a=attack: a.features(Query(eps, schedule, x, ids, cfg.seed, cache={}))  # noqa: E731
         got = rate(fn, B, args.seconds)
         ideal = base / passes
         print(f"{name:<12} {passes:>7g} {got:>10,.1f} {ideal:>10,.1f} {got / ideal:>6.2f}")

@@ -292,7 +292,7 @@ def frozen_nets(ctx: Context) -> list[Any]:
 
 
 def section_scoring(ctx: Context) -> dict[str, Any]:
-    from raydefense.attacks.base import ATTACKS
+    from raydefense.attacks.base import ATTACKS, Query
     from raydefense.config import load_config
     from raydefense.diffusion.schedule import NoiseSchedule
 
@@ -307,7 +307,7 @@ def section_scoring(ctx: Context) -> dict[str, Any]:
         # Each attack gets an equal share of what is left.
         share = start + (ctx.deadline - start) * (i + 1) / len(attacks)
         r = timed_rate(
-            lambda a=a: a.score(eps[0], NoiseSchedule(), x0, ids, 0),
+            lambda a=a: a.score(Query(eps[0], NoiseSchedule(), x0, ids, 0)),
             s.score_batch,
             share,
             s.device,

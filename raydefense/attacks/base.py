@@ -6,8 +6,12 @@ Every attack orients its output **higher = more likely a member** and declares:
   "black-box" (generated images only), "gray-box" (eps(x_t, t) queries), "white-box" (parameters
   and gradients);
 - `kind`: how it is computed:
-  - "query": per-row scores from eps queries, `score(...) -> [B, S]`, one column per setting;
-  - "learned": per-row features (`features(...) -> [B, F]`) that a classifier turns into scores;
+  - "query": per-row scores from eps queries, `score(q: Query) -> [B, S]`, one column per setting;
+    its siblings "text" (eps queries under caption-derived conditions, `score_text(q, text)`) and
+    "interface" (the target's public sampler, `score_interface(q: PublicQuery)`) give columns
+    the same way: every ColumnAttack answers `columns(batch, eps)` from the view it reads;
+  - "learned": per-row features (`features(q: Query) -> [B, F]`) that a classifier turns into
+    scores;
     `trains_on` says whether that classifier is fitted on the target's calibration part
     ("calibration", out-of-fold scores there) or on shadow models' rows ("shadow");
   - "generated": scores from the target's generated images (`score_generated(...) -> [B, S]`);
@@ -15,10 +19,12 @@ Every attack orients its output **higher = more likely a member** and declares:
     never trained on the row and/or population rows (LiRA, RMIA, quantile regression).
 - `settings()`: one params dict per output column (a t sweep is several settings of one attack).
 
-Attacks never touch Ray, MLflow or the file system. `cache` is a per-batch dict that attacks use to
-share work (SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2 one gradient pass).
+Attacks never touch Ray, MLflow or the file system. A `Query` is one batch of rows put to one
+model (eps, schedule, x0, row ids, seed, cond) with a per-batch cache that attacks use to share
+work (`Query.shared`: SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2 one
+gradient pass).
 
-`cond` (score / features): the targets' conditioning, [B, L, D] text embeddings aligned with x0
+`Query.cond`: the targets' conditioning, [B, L, D] text embeddings aligned with x0
 for text-to-image models, None for unconditional ones. It reaches every eps / network call,
 expanded the way the attack expands x (`repeat_cond`, `repeat_interleave_cond`, `slice_cond`);
 with cond=None eps is called as eps(x_t, t), exactly as before (`call_eps`).
@@ -28,8 +34,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Optional, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +44,8 @@ from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import ConfigError
 from raydefense.registry import Registry
+
+_T = TypeVar("_T")
 
 ACCESS_LEVELS = ("black-box", "gray-box", "white-box")
 ACCESS_MEANING = {
@@ -103,29 +111,110 @@ class Attack(ABC):
         return default
 
 
-class QueryAttack(Attack):
-    kind: ClassVar[AttackKind] = "query"
+@dataclass(frozen=True, eq=False)
+class Query:
+    """One batch of audited rows put to one model: what a gray- or white-box attack reads.
+
+    eps: the target's noise predictor, eps(x_t, t) or eps(x_t, t, cond) -> like x_t (a FrozenEps
+        gives white-box attacks its `.net`; a step router serves DualMD).
+    schedule: the target's noise schedule.
+    x0: [B, C, H, W] in [-1, 1] (latents [B, c, h, w] for text-to-image families).
+    row_ids: [B] int64 stable row ids: randomness is seeded per row, so a batch's composition
+        never changes a score.
+    seed: the run's base seed.
+    cond: [B, L, D] text embeddings aligned with x0 (cond[i] conditions x0[i]) for text-to-image
+        targets, None for unconditional models.
+    cache: per-batch work shared between attacks (`shared`); one dict for every attack of a batch.
+    """
+
+    eps: EpsModel
+    schedule: NoiseSchedule
+    x0: torch.Tensor
+    row_ids: torch.Tensor
+    seed: int = 0
+    cond: Optional[torch.Tensor] = None
+    cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        b = self.x0.shape[0]
+        if self.row_ids.dim() != 1 or self.row_ids.shape[0] != b:
+            raise ValueError(
+                f"a query needs one row id per image of x0 (batch {b}); got row_ids of shape "
+                f"{tuple(self.row_ids.shape)}"
+            )
+        check_cond("query", self.x0, self.cond)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.x0.shape[0])
+
+    def shared(self, key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
+        """compute() once per batch for `key` (extended by cond's identity when cond is given,
+        `cond_cache_key`): how SecMI_stat and SecMI_NN share one DDIM round trip, GSA1 and GSA2
+        one gradient pass."""
+        k = cond_cache_key(key, self.cond, self.cache)
+        if k not in self.cache:
+            self.cache[k] = compute()
+        return self.cache[k]
+
+
+@dataclass(frozen=True, eq=False)
+class PublicQuery:
+    """One batch of audited rows put to a target's public interface (black-box attacks).
+
+    interface: what the target's users can call (PublicInterface).
+    images: [B, C, H, W] in [-1, 1], the rows' pixels (what a black-box attacker holds).
+    row_ids: [B] int64 stable row ids. seed: the run's base seed.
+    cond: [B, L, D] the rows' caption embeddings (text-to-image targets), else None.
+    feature_fn: images -> [N, D] features, when a feature extractor is configured.
+    """
+
+    interface: PublicInterface
+    images: torch.Tensor
+    row_ids: torch.Tensor
+    seed: int = 0
+    cond: Optional[torch.Tensor] = None
+    feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+
+class AttackBatch(Protocol):
+    """What a scoring worker offers the attacks for one batch of one target's rows: the views
+    an attack can ask for, built on demand (a text view exists only for text-to-image targets)."""
+
+    def query(self, eps: EpsModel) -> Query:
+        """The gray-box view: the rows put to `eps` (one cache per batch)."""
+        ...
+
+    def text(self) -> TextBatch:
+        """The rows' captions and text encoder (text-to-image targets)."""
+        ...
+
+    def public(self, eps: EpsModel) -> PublicQuery:
+        """The black-box view: the rows and the public interface of the target behind `eps`."""
+        ...
+
+
+class ColumnAttack(Attack):
+    """An attack whose per-row scores are its columns, computed from one batch (no classifier):
+    one column per setting. Its subclasses differ in the view of the batch they read."""
 
     @abstractmethod
-    def score(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: Optional[dict] = None,
-        *,
-        cond: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Args:
-            x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids (randomness is seeded
-                per row, so a batch's composition never changes a score). seed: the base seed.
-            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
-                unconditional models.
-        Returns:
-            [B, S] float32, S = len(settings()), higher = member.
-        """
+    def columns(self, batch: AttackBatch, eps: EpsModel) -> torch.Tensor:
+        """[B, S] float32, S = len(settings()), higher = member."""
+        ...
+
+
+class QueryAttack(ColumnAttack):
+    """Scores from eps queries on the rows (any target)."""
+
+    kind: ClassVar[AttackKind] = "query"
+
+    def columns(self, batch: AttackBatch, eps: EpsModel) -> torch.Tensor:
+        return self.score(batch.query(eps))
+
+    @abstractmethod
+    def score(self, q: Query) -> torch.Tensor:
+        """q: the batch (Query). Returns [B, S] float32, S = len(settings()), higher = member."""
         ...
 
 
@@ -133,19 +222,8 @@ class LearnedAttack(Attack):
     kind: ClassVar[AttackKind] = "learned"
 
     @abstractmethod
-    def features(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: Optional[dict] = None,
-        *,
-        cond: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """[B, F] float32 features per row (flattened). cond: [B, L, D] text embeddings aligned
-        with x0 (text-to-image targets), None for unconditional models."""
+    def features(self, q: Query) -> torch.Tensor:
+        """[B, F] float32 features per row (flattened) of the batch q."""
         ...
 
     @abstractmethod
@@ -201,46 +279,19 @@ class TextBatch:
     end_id: int
 
 
-class _ScoredElsewhere(QueryAttack):
-    """A query attack whose per-row scores come from another method (`scored_by`) than the
-    eps-query `score`, which raises: the scoring worker dispatches on the subclass."""
-
-    scored_by: ClassVar[str] = ""
-
-    def score(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: Optional[dict] = None,
-        *,
-        cond: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        raise TypeError(f"attack {self.name!r} is scored by {self.scored_by}, not score()")
-
-
-class TextQueryAttack(_ScoredElsewhere):
-    """A gray-box query attack on text-to-image targets that queries eps under conditions it
-    derives from the caption (weakened, null). Scored through `score_text`; its columns are
-    query columns like every QueryAttack's."""
+class TextQueryAttack(ColumnAttack):
+    """A gray-box attack on text-to-image targets that queries eps under conditions it derives
+    from the caption (weakened, null): a sibling of QueryAttack that also reads the captions."""
 
     text_only: ClassVar[bool] = True
     kind: ClassVar[AttackKind] = "text"
-    scored_by: ClassVar[str] = "score_text (a text-to-image target's captions)"
+
+    def columns(self, batch: AttackBatch, eps: EpsModel) -> torch.Tensor:
+        return self.score_text(batch.query(eps), batch.text())
 
     @abstractmethod
-    def score_text(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        text: TextBatch,
-    ) -> torch.Tensor:
-        """Args: x0 [B, C, h, w] latents; text: the rows' captions and text encoder.
+    def score_text(self, q: Query, text: TextBatch) -> torch.Tensor:
+        """q: the batch (x0 [B, C, h, w] latents); text: the rows' captions and text encoder.
         Returns: [B, S] float32, higher = member."""
         ...
 
@@ -267,29 +318,20 @@ class PublicInterface(Protocol):
     ) -> torch.Tensor: ...
 
 
-class InterfaceAttack(_ScoredElsewhere):
+class InterfaceAttack(ColumnAttack):
     """A black-box attack that queries a target's public interface per audited row (Pang &
-    Wang: generations from the row's caption; ReDiffuse: variations of the row's image).
-    Scored through `score_interface`; its columns are query columns."""
+    Wang: generations from the row's caption; ReDiffuse: variations of the row's image)."""
 
     access: ClassVar[Access] = "black-box"
     kind: ClassVar[AttackKind] = "interface"
-    scored_by: ClassVar[str] = "score_interface (a target's public interface)"
+
+    def columns(self, batch: AttackBatch, eps: EpsModel) -> torch.Tensor:
+        return self.score_interface(batch.public(eps))
 
     @abstractmethod
-    def score_interface(
-        self,
-        interface: PublicInterface,
-        images: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cond: Optional[torch.Tensor] = None,
-        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    ) -> torch.Tensor:
-        """Args: images [B, C, H, W] in [-1, 1], the audited rows' pixels (what a black-box
-        attacker holds); cond [B, L, D], their captions' embeddings (text-to-image), else None;
-        feature_fn: images -> [N, D] features when a feature extractor is configured.
-        Returns: [B, S] float32, higher = member."""
+    def score_interface(self, q: PublicQuery) -> torch.Tensor:
+        """q: the rows and the target's public interface. Returns: [B, S] float32, higher =
+        member."""
         ...
 
 

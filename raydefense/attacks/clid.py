@@ -61,6 +61,7 @@ import torch
 
 from raydefense.attacks.base import (
     ATTACKS,
+    Query,
     TextBatch,
     TextQueryAttack,
     check_cond,
@@ -68,8 +69,6 @@ from raydefense.attacks.base import (
     scaled_timestep,
 )
 from raydefense.config import CLiDConfig
-from raydefense.diffusion.eps import EpsModel
-from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.seeding import STREAM_CLID, per_row_normal
 
 # Token-importance variants embedded per text-encoder call.
@@ -183,21 +182,13 @@ class CLiD(TextQueryAttack):
         return out
 
     @torch.no_grad()
-    def score_text(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        text: TextBatch,
-    ) -> torch.Tensor:
-        """Args: x0 [B, C, h, w] latents; row_ids [B] stable row ids; text: the rows' captions
-        (text.cond [B, L, D] their embeddings) and the text encoder. eps is called once per
-        (t, condition) on a draw-major [draws * B, C, h, w] batch: (2 + len(replace_fractions))
-        * len(timesteps) * draws queries per row.
+    def score_text(self, q: Query, text: TextBatch) -> torch.Tensor:
+        """Args: q: the batch (x0 [B, C, h, w] latents, stable row ids, seed); text: the rows'
+        captions (text.cond [B, L, D] their embeddings) and the text encoder. eps is called once
+        per (t, condition) on a draw-major [draws * B, C, h, w] batch: (2 +
+        len(replace_fractions)) * len(timesteps) * draws queries per row.
         Returns: [B, 2 + len(alphas)] float32 (loss, clid, combined per alpha), higher = member."""
-        b = x0.shape[0]
+        eps, schedule, x0, b = q.eps, q.schedule, q.x0, q.batch_size
         if len(text.captions) != b:
             raise ValueError(
                 f"attack 'clid': {len(text.captions)} captions for a batch of {b} images"
@@ -212,7 +203,7 @@ class CLiD(TextQueryAttack):
         x_rep = x.repeat(draws, *([1] * (x.dim() - 1)))
         err = torch.zeros(len(conds), b, dtype=torch.float32, device=x.device)
         for t_cfg, t in zip(self.cfg.timesteps, ts):
-            noise = per_row_normal((draws, *x.shape[1:]), row_ids, seed, STREAM_CLID, t_cfg)
+            noise = per_row_normal((draws, *x.shape[1:]), q.row_ids, q.seed, STREAM_CLID, t_cfg)
             noise = noise.transpose(0, 1).reshape(b * draws, *x.shape[1:])
             noise = noise.to(device=x.device, dtype=x.dtype)
             t_vec = torch.full((b * draws,), t, dtype=torch.long, device=x.device)

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from raydefense.attacks.base import ATTACKS, LearnedAttack, check_cond, cond_cache_key
+from raydefense.attacks.base import ATTACKS, LearnedAttack, Query, check_cond
 from raydefense.attacks.classifiers import Standardizer, gradient_boosting, zscore
 from raydefense.config import GSAConfig
-from raydefense.diffusion.eps import EpsModel, FrozenEps
+from raydefense.diffusion.eps import FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.seeding import STREAM_GSA, per_row_normal
 
@@ -224,50 +224,25 @@ class _GSA(LearnedAttack):
             }
         ]
 
-    def features(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: Optional[dict] = None,
-        *,
-        cond: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Args:
-            eps: a FrozenEps (white-box: its `.net` gives parameters and gradients).
-            x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64. seed: base seed.
-            cache: per-batch dict; the gradient pass is memoised under ("gsa", S) so GSA1 and
-                GSA2 share it (extended by cond's identity when cond is given).
-            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
-                unconditional models.
+    def features(self, q: Query) -> torch.Tensor:
+        """q.eps must be a FrozenEps (white-box: its `.net` gives parameters and gradients); the
+        gradient pass is shared by GSA1 and GSA2 through q's per-batch cache, under ("gsa", S).
         Returns:
             [B, P] float32 per-parameter-tensor gradient norms (>= 0).
         """
+        eps = q.eps
         if not isinstance(eps, FrozenEps):
             raise TypeError(
                 f"{self.name} is a white-box attack and needs the network itself (a FrozenEps "
                 f"over an EpsNet); got {type(eps).__name__}"
             )
-        key: tuple[Any, ...] = ("gsa", self.cfg.num_timesteps)
-        if cache is not None:
-            key = cond_cache_key(key, cond, cache)
-        if cache is not None and key in cache:
-            f1, f2 = cache[key]
-        else:
-            f1, f2 = gsa_features(
-                eps.net,
-                schedule,
-                x0,
-                row_ids,
-                seed,
-                self.cfg.num_timesteps,
-                self.cfg.batch_size,
-                cond=cond,
-            )
-            if cache is not None:
-                cache[key] = (f1, f2)
+        n, chunk = self.cfg.num_timesteps, self.cfg.batch_size
+        f1, f2 = q.shared(
+            ("gsa", n),
+            lambda: gsa_features(
+                eps.net, q.schedule, q.x0, q.row_ids, q.seed, n, chunk, cond=q.cond
+            ),
+        )
         return f1 if self.variant == 1 else f2
 
     def fit_predict(

@@ -13,10 +13,8 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, QueryAttack, call_eps, check_cond, repeat_cond
+from raydefense.attacks.base import ATTACKS, Query, QueryAttack, call_eps, repeat_cond
 from raydefense.config import LossAttackConfig
-from raydefense.diffusion.eps import EpsModel
-from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.seeding import STREAM_LOSS_ATTACK, per_row_normal
 
 
@@ -44,27 +42,13 @@ class LossAttack(QueryAttack):
         ]
 
     @torch.no_grad()
-    def score(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: dict | None = None,
-        *,
-        cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Args:
-            eps: noise predictor, called once per timestep on a [draws * B, C, H, W] batch.
-            x0: [B, C, H, W] in [-1, 1]. row_ids: [B] int64 stable row ids. seed: base seed.
-            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
-                unconditional models; repeated draw-major like x.
+    def score(self, q: Query) -> torch.Tensor:
+        """eps is called once per timestep on a [draws * B, C, H, W] batch (q.cond repeated
+        draw-major like x); each row's noise comes from its row id and q.seed.
         Returns:
             [B, 1] float32 = -(average squared error), <= 0, higher = member.
         """
-        b = x0.shape[0]
-        draws = self.cfg.draws
+        schedule, b, draws = q.schedule, q.batch_size, self.cfg.draws
         if not self.cfg.timesteps:
             raise ValueError("attacks.loss.timesteps is empty; list at least one timestep")
         for t in self.cfg.timesteps:
@@ -72,20 +56,19 @@ class LossAttack(QueryAttack):
                 raise ValueError(
                     f"attacks.loss.timesteps has {t}, outside [0, {schedule.num_train_timesteps})"
                 )
-        check_cond(self.name, x0, cond)
-        x = x0.float()
+        x = q.x0.float()
         total = torch.zeros(b, dtype=torch.float32, device=x.device)
         # Draw-major layout: rows [d*B, (d+1)*B) hold draw d of every sample.
         x_rep = x.repeat(draws, *([1] * (x.dim() - 1)))
-        cond_rep = repeat_cond(cond, draws)
+        cond_rep = repeat_cond(q.cond, draws)
         for t in self.cfg.timesteps:
             # One generator per (row, t) draws all `draws` noises: [B, draws, ...] -> draw-major.
-            noise = per_row_normal((draws, *x.shape[1:]), row_ids, seed, STREAM_LOSS_ATTACK, t)
+            noise = per_row_normal((draws, *x.shape[1:]), q.row_ids, q.seed, STREAM_LOSS_ATTACK, t)
             noise = noise.transpose(0, 1).reshape(b * draws, *x.shape[1:])
             noise = noise.to(device=x.device, dtype=x.dtype)
             t_vec = torch.full((b * draws,), t, dtype=torch.long, device=x.device)
             x_t = schedule.q_sample(x_rep, t_vec, noise)
-            sq = (call_eps(eps, x_t, t_vec, cond_rep).float() - noise).pow(2).flatten(1)
+            sq = (call_eps(q.eps, x_t, t_vec, cond_rep).float() - noise).pow(2).flatten(1)
             err = sq.sum(1) if self.cfg.reduction == "sum" else sq.mean(1)  # [draws * B]
             total += err.view(draws, b).mean(0)
         return (-total / len(self.cfg.timesteps)).float()[:, None]

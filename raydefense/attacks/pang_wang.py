@@ -13,12 +13,11 @@ target; here, as for every attack, a setting is chosen on calibration only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, InterfaceAttack, PublicInterface
+from raydefense.attacks.base import ATTACKS, InterfaceAttack, PublicQuery
 from raydefense.attacks.similarity import mse, ssim
 from raydefense.config import PangWangConfig
 from raydefense.errors import ConfigError
@@ -54,26 +53,20 @@ class PangWang(InterfaceAttack):
         return self._features
 
     @torch.no_grad()
-    def score_interface(
-        self,
-        interface: PublicInterface,
-        images: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cond: Optional[torch.Tensor] = None,
-        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    ) -> torch.Tensor:
-        """Generation g of row r uses seed derive_seed(seed, STREAM_PANG_WANG, r, g).
-        Returns [B, len(similarity)], the mean similarity over the generations."""
-        if cond is None:
+    def score_interface(self, q: PublicQuery) -> torch.Tensor:
+        """Generation g of row r uses seed derive_seed(q.seed, STREAM_PANG_WANG, r, g), from the
+        row's caption (q.cond). Returns [B, len(similarity)], the mean similarity over the
+        generations."""
+        if q.cond is None:
             raise ValueError("pang_wang generates from the audited images' captions (cond)")
+        images, row_ids, seed = q.images, q.row_ids, q.seed
         names = self.similarities()
         sims = {s: torch.zeros(len(images)) for s in names}
         ref = images.cpu()
         ref_features = self.features()(ref) if "feature" in sims else None
         for g in range(self.cfg.num_generations):
             seeds = [derive_seed(seed, STREAM_PANG_WANG, int(r), g) for r in row_ids.tolist()]
-            gen = interface.generate(cond, seeds).cpu()
+            gen = q.interface.generate(q.cond, seeds).cpu()
             for s in sims:
                 if s == "ssim":
                     sims[s] += ssim(gen, ref)

@@ -18,9 +18,9 @@ import torch
 
 from raydefense.attacks.base import (
     ATTACKS,
+    Query,
     QueryAttack,
     call_eps,
-    check_cond,
     check_timesteps,
     proximal_timestep,
     repeat_cond,
@@ -28,7 +28,6 @@ from raydefense.attacks.base import (
     slice_cond,
 )
 from raydefense.config import PIAConfig
-from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 
 
@@ -77,26 +76,13 @@ class PIA(QueryAttack):
         ]
 
     @torch.no_grad()
-    def score(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: dict | None = None,
-        *,
-        cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Args:
-            x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (deterministic attack).
-            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
-                unconditional models; eps0 and every x_t of row i are queried under cond[i].
+    def score(self, q: Query) -> torch.Tensor:
+        """Deterministic (q.row_ids and q.seed unused); eps0 and every x_t of row i are queried
+        under q.cond[i] when the target is conditional.
         Returns:
             [B, len(timesteps)] float32 = -sum |eps(x_t, t) - eps0|^p, higher = member.
         """
-        check_cond(self.name, x0, cond)
-        x = x0.float()
+        eps, cond, x = q.eps, q.cond, q.x0.float()
         b = x.shape[0]
         # The proximal query eps(x0, t0): t0 = 0 for a single model; through a step router, the
         # first timestep served by the teacher that answers t, so both queries of a score reach
@@ -112,7 +98,7 @@ class PIA(QueryAttack):
         t_vec = torch.tensor(self.timesteps, dtype=torch.long, device=x.device).repeat_interleave(b)
         x_rep, e_rep = x.repeat(n, 1, 1, 1), torch.cat([eps0_at[t0] for t0 in t0s])
         cond_rep = repeat_cond(cond, n)  # row r of x_rep is item r % b, as cond_rep's
-        x_t = schedule.q_sample(x_rep, t_vec, e_rep)
+        x_t = q.schedule.q_sample(x_rep, t_vec, e_rep)
         out = torch.empty(b, n, dtype=torch.float32, device=x.device)
         chunk = max(1, 4096 // max(b, 1)) * b  # bound memory for long sweeps
         for s in range(0, n * b, chunk):

@@ -15,12 +15,11 @@ target's own schedule (SD's scaled-linear), as its public interface would.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, InterfaceAttack, PublicInterface, scaled_timestep
+from raydefense.attacks.base import ATTACKS, InterfaceAttack, PublicQuery, scaled_timestep
 from raydefense.attacks.similarity import ssim
 from raydefense.config import ReDiffuseConfig
 from raydefense.diffusion.schedule import NoiseSchedule
@@ -53,22 +52,15 @@ class ReDiffuse(InterfaceAttack):
         return [{"t_start": self.t_start, "steps": self.num_steps, "average": c.average, "p": c.p}]
 
     @torch.no_grad()
-    def score_interface(
-        self,
-        interface: PublicInterface,
-        images: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cond: Optional[torch.Tensor] = None,
-        feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    ) -> torch.Tensor:
-        """Variation i of row r uses seed derive_seed(seed, STREAM_REDIFFUSE, r, i).
+    def score_interface(self, q: PublicQuery) -> torch.Tensor:
+        """Variation i of row r uses seed derive_seed(q.seed, STREAM_REDIFFUSE, r, i).
         Returns [B, 1] = -mean |x0 - mean_i variation_i|^p, higher = member."""
+        images = q.images
         ref = images.cpu().float()
         total = torch.zeros_like(ref)
         for i in range(self.cfg.average):
-            seeds = [derive_seed(seed, STREAM_REDIFFUSE, int(r), i) for r in row_ids.tolist()]
-            total += interface.vary(images, self.t_start, self.num_steps, seeds, cond).cpu()
+            seeds = [derive_seed(q.seed, STREAM_REDIFFUSE, int(r), i) for r in q.row_ids.tolist()]
+            total += q.interface.vary(images, self.t_start, self.num_steps, seeds, q.cond).cpu()
         recon = total / self.cfg.average
         if self.cfg.distance == "ssim":
             return ssim(recon, ref)[:, None].float()

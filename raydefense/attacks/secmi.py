@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from raydefense.attacks.base import ATTACKS, QueryAttack, call_eps, check_cond, cond_cache_key
+from raydefense.attacks.base import ATTACKS, Query, QueryAttack, call_eps, check_cond
 from raydefense.config import SecMIConfig
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
@@ -112,46 +112,20 @@ class SecMIStat(QueryAttack):
     def settings(self) -> list[dict[str, Any]]:
         return [{"t_sec": self.cfg.t_sec, "k": self.cfg.k}]
 
-    def score(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: dict | None = None,
-        *,
-        cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Args:
-            x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (the attack is deterministic).
-            cache: per-batch dict shared with SecMI_NN (one round trip for both).
-            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
-                unconditional models.
+    def score(self, q: Query) -> torch.Tensor:
+        """Deterministic (q.row_ids and q.seed unused); the round trip is shared with SecMI_NN
+        through q's per-batch cache.
         Returns:
             [B, 1] float32 = -t-error, <= 0, higher = member.
         """
-        x_tilde, x_hat = cached_error_maps(
-            eps, schedule, x0, self.cfg.t_sec, self.cfg.k, cache, cond=cond
-        )
+        x_tilde, x_hat = shared_error_maps(q, self.cfg.t_sec, self.cfg.k)
         return -(x_tilde - x_hat).pow(2).flatten(1).sum(1).float()[:, None]
 
 
-def cached_error_maps(
-    eps: EpsModel,
-    schedule: NoiseSchedule,
-    x0: torch.Tensor,
-    t_sec: int,
-    k: int,
-    cache: dict | None,
-    cond: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """secmi_error_maps, memoised in the per-batch cache under ("secmi", t_sec, k) (cond=None)
-    or that key extended by the cond tensor's identity (`cond_cache_key`), so conditioned and
-    unconditioned round trips never share an entry."""
-    if cache is None:
-        return secmi_error_maps(eps, schedule, x0, t_sec, k, cond)
-    key = cond_cache_key(("secmi", t_sec, k), cond, cache)
-    if key not in cache:
-        cache[key] = secmi_error_maps(eps, schedule, x0, t_sec, k, cond)
-    return cache[key]
+def shared_error_maps(q: Query, t_sec: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """secmi_error_maps of the batch q, computed once per batch under ("secmi", t_sec, k) (and
+    q.cond's identity, `Query.shared`) so SecMI_stat and SecMI_NN share one round trip."""
+    return q.shared(
+        ("secmi", t_sec, k),
+        lambda: secmi_error_maps(q.eps, q.schedule, q.x0, t_sec, k, q.cond),
+    )

@@ -14,12 +14,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from raydefense.attacks.base import ATTACKS, CalibrationTrainedAttack
+from raydefense.attacks.base import ATTACKS, CalibrationTrainedAttack, Query
 from raydefense.attacks.classifiers import predict_resnet, train_resnet_regressor
-from raydefense.attacks.secmi import cached_error_maps
+from raydefense.attacks.secmi import shared_error_maps
 from raydefense.config import SecMINNConfig
-from raydefense.diffusion.eps import EpsModel
-from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.seeding import derive_seed
 
 
@@ -40,28 +38,13 @@ class SecMINN(CalibrationTrainedAttack):
     def settings(self) -> list[dict[str, Any]]:
         return [{"t_sec": self.cfg.t_sec, "k": self.cfg.k}]
 
-    def features(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: Optional[dict] = None,
-        *,
-        cond: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Args:
-            x0: [B, C, H, W] in [-1, 1]. row_ids, seed: unused (the round trip is deterministic).
-            cache: per-batch dict shared with SecMI_stat (one DDIM round trip for both).
-            cond: [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
-                unconditional models.
+    def features(self, q: Query) -> torch.Tensor:
+        """Deterministic (q.row_ids and q.seed unused); the round trip is shared with
+        SecMI_stat through q's per-batch cache.
         Returns:
             [B, C*H*W] float32 = |x_tilde - x_hat| flattened, >= 0 (lower for members).
         """
-        x_tilde, x_hat = cached_error_maps(
-            eps, schedule, x0, self.cfg.t_sec, self.cfg.k, cache, cond=cond
-        )
+        x_tilde, x_hat = shared_error_maps(q, self.cfg.t_sec, self.cfg.k)
         return (x_tilde - x_hat).abs().flatten(1).float()
 
     @staticmethod

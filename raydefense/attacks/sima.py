@@ -10,16 +10,15 @@ import torch
 
 from raydefense.attacks.base import (
     ATTACKS,
+    Query,
     QueryAttack,
     call_eps,
-    check_cond,
     check_timesteps,
     repeat_cond,
     scaled_timestep,
 )
 from raydefense.attacks.pia import lp_distance
 from raydefense.config import SimAConfig
-from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 
 
@@ -44,23 +43,10 @@ class SimA(QueryAttack):
         return [{"t": t, "p": self.cfg.p} for t in self.timesteps]
 
     @torch.no_grad()
-    def score(
-        self,
-        eps: EpsModel,
-        schedule: NoiseSchedule,
-        x0: torch.Tensor,
-        row_ids: torch.Tensor,
-        seed: int,
-        cache: dict | None = None,
-        *,
-        cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Args: x0 [B, C, H, W] in [-1, 1] (row_ids, seed unused: deterministic); cond:
-        [B, L, D] text embeddings aligned with x0 (text-to-image targets), None for
-        unconditional models.
+    def score(self, q: Query) -> torch.Tensor:
+        """Deterministic (q.row_ids and q.seed unused).
         Returns: [B, len(timesteps)] float32 = -sum |eps(x0, t)|^p, higher = member."""
-        check_cond(self.name, x0, cond)
-        x = x0.float()
+        eps, cond, x = q.eps, q.cond, q.x0.float()
         b, n = x.shape[0], len(self.timesteps)
         out = torch.empty(b, n, dtype=torch.float32, device=x.device)
         per_call = max(1, 4096 // max(b, 1))  # timesteps per eps call, bounding memory

@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 
 from raydefense.attacks.adaptive import DualMDAdaptive
-from raydefense.attacks.base import GeneratedAttack, LearnedAttack, QueryAttack
+from raydefense.attacks.base import ColumnAttack, GeneratedAttack, LearnedAttack
 from raydefense.attacks.combined import CombinedAttack
 from raydefense.attacks.lira_rmia import LiRA, ReferenceAttack
 from raydefense.audit.learned import (
@@ -141,7 +141,7 @@ def run_evaluation(
         part = plan.part[mask]
         res = scored.get(t, {})
         for a in ap.attacks[t]:
-            if isinstance(a, QueryAttack):
+            if isinstance(a, ColumnAttack):
                 for i, params in enumerate(a.settings()):
                     long_rows(cols, t, a.name, params, ids, member, part, res[query_col(a.name, i)])
             elif isinstance(a, DualMDAdaptive):

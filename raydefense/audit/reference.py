@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from raydefense.attacks.base import InterfaceAttack, QueryAttack, TextQueryAttack
+from raydefense.attacks.base import QueryAttack
 from raydefense.attacks.lira_rmia import LiRA, ReferenceAttack, ReferenceData
 from raydefense.attacks.quantile import QuantileRegression
 from raydefense.audit.scoring import ScoreJob, query_col
@@ -59,11 +59,7 @@ def base_attacks(cfg: ExperimentConfig, attack: ReferenceAttack) -> dict[str, li
     Raises:
         ConfigError: a named base is not such an enabled attack, or there is none.
     """
-    plain = {
-        a.name: a.settings()
-        for a in build_attacks(cfg)
-        if isinstance(a, QueryAttack) and not isinstance(a, (TextQueryAttack, InterfaceAttack))
-    }
+    plain = {a.name: a.settings() for a in build_attacks(cfg) if isinstance(a, QueryAttack)}
     named = getattr(cfg.attacks, attack.name).bases
     if named is None:
         if not plain:

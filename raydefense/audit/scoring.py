@@ -17,13 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raydefense.attacks.base import (
-    InterfaceAttack,
-    LearnedAttack,
-    QueryAttack,
-    TextBatch,
-    TextQueryAttack,
-)
+from raydefense.attacks.base import ColumnAttack, LearnedAttack, PublicQuery, Query, TextBatch
 from raydefense.audit.grid import resolve_attack
 from raydefense.audit.interface import SamplerInterface
 from raydefense.audit.targets import (
@@ -135,35 +129,27 @@ class ScoringWorker:
     def __call__(self, images: np.ndarray, row_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Args: images [B, C, H, W] float32 in [-1, 1]; row_ids [B] int64.
         Returns: columns as described in the class docstring."""
-        seed = self.cfg.seed
-        x0, cond = self.inputs(images, row_ids)
-        ids = torch.from_numpy(np.array(row_ids, dtype=np.int64))
-        cache: dict[tuple[Any, ...], Any] = {}  # shared work between attacks, per batch
+        batch = _RowsBatch(self, images, row_ids)
         out: dict[str, np.ndarray] = {"row_id": np.asarray(row_ids, dtype=np.int64)}
         w = self.cfg.attacks.weights
         for name, a in self.attacks:
             eps = self.eps[a.weights(w)]
-            if isinstance(a, QueryAttack):
-                if isinstance(a, TextQueryAttack):
-                    q = a.score_text(eps, self.schedule, x0, ids, seed, self.text_batch(row_ids))
-                elif isinstance(a, InterfaceAttack):
-                    pixels = torch.from_numpy(np.ascontiguousarray(images))
-                    q = a.score_interface(self.interface(eps), pixels, ids, seed, cond)
-                else:
-                    q = a.score(eps, self.schedule, x0, ids, seed, cache, cond=cond)
-                s = q.cpu().numpy()
+            if isinstance(a, ColumnAttack):
+                s = a.columns(batch, eps).cpu().numpy()
                 for i in range(s.shape[1]):
                     out[query_col(name, i)] = s[:, i].astype(np.float32)
             elif isinstance(a, LearnedAttack):
-                out[feature_col(name)] = (
-                    a.features(eps, self.schedule, x0, ids, seed, cache, cond=cond)
-                    .cpu()
-                    .numpy()
-                    .astype(np.float32)
-                )
+                feats = a.features(batch.query(eps))
+                out[feature_col(name)] = feats.cpu().numpy().astype(np.float32)
         if self.with_quality:
             out[QUALITY_COL] = heldout_eps_mse_rows(
-                self.eps[w], self.schedule, x0, row_ids, seed, self.cfg.sampling.quality_draws, cond
+                self.eps[w],
+                self.schedule,
+                batch.x0,
+                row_ids,
+                self.cfg.seed,
+                self.cfg.sampling.quality_draws,
+                batch.cond,
             )
         return out
 
@@ -248,6 +234,31 @@ class ScoringWorker:
         if self.encoded is not None:
             out = self.codec().decode(out)
         return out.cpu().numpy()
+
+
+class _RowsBatch:
+    """One batch of a ScoringWorker's rows, as the attacks see it (attacks.base.AttackBatch):
+    one Query per model with one cache for the whole batch, the captions and the public
+    interface built only when an attack asks."""
+
+    def __init__(self, worker: ScoringWorker, images: np.ndarray, row_ids: np.ndarray) -> None:
+        self.worker, self.images = worker, images
+        self.row_ids = np.asarray(row_ids, dtype=np.int64)
+        self.x0, self.cond = worker.inputs(images, self.row_ids)
+        self.ids = torch.from_numpy(self.row_ids.copy())
+        self.cache: dict[tuple[Any, ...], Any] = {}  # work shared between attacks, per batch
+
+    def query(self, eps: EpsModel) -> Query:
+        w = self.worker
+        return Query(eps, w.schedule, self.x0, self.ids, w.cfg.seed, self.cond, self.cache)
+
+    def text(self) -> TextBatch:
+        return self.worker.text_batch(self.row_ids)
+
+    def public(self, eps: EpsModel) -> PublicQuery:
+        pixels = torch.from_numpy(np.ascontiguousarray(self.images))
+        interface = self.worker.interface(eps)
+        return PublicQuery(interface, pixels, self.ids, self.worker.cfg.seed, self.cond)
 
 
 def generation_prompt_rows(row_ids: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from raydefense.attacks.adaptive import (
     served_timestep,
     settings_by_teacher,
 )
-from raydefense.attacks.base import AccessError
+from raydefense.attacks.base import AccessError, Query
 from raydefense.attacks.metrics import auc
 from raydefense.audit.targets import adaptive_bases, check_explicit_targets
 from raydefense.defense.dualmd import DualMDStepRouter, timestep_owners
@@ -245,7 +245,7 @@ def test_pia_through_the_router_asks_one_teacher_per_score() -> None:
     owner = router.owner
     attack = PIA({"timesteps": [110, 220], "canonical_t": 110})
     x0 = torch.zeros(2, 1, 4, 4)
-    attack.score(router, schedule, x0, torch.arange(2), 0)
+    attack.score(Query(router, schedule, x0, torch.arange(2), 0))
     for t in (110, 220):
         t0 = router.proximal_timestep(t)
         assert owner[t0] == owner[t] and (owner[:t0] != owner[t]).all()
@@ -256,5 +256,5 @@ def test_pia_through_the_router_asks_one_teacher_per_score() -> None:
         assert all(int(owner[t]) == k for t in ts)
     # On a single model the proximal query stays at t = 0 (the official PIA).
     calls.clear()
-    attack.score(Teacher(0), schedule, x0, torch.arange(2), 0)
+    attack.score(Query(Teacher(0), schedule, x0, torch.arange(2), 0))
     assert (0, 0) in calls

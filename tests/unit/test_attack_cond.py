@@ -18,10 +18,9 @@ import torch
 from raydefense.attacks.base import (
     ATTACKS,
     Attack,
-    InterfaceAttack,
     LearnedAttack,
+    Query,
     QueryAttack,
-    TextQueryAttack,
     cond_cache_key,
     repeat_cond,
     repeat_interleave_cond,
@@ -49,12 +48,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 def _names() -> list[str]:
     """The attacks that query eps(x_t, t, cond) directly (interface and text attacks reach the
     model through a public interface or their own conditions; tests/unit/test_t2i.py)."""
-    return [
-        n
-        for n in ATTACKS.names()
-        if issubclass(ATTACKS.get(n), (QueryAttack, LearnedAttack))
-        and not issubclass(ATTACKS.get(n), (InterfaceAttack, TextQueryAttack))
-    ]
+    return [n for n in ATTACKS.names() if issubclass(ATTACKS.get(n), (QueryAttack, LearnedAttack))]
 
 
 NAMES = _names()
@@ -74,10 +68,11 @@ def _run(
     cond: Optional[torch.Tensor],
     cache: Optional[dict] = None,
 ) -> torch.Tensor:
+    q = Query(eps, SCHED, x0, ids, SEED, cond=cond, cache={} if cache is None else cache)
     if isinstance(a, QueryAttack):
-        return a.score(eps, SCHED, x0, ids, SEED, cache, cond=cond)
+        return a.score(q)
     assert isinstance(a, LearnedAttack)
-    return a.features(eps, SCHED, x0, ids, SEED, cache, cond=cond)
+    return a.features(q)
 
 
 class CondNet(EpsNet):

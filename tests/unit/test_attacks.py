@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from raydefense.attacks import ATTACKS
+from raydefense.attacks.base import Query
 from raydefense.attacks.loss import LossAttack
 from raydefense.attacks.secmi import SecMIStat, secmi_error_maps
 from raydefense.config import LossAttackConfig, ModelConfig, SecMIConfig
@@ -66,7 +67,9 @@ def test_secmi_hand_computed() -> None:
     x_tilde, x_hat = secmi_error_maps(lin_eps, SCHED, X0, t_sec=20, k=10)
     assert torch.allclose(x_tilde, f_tilde * X0, rtol=1e-5)
     assert torch.allclose(x_hat, f_hat * X0, rtol=1e-5)
-    score = SecMIStat(SecMIConfig(t_sec=20, k=10)).score(lin_eps, SCHED, X0, torch.tensor([0]), 0)
+    score = SecMIStat(SecMIConfig(t_sec=20, k=10)).score(
+        Query(lin_eps, SCHED, X0, torch.tensor([0]), 0)
+    )
     assert score.shape == (1, 1) and score.dtype == torch.float32
     assert score.item() == pytest.approx(-expected, rel=1e-4)
 
@@ -101,13 +104,13 @@ def test_loss_hand_computed_one_draw() -> None:
         x_t = math.sqrt(a) * x + math.sqrt(1 - a) * n
         err += (0.5 * x_t - n) ** 2
     att = LossAttack(LossAttackConfig(timesteps=[t], draws=1, reduction="sum"))
-    score = att.score(half_eps, SCHED, X0, torch.tensor([row]), seed)
+    score = att.score(Query(half_eps, SCHED, X0, torch.tensor([row]), seed))
     assert score.shape == (1, 1) and score.dtype == torch.float32
     assert score.item() == pytest.approx(-err, rel=1e-5)
     mean_att = LossAttack(LossAttackConfig(timesteps=[t], draws=1, reduction="mean"))
-    assert mean_att.score(half_eps, SCHED, X0, torch.tensor([row]), seed).item() == pytest.approx(
-        -err / 4, rel=1e-5
-    )
+    assert mean_att.score(
+        Query(half_eps, SCHED, X0, torch.tensor([row]), seed)
+    ).item() == pytest.approx(-err / 4, rel=1e-5)
 
 
 def test_loss_averages_draws_and_timesteps() -> None:
@@ -119,7 +122,7 @@ def test_loss_averages_draws_and_timesteps() -> None:
             n = per_row_normal((3, 1, 2, 2), [row], seed, STREAM_LOSS_ATTACK, t)[:, d]
             x_t = SCHED.q_sample(X0, t, n)
             total += (half_eps(x_t, torch.tensor([t])) - n).pow(2).sum().item()
-    got = att.score(half_eps, SCHED, X0, torch.tensor([row]), seed).item()
+    got = att.score(Query(half_eps, SCHED, X0, torch.tensor([row]), seed)).item()
     assert got == pytest.approx(-total / 6, rel=1e-5)
 
 
@@ -136,7 +139,7 @@ def test_scores_independent_of_batch_composition(attack: object) -> None:
 
     def run(ids: list[int]) -> dict[int, float]:
         x = torch.stack([images[i] for i in ids])
-        s = attack.score(nonlinear_eps, SCHED, x, torch.tensor(ids), 17)
+        s = attack.score(Query(nonlinear_eps, SCHED, x, torch.tensor(ids), 17))
         assert s.shape == (len(ids), 1) and s.dtype == torch.float32
         return dict(zip(ids, s[:, 0].tolist()))
 
@@ -150,10 +153,10 @@ def test_loss_mean_vs_sum_rank_equivalent() -> None:
     x = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1
     ids = torch.arange(6)
     s_sum = LossAttack(LossAttackConfig(timesteps=[50], draws=2, reduction="sum")).score(
-        nonlinear_eps, SCHED, x, ids, 0
+        Query(nonlinear_eps, SCHED, x, ids, 0)
     )
     s_mean = LossAttack(LossAttackConfig(timesteps=[50], draws=2, reduction="mean")).score(
-        nonlinear_eps, SCHED, x, ids, 0
+        Query(nonlinear_eps, SCHED, x, ids, 0)
     )
     assert torch.allclose(s_mean * 16, s_sum, rtol=1e-5)
     assert torch.equal(torch.argsort(s_mean), torch.argsort(s_sum))
@@ -161,8 +164,8 @@ def test_loss_mean_vs_sum_rank_equivalent() -> None:
 
 def test_seed_changes_loss_score() -> None:
     att = LossAttack(LossAttackConfig(timesteps=[100], draws=1))
-    a = att.score(half_eps, SCHED, X0, torch.tensor([0]), 0)
-    b = att.score(half_eps, SCHED, X0, torch.tensor([0]), 1)
+    a = att.score(Query(half_eps, SCHED, X0, torch.tensor([0]), 0))
+    b = att.score(Query(half_eps, SCHED, X0, torch.tensor([0]), 1))
     assert a.item() != b.item()
     assert torch.all(a <= 0)
 
@@ -176,7 +179,7 @@ def test_tiny_unet_gives_finite_scores() -> None:
         LossAttack(LossAttackConfig(timesteps=[10, 100], draws=2)),
         SecMIStat(SecMIConfig(t_sec=20, k=10)),
     ):
-        s = attack.score(eps, SCHED, x, ids, 0)
+        s = attack.score(Query(eps, SCHED, x, ids, 0))
         assert s.shape == (3, 1) and s.dtype == torch.float32
         assert torch.isfinite(s).all()
 

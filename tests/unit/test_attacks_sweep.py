@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raydefense.attacks import ATTACKS
-from raydefense.attacks.base import AccessError, check_access, scaled_timestep
+from raydefense.attacks.base import AccessError, Query, check_access, scaled_timestep
 from raydefense.attacks.blackbox import BlackboxNN
 from raydefense.attacks.pia import PIA, PIAN, normalize_eps0
 from raydefense.attacks.secmi import ddim_move_yspace, secmi_error_maps
@@ -37,7 +37,7 @@ def test_pia_hand_computed_one_sample() -> None:
     f = math.sqrt(a) + math.sqrt(1 - a) * 0.5
     c = 0.5 + 200 / 500
     expected = -(abs(c * f - 0.5) ** 4) * sum(v**4 for v in X0.flatten().tolist())
-    s = att.score(lin_eps, SCHED, X0, torch.tensor([0]), 0)
+    s = att.score(Query(lin_eps, SCHED, X0, torch.tensor([0]), 0))
     assert s.shape == (1, 1)
     assert s.item() == pytest.approx(expected, rel=1e-4)
     assert att.settings() == [{"t": 200, "p": 4.0, "canonical": True}]
@@ -53,7 +53,7 @@ def test_pian_normalises_eps0() -> None:
     coef = 0.7 * (math.sqrt(a) + math.sqrt(1 - a) * 0.5 * k) - 0.5 * k
     expected = -(abs(coef) ** 4) * sum(v**4 for v in X0.flatten().tolist())
     s = PIAN(PIAConfig(timesteps=[100], canonical_t=100)).score(
-        lin_eps, SCHED, X0, torch.tensor([0]), 0
+        Query(lin_eps, SCHED, X0, torch.tensor([0]), 0)
     )
     assert s.item() == pytest.approx(expected, rel=1e-4)
 
@@ -66,7 +66,7 @@ def test_pia_p2_equals_squared_l2_distance() -> None:
         return torch.tanh(x) * (1 + t.view(-1, 1, 1, 1).float() / 1000) + 0.1 * x**2
 
     s2 = PIA(PIAConfig(timesteps=[50, 150], canonical_t=50, p=2)).score(
-        eps, SCHED, x, torch.arange(5), 0
+        Query(eps, SCHED, x, torch.arange(5), 0)
     )
     e0 = eps(x, torch.zeros(5, dtype=torch.long))
     for j, t in enumerate([50, 150]):
@@ -85,7 +85,7 @@ def test_pia_sweep_shares_eps0_and_scales_to_schedule() -> None:
 
     att = PIA({})  # default sweep 10..300 + canonical 200
     assert [s["t"] for s in att.settings()] == list(range(10, 301, 10))
-    att.score(spy, SCHED, X0, torch.tensor([0]), 0)
+    att.score(Query(spy, SCHED, X0, torch.tensor([0]), 0))
     assert calls[0] == [0] and sum(len(c) for c in calls[1:]) == 30  # 1 + 30 eps timesteps
     short = PIA({}, num_train_timesteps=100)
     assert [s["t"] for s in short.settings()][:3] == [1, 2, 3]
@@ -97,7 +97,7 @@ def test_pia_sweep_shares_eps0_and_scales_to_schedule() -> None:
 
 def test_sima_hand_computed() -> None:
     att = SimA(SimAConfig(timesteps=[0, 100], p=4))
-    s = att.score(lin_eps, SCHED, X0, torch.tensor([0]), 0)
+    s = att.score(Query(lin_eps, SCHED, X0, torch.tensor([0]), 0))
     x4 = sum(v**4 for v in X0.flatten().tolist())
     assert s.shape == (1, 2)
     assert s[0, 0].item() == pytest.approx(-(0.5**4) * x4, rel=1e-5)

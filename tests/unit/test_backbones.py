@@ -10,6 +10,7 @@ from typing import Any, Optional
 import pytest
 import torch
 
+from raydefense.attacks.base import Query
 from raydefense.attacks.gsa import GSA1
 from raydefense.config import ExperimentConfig, ModelConfig, TrainConfig
 from raydefense.diffusion import backbones
@@ -129,7 +130,7 @@ def test_a_new_backbone_trains_resumes_and_is_attacked_through_the_seam(
     eps = load_eps(toy, full.ckpt, "raw")
     x0, ids = images(3).images, torch.arange(3)
     assert eps(x0, torch.tensor([1, 2, 3])).shape == x0.shape
-    feats = GSA1({"num_timesteps": 2}).features(eps, SCHED, x0, ids, 0)
+    feats = GSA1({"num_timesteps": 2}).features(Query(eps, SCHED, x0, ids, 0))
     assert feats.shape == (3, 3) and torch.all(feats >= 0)  # conv weight, conv bias, embedding
 
 

@@ -4,14 +4,14 @@ embedding-table text encoder and tiny conditional noise predictors. No network, 
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 import torch
 from pydantic import ValidationError
 
 from raydefense.attacks import ATTACKS
-from raydefense.attacks.base import TextBatch, TextQueryAttack
+from raydefense.attacks.base import ColumnAttack, Query, QueryAttack, TextBatch, TextQueryAttack
 from raydefense.attacks.clid import (
     CLiD,
     caption_lengths,
@@ -155,7 +155,7 @@ def test_shapes_settings_queries_and_registration() -> None:
     cfg = {"timesteps": [440, 450], "draws": 2, "replace_fractions": [0.5], "alphas": [0.5]}
     b = len(CAPTIONS)
     out = CLiD(cfg).score_text(
-        net, SCHED, latents(b), torch.arange(b), 0, text_batch(CAPTIONS, enc)
+        Query(net, SCHED, latents(b), torch.arange(b), 0), text_batch(CAPTIONS, enc)
     )
     assert out.shape == (b, 3) and out.dtype == torch.float32 and torch.isfinite(out).all()
     # (caption, one weakened, null) x 2 timesteps, each on a draws * B batch
@@ -170,12 +170,14 @@ def test_deterministic_and_independent_of_batch_composition() -> None:
     enc, net = toy_encoder(), TinyCondEps()
     x0, ids = latents(len(CAPTIONS)), torch.arange(100, 100 + len(CAPTIONS))
     a = CLiD({"draws": 2})
-    full = a.score_text(net, SCHED, x0, ids, 7, text_batch(CAPTIONS, enc))
-    assert torch.equal(full, a.score_text(net, SCHED, x0, ids, 7, text_batch(CAPTIONS, enc)))
-    assert not torch.allclose(full, a.score_text(net, SCHED, x0, ids, 8, text_batch(CAPTIONS, enc)))
+    full = a.score_text(Query(net, SCHED, x0, ids, 7), text_batch(CAPTIONS, enc))
+    assert torch.equal(full, a.score_text(Query(net, SCHED, x0, ids, 7), text_batch(CAPTIONS, enc)))
+    assert not torch.allclose(
+        full, a.score_text(Query(net, SCHED, x0, ids, 8), text_batch(CAPTIONS, enc))
+    )
     perm = torch.tensor([5, 2, 7])
     part = a.score_text(
-        net, SCHED, x0[perm], ids[perm], 7, text_batch([CAPTIONS[i] for i in perm], enc)
+        Query(net, SCHED, x0[perm], ids[perm], 7), text_batch([CAPTIONS[i] for i in perm], enc)
     )
     assert torch.allclose(part, full[perm], atol=1e-6)
 
@@ -189,7 +191,9 @@ def test_scaled_timesteps_for_a_short_schedule() -> None:
         seen.extend(sorted(set(t.tolist())))
         return net(x_t, t, cond)
 
-    CLiD({}).score_text(eps, short, latents(2), torch.arange(2), 0, text_batch(CAPTIONS[:2], enc))
+    CLiD({}).score_text(
+        Query(eps, short, latents(2), torch.arange(2), 0), text_batch(CAPTIONS[:2], enc)
+    )
     assert sorted(set(seen)) == [44, 45, 46]
 
 
@@ -211,20 +215,41 @@ def test_a_model_that_memorised_its_members_ranks_them_first() -> None:
         hit = (member[rows] & own)[:, None, None, None]
         return torch.where(hit, noise, noise + 0.5)
 
-    out = CLiD({"draws": 2}).score_text(eps, SCHED, x0, ids, 0, tb)
+    out = CLiD({"draws": 2}).score_text(Query(eps, SCHED, x0, ids, 0), tb)
     assert out.shape == (b, 2 + len(CLiDConfig().alphas))
     assert (out[member].min(0).values > out[~member].max(0).values).all()
     assert torch.allclose(out[member, 0], torch.zeros(int(member.sum())), atol=1e-5)
     assert torch.allclose(out[~member, 1], torch.zeros(int((~member).sum())), atol=1e-5)
 
 
-def test_score_raises_and_mismatched_batches_are_refused() -> None:
+class _TextRows:
+    """An AttackBatch of one query and its captions (no public interface)."""
+
+    def __init__(self, q: Query, text: TextBatch) -> None:
+        self.q, self.tb = q, text
+
+    def query(self, eps: Any) -> Query:
+        assert eps is self.q.eps
+        return self.q
+
+    def text(self) -> TextBatch:
+        return self.tb
+
+    def public(self, eps: Any) -> Any:
+        raise AssertionError("a text attack reads no public interface")
+
+
+def test_text_attacks_are_query_siblings_and_mismatched_batches_are_refused() -> None:
     a = CLiD({})
-    with pytest.raises(TypeError, match="score_text"):
-        a.score(TinyCondEps(), SCHED, latents(2), torch.arange(2), 0)
+    # A sibling of the eps-query attacks: its columns come from the query and the captions.
+    assert isinstance(a, ColumnAttack) and not isinstance(a, QueryAttack)
+    eps, enc = TinyCondEps(), toy_encoder()
+    q, tb = Query(eps, SCHED, latents(2), torch.arange(2), 0), text_batch(CAPTIONS[:2], enc)
+    assert torch.equal(a.columns(_TextRows(q, tb), eps), a.score_text(q, tb))
     with pytest.raises(ValueError, match="captions for a batch"):
         a.score_text(
-            TinyCondEps(), SCHED, latents(3), torch.arange(3), 0, text_batch(["a"], toy_encoder())
+            Query(TinyCondEps(), SCHED, latents(3), torch.arange(3), 0),
+            text_batch(["a"], toy_encoder()),
         )
 
 

@@ -12,6 +12,7 @@ from sklearn.preprocessing import scale
 
 from raydefense.attacks import ATTACKS
 from raydefense.attacks import gsa as gsa_mod
+from raydefense.attacks.base import Query
 from raydefense.attacks.classifiers import (
     AttackResNet,
     Standardizer,
@@ -137,7 +138,7 @@ def test_gsa_attack_features_cache_and_errors(
     assert a2.settings() == [{"num_timesteps": 2, "classifier": "sklearn", "scaling": "separate"}]
     x0, ids = _x0(2), torch.tensor([0, 1])
     with pytest.raises(TypeError, match="needs the network itself"):
-        a1.features(lambda x, t: x, SCHED, x0, ids, 0)
+        a1.features(Query(lambda x, t: x, SCHED, x0, ids, 0))
     calls = []
     real = gsa_mod.gsa_features
 
@@ -148,8 +149,8 @@ def test_gsa_attack_features_cache_and_errors(
     monkeypatch.setattr(gsa_mod, "gsa_features", counting)
     cache: dict = {}
     eps = FrozenEps(tiny_unet)
-    f1 = a1.features(eps, SCHED, x0, ids, 0, cache)
-    f2 = a2.features(eps, SCHED, x0, ids, 0, cache)
+    f1 = a1.features(Query(eps, SCHED, x0, ids, 0, cache=cache))
+    f2 = a2.features(Query(eps, SCHED, x0, ids, 0, cache=cache))
     assert len(calls) == 1 and ("gsa", 2) in cache
     assert torch.equal(f1, cache[("gsa", 2)][0]) and torch.equal(f2, cache[("gsa", 2)][1])
 
@@ -268,11 +269,11 @@ def test_secmi_nn_features_share_cache() -> None:
     x_tilde, x_hat = secmi_error_maps(eps, SCHED, x0, 40, 10)
     n_calls = len(calls)
     cache: dict = {}
-    feats = att.features(eps, SCHED, x0, ids, 0, cache)
+    feats = att.features(Query(eps, SCHED, x0, ids, 0, cache=cache))
     assert feats.shape == (3, 64) and feats.dtype == torch.float32
     torch.testing.assert_close(feats, (x_tilde - x_hat).abs().flatten(1))
     assert len(calls) == 2 * n_calls and ("secmi", 40, 10) in cache
-    stat = SecMIStat({"t_sec": 40, "k": 10}).score(eps, SCHED, x0, ids, 0, cache)
+    stat = SecMIStat({"t_sec": 40, "k": 10}).score(Query(eps, SCHED, x0, ids, 0, cache=cache))
     assert len(calls) == 2 * n_calls  # reused, no new round trip
     torch.testing.assert_close(stat[:, 0], -feats.pow(2).sum(1))
 
