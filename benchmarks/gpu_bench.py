@@ -483,9 +483,9 @@ class Context:
             "sections": {},
             "incomplete": None,
         }
-        from raydefense.config import ModelConfig
+        from raydefense.families import UNet2DConfig
 
-        self.tiny_model = ModelConfig(block_out_channels=[16, 32], norm_num_groups=8)
+        self.tiny_model = UNet2DConfig(block_out_channels=[16, 32], norm_num_groups=8)
 
     def train_flops(self) -> float:
         """FLOPs of one training step's forward + backward at the run's batch (the optimizer

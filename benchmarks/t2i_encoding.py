@@ -23,13 +23,14 @@ import time
 
 import torch
 
-from raydefense.config import DataConfig, ModelConfig
+from raydefense.config import DataConfig
 from raydefense.data.pool import to_model_range
 from raydefense.data.sources import load_digits_captioned
 from raydefense.diffusion.backbones import build_net
 from raydefense.diffusion.backbones.sd import SDCodec
 from raydefense.diffusion.objectives import ddpm_loss
 from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.families import SDConfig
 
 SD = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
 FULL = {"steps": 30, "batch": 16, "threads": 2}
@@ -49,7 +50,7 @@ def main() -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig(kind="sd", pipeline=args.pipeline, beta_schedule="scaled_linear", **SD)
+    cfg = SDConfig(pipeline=args.pipeline, beta_schedule="scaled_linear", **SD)
     codec = SDCodec(cfg)
     pool = load_digits_captioned(DataConfig(source="digits_captioned"))
     assert pool.captions is not None

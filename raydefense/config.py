@@ -7,16 +7,33 @@ A config is an `ExperimentConfig` (pydantic, unknown keys forbidden). Presets li
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raydefense.errors import ConfigError
+
+# Re-exported (`X as X`): a model family's schema base and registry.
+from raydefense.families import DEFAULT_FAMILY as DEFAULT_FAMILY
+from raydefense.families import MODEL_FAMILIES as MODEL_FAMILIES
+from raydefense.families import ModelConfig as ModelConfig
+from raydefense.families import as_family as as_family
+from raydefense.families import model_families as model_families
+from raydefense.families import model_family as model_family
 from raydefense.hashing import stable_hash
+from raydefense.registry import Registry
 
 DEFAULT_PRESET = "digits"
 
@@ -126,64 +143,18 @@ class DataConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
-    """The network (`kind` names its backbone: raydefense.diffusion.backbones) and its DDPM noise
-    schedule. The layout fields shape the `unet2d` backbone, a diffusers UNet2DModel."""
-
-    kind: Literal["unet2d", "sd"] = Field(
-        "unet2d",
-        description="the backbone: unet2d = a pixel-space diffusers UNet2DModel trained from "
-        "scratch; sd = Stable Diffusion's latent, text-conditioned UNet2DConditionModel, "
-        "fine-tuned from model.pipeline (VAE and text encoder frozen)",
-    )
-    pipeline: Optional[str] = Field(
-        None,
-        description="sd: a local diffusers Stable Diffusion pipeline directory (unet/, vae/, "
-        "text_encoder/, tokenizer/, scheduler/), or 'tiny' for a small random one built offline",
-    )
-    block_out_channels: list[int] = [32, 64]
-    layers_per_block: int = Field(1, ge=1)
-    norm_num_groups: int = Field(8, ge=1)
-    attention: bool = False
-    downsample_padding: int = Field(
-        1, ge=0, description="padding of the strided downsampling convs (Ho et al.'s CIFAR UNet: 0)"
-    )
-    freq_shift: int = Field(
-        0, ge=0, description="timestep-embedding frequency shift (Ho et al.'s CIFAR UNet: 1)"
-    )
-    dropout: float = Field(
-        0.0, ge=0, lt=1, description="ResNet-block dropout (DDPM's CIFAR model uses 0.1)"
-    )
-    num_train_timesteps: int = Field(1000, ge=10)
-    beta_start: float = Field(1e-4, gt=0)
-    beta_end: float = Field(0.02, gt=0, lt=1)
-    beta_schedule: Literal["linear", "scaled_linear"] = Field(
-        "linear", description="scaled_linear: Stable Diffusion's (betas linear in sqrt(beta))"
-    )
-    gradient_checkpointing: bool = Field(
-        False,
-        description="sd: recompute UNet activations in the backward pass (less GPU memory, "
-        "about a third more compute; what SD fine-tuning at 512 px on one GPU uses)",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        if self.kind == "sd" and not self.pipeline:
-            raise ValueError(
-                "model.kind=sd fine-tunes a Stable Diffusion pipeline: set model.pipeline to its "
-                "local directory (or 'tiny' for a small random one)"
-            )
-        if not self.block_out_channels:
-            raise ValueError("model.block_out_channels must list at least one width")
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"model.block_out_channels {bad} are not divisible by model.norm_num_groups="
-                f"{self.norm_num_groups}; change one of them"
-            )
-        if self.beta_end <= self.beta_start:
-            raise ValueError("model.beta_end must be larger than model.beta_start")
-        return self
+def _model_of(value: Any) -> Any:
+    """`model` validated by its family's schema (dicts; a ModelConfig passes as it is)."""
+    if isinstance(value, Mapping):
+        kind = value.get("kind", DEFAULT_FAMILY)
+        if not isinstance(kind, str):
+            raise ValueError(f"model.kind must be a family name, got {kind!r}")
+        try:
+            family = model_family(kind)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return family.model_validate(dict(value))
+    return value
 
 
 class EarlyStoppingConfig(_Section):
@@ -686,8 +657,17 @@ class CombinedConfig(_Section):
     )
 
 
+# The settings sections of attacks added by other code (a plugin, a test): each registered under
+# its attack's name beside the attack's class, accepted as `attacks.<name>`. The built-in attacks'
+# sections are AttacksConfig's fields, so loading a config imports no attack code (no torch).
+ATTACK_SETTINGS: Registry[type[BaseModel]] = Registry("attack settings")
+
+
 class AttacksConfig(_Section):
     """Which attacks run in `evaluate`, against which targets, and their hyperparameters."""
+
+    # A registered attack's section (ATTACK_SETTINGS) is an extra key, validated by its schema.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     enabled: list[str] = ["loss", "secmi_stat"]
     targets: Optional[list[str]] = Field(
@@ -722,6 +702,40 @@ class AttacksConfig(_Section):
     quantile: QuantileConfig = QuantileConfig()
     combined: CombinedConfig = CombinedConfig()
     shadow: ShadowConfig = ShadowConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_sections(cls, data: Any) -> Any:
+        """Keys that are no field: registered attacks' sections (ATTACK_SETTINGS), validated by
+        their schemas; anything else is refused, naming the sections there are."""
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for k in [k for k in data if k not in cls.model_fields]:
+            if k not in ATTACK_SETTINGS:
+                known = sorted([*cls.model_fields, *ATTACK_SETTINGS.names()])
+                raise ValueError(
+                    f"attacks.{k} is neither a setting nor a registered attack's section; valid "
+                    f"keys there: {', '.join(known)}"
+                )
+            try:
+                out[k] = ATTACK_SETTINGS.get(k).model_validate(data[k])
+            except ValidationError as e:  # raised here it would lose the section's name
+                err = e.errors()[0]
+                where = ".".join(str(p) for p in ("attacks", k, *err["loc"]))
+                raise ValueError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
+        return out
+
+    def section(self, name: str) -> Optional[BaseModel]:
+        """The settings of attack `name`: its field, its registered section as given, or that
+        section's defaults; None for a name with no section."""
+        if name in type(self).model_fields:
+            value = getattr(self, name)
+            return value if isinstance(value, BaseModel) else None
+        given = (self.model_extra or {}).get(name)
+        if given is not None:
+            return given
+        return ATTACK_SETTINGS.get(name)() if name in ATTACK_SETTINGS else None
 
 
 class QualityConfig(_Section):
@@ -928,7 +942,9 @@ class ExperimentConfig(_Section):
     experiment: str = "digits"
     seed: int = 0
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
+    model: SerializeAsAny[ModelConfig] = Field(
+        default_factory=lambda: model_family(DEFAULT_FAMILY)()
+    )
     train: TrainConfig = TrainConfig()
     distill: DistillConfig = DistillConfig()
     attacks: AttacksConfig = AttacksConfig()
@@ -940,32 +956,36 @@ class ExperimentConfig(_Section):
     sweep: SweepConfig = SweepConfig()
     audit: AuditConfig = AuditConfig()
 
+    _family_schema = field_validator("model", mode="before")(_model_of)
+
     @model_validator(mode="after")
-    def _check_text_to_image(self) -> ExperimentConfig:
-        if self.model.kind == "sd" and self.train.hflip:
+    def _check_capabilities(self) -> ExperimentConfig:
+        """Settings the model family's capabilities rule out (`latent`, `conditional`)."""
+        m = self.model
+        if m.latent and self.train.hflip:
             raise ValueError(
-                "train.hflip flips pixels, but model.kind=sd trains on latents encoded once in "
-                "prepare: set train.hflip=false"
+                f"train.hflip flips pixels, but model.kind={m.kind} trains on latents encoded "
+                "once in prepare: set train.hflip=false"
             )
-        if self.model.kind != "sd" and self.data.prompt_diversification:
+        if not m.conditional and self.data.prompt_diversification:
             raise ValueError(
                 "data.prompt_diversification draws captions for a text-conditioned model; "
-                f"model.kind={self.model.kind} takes none: set model.kind=sd or turn it off"
+                f"model.kind={m.kind} takes none: set model.kind=sd or turn it off"
             )
-        if self.model.kind == "sd" and self.distill.synthetic_per_teacher:
+        if m.latent and self.distill.synthetic_per_teacher:
             raise ValueError(
-                "distill.synthetic_per_teacher draws pixel samples; a latent text-conditioned "
-                "model (model.kind=sd) is not supported: set it to 0"
+                "distill.synthetic_per_teacher draws pixel samples; a latent model "
+                f"(model.kind={m.kind}) is not supported: set it to 0"
             )
-        if self.model.kind == "sd" and self.distill.public_inputs:
+        if m.latent and self.distill.public_inputs:
             raise ValueError(
-                "distill.public_inputs labels pixel rows; a latent text-conditioned model "
-                "(model.kind=sd) is not supported: set it to false"
+                "distill.public_inputs labels pixel rows; a latent model "
+                f"(model.kind={m.kind}) is not supported: set it to false"
             )
-        if self.model.kind != "sd" and self.data.captioner is not None:
+        if not m.conditional and self.data.captioner is not None:
             raise ValueError(
                 "data.captioner writes captions for a text-conditioned model; "
-                f"model.kind={self.model.kind} takes none: set model.kind=sd or unset it"
+                f"model.kind={m.kind} takes none: set model.kind=sd or unset it"
             )
         return self
 
@@ -1095,7 +1115,11 @@ def split_presets(presets: Sequence[str]) -> tuple[Optional[str], list[str]]:
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into `base`, section by section; a `model` section that names another
+    family than the base's starts from the base's schedule only (`switch_family`)."""
     out = dict(base)
+    if isinstance(over.get("model"), dict) and isinstance(out.get("model"), dict):
+        out["model"] = switch_family(out["model"], over["model"].get("kind"))
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _deep_merge(out[k], v)
@@ -1135,28 +1159,54 @@ def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
             else:
                 node = node.setdefault(part, {})
             continue
-        if known is None or part not in known:
+        registered = i == 1 and parts[0] == "attacks" and part in ATTACK_SETTINGS
+        if not registered and (known is None or part not in known):
             where = ".".join(parts[:i]) or "the top level"
             choices = ", ".join(sorted(known)) if known else "(none: not a section)"
             raise ConfigError(
                 f"unknown config key {key!r}: {part!r} is not in {where}; "
                 f"valid keys there: {choices}"
             )
-        annotation = known[part].annotation
-        # Optional[Section] (data.captioner): its keys are the section's
-        members = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
-        if getattr(annotation, "model_fields", None) is None and len(members) == 1:
-            annotation = members[0]
-        sub = getattr(annotation, "model_fields", None)
-        if sub is None and getattr(annotation, "__origin__", None) is dict:
-            sub = "free"
+        if registered:  # a registered attack's section (ATTACK_SETTINGS)
+            sub: Any = ATTACK_SETTINGS.get(part).model_fields
+        else:
+            annotation = known[part].annotation
+            # Optional[Section] (data.captioner): its keys are the section's
+            members = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+            if getattr(annotation, "model_fields", None) is None and len(members) == 1:
+                annotation = members[0]
+            sub = getattr(annotation, "model_fields", None)
+            if sub is None and getattr(annotation, "__origin__", None) is dict:
+                sub = "free"
+        if i == 0 and part == "model":  # the keys of the family the tree selects so far
+            current = node.get("model") or {}
+            sub = _family_fields(current.get("kind", DEFAULT_FAMILY))
         if i == len(parts) - 1:
+            if i == 1 and parts[0] == "model" and part == "kind":  # another family's fields go
+                switched = dict(switch_family(node, value))
+                node.clear()
+                node.update(switched)
             node[part] = value
         else:
             if node.get(part) is None:  # an unset optional section
                 node[part] = {}
             node = node[part]
             known = sub
+
+
+def switch_family(model: dict[str, Any], kind: Any) -> dict[str, Any]:
+    """A `model` dict moved to family `kind`: unchanged for its own family (or kind None); for
+    another, only the keys every family shares (kind, the noise schedule) are kept, since the
+    old family's own fields mean nothing to the new one."""
+    if kind is None or kind == model.get("kind", DEFAULT_FAMILY):
+        return model
+    shared = {k: v for k, v in model.items() if k in ModelConfig.model_fields}
+    return {**shared, "kind": kind}
+
+
+def _family_fields(kind: Any) -> dict[str, Any]:
+    """The `model` keys of family `kind` (a ConfigError naming the families when unknown)."""
+    return dict(model_family(str(kind)).model_fields)
 
 
 def load_config(

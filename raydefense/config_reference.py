@@ -10,7 +10,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from raydefense.config import ExperimentConfig
+from raydefense.config import ExperimentConfig, ModelConfig, model_families
 
 HEADER = """# Configuration reference
 
@@ -76,6 +76,27 @@ def _section(model: type[BaseModel], prefix: str, level: int) -> list[str]:
         lines += ["| Key | Type | Default | Description |", "|---|---|---|---|", *rows, ""]
     for sub, key in subsections:
         lines += _section(sub, key, min(level + 1, 4) if prefix else 2)
+        if sub is ModelConfig:
+            lines += _families(key, 3)
+    return lines
+
+
+def _families(prefix: str, level: int) -> list[str]:
+    """One table per registered model family: the fields its schema adds to `model`."""
+    lines = []
+    for kind, family in model_families().items():
+        doc = " ".join((family.__doc__ or "").split())
+        caps = [c for c in ("latent", "conditional") if getattr(family, c)]
+        lines += [f"{'#' * level} `{prefix}` of `kind: {kind}`", ""]
+        lines += [f"{doc} Capabilities: {', '.join(caps) or 'none'}.", ""]
+        rows = [
+            f"| `{prefix}.{name}` | {_cell(_type_name(field.annotation))} | {_default(field)} | "
+            f"{_cell(field.description or '')} |"
+            for name, field in family.model_fields.items()
+            if name not in ModelConfig.model_fields
+        ]
+        if rows:
+            lines += ["| Key | Type | Default | Description |", "|---|---|---|---|", *rows, ""]
     return lines
 
 
@@ -89,4 +110,20 @@ def reference_markdown() -> str:
 
 def json_schema() -> str:
     """ExperimentConfig's JSON schema (pydantic), indented."""
-    return json.dumps(ExperimentConfig.model_json_schema(), indent=2) + "\n"
+    schema = ExperimentConfig.model_json_schema()
+    # `model` is validated by its family's schema: one of the registered ones, by `kind`.
+    defs = schema.setdefault("$defs", {})
+    options = []
+    for family in model_families().values():
+        sub = family.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[family.__name__] = sub
+        options.append({"$ref": f"#/$defs/{family.__name__}"})
+    model = schema["properties"]["model"]
+    defs.pop(ModelConfig.__name__, None)  # only the families are referenced
+    schema["properties"]["model"] = {
+        "oneOf": options,
+        "discriminator": {"propertyName": "kind"},
+        **{k: v for k, v in model.items() if k not in ("$ref", "allOf")},
+    }
+    return json.dumps(schema, indent=2) + "\n"

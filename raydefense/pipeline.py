@@ -44,7 +44,6 @@ from raydefense.data.plan import Plan, check_captions, make_plan, unused_rows
 from raydefense.data.pool import image_column
 from raydefense.data.tables import read_plan, write_plan
 from raydefense.defense.distillmd import auto_draws
-from raydefense.diffusion.backbones import is_latent
 from raydefense.diffusion.backbones.sd import pipeline_dir
 from raydefense.diffusion.encode import encode_plan_rows
 from raydefense.errors import ConfigError, DataError, FitsFailed
@@ -107,7 +106,7 @@ def stage_prepare(ctx: RunContext) -> None:
             time.perf_counter() - t0,
         )
     write_plan(ctx.storage, plan)
-    if is_latent(cfg.model):  # the VAE and the text encoder are frozen: encode once
+    if cfg.model.latent:  # the VAE and the text encoder are frozen: encode once
         t0 = time.perf_counter()
         counts = encode_plan_rows(cfg, plan, ctx.storage)
         log.info(
@@ -301,7 +300,7 @@ def _register(ctx: RunContext, model: str, run_id: Optional[str]) -> None:
             for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
         },
         "image_shape": shape,
-        "pipeline": pipeline_dir(cfg.model) if is_latent(cfg.model) else None,
+        "pipeline": pipeline_dir(cfg.model) if cfg.model.latent else None,
         "experiment": cfg.experiment,
         "model": model,
     }
@@ -516,7 +515,7 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
             entry["gain_over_without_calibrated"] = paired_auc_gain(
                 scores, t, entry, old, cfg.attacks.bootstrap, cfg.seed
             )
-    if is_latent(cfg.model):  # text-to-image: this run's table, or the study's when base
+    if cfg.model.latent:  # text-to-image: this run's table, or the study's when base
         results["text_to_image"] = _t2i_table(ctx, results)
     seeds = _seed_study(ctx)
     if seeds:

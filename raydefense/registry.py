@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from raydefense.errors import UnknownComponentError
@@ -35,6 +36,16 @@ class Registry(Generic[T]):
             raise UnknownComponentError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
             ) from None
+
+    @contextmanager
+    def registered(self, name: str, obj: T) -> Iterator[T]:
+        """`obj` registered under `name` for the duration of a with-block (a plugin in a test,
+        say), then removed."""
+        self.register(name)(obj)
+        try:
+            yield obj
+        finally:
+            self._items.pop(name.lower(), None)
 
     def names(self) -> list[str]:
         return sorted(self._items)

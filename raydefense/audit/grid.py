@@ -40,7 +40,8 @@ class GridPoint:
         return f"{self.attack}@{self.index}"
 
     def section(self, cfg: ExperimentConfig) -> Any:
-        base = getattr(cfg.attacks, self.attack)
+        base = cfg.attacks.section(self.attack)
+        assert base is not None, f"attack {self.attack!r} has no settings section"
         return type(base).model_validate({**base.model_dump(), **dict(self.values)})
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from raydefense.audit.targets import audit_targets
-from raydefense.config import ExperimentConfig
+from raydefense.config import DEFAULT_FAMILY, ExperimentConfig, model_families
 from raydefense.diffusion.backbones import backbone_of, data_shape
 from raydefense.diffusion.checkpoint import WEIGHTS_DIRS
 from raydefense.errors import ConfigError
@@ -34,8 +34,12 @@ from raydefense.layout import model_dir
 from raydefense.storage import Storage
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-UNET_CLASSES = {"UNet2DModel": "unet2d", "UNet2DConditionModel": "sd"}
 SEARCH_DEPTH = 4  # how deep into downloaded MLflow artifacts a model directory is looked for
+
+
+def unet_classes() -> dict[str, str]:
+    """{diffusers class name: model.kind} of the registered families that save one."""
+    return {f.diffusers_class: k for k, f in model_families().items() if f.diffusers_class}
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def _unet_class(directory: str) -> Optional[str]:
             name = json.load(f).get("_class_name")
     except (OSError, ValueError):
         return None
-    return name if name in UNET_CLASSES else None
+    return name if name in unet_classes() else None
 
 
 def _as_model(role: str, uri: str, path: str) -> Optional[ImportedModel]:
@@ -183,10 +187,11 @@ def check_imported(cfg: ExperimentConfig, m: ImportedModel, image_shape: tuple[i
         ConfigError: one line naming the mismatch and the setting that fixes it.
     """
     cls = _unet_class(m.raw)
-    if cls is None or UNET_CLASSES[cls] != cfg.model.kind:
+    kinds = unet_classes()
+    if cls is None or kinds[cls] != cfg.model.kind:
         raise ConfigError(
             f"audit model {m.role}={m.uri} is a {cls}, but model.kind={cfg.model.kind}: set "
-            f"model.kind={UNET_CLASSES.get(cls or '', 'unet2d')}"
+            f"model.kind={kinds.get(cls or '', DEFAULT_FAMILY)}"
         )
     with open(os.path.join(m.raw, "config.json")) as f:
         conf = json.load(f)

@@ -60,7 +60,7 @@ def base_attacks(cfg: ExperimentConfig, attack: ReferenceAttack) -> dict[str, li
         ConfigError: a named base is not such an enabled attack, or there is none.
     """
     plain = {a.name: a.settings() for a in build_attacks(cfg) if isinstance(a, QueryAttack)}
-    named = getattr(cfg.attacks, attack.name).bases
+    named = getattr(cfg.attacks.section(attack.name), "bases", None)
     if named is None:
         if not plain:
             raise ConfigError(

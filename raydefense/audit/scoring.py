@@ -32,7 +32,7 @@ from raydefense.data.plan import Plan
 from raydefense.data.pool import image_column, to_model_range
 from raydefense.data.tables import decode_images, image_shape
 from raydefense.defense.dualmd import DualMDPipeline, DualMDStepRouter
-from raydefense.diffusion.backbones import data_shape, is_latent, load_eps
+from raydefense.diffusion.backbones import data_shape, load_eps
 from raydefense.diffusion.backbones.sd import SDCodec
 from raydefense.diffusion.eps import EpsModel, EpsNet, FrozenEps
 from raydefense.diffusion.sampling import sample
@@ -116,7 +116,7 @@ class ScoringWorker:
         w = cfg.attacks.weights
         # Latent families: attacks query latents (a seeded VAE posterior draw per row, as
         # SecMI-LDM does) conditioned on the row's original caption.
-        self.encoded = read_encoded(storage) if is_latent(cfg.model) else None
+        self.encoded = read_encoded(storage) if cfg.model.latent else None
         self._codec: Optional[SDCodec] = None
         self.eps: dict[str, EpsModel] = {
             w: load_target(cfg, storage, model, w, cache_dir, teachers, device)

@@ -24,7 +24,6 @@ from raydefense.attacks.base import AccessError, Attack, check_access
 from raydefense.config import ExperimentConfig
 from raydefense.data.plan import MEMBER, NONMEMBER, Plan
 from raydefense.defense.dualmd import timestep_owners
-from raydefense.diffusion.backbones import is_latent
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import ConfigError
 from raydefense.roster import (
@@ -85,11 +84,11 @@ def build_attacks(cfg: ExperimentConfig) -> list[Attack]:
     out = []
     for name in cfg.attacks.enabled:
         cls = ATTACKS.get(name)
-        section = getattr(cfg.attacks, name, None)
+        section = cfg.attacks.section(name)
         if section is None:
             raise ConfigError(f"attack {name!r} has no config section attacks.{name}")
         attack = cls(section, cfg.model.num_train_timesteps)
-        if attack.text_only and not is_latent(cfg.model):
+        if attack.text_only and not cfg.model.conditional:
             raise ConfigError(
                 f"attack {name!r} needs captions: it attacks text-to-image models "
                 "(model.kind=sd); drop it from attacks.enabled"

@@ -21,7 +21,7 @@ from raydefense.data.encoded import read_encoded
 from raydefense.data.pool import image_column
 from raydefense.data.tables import decode_images, encode_float_rows, encode_target_rows
 from raydefense.defense.distillmd import SoftTargetLabeller, synthetic_images, synthetic_row_ids
-from raydefense.diffusion.backbones import is_latent, load_eps
+from raydefense.diffusion.backbones import load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.distributed.progress import advance, report
@@ -62,7 +62,7 @@ class LabellerActor:
         }
         schedule = NoiseSchedule.of(cfg.model)
         # Latent families label encoded rows (latents + caption embeddings), not pixels.
-        self.encoded = read_encoded(storage) if is_latent(cfg.model) else None
+        self.encoded = read_encoded(storage) if cfg.model.latent else None
         self.shape = tuple(image_shape)
         self.target_dtype = cfg.distill.target_dtype
         self.store_x_t = cfg.distill.store_x_t
@@ -122,7 +122,7 @@ def label_soft_targets(
         groups = {r: teachers.index(o[0]) for r, o in owners.items()}
     storage.delete(out_dir)
     # Latent families label their encoded rows (read by each actor): no pixels to ship.
-    columns = ["row_id"] if is_latent(cfg.model) else ["row_id", "image"]
+    columns = ["row_id"] if cfg.model.latent else ["row_id", "image"]
     # Plan rows come from the rows table, the others (synthetic, public) from extra_rows; with
     # distill.member_inputs=false no plan row is labelled and the rows table is not read.
     extra_ids = {

@@ -18,7 +18,7 @@ from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import model_training_latents, read_encoded
 from raydefense.data.examples import TrainData
 from raydefense.data.tables import image_shape, model_training_images, read_plan, read_soft_targets
-from raydefense.diffusion.backbones import data_shape, is_latent
+from raydefense.diffusion.backbones import data_shape
 from raydefense.diffusion.eps import EpsNet
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import Reporter, fit
@@ -47,7 +47,7 @@ def load_fit(cfg: ExperimentConfig, storage: Storage, spec: FitSpec) -> FitWork:
     shape = image_shape(storage)
     # One read of the plan (the image table) serves both the DDPM rows and the validation rows.
     plan = read_plan(storage) if (spec.kind != "distill" or cfg.train.val_rows) else None
-    encoded = read_encoded(storage) if is_latent(cfg.model) else None
+    encoded = read_encoded(storage) if cfg.model.latent else None
     schedule = NoiseSchedule.of(cfg.model)
     data: TrainData
     if spec.kind == "distill":

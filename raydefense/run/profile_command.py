@@ -29,9 +29,9 @@ def run_profile(
         RaydefenseError: no trained student or baseline under the experiment yet.
     """
     from raydefense.data.tables import read_plan
-    from raydefense.diffusion.backbones import is_latent, load_eps
+    from raydefense.diffusion.backbones import load_eps
 
-    if is_latent(cfg.model):
+    if cfg.model.latent:
         raise ConfigError(
             "raydefense profile measures pixel-space models; model.kind=sd is not supported"
         )

@@ -52,10 +52,11 @@ def run_promptdiv(
     """
     overrides = list(overrides or [])
     cfg = absolutize(load_config(preset, config, overrides))
-    if cfg.model.kind != "sd":
+    if not cfg.model.conditional:
         raise ConfigError(
             f"raydefense promptdiv compares caption settings of a text-to-image model; "
-            f"model.kind={cfg.model.kind}: use model.kind=sd (e.g. --preset tiny_t2i)"
+            f"model.kind={cfg.model.kind} takes no captions: use model.kind=sd (e.g. --preset "
+            "tiny_t2i)"
         )
     if cfg.data.prompt_diversification:
         raise ConfigError(

@@ -46,7 +46,7 @@ from raydefense.audit.targets import ADAPTIVE, schedule_of
 from raydefense.config import TRAIN_ROLES, ExperimentConfig, first_error, set_path
 from raydefense.data.encoded import read_encoded
 from raydefense.data.tables import read_plan
-from raydefense.diffusion.backbones import is_latent, load_net
+from raydefense.diffusion.backbones import load_net
 from raydefense.errors import ConfigError
 from raydefense.hashing import stable_hash
 from raydefense.pipeline import run_pipeline
@@ -394,7 +394,7 @@ def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str)
             storage.local_dir(layout.model_dir(watched_model(cfg.sweep.target)), cache),
             "ema",
         )
-    encoded = read_encoded(storage) if is_latent(tcfg.model) else None
+    encoded = read_encoded(storage) if tcfg.model.latent else None
     validate = heldout_validator(
         read_plan(storage),
         schedule_of(tcfg),

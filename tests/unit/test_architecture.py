@@ -19,6 +19,7 @@ LAYERS = [
         "raydefense.seeding",
         "raydefense.registry",
         "raydefense.hashing",
+        "raydefense.families",
         "raydefense.config",
         "raydefense.config_reference",
         "raydefense.storage",

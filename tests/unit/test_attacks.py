@@ -11,10 +11,11 @@ from raydefense.attacks import ATTACKS
 from raydefense.attacks.base import Query
 from raydefense.attacks.loss import LossAttack
 from raydefense.attacks.secmi import SecMIStat, secmi_error_maps
-from raydefense.config import LossAttackConfig, ModelConfig, SecMIConfig
+from raydefense.config import LossAttackConfig, SecMIConfig
 from raydefense.diffusion.backbones import build_net
 from raydefense.diffusion.eps import FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
+from raydefense.families import UNet2DConfig
 from raydefense.seeding import STREAM_LOSS_ATTACK, per_row_normal
 
 SCHED = NoiseSchedule()
@@ -172,7 +173,7 @@ def test_seed_changes_loss_score() -> None:
 
 def test_tiny_unet_gives_finite_scores() -> None:
     torch.manual_seed(0)
-    eps = FrozenEps(build_net(ModelConfig(block_out_channels=[16, 32]), (1, 8, 8)).eval())
+    eps = FrozenEps(build_net(UNet2DConfig(block_out_channels=[16, 32]), (1, 8, 8)).eval())
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     ids = torch.tensor([0, 1, 2])
     for attack in (

@@ -5,26 +5,26 @@ registered here trains, checkpoints, resumes and is attacked with no other code 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from collections.abc import Iterator
+from typing import Any, Literal, Optional
 
 import pytest
 import torch
 
 from raydefense.attacks.base import Query
 from raydefense.attacks.gsa import GSA1
-from raydefense.config import ExperimentConfig, ModelConfig, TrainConfig
-from raydefense.diffusion import backbones
+from raydefense.config import MODEL_FAMILIES, ExperimentConfig, ModelConfig, TrainConfig
 from raydefense.diffusion.backbones import BACKBONES, build_net, load_eps, load_net
 from raydefense.diffusion.backbones.unet2d import UNet2DNet, load_unet
 from raydefense.diffusion.eps import EpsNet, FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import fit
-from raydefense.registry import Registry
+from raydefense.families import UNet2DConfig
 from raydefense.run.fingerprints import config_tree, stage_fingerprints
 from tests.unit.test_training import ListReporter, images
 
 SCHED = NoiseSchedule()
-SMALL = ModelConfig(block_out_channels=[8, 16], norm_num_groups=4)
+SMALL = UNet2DConfig(block_out_channels=[8, 16], norm_num_groups=4)
 
 
 class ToyNet(EpsNet):
@@ -62,25 +62,27 @@ class Toy:
         return image_shape
 
 
+class ToyConfig(ModelConfig):
+    """`model.kind: toy`: the schedule only."""
+
+    kind: Literal["toy"] = "toy"  # type: ignore[assignment]
+
+
 @pytest.fixture
-def toy(monkeypatch: pytest.MonkeyPatch) -> ModelConfig:
-    """The registry with `toy` added, and a model config that selects it (model.kind is a
-    Literal of the shipped families, so the test bypasses validation with model_copy)."""
-    reg: Registry[Any] = Registry("backbone")
-    reg.register("unet2d")(BACKBONES.get("unet2d"))
-    reg.register("toy")(Toy())
-    monkeypatch.setattr(backbones, "BACKBONES", reg)
-    return SMALL.model_copy(update={"kind": "toy"})
+def toy() -> Iterator[ModelConfig]:
+    """The `toy` family registered (schema and backbone) for one test, and a config of it."""
+    with MODEL_FAMILIES.registered("toy", ToyConfig), BACKBONES.registered("toy", Toy()):
+        yield ToyConfig()
 
 
 def test_unet2d_is_the_default_backbone_and_unknown_kinds_are_refused() -> None:
-    assert ModelConfig().kind == "unet2d" and "unet2d" in BACKBONES
+    assert isinstance(ExperimentConfig().model, UNet2DConfig) and "unet2d" in BACKBONES
     net = build_net(SMALL, (1, 8, 8))
     assert isinstance(net, UNet2DNet)
     out = net(torch.zeros(2, 1, 8, 8), torch.tensor([0, 999]))
     assert out.shape == (2, 1, 8, 8) and out.requires_grad  # a plain tensor, with autograd
-    with pytest.raises(ValueError, match="kind"):
-        ModelConfig(kind="latent_sd")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown model family 'latent_sd'; choose one of"):
+        ExperimentConfig.model_validate({"model": {"kind": "latent_sd"}})
     with pytest.raises(ValueError, match="square"):
         build_net(SMALL, (1, 8, 6))
 
@@ -134,12 +136,14 @@ def test_a_new_backbone_trains_resumes_and_is_attacked_through_the_seam(
     assert feats.shape == (3, 3) and torch.all(feats >= 0)  # conv weight, conv bias, embedding
 
 
-def test_the_default_kind_keeps_fingerprints_and_another_kind_changes_them() -> None:
+def test_the_default_kind_keeps_fingerprints_and_another_kind_changes_them(
+    toy: ModelConfig,
+) -> None:
     """Models trained before `model.kind` existed keep their fingerprints (the default kind is
     not hashed); another family retrains every model but reuses the prepared data."""
     cfg = ExperimentConfig()
     assert "kind" not in config_tree(cfg)["model"]
-    other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kind": "toy"})})
-    assert config_tree(other)["model"]["kind"] == "toy"
+    other = ExperimentConfig.model_validate({"model": {"kind": "toy"}})
+    assert isinstance(other.model, ToyConfig) and config_tree(other)["model"]["kind"] == "toy"
     a, b = stage_fingerprints(cfg), stage_fingerprints(other)
     assert a["prepare"] == b["prepare"] and a["train"] != b["train"]

@@ -24,11 +24,12 @@ from raydefense.attacks.classifiers import (
 from raydefense.attacks.gsa import GSA1, GSA2, gsa_features, gsa_timesteps
 from raydefense.attacks.secmi import SecMIStat, secmi_error_maps
 from raydefense.attacks.secmi_nn import SecMINN
-from raydefense.config import GSAConfig, ModelConfig, SecMINNConfig
+from raydefense.config import GSAConfig, SecMINNConfig
 from raydefense.diffusion.backbones import build_net
 from raydefense.diffusion.eps import EpsNet, FrozenEps
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import ConfigError
+from raydefense.families import UNet2DConfig
 from raydefense.seeding import STREAM_GSA, per_row_normal
 
 SCHED = NoiseSchedule()
@@ -37,7 +38,7 @@ SCHED = NoiseSchedule()
 @pytest.fixture(scope="module")
 def tiny_unet() -> EpsNet:
     torch.manual_seed(0)
-    return build_net(ModelConfig(block_out_channels=[8, 16], norm_num_groups=4), (1, 8, 8)).eval()
+    return build_net(UNet2DConfig(block_out_channels=[8, 16], norm_num_groups=4), (1, 8, 8)).eval()
 
 
 def _x0(b: int, seed: int = 1) -> torch.Tensor:

@@ -60,13 +60,13 @@ def test_eps_models_take_an_optional_condition():
     it; the router hands each teacher its own rows of the condition."""
     import pytest
 
-    from raydefense.config import ModelConfig
     from raydefense.defense.dualmd import DualMDStepRouter
     from raydefense.diffusion.backbones import build_net
     from raydefense.diffusion.eps import FrozenEps
+    from raydefense.families import UNet2DConfig
 
     eps = FrozenEps(
-        build_net(ModelConfig(block_out_channels=[8, 16], norm_num_groups=4), (1, 8, 8))
+        build_net(UNet2DConfig(block_out_channels=[8, 16], norm_num_groups=4), (1, 8, 8))
     )
     x, t = torch.zeros(2, 1, 8, 8), torch.tensor([1, 900])
     assert eps(x, t).shape == (2, 1, 8, 8) and torch.equal(eps(x, t, None), eps(x, t))

@@ -32,6 +32,7 @@ from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.tiny_sd import TOKEN_LENGTH
 from raydefense.diffusion.training import BatchSource
 from raydefense.errors import ConfigError, PrivacyInvariantError
+from raydefense.families import SDConfig, UNet2DConfig
 from raydefense.storage import Storage
 
 SD_SCHEDULE = {
@@ -48,7 +49,7 @@ def sd_cfg(tiny_cache: Path) -> Iterator[ModelConfig]:
     old = os.environ.get("RAYDEFENSE_CACHE")
     os.environ["RAYDEFENSE_CACHE"] = str(tiny_cache)
     try:
-        yield ModelConfig(kind="sd", pipeline="tiny", **SD_SCHEDULE)
+        yield SDConfig(pipeline="tiny", **SD_SCHEDULE)
     finally:
         if old is None:
             del os.environ["RAYDEFENSE_CACHE"]
@@ -100,11 +101,11 @@ def test_pipeline_dir_errors_name_the_missing_component(sd_cfg: ModelConfig, tmp
     shutil.copytree(pipeline_dir(sd_cfg), broken)
     shutil.rmtree(broken / "vae")
     with pytest.raises(ConfigError, match=r"has no vae/.*StableDiffusionPipeline.save_pretrained"):
-        pipeline_dir(ModelConfig(kind="sd", pipeline=str(broken), **SD_SCHEDULE))
+        pipeline_dir(SDConfig(pipeline=str(broken), **SD_SCHEDULE))
     with pytest.raises(ConfigError, match="is not a directory"):
-        pipeline_dir(ModelConfig(kind="sd", pipeline=str(tmp_path / "nowhere"), **SD_SCHEDULE))
+        pipeline_dir(SDConfig(pipeline=str(tmp_path / "nowhere"), **SD_SCHEDULE))
     with pytest.raises(ValueError, match="set model.pipeline"):
-        ModelConfig(kind="sd")
+        SDConfig()
 
 
 def test_scheduler_must_match_the_config_and_predict_eps(
@@ -112,7 +113,7 @@ def test_scheduler_must_match_the_config_and_predict_eps(
 ) -> None:
     path = pipeline_dir(sd_cfg)
     check_scheduler(sd_cfg, path)
-    wrong = ModelConfig(kind="sd", pipeline="tiny", **{**SD_SCHEDULE, "beta_schedule": "linear"})
+    wrong = SDConfig(pipeline="tiny", **{**SD_SCHEDULE, "beta_schedule": "linear"})
     with pytest.raises(ConfigError, match="model.beta_schedule='linear' but the pipeline"):
         check_scheduler(wrong, path)
     vpred = tmp_path / "sd"
@@ -478,7 +479,7 @@ def test_rediffuse_queries_an_unconditional_models_public_interface() -> None:
     pixels, seeded per row, and DualMD's interface alternates its teachers."""
     from raydefense.diffusion.eps import FrozenEps
 
-    cfg = ModelConfig(block_out_channels=[8, 16], norm_num_groups=4)
+    cfg = UNet2DConfig(block_out_channels=[8, 16], norm_num_groups=4)
     torch.manual_seed(0)
     nets = [FrozenEps(build_net(cfg, (1, 8, 8)).eval()) for _ in range(2)]
     images = torch.rand(3, 1, 8, 8) * 2 - 1

@@ -8,14 +8,15 @@ import tempfile
 import numpy as np
 import torch
 
-from raydefense.config import ModelConfig, TrainConfig
+from raydefense.config import TrainConfig
 from raydefense.data.examples import ImageData, SoftTargetData
 from raydefense.diffusion.backbones import load_net
 from raydefense.diffusion.backbones.unet2d import load_unet
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import BatchSource, fit
+from raydefense.families import UNet2DConfig
 
-MODEL = ModelConfig(block_out_channels=[8, 16], norm_num_groups=4)
+MODEL = UNet2DConfig(block_out_channels=[8, 16], norm_num_groups=4)
 SCHED = NoiseSchedule()
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raydefense.config import ModelConfig, TrainConfig
+from raydefense.config import TrainConfig
 from raydefense.data.examples import ImageData, SoftTargetData
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import TrainStep, prepare_fit
+from raydefense.families import UNet2DConfig
 from raydefense.testing.host_reads import HostReads
 
-MODEL = ModelConfig(block_out_channels=[8, 16], norm_num_groups=4)
+MODEL = UNet2DConfig(block_out_channels=[8, 16], norm_num_groups=4)
 SCHED = NoiseSchedule()
 # The cifar10_ddpm step's options: flips, EMA 0.9999, grad clip, lr warmup.
 CFG = dict(batch_size=4, lr=2e-4, warmup_steps=5, grad_clip=1.0, ema_decay=0.9999, hflip=True)

@@ -1,4 +1,6 @@
-"""Model families (`BACKBONES`, keyed by `model.kind`) and the calls the rest of the code uses.
+"""Model families' backbones (`BACKBONES`, keyed by `model.kind`) and the calls the rest of the
+code uses. A family's schema (fields, checks, capabilities `latent` / `conditional`) is its
+`ModelConfig` subclass in `raydefense.config.MODEL_FAMILIES` (built in: `raydefense.families`).
 
 Importing this package registers every built-in backbone.
 """
@@ -28,11 +30,6 @@ def data_shape(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> tuple[int
     return backbone_of(cfg).data_shape(cfg, image_shape)
 
 
-def is_latent(cfg: ModelConfig) -> bool:
-    """A latent, text-conditioned family (its data are encoded rows: latents + captions)."""
-    return cfg.kind == "sd"
-
-
 def load_net(cfg: ModelConfig, directory: str, weights: str = "ema") -> EpsNet:
     """The `ema` or `raw` weights of a model/checkpoint directory, frozen, in eval mode."""
     return backbone_of(cfg).load(weights_dir(directory, weights))
@@ -51,7 +48,6 @@ __all__ = [
     "backbone_of",
     "build_net",
     "data_shape",
-    "is_latent",
     "load_eps",
     "load_net",
 ]

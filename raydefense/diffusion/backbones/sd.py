@@ -19,19 +19,21 @@ from typing import Any, Optional
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from raydefense.config import ModelConfig
+from raydefense.config import ModelConfig, as_family
 from raydefense.diffusion.backbones.backbone import BACKBONES
 from raydefense.diffusion.eps import EpsNet
 from raydefense.diffusion.tiny_sd import TINY, tiny_pipeline_dir
 from raydefense.errors import ConfigError
+from raydefense.families.sd_schema import SDConfig
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 
 
-def pipeline_dir(cfg: ModelConfig) -> str:
+def pipeline_dir(model: ModelConfig) -> str:
     """The local pipeline directory `model.pipeline` names ('tiny': built on first use), checked
     to hold every component; ConfigError (one line) otherwise."""
+    cfg = as_family(model, SDConfig)
     if not cfg.pipeline:
         raise ConfigError("model.kind=sd needs model.pipeline: a local diffusers pipeline dir")
     path = tiny_pipeline_dir() if cfg.pipeline == TINY else os.path.expanduser(cfg.pipeline)
@@ -58,8 +60,9 @@ def check_scheduler(cfg: ModelConfig, path: str) -> None:
     pred = sched.get("prediction_type", "epsilon")
     if pred != "epsilon":
         raise ConfigError(
-            f"model.pipeline {cfg.pipeline!r} predicts {pred!r}; raydefense trains and attacks "
-            "eps-prediction models only: use an epsilon pipeline (SD v1.x)"
+            f"model.pipeline {as_family(cfg, SDConfig).pipeline!r} predicts {pred!r}; "
+            "raydefense trains and attacks eps-prediction models only: use an epsilon pipeline "
+            "(SD v1.x)"
         )
     want = {
         "num_train_timesteps": cfg.num_train_timesteps,
@@ -113,7 +116,7 @@ class SD:
         path = pipeline_dir(cfg)
         check_scheduler(cfg, path)
         unet = _load_unet(os.path.join(path, "unet"))
-        if cfg.gradient_checkpointing:
+        if as_family(cfg, SDConfig).gradient_checkpointing:
             unet.enable_gradient_checkpointing()  # type: ignore[attr-defined]  # diffusers stubs
         return SDUNetNet(unet).train()
 

@@ -11,13 +11,14 @@ from typing import Any, Optional
 import torch
 from diffusers import UNet2DModel
 
-from raydefense.config import ModelConfig
+from raydefense.config import ModelConfig, as_family
 from raydefense.diffusion.backbones.backbone import BACKBONES
 from raydefense.diffusion.checkpoint import weights_dir
 from raydefense.diffusion.eps import EpsNet, check_unconditional
+from raydefense.families.unet2d_schema import UNet2DConfig
 
 
-def build_unet(cfg: ModelConfig, image_size: int, channels: int) -> UNet2DModel:
+def build_unet(cfg: UNet2DConfig, image_size: int, channels: int) -> UNet2DModel:
     """A small diffusers UNet2DModel; attention only in the mid-block unless cfg.attention.
 
     Args:
@@ -79,7 +80,7 @@ class UNet2D:
         c, h, w = image_shape
         if h != w:
             raise ValueError(f"unet2d needs square images, got {h}x{w}; set data.resolution")
-        return UNet2DNet(build_unet(cfg, image_size=h, channels=c))
+        return UNet2DNet(build_unet(as_family(cfg, UNet2DConfig), image_size=h, channels=c))
 
     def load(self, directory: str) -> EpsNet:
         return UNet2DNet(_load_pretrained(directory)).eval().requires_grad_(False)
