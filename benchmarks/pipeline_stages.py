@@ -15,7 +15,7 @@ import json
 import tempfile
 import time
 
-from raydefense.cli import execute
+from raydefense.commands import execute
 
 # The smoke preset shrunk to seconds per stage, as tests/conftest.py's tiny_config; --set wins.
 TINY_SETS = [

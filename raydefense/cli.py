@@ -23,16 +23,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Optional
 
 from raydefense.config import (
-    ExperimentConfig,
     experiment_preset_names,
     hardware_preset_names,
     load_config,
@@ -41,8 +35,7 @@ from raydefense.console import result
 from raydefense.errors import RaydefenseError
 
 if TYPE_CHECKING:
-    from raydefense.storage import Storage
-    from raydefense.tracking.tracker import Tracker
+    pass
 
 COMMANDS = {
     "run": "report",
@@ -242,6 +235,14 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         help="rerun a stage even if it is complete (repeatable)",
     )
     p.add_argument(
+        "--executor",
+        choices=("ray", "local"),
+        default="ray",
+        help="where the work runs: ray (default; Ray Train, Data and Tune on a local Ray or the "
+        "cluster) or local (this process, no Ray: fits one after another, sweeps without early "
+        "stopping; for debugging and small runs)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="show Ray's own logs (workers, Ray Data, the raylet) on the console; by default "
@@ -308,211 +309,11 @@ def config_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--set", o]
     for f in args.force:
         argv += ["--force", f]
+    if getattr(args, "executor", "ray") != "ray":
+        argv += ["--executor", args.executor]
     if getattr(args, "verbose", False):
         argv.append("--verbose")
     return argv
-
-
-class _LazyRole:
-    """One role of the Ray backend, built on first use: a fully cached rerun never imports or
-    starts Ray."""
-
-    def __init__(self, backend: Callable[[], Any], role: str) -> None:
-        self._backend, self._role = backend, role
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(getattr(self._backend(), self._role), name)
-
-
-def lazy_ray_backend(cfg: ExperimentConfig, tracking_uri: Optional[str]) -> Any:
-    """A `raydefense.run.context.Backend` whose roles start Ray on first use."""
-    from raydefense.run.context import ROLES, Backend
-
-    built: list[Any] = []
-
-    def backend() -> Any:
-        if not built:
-            from raydefense.distributed.backend import ray_backend
-
-            built.append(ray_backend(cfg, tracking_uri))
-        return built[0]
-
-    return Backend(**{r: _LazyRole(backend, r) for r in ROLES})
-
-
-def git_sha() -> Optional[str]:
-    try:
-        return (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=os.path.dirname(__file__),
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def execute(
-    command: str,
-    preset: Union[str, Sequence[str], None] = None,
-    config: Optional[str] = None,
-    overrides: Optional[list[str]] = None,
-    force: Optional[list[str]] = None,
-) -> Optional[dict[str, Any]]:
-    """Run one CLI command in-process (also the entry of jobs/pipeline.py). Returns results."""
-    from raydefense.layout import marker
-    from raydefense.pipeline import STAGES, run_pipeline, stage_report
-    from raydefense.run.context import RunContext
-    from raydefense.run.fingerprints import stage_fingerprints
-    from raydefense.run.markers import is_complete
-    from raydefense.run.session import absolutize, validate_config, versions
-    from raydefense.storage import Storage
-    from raydefense.tracking.mlflow_tracker import make_tracker
-
-    cfg = load_config(preset, config, overrides)
-    if command == "audit" and not cfg.audit.models:
-        raise RaydefenseError("audit needs at least one --model ROLE=URI")
-    validate_config(cfg)
-    cfg = absolutize(cfg)
-    if cfg.audit.models:
-        from raydefense.audit.imported import precheck
-
-        precheck(cfg)  # before anything is written
-    forceable = STAGES + (["sweep"] if command == "sweep" else [])
-    bad = [s for s in force or [] if s not in forceable]
-    if bad:
-        raise RaydefenseError(
-            f"--force {bad[0]!r} is not a stage; choose from {', '.join(forceable)}"
-        )
-    if command == "sweep":  # a bad search space fails before any stage runs
-        if cfg.sweep.kind == "training":
-            from raydefense.sweeps.training_sweep import check_training_sweep
-
-            check_training_sweep(cfg)
-        else:
-            from raydefense.audit.grid import grid_points
-
-            grid_points(cfg)
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    storage.check_writable()
-    tracker = make_tracker(cfg.tracking.uri, cfg.experiment, cfg.tracking.enabled, storage.uri())
-    tracking_uri = getattr(tracker, "uri", None)
-    imports: dict[str, Any] = {}
-    audit_cache = tempfile.mkdtemp(prefix="raydefense-audit-") if cfg.audit.models else ""
-    if cfg.audit.models:  # locate (fetch) the models, digest their weights, pick the targets
-        from raydefense.audit.imported import resolve_imports
-
-        try:
-            cfg, imports = resolve_imports(cfg, tracking_uri, audit_cache)
-        except BaseException:
-            shutil.rmtree(audit_cache, ignore_errors=True)
-            raise
-    host = socket.gethostname()
-    if hasattr(tracker, "close_orphans"):  # runs a SIGKILLed driver left RUNNING
-        closed = tracker.close_orphans(host, _pid_alive)
-        if closed:
-            logging.getLogger("raydefense").info(
-                "marked %d MLflow run(s) of a killed earlier invocation as KILLED", len(closed)
-            )
-    tags = {
-        "raydefense.command": command,
-        "raydefense.host": host,
-        "raydefense.pid": str(os.getpid()),
-        **{f"version.{k}": v for k, v in versions().items()},
-    }
-    sha = git_sha()
-    if sha:
-        tags["mlflow.source.git.commit"] = sha
-    parent = tracker.start_run(f"pipeline/{command}", params=cfg.flat_params(), tags=tags)
-    _log_config(tracker, parent, cfg)
-    ctx = RunContext(
-        cfg=cfg,
-        storage=storage,
-        backend=lazy_ray_backend(cfg, tracking_uri),
-        tracker=tracker,
-        parent_run=parent,
-        force=set(force or []),
-        imports=imports,
-    )
-    status = "FAILED"
-    results: Optional[dict[str, Any]] = None
-    try:
-        if command == "report":
-            ctx.fingerprints = stage_fingerprints(cfg)
-            if not is_complete(storage, marker("evaluate"), ctx.fingerprints["evaluate"]):
-                raise RaydefenseError(
-                    "no complete evaluation for this config under "
-                    f"{storage.uri()}; run `raydefense attack` (or run) first"
-                )
-            ctx.skipped = STAGES[:-1]
-            results = stage_report(ctx)
-        elif command == "sweep" and cfg.sweep.kind == "training":
-            from raydefense.sweeps.training_sweep import run_training_sweep
-
-            results = run_training_sweep(ctx)  # every trial runs a pipeline of its own
-        elif command == "sweep":
-            from raydefense.sweeps.attacks import run_sweep
-
-            run_pipeline(ctx, until=COMMANDS[command])
-            results = run_sweep(ctx)
-        else:
-            results = run_pipeline(ctx, until=COMMANDS.get(command, "report"))
-        status = "FINISHED"
-    finally:
-        tracker.end_run(parent, status)
-        if audit_cache:
-            shutil.rmtree(audit_cache, ignore_errors=True)
-    if results and command == "sweep":
-        if cfg.sweep.kind == "training":
-            from raydefense.sweeps.training_sweep import summary as sweep_summary
-            from raydefense.sweeps.training_sweep import sweep_dir
-        else:
-            from raydefense.sweeps.attacks import summary as sweep_summary
-            from raydefense.sweeps.attacks import sweep_dir
-        result(sweep_summary(results, storage.uri(sweep_dir(cfg))))
-    elif results:
-        result(summary(results, storage))
-    return results
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _log_config(tracker: Tracker, run_id: Optional[str], cfg: ExperimentConfig) -> None:
-    import json
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(prefix="raydefense-cfg-"), "config.json")
-    with open(path, "w") as f:
-        json.dump(cfg.model_dump(mode="json"), f, indent=2)
-    tracker.log_artifact(run_id, path)
-
-
-def summary(results: dict[str, Any], storage: Storage) -> str:
-    from raydefense.report.markdown import headline_rows, rate
-    from raydefense.roster import target_order_key
-
-    lines = [f"raydefense: results in {storage.uri('report')}/ (results.json, report.md)"]
-    for r in sorted(headline_rows(results["attacks"]), key=lambda r: target_order_key(r["target"])):
-        lines.append(
-            f"  {r['target']:<10} {r['line']:<32} AUC {r['auc']:.3f}  "
-            f"TPR@1%FPR {rate(r, 'tpr_at_1pct_fpr', 3)}"
-        )
-    t = results.get("timings", {})
-    if t:
-        lines.append("  timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
-    return "\n".join(lines)
 
 
 def submit_command(args: argparse.Namespace) -> int:
@@ -595,39 +396,42 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "submit":
             return submit_command(args)
         if args.command == "promptdiv":
-            from raydefense.sweeps.promptdiv import run_promptdiv
+            from raydefense.commands import run_promptdiv_study
 
-            run_promptdiv(
+            run_promptdiv_study(
                 args.preset,
                 args.config,
                 args.overrides,
                 args.force,
                 args.aggregate_only,
-                run=execute,
+                args.executor,
             )
         elif args.command == "seeds":
-            from raydefense.sweeps.seeds import parse_seeds, run_seeds
+            from raydefense.commands import run_seed_study
+            from raydefense.sweeps.seeds import parse_seeds
 
-            run_seeds(
+            run_seed_study(
                 args.preset,
                 args.config,
                 args.overrides,
                 args.force,
                 parse_seeds(" ".join(args.seeds)),
                 args.aggregate_only,
-                run=execute,
+                args.executor,
             )
         elif args.command == "config":
             print(config_text(args), end="")
         elif args.command == "profile":
             profile_command(args)
-        elif args.command == "audit":
-            overrides = args.overrides + audit_overrides(
-                args.models, args.split, args.members, args.nonmembers
-            )
-            execute("audit", args.preset, args.config, overrides, args.force)
         else:
-            execute(args.command, args.preset, args.config, args.overrides, args.force)
+            from raydefense.commands import execute
+
+            overrides = args.overrides
+            if args.command == "audit":
+                overrides = overrides + audit_overrides(
+                    args.models, args.split, args.members, args.nonmembers
+                )
+            execute(args.command, args.preset, args.config, overrides, args.force, args.executor)
     except RaydefenseError as e:
         fail(str(e))
         return 2

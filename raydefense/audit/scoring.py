@@ -38,7 +38,7 @@ from raydefense.diffusion.eps import EpsModel, EpsNet, FrozenEps
 from raydefense.diffusion.sampling import sample
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.layout import model_dir
-from raydefense.placement import WorkerPool, torch_threads
+from raydefense.placement import Placement, WorkerPool, torch_threads
 from raydefense.roster import router_teachers
 from raydefense.seeding import STREAM_AUDIT_LATENT, STREAM_PROMPTS, STREAM_QUALITY
 from raydefense.storage import Storage
@@ -483,14 +483,10 @@ class PoolScorer:
         parts: dict[str, list[dict[str, np.ndarray]]] = {j.name: [] for j in jobs}
         generated: dict[str, np.ndarray] = {}
         res = cfg.resources
-        for model, op, out in self.pool.map_blocks(
-            blocks,
-            make_worker,
-            workers=cfg.attacks.score_actors,
-            cpus=res.cpus_per_worker,
-            gpus=res.gpus_per_worker,
-            label="score and generate",
-        ):
+        placement = Placement(
+            cfg.attacks.score_actors, res.cpus_per_worker, res.gpus_per_worker, "score and generate"
+        )
+        for model, op, out in self.pool.map_blocks(blocks, make_worker, placement=placement):
             if op == GENERATE:
                 generated[model] = out
             else:

@@ -2,10 +2,10 @@
 Ray cluster (joined under `ray job submit` / RAY_ADDRESS, else a local one).
 
 - fitter: Ray Train, one TorchTrainer per model (`raydefense.distributed.train`);
-- labeller: a Ray Data actor pool writing soft targets (`raydefense.distributed.soft_targets`);
-- pool: a Ray Data actor pool for row blocks and Ray tasks for functions
-  (`raydefense.distributed.ray_pool`), which the scorer (`audit.scoring.PoolScorer`) scores,
-  generates and fits learned attacks on;
+- pool: Ray Data actor pools for row blocks and Parquet streams, Ray tasks for functions
+  (`raydefense.distributed.ray_pool`), on which the scorer (`audit.scoring.PoolScorer`) scores,
+  generates and fits learned attacks and the labeller (`run.labelling.PoolLabeller`) draws
+  synthetic rows and writes soft targets;
 - trials: Ray Tune for attack-grid and training sweeps (`raydefense.distributed.tune`).
 """
 
@@ -19,7 +19,6 @@ from raydefense.console import session
 from raydefense.distributed.progress import start_board
 from raydefense.distributed.ray_pool import RayWorkerPool
 from raydefense.distributed.runtime import alive_nodes, check_shared_storage, init_ray
-from raydefense.distributed.soft_targets import RayLabeller
 from raydefense.distributed.train import RayFitter
 from raydefense.distributed.tune import RayTrialRunner
 from raydefense.run.context import Backend
@@ -32,7 +31,7 @@ def ray_backend(
     tracking_uri: Optional[str],
     fit_callbacks: Optional[dict[str, list[Any]]] = None,
 ) -> Backend:
-    """Start (or join) Ray and return its roles (fitter, labeller, pool, trials).
+    """Start (or join) Ray and return its roles (fitter, pool, trials).
     `fit_callbacks`: extra Ray Train callbacks per model name (a training sweep's
     TuneReportCallback on the watched fit)."""
     cluster = init_ray(cfg.resources)
@@ -45,7 +44,6 @@ def ray_backend(
         atexit.register(_progress["stop"])
     return Backend(
         fitter=RayFitter(cluster, tracking_uri, fit_callbacks),
-        labeller=RayLabeller(),
         pool=RayWorkerPool(),
         trials=RayTrialRunner(backend_factory=ray_backend),
     )

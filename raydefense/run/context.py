@@ -15,6 +15,7 @@ from raydefense.audit.scoring import PoolScorer, Scorer
 from raydefense.config import ExperimentConfig
 from raydefense.errors import RaydefenseError
 from raydefense.placement import WorkerPool
+from raydefense.run.labelling import PoolLabeller
 from raydefense.storage import Storage
 from raydefense.tracking.tracker import NullTracker, Tracker
 
@@ -59,13 +60,13 @@ class Labeller(Protocol):
         owners: dict[int, list[str]],
         draws: int,
         out_dir: str,
-        groups: dict[int, int],
+        groups: Optional[dict[int, int]] = None,
         extra_rows: Sequence[str] = (),
     ) -> int:
         """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that
         trained on it) under out_dir, labelled by the other `teachers`, `groups` (row_id ->
-        shard index) in the "shard" column; returns the rows written. extra_rows: tables of
-        rows outside the plan (synthesize's)."""
+        shard index; default: the index of its first owner) in the "shard" column; returns the
+        rows written. extra_rows: tables of rows outside the plan (synthesize's)."""
         ...
 
     def synthesize(
@@ -129,9 +130,9 @@ class TrialRunner(Protocol):
 
 @dataclass
 class Backend:
-    """The roles a run places work through; None where this run does not need one. Scoring
-    runs on `pool` (`audit.scoring.PoolScorer`) unless a `scorer` is given (an in-process
-    SerialScorer, say)."""
+    """The roles a run places work through; None where this run does not need one. Scoring and
+    labelling run on `pool` (`audit.scoring.PoolScorer`, `run.labelling.PoolLabeller`) unless a
+    `scorer` or a `labeller` is given (an in-process SerialScorer, a test's recorder)."""
 
     fitter: Optional[Fitter] = None
     labeller: Optional[Labeller] = None
@@ -140,7 +141,8 @@ class Backend:
     scorer: Optional[Scorer] = None
 
 
-ROLES = ("fitter", "labeller", "pool", "trials")
+# The roles an executor provides (the scorer and the labeller run on its pool).
+ROLES = ("fitter", "pool", "trials")
 
 
 @dataclass
@@ -174,8 +176,14 @@ class RunContext:
 
     @property
     def labeller(self) -> Labeller:
-        labeller: Labeller = self._role("labeller")
-        return labeller
+        if self.backend.labeller is not None:
+            return self.backend.labeller
+        if self.backend.pool is None:
+            raise RaydefenseError(
+                "this run has no labeller (nor a pool to label on): give RunContext a Backend "
+                "with one"
+            )
+        return PoolLabeller(self.backend.pool)
 
     @property
     def scorer(self) -> Scorer:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Optional
 
 import torch
@@ -15,7 +18,8 @@ import torch
 from raydefense import layout
 from raydefense.config import ExperimentConfig
 from raydefense.errors import FitsFailed, NonFiniteLossError
-from raydefense.run.context import FitSpec
+from raydefense.placement import InProcessPool
+from raydefense.run.context import Backend, FitSpec, TrainingTrial
 from raydefense.run.fitting import load_fit, run_fit
 from raydefense.storage import Storage
 from raydefense.tracking.tracker import Tracker
@@ -105,3 +109,83 @@ class LocalFitter:
                 reporter.close()
         if failed:
             raise FitsFailed(failed, done)
+
+
+class LocalTrialRunner:
+    """The TrialRunner in this process: trials one after another, each to its end (early
+    stopping needs a scheduler that runs trials side by side: none here), each trial's result
+    stored under rel_path/run_name/trial_<i>.json once it is done, so an interrupted sweep
+    resumes with its finished trials' results. A training trial's pipeline runs on
+    `local_backend` (this runner included)."""
+
+    def __init__(self, tracker: Optional[Tracker] = None) -> None:
+        self.tracker = tracker
+
+    def _run(
+        self, storage: Storage, rel: str, key: str, compute: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """compute()'s result for trial `key`, or the one stored at rel for the same key."""
+        if storage.exists(rel):
+            stored = storage.read_json(rel)
+            if stored.get("key") == key:
+                kept: dict[str, Any] = stored["result"]
+                return kept
+        result = compute()
+        storage.write_json(rel, {"key": key, "result": result})
+        return result
+
+    def attack_trials(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        rel_path: str,
+        run_name: str,
+        settings: list[str],
+        evaluate: Callable[[str], dict[str, float]],
+    ) -> list[dict[str, Any]]:
+        def trial(i: int, setting: str) -> dict[str, Any]:
+            metrics = evaluate(setting)
+            return {"trial_id": f"local_{i:05d}", "reported_at": time.time(), "metrics": metrics}
+
+        return [
+            self._run(storage, f"{rel_path}/{run_name}/trial_{i:05d}.json", s, partial(trial, i, s))
+            for i, s in enumerate(settings)
+        ]
+
+    def training_trials(
+        self,
+        cfg: ExperimentConfig,
+        storage: Storage,
+        rel_path: str,
+        run_name: str,
+        trial: TrainingTrial,
+    ) -> list[dict[str, Any]]:
+        def run(i: int) -> dict[str, Any]:
+            out = trial.run(i, local_backend(self.tracker))
+            value = trial.final_value(i)
+            metrics = {k: v for k, v in out.items() if isinstance(v, (int, float, str))}
+            metrics.update({trial.metric: value, "completed": 1})
+            return {
+                "status": "completed",
+                "trial_id": f"local_{i:05d}",
+                "metrics": metrics,
+                "history": [{"iteration": trial.max_t, trial.metric: value}],
+            }
+
+        return [
+            self._run(
+                storage,
+                f"{rel_path}/{run_name}/trial_{i:05d}.json",
+                trial.label(i),
+                partial(run, i),
+            )
+            for i in range(trial.points)
+        ]
+
+
+def local_backend(tracker: Optional[Tracker] = None) -> Backend:
+    """Every role in this process: fits one after another (`LocalFitter`), scoring and labelling
+    on `InProcessPool`, sweep trials one after another (`LocalTrialRunner`)."""
+    return Backend(
+        fitter=LocalFitter(tracker), pool=InProcessPool(), trials=LocalTrialRunner(tracker)
+    )

@@ -5,15 +5,16 @@ them (`raydefense.report.text_to_image`):
 
     <root>/<base experiment>/promptdiv/summary.json, summary.md
 
-The base report then carries the table with both column groups. Plain Python: the CLI calls
-`run_promptdiv`, which runs the pipeline through `raydefense.cli.execute` unless aggregate_only.
+The base report then carries the table with both column groups. Plain Python: `promptdiv_runs`
+plans the two runs and `tabulate_promptdiv` compares them; the `promptdiv` command
+(`raydefense.commands`) runs them in between.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from raydefense import layout
@@ -34,21 +35,16 @@ def promptdiv_experiment(experiment: str) -> str:
     return f"{experiment}{SUFFIX}"
 
 
-def run_promptdiv(
+def promptdiv_runs(
     preset: Union[str, Sequence[str], None],
     config: Optional[str],
     overrides: Optional[list[str]],
-    force: Optional[list[str]],
-    aggregate_only: bool = False,
-    run: Optional[Callable[..., Any]] = None,
-) -> dict[str, Any]:
-    """`raydefense promptdiv`: run the pipeline without and with prompt diversification
-    (unless aggregate_only), write promptdiv/summary.{json,md} under the base experiment and
-    re-render its report. `run` is the CLI's execute(command, preset, config, overrides, force).
+) -> dict[bool, tuple[str, list[str]]]:
+    """The study's two runs: diversification off / on -> (its experiment, its overrides: the
+    user's, then the setting's).
 
     Raises:
         ConfigError: not a text-to-image config, or the base already diversifies.
-        RaydefenseError: (aggregate_only) a run has no results.json yet.
     """
     overrides = list(overrides or [])
     cfg = absolutize(load_config(preset, config, overrides))
@@ -64,26 +60,31 @@ def run_promptdiv(
             f"{promptdiv_experiment(cfg.experiment)} with it: drop "
             "data.prompt_diversification=true from the config"
         )
-    settings = {
-        False: (cfg.experiment, []),
-        True: (
-            promptdiv_experiment(cfg.experiment),
-            [
-                "data.prompt_diversification=true",
-                f"experiment={json.dumps(promptdiv_experiment(cfg.experiment))}",
-            ],
-        ),
-    }
-    if not aggregate_only:
-        if run is None:
-            raise ValueError("run_promptdiv needs `run` (the CLI's execute) unless aggregate_only")
-        for on, (experiment, extra) in settings.items():
-            log.info(
-                "prompt-diversification study: %s (%s)", experiment, DIVERSIFICATION_LABELS[on]
-            )
-            run("run", preset, config, overrides + extra, force)
+    on = promptdiv_experiment(cfg.experiment)
+    return {
+        False: (cfg.experiment, overrides),
+        True: (on, [*overrides, "data.prompt_diversification=true",
+                    f"experiment={json.dumps(on)}"]),
+    }  # fmt: skip
+
+
+def tabulate_promptdiv(
+    preset: Union[str, Sequence[str], None],
+    config: Optional[str],
+    overrides: Optional[list[str]],
+) -> dict[str, Any]:
+    """Read both runs' report/results.json and write promptdiv/summary.{json,md} under the base
+    experiment (`raydefense promptdiv` runs them first, unless --aggregate-only, and re-renders
+    the base report after).
+
+    Raises:
+        ConfigError: not a text-to-image config, or the base already diversifies.
+        RaydefenseError: a run has no results.json yet.
+    """
+    runs = promptdiv_runs(preset, config, overrides)
+    cfg = absolutize(load_config(preset, config, list(overrides or [])))
     results = {}
-    for on, (experiment, _) in settings.items():
+    for on, (experiment, _) in runs.items():
         storage = Storage(cfg.storage.root, experiment)
         if not storage.exists(layout.RESULTS):
             raise RaydefenseError(
@@ -93,7 +94,7 @@ def run_promptdiv(
         results[DIVERSIFICATION_LABELS[on]] = storage.read_json(layout.RESULTS)
     table = t2i_table(results)
     summary = {
-        "experiments": {DIVERSIFICATION_LABELS[on]: e for on, (e, _) in settings.items()},
+        "experiments": {DIVERSIFICATION_LABELS[on]: e for on, (e, _) in runs.items()},
         **table,
     }
     base = Storage(cfg.storage.root, cfg.experiment)
@@ -101,6 +102,4 @@ def run_promptdiv(
     base.write_bytes(f"{layout.PROMPTDIV}/summary.md", (t2i_markdown(table) + "\n").encode())
     result(f"raydefense: prompt-diversification study in {base.uri(layout.PROMPTDIV)}")
     result(t2i_markdown(table).split("\n\n")[0])
-    if run is not None and not aggregate_only:
-        run("report", preset, config, overrides, [])  # the base report gains both columns
     return summary

@@ -8,8 +8,8 @@ every (target, attack line) and every target's worst case over the seeds:
 
     <root>/<base experiment>/seeds/summary.json, summary.md
 
-Plain Python and NumPy (no Ray): the CLI calls `run_seeds`, which runs the pipeline through
-`raydefense.cli.execute` only when asked to.
+Plain Python and NumPy (no Ray): `seed_runs` plans the study's runs and `aggregate_seeds`
+summarises them; the `seeds` command (`raydefense.commands`) runs them in between.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -349,51 +349,54 @@ def _command_text(
     return shlex.join(argv + ["--seeds", ",".join(map(str, seeds))])
 
 
-def run_seeds(
+def seed_runs(
     preset: Union[str, Sequence[str], None],
     config: Optional[str],
     overrides: Optional[list[str]],
-    force: Optional[list[str]],
     seeds: Sequence[int] | str,
-    aggregate_only: bool = False,
-    run: Optional[Callable[..., Any]] = None,
-) -> dict[str, Any]:
-    """`raydefense seeds`: run the pipeline once per seed (unless `aggregate_only`), read every
-    seed's report/results.json, write seeds/summary.json and summary.md under the base
-    experiment, print a short summary, and re-render the base experiment's report so it shows
-    the training-seed spread. The config's own `seed` and `experiment` are the base. `run` is
-    the CLI's `execute(command, preset, config, overrides, force)` (needed unless
-    `aggregate_only`).
+) -> list[tuple[int, list[str]]]:
+    """The study's runs: per seed (checked: `parse_seeds`), the overrides of its `run` (the
+    user's, then `seed` and the seed's experiment, `seed_experiment`). The config's own `seed`
+    and `experiment` are the base.
 
     Raises:
         ConfigError: bad seeds or config.
-        RaydefenseError: (aggregate_only) a seed has no results.json yet.
     """
-    seeds = (
-        parse_seeds(seeds)
-        if isinstance(seeds, str)
-        else parse_seeds(",".join(str(s) for s in seeds))
-    )
+    seeds = _seeds(seeds)
     overrides = list(overrides or [])
     cfg = absolutize(load_config(preset, config, overrides))
-    experiments = {s: seed_experiment(cfg.experiment, cfg.seed, s) for s in seeds}
-    if not aggregate_only:
-        if run is None:
-            raise ValueError("run_seeds needs `run` (the CLI's execute) unless aggregate_only")
-        for i, s in enumerate(seeds, 1):
-            log.info(
-                "seed study: seed %d (%d of %d), experiment %s", s, i, len(seeds), experiments[s]
-            )
-            run(
-                "run",
-                preset,
-                config,
-                overrides + [f"seed={s}", f"experiment={json.dumps(experiments[s])}"],
-                force,
-            )
+    return [
+        (s, overrides + [f"seed={s}", f"experiment={json.dumps(e)}"])
+        for s, e in ((s, seed_experiment(cfg.experiment, cfg.seed, s)) for s in seeds)
+    ]
+
+
+def _seeds(seeds: Sequence[int] | str) -> list[int]:
+    if isinstance(seeds, str):
+        return parse_seeds(seeds)
+    return parse_seeds(",".join(str(s) for s in seeds))
+
+
+def aggregate_seeds(
+    preset: Union[str, Sequence[str], None],
+    config: Optional[str],
+    overrides: Optional[list[str]],
+    seeds: Sequence[int] | str,
+) -> dict[str, Any]:
+    """Read every seed's report/results.json, write seeds/summary.json and summary.md under the
+    base experiment and print a short summary (`raydefense seeds` runs the seeds first, unless
+    --aggregate-only, and re-renders the base report after).
+
+    Raises:
+        ConfigError: bad seeds or config.
+        RaydefenseError: a seed has no results.json yet.
+    """
+    seeds = _seeds(seeds)
+    overrides = list(overrides or [])
+    cfg = absolutize(load_config(preset, config, overrides))
     results: dict[int, Any] = {}
     for s in seeds:
-        storage = Storage(cfg.storage.root, experiments[s])
+        storage = Storage(cfg.storage.root, seed_experiment(cfg.experiment, cfg.seed, s))
         if not storage.exists(RESULTS):
             raise RaydefenseError(
                 f"seed {s} has no results at {storage.uri(RESULTS)}; run "
@@ -406,8 +409,4 @@ def run_seeds(
     base.write_json(f"{SUMMARY_DIR}/summary.json", summary)
     base.write_bytes(f"{SUMMARY_DIR}/summary.md", (seeds_markdown(summary) + "\n").encode())
     result(summary_text(summary, base.uri(SUMMARY_DIR)))
-    if run is not None and not aggregate_only:
-        run("report", preset, config, overrides, [])  # the base report gains the seed spread
-    else:
-        log.info("seed study: `raydefense report` (same options) adds it to the base report")
     return summary

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional, Protocol
 
 
 class Tracker(Protocol):
     """Explicit run ids everywhere (no thread-local 'active run'), so threads and Ray workers can
     log to the run the driver created."""
+
+    @property
+    def uri(self) -> Optional[str]:
+        """The tracking server workers log to (None: nothing is tracked)."""
+        ...
+
+    def close_orphans(self, host: str, alive: Callable[[int], bool]) -> list[str]:
+        """Mark KILLED the runs an earlier invocation on `host` left RUNNING when its process
+        (pid tag) is no longer `alive`; returns their ids."""
+        ...
 
     def start_run(
         self,
@@ -54,6 +65,11 @@ class Tracker(Protocol):
 
 class NullTracker:
     """Logs nothing (tracking.enabled = false, tests)."""
+
+    uri: Optional[str] = None
+
+    def close_orphans(self, host, alive):
+        return []
 
     def start_run(self, name, parent_id=None, params=None, tags=None):
         return None

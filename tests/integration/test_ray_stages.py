@@ -103,9 +103,17 @@ def test_a_ddp_teacher_stops_early_by_its_role_and_exports_its_best_report(exper
         assert torch.equal(saved[k.removeprefix("unet.")], v), k
 
 
-def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
-    from raydefense.distributed.soft_targets import label_soft_targets
+def label_soft_targets(cfg, storage, teachers, owners, draws, out_dir=SOFT_TARGETS):
+    """The labeller role on Ray's pool, as the distill stage runs it."""
+    from raydefense.distributed.ray_pool import RayWorkerPool
+    from raydefense.run.labelling import PoolLabeller
 
+    return PoolLabeller(RayWorkerPool()).label_soft_targets(
+        cfg, storage, teachers, owners, draws, out_dir
+    )
+
+
+def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     cfg, storage, _ = experiment
     plan = read_plan(storage)
     members = plan.split == MEMBER
@@ -114,9 +122,7 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
         for i, r in enumerate(plan.row_id)
         if members[i]
     }
-    n = label_soft_targets(
-        cfg, storage, ["teacher_1", "teacher_2"], owners, draws=3, image_shape=[1, 8, 8]
-    )
+    n = label_soft_targets(cfg, storage, ["teacher_1", "teacher_2"], owners, draws=3)
     assert n == 3 * members.sum()
     table = storage.read_table  # noqa: F841  (plain pyarrow reads the output too)
     import pyarrow.parquet as pq
@@ -139,9 +145,7 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
     # a rerun (e.g. a retried stage) produces byte-identical soft targets, here storing x_t:
     # they are the x_t the student regenerated
     stored = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"store_x_t": True})})
-    label_soft_targets(
-        stored, storage, ["teacher_1", "teacher_2"], owners, draws=3, image_shape=[1, 8, 8]
-    )
+    label_soft_targets(stored, storage, ["teacher_1", "teacher_2"], owners, draws=3)
     again = read_soft_targets(storage, (1, 8, 8))
     assert again.x_t is not None and torch.equal(again.x_t, x_t)
     assert torch.equal(again.target, data.target)
@@ -150,12 +154,13 @@ def test_soft_target_actor_pool_labels_with_the_other_teacher(experiment):
 def test_synthetic_rows_are_drawn_per_teacher_and_labelled_by_the_other(experiment):
     """distill.synthetic_per_teacher: each teacher's samples (one Ray task per teacher) join the
     labelling as rows owned by the teacher that drew them, so the other teacher labels them."""
-    from raydefense.distributed.soft_targets import RayLabeller
+    from raydefense.distributed.ray_pool import RayWorkerPool
+    from raydefense.run.labelling import PoolLabeller
 
     cfg, storage, _ = experiment
     cfg = cfg.model_copy(deep=True)
     cfg.distill.synthetic_steps = 4
-    labeller = RayLabeller()
+    labeller = PoolLabeller(RayWorkerPool())
     teachers = ["teacher_1", "teacher_2"]
     drawn = labeller.synthesize(cfg, teachers, 6, "distill/synthetic")
     assert [len(drawn[t]) for t in teachers] == [6, 6]
@@ -207,16 +212,14 @@ def test_a_soft_target_actor_killed_mid_stage_changes_nothing(experiment):
     seeded per row, not per batch)."""
     from processes import ActorKiller
 
-    from raydefense.distributed.soft_targets import label_soft_targets
-
     cfg, storage, _ = experiment
     cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"label_batch_size": 4})})
     owners, teachers = _owners(read_plan(storage)), ["teacher_1", "teacher_2"]
     t0 = time.monotonic()
-    n = label_soft_targets(cfg, storage, teachers, owners, 2, [1, 8, 8], out_dir="distill/calm")
+    n = label_soft_targets(cfg, storage, teachers, owners, 2, out_dir="distill/calm")
     t1 = time.monotonic()
-    with ActorKiller("LabellerActor", after=0) as killer:
-        m = label_soft_targets(cfg, storage, teachers, owners, 2, [1, 8, 8], out_dir="distill/kill")
+    with ActorKiller("StreamActor", after=0) as killer:
+        m = label_soft_targets(cfg, storage, teachers, owners, 2, out_dir="distill/kill")
     t2 = time.monotonic()
     assert killer.killed is not None, "the stage ended before the actor could be killed"
     print(f"\nsoft targets: undisturbed {t1 - t0:.1f}s, actor killed {t2 - t1:.1f}s")

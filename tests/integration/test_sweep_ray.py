@@ -373,7 +373,7 @@ def test_asha_remembers_its_rungs_across_a_restore(tmp_path, ray_cluster) -> Non
 def test_learned_attack_fits_escape_a_tune_trials_placement_group(ray_cluster) -> None:
     """A training-sweep trial runs in a 0.01-CPU bundle that captures child tasks; the scorer's
     one-CPU fit tasks (secmi_nn, blackbox_nn) and the synthetic-row tasks (`cluster_task`, as
-    RayLabeller.synthesize) must be scheduled on the cluster, not in it."""
+    PoolLabeller.synthesize) must be scheduled on the cluster, not in it."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy

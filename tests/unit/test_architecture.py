@@ -37,7 +37,7 @@ LAYERS = [
     ["raydefense.run"],
     ["raydefense.pipeline", "raydefense.sweeps"],
     ["raydefense.distributed"],
-    ["raydefense.cli", "raydefense.testing"],
+    ["raydefense.commands", "raydefense.cli", "raydefense.testing"],
 ]
 
 

@@ -315,13 +315,14 @@ def test_cli_bad_seeds(tmp_path, capsys, seeds, needle):
 def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys):
     """Without --aggregate-only: one `execute("run", ...)` per seed with `seed` and `experiment`
     appended to the user's overrides (a fake execute writes the results Ray would)."""
-    import raydefense.cli as cli
+    import raydefense.commands as commands
 
     root = tmp_path / "runs"
     hand = three_seeds()
     calls = []
 
-    def fake_execute(command, preset, config, overrides, force):
+    def fake_execute(command, preset, config, overrides, force, executor):
+        assert executor == "ray"
         calls.append((command, preset, config, list(overrides), force))
         if command == "report":  # the base report, re-rendered with the seed spread
             return None
@@ -330,7 +331,7 @@ def test_run_seeds_runs_each_seed_then_aggregates(tmp_path, monkeypatch, capsys)
         Storage(sets["storage.root"], experiment).write_json("report/results.json", hand[seed])
         return hand[seed]
 
-    monkeypatch.setattr(cli, "execute", fake_execute)
+    monkeypatch.setattr(commands, "execute", fake_execute)
     argv = [
         "seeds",
         "--preset",

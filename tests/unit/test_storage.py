@@ -100,43 +100,35 @@ def test_storage_errors_never_echo_the_secret(monkeypatch):
     assert "s3cr3t-value" not in msg and "rejected the credentials" in msg
 
 
-class _RecordingFitter:
-    """Sees what a fit would resume from: the Ray Train run dir of each spec at fit time."""
-
-    def __init__(self, storage):
-        self.storage, self.seen = storage, {}
-
-    def fit(self, cfg, storage, specs):
-        for s in specs:
-            self.seen[s.model] = storage.files(f"ray_train/{s.run_name}")
-            storage.write_bytes(f"models/{s.model}/ema/w.bin", b"trained")
-
-
 def test_force_train_starts_over_instead_of_resuming_the_finished_run(tmp_path):
     from raydefense.pipeline import stage_prepare, stage_train
     from raydefense.run.context import Backend, RunContext
     from raydefense.run.fingerprints import stage_fingerprints
+    from raydefense.run.local import LocalFitter
 
     from conftest import tiny_config
 
-    cfg = tiny_config(tmp_path, **{"attacks.enabled": "[loss]"})
+    cfg = tiny_config(
+        tmp_path,
+        **{"attacks.enabled": "[loss]", "train.steps": "2", "train.checkpoint_every": "2"},
+    )
     storage = Storage(cfg.storage.root, cfg.experiment)
-    executor = _RecordingFitter(storage)
-    ctx = RunContext(cfg=cfg, storage=storage, backend=Backend(fitter=executor))
+    ctx = RunContext(cfg=cfg, storage=storage, backend=Backend(fitter=LocalFitter()))
     ctx.fingerprints = stage_fingerprints(cfg)
     stage_prepare(ctx)
     stage_train(ctx)
-    assert set(executor.seen) == {"baseline", "teacher_1", "teacher_2"}
-    # a finished Ray Train run under each deterministic run name
-    runs = {m: f"ray_train/{m}-{ctx.fingerprints['targets'][:12]}" for m in executor.seen}
+    # each fit's checkpoints under its deterministic run name
+    runs = {m: f"ray_train/{m}-{ctx.fingerprints['targets'][:12]}" for m in ("baseline",
+            "teacher_1", "teacher_2")}  # fmt: skip
+    assert sorted(storage.listdir("ray_train")) == sorted(r.split("/")[1] for r in runs.values())
+    # A resume from these runs would now fail: their newest checkpoint points nowhere.
     for rel in runs.values():
-        storage.write_bytes(f"{rel}/checkpoint_final/state.pt", b"final")
-    executor.seen.clear()
-    stage_train(ctx)  # complete: nothing to fit
-    assert executor.seen == {}
+        storage.write_json(f"{rel}/local/latest.json", {"dir": f"{rel}/local/step-999"})
+    stage_train(ctx)  # complete: nothing to fit, nothing resumed
     ctx.force = {"train"}
-    stage_train(ctx)
-    assert executor.seen == {m: [] for m in runs}  # nothing left to "resume"
+    stage_train(ctx)  # the runs are deleted first: each fit starts over
+    for rel in runs.values():
+        assert storage.read_json(f"{rel}/local/latest.json") == {"dir": f"{rel}/local/step-2"}
     assert all(
         is_complete(storage, f"models/{m}/_COMPLETE.json", ctx.fingerprints["targets"])
         for m in runs

@@ -13,7 +13,7 @@ from raydefense.config import load_config
 from raydefense.errors import ConfigError, RaydefenseError
 from raydefense.report.text_to_image import t2i_markdown, t2i_table
 from raydefense.storage import Storage
-from raydefense.sweeps.promptdiv import promptdiv_experiment, run_promptdiv
+from raydefense.sweeps.promptdiv import promptdiv_experiment, tabulate_promptdiv
 
 
 def row(target: str, attack: str, auc: float, cal: float, **params: Any) -> dict[str, Any]:
@@ -72,11 +72,11 @@ def test_promptdiv_study_tabulates_both_runs(tmp_path: Path) -> None:
     overrides = [f"storage.root={tmp_path}"]
     cfg = load_config("tiny_t2i", overrides=overrides)
     with pytest.raises(RaydefenseError, match="has no results"):
-        run_promptdiv("tiny_t2i", None, overrides, None, aggregate_only=True)
+        tabulate_promptdiv("tiny_t2i", None, overrides)
     Storage(str(tmp_path), cfg.experiment).write_json(layout.RESULTS, results())
     other = promptdiv_experiment(cfg.experiment)
     Storage(str(tmp_path), other).write_json(layout.RESULTS, results(shift=-0.3))
-    summary = run_promptdiv("tiny_t2i", None, overrides, None, aggregate_only=True)
+    summary = tabulate_promptdiv("tiny_t2i", None, overrides)
     assert summary["experiments"] == {"w/o prompt div.": "tiny_t2i", "w/ prompt div.": other}
     worst = summary["lines"]["worst case (every attack)"]
     assert worst["w/o prompt div."]["baseline"]["auc"] == 0.80
@@ -88,11 +88,9 @@ def test_promptdiv_study_tabulates_both_runs(tmp_path: Path) -> None:
 
 def test_promptdiv_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.kind=unet2d"):
-        run_promptdiv("smoke", None, [f"storage.root={tmp_path}"], None, aggregate_only=True)
+        tabulate_promptdiv("smoke", None, [f"storage.root={tmp_path}"])
     with pytest.raises(ConfigError, match="drop data.prompt_diversification=true"):
-        run_promptdiv(
-            "tiny_t2i", None, ["data.prompt_diversification=true"], None, aggregate_only=True
-        )
+        tabulate_promptdiv("tiny_t2i", None, ["data.prompt_diversification=true"])
 
 
 def test_sd15_pokemon_preset_is_the_papers_setting() -> None:

@@ -1,20 +1,21 @@
-"""The soft-target actor pool: Ray Data map_batches over a student's rows (the target student's:
-the members; a shadow student's: its draw's training rows) with a callable class that holds
-every teacher (ActorPoolStrategy); output written as Parquet."""
+"""DistillMD's labelling work, for any executor: what a labelling worker computes for a batch of
+rows (`LabellingWorker`: every teacher loaded once, soft targets from the teachers that never saw
+each row), which rows are labelled and from where, and a teacher's synthetic rows. `PoolLabeller`
+is the Labeller role on any `WorkerPool`: Ray Data's actor pool in production
+(`raydefense.distributed.ray_pool`), the in-process pool in tests and a debugging session.
+"""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
-import ray.data
 import torch
-from ray.data.expressions import col
 
 from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import read_encoded
@@ -24,16 +25,24 @@ from raydefense.defense.distillmd import SoftTargetLabeller, synthetic_images, s
 from raydefense.diffusion.backbones import load_eps
 from raydefense.diffusion.eps import EpsModel
 from raydefense.diffusion.schedule import NoiseSchedule
-from raydefense.distributed.progress import advance, report
-from raydefense.distributed.runtime import cluster_task
 from raydefense.errors import DataError
 from raydefense.layout import PLAN_JSON, ROWS, SOFT_TARGETS, model_dir
-from raydefense.placement import torch_threads
+from raydefense.placement import ParquetRows, Placement, Report, WorkerPool, torch_threads
 from raydefense.storage import Storage
 
 
-class LabellerActor:
-    """One actor of the pool: loads all teachers once, then labels batches of member rows."""
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class LabellingWorker:
+    """Labels batches of rows (what one worker of the pool runs): loads every teacher once.
+
+    A batch: `row_id` [B] int64 and, for pixel families, `image` [B] encoded uint8 images (latent
+    families read each row's encoded latents and caption embeddings themselves). Output: `draws`
+    soft targets per row (`SoftTargetLabeller`'s columns), the batch group in `shard`, targets
+    encoded as `distill.target_dtype`, x_t kept only with `distill.store_x_t`.
+    """
 
     def __init__(
         self,
@@ -43,14 +52,12 @@ class LabellerActor:
         draws: int,
         image_shape: list[int],
         groups: dict[int, int],
-        threads: int | None = None,
-        progress: tuple[str, int] | None = None,
     ) -> None:
         cfg = ExperimentConfig.model_validate(cfg_dict)
-        torch.set_num_threads(threads or torch_threads(cfg.resources, cfg.resources.label_actors))
+        torch.set_num_threads(torch_threads(cfg.resources, cfg.resources.label_actors))
         storage = Storage(cfg.storage.root, cfg.experiment)
         cache = tempfile.mkdtemp(prefix="raydefense-teachers-")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _device()
         models: dict[str, EpsModel] = {
             t: load_eps(
                 cfg.model,
@@ -60,18 +67,16 @@ class LabellerActor:
             )
             for t in teachers
         }
-        schedule = NoiseSchedule.of(cfg.model)
         # Latent families label encoded rows (latents + caption embeddings), not pixels.
         self.encoded = read_encoded(storage) if cfg.model.latent else None
         self.shape = tuple(image_shape)
         self.target_dtype = cfg.distill.target_dtype
         self.store_x_t = cfg.distill.store_x_t
         self.groups = {int(r): int(g) for r, g in groups.items()}
-        self.progress = progress  # (job name, total soft targets) for the console
         self.labeller = SoftTargetLabeller(
             models,
             {int(r): frozenset(o) for r, o in owners.items()},
-            schedule,
+            NoiseSchedule.of(cfg.model),
             draws,
             cfg.seed,
             device=device,
@@ -98,94 +103,50 @@ class LabellerActor:
         else:  # the student regenerates them from (row, draw) (distill.store_x_t)
             del out["x_t"]
         out["target"] = np.array(encode_target_rows(out["target"], self.target_dtype), dtype=object)
-        if self.progress is not None:
-            advance(self.progress[0], len(out["t"]), self.progress[1], "soft targets")
         return out
 
 
-def label_soft_targets(
+def rows_to_label(
     cfg: ExperimentConfig,
     storage: Storage,
-    teachers: list[str],
     owners: dict[int, list[str]],
-    draws: int,
-    image_shape: list[int],
-    out_dir: str = SOFT_TARGETS,
-    groups: Optional[dict[int, int]] = None,
-    extra_rows: Sequence[str] = (),
-) -> int:
-    """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that trained
-    on it) to out_dir; returns the row count. groups: row_id -> the batch group written as
-    "shard" (default: the index in `teachers` of the row's first owner). extra_rows: Parquet
-    tables (row_id, image) of rows outside the plan (synthetic rows), labelled like its rows."""
-    if groups is None:
-        groups = {r: teachers.index(o[0]) for r, o in owners.items()}
-    storage.delete(out_dir)
-    # Latent families label their encoded rows (read by each actor): no pixels to ship.
+    extra_rows: Sequence[str],
+    out_dir: str,
+) -> list[ParquetRows]:
+    """Where the rows of `owners` are read from: plan rows from the rows table, the others
+    (synthetic, public) from the `extra_rows` tables; with distill.member_inputs=false no plan
+    row is labelled and the rows table is not read. Latent families read only the row ids (each
+    worker reads their encoded rows): no pixels to ship.
+
+    Raises:
+        DataError: there is no row to label.
+    """
     columns = ["row_id"] if cfg.model.latent else ["row_id", "image"]
-    # Plan rows come from the rows table, the others (synthetic, public) from extra_rows; with
-    # distill.member_inputs=false no plan row is labelled and the rows table is not read.
     extra_ids = {
         int(r)
         for rel in extra_rows
         for r in storage.read_table(rel, ["row_id"])["row_id"].to_pylist()
     }
     in_plan = sorted(int(r) for r in owners if int(r) not in extra_ids)
-    parts = []
+    sources = []
     if in_plan:
-        parts.append(
-            ray.data.read_parquet(
-                storage.path(ROWS), filesystem=storage.fs, columns=columns
-            ).filter(expr=col("row_id").is_in(in_plan))
-        )
+        sources.append(ParquetRows([storage.path(ROWS)], columns, in_plan))
     if extra_rows:
-        parts.append(
-            ray.data.read_parquet(
-                [storage.path(rel) for rel in extra_rows], filesystem=storage.fs, columns=columns
-            )
-        )
-    if not parts:
+        sources.append(ParquetRows([storage.path(rel) for rel in extra_rows], columns))
+    if not sources:
         raise DataError(f"{out_dir}: no rows to label (no member rows and no extra rows)")
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    rows_per_batch = max(1, cfg.distill.label_batch_size // draws)
-    labelled = ds.map_batches(
-        LabellerActor,
-        fn_constructor_kwargs={
-            "cfg_dict": cfg.model_dump(mode="json"),
-            "teachers": teachers,
-            "owners": owners,
-            "draws": draws,
-            "image_shape": image_shape,
-            "groups": groups,
-            "progress": (
-                "label " + ("student" if out_dir == SOFT_TARGETS else out_dir.split("/")[1]),
-                len(owners) * draws,
-            ),
-        },
-        batch_size=rows_per_batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.resources.label_actors),
-        num_cpus=cfg.resources.cpus_per_worker,
-        num_gpus=cfg.resources.gpus_per_worker,
-    )
-    # Ray Data writes into a staging prefix; only complete files are then published.
-    with storage.staging(out_dir) as staging:
-        labelled.write_parquet(storage.path(staging), filesystem=storage.fs)
-        storage.publish_dir(staging, out_dir)
-    files = [f for f in storage.listdir(out_dir) if f.endswith(".parquet")]
-    return sum(
-        pq.read_metadata(storage.path(f"{out_dir}/{f}"), filesystem=storage.fs).num_rows
-        for f in files
-    )
+    return sources
 
 
-def _synthesize(cfg_dict: dict[str, Any], teacher: str, k: int, n: int, rel: str) -> list[int]:
+def synthesize_rows(
+    cfg_dict: dict[str, Any], teacher: str, k: int, n: int, rel: str, report: Report
+) -> list[int]:
     """Teacher k's n synthetic rows (defense.distillmd.synthetic_images) written to `rel` as a
     rows-like table (row_id, image); returns their row ids."""
     cfg = ExperimentConfig.model_validate(cfg_dict)
     torch.set_num_threads(torch_threads(cfg.resources, 1))
     storage = Storage(cfg.storage.root, cfg.experiment)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device()
     with tempfile.TemporaryDirectory(prefix="raydefense-teacher-") as cache:
         eps = load_eps(
             cfg.model,
@@ -212,22 +173,27 @@ def _synthesize(cfg_dict: dict[str, Any], teacher: str, k: int, n: int, rel: str
     return [int(i) for i in ids]
 
 
-class RayLabeller:
-    """The labeller role on a Ray Data actor pool (see raydefense.run.context.Labeller)."""
+class PoolLabeller:
+    """The Labeller role (`raydefense.run.context.Labeller`) on any WorkerPool."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
 
     def synthesize(
         self, cfg: ExperimentConfig, teachers: list[str], n: int, out_dir: str
     ) -> dict[str, list[int]]:
-        """Each teacher's n synthetic rows, drawn concurrently (one Ray task per teacher, with
-        a fit worker's CPUs and GPUs), written to out_dir/<teacher>.parquet; returns teacher ->
-        its rows' ids."""
-        res = cfg.resources
-        task = cluster_task(_synthesize, res.cpus_per_worker, res.gpus_per_worker)
-        refs = [
-            task.remote(cfg.model_dump(mode="json"), t, k, n, f"{out_dir}/{t}.parquet")
-            for k, t in enumerate(teachers)
+        """Each teacher's n synthetic rows, drawn concurrently (one task per teacher, with a fit
+        worker's CPUs and GPUs), written to out_dir/<teacher>.parquet; returns teacher -> its
+        rows' ids."""
+        res, report = cfg.resources, self.pool.reporter()
+        cfg_dict = cfg.model_dump(mode="json")
+        items = [
+            (cfg_dict, t, k, n, f"{out_dir}/{t}.parquet", report) for k, t in enumerate(teachers)
         ]
-        return dict(zip(teachers, ray.get(refs)))
+        drawn = self.pool.map_tasks(
+            synthesize_rows, items, cpus=res.cpus_per_worker, gpus=res.gpus_per_worker
+        )
+        return dict(zip(teachers, drawn))
 
     def label_soft_targets(
         self,
@@ -236,11 +202,45 @@ class RayLabeller:
         teachers: list[str],
         owners: dict[int, list[str]],
         draws: int,
-        out_dir: str,
-        groups: dict[int, int],
+        out_dir: str = SOFT_TARGETS,
+        groups: Optional[dict[int, int]] = None,
         extra_rows: Sequence[str] = (),
     ) -> int:
-        shape = storage.read_json(PLAN_JSON)["image_shape"]
-        return label_soft_targets(
-            cfg, storage, teachers, owners, draws, shape, out_dir, groups, extra_rows
+        """Write `draws` soft targets for every row of `owners` (row_id -> the teachers that
+        trained on it) to out_dir, published only once complete; returns the rows written.
+        groups: row_id -> the batch group written as "shard" (default: the index in `teachers`
+        of the row's first owner). extra_rows: tables (row_id, image) of rows outside the plan
+        (synthetic rows), labelled like its rows."""
+        if groups is None:
+            groups = {r: teachers.index(o[0]) for r, o in owners.items()}
+        storage.delete(out_dir)
+        sources = rows_to_label(cfg, storage, owners, extra_rows, out_dir)
+        make_worker = partial(
+            LabellingWorker,
+            cfg.model_dump(mode="json"),
+            teachers,
+            owners,
+            draws,
+            list(storage.read_json(PLAN_JSON)["image_shape"]),
+            groups,
+        )
+        res = cfg.resources
+        job = "label " + ("student" if out_dir == SOFT_TARGETS else out_dir.split("/")[1])
+        placement = Placement(res.label_actors, res.cpus_per_worker, res.gpus_per_worker, job)
+        with storage.staging(out_dir) as staging:
+            self.pool.stream_to_parquet(
+                sources,
+                storage.fs,
+                make_worker,
+                storage.path(staging),
+                batch_rows=max(1, cfg.distill.label_batch_size // draws),
+                placement=placement,
+                total=len(owners) * draws,
+                unit="soft targets",
+            )
+            storage.publish_dir(staging, out_dir)
+        files = [f for f in storage.listdir(out_dir) if f.endswith(".parquet")]
+        return sum(
+            pq.read_metadata(storage.path(f"{out_dir}/{f}"), filesystem=storage.fs).num_rows
+            for f in files
         )
