@@ -263,7 +263,7 @@ def _distil_inputs(tmp_path, **overrides: str):
     from raydefense.data.plan import make_plan
     from raydefense.data.sources import load_digits
     from raydefense.data.tables import write_plan
-    from raydefense.pipeline import _soft_targets
+    from raydefense.pipeline.distill_stage import _soft_targets
     from raydefense.run.context import Backend, RunContext
     from raydefense.run.fingerprints import stage_fingerprints
     from raydefense.storage import Storage
