@@ -126,11 +126,11 @@ def test_bad_preset_combinations_are_one_line_errors(tmp_path, presets, config, 
 
 
 def test_a_hardware_preset_may_only_place_work(monkeypatch):
-    import raydefense.config as config
+    import raydefense.config.loader as loader
 
-    real = config._yaml
+    real = loader._yaml
     monkeypatch.setattr(
-        config,
+        loader,
         "_yaml",
         lambda pkg, name: {"train": {"steps": 1}} if name == "cpu2" else real(pkg, name),
     )

@@ -1,0 +1,133 @@
+"""The whole config: `ExperimentConfig` (every section, the checks across sections)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from raydefense.config.attack_sections import AttacksConfig
+from raydefense.config.audit_section import AuditConfig
+from raydefense.config.data_section import DataConfig
+from raydefense.config.distill_section import DistillConfig
+from raydefense.config.runtime_sections import (
+    QualityConfig,
+    ResourcesConfig,
+    SamplingConfig,
+    StorageConfig,
+    TrackingConfig,
+)
+from raydefense.config.sections import Section
+from raydefense.config.sweep_section import SweepConfig
+from raydefense.config.train_section import TrainConfig
+from raydefense.errors import ConfigError
+from raydefense.families import DEFAULT_FAMILY, ModelConfig, model_family
+from raydefense.hashing import stable_hash
+
+
+def _model_of(value: Any) -> Any:
+    """`model` validated by its family's schema (dicts; a ModelConfig passes as it is)."""
+    if isinstance(value, Mapping):
+        kind = value.get("kind", DEFAULT_FAMILY)
+        if not isinstance(kind, str):
+            raise ValueError(f"model.kind must be a family name, got {kind!r}")
+        try:
+            family = model_family(kind)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return family.model_validate(dict(value))
+    return value
+
+
+class ExperimentConfig(Section):
+    experiment: str = "digits"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: SerializeAsAny[ModelConfig] = Field(
+        default_factory=lambda: model_family(DEFAULT_FAMILY)()
+    )
+    train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+    attacks: AttacksConfig = AttacksConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    quality: QualityConfig = QualityConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    sweep: SweepConfig = SweepConfig()
+    audit: AuditConfig = AuditConfig()
+
+    _family_schema = field_validator("model", mode="before")(_model_of)
+
+    @model_validator(mode="after")
+    def _check_capabilities(self) -> ExperimentConfig:
+        """Settings the model family's capabilities rule out (`latent`, `conditional`)."""
+        m = self.model
+        if m.latent and self.train.hflip:
+            raise ValueError(
+                f"train.hflip flips pixels, but model.kind={m.kind} trains on latents encoded "
+                "once in prepare: set train.hflip=false"
+            )
+        if not m.conditional and self.data.prompt_diversification:
+            raise ValueError(
+                "data.prompt_diversification draws captions for a text-conditioned model; "
+                f"model.kind={m.kind} takes none: set model.kind=sd or turn it off"
+            )
+        if m.latent and self.distill.synthetic_per_teacher:
+            raise ValueError(
+                "distill.synthetic_per_teacher draws pixel samples; a latent model "
+                f"(model.kind={m.kind}) is not supported: set it to 0"
+            )
+        if m.latent and self.distill.public_inputs:
+            raise ValueError(
+                "distill.public_inputs labels pixel rows; a latent model "
+                f"(model.kind={m.kind}) is not supported: set it to false"
+            )
+        if not m.conditional and self.data.captioner is not None:
+            raise ValueError(
+                "data.captioner writes captions for a text-conditioned model; "
+                f"model.kind={m.kind} takes none: set model.kind=sd or unset it"
+            )
+        return self
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted keys -> string values, as logged to MLflow params."""
+        return {
+            k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+            for k, v in _flatten(self.model_dump(mode="json")).items()
+        }
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the whole config (results.json's `config_fingerprint`); an unused `audit`
+        section is left out, so configs from before it keep their fingerprints."""
+        d = self.model_dump(mode="json")
+        if d["audit"] == AuditConfig().model_dump(mode="json"):
+            del d["audit"]
+        return stable_hash(d)
+
+
+def first_error(e: ValidationError) -> tuple[str, str, Any]:
+    """The first error of a pydantic ValidationError: (dotted location, message without
+    pydantic's "Value error, " prefix, the offending input), for one-line ConfigErrors."""
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return loc, str(err["msg"]).removeprefix("Value error, "), err.get("input")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
