@@ -45,6 +45,7 @@ from raydefense.audit.scoring import (
     shadow_jobs,
 )
 from raydefense.audit.targets import (
+    AttackPlan,
     audited_rows,
     online_references,
     plan_attacks,
@@ -74,47 +75,163 @@ class EvaluationResult:
     references: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def run_evaluation(
-    cfg: ExperimentConfig, storage: Storage, plan: Plan, scorer: Scorer, cache_dir: str
-) -> EvaluationResult:
-    """Everything the evaluate stage computes. Steps:
+class ScoreRows:
+    """The long-format scores table being built (SCORES_COLUMNS but the plan's labels): one row
+    per (target, attack, setting, audited row), in the order added."""
 
-    1. per target, one scoring job over its audited rows (query scores, learned features,
-       held-out eps-MSE) and, for shadow-trained attacks, one job per shadow model;
-    2. generation from every target's public sampler (sample grids, blackbox_nn, quality);
-    3. the domain classifier; learned-attack fits (one task per target x attack);
-    4. long-format raw scores + quality rows.
-    """
-    ap = plan_attacks(cfg, plan)
-    by_name = {a.name: a for t in ap.targets for a in ap.attacks[t]}
-    # Per target one scoring job: its eps-query attacks, and the attacks that query its public
-    # interface row by row (a black-box DualMD has only those, and no eps-MSE).
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.cols: dict[str, list[Any]] = {
+            k: [] for k in ("target", "attack", "params", "row_id", "is_member", "part", "score")
+        }
+
+    def add(self, target: str, attack: str, params: dict[str, Any], score: np.ndarray) -> None:
+        """score: [N] over the target's audited rows (`audited_rows`), in plan order."""
+        plan, mask = self.plan, audited_rows(self.plan, target)
+        member = plan.split[mask] == MEMBER
+        long_rows(self.cols, target, attack, params, plan.row_id[mask], member, plan.part[mask],
+                  score)  # fmt: skip
+
+
+@dataclass
+class _Deferred:
+    """Work that needs every target's scores first: learned-attack fits and reference fits (one
+    task each, placed by the scorer), keyed by what they score."""
+
+    fits: list[tuple[Any, ...]] = field(default_factory=list)
+    fit_keys: list[tuple[str, str]] = field(default_factory=list)
+    ref_fits: list[tuple[Any, ...]] = field(default_factory=list)
+    ref_keys: list[tuple[str, ReferenceAttack, list[dict[str, Any]], int, int]] = field(
+        default_factory=list
+    )
+
+
+def scoring_jobs(
+    cfg: ExperimentConfig, plan: Plan, ap: AttackPlan
+) -> tuple[list[ScoreJob], dict[str, list[str]], dict[str, list[ReferenceAttack]]]:
+    """Per target one scoring job (its eps-query attacks, and the attacks that query its public
+    interface row by row: a black-box DualMD has only those, and no eps-MSE), one per shadow
+    model of the shadow-trained attacks, and the reference-calibrated attacks' jobs (the targets
+    on population rows, the references on the audited rows and the population, each checked OUT
+    for every audited row first). Returns (jobs, served: target -> its shadow-trained attacks,
+    referenced: target -> its reference attacks)."""
     jobs = [
-        ScoreJob(
-            t,
-            audited_rows(plan, t),
-            names,
-            with_quality=target_access(cfg, t) != "black-box",
-        )
+        ScoreJob(t, audited_rows(plan, t), names, with_quality=target_access(cfg, t) != "black-box")
         for t in ap.targets
         for names in [[a.name for a in ap.attacks[t] if a.kind in SCORED_KINDS]]
         if target_access(cfg, t) != "black-box" or names
     ]
     served = {t: [a.name for a in ap.attacks[t] if a.trains_on == "shadow"] for t in ap.targets}
     jobs += shadow_jobs(cfg, plan, served)
-    # Reference-calibrated attacks: the targets on population rows, the references on the
-    # audited rows and the population (checked OUT for every audited row first).
     referenced = {
         t: [a for a in ap.attacks[t] if isinstance(a, ReferenceAttack)] for t in ap.targets
     }
     jobs += reference_jobs(cfg, plan, referenced)
-    # The same pool generates images (grids, black-box attack, quality) with the models it holds.
+    return jobs, served, referenced
+
+
+def generated_per_target(cfg: ExperimentConfig, ap: AttackPlan) -> int:
+    """Images each target's public sampler draws: for the grids, quality and blackbox_nn."""
     needs_bb = any(a.kind == "generated" for t in ap.targets for a in ap.attacks[t])
-    n_gen = max(
+    return max(
         cfg.sampling.num_images,
         cfg.quality.num_generated,
         cfg.attacks.blackbox_nn.num_generated if needs_bb else 0,
     )
+
+
+def _direct_scores(
+    cfg: ExperimentConfig,
+    plan: Plan,
+    target: str,
+    attacks: list[Any],
+    res: dict[str, np.ndarray],
+    generated: np.ndarray,
+    domain: Any,
+    rows: ScoreRows,
+    deferred: _Deferred,
+    scored: dict[str, dict[str, np.ndarray]],
+) -> None:
+    """One target's rows that need nothing from the other targets (column, router-aware and
+    generated-image attacks); its learned and reference attacks are queued in `deferred`;
+    combined attacks wait for every other column."""
+    mask = audited_rows(plan, target)
+    for a in attacks:
+        if isinstance(a, ColumnAttack):
+            for i, params in enumerate(a.settings()):
+                rows.add(target, a.name, params, res[query_col(a.name, i)])
+        elif isinstance(a, DualMDAdaptive):
+            for params, score in adaptive_scores(cfg, plan, a, res, mask):
+                rows.add(target, a.name, params, score)
+        elif isinstance(a, GeneratedAttack):
+            s = a.score_generated(
+                torch.tensor(generated[: a.cfg.num_generated]),
+                torch.from_numpy(to_model_range(plan.images[mask])),
+                domain.feature_fn if domain is not None else None,
+            ).numpy()
+            for i, params in enumerate(a.settings(with_features=domain is not None)):
+                rows.add(target, a.name, params, s[:, i])
+        elif isinstance(a, LearnedAttack):
+            deferred.fits.append(learned_fit_args(cfg, plan, target, a.name, a, scored))
+            deferred.fit_keys.append((target, a.name))
+        elif isinstance(a, ReferenceAttack):
+            settings, data = reference_inputs(cfg, plan, target, a, scored)
+            deferred.ref_fits.append((a.name, cfg.model_dump(mode="json"), data))
+            n_online = len(online_references(cfg, plan, target)) if isinstance(a, LiRA) else 0
+            n_refs = len(references_for(cfg, plan, target))
+            deferred.ref_keys.append((target, a, settings, n_refs, n_online))
+        elif isinstance(a, CombinedAttack):
+            continue  # combines the other columns once they all exist
+        else:
+            raise TypeError(f"attack {a.name!r} subclasses none of raydefense.attacks.base's")
+
+
+def _target_quality(
+    cfg: ExperimentConfig,
+    plan: Plan,
+    target: str,
+    res: dict[str, np.ndarray],
+    generated: np.ndarray,
+    domain: Any,
+) -> list[dict[str, Any]]:
+    """A target's utility rows: its held-out eps-MSE (reported on the test non-members; what
+    choices read, on the calibration ones) and its generated images' quality."""
+    out = []
+    if QUALITY_COL in res:
+        mask = audited_rows(plan, target)
+        part = plan.part[mask]
+        for metric, rows in (
+            ("heldout_eps_mse", TEST),
+            ("heldout_eps_mse_calibration", CALIBRATION),
+        ):
+            held = (plan.split[mask] == NONMEMBER) & (part == rows)
+            value = float(res[QUALITY_COL][held].mean())
+            out.append({"target": target, "metric": metric, "value": value})
+    n_gen = cfg.quality.num_generated
+    prompts = generation_prompts(plan, len(generated), cfg.seed)
+    out += quality_rows(
+        cfg, plan, target, generated[:n_gen], domain, None if prompts is None else prompts[:n_gen]
+    )
+    return out
+
+
+def run_evaluation(
+    cfg: ExperimentConfig, storage: Storage, plan: Plan, scorer: Scorer, cache_dir: str
+) -> EvaluationResult:
+    """Everything the evaluate stage computes. Steps:
+
+    1. per target, one scoring job over its audited rows (query scores, learned features,
+       held-out eps-MSE) and, for shadow-trained and reference attacks, their models' jobs;
+    2. generation from every target's public sampler (sample grids, blackbox_nn, quality), by
+       the same pool with the models it holds;
+    3. the domain classifier; per target the rows that need no other target, and its quality;
+    4. learned-attack and reference fits (one task each), then the combined attacks;
+    5. long-format raw scores + quality rows.
+    """
+    ap = plan_attacks(cfg, plan)
+    by_name = {a.name: a for t in ap.targets for a in ap.attacks[t]}
+    jobs, served, referenced = scoring_jobs(cfg, plan, ap)
+    n_gen = generated_per_target(cfg, ap)
     t0 = time.perf_counter()
     columns, gen = scorer.score(cfg, plan, jobs, {t: n_gen for t in ap.targets})
     scored = dict(zip([j.name for j in jobs], columns))
@@ -126,116 +243,55 @@ def run_evaluation(
     )
     t0 = time.perf_counter()
     domain = train_domain_features(cfg, plan)
-
-    cols: dict[str, list[Any]] = {
-        k: [] for k in ("target", "attack", "params", "row_id", "is_member", "part", "score")
-    }
+    rows, deferred = ScoreRows(plan), _Deferred()
     quality: list[dict[str, Any]] = []
-    fits: list[tuple[Any, ...]] = []
-    fit_keys: list[tuple[str, str]] = []
-    ref_fits: list[tuple[Any, ...]] = []
-    ref_keys: list[tuple[str, ReferenceAttack, list[dict[str, Any]], int, int]] = []
     for t in ap.targets:
-        mask = audited_rows(plan, t)
-        ids, member = plan.row_id[mask], plan.split[mask] == MEMBER
-        part = plan.part[mask]
         res = scored.get(t, {})
-        for a in ap.attacks[t]:
-            if isinstance(a, ColumnAttack):
-                for i, params in enumerate(a.settings()):
-                    long_rows(cols, t, a.name, params, ids, member, part, res[query_col(a.name, i)])
-            elif isinstance(a, DualMDAdaptive):
-                for params, score in adaptive_scores(cfg, plan, a, res, mask):
-                    long_rows(cols, t, a.name, params, ids, member, part, score)
-            elif isinstance(a, GeneratedAttack):
-                s = a.score_generated(
-                    torch.tensor(gen[t][: a.cfg.num_generated]),
-                    torch.from_numpy(to_model_range(plan.images[mask])),
-                    domain.feature_fn if domain is not None else None,
-                ).numpy()
-                for i, params in enumerate(a.settings(with_features=domain is not None)):
-                    long_rows(cols, t, a.name, params, ids, member, part, s[:, i])
-            elif isinstance(a, LearnedAttack):
-                fits.append(learned_fit_args(cfg, plan, t, a.name, a, scored))
-                fit_keys.append((t, a.name))
-            elif isinstance(a, ReferenceAttack):
-                settings, data = reference_inputs(cfg, plan, t, a, scored)
-                ref_fits.append((a.name, cfg.model_dump(mode="json"), data))
-                n_online = len(online_references(cfg, plan, t)) if isinstance(a, LiRA) else 0
-                ref_keys.append((t, a, settings, len(references_for(cfg, plan, t)), n_online))
-            elif isinstance(a, CombinedAttack):
-                continue  # combines the other columns once they all exist (below)
-            else:
-                raise TypeError(f"attack {a.name!r} subclasses none of raydefense.attacks.base's")
-        if QUALITY_COL in res:
-            # Reported on the test non-members; what choices read, on the calibration ones.
-            for metric, rows in (
-                ("heldout_eps_mse", TEST),
-                ("heldout_eps_mse_calibration", CALIBRATION),
-            ):
-                held = (plan.split[mask] == NONMEMBER) & (part == rows)
-                quality.append(
-                    {"target": t, "metric": metric, "value": float(res[QUALITY_COL][held].mean())}
-                )
-        n_gen = cfg.quality.num_generated
-        prompts = generation_prompts(plan, len(gen[t]), cfg.seed)
-        quality += quality_rows(
-            cfg, plan, t, gen[t][:n_gen], domain, None if prompts is None else prompts[:n_gen]
-        )
+        _direct_scores(cfg, plan, t, ap.attacks[t], res, gen[t], domain, rows, deferred, scored)
+        quality += _target_quality(cfg, plan, t, res, gen[t], domain)
     log.info(
         "evaluate: domain classifier, generated-image attacks and quality in %.1fs",
         time.perf_counter() - t0,
     )
     t0 = time.perf_counter()
-    for (t, name), out in zip(fit_keys, scorer.map(fit_learned, fits)):
-        mask = audited_rows(plan, t)
-        ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
+    for (t, name), out in zip(deferred.fit_keys, scorer.map(fit_learned, deferred.fits)):
         params = by_name[name].settings()[0]
-        long_rows(cols, t, name, params, ids, member, part, learned_scores(out, part))
-    log.info("evaluate: fitted %d learned attacks in %.1fs", len(fits), time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for (t, a, settings, n_refs, n_online), out in zip(
-        ref_keys, scorer.map(score_reference_attack, ref_fits)
-    ):
-        mask = audited_rows(plan, t)
-        ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
-        for params, score in reference_rows(a, settings, out, n_refs, n_online):
-            long_rows(cols, t, a.name, params, ids, member, part, score)
+        rows.add(t, name, params, learned_scores(out, plan.part[audited_rows(plan, t)]))
     log.info(
-        "evaluate: %d reference-calibrated attacks in %.1fs",
-        len(ref_fits),
+        "evaluate: fitted %d learned attacks in %.1fs",
+        len(deferred.fits),
         time.perf_counter() - t0,
     )
     t0 = time.perf_counter()
-    combined = [(t, a) for t in ap.targets for a in ap.attacks[t] if isinstance(a, CombinedAttack)]
+    ref_out = scorer.map(score_reference_attack, deferred.ref_fits)
+    for (t, a, settings, n_refs, n_online), out in zip(deferred.ref_keys, ref_out):
+        for params, score in reference_rows(a, settings, out, n_refs, n_online):
+            rows.add(t, a.name, params, score)
+    log.info(
+        "evaluate: %d reference-calibrated attacks in %.1fs",
+        len(deferred.ref_fits),
+        time.perf_counter() - t0,
+    )
+    t0 = time.perf_counter()
+    combined = [(t, c) for t in ap.targets for c in ap.attacks[t] if isinstance(c, CombinedAttack)]
     if combined:
         import pandas as pd
 
-        table = pd.DataFrame(cols)  # every column so far, built once for all targets
-        for t, a in combined:
-            params, score = combined_scores(cfg, plan, t, a, table)
-            mask = audited_rows(plan, t)
-            ids, member, part = plan.row_id[mask], plan.split[mask] == MEMBER, plan.part[mask]
-            long_rows(cols, t, a.name, params, ids, member, part, score)
+        table = pd.DataFrame(rows.cols)  # every column so far, built once for all targets
+        for t, c in combined:
+            params, score = combined_scores(cfg, plan, t, c, table)
+            rows.add(t, c.name, params, score)
     log.info("evaluate: combined attacks in %.1fs", time.perf_counter() - t0)
     if domain is not None:
-        quality.append(
-            {
-                "target": "real",
-                "metric": "domain_classifier_train_accuracy",
-                "value": float(domain.train_accuracy),
-            }
-        )
-        quality.append(
-            {
-                "target": "real",
-                "metric": "domain_classifier_rows",
-                "value": float(domain.train_rows),
-            }
-        )
+        quality += [
+            {"target": "real", "metric": "domain_classifier_train_accuracy",
+             "value": float(domain.train_accuracy)},
+            {"target": "real", "metric": "domain_classifier_rows",
+             "value": float(domain.train_rows)},
+        ]  # fmt: skip
     samples = {t: g[: cfg.sampling.num_images] for t, g in gen.items()}
     return EvaluationResult(
-        pa.table(cols),
+        pa.table(rows.cols),
         quality,
         samples,
         ap.skipped,
