@@ -12,7 +12,7 @@ another, sweeps without early stopping; `raydefense.run.local`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Union
 
@@ -51,9 +51,9 @@ class Command(Protocol):
 
     def check(self, cfg: ExperimentConfig) -> None: ...
 
-    def run(self, ctx: RunContext) -> Optional[dict[str, Any]]: ...
+    def run(self, ctx: RunContext) -> Optional[Mapping[str, Any]]: ...
 
-    def summary(self, results: dict[str, Any], ctx: RunContext) -> str: ...
+    def summary(self, results: Mapping[str, Any], ctx: RunContext) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,10 @@ class PipelineCommand:
     def check(self, cfg: ExperimentConfig) -> None:
         pass
 
-    def run(self, ctx: RunContext) -> Optional[dict[str, Any]]:
+    def run(self, ctx: RunContext) -> Optional[Mapping[str, Any]]:
         return run_pipeline(ctx, until=self.until)
 
-    def summary(self, results: dict[str, Any], ctx: RunContext) -> str:
+    def summary(self, results: Mapping[str, Any], ctx: RunContext) -> str:
         return run_summary(results, ctx.storage)
 
 
@@ -82,7 +82,7 @@ class ReportCommand:
     def check(self, cfg: ExperimentConfig) -> None:
         pass
 
-    def run(self, ctx: RunContext) -> Optional[dict[str, Any]]:
+    def run(self, ctx: RunContext) -> Optional[Mapping[str, Any]]:
         from raydefense.layout import marker
 
         ctx.fingerprints = stage_fingerprints(ctx.cfg)
@@ -94,7 +94,7 @@ class ReportCommand:
         ctx.skipped = STAGES[:-1]
         return stage_report(ctx)
 
-    def summary(self, results: dict[str, Any], ctx: RunContext) -> str:
+    def summary(self, results: Mapping[str, Any], ctx: RunContext) -> str:
         return run_summary(results, ctx.storage)
 
 
@@ -110,13 +110,13 @@ class AttackSweepCommand:
 
         grid_points(cfg)  # a bad search space fails before any stage runs
 
-    def run(self, ctx: RunContext) -> Optional[dict[str, Any]]:
+    def run(self, ctx: RunContext) -> Optional[Mapping[str, Any]]:
         from raydefense.sweeps.attacks import run_sweep
 
         run_pipeline(ctx, until="distill")
         return run_sweep(ctx)
 
-    def summary(self, results: dict[str, Any], ctx: RunContext) -> str:
+    def summary(self, results: Mapping[str, Any], ctx: RunContext) -> str:
         from raydefense.sweeps.attacks import summary, sweep_dir
 
         return summary(results, ctx.storage.uri(sweep_dir(ctx.cfg)))
@@ -133,12 +133,12 @@ class TrainingSweepCommand:
 
         check_training_sweep(cfg)
 
-    def run(self, ctx: RunContext) -> Optional[dict[str, Any]]:
+    def run(self, ctx: RunContext) -> Optional[Mapping[str, Any]]:
         from raydefense.sweeps.training_sweep import run_training_sweep
 
         return run_training_sweep(ctx)
 
-    def summary(self, results: dict[str, Any], ctx: RunContext) -> str:
+    def summary(self, results: Mapping[str, Any], ctx: RunContext) -> str:
         from raydefense.sweeps.training_sweep import summary, sweep_dir
 
         return summary(results, ctx.storage.uri(sweep_dir(ctx.cfg)))
@@ -158,7 +158,7 @@ def command_for(verb: str, cfg: ExperimentConfig) -> Command:
 VERBS = (*PIPELINE_VERBS, "report", "sweep")
 
 
-def run_summary(results: dict[str, Any], storage: Storage) -> str:
+def run_summary(results: Mapping[str, Any], storage: Storage) -> str:
     """The console's lines after a pipeline: the headline rows and the stage timings."""
     from raydefense.report.markdown import headline_rows, rate
     from raydefense.roster import target_order_key
@@ -227,7 +227,7 @@ def execute(
     overrides: Optional[list[str]] = None,
     force: Optional[list[str]] = None,
     executor: str = "ray",
-) -> Optional[dict[str, Any]]:
+) -> Optional[Mapping[str, Any]]:
     """Run one command in-process: load and check the config (nothing is written when a check
     fails), open the run on `executor`, run the command, print its summary. Returns results."""
     if executor not in EXECUTORS:

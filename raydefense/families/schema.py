@@ -5,7 +5,7 @@ their backbones' code and still load with a config."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,9 @@ class ModelConfig(BaseModel):
     conditional: ClassVar[bool] = False
     # The diffusers class its saved weights are (what `audit.models` imports are matched on).
     diffusers_class: ClassVar[str] = ""
+    # How its MLflow model generates (raydefense/tracking/sampler_model.py: "ddim" or
+    # "stable-diffusion"); None: the family's models are not logged to the Model Registry.
+    sampler: ClassVar[Optional[str]] = None
 
     @model_validator(mode="after")
     def _check_schedule(self) -> ModelConfig:

@@ -30,6 +30,7 @@ class SDConfig(ModelConfig):
     latent: ClassVar[bool] = True
     conditional: ClassVar[bool] = True
     diffusers_class: ClassVar[str] = "UNet2DConditionModel"
+    sampler: ClassVar[Optional[str]] = "stable-diffusion"
 
     @model_validator(mode="after")
     def _check_pipeline(self) -> SDConfig:

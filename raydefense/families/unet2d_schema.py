@@ -3,7 +3,7 @@ scratch (its backbone: raydefense.diffusion.backbones.unet2d)."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -30,6 +30,7 @@ class UNet2DConfig(ModelConfig):
     )
 
     diffusers_class: ClassVar[str] = "UNet2DModel"
+    sampler: ClassVar[Optional[str]] = "ddim"
 
     @model_validator(mode="after")
     def _check_layout(self) -> UNet2DConfig:

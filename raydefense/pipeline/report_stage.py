@@ -8,14 +8,15 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
 
 from raydefense import layout
-from raydefense.attacks.base import FAMILIES, variants_not_run
-from raydefense.audit.results import metric_rows, paired_auc_gain
-from raydefense.audit.selection import suite_coverage, tradeoff
+from raydefense.attacks.base import variants_not_run
+from raydefense.audit.report_results import DATA_KEYS, AuditResults, assemble_results
+from raydefense.audit.results import metric_rows
 from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
 from raydefense.report.text_to_image import DIVERSIFICATION_LABELS, t2i_table
@@ -30,7 +31,7 @@ from raydefense.tracking.audit_logging import log_evaluations, tag_registered
 log = logging.getLogger("raydefense")
 
 
-def stage_report(ctx: RunContext) -> dict[str, Any]:
+def stage_report(ctx: RunContext) -> AuditResults:
     cfg, storage = ctx.cfg, ctx.storage
     scores = storage.read_table(layout.SCORES)
     rows, all_curves = metric_rows(scores, cfg.attacks.bootstrap, cfg.seed)
@@ -46,57 +47,38 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
             grids[f[:-4]] = np.load(io.BytesIO(storage.read_bytes(f"{layout.SAMPLES}/{f}")))
     timings = dict(storage.read_json(layout.TIMINGS)) if storage.exists(layout.TIMINGS) else {}
     timings.update(ctx.timings)
-    results = {
-        "experiment": cfg.experiment,
-        "dataset": cfg.data.source,
-        "data": {
-            k: v
-            for k, v in storage.read_json(layout.PLAN_JSON).items()
-            if k
-            in (
-                "num_members",
-                "num_nonmembers",
-                "shard_sizes",
-                "image_shape",
-                "duplicates_dropped",
-                "split_file",
-            )
-        },
-        "config_fingerprint": cfg.fingerprint(),
-        "versions": versions(),
-        "timings": timings,
-        "attacks": rows,
-        "quality": quality,
-        "skipped": skipped,
-        "shadows": (storage.read_json(layout.SHADOWS) if storage.exists(layout.SHADOWS) else {}),
-        "references": (
+    plan = storage.read_json(layout.PLAN_JSON)
+    base = AuditResults(
+        experiment=cfg.experiment,
+        dataset=cfg.data.source,
+        data={k: v for k, v in plan.items() if k in DATA_KEYS},
+        config_fingerprint=cfg.fingerprint(),
+        versions=versions(),
+        timings=timings,
+        attacks=rows,
+        quality=quality,
+        skipped=skipped,
+        shadows=storage.read_json(layout.SHADOWS) if storage.exists(layout.SHADOWS) else {},
+        references=(
             storage.read_json(layout.REFERENCES) if storage.exists(layout.REFERENCES) else {}
         ),
-    }
+    )
     if cfg.audit.models:
-        results["audit"] = {
+        base["audit"] = {
             "models": {
                 role: {"source": uri, "sha256": cfg.audit.digests.get(role)}
                 for role, uri in sorted(cfg.audit.models.items())
             }
         }
-    results.update(
-        tradeoff(results, _sweep_results(ctx, "attacks"), _sweep_results(ctx, "training"))
+    results = assemble_results(
+        base,
+        scores,
+        _sweep_results(ctx, "attacks"),
+        _sweep_results(ctx, "training"),
+        variants_not_run(cfg.attacks.lira.online_models, "lira" in cfg.attacks.enabled),
+        cfg.attacks.bootstrap,
+        cfg.seed,
     )
-    lira = "lira" in cfg.attacks.enabled
-    results["suite"] = suite_coverage(
-        rows,
-        FAMILIES,
-        variants_not_run(cfg.attacks.lira.online_models, lira),
-        results["references"],
-    )
-    # What the reference/population/combined attacks add, per target, on the same test rows.
-    for t, entry in results["privacy"].items():
-        old = entry.get("without_calibrated")
-        if old and entry.get("source") == old.get("source") == "evaluate":
-            entry["gain_over_without_calibrated"] = paired_auc_gain(
-                scores, t, entry, old, cfg.attacks.bootstrap, cfg.seed
-            )
     if cfg.model.latent:  # text-to-image: this run's table, or the study's when base
         results["text_to_image"] = _t2i_table(ctx, results)
     seeds = _seed_study(ctx)
@@ -172,7 +154,7 @@ def _sweep_results(ctx: RunContext, kind: str) -> Optional[dict[str, Any]]:
     return res
 
 
-def _t2i_table(ctx: RunContext, results: dict[str, Any]) -> dict[str, Any]:
+def _t2i_table(ctx: RunContext, results: Mapping[str, Any]) -> dict[str, Any]:
     """The text-to-image table: `raydefense promptdiv`'s (both caption settings) when this
     experiment is its base, else this run's own column group."""
     rel = layout.PROMPTDIV_SUMMARY

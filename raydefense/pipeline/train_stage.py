@@ -171,9 +171,14 @@ def _register(ctx: RunContext, model: str, run_id: Optional[str]) -> None:
     """Log models/<model> to its run as an MLflow model, registered as <experiment>-<model>;
     models/<model>/registered.json says which version (the report tags it)."""
     cfg = ctx.cfg
+    if cfg.model.sampler is None:
+        log.info("train: model.kind=%s has no MLflow sampler; %s is not registered", cfg.model.kind,
+                 model)  # fmt: skip
+        return
     shape = ctx.storage.read_json(layout.PLAN_JSON)["image_shape"]
     meta = {
         "kind": cfg.model.kind,
+        "sampler": cfg.model.sampler,
         "schedule": {
             k: getattr(cfg.model, k)
             for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")

@@ -364,7 +364,7 @@ def render_report_markdown(
 
 def write_report(
     out_dir: str,
-    results: dict,
+    results: Mapping[str, Any],
     roc_curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
     sample_grids: dict[str, np.ndarray] | None = None,
 ) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -255,7 +256,7 @@ def _num(v: Any) -> str:
     return "res.lim." if v is None else f"{v:.3f}"
 
 
-def summary(results: dict[str, Any], where: str) -> str:
+def summary(results: Mapping[str, Any], where: str) -> str:
     """The table the CLI prints: per target, the worst-case setting and its metrics."""
     lines = [
         f"raydefense: sweep {results['sweep']!r}: {results['num_trials']} trials; results "

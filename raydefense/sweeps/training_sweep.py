@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
@@ -409,7 +410,7 @@ def watched_value(cfg: ExperimentConfig, point: TrainingPoint, trials_root: str)
 # ----------------------------------------------------------------------------- orchestration
 
 
-def summary(results: dict[str, Any], where: str) -> str:
+def summary(results: Mapping[str, Any], where: str) -> str:
     lines = [
         f"raydefense: training sweep {results['sweep']!r}: {results['num_trials']} trials "
         f"({results['num_completed']} completed, {results['num_stopped']} stopped by ASHA); "
@@ -491,7 +492,7 @@ def write_sweep_figure(storage: Storage, base: str, results: dict[str, Any]) -> 
     return path
 
 
-def recommendation_line(results: dict[str, Any]) -> str:
+def recommendation_line(results: Mapping[str, Any]) -> str:
     """One line: the recommended setting (mean over its seeds) and the rule that chose it."""
     rec = results.get("recommended") or {}
     ref = results.get("reference")

@@ -5,6 +5,7 @@ version (its worst case, TPR at 1% FPR, utility, the report's run)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from raydefense import layout
@@ -70,7 +71,7 @@ def tag_registered(
     cfg: ExperimentConfig,
     storage: Storage,
     parent_run: Optional[str],
-    results: dict[str, Any],
+    results: Mapping[str, Any],
     report_dir: str,
 ) -> None:
     """Tag each audited target's Model Registry version with its audit (worst-case AUC and

@@ -4,12 +4,13 @@ Logged as an MLflow "model from code": MLflow stores this file with the model an
 load, so loading needs torch and diffusers only, not raydefense. Artifacts:
 - `weights`: the model directory (`ema/` and `unet/` diffusers UNets; `ema/` generates);
 - `model.json`: the noise schedule (num_train_timesteps, beta_start, beta_end, beta_schedule),
-  the family (`unet2d` or `sd`) and, for `sd`, the Stable Diffusion pipeline directory whose
-  VAE, text encoder and tokenizer the fine-tuned UNet runs with (a local path where loaded).
+  the family's `sampler` (`ddim`: a pixel UNet2DModel under DDIMPipeline; `stable-diffusion`: a
+  fine-tuned UNet2DConditionModel in the StableDiffusionPipeline whose VAE, text encoder and
+  tokenizer it runs with, `pipeline`, a local path where loaded) and the family (`kind`).
 
 Input: a DataFrame with one row per image: `seed` (int; the image's noise), and `prompt` (str)
-for `sd`. Params: `num_inference_steps` (default 50), `guidance_scale` (`sd`; default 7.5).
-Output: uint8 images [N, H, W, C].
+for `stable-diffusion`. Params: `num_inference_steps` (default 50), `guidance_scale`
+(`stable-diffusion`; default 7.5). Output: uint8 images [N, H, W, C].
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from typing import Any
 
 import mlflow
 import numpy as np
+
+# The samplers of models logged before `sampler` was recorded, by their family.
+SAMPLER_OF_KIND = {"unet2d": "ddim", "sd": "stable-diffusion"}
+
+
+def sampler_of(meta: dict[str, Any]) -> str:
+    """The logged model's sampler (`ddim` or `stable-diffusion`)."""
+    return str(meta.get("sampler") or SAMPLER_OF_KIND[meta["kind"]])
 
 
 class DiffusionSampler(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
@@ -36,11 +45,11 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
             beta_start=s["beta_start"],
             beta_end=s["beta_end"],
             beta_schedule=s["beta_schedule"],
-            clip_sample=self.meta["kind"] == "unet2d",
+            clip_sample=sampler_of(self.meta) == "ddim",
             set_alpha_to_one=False,
         )
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self.meta["kind"] == "sd":
+        if sampler_of(self.meta) == "stable-diffusion":
             from diffusers import StableDiffusionPipeline
 
             unet = UNet2DConditionModel.from_pretrained(weights, low_cpu_mem_usage=False)
@@ -67,7 +76,7 @@ class DiffusionSampler(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
         steps = int(params.get("num_inference_steps", 50))
         seeds = [int(s) for s in model_input["seed"]]
         gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
-        if self.meta["kind"] == "sd":
+        if sampler_of(self.meta) == "stable-diffusion":
             out = self.pipe(
                 prompt=[str(p) for p in model_input["prompt"]],
                 generator=gens,

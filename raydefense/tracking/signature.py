@@ -7,15 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from raydefense.tracking.sampler_model import sampler_of
+
 
 def sampler_signature(meta: dict[str, Any]) -> Any:
-    """Input: one row per image, `seed` (long) and, for `sd`, `prompt` (string). Params:
-    `num_inference_steps` (long, 50) and, for `sd`, `guidance_scale` (double, 7.5). Output:
-    uint8 images [-1, H, W, C]."""
+    """Input: one row per image, `seed` (long) and, for Stable Diffusion, `prompt` (string).
+    Params: `num_inference_steps` (long, 50) and, for Stable Diffusion, `guidance_scale`
+    (double, 7.5). Output: uint8 images [-1, H, W, C]."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    sd = meta["kind"] == "sd"
+    sd = sampler_of(meta) == "stable-diffusion"
     c, h, w = meta["image_shape"]
     inputs: list[ColSpec | TensorSpec] = [ColSpec("long", "seed")]
     if sd:
@@ -42,7 +44,7 @@ def pip_requirements(meta: dict[str, Any]) -> list[str]:
         f"diffusers=={diffusers.__version__}",
         f"numpy=={np.__version__}",
     ]
-    if meta["kind"] == "sd":
+    if sampler_of(meta) == "stable-diffusion":
         import transformers
 
         reqs.append(f"transformers=={transformers.__version__}")
