@@ -46,6 +46,8 @@ class ModelConfig(BaseModel):
     # How its MLflow model generates (raydefense/tracking/sampler_model.py: "ddim" or
     # "stable-diffusion"); None: the family's models are not logged to the Model Registry.
     sampler: ClassVar[Optional[str]] = None
+    # A latent family's fields that choose how `prepare` encodes its rows (hashed with them).
+    encoder_fields: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
     def _check_schedule(self) -> ModelConfig:

@@ -31,6 +31,7 @@ class SDConfig(ModelConfig):
     conditional: ClassVar[bool] = True
     diffusers_class: ClassVar[str] = "UNet2DConditionModel"
     sampler: ClassVar[Optional[str]] = "stable-diffusion"
+    encoder_fields: ClassVar[tuple[str, ...]] = ("pipeline",)
 
     @model_validator(mode="after")
     def _check_pipeline(self) -> SDConfig:

@@ -184,7 +184,7 @@ def _register(ctx: RunContext, model: str, run_id: Optional[str]) -> None:
             for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
         },
         "image_shape": shape,
-        "pipeline": pipeline_dir(cfg.model) if cfg.model.latent else None,
+        "pipeline": pipeline_dir(cfg.model) if cfg.model.sampler == "stable-diffusion" else None,
         "experiment": cfg.experiment,
         "model": model,
     }

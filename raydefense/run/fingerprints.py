@@ -135,8 +135,13 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     plan_shadows = (
         shadow if shadow is None or roles == ("baseline",) else {**shadow, "roles": list(roles)}
     )
-    # A latent family's prepare also encodes the rows with its pipeline's VAE and text encoder.
-    encoder = [d["model"]["kind"], d["model"]["pipeline"]] if cfg.model.kind == "sd" else []
+    # A latent family's prepare also encodes the rows (sd: with its pipeline's VAE and text
+    # encoder): the family and the fields that choose its encoder join the fingerprint.
+    encoder = (
+        [d["model"]["kind"], *(d["model"][f] for f in cfg.model.encoder_fields)]
+        if cfg.model.latent
+        else []
+    )
     # Online LiRA's draws (over the audited rows) join the plan only when there are some.
     online = (
         [{"online_models": online_needed(cfg), "roles": list(online_roles(cfg))}]
