@@ -30,6 +30,7 @@ from raydefense.config.sweep_section import SweepConfig
 from raydefense.config.train_section import TrainConfig
 from raydefense.errors import ConfigError
 from raydefense.families import DEFAULT_FAMILY, ModelConfig, model_family
+from raydefense.families.schema import FORMER_MODEL_FIELDS
 from raydefense.hashing import stable_hash
 
 
@@ -111,6 +112,8 @@ class ExperimentConfig(Section):
         d = self.model_dump(mode="json")
         if d["audit"] == AuditConfig().model_dump(mode="json"):
             del d["audit"]
+        for k, former in FORMER_MODEL_FIELDS.items():
+            d["model"].setdefault(k, former)
         return stable_hash(d)
 
 

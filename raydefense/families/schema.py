@@ -14,6 +14,21 @@ from raydefense.registry import Registry
 
 DEFAULT_FAMILY = "unet2d"
 
+# The fields every `model` section carried, with their defaults, before each family owned its
+# schema: hashes of a config (its fingerprint, the stages' config tree) add the ones a family
+# lacks, so configs and models from before keep their fingerprints.
+FORMER_MODEL_FIELDS: dict[str, object] = {
+    "pipeline": None,
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "attention": False,
+    "downsample_padding": 1,
+    "freq_shift": 0,
+    "dropout": 0.0,
+    "gradient_checkpointing": False,
+}
+
 
 class ModelConfig(BaseModel):
     """The network and its DDPM noise schedule. `kind` names the model family: a schema

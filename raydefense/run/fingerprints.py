@@ -15,6 +15,7 @@ from raydefense.config import (
     PangWangConfig,
     ReDiffuseConfig,
 )
+from raydefense.families.schema import FORMER_MODEL_FIELDS
 from raydefense.hashing import stable_hash
 from raydefense.roster import ONLINE, STUDENT, parse_draw, training_role
 
@@ -78,18 +79,6 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
-# The layout fields every `model` section carried before each family owned its schema (they
-# shaped only unet2d's network): a family without them hashes them at these values, so models of
-# other families (sd) trained before keep their fingerprints.
-FORMER_MODEL_FIELDS: dict[str, Any] = {
-    "block_out_channels": [32, 64],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "attention": False,
-    "dropout": 0.0,
-}
-
-
 # Fields added later inside a subsection ((section, subsection): {field: default}), likewise.
 LATE_SUBFIELDS: dict[tuple[str, str], dict[str, Any]] = {
     ("attacks", "lira"): {"online_models": 0},
@@ -101,7 +90,7 @@ LATE_SUBFIELDS: dict[tuple[str, str], dict[str, Any]] = {
 def config_tree(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as hashed: LATE_FIELDS and LATE_SUBFIELDS at their defaults are left out."""
     d = cfg.model_dump(mode="json")
-    for k, former in FORMER_MODEL_FIELDS.items():
+    for k, former in FORMER_MODEL_FIELDS.items():  # then left out below at their defaults
         d["model"].setdefault(k, former)
     for section, fields in LATE_FIELDS.items():
         for k, default in fields.items():
