@@ -22,9 +22,9 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SHARED_SPLITS = REPO.parent / "shared" / "mia_splits"
 
 
-def tiny_config(tmp_path: Path, **overrides: str) -> ExperimentConfig:
-    """The smoke preset shrunk to seconds: 16 members, 16 non-members, a 164k-param UNet."""
-    sets = {
+def tiny_sets(tmp_path: Path) -> dict[str, str]:
+    """The overrides that shrink the smoke preset to seconds (as `--set` pairs)."""
+    return {
         "experiment": "tiny",
         "storage.root": str(tmp_path / "runs"),
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -42,8 +42,27 @@ def tiny_config(tmp_path: Path, **overrides: str) -> ExperimentConfig:
         "sampling.num_steps": "4",
         "sampling.quality_draws": "1",
     }
-    sets.update(overrides)
+
+
+def tiny_config(tmp_path: Path, **overrides: str) -> ExperimentConfig:
+    """The smoke preset shrunk to seconds: 16 members, 16 non-members, a 164k-param UNet."""
+    sets = {**tiny_sets(tmp_path), **overrides}
     return load_config("smoke", overrides=[f"{k}={v}" for k, v in sets.items()])
+
+
+def in_process_context(cfg: ExperimentConfig):
+    """A RunContext on the in-process executor (no Ray): fits, scoring, labelling, trials."""
+    from raydefense.run.context import RunContext
+    from raydefense.run.fingerprints import stage_fingerprints
+    from raydefense.run.local import local_backend
+    from raydefense.storage import Storage
+
+    return RunContext(
+        cfg=cfg,
+        storage=Storage(cfg.storage.root, cfg.experiment),
+        backend=local_backend(),
+        fingerprints=stage_fingerprints(cfg),
+    )
 
 
 @pytest.fixture

@@ -19,25 +19,19 @@ from raydefense.layout import SOFT_TARGETS
 from raydefense.pipeline import stage_prepare, stage_train
 from raydefense.placement import InProcessPool
 from raydefense.run.context import Backend, FitSpec, RunContext, TrainingTrial
-from raydefense.run.fingerprints import stage_fingerprints
 from raydefense.run.fitting import load_fit, run_fit
 from raydefense.run.labelling import PoolLabeller
 from raydefense.run.local import LocalFitter, LocalReporter, LocalTrialRunner
 from raydefense.storage import Storage
 
-from conftest import tiny_config
+from conftest import in_process_context, tiny_config, tiny_sets
 
 MODELS = ("baseline", "teacher_1", "teacher_2")
 
 
 def context(tmp_path: Path, **overrides: str) -> RunContext:
-    cfg = tiny_config(tmp_path, **{"tracking.register_models": "false", **overrides})
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    ctx = RunContext(
-        cfg=cfg,
-        storage=storage,
-        backend=Backend(fitter=LocalFitter(), pool=InProcessPool()),
-        fingerprints=stage_fingerprints(cfg),
+    ctx = in_process_context(
+        tiny_config(tmp_path, **{"tracking.register_models": "false", **overrides})
     )
     stage_prepare(ctx)
     return ctx
@@ -153,21 +147,7 @@ def test_the_cli_runs_the_pipeline_and_a_sweep_in_process(tmp_path: Path) -> Non
     from raydefense.cli import main
 
     sets = {
-        **{
-            "experiment": "tiny",
-            "storage.root": str(tmp_path / "runs"),
-            "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "data.num_members": "16",
-            "data.num_nonmembers": "16",
-            "train.batch_size": "8",
-            "distill.draws_per_row": "2",
-            "attacks.bootstrap": "20",
-            "attacks.loss.draws": "2",
-            "attacks.secmi_stat.t_sec": "20",
-            "sampling.num_images": "4",
-            "sampling.num_steps": "4",
-            "sampling.quality_draws": "1",
-        },
+        **tiny_sets(tmp_path),
         "train.steps": "4",
         "train.checkpoint_every": "2",
         "sweep.attacks": "{secmi_stat: {t_sec: [20, 40], k: [10]}}",

@@ -18,13 +18,8 @@ from raydefense.attacks.base import ATTACKS, Query, QueryAttack, call_eps
 from raydefense.config import ATTACK_SETTINGS, ExperimentConfig
 from raydefense.errors import ConfigError
 from raydefense.pipeline import stage_evaluate, stage_prepare, stage_train
-from raydefense.placement import InProcessPool
-from raydefense.run.context import Backend, RunContext
-from raydefense.run.fingerprints import stage_fingerprints
-from raydefense.run.local import LocalFitter
-from raydefense.storage import Storage
 
-from conftest import tiny_config
+from conftest import in_process_context, tiny_config
 
 
 class DenoiseGapSettings(BaseModel):
@@ -89,13 +84,8 @@ def test_a_new_attack_is_scored_through_the_in_process_executor(
             "attacks.enabled": "[loss, denoise_gap]",
         },
     )
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    ctx = RunContext(
-        cfg=cfg,
-        storage=storage,
-        backend=Backend(fitter=LocalFitter(), pool=InProcessPool()),
-        fingerprints=stage_fingerprints(cfg),
-    )
+    ctx = in_process_context(cfg)
+    storage = ctx.storage
     stage_prepare(ctx)
     stage_train(ctx)
     stage_evaluate(ctx)

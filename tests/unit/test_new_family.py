@@ -19,13 +19,8 @@ from raydefense.config import MODEL_FAMILIES, ExperimentConfig, ModelConfig, as_
 from raydefense.diffusion.backbones import BACKBONES
 from raydefense.diffusion.eps import EpsNet
 from raydefense.pipeline import stage_evaluate, stage_prepare, stage_train
-from raydefense.placement import InProcessPool
-from raydefense.run.context import Backend, RunContext
-from raydefense.run.fingerprints import stage_fingerprints
-from raydefense.run.local import LocalFitter
-from raydefense.storage import Storage
 
-from conftest import tiny_config
+from conftest import in_process_context, tiny_config
 
 
 class MixerConfig(ModelConfig):
@@ -111,13 +106,8 @@ def test_a_new_family_is_trained_and_audited_through_the_in_process_executor(
             "attacks.enabled": "[loss, secmi_stat]",
         },
     )
-    storage = Storage(cfg.storage.root, cfg.experiment)
-    ctx = RunContext(
-        cfg=cfg,
-        storage=storage,
-        backend=Backend(fitter=LocalFitter(), pool=InProcessPool()),
-        fingerprints=stage_fingerprints(cfg),
-    )
+    ctx = in_process_context(cfg)
+    storage = ctx.storage
     stage_prepare(ctx)
     stage_train(ctx)
     for m in ("baseline", "teacher_1", "teacher_2"):
