@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Optional
 
 import numpy as np
@@ -414,23 +416,7 @@ def make_plan(
             "rows; raise data.num_members or lower data.num_shards"
         )
 
-    shard_of_member = np.empty(len(members), dtype=np.int64)
-    if given_shards is not None:  # the split file says which shard each member trained in
-        if given_shards.max(initial=-1) + 1 != k:
-            where = (
-                f"data.split_file {cfg.split_file!r}"
-                if given is None
-                else f"data.member_roots ({len(cfg.member_roots or [])} folders)"
-            )
-            raise DataError(
-                f"{where} gives {given_shards.max() + 1} member shards but data.num_shards={k}: "
-                f"set data.num_shards={given_shards.max() + 1}"
-            )
-        shard_by_row = dict(zip(mem_pool.tolist(), given_shards.tolist()))
-        shard_of_member[:] = [shard_by_row[int(r)] for r in members]
-    else:
-        for s, chunk in enumerate(np.array_split(rng.permutation(len(members)), k)):
-            shard_of_member[chunk] = s
+    shard_of_member = _member_shards(cfg, members, mem_pool, given_shards, given is not None, rng)
 
     shadow_rows, shadow_train, shadow_held = _draw_shadows(
         n_pool,
@@ -475,29 +461,14 @@ def make_plan(
     n_target = len(row_id) - shadow_train.shape[1]
     train = np.zeros((num_shadows, len(row_id)), dtype=bool)
     heldout = np.zeros((num_shadows, len(row_id)), dtype=bool)
-    for j in range(num_shadows):
-        train[j, n_target:] = shadow_train[j]
-        heldout[j, n_target:] = shadow_held[j]
-        if shadow_name(j) in models:
-            membership[models.index(shadow_name(j))] = train[j]
-        if shadow_name(j, "teacher", 0) in models:
-            rows = np.flatnonzero(train[j])
-            order = np.random.default_rng(derive_seed(seed, STREAM_SHADOW, j, 1)).permutation(
-                len(rows)
-            )
-            for s, chunk in enumerate(np.array_split(order, k)):
-                membership[models.index(shadow_name(j, "teacher", s)), rows[chunk]] = True
+    train[:, n_target:], heldout[:, n_target:] = shadow_train, shadow_held
     online = _draw_online(split, num_online, seed)
+    for j in range(num_shadows):
+        name = partial(shadow_name, j)
+        _draw_members(membership, models, train[j], k, seed, STREAM_SHADOW, j, name)
     for j in range(num_online):
-        if online_name(j) in models:
-            membership[models.index(online_name(j))] = online[j]
-        if online_name(j, "teacher", 0) in models:
-            rows = np.flatnonzero(online[j])
-            order = np.random.default_rng(derive_seed(seed, STREAM_ONLINE, j, 1)).permutation(
-                len(rows)
-            )
-            for s, chunk in enumerate(np.array_split(order, k)):
-                membership[models.index(online_name(j, "teacher", s)), rows[chunk]] = True
+        name = partial(online_name, j)
+        _draw_members(membership, models, online[j], k, seed, STREAM_ONLINE, j, name)
     labels = pool.labels[row_id] if pool.labels is not None else -np.ones(len(row_id), np.int64)
     plan = Plan(
         row_id=row_id,
@@ -526,6 +497,59 @@ def make_plan(
     if captions is not None and cfg.prompt_diversification and cfg.captioner is None:
         check_captions(cfg, plan, needs_captions=False)
     return plan
+
+
+def _member_shards(
+    cfg: DataConfig,
+    members: np.ndarray,
+    mem_pool: np.ndarray,
+    given_shards: Optional[np.ndarray],
+    given_folders: bool,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Each member's shard ([N] int64): as the split file or the member folders say, else K
+    random equal parts (one draw from the split's stream)."""
+    k = cfg.num_shards
+    shard_of_member = np.empty(len(members), dtype=np.int64)
+    if given_shards is not None:  # the split file says which shard each member trained in
+        if given_shards.max(initial=-1) + 1 != k:
+            where = (
+                f"data.member_roots ({len(cfg.member_roots or [])} folders)"
+                if given_folders
+                else f"data.split_file {cfg.split_file!r}"
+            )
+            raise DataError(
+                f"{where} gives {given_shards.max() + 1} member shards but data.num_shards={k}: "
+                f"set data.num_shards={given_shards.max() + 1}"
+            )
+        shard_by_row = dict(zip(mem_pool.tolist(), given_shards.tolist()))
+        shard_of_member[:] = [shard_by_row[int(r)] for r in members]
+    else:
+        for s, chunk in enumerate(np.array_split(rng.permutation(len(members)), k)):
+            shard_of_member[chunk] = s
+    return shard_of_member
+
+
+def _draw_members(
+    membership: np.ndarray,
+    models: list[str],
+    trains_on: np.ndarray,
+    k: int,
+    seed: int,
+    stream: int,
+    j: int,
+    name: Callable[..., str],
+) -> None:
+    """A shadow or online draw's rows in the membership matrix: its baseline-like model trains
+    on all of `trains_on` ([rows] bool), its teachers on K disjoint shards of them (drawn from
+    (stream, j)); the models of roles the plan lacks are skipped. name(role, shard) -> model."""
+    if name("baseline") in models:
+        membership[models.index(name("baseline"))] = trains_on
+    if name("teacher", 0) in models:
+        rows = np.flatnonzero(trains_on)
+        order = np.random.default_rng(derive_seed(seed, stream, j, 1)).permutation(len(rows))
+        for s, chunk in enumerate(np.array_split(order, k)):
+            membership[models.index(name("teacher", s)), rows[chunk]] = True
 
 
 def check_captions(
