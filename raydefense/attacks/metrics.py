@@ -3,11 +3,13 @@
 Scores are oriented higher = member; labels are 1 = member, 0 = non-member. The ROC is sklearn's
 exact curve over every distinct score (no grid, no dropped points). Operating-point thresholds are
 chosen on a calibration split and applied to a disjoint test split; every reported number is on the
-test split. Pure numpy + sklearn; no torch.
+test split; `empirical_epsilon` turns an operating point into the epsilon it proves. Pure numpy +
+sklearn (+ scipy for Clopper-Pearson); no torch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -384,3 +386,61 @@ def attack_metrics(
     out["n_members"] = int(y.sum())
     out["n_nonmembers"] = n_neg
     return out
+
+
+# ------------------------------------------------------------------------- empirical epsilon
+
+
+def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
+    """One-sided Clopper-Pearson bounds of a binomial proportion k / n, each holding with
+    probability >= level: (lower, upper), exact (Beta quantiles), 0 / 1 at the ends."""
+    from scipy.stats import beta
+
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"clopper_pearson needs 0 <= k <= n and n >= 1 (got k={k}, n={n})")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1) (got {level})")
+    lower = 0.0 if k == 0 else float(beta.ppf(1.0 - level, k, n - k + 1))
+    upper = 1.0 if k == n else float(beta.ppf(level, k + 1, n - k))
+    return lower, upper
+
+
+def empirical_epsilon(
+    true_positives: int,
+    n_members: int,
+    false_positives: int,
+    n_nonmembers: int,
+    delta: float = 0.0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """The lower bound on epsilon an attack's operating point proves (Jagielski et al. 2020;
+    Nasr et al. 2021): an (epsilon, delta)-DP training forces TPR <= e^eps FPR + delta and
+    TNR <= e^eps FNR + delta at any threshold, so
+    eps >= max(log((TPR - delta) / FPR), log((1 - FPR - delta) / (1 - TPR))).
+    With counts, TPR is replaced by its Clopper-Pearson lower bound and FPR by its upper bound,
+    each one-sided at (1 + confidence) / 2, so the bound holds with probability >= confidence
+    (a union bound): small counts give a small, honest epsilon, never an infinite one. The
+    threshold must be chosen without these rows (the calibrated operating point is).
+
+    Returns: {"epsilon_lower": the bound (>= 0), "epsilon_point": log(TPR / FPR) of the raw
+    rates (None when FPR = 0), "tpr_lower", "fpr_upper", "confidence", "delta"}.
+    """
+    if not 0.0 <= delta < 1.0:
+        raise ValueError(f"delta must be in [0, 1) (got {delta})")
+    level = (1.0 + confidence) / 2.0
+    tpr_lo, _ = clopper_pearson(true_positives, n_members, level)
+    _, fpr_hi = clopper_pearson(false_positives, n_nonmembers, level)
+    bounds = [0.0]
+    if tpr_lo - delta > 0 and fpr_hi > 0:
+        bounds.append(math.log((tpr_lo - delta) / fpr_hi))
+    if 1.0 - fpr_hi - delta > 0 and tpr_lo < 1.0:
+        bounds.append(math.log((1.0 - fpr_hi - delta) / (1.0 - tpr_lo)))
+    tpr, fpr = true_positives / n_members, false_positives / n_nonmembers
+    return {
+        "epsilon_lower": max(bounds),
+        "epsilon_point": math.log(tpr / fpr) if fpr > 0 and tpr > 0 else None,
+        "tpr_lower": tpr_lo,
+        "fpr_upper": fpr_hi,
+        "confidence": confidence,
+        "delta": delta,
+    }
