@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, Optional, Protocol, cast
 
 import numpy as np
@@ -25,6 +26,7 @@ from raydefense.diffusion.early_stopping import METRIC, EarlyStopper
 from raydefense.diffusion.ema import EMA
 from raydefense.diffusion.eps import EpsNet
 from raydefense.diffusion.objectives import ddpm_loss, distill_loss
+from raydefense.diffusion.private_step import PrivateTraining, PrivateTrainStep
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.errors import NonFiniteLossError
 from raydefense.seeding import STREAM_TRAIN, derive_seed
@@ -317,9 +319,13 @@ def fit(
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     batching: Literal["alternate", "mixed"] = "alternate",
     validate: Optional[Callable[[EpsNet], dict]] = None,
+    private: Optional[PrivateTraining] = None,
 ) -> dict:
     """Train one network of model_cfg's backbone (`model.kind`) to train_cfg.steps, resuming
     from reporter.latest_checkpoint().
+
+    `private`: train with DP-SGD (`raydefense.diffusion.private_step`; image data only): every
+    report carries the epsilon spent so far (`dp_epsilon`, at its delta).
 
     The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. `validate(ema_net)`,
     when given, adds its metrics (say held-out eps-MSE) to every report. With
@@ -348,7 +354,26 @@ def fit(
     stopper, start_step = f.stopper, f.start_step
     if stopper is not None and stopper.stopped:  # finished (early or at its budget); best saved
         return {"step": start_step, **stopper.metrics()}
-    train_step = TrainStep(f, train_cfg, schedule, device)
+    train_step: Callable[[int], tuple[torch.Tensor, torch.Tensor]] = TrainStep(
+        f, train_cfg, schedule, device
+    )
+    if private is not None:
+        if not isinstance(f.source.data, ImageData):
+            raise ValueError("DP-SGD trains on image rows: latent and soft-target fits take none")
+        train_step = PrivateTrainStep(
+            f.net,
+            f.opt,
+            f.ema,
+            f.source.data,
+            schedule,
+            private,
+            seed=seed,
+            model_index=model_index,
+            rank=reporter.world_rank,
+            world_size=reporter.world_size,
+            device=device,
+            lr_at=partial(lr_at, cfg=train_cfg),
+        )
     # Losses stay on the device until a report (no host sync per step); a report checks the
     # window for a non-finite loss and stops the fit at the first such step.
     losses: list[torch.Tensor] = []
@@ -374,6 +399,9 @@ def fit(
             }
             if validate is not None:
                 metrics.update(validate(f.ema.shadow))
+            if private is not None:
+                metrics["dp_epsilon"] = private.epsilon(done)
+                metrics["dp_noise_multiplier"] = private.noise_multiplier
             losses, window_start = [], now
             stop = False
             if stopper is not None:
