@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, TypeVar
 
+from raydefense.attacks.metrics import empirical_epsilon
 from raydefense.roster import sort_targets
 
 Row = TypeVar("Row", bound=Mapping[str, Any])
@@ -198,6 +199,18 @@ PRIVACY_FIELDS = (
 )
 
 
+def operating_point_epsilon(row: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """The epsilon an attack row's calibrated 1% operating point proves on the test rows
+    (`attacks.metrics.empirical_epsilon`: Clopper-Pearson, 95%, delta = 0): {"lower", "point"},
+    or None when the point is resolution-limited or the counts are missing."""
+    tpr, fpr = row.get("tpr_at_1pct_fpr_calibrated"), row.get("fpr_at_1pct_fpr_calibrated")
+    n_in, n_out = row.get("n_members"), row.get("n_nonmembers")
+    if tpr is None or fpr is None or not n_in or not n_out:
+        return None
+    e = empirical_epsilon(round(tpr * n_in), int(n_in), round(fpr * n_out), int(n_out))
+    return {"lower": e["epsilon_lower"], "point": e["epsilon_point"], "confidence": 0.95}
+
+
 def _privacy_entry(row: Mapping[str, Any], source: str) -> dict[str, Any]:
     return {
         "attack": row["attack"],
@@ -208,6 +221,7 @@ def _privacy_entry(row: Mapping[str, Any], source: str) -> dict[str, Any]:
         "auc_calibration": float(row["auc_calibration"]),
         "family": row.get("family"),
         **{k: row.get(k) for k in PRIVACY_FIELDS},
+        "empirical_epsilon": operating_point_epsilon(row),
     }
 
 

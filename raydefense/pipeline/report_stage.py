@@ -123,6 +123,11 @@ def stage_report(ctx: RunContext) -> AuditResults:
                 "fpr_at_1pct_fpr_calibrated",
             )
             if w.get(k) is not None
+        }
+        | {
+            f"{t}.worst_case.empirical_epsilon": w["empirical_epsilon"]["lower"]
+            for t, w in worst.items()
+            if w.get("empirical_epsilon")
         },
     )
     return results

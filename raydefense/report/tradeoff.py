@@ -116,6 +116,12 @@ def _rate(v: Any) -> str:
     return RESOLUTION_LIMITED if v is None else f"{float(v):.2f}"
 
 
+def _epsilon(e: Optional[Mapping[str, Any]]) -> str:
+    """An empirical epsilon cell: the lower bound; "n/a" where the operating point is
+    resolution-limited."""
+    return "n/a" if not e else f"{e['lower']:.2f}"
+
+
 def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
     """The defender's worst case per target (one line per target; DualMD's black-box-only
     claim on a line of its own), with the choice rule and the calibrated operating point."""
@@ -140,6 +146,7 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
             _rate(w.get("tpr_at_1pct_fpr")),
             f"{_rate(w.get('tpr_at_1pct_fpr_calibrated'))} / "
             f"{_rate(w.get('fpr_at_1pct_fpr_calibrated'))}",
+            _epsilon(w.get("empirical_epsilon")),
         ]
 
     for t in sort_targets(privacy):
@@ -166,6 +173,7 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
             "AUC (test)",
             "TPR@1%FPR (test ROC)",
             "TPR / FPR at the calibrated 1% threshold",
+            "Empirical ε (95% lower bound)",
         ],
         body,
     )
@@ -174,7 +182,11 @@ def privacy_markdown(privacy: Mapping[str, Mapping[str, Any]]) -> str:
         "because its calibration AUC was below 0.5. TPR@1%FPR (test ROC) reads the test ROC, "
         "so its threshold is picked with test labels; the last column fixes the threshold on "
         f"calibration non-members at 1% FPR and gives the TPR and FPR it realises on test. "
-        f"{RESOLUTION_LIMITED}: 1% is below 1/n of that split's non-members."
+        f"{RESOLUTION_LIMITED}: 1% is below 1/n of that split's non-members. Empirical ε: "
+        "the privacy loss that operating point proves, ε >= max(log((TPR - δ) / FPR), "
+        "log((1 - FPR - δ) / (1 - TPR))) at δ = 0 with TPR at its Clopper-Pearson lower bound "
+        "and FPR at its upper bound (95% together): a lower bound, in the unit a DP guarantee "
+        "states, never infinite on small counts."
     ]
     if any(privacy[t].get("without_calibrated") for t in privacy):
         notes.append(

@@ -55,3 +55,24 @@ def test_randomized_response_is_never_overclaimed(eps: float) -> None:
                        for a, b in zip(tp, fp)])  # fmt: skip
     assert (bounds > eps).mean() <= 0.05
     assert np.median(bounds) > 0.7 * eps
+
+
+def test_each_worst_case_carries_the_epsilon_its_calibrated_point_proves() -> None:
+    from raydefense.audit.selection import operating_point_epsilon, worst_case_privacy
+
+    row = {
+        "target": "baseline",
+        "attack": "loss",
+        "params": {},
+        "auc": 0.9,
+        "auc_calibration": 0.88,
+        "tpr_at_1pct_fpr_calibrated": 0.4,
+        "fpr_at_1pct_fpr_calibrated": 0.01,
+        "n_members": 500,
+        "n_nonmembers": 500,
+    }
+    entry = worst_case_privacy([row])["baseline"]["empirical_epsilon"]
+    want = empirical_epsilon(200, 500, 5, 500)
+    assert entry["lower"] == want["epsilon_lower"] and entry["point"] == pytest.approx(math.log(40))
+    limited = {**row, "tpr_at_1pct_fpr_calibrated": None, "fpr_at_1pct_fpr_calibrated": None}
+    assert operating_point_epsilon(limited) is None

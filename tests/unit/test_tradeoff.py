@@ -88,6 +88,7 @@ def test_worst_case_is_chosen_by_calibration_auc_and_a_sweep_can_raise_it() -> N
         "orientation": None,
         "tpr_at_1pct_fpr_calibrated": None,
         "fpr_at_1pct_fpr_calibrated": None,
+        "empirical_epsilon": None,  # no calibrated operating point to prove one
     }
     assert w["baseline"]["source"] == "evaluate"  # the sweep's weaker setting does not win
 
