@@ -174,9 +174,15 @@ def test_bad_text_to_image_input_is_one_line_and_writes_nothing(
 
 def test_prompt_diversification_study(t2i_run: tuple[Path, Path]) -> None:
     """The study on the module's run: its "w/o" column is that complete run (nothing retrains),
-    the "w/" experiment reuses its targets and distils its own student."""
+    the "w/" experiment reuses its targets and distils its own student. It runs on the
+    in-process executor (`--executor local`): the study's orchestration, and the labeller and
+    scorer of a latent family on the in-process pool, without a second Ray session (the
+    module's run covers the Ray path)."""
     cwd, cache = t2i_run
-    res = cli(cwd, cache, "promptdiv", "--preset", "tiny_t2i", *sets(), timeout=2400)
+    res = cli(
+        cwd, cache, "promptdiv", "--preset", "tiny_t2i", "--executor", "local", *sets(),
+        timeout=2400,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
     root = cwd / "runs"
     summary = json.loads((root / "tiny_t2i" / "promptdiv" / "summary.json").read_text())
