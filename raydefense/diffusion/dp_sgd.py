@@ -11,7 +11,8 @@ al. 2020 (Theorem 21): the accounting Opacus' RDP accountant does, at the intege
 (`tests/unit/test_dp_sgd.py` compares them). Noise multiplicity does not change the accounting:
 an example still contributes one clipped gradient per step.
 
-Pure torch + numpy; the training loop calls it (`train.dp`).
+Torch, numpy and scipy; a fit trains privately through `fit(private=...)`
+(`raydefense.diffusion.private_step`).
 """
 
 from __future__ import annotations
@@ -163,21 +164,14 @@ def per_example_gradients(
     return grads, losses
 
 
-def clip_and_noise(
-    per_example: dict[str, torch.Tensor],
-    max_norm: float,
-    noise_multiplier: float,
-    expected_batch: float,
-    generator: torch.Generator,
+def clipped_sum(
+    per_example: dict[str, torch.Tensor], max_norm: float
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """DP-SGD's gradient: each example's gradient (all parameters together) scaled to L2 norm
-    at most max_norm, summed, plus N(0, (noise_multiplier * max_norm)^2) per coordinate, divided
-    by the expected batch size (q * N, not the drawn size: Poisson sampling).
+    """Each example's gradient (all parameters together) scaled to L2 norm at most max_norm,
+    then summed over the examples.
 
-    Args: per_example: {name: [B, *shape]} (B may be 0); generator: the noise's (on the
-        gradients' device).
-    Returns: ({name: [*shape]} the noisy mean gradient, [B] the per-example norms before
-    clipping)."""
+    Args: per_example: {name: [B, *shape]} (B may be 0).
+    Returns: ({name: [*shape]} the sum, [B] the per-example norms before clipping)."""
     if max_norm <= 0:
         raise ValueError(f"the clipping norm must be positive (got {max_norm})")
     first = next(iter(per_example.values()))
@@ -187,9 +181,30 @@ def clip_and_noise(
         squares += (g.double() ** 2).reshape(b, int(np.prod(g.shape[1:]))).sum(1)
     norms = torch.sqrt(squares).to(first.dtype)
     scale = (max_norm / (norms + 1e-12)).clamp(max=1.0)  # [B]
+    summed = {
+        name: (g * scale.view(b, *([1] * (g.dim() - 1)))).sum(0) for name, g in per_example.items()
+    }
+    return summed, norms
+
+
+def clip_and_noise(
+    per_example: dict[str, torch.Tensor],
+    max_norm: float,
+    noise_multiplier: float,
+    expected_batch: float,
+    generator: torch.Generator,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """DP-SGD's gradient: `clipped_sum`, plus N(0, (noise_multiplier * max_norm)^2) per
+    coordinate, divided by the expected batch size (q * N, not the drawn size: Poisson
+    sampling).
+
+    Args: per_example: {name: [B, *shape]} (B may be 0); generator: the noise's (on the
+        gradients' device).
+    Returns: ({name: [*shape]} the noisy mean gradient, [B] the per-example norms before
+    clipping)."""
+    summed, norms = clipped_sum(per_example, max_norm)
     out = {}
-    for name, g in per_example.items():
-        clipped = (g * scale.view(b, *([1] * (g.dim() - 1)))).sum(0)
+    for name, clipped in summed.items():
         noise = torch.randn(
             clipped.shape, generator=generator, device=clipped.device, dtype=clipped.dtype
         )

@@ -11,13 +11,20 @@ the privatised gradients only). The accountant reads (q, noise multiplier, steps
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from raydefense.data.examples import ImageData
-from raydefense.diffusion.dp_sgd import clip_and_noise, epsilon_spent, noise_multiplier_for
+from raydefense.diffusion.dp_sgd import (
+    clipped_sum,
+    epsilon_spent,
+    noise_multiplier_for,
+    per_example_gradients,
+)
+from raydefense.diffusion.ema import EMA
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.seeding import STREAM_TRAIN, derive_seed
 
@@ -91,7 +98,7 @@ class PrivateTrainStep:
         self,
         net: torch.nn.Module,
         opt: torch.optim.Optimizer,
-        ema: object,
+        ema: EMA,
         data: ImageData,
         schedule: NoiseSchedule,
         dp: PrivateTraining,
@@ -101,7 +108,7 @@ class PrivateTrainStep:
         rank: int,
         world_size: int,
         device: torch.device | str,
-        lr_at: object,
+        lr_at: Callable[[int], float],
     ) -> None:
         self.net, self.opt, self.ema, self.data = net, opt, ema, data
         self.schedule, self.dp = schedule, dp
@@ -125,11 +132,9 @@ class PrivateTrainStep:
         before clipping), detached 0-d tensors (0 for a rank that drew no row)."""
         from torch.func import functional_call
 
-        from raydefense.diffusion.dp_sgd import per_example_gradients
-
         dp, k = self.dp, self.dp.multiplicity
         for group in self.opt.param_groups:
-            group["lr"] = self.lr_at(step)  # type: ignore[operator]
+            group["lr"] = self.lr_at(step)
         idx = self.rows(step)
         b = len(idx)
         g = torch.Generator().manual_seed(
@@ -154,8 +159,7 @@ class PrivateTrainStep:
             grads, losses = per_example_gradients(
                 self.net, loss_of, (x0, t, noise), randomness="different"
             )
-            none = torch.Generator(device=self.device)
-            summed, norms = clip_and_noise(grads, dp.max_grad_norm, 0.0, 1.0, none)
+            summed, norms = clipped_sum(grads, dp.max_grad_norm)
         else:
             summed = {n: torch.zeros_like(p) for n, p in params}
             losses = norms = torch.zeros(0, device=self.device)
@@ -172,7 +176,7 @@ class PrivateTrainStep:
             z = torch.randn(p.shape, generator=ng).to(self.device)
             p.grad = ((summed[name] + std * z) / expected).to(p.dtype)
         self.opt.step()
-        self.ema.update(self.net, step)  # type: ignore[attr-defined]
+        self.ema.update(self.net, step)
         zero = torch.zeros((), device=self.device)
         loss = losses.mean().detach() if b else zero
         norm = norms.mean().detach() if b else zero
