@@ -1,6 +1,6 @@
 """The in-process executor: roles that run their work in this process, one after another, with
 no Ray. The same protocols as the Ray adapter (`raydefense.distributed`) and the same domain
-code (`raydefense.run.fitting`), so a run through it trains the same models; tests and a
+code (`raydefense.run.fitting`, `run.labelling`, `audit.scoring`); tests and a
 single-machine debugging session use it.
 """
 
