@@ -64,6 +64,12 @@ def model_dir(model: str) -> str:
     return f"models/{model}"
 
 
+def training_record(model: str) -> str:
+    """models/<model>/training.json: the fit's cost and DP-SGD accounting (the final
+    checkpoint's record, `raydefense.diffusion.training.training_record`)."""
+    return f"{model_dir(model)}/training.json"
+
+
 def registered(model: str) -> str:
     """Which MLflow registered-model version holds a model (written after it is logged)."""
     return f"models/{model}/registered.json"

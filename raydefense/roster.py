@@ -9,7 +9,10 @@ LiRA's reference models per online draw j have the same roles under the prefix `
 (`online_j`, `online_j_teacher_k`, `online_j_student`, the router `online_j_dualmd`): they train
 on a random half of the audited rows, shadows on rows no audit scores.
 Targets (what the audit attacks): the baseline, each teacher, `dualmd` (the teachers behind a
-step router) and the student.
+step router) and the student, and one `baseline_<name>` per `train.variants` entry: a defense
+trained like the baseline (its rows, batches and initial weights) with other settings (DP-SGD,
+augmentation, weight decay, ...). A variant's role is its target name; its shadow and online
+models are `shadow_j_baseline_<name>` and `online_j_baseline_<name>`, on their draw's rows.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from raydefense.config import ExperimentConfig
+from raydefense.config import VARIANT_PREFIX, ExperimentConfig
 
 BASELINE = "baseline"
 STUDENT = "student"
@@ -33,6 +36,16 @@ SHADOW_ROLES = ("baseline", "teacher", "student")
 SHADOW, ONLINE = "shadow", "online"  # the two kinds of draw (name prefixes)
 # online_j's models: 50000 + 100 (j - 1) + their target counterpart's index (baseline 0).
 ONLINE_INDEX0 = 50_000
+
+
+def is_variant(role: str) -> bool:
+    """A `train.variants` role (and target): baseline_<name>."""
+    return role.startswith(VARIANT_PREFIX) and len(role) > len(VARIANT_PREFIX)
+
+
+def base_role(role: str) -> str:
+    """The role whose rows and batch streams a role's models use: "baseline" for a variant."""
+    return BASELINE if is_variant(role) else role
 
 
 def teacher_name(shard: int) -> str:
@@ -56,11 +69,14 @@ def draw_name(prefix: str, j: int, role: str = "baseline", shard: int = 0) -> st
     """A draw's model: prefix (SHADOW or ONLINE), draw 0..S-1 and role -> {prefix}_{j+1}
     (trained like the baseline), {prefix}_{j+1}_teacher_{shard+1} (like a teacher),
     {prefix}_{j+1}_student (like the student) or {prefix}_{j+1}_dualmd (the step router over
-    the draw's teachers, never trained)."""
+    the draw's teachers, never trained); a variant's role baseline_<name> ->
+    {prefix}_{j+1}_baseline_<name>."""
     if prefix not in (SHADOW, ONLINE):
         raise ValueError(f"unknown draw kind {prefix!r}; expected {SHADOW!r} or {ONLINE!r}")
     if role == "baseline":
         return f"{prefix}_{j + 1}"
+    if is_variant(role):
+        return f"{prefix}_{j + 1}_{role}"
     if role == "teacher":
         return f"{prefix}_{j + 1}_{teacher_name(shard)}"
     if role in (STUDENT, DUALMD):
@@ -105,7 +121,8 @@ def router_teachers(model: str, teachers: list[str]) -> Optional[list[str]]:
 
 def parse_draw(model: str) -> Optional[tuple[str, int, str, int]]:
     """A shadow or online model name -> (kind SHADOW/ONLINE, draw j, role, shard k) (k = -1
-    unless a teacher; role "dualmd" for a draw's router); None for a target's name."""
+    unless a teacher; role "dualmd" for a draw's router, baseline_<name> for a variant's);
+    None for a target's name."""
     parts = model.split("_")
     if parts[0] not in (SHADOW, ONLINE) or len(parts) < 2 or not parts[1].isdigit():
         return None
@@ -116,6 +133,8 @@ def parse_draw(model: str) -> Optional[tuple[str, int, str, int]]:
         return kind, j, "student", -1
     if parts[2:] == [DUALMD]:
         return kind, j, DUALMD, -1
+    if is_variant("_".join(parts[2:])):
+        return kind, j, "_".join(parts[2:]), -1
     if len(parts) == 4 and parts[2] == "teacher" and parts[3].isdigit():
         return kind, j, "teacher", int(parts[3]) - 1
     raise KeyError(f"unknown {kind} model {model!r}")
@@ -135,8 +154,9 @@ def parse_online(model: str) -> Optional[tuple[int, str, int]]:
 
 
 def training_role(model: str) -> str:
-    """The `train.<role>` settings a model trains with: baseline, teacher or student (a shadow
-    model or an online reference takes the role it imitates)."""
+    """The `train.<role>` settings a model trains with: baseline, teacher, student or a
+    variant's baseline_<name> (`TrainConfig.for_role`; a shadow model or an online reference
+    takes the role it imitates)."""
     draw = parse_draw(model)
     if draw is not None:
         return draw[2]
@@ -144,8 +164,8 @@ def training_role(model: str) -> str:
         return "student"
     if is_teacher(model):
         return "teacher"
-    if model == BASELINE:
-        return "baseline"
+    if model == BASELINE or is_variant(model):
+        return model
     raise ValueError(f"unknown model {model!r}")
 
 
@@ -155,12 +175,15 @@ def model_names(
     shadow_roles: tuple[str, ...] = ("baseline",),
     num_online: int = 0,
     online_roles: tuple[str, ...] = (),
+    variants: tuple[str, ...] = (),
 ) -> list[str]:
     """Rows of the membership matrix: the undefended baseline, one teacher per shard, then per
     shadow draw the attacker's models trained on its rows (disjoint from every target row): one
     like the baseline and/or K like the teachers (the latter also when a shadow student is
-    distilled from them); then the same per online draw for its `online_roles`. Students are
-    not rows: they learn from soft targets."""
+    distilled from them); then the same per online draw for its `online_roles`; then the
+    `variants` (baseline_<name> targets) and, per draw, the models of the variant roles among
+    the draws' roles (after every other row, so a plan without variants is unchanged).
+    Students are not rows: they learn from soft targets."""
 
     def draws(prefix: str, n: int, roles: tuple[str, ...]) -> list[str]:
         out = []
@@ -171,11 +194,17 @@ def model_names(
                 out += [draw_name(prefix, j, "teacher", k) for k in range(num_shards)]
         return out
 
+    def variant_draws(prefix: str, n: int, roles: tuple[str, ...]) -> list[str]:
+        return [draw_name(prefix, j, r) for j in range(n) for r in roles if is_variant(r)]
+
     return (
         [BASELINE]
         + [teacher_name(k) for k in range(num_shards)]
         + draws(SHADOW, num_shadows, shadow_roles)
         + draws(ONLINE, num_online, online_roles)
+        + list(variants)
+        + variant_draws(SHADOW, num_shadows, shadow_roles)
+        + variant_draws(ONLINE, num_online, online_roles)
     )
 
 
@@ -183,8 +212,10 @@ def model_index(model: str, num_shards: int) -> int:
     """The index that seeds a model's training batches: baseline 0, teacher_k k, the student
     K + 1, shadow_j 100 + j - 1 (independent of how many shadows exist), shadow_j's teachers and
     student 1000 + 100 (j - 1) + their target counterpart's index, online_j's models
-    50000 + 100 (j - 1) + their counterpart's index."""
-    if model == BASELINE:
+    50000 + 100 (j - 1) + their counterpart's index. A variant's models take their baseline
+    counterpart's index: the same initial weights and batches, so a defense's difference from
+    the baseline is its settings alone (a paired comparison)."""
+    if model == BASELINE or is_variant(model):
         return 0
     shard = teacher_shard(model)
     if shard is not None:
@@ -192,6 +223,7 @@ def model_index(model: str, num_shards: int) -> int:
     draw = parse_draw(model)
     if draw is not None:
         kind, j, role, k = draw
+        role = base_role(role)
         own = {"baseline": 0, "teacher": k + 1}.get(role, num_shards + 1)
         if kind == ONLINE:
             return ONLINE_INDEX0 + 100 * j + own
@@ -203,9 +235,10 @@ def model_index(model: str, num_shards: int) -> int:
     raise KeyError(f"unknown model {model!r}")
 
 
-def all_targets(num_shards: int) -> list[str]:
-    """Every target the audit can attack, in report order."""
-    return [BASELINE, *[teacher_name(k) for k in range(num_shards)], DUALMD, STUDENT]
+def all_targets(num_shards: int, variants: Iterable[str] = ()) -> list[str]:
+    """Every target the audit can attack, in report order (`variants`: the baseline_<name>
+    targets of `train.variants`, after the baseline)."""
+    return [BASELINE, *variants, *[teacher_name(k) for k in range(num_shards)], DUALMD, STUDENT]
 
 
 def target_access(cfg: ExperimentConfig, target: str) -> str:
@@ -215,8 +248,9 @@ def target_access(cfg: ExperimentConfig, target: str) -> str:
 
 def shadow_role(target: str) -> str:
     """The training regime a target's regime-matched shadows imitate (SHADOW_ROLES): DualMD's
-    eps queries reach its teachers, so its shadows are teacher-like."""
-    if target in (BASELINE, STUDENT):
+    eps queries reach its teachers, so its shadows are teacher-like; a variant's shadows are
+    trained like it."""
+    if target in (BASELINE, STUDENT) or is_variant(target):
         return target
     return "teacher"
 

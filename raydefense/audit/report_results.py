@@ -30,9 +30,10 @@ class AuditResults(TypedDict, total=False):
     attack x setting, `audit.results.metric_rows`), quality (utility rows), skipped (pairs an
     access level could not serve), shadows, references, privacy (target -> its worst case,
     chosen on calibration), privacy_utility (the trade-off points and front), suite (the attack
-    families covered and the variants left out). When they apply: audit (imported models and
-    their digests), text_to_image (the caption-setting table), seeds (the training-seed
-    study)."""
+    families covered and the variants left out), defenses (target -> what it cost to train and
+    the accountant's epsilon of DP-SGD, `audit.defenses`). When they apply: audit (imported
+    models and their digests), text_to_image (the caption-setting table), seeds (the
+    training-seed study)."""
 
     experiment: str
     dataset: str
@@ -49,6 +50,7 @@ class AuditResults(TypedDict, total=False):
     privacy: dict[str, dict[str, Any]]
     privacy_utility: dict[str, Any]
     suite: dict[str, Any]
+    defenses: dict[str, dict[str, Any]]
     text_to_image: dict[str, Any]
     seeds: dict[str, Any]
 

@@ -71,7 +71,9 @@ def audit_targets(cfg: ExperimentConfig) -> list[str]:
 def default_targets(cfg: ExperimentConfig, num_shards: int) -> list[str]:
     """The targets audited when `attacks.targets` is unset: every target of the pipeline, or an
     audit's imported ones. Pairs a target's access cannot serve are skipped, not errors."""
-    return audit_targets(cfg) if cfg.audit.models else all_targets(num_shards)
+    if cfg.audit.models:
+        return audit_targets(cfg)
+    return all_targets(num_shards, cfg.train.variant_targets())
 
 
 def build_attacks(cfg: ExperimentConfig) -> list[Attack]:
@@ -143,8 +145,9 @@ def shadow_roles(cfg: ExperimentConfig) -> tuple[str, ...]:
 
 
 def _audited_roles(cfg: ExperimentConfig, attacks: list[Attack]) -> tuple[str, ...]:
-    """The training regimes (`shadow_role`, in SHADOW_ROLES order) of the targets any of
-    `attacks` can audit (every target unless `attacks.targets` is set)."""
+    """The training regimes (`shadow_role`, in SHADOW_ROLES order, then the variants' in
+    config order) of the targets any of `attacks` can audit (every target unless
+    `attacks.targets` is set)."""
     roles = set()
     for t in cfg.attacks.targets or default_targets(cfg, cfg.data.num_shards):
         for a in attacks:
@@ -153,7 +156,8 @@ def _audited_roles(cfg: ExperimentConfig, attacks: list[Attack]) -> tuple[str, .
             except AccessError:
                 continue
             roles.add(shadow_role(t))
-    return tuple(r for r in SHADOW_ROLES if r in roles)
+    order = (*SHADOW_ROLES, *cfg.train.variant_targets())
+    return tuple(r for r in order if r in roles)
 
 
 def online_needed(cfg: ExperimentConfig) -> int:
@@ -291,7 +295,7 @@ def check_explicit_targets(cfg: ExperimentConfig) -> None:
     an enabled attack; the same rules as plan_attacks, without a plan."""
     if cfg.attacks.targets is None:
         return
-    known = all_targets(cfg.data.num_shards)
+    known = all_targets(cfg.data.num_shards, cfg.train.variant_targets())
     attacks = build_attacks(cfg)
     for t in cfg.attacks.targets:
         if t not in known:

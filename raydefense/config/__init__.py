@@ -57,9 +57,12 @@ from raydefense.config.sections import Section
 from raydefense.config.sweep_section import AshaConfig, SweepConfig
 from raydefense.config.train_section import (
     TRAIN_ROLES,
+    VARIANT_PREFIX,
+    DPConfig,
     EarlyStoppingConfig,
     RoleTrainConfig,
     TrainConfig,
+    VariantConfig,
 )
 from raydefense.families import (
     DEFAULT_FAMILY,
@@ -82,6 +85,7 @@ __all__ = [
     "CombinedConfig",
     "DEFAULT_FAMILY",
     "DEFAULT_PRESET",
+    "DPConfig",
     "DataConfig",
     "DistillConfig",
     "DualMDAdaptiveConfig",
@@ -114,6 +118,8 @@ __all__ = [
     "TRAIN_ROLES",
     "TrackingConfig",
     "TrainConfig",
+    "VARIANT_PREFIX",
+    "VariantConfig",
     "as_family",
     "experiment_preset_names",
     "first_error",

@@ -97,7 +97,46 @@ class ExperimentConfig(Section):
                 "data.captioner writes captions for a text-conditioned model; "
                 f"model.kind={m.kind} takes none: set model.kind=sd or unset it"
             )
+        self._check_private_and_variants()
         return self
+
+    def _check_private_and_variants(self) -> None:
+        """DP-SGD trains pixel rows in fp32 without flips; a variant's dropout needs a family
+        with a dropout field."""
+        t = self.train
+        for role in t.roles():
+            r = t.for_role(role)
+            if r.dp is None:
+                continue
+            where = f"train.{role}.dp" if role in ("baseline", "teacher", "student") else "train.dp"
+            if role.startswith("baseline_"):
+                where = f"train.variants.{role.removeprefix('baseline_')}.dp"
+            if role == "student":
+                raise ValueError(
+                    f"{where}: the student learns from soft targets and DP-SGD trains on image "
+                    "rows; unset it (train.dp trains the teachers privately)"
+                )
+            if self.model.latent:
+                raise ValueError(
+                    f"{where}: DP-SGD trains on image rows and model.kind={self.model.kind} "
+                    "trains on latents; unset it"
+                )
+            if r.precision != "fp32" or r.compile or r.hflip:
+                raise ValueError(
+                    f"{where}: DP-SGD steps in fp32 without torch.compile or flips; set "
+                    "train.precision=fp32, train.compile=false and train.hflip=false for it"
+                )
+        if t.variants and self.audit.models:
+            raise ValueError(
+                "train.variants trains new targets and an audit (audit.models) attacks imported "
+                "ones: unset train.variants for the audit"
+            )
+        for name, v in t.variants.items():
+            if v.dropout is not None and not hasattr(self.model, "dropout"):
+                raise ValueError(
+                    f"train.variants.{name}.dropout: model.kind={self.model.kind} has no "
+                    "dropout setting; drop it from the variant"
+                )
 
     def flat_params(self) -> dict[str, str]:
         """Dotted keys -> string values, as logged to MLflow params."""
@@ -112,6 +151,12 @@ class ExperimentConfig(Section):
         d = self.model_dump(mode="json")
         if d["audit"] == AuditConfig().model_dump(mode="json"):
             del d["audit"]
+        # DP-SGD and the variants came later: unset, they leave the fingerprint as it was.
+        for section in (d["train"], *(d["train"][r] for r in ("baseline", "teacher", "student"))):
+            if section.get("dp", 0) is None:
+                del section["dp"]
+        if not d["train"]["variants"]:
+            del d["train"]["variants"]
         for k, former in FORMER_MODEL_FIELDS.items():
             d["model"].setdefault(k, former)
         return stable_hash(d)

@@ -250,6 +250,6 @@ def load_config(
         return ExperimentConfig.model_validate(tree)
     except ValidationError as e:
         loc, msg, value = first_error(e)
-        raise ConfigError(
-            f"invalid config value at {loc or 'config'}: {msg} (got {value!r})"
-        ) from None
+        if not loc:  # a check across sections: its message names the settings
+            raise ConfigError(f"invalid config: {msg}") from None
+        raise ConfigError(f"invalid config value at {loc}: {msg} (got {value!r})") from None

@@ -27,6 +27,7 @@ from raydefense.roster import (
     SHADOW_ROLES,
     STUDENT,
     is_teacher,
+    is_variant,
     model_names,
     online_name,
     parse_draw,
@@ -373,6 +374,7 @@ def make_plan(
     given: Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None,
     num_online: int = 0,
     online_roles: tuple[str, ...] = (),
+    variants: tuple[str, ...] = (),
 ) -> Plan:
     """Split the pool (seeded; deterministic for a given seed and config).
 
@@ -390,6 +392,10 @@ def make_plan(
     Online draws (num_online > 0, online LiRA's references) train on audited rows: each
     audited row goes to exactly floor(num_online / 2) of them (LiRA's balanced assignment), a
     draw holds a model per `online_roles` like a shadow draw; their own seed stream again.
+
+    `variants` (the baseline_<name> targets of `train.variants`) train on the baseline's rows; a
+    variant role among the shadow or online roles gives each draw a model on that draw's
+    training rows. Their rows come after all others: without variants the plan is unchanged.
 
     Raises:
         SplitOverlapError: duplicate images across splits/shards with on_duplicate='error'.
@@ -450,12 +456,17 @@ def make_plan(
         part[g] = _assign_parts(len(g), cfg.calibration_fraction)
     part[split == SHADOW] = SHADOW
 
-    unknown = set(shadow_roles) - set(SHADOW_ROLES)
+    unknown = {r for r in (*shadow_roles, *online_roles) if not is_variant(r)} - set(SHADOW_ROLES)
+    unknown |= {v for v in variants if not is_variant(v)}
     if unknown:
-        raise ValueError(f"unknown shadow roles {sorted(unknown)}; expected {SHADOW_ROLES}")
-    models = model_names(k, num_shadows, shadow_roles, num_online, online_roles)
+        raise ValueError(
+            f"unknown shadow roles {sorted(unknown)}; expected {SHADOW_ROLES} or baseline_<name>"
+        )
+    models = model_names(k, num_shadows, shadow_roles, num_online, online_roles, variants)
     membership = np.zeros((len(models), len(row_id)), dtype=bool)
     membership[0] = split == MEMBER
+    for v in variants:
+        membership[models.index(v)] = split == MEMBER
     for s in range(k):
         membership[1 + s] = shard == s
     n_target = len(row_id) - shadow_train.shape[1]
@@ -489,6 +500,7 @@ def make_plan(
             "split_file": cfg.split_file,
             "shadow_roles": list(shadow_roles) if num_shadows else [],
             **({"online_roles": list(online_roles)} if num_online else {}),
+            **({"variants": list(variants)} if variants else {}),
         },
         captions=captions,
     )
@@ -542,7 +554,12 @@ def _draw_members(
 ) -> None:
     """A shadow or online draw's rows in the membership matrix: its baseline-like model trains
     on all of `trains_on` ([rows] bool), its teachers on K disjoint shards of them (drawn from
-    (stream, j)); the models of roles the plan lacks are skipped. name(role, shard) -> model."""
+    (stream, j)), a variant's model on all of them too; the models of roles the plan lacks are
+    skipped. name(role, shard) -> model."""
+    for m in models:
+        draw = parse_draw(m)
+        if draw is not None and is_variant(draw[2]) and m == name(draw[2]):
+            membership[models.index(m)] = trains_on
     if name("baseline") in models:
         membership[models.index(name("baseline"))] = trains_on
     if name("teacher", 0) in models:
@@ -693,6 +710,9 @@ def validate_plan(plan: Plan) -> None:
         raise SplitOverlapError("member shards do not cover exactly the members")
     if not np.array_equal(plan.membership[0], members):
         raise SplitOverlapError("the baseline must train on exactly the members")
+    for v in (m for m in plan.models if is_variant(m)):
+        if not np.array_equal(plan.rows_of(v), members):
+            raise SplitOverlapError(f"{v} must train on exactly the members, like the baseline")
     shard_hashes = [
         {h for h, s in zip(plan.hash, plan.shard) if s == k} for k in range(plan.num_shards)
     ]

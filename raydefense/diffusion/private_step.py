@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from raydefense.config import TrainConfig
 from raydefense.data.examples import ImageData
 from raydefense.diffusion.dp_sgd import (
     clipped_sum,
@@ -88,6 +89,31 @@ def private_training(
     if noise_multiplier < 0:
         raise ValueError(f"the noise multiplier must be >= 0 (got {noise_multiplier})")
     return PrivateTraining(noise_multiplier, max_grad_norm, q, multiplicity, delta)
+
+
+def private_training_of(train: TrainConfig, rows: int) -> PrivateTraining:
+    """`private_training` for a fit of these resolved settings (`TrainConfig.for_role`, whose
+    `dp` is set) on `rows` training rows: the expected batch is train.batch_size, the steps
+    train.steps.
+
+    Raises:
+        ValueError: as `private_training`, naming the train.dp setting."""
+    dp = train.dp
+    if dp is None:
+        raise ValueError("train.dp is unset: this fit trains without DP-SGD")
+    try:
+        return private_training(
+            rows,
+            train.batch_size,
+            train.steps,
+            epsilon=dp.epsilon,
+            noise_multiplier=dp.noise_multiplier,
+            delta=dp.delta,
+            max_grad_norm=dp.max_grad_norm,
+            multiplicity=dp.multiplicity,
+        )
+    except ValueError as e:
+        raise ValueError(f"train.dp: {e}") from None
 
 
 class PrivateTrainStep:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal, Optional, Protocol, cast
+from typing import Any, Literal, Optional, Protocol, cast
 
 import numpy as np
 import torch
@@ -194,6 +194,7 @@ class Fit:
     source: BatchSource
     start_step: int
     stopper: Optional[EarlyStopper]
+    spent: tuple[float, float] = (0.0, 0.0)  # (wall s, CPU s) of the steps before start_step
 
 
 def prepare_fit(
@@ -224,9 +225,10 @@ def prepare_fit(
     net = backbone_of(model_cfg).build(model_cfg, image_shape)
     ema = EMA(net, train_cfg.ema_decay, train_cfg.ema_warmup)
     stopper = EarlyStopper(train_cfg.early_stopping) if early_stopping else None
-    start_step, opt_state = 0, None
+    start_step, opt_state, spent = 0, None, (0.0, 0.0)
     if checkpoint is not None:
         state = load_state(checkpoint)
+        spent = (float(state.get("train_seconds", 0.0)), float(state.get("cpu_seconds", 0.0)))
         net.load_state_dict(load_net(model_cfg, checkpoint, "raw").state_dict())
         ema.shadow.load_state_dict(load_net(model_cfg, checkpoint, "ema").state_dict())
         start_step, opt_state = int(state["step"]), state["optimizer"]
@@ -252,7 +254,7 @@ def prepare_fit(
     source = BatchSource(
         data, schedule, train_cfg.batch_size, rank, world_size, seed, model_index, batching
     )
-    return Fit(net, ema, model, opt, source, start_step, stopper)
+    return Fit(net, ema, model, opt, source, start_step, stopper, spent)
 
 
 class TrainStep:
@@ -327,6 +329,9 @@ def fit(
     `private`: train with DP-SGD (`raydefense.diffusion.private_step`; image data only): every
     report carries the epsilon spent so far (`dp_epsilon`, at its delta).
 
+    Every checkpoint holds the fit's training record (`training.json`, `training_record`): the
+    steps run, the wall and CPU seconds they took (summed over resumes) and DP-SGD's accounting.
+
     The DDPM loss for ImageData, the DistillMD loss for SoftTargetData. `validate(ema_net)`,
     when given, adds its metrics (say held-out eps-MSE) to every report. With
     `train_cfg.early_stopping.enabled` (needs `validate`) the fit ends once `val_eps_mse` stops
@@ -377,7 +382,7 @@ def fit(
     # Losses stay on the device until a report (no host sync per step); a report checks the
     # window for a non-finite loss and stops the fit at the first such step.
     losses: list[torch.Tensor] = []
-    window_start, t0 = time.perf_counter(), time.perf_counter()
+    window_start, t0, c0 = time.perf_counter(), time.perf_counter(), time.process_time()
     metrics: dict = {"step": start_step}
     f.model.train()
     for step in range(start_step, train_cfg.steps):
@@ -403,6 +408,12 @@ def fit(
                 metrics["dp_epsilon"] = private.epsilon(done)
                 metrics["dp_noise_multiplier"] = private.noise_multiplier
             losses, window_start = [], now
+            cost = Cost(
+                f.spent[0] + now - t0,
+                f.spent[1] + time.process_time() - c0,
+                reporter.world_size,
+                torch.device(device).type,
+            )
             stop = False
             if stopper is not None:
                 stop = _agreed(stopper.observe(done, metrics[METRIC], f.net, f.ema.shadow), device)
@@ -412,10 +423,52 @@ def fit(
                     stopper.stopped = True
                     stopper.restore(f.net, f.ema.shadow)
                     metrics["stopped_early"] = float(stop)
-            _report(reporter, metrics, f.net, f.ema, f.opt, done, is_ckpt or stop, stopper)
+            record = training_record(done, cost, private, metrics)
+            _report(reporter, metrics, f.net, f.ema, f.opt, done, is_ckpt or stop, stopper, record)
             if stop:
                 break
     return metrics
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a fit has cost so far: wall seconds of its steps (reports, validation and
+    checkpoints included), this rank's process CPU seconds, its workers and device type."""
+
+    train_seconds: float
+    cpu_seconds: float
+    workers: int
+    device: str
+
+
+def training_record(
+    steps: int, cost: Cost, private: Optional[PrivateTraining], metrics: dict
+) -> dict[str, Any]:
+    """A fit's training record (a checkpoint's `training.json`): steps run, wall seconds,
+    CPU seconds (rank 0's process CPU time x workers: the ranks do the same work), GPU seconds
+    (wall x workers on CUDA, else 0), and for DP-SGD the accountant's epsilon at delta after
+    the steps run with its settings (None without)."""
+    dp = None
+    if private is not None:
+        dp = {
+            "epsilon": private.epsilon(steps),
+            "delta": private.delta,
+            "noise_multiplier": private.noise_multiplier,
+            "max_grad_norm": private.max_grad_norm,
+            "sample_rate": private.sample_rate,
+            "multiplicity": private.multiplicity,
+            "steps": steps,
+        }
+    return {
+        "steps": steps,
+        "best_step": metrics.get("best_step"),
+        "train_seconds": cost.train_seconds,
+        "cpu_seconds": cost.cpu_seconds * cost.workers,
+        "gpu_seconds": cost.train_seconds * cost.workers if cost.device == "cuda" else 0.0,
+        "workers": cost.workers,
+        "device": cost.device,
+        "dp": dp,
+    }
 
 
 def _agreed(flag: bool, device: torch.device | str) -> bool:
@@ -462,16 +515,20 @@ def _report(
     step: int,
     with_checkpoint: bool,
     stopper: Optional[EarlyStopper] = None,
+    record: Optional[dict[str, Any]] = None,
 ) -> None:
     if not (with_checkpoint and reporter.world_rank == 0):
         reporter.report(metrics, None)
         return
     tmp = tempfile.mkdtemp(prefix="raydefense-ckpt-")
-    state = {"step": step, "optimizer": opt.state_dict()}
+    state: dict[str, Any] = {"step": step, "optimizer": opt.state_dict()}
     if stopper is not None:
         state["early_stopping"] = stopper.state_dict()
+    if record is not None:  # resumes add to what the steps so far cost
+        state["train_seconds"] = record["train_seconds"]
+        state["cpu_seconds"] = record["cpu_seconds"] / max(record["workers"], 1)
     try:
-        save_checkpoint(tmp, net, ema.shadow, state)
+        save_checkpoint(tmp, net, ema.shadow, state, record)
         reporter.report(metrics, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

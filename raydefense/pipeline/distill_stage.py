@@ -124,9 +124,8 @@ def _soft_targets(ctx: RunContext, plan: Plan, student: str, teachers: list[str]
         run_id, {"rows": n, "rows_per_s": n / max(secs, 1e-9), "draws_per_row": draws}
     )
     ctx.tracker.end_run(run_id)
-    mark_complete(
-        storage, marker, fingerprint, {"rows": n, "draws_per_row": draws}, prefixes=(rel,)
-    )
+    outputs = {"rows": n, "draws_per_row": draws, "seconds": secs}  # seconds: defense costs
+    mark_complete(storage, marker, fingerprint, outputs, prefixes=(rel,))
     log.info(
         "distill: %d soft targets for %s (%d draws x %d rows) in %.1fs",
         n,

@@ -41,6 +41,7 @@ def stage_prepare(ctx: RunContext) -> None:
         given=given,
         num_online=online_needed(cfg),
         online_roles=online_roles(cfg),
+        variants=cfg.train.variant_targets(),
     )
     if cfg.data.captioner is not None:  # prompt diversification's extra captions (section 3.1)
         t0 = time.perf_counter()

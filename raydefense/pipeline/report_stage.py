@@ -15,11 +15,13 @@ import numpy as np
 
 from raydefense import layout
 from raydefense.attacks.base import variants_not_run
+from raydefense.audit.defenses import defense_records
 from raydefense.audit.report_results import DATA_KEYS, AuditResults, assemble_results
 from raydefense.audit.results import metric_rows
 from raydefense.report import write_report
 from raydefense.report.markdown import headline_rows
 from raydefense.report.text_to_image import DIVERSIFICATION_LABELS, t2i_table
+from raydefense.roster import is_teacher
 from raydefense.run.context import RunContext
 from raydefense.run.fingerprints import (
     attack_sweep_fingerprint,
@@ -79,6 +81,8 @@ def stage_report(ctx: RunContext) -> AuditResults:
         cfg.attacks.bootstrap,
         cfg.seed,
     )
+    teachers = [m for m in plan["models"] if is_teacher(m)]
+    results["defenses"] = defense_records(storage, list(results["privacy"]), teachers)
     if cfg.model.latent:  # text-to-image: this run's table, or the study's when base
         results["text_to_image"] = _t2i_table(ctx, results)
     seeds = _seed_study(ctx)
@@ -128,7 +132,8 @@ def stage_report(ctx: RunContext) -> AuditResults:
             f"{t}.worst_case.empirical_epsilon": w["empirical_epsilon"]["lower"]
             for t, w in worst.items()
             if w.get("empirical_epsilon")
-        },
+        }
+        | defense_metrics(results["defenses"]),
     )
     return results
 
@@ -181,3 +186,19 @@ def _seed_study(ctx: RunContext) -> Optional[dict[str, Any]]:
     if summary.get("experiments", {}).get(str(ctx.cfg.seed)) != ctx.cfg.experiment:
         return None
     return summary
+
+
+def defense_metrics(defenses: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """MLflow metrics of each target's defense record: `<target>.train_cpu_seconds` (and
+    `train_gpu_seconds` when a GPU trained it) where every model has a record, and
+    `<target>.dp_epsilon` / `dp_delta` for DP-SGD."""
+    out: dict[str, float] = {}
+    for t, d in defenses.items():
+        if d.get("complete"):
+            out[f"{t}.train_cpu_seconds"] = float(d["cpu_seconds"])
+            if d.get("gpu_seconds"):
+                out[f"{t}.train_gpu_seconds"] = float(d["gpu_seconds"])
+        if d.get("dp"):
+            out[f"{t}.dp_epsilon"] = float(d["dp"]["epsilon"])
+            out[f"{t}.dp_delta"] = float(d["dp"]["delta"])
+    return out

@@ -13,13 +13,16 @@ from typing import Any, Optional
 from raydefense import layout
 from raydefense.audit.imported import check_imported, import_model
 from raydefense.config import ExperimentConfig
+from raydefense.data.tables import read_plan
 from raydefense.diffusion.backbones.sd import pipeline_dir
+from raydefense.diffusion.private_step import private_training_of
 from raydefense.errors import ConfigError, FitsFailed
 from raydefense.pipeline.stage_inputs import dataset_input
 from raydefense.roster import (
     is_teacher,
     model_index,
     parse_draw,
+    training_role,
 )
 from raydefense.run.context import FitSpec, RunContext
 from raydefense.run.fingerprints import (
@@ -61,8 +64,28 @@ def stage_train(ctx: RunContext) -> None:
     ]
     if "train" not in ctx.force:
         todo = [m for m in todo if not reuse_model(ctx, m)]
+    check_private_fits(ctx, todo)
     specs = [fit_spec(ctx, m, "ddpm", k) for m in todo]
     fit_models(ctx, specs, fresh="train" in ctx.force)
+
+
+def check_private_fits(ctx: RunContext, models: list[str]) -> None:
+    """Resolve DP-SGD's settings of every private fit among `models` before any of them trains:
+    an epsilon out of reach with the fit's steps and batch is one line here, not a failed fit.
+
+    Raises:
+        ConfigError: the model and the setting that cannot be met."""
+    private = [m for m in models if ctx.cfg.train.for_role(training_role(m)).dp is not None]
+    if not private:
+        return
+    plan = read_plan(ctx.storage)
+    for m in private:
+        try:
+            private_training_of(
+                ctx.cfg.train.for_role(training_role(m)), int(plan.rows_of(m).sum())
+            )
+        except ValueError as e:
+            raise ConfigError(f"{m}: {e}") from None
 
 
 def reuse_model(ctx: RunContext, model: str) -> bool:

@@ -233,7 +233,12 @@ def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[st
     results.json has them: raydefense.report.tradeoff)."""
     if "privacy" not in results:
         return []
-    from raydefense.report.tradeoff import privacy_markdown, suite_markdown, tradeoff_markdown
+    from raydefense.report.tradeoff import (
+        defenses_markdown,
+        privacy_markdown,
+        suite_markdown,
+        tradeoff_markdown,
+    )
 
     parts = [
         "## Privacy: the defender's worst case",
@@ -252,6 +257,8 @@ def _privacy_parts(results: Mapping[str, Any], figure: Optional[str]) -> list[st
             tradeoff_markdown(results["privacy_utility"], figure),
             "",
         ]
+    if results.get("defenses"):
+        parts += ["## Defenses side by side", "", defenses_markdown(results), ""]
     return parts
 
 

@@ -9,6 +9,7 @@ import raydefense
 from raydefense.audit.targets import online_needed, online_roles, shadow_roles, shadows_needed
 from raydefense.config import (
     TRAIN_ROLES,
+    VARIANT_PREFIX,
     CLiDConfig,
     EarlyStoppingConfig,
     ExperimentConfig,
@@ -17,7 +18,7 @@ from raydefense.config import (
 )
 from raydefense.families.schema import FORMER_MODEL_FIELDS
 from raydefense.hashing import stable_hash
-from raydefense.roster import ONLINE, STUDENT, parse_draw, training_role
+from raydefense.roster import ONLINE, STUDENT, is_variant, parse_draw, training_role
 
 
 def _hash(*parts: object) -> str:
@@ -71,6 +72,8 @@ LATE_FIELDS: dict[str, dict[str, Any]] = {
         "channels_last": False,
         "compile": False,
         "early_stopping": EarlyStoppingConfig().model_dump(mode="json"),
+        "dp": None,
+        "variants": {},
         **{
             r: {"steps": None, "lr": None, "ema_decay": None, "early_stopping": None}
             for r in TRAIN_ROLES
@@ -87,9 +90,19 @@ LATE_SUBFIELDS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def _without_unset_dp(train: dict[str, Any]) -> dict[str, Any]:
+    """A dumped train section with each role's `dp` left out while unset (DP-SGD came after
+    the role sections), so that LATE_FIELDS finds an untouched role section at its default."""
+    for r in TRAIN_ROLES:
+        if train.get(r, {}).get("dp", 0) is None:
+            del train[r]["dp"]
+    return train
+
+
 def config_tree(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as hashed: LATE_FIELDS and LATE_SUBFIELDS at their defaults are left out."""
     d = cfg.model_dump(mode="json")
+    _without_unset_dp(d["train"])
     for k, former in FORMER_MODEL_FIELDS.items():  # then left out below at their defaults
         d["model"].setdefault(k, former)
     for section, fields in LATE_FIELDS.items():
@@ -146,13 +159,15 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
     )
     # The student's own overrides (train.student) change the student alone.
     student_train = [d["train"]["student"]] if "student" in d["train"] else []
-    train = {k: x for k, x in d["train"].items() if k not in (*cadence, "student")}
+    # A variant trains its own target (and shadows): it changes no other model.
+    variants = [d["train"]["variants"]] if "variants" in d["train"] else []
+    train = {k: x for k, x in d["train"].items() if k not in (*cadence, "student", "variants")}
     if stops_early:  # which rows early stopping reads (#27: outside the audit, no longer
         train["validation_rule"] = VALIDATION_RULE  # the calibration non-members)
     # An audit imports its target models: their identity is their weights' digests (by role),
     # not where they were read from.
     imported = [d["audit"].get("digests", {})] if "audit" in d else []
-    fp["train"] = _hash("train", v, fp["prepare"], d["model"], train, *imported)
+    fp["train"] = _hash("train", v, fp["prepare"], d["model"], train, *imported, *variants)
     # The target models (and so the student) do not depend on the attacker's shadow models.
     trained = _hash("targets", v, cfg.seed, d["data"], d["model"], train)
     fp["targets"] = _hash("targets", v, cfg.seed, d["data"], d["model"], train, *imported)
@@ -162,9 +177,19 @@ def stage_fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
         own = _role_train(cfg, role)
         fp[f"model.{role}"] = _hash("targets", v, cfg.seed, d["data"], d["model"], own, *imported)
     fp["shadows"] = _hash("shadows", trained, shadow)  # the same whatever an audit imports
+    # A variant's models: its resolved settings and its departures (a dropout is the model's).
+    for role in cfg.train.variant_targets():
+        departs = d["train"]["variants"][role.removeprefix(VARIANT_PREFIX)]
+        resolved = _role_train(cfg, role)
+        fp[f"model.{role}"] = _hash(
+            "variant", v, cfg.seed, d["data"], d["model"], resolved, departs
+        )
+        fp[f"shadows.{role}"] = _hash("variant-shadows", fp["shadows"], resolved, departs)
     fp["student"] = _hash("distill", v, fp["targets"], d["distill"], *student_train)
     fp["shadow_students"] = _hash("shadow_students", fp["shadows"], d["distill"], *student_train)
     fp["online"] = _hash("online", trained, *online)  # the same whatever an audit imports
+    for role in cfg.train.variant_targets():
+        fp[f"online.{role}"] = _hash("variant-online", fp["online"], fp[f"model.{role}"])
     fp["online_students"] = _hash("online_students", fp["online"], d["distill"], *student_train)
     students = [fp["shadow_students"]] if "student" in roles else []
     students += [fp["online_students"]] if "student" in online_roles(cfg) else []
@@ -181,7 +206,7 @@ def _role_train(cfg: ExperimentConfig, role: str) -> dict[str, Any]:
     (`TrainConfig.for_role`) with LATE_FIELDS at their defaults left out, and the report cadence
     left out unless the role stops early. Equal to stage_fingerprints' `train` for a role
     without overrides."""
-    t = cfg.train.for_role(role).model_dump(mode="json")
+    t = _without_unset_dp(cfg.train.for_role(role).model_dump(mode="json"))
     for k, default in LATE_FIELDS["train"].items():
         if t.get(k) == default:
             del t[k]
@@ -202,6 +227,9 @@ def model_fingerprint(fps: dict[str, str], model: str) -> str:
     if draw is None:
         role = training_role(model)
         return fps.get(f"model.{role}", fps["targets"])
+    kind = "online" if draw[0] == ONLINE else "shadows"
+    if is_variant(draw[2]):
+        return fps[f"{kind}.{draw[2]}"]
     if draw[0] == ONLINE:
         return fps["online_students"] if draw[2] == "student" else fps["online"]
     return fps["shadow_students"] if draw[2] == "student" else fps["shadows"]

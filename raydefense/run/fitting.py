@@ -16,10 +16,11 @@ import torch
 from raydefense.audit.scoring import heldout_validator
 from raydefense.config import ExperimentConfig
 from raydefense.data.encoded import model_training_latents, read_encoded
-from raydefense.data.examples import TrainData
+from raydefense.data.examples import ImageData, TrainData
 from raydefense.data.tables import image_shape, model_training_images, read_plan, read_soft_targets
 from raydefense.diffusion.backbones import data_shape
 from raydefense.diffusion.eps import EpsNet
+from raydefense.diffusion.private_step import PrivateTraining, private_training_of
 from raydefense.diffusion.schedule import NoiseSchedule
 from raydefense.diffusion.training import Reporter, fit
 from raydefense.roster import training_role
@@ -88,10 +89,19 @@ def run_fit(
         NonFiniteLossError: the loss became nan or inf (the fit ends without a checkpoint).
     """
     cfg, spec = work.cfg, work.spec
+    role = training_role(spec.model)
+    train_cfg = cfg.train.for_role(role)
+    dropout = cfg.train.model_dropout(role)  # a variant's network dropout
+    model_cfg = cfg.model if dropout is None else cfg.model.model_copy(update={"dropout": dropout})
+    private: Optional[PrivateTraining] = None
+    if train_cfg.dp is not None:
+        if not isinstance(work.data, ImageData):
+            raise ValueError(f"DP-SGD trains on image rows and {spec.model} has none")
+        private = private_training_of(train_cfg, len(work.data.images))
     return fit(
         work.data,
-        cfg.model,
-        cfg.train.for_role(training_role(spec.model)),
+        model_cfg,
+        train_cfg,
         work.schedule,
         work.shape,
         seed=cfg.seed,
@@ -101,4 +111,5 @@ def run_fit(
         wrap_model=wrap_model,
         batching=cfg.distill.batching,
         validate=work.validate,
+        private=private,
     )

@@ -84,7 +84,7 @@ def sweep_targets(cfg: ExperimentConfig, plan: Plan, attacks: list[Attack]) -> d
                 check_access(a, t, target_access(cfg, t))
         return {t: list(range(len(attacks))) for t in cfg.attacks.targets}
     out: dict[str, list[int]] = {}
-    for t in all_targets(plan.num_shards):
+    for t in all_targets(plan.num_shards, cfg.train.variant_targets()):
         ok = []
         for i, a in enumerate(attacks):
             try:

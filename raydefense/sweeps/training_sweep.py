@@ -180,7 +180,8 @@ def check_training_sweep(cfg: ExperimentConfig) -> list[TrainingPoint]:
     points = training_points(cfg)
     trial_attacks(cfg)
     shards = {dict(p.values).get("data.num_shards", cfg.data.num_shards) for p in points}
-    valid = set.intersection(*(set(all_targets(k)) for k in shards))
+    variants = cfg.train.variant_targets()
+    valid = set.intersection(*(set(all_targets(k, variants)) for k in shards))
     if cfg.sweep.asha.enabled and not cfg.train.val_rows:
         raise ConfigError(
             "sweep.asha needs train.val_rows > 0 (its metric is val_eps_mse); "
