@@ -143,15 +143,22 @@ class PrivateTrainStep:
         self.device = torch.device(device)
         self.lr_at = lr_at
 
-    def rows(self, step: int) -> torch.Tensor:
-        """This rank's rows of step `step`'s Poisson batch: the draw is the same on every rank
-        (its stream has no rank), the ranks take every world_size-th drawn row. -> [b] int64."""
+    def _poisson(self, step: int) -> torch.Tensor:
+        """Step `step`'s Poisson batch, the same on every rank (its stream has no rank): each
+        row joins with probability q. -> [B] int64 row indices."""
         g = torch.Generator().manual_seed(
             derive_seed(self.seed, STREAM_TRAIN, self.model_index, _ROWS, step)
         )
         n = len(self.data.images)
-        drawn = torch.nonzero(torch.rand(n, generator=g) < self.dp.sample_rate).flatten()
-        return drawn[self.rank :: self.world_size]
+        return torch.nonzero(torch.rand(n, generator=g) < self.dp.sample_rate).flatten()
+
+    def _drawn(self, step: int) -> int:
+        return len(self._poisson(step))
+
+    def rows(self, step: int) -> torch.Tensor:
+        """This rank's rows of step `step`'s Poisson batch: every world_size-th drawn row.
+        -> [b] int64."""
+        return self._poisson(step)[self.rank :: self.world_size]
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run step `step`; returns (mean loss of this rank's rows, mean per-row gradient norm
@@ -163,13 +170,19 @@ class PrivateTrainStep:
             group["lr"] = self.lr_at(step)
         idx = self.rows(step)
         b = len(idx)
+        # Every drawn row's (t, noise) draws come from one stream that all ranks share (the
+        # stream of rank 0 of a plain fit), each rank keeping its rows' share: a fit takes the
+        # same steps on any number of ranks, up to the order of the all-reduced sum.
+        drawn = self._drawn(step)
         g = torch.Generator().manual_seed(
-            derive_seed(self.seed, STREAM_TRAIN, self.model_index, self.rank, step)
+            derive_seed(self.seed, STREAM_TRAIN, self.model_index, 0, step)
         )
+        shape = self.data.images.shape[1:]
+        t = torch.randint(self.schedule.num_train_timesteps, (drawn, k), generator=g)
+        noise = torch.randn((drawn, k, *shape), generator=g)
+        mine = slice(self.rank, None, self.world_size)
         x0 = self.data.images[idx].to(self.device)
-        t = torch.randint(self.schedule.num_train_timesteps, (b, k), generator=g)
-        noise = torch.randn((b, k, *x0.shape[1:]), generator=g)
-        t, noise = t.to(self.device), noise.to(self.device)
+        t, noise = t[mine].to(self.device), noise[mine].to(self.device)
         params = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         schedule = self.schedule
 

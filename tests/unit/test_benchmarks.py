@@ -96,11 +96,10 @@ def test_cpu_scaling_prints_both_speedups() -> None:
     finite(only_match(r"^two fits: .* -> x(\S+)$", out)[1])
 
 
-# The whole pipeline twice (cold, then cached): minutes on 2 cores even at tiny sizes.
-@pytest.mark.slow
-@pytest.mark.e2e
+# The whole pipeline twice (cold, then cached), on the in-process executor at tiny sizes.
 def test_pipeline_stages_prints_shares_and_the_cached_rerun() -> None:
-    out = run_tiny("pipeline_stages.py", timeout=1500)
+    out = run_tiny("pipeline_stages.py", timeout=600)
+    assert "executor local" in out
     shares = re.findall(r"^\w+ +\S+ +(\S+)%$", out, re.M)
     assert shares and abs(sum(float(s) for s in shares) - 100) < 1, out
     finite(only_match(r"^cached rerun: (\S+) s += (\S+) x the cold run$", out)[2])

@@ -170,3 +170,50 @@ def test_a_private_step_clips_each_row_and_adds_noise_of_its_scale() -> None:
     s, b = step(PrivateTraining(2.0, 0.5, 1e-9, 1, 1e-5))  # q tiny: no row drawn
     grads = torch.cat([p.grad.flatten() for p in net.parameters()])
     assert b == 0 and float(grads.std()) == pytest.approx(2.0 * 0.5 / (1e-9 * 40), rel=0.05)
+
+
+def _private_fit_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a DP-SGD fit under torch.distributed (gloo); rank 0 saves the last
+    checkpoint's raw weights to `out`."""
+    import torch.distributed as dist
+
+    from raydefense.config import TrainConfig
+    from raydefense.diffusion.backbones import load_net
+    from raydefense.diffusion.private_step import private_training
+    from raydefense.diffusion.training import fit
+    from tests.unit.test_training import MODEL, SCHED, ListReporter, images
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world)  # fmt: skip
+    rep = ListReporter()
+    rep.world_rank, rep.world_size = rank, world
+    train = TrainConfig(steps=3, batch_size=4, checkpoint_every=3, log_every=3, lr=1e-2)
+    dp = private_training(12, 4, 3, noise_multiplier=0.5, multiplicity=2)
+    fit(images(), MODEL, train, SCHED, (1, 8, 8), seed=0, model_index=0, reporter=rep,
+        private=dp)  # fmt: skip
+    if rank == 0:
+        net = load_net(MODEL, rep.ckpt, "raw")
+        torch.save(net.state_dict(), out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_a_private_fit_on_two_ranks_equals_one_process(tmp_path) -> None:
+    """DDP: the ranks draw the same Poisson batch, split its rows, all-reduce their clipped sums
+    and add one noise draw, so two ranks take the steps one process takes (the accountant's
+    global batch): the weights agree up to the summation order."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    _private_fit_on_rank(0, 1, 0, str(tmp_path / "one.pt"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_private_fit_on_rank, args=(2, port, str(tmp_path / "two.pt")), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-5), k
