@@ -113,3 +113,13 @@ def test_soft_target_inputs_prints_every_holding_against_stored() -> None:
     assert [r[0] for r in rows] == ["stored", "regenerated", "disk"] * 2
     for _, ms, rate, held, ratio in rows:
         finite(ms), finite(rate), finite(held), finite(ratio)
+
+
+def test_defense_costs_prints_every_mode_against_plain() -> None:
+    out = run_tiny("defense_costs.py", timeout=600)
+    rows = re.findall(r"^(plain|hflip|dp k=1|dp k=4|distill) +(\S+) +(\S+) +(\S+)$", out, re.M)
+    assert [r[0] for r in rows] == ["plain", "hflip", "dp k=1", "dp k=4", "distill"], out
+    for _, wall, cpu, ratio in rows:
+        finite(wall), finite(cpu), finite(ratio)
+    label = only_match(r"^label +(\S+) +(\S+) +/example$", out)
+    finite(label[1]), finite(label[2])
