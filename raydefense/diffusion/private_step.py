@@ -152,9 +152,6 @@ class PrivateTrainStep:
         n = len(self.data.images)
         return torch.nonzero(torch.rand(n, generator=g) < self.dp.sample_rate).flatten()
 
-    def _drawn(self, step: int) -> int:
-        return len(self._poisson(step))
-
     def rows(self, step: int) -> torch.Tensor:
         """This rank's rows of step `step`'s Poisson batch: every world_size-th drawn row.
         -> [b] int64."""
@@ -168,12 +165,13 @@ class PrivateTrainStep:
         dp, k = self.dp, self.dp.multiplicity
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
-        idx = self.rows(step)
+        poisson = self._poisson(step)  # drawn once: the rows and the (t, noise) count read it
+        idx = poisson[self.rank :: self.world_size]
         b = len(idx)
         # Every drawn row's (t, noise) draws come from one stream that all ranks share (the
         # stream of rank 0 of a plain fit), each rank keeping its rows' share: a fit takes the
         # same steps on any number of ranks, up to the order of the all-reduced sum.
-        drawn = self._drawn(step)
+        drawn = len(poisson)
         g = torch.Generator().manual_seed(
             derive_seed(self.seed, STREAM_TRAIN, self.model_index, 0, step)
         )
