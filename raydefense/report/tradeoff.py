@@ -369,3 +369,70 @@ def defenses_markdown(results: Mapping[str, Any]) -> str:
         "existed, or imported. On the front: on the privacy-utility Pareto front, chosen on "
         "calibration AUCs and utilities."
     )
+
+
+DEFENSES_SEEDS_PNG = "defenses.png"
+
+
+def _seed_values(stat: Optional[Mapping[str, Any]], seeds: list[int]) -> dict[int, float]:
+    """seed -> value of a summary stat whose `values` are aligned with `seeds`."""
+    values = (stat or {}).get("values") or []
+    return {s: float(v) for s, v in zip(seeds, values) if v is not None}
+
+
+def plot_defenses_over_seeds(summary: Mapping[str, Any], path: str) -> bool:
+    """The seed study's privacy-utility plot (`raydefense seeds`, seeds/defenses.png): per
+    target of the defenses table (and DualMD's black-box claim), every seed's worst-case test
+    AUC (x) against its utility (y, the trade-off's metric; log scale when it spans over 10x),
+    and the mean ± standard error over seeds as a cross. False (nothing written) without a
+    utility metric or a target that has both numbers."""
+    from raydefense.report.seed_tables import privacy_rows
+
+    metric = summary.get("utility_metric")
+    seeds = [int(s) for s in summary.get("seeds", [])]
+    privacy, quality = summary.get("privacy", {}), summary.get("quality", {})
+    rows = []
+    for t in sort_targets(summary.get("defenses", {})):
+        util = (quality.get(t) or {}).get(str(metric)) if metric else None
+        if t not in privacy or not util or util.get("mean") is None:
+            continue
+        for label, entry in privacy_rows(t, privacy[t], len(seeds)):
+            auc = entry.get("auc") or {}
+            if auc.get("mean") is not None:
+                rows.append((label, auc, util, list(entry.get("seeds", seeds))))
+    if not rows:
+        return False
+    fig = Figure(figsize=(7.5, 5.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colors = [f"C{i % 10}" for i in range(len(rows))]
+    for (label, auc, util, own), color in zip(rows, colors):
+        x, y = _seed_values(auc, own), _seed_values(util, seeds)
+        both = [s for s in x if s in y]
+        ax.scatter([x[s] for s in both], [y[s] for s in both], s=14, color=color, alpha=0.45)
+        ax.errorbar(
+            auc["mean"],
+            util["mean"],
+            xerr=auc.get("se") or 0.0,
+            yerr=util.get("se") or 0.0,
+            fmt="o" if "(" not in label else "D",
+            color=color,
+            capsize=3,
+            label=label,
+            zorder=3,
+        )
+    ys = [u["mean"] for _, _, u, _ in rows if u["mean"] > 0]
+    if ys and max(ys) / min(ys) > 10:
+        ax.set_yscale("log")
+    ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1.0)
+    ax.set_xlabel("worst-case attack AUC, test (lower = more private)")
+    ax.set_ylabel(f"{metric} (lower = better)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(
+        f"Defenses over seeds {', '.join(map(str, seeds))}: mean ± standard error, dots per seed",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    return True

@@ -205,7 +205,9 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
                               nested dicts (e.g. "black_box"): the same shape, recursively}},
          "quality": {target: {metric of QUALITY_METRICS: {"mean", "sd", "n", "values"}}},
          "utility_ratio": {target: {metric of RATIO_METRICS: per-seed target / baseline}},
-         "bootstrap_ci_width": {target: {line: mean over seeds of auc_ci[1] - auc_ci[0]}}}
+         "bootstrap_ci_width": {target: {line: mean over seeds of auc_ci[1] - auc_ci[0]}},
+         "utility_metric": the privacy-utility trade-off's metric (None without one),
+         "defenses": `aggregate_defenses`}
         Every stat also has "se" (`_stat`: the standard error of the mean over seeds, with
         each seed's bootstrap error as its floor for AUCs).
         `values` lists are aligned with the entry's `seeds` (None where a seed lacks the metric);
@@ -306,7 +308,62 @@ def aggregate(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any
         "quality": quality,
         "utility_ratio": ratios,
         "bootstrap_ci_width": widths,
+        "utility_metric": next(
+            (
+                (res[s].get("privacy_utility") or {}).get("utility_metric")
+                for s in seeds
+                if (res[s].get("privacy_utility") or {}).get("utility_metric")
+            ),
+            None,
+        ),
+        "defenses": aggregate_defenses({s: res[s] for s in seeds}),
     }
+
+
+def _on_front(results: Mapping[str, Any], target: str) -> Optional[bool]:
+    """Whether the target is on a run's privacy-utility front (None: not a point of it)."""
+    for p in (results.get("privacy_utility") or {}).get("points", []):
+        if p.get("kind") == "target" and p.get("label") == target:
+            return bool(p.get("pareto"))
+    return None
+
+
+def aggregate_defenses(results_by_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """The defenses side by side over seeds (results.json `defenses` and the trade-off's front):
+    {target: {"seeds" (those with a record), "n_seeds", "front": per seed of the study True /
+    False / None (not a point), "train_seconds", "cpu_seconds": over the seeds whose record is
+    complete, "accountant_epsilon", "delta": over the seeds whose target trained with DP-SGD
+    (absent for a target that never did)}}. Stats as `_stat` (no bootstrap floors), their
+    `values` aligned with the entry's `seeds` (None where a seed lacks the number).
+    Privacy and utility are in the summary's `privacy` and `quality`."""
+    seeds = sorted(results_by_seed)
+    names = sort_targets(
+        {str(t) for s in seeds for t in (results_by_seed[s].get("defenses") or {})}
+    )
+    out: dict[str, Any] = {}
+    for t in names:
+        have = [
+            (s, results_by_seed[s]["defenses"][t])
+            for s in seeds
+            if isinstance((results_by_seed[s].get("defenses") or {}).get(t), Mapping)
+        ]
+        entry: dict[str, Any] = {
+            "seeds": [s for s, _ in have],
+            "n_seeds": len(have),
+            "front": [_on_front(results_by_seed[s], t) for s in seeds],
+        }
+        for key in ("train_seconds", "cpu_seconds"):
+            values = [_number(d.get(key)) if d.get("complete") else None for _, d in have]
+            if any(v is not None for v in values):
+                entry[key] = _stat(values)
+        dps = [d.get("dp") for _, d in have]
+        if any(isinstance(dp, Mapping) for dp in dps):
+            for key, field in (("accountant_epsilon", "epsilon"), ("delta", "delta")):
+                entry[key] = _stat(
+                    [_number(dp.get(field)) if isinstance(dp, Mapping) else None for dp in dps]
+                )
+        out[t] = entry
+    return out
 
 
 # ----------------------------------------------------------------------------- presentation
@@ -377,6 +434,19 @@ def _seeds(seeds: Sequence[int] | str) -> list[int]:
     return parse_seeds(",".join(str(s) for s in seeds))
 
 
+def _write_defenses_plot(base: Storage, summary: Mapping[str, Any]) -> None:
+    """seeds/defenses.png: the defenses over seeds (`plot_defenses_over_seeds`)."""
+    import tempfile
+
+    from raydefense.report.tradeoff import DEFENSES_SEEDS_PNG, plot_defenses_over_seeds
+
+    with tempfile.TemporaryDirectory(prefix="raydefense-seeds-") as tmp:
+        path = f"{tmp}/{DEFENSES_SEEDS_PNG}"
+        if plot_defenses_over_seeds(summary, path):
+            with open(path, "rb") as fh:
+                base.write_bytes(f"{SUMMARY_DIR}/{DEFENSES_SEEDS_PNG}", fh.read())
+
+
 def aggregate_seeds(
     preset: Union[str, Sequence[str], None],
     config: Optional[str],
@@ -408,5 +478,7 @@ def aggregate_seeds(
     base = Storage(cfg.storage.root, cfg.experiment)
     base.write_json(f"{SUMMARY_DIR}/summary.json", summary)
     base.write_bytes(f"{SUMMARY_DIR}/summary.md", (seeds_markdown(summary) + "\n").encode())
+    if summary.get("defenses"):
+        _write_defenses_plot(base, summary)
     result(summary_text(summary, base.uri(SUMMARY_DIR)))
     return summary

@@ -284,6 +284,18 @@ def test_cli_aggregate_only(tmp_path, capsys):
     assert f"{base.uri('seeds')}/" in out
     assert "baseline" in out and "0.800 ± 0.058" in out
     assert not (tmp_path / "mlflow.db").exists() and not any(root.glob("**/mlflow*"))
+    assert not base.exists("seeds/defenses.png")  # no defenses table, no plot
+
+
+def test_cli_aggregate_only_plots_the_defenses(tmp_path):
+    root = tmp_path / "runs"
+    for seed, res in three_seeds().items():
+        res = _with_defenses(res, seed)
+        Storage(str(root), seed_experiment("exp", 0, seed)).write_json("report/results.json", res)
+    assert main(_cli_args(root)) == 0
+    base = Storage(str(root), "exp")
+    assert "### Defenses side by side" in base.read_bytes("seeds/summary.md").decode()
+    assert base.read_bytes("seeds/defenses.png").startswith(b"\x89PNG")
 
 
 def test_cli_missing_seed(tmp_path, capsys):
@@ -397,3 +409,75 @@ def test_utility_is_aggregated_per_target_and_metric():
     assert ratio["values"] == pytest.approx([1.0, 1.25, 1.2])
     md = seeds_markdown(aggregate(hand))
     assert "| student | 1.15 ± 0.08 [1.00, 1.25, 1.20] |" in md
+
+
+def _with_defenses(results, seed):
+    """Seed `seed`'s results with a DP-SGD variant, the front and the training records."""
+    eps = {0: 9.99, 1: 10.01, 2: 10.0}[seed]
+    results["privacy"]["baseline_dp"] = {
+        "attack": "lira",
+        "params": {},
+        "auc": 0.5,
+        "auc_calibration": 0.55,
+        "tpr_at_1pct_fpr_calibrated": 0.01,
+        "fpr_at_1pct_fpr_calibrated": 0.01,
+        "empirical_epsilon": {"lower": 0.0, "point": 0.1},
+    }
+    results["privacy"]["baseline"]["empirical_epsilon"] = {"lower": 1.0 + seed, "point": 2.0}
+    results["quality"] = [
+        {"target": "baseline", "metric": "domain_fid", "value": 2.0},
+        {"target": "baseline_dp", "metric": "domain_fid", "value": 50.0 + seed},
+        {"target": "dualmd", "metric": "domain_fid", "value": 2.1},
+    ]
+    results["privacy_utility"] = {
+        "utility_metric": "domain_fid",
+        "points": [
+            {"label": "baseline", "kind": "target", "pareto": seed == 0},
+            {"label": "baseline_dp", "kind": "target", "pareto": True},
+            {"label": "dualmd", "kind": "target", "pareto": False},
+            {"label": "dualmd (black-box)", "kind": "black-box claim", "pareto": False},
+        ],
+    }
+    plain = {"complete": True, "train_seconds": 100.0 + seed, "cpu_seconds": 200.0, "dp": None}
+    results["defenses"] = {
+        "baseline": plain,
+        "baseline_dp": {**plain, "dp": {"epsilon": eps, "delta": 1e-5, "noise_multiplier": 2.3}},
+        # DualMD's records predate training records on seed 1: no cost that seed
+        "dualmd": {**plain, "complete": seed != 1, "cpu_seconds": 400.0},
+    }
+    return results
+
+
+def test_defenses_are_aggregated_over_seeds():
+    hand = {s: _with_defenses(r, s) for s, r in three_seeds().items()}
+    s = aggregate(hand)
+    assert json.loads(json.dumps(s)) == s
+    assert s["utility_metric"] == "domain_fid"
+    d = s["defenses"]
+    assert list(d) == ["baseline", "baseline_dp", "dualmd"]  # report order
+    assert d["baseline"]["front"] == [True, False, False]
+    assert d["baseline_dp"]["front"] == [True, True, True]
+    assert d["baseline"]["train_seconds"]["values"] == pytest.approx([100.0, 101.0, 102.0])
+    assert d["baseline"]["train_seconds"]["se"] == pytest.approx(1 / math.sqrt(3))
+    assert "accountant_epsilon" not in d["baseline"]  # never trained with DP-SGD
+    assert d["baseline_dp"]["accountant_epsilon"]["mean"] == pytest.approx(10.0)
+    assert d["baseline_dp"]["delta"]["values"] == pytest.approx([1e-5] * 3)
+    # an incomplete record has no cost that seed, aligned with the entry's seeds
+    assert d["dualmd"]["cpu_seconds"]["values"] == [400.0, None, 400.0]
+    assert d["dualmd"]["cpu_seconds"]["n"] == 2
+    # the empirical epsilon of each seed's worst case
+    assert s["privacy"]["baseline"]["empirical_epsilon"]["lower"]["values"] == [1.0, 2.0, 3.0]
+
+    md = seeds_markdown(s)
+    assert "### Defenses side by side" in md
+    assert (
+        "| baseline_dp | 0.500 ± 0.000 [0.50, 0.50, 0.50] | 0.01 ± 0.00 [0.01, 0.01, 0.01] | "
+        "0.00 ± 0.00 [0.00, 0.00, 0.00] | 10.00 ± 0.01 [9.99, 10.01, 10.00] | – | "
+        "51.00 ± 0.58 [50.00, 51.00, 52.00] | 3 of 3 | 200 ± 0 (101 ± 1) |"
+    ) in md
+    assert "| 0 of 3 | 400 ± 0 (101 ± 1) (n=2) |" in md  # DualMD: seed 1 has no record
+    assert "| baseline | 0.800 ± 0.058 [0.80, 0.90, 0.70] |" in md
+    assert "| 1 of 3 | 200 ± 0 (101 ± 1) |" in md  # the baseline: on the front on seed 0
+    assert "| dualmd (black-box) |" in md and "(a claim)" in md
+    # a summary from runs without defenses has no such section
+    assert "### Defenses side by side" not in seeds_markdown(aggregate(three_seeds()))
