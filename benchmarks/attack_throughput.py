@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from modes import parse_args
 
 from raydefense.attacks.base import ATTACKS, Query
 from raydefense.config import load_config
@@ -68,15 +69,11 @@ def rate(fn: Callable[[], Any], n_images: int, min_seconds: float = 3.0) -> floa
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
     p.add_argument("--preset", help=f"default {FULL['preset']}")
     p.add_argument("--batch", type=int, help=f"default {FULL['batch']}")
     p.add_argument("--threads", type=int, help=f"default {FULL['threads']}")
     p.add_argument("--seconds", type=float, help=f"per rate, default {FULL['seconds']}")
-    args = p.parse_args()
-    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    args = parse_args(p, TINY, FULL)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset)
     schedule = NoiseSchedule(

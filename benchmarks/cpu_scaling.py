@@ -18,6 +18,8 @@ import json
 import tempfile
 import time
 
+from modes import parse_args
+
 from raydefense.config import load_config
 from raydefense.distributed.runtime import init_ray
 from raydefense.distributed.train import FitSpec, fit_many
@@ -42,13 +44,9 @@ def timed_fits(cfg, storage, models: list[str], tag: str, **resources) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
     p.add_argument("--preset", help=f"default {FULL['preset']}")
     p.add_argument("--steps", type=int, help=f"default {FULL['steps']}")
-    args = p.parse_args()
-    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    args = parse_args(p, TINY, FULL)
     root = tempfile.mkdtemp(prefix="raydefense-scaling-")
     cfg = load_config(
         args.preset,

@@ -30,6 +30,7 @@ import time
 from typing import Any, Optional
 
 import torch
+from modes import parse_args
 
 from raydefense.config import DPConfig, load_config
 from raydefense.data.examples import ImageData, SoftTargetData
@@ -63,13 +64,9 @@ def _timed(run: Any) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
     p.add_argument("--preset", help=f"default {FULL['preset']}")
     p.add_argument("--steps", type=int, help=f"default {FULL['steps']}")
-    args = p.parse_args()
-    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    args = parse_args(p, TINY, FULL)
     cfg = load_config(args.preset)
     pool, _ = load_pool(cfg.data)
     rows = torch.from_numpy(to_model_range(pool.images[:ROWS]))

@@ -43,6 +43,7 @@ import time
 
 import numpy as np
 import torch
+from modes import parse_args
 
 EXPERIMENT = "bench"
 BUCKET = "bench"
@@ -165,7 +166,6 @@ def _worker(config: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
     p.add_argument("--rows", type=int, help=f"images in rows.parquet, default {FULL['rows']}")
     p.add_argument(
         "--repeats", type=int, help=f"rounds; the median is reported, default {FULL['repeats']}"
@@ -191,10 +191,7 @@ def main() -> None:
         action="store_false",
         help="skip the ray.data.read_parquet modes",
     )
-    args = p.parse_args()
-    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    args = parse_args(p, TINY, FULL)
 
     import ray
     import ray.data

@@ -22,6 +22,7 @@ import json
 import time
 
 import torch
+from modes import parse_args
 
 from raydefense.config import DataConfig
 from raydefense.data.pool import to_model_range
@@ -40,15 +41,11 @@ TINY = {"steps": 2, "batch": 2, "threads": 1}
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help=f"CI smoke mode: {TINY}")
     p.add_argument("--steps", type=int, help=f"timed steps per mode, default {FULL['steps']}")
     p.add_argument("--batch", type=int, help=f"default {FULL['batch']}")
     p.add_argument("--pipeline", default="tiny")
     p.add_argument("--threads", type=int, help=f"default {FULL['threads']}")
-    args = p.parse_args()
-    for k, v in (TINY if args.tiny else FULL).items():  # explicit options win over the mode
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    args = parse_args(p, TINY, FULL)
     torch.set_num_threads(args.threads)
     cfg = SDConfig(pipeline=args.pipeline, beta_schedule="scaled_linear", **SD)
     codec = SDCodec(cfg)
