@@ -192,6 +192,19 @@ def _cost_cell(entry: Mapping[str, Any], n_total: int) -> str:
     return f"{cells[0]} ({cells[1]})" + (f" (n={n})" if n < n_total else "")
 
 
+def defense_rows(
+    target: str, entry: Optional[Mapping[str, Any]]
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """A target's rows of the defenses table: its worst case and, for DualMD, the black-box
+    claim on a line of its own (not the other nested entries, e.g. `without_calibrated`)."""
+    if not isinstance(entry, Mapping):
+        return []
+    rows: list[tuple[str, Mapping[str, Any]]] = [(target, entry)]
+    if isinstance(entry.get("black_box"), Mapping):
+        rows.append((f"{target} (black-box)", entry["black_box"]))
+    return rows
+
+
 def defenses_seeds_markdown(summary: Mapping[str, Any]) -> str:
     """The defenses side by side over seeds (no trailing newline): per target (and DualMD's
     black-box claim) the worst case, its calibrated operating point and the empirical ε it
@@ -204,7 +217,7 @@ def defenses_seeds_markdown(summary: Mapping[str, Any]) -> str:
     body = []
     for t in sort_targets(defenses):
         d = defenses[t]
-        for label, e in privacy_rows(t, privacy.get(t, {}), n) if t in privacy else []:
+        for label, e in defense_rows(t, privacy.get(t)):
             claim = label != t
             eps = e.get("empirical_epsilon") or {}
             body.append(

@@ -386,7 +386,7 @@ def plot_defenses_over_seeds(summary: Mapping[str, Any], path: str) -> bool:
     AUC (x) against its utility (y, the trade-off's metric; log scale when it spans over 10x),
     and the mean ± standard error over seeds as a cross. False (nothing written) without a
     utility metric or a target that has both numbers."""
-    from raydefense.report.seed_tables import privacy_rows
+    from raydefense.report.seed_tables import defense_rows
 
     metric = summary.get("utility_metric")
     seeds = [int(s) for s in summary.get("seeds", [])]
@@ -396,7 +396,7 @@ def plot_defenses_over_seeds(summary: Mapping[str, Any], path: str) -> bool:
         util = (quality.get(t) or {}).get(str(metric)) if metric else None
         if t not in privacy or not util or util.get("mean") is None:
             continue
-        for label, entry in privacy_rows(t, privacy[t], len(seeds)):
+        for label, entry in defense_rows(t, privacy[t]):
             auc = entry.get("auc") or {}
             if auc.get("mean") is not None:
                 rows.append((label, auc, util, list(entry.get("seeds", seeds))))

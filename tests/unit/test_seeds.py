@@ -424,6 +424,8 @@ def _with_defenses(results, seed):
         "empirical_epsilon": {"lower": 0.0, "point": 0.1},
     }
     results["privacy"]["baseline"]["empirical_epsilon"] = {"lower": 1.0 + seed, "point": 2.0}
+    # the raw-statistic suite's choice: a nested worst case of the privacy table, not a defense
+    results["privacy"]["baseline"]["without_calibrated"] = {"attack": "loss", "auc": 0.7}
     results["quality"] = [
         {"target": "baseline", "metric": "domain_fid", "value": 2.0},
         {"target": "baseline_dp", "metric": "domain_fid", "value": 50.0 + seed},
@@ -479,5 +481,7 @@ def test_defenses_are_aggregated_over_seeds():
     assert "| baseline | 0.800 ± 0.058 [0.80, 0.90, 0.70] |" in md
     assert "| 1 of 3 | 200 ± 0 (101 ± 1) |" in md  # the baseline: on the front on seed 0
     assert "| dualmd (black-box) |" in md and "(a claim)" in md
+    section = md[md.index("### Defenses side by side") : md.index("### Attacks")]
+    assert "without-calibrated" not in section and "baseline (without-calibrated)" in md
     # a summary from runs without defenses has no such section
     assert "### Defenses side by side" not in seeds_markdown(aggregate(three_seeds()))
