@@ -67,6 +67,11 @@ class PipelineCommand:
         pass
 
     def run(self, ctx: RunContext) -> Optional[Mapping[str, Any]]:
+        from raydefense.sweeps.seeds import replaced_seed_warning
+
+        warning = replaced_seed_warning(ctx.storage, ctx.cfg.seed)
+        if warning:
+            log.warning(warning)
         return run_pipeline(ctx, until=self.until)
 
     def summary(self, results: Mapping[str, Any], ctx: RunContext) -> str:

@@ -25,17 +25,18 @@ DATA_KEYS = (
 
 
 class AuditResults(TypedDict, total=False):
-    """results.json. Always present: experiment, dataset, data (the plan's summary, DATA_KEYS),
-    config_fingerprint, versions, timings (stage -> seconds), attacks (one row per target x
-    attack x setting, `audit.results.metric_rows`), quality (utility rows), skipped (pairs an
-    access level could not serve), shadows, references, privacy (target -> its worst case,
-    chosen on calibration), privacy_utility (the trade-off points and front), suite (the attack
-    families covered and the variants left out), defenses (target -> what it cost to train and
-    the accountant's epsilon of DP-SGD, `audit.defenses`). When they apply: audit (imported
-    models and their digests), text_to_image (the caption-setting table), seeds (the
-    training-seed study)."""
+    """results.json. Always present: experiment, seed (the training seed), dataset, data (the
+    plan's summary, DATA_KEYS), config_fingerprint, versions, timings (stage -> seconds),
+    attacks (one row per target x attack x setting, `audit.results.metric_rows`), quality
+    (utility rows), skipped (pairs an access level could not serve), shadows, references,
+    privacy (target -> its worst case, chosen on calibration), privacy_utility (the trade-off
+    points and front), suite (the attack families covered and the variants left out), defenses
+    (target -> what it cost to train and the accountant's epsilon of DP-SGD,
+    `audit.defenses`). When they apply: audit (imported models and their digests),
+    text_to_image (the caption-setting table), seeds (the training-seed study)."""
 
     experiment: str
+    seed: int
     dataset: str
     data: dict[str, Any]
     config_fingerprint: str

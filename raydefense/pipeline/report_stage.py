@@ -52,6 +52,7 @@ def stage_report(ctx: RunContext) -> AuditResults:
     plan = storage.read_json(layout.PLAN_JSON)
     base = AuditResults(
         experiment=cfg.experiment,
+        seed=cfg.seed,
         dataset=cfg.data.source,
         data={k: v for k, v in plan.items() if k in DATA_KEYS},
         config_fingerprint=cfg.fingerprint(),

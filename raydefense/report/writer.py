@@ -219,6 +219,8 @@ def _meta_lines(results: Mapping[str, Any]) -> list[str]:
                 for role, m in audit["models"].items()
             )
         )
+    if results.get("seed") is not None:
+        lines.append(f"- Training seed: {results['seed']}")
     lines.append(f"- Config fingerprint: `{results['config_fingerprint']}`")
     versions = results["versions"]
     if isinstance(versions, Mapping) and versions:

@@ -59,6 +59,22 @@ def seed_experiment(experiment: str, base_seed: int, seed: int) -> str:
     return experiment if int(seed) == int(base_seed) else f"{experiment}-seed{int(seed)}"
 
 
+def replaced_seed_warning(storage: Storage, seed: int) -> Optional[str]:
+    """A warning when `storage` (an experiment) holds a finished run of another training seed,
+    which a run of `seed` there replaces (the seed is in every fingerprint, not in the
+    experiment's name); None otherwise. `raydefense seeds` gives each seed its own experiment."""
+    if not storage.exists(RESULTS):
+        return None
+    made_with = storage.read_json(RESULTS).get("seed")
+    if made_with is None or int(made_with) == int(seed):
+        return None
+    return (
+        f"{storage.uri('')} holds seed {made_with}'s finished run; this run of seed {seed} "
+        f"replaces its models and results: to keep both, add --set experiment="
+        f"{storage.experiment}-seed{int(seed)} (the name `raydefense seeds` gives seed {seed})"
+    )
+
+
 def parse_seeds(text: str) -> list[int]:
     """ "0,1,2" or "0 1 2" (or a mix) -> [0, 1, 2], in the order given.
 
@@ -474,6 +490,13 @@ def aggregate_seeds(
                 "first"
             )
         results[s] = storage.read_json(RESULTS)
+        made_with = results[s].get("seed")  # absent in results written before it was recorded
+        if made_with is not None and int(made_with) != s:
+            raise RaydefenseError(
+                f"{storage.uri(RESULTS)} holds seed {made_with}'s results, not seed {s}'s; run "
+                f"'{_command_text(preset, config, overrides, seeds)}' without --aggregate-only "
+                f"to train seed {s} there"
+            )
     summary = aggregate(results)
     base = Storage(cfg.storage.root, cfg.experiment)
     base.write_json(f"{SUMMARY_DIR}/summary.json", summary)

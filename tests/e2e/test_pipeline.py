@@ -46,6 +46,7 @@ def test_results_json_follows_the_contract(smoke_run):
     report = cwd / "runs" / "smoke" / "report"
     results = json.loads((report / "results.json").read_text())
     assert results["experiment"] == "smoke" and len(results["config_fingerprint"]) == 64
+    assert results["seed"] == 0
     assert {"torch", "ray", "mlflow", "diffusers"} <= set(results["versions"])
     assert {"prepare", "train", "distill", "evaluate"} <= set(results["timings"])
     rows = results["attacks"]

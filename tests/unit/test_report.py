@@ -364,6 +364,7 @@ def test_paper_comparison_where_the_dataset_matches():
     meta = _meta_lines(
         {
             "config_fingerprint": "f",
+            "seed": 3,
             "versions": {},
             "dataset": "cifar10",
             "data": {
@@ -381,6 +382,7 @@ def test_paper_comparison_where_the_dataset_matches():
         "non-members, split CIFAR10_train_ratio0.5.npz, exact duplicates "
         "dropped: 2"
     )
+    assert meta[1:3] == ["- Training seed: 3", "- Config fingerprint: `f`"]
     # The paper's SecMIA is SecMI_NN; SecMI_stat stands beside it, labelled.
     assert "| SecMIA (ours: SecMI_NN) | No defense | 0.93 / 0.35 | 0.830 / 0.10 |" in text
     assert "| SecMIA (ours: SecMI_NN) | DistillMD | 0.59 / 0.03 | – |" in text

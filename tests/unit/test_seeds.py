@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import pytest
 
+from raydefense import commands
 from raydefense.cli import main
 from raydefense.errors import ConfigError
 from raydefense.report.seed_tables import seeds_markdown
 from raydefense.storage import Storage
-from raydefense.sweeps.seeds import METRICS, aggregate, parse_seeds, seed_experiment, summary_text
+from raydefense.sweeps.seeds import (
+    METRICS,
+    aggregate,
+    parse_seeds,
+    replaced_seed_warning,
+    seed_experiment,
+    summary_text,
+)
 
 # ----------------------------------------------------------------------------- parse / names
 
@@ -312,6 +321,45 @@ def test_cli_missing_seed(tmp_path, capsys):
     )
     assert err.endswith("--seeds 0,1,2' without --aggregate-only first")
     assert not Storage(str(root), "exp").exists("seeds/summary.json")
+
+
+def test_cli_refuses_a_seed_directory_holding_another_seeds_run(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed, res in three_seeds().items():
+        made_with = 0 if seed == 1 else seed  # seed 0's run moved (or run) into exp-seed1
+        res = {**res, "seed": made_with}
+        Storage(str(root), seed_experiment("exp", 0, seed)).write_json("report/results.json", res)
+    assert main(_cli_args(root)) == 2
+    err = capsys.readouterr().err.strip()
+    where = Storage(str(root), "exp-seed1").uri("report/results.json")
+    assert "\n" not in err
+    assert f"{where} holds seed 0's results, not seed 1's" in err
+    assert err.endswith("without --aggregate-only to train seed 1 there")
+    assert not Storage(str(root), "exp").exists("seeds/summary.json")
+
+
+def test_a_run_of_another_seed_is_warned_before_it_replaces_a_finished_run(
+    tmp_path, caplog, monkeypatch
+):
+    storage = Storage(str(tmp_path), "exp")
+    assert replaced_seed_warning(storage, 1) is None  # nothing there yet
+    storage.write_json("report/results.json", {"experiment": "exp"})
+    assert replaced_seed_warning(storage, 1) is None  # written before the seed was recorded
+    storage.write_json("report/results.json", {"experiment": "exp", "seed": 0})
+    assert replaced_seed_warning(storage, 0) is None
+    warning = replaced_seed_warning(storage, 1)
+    assert warning is not None and "\n" not in warning
+    assert "holds seed 0's finished run; this run of seed 1 replaces" in warning
+    assert warning.endswith(
+        "add --set experiment=exp-seed1 (the name `raydefense seeds` gives seed 1)"
+    )
+    # `raydefense run` (and every stage verb) logs it before the pipeline starts.
+    calls = []
+    monkeypatch.setattr(commands, "run_pipeline", lambda ctx, until: calls.append(until) or {})
+    ctx = types.SimpleNamespace(storage=storage, cfg=types.SimpleNamespace(seed=1))
+    with caplog.at_level("WARNING", logger="raydefense"):
+        commands.PipelineCommand(until="report").run(ctx)  # type: ignore[arg-type]
+    assert calls == ["report"] and warning in caplog.text
 
 
 @pytest.mark.parametrize(
