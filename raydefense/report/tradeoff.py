@@ -399,14 +399,15 @@ def plot_defenses_over_seeds(summary: Mapping[str, Any], path: str) -> bool:
         for label, entry in defense_rows(t, privacy[t]):
             auc = entry.get("auc") or {}
             if auc.get("mean") is not None:
-                rows.append((label, auc, util, list(entry.get("seeds", seeds))))
+                claim = label != t  # DualMD's black-box claim, drawn as a diamond
+                rows.append((label, auc, util, list(entry.get("seeds", seeds)), claim))
     if not rows:
         return False
     fig = Figure(figsize=(7.5, 5.0))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     colors = [f"C{i % 10}" for i in range(len(rows))]
-    for (label, auc, util, own), color in zip(rows, colors):
+    for (label, auc, util, own, claim), color in zip(rows, colors):
         x, y = _seed_values(auc, own), _seed_values(util, seeds)
         both = [s for s in x if s in y]
         ax.scatter([x[s] for s in both], [y[s] for s in both], s=14, color=color, alpha=0.45)
@@ -415,13 +416,13 @@ def plot_defenses_over_seeds(summary: Mapping[str, Any], path: str) -> bool:
             util["mean"],
             xerr=auc.get("se") or 0.0,
             yerr=util.get("se") or 0.0,
-            fmt="o" if "(" not in label else "D",
+            fmt="D" if claim else "o",
             color=color,
             capsize=3,
             label=label,
             zorder=3,
         )
-    ys = [u["mean"] for _, _, u, _ in rows if u["mean"] > 0]
+    ys = [u["mean"] for _, _, u, _, _ in rows if u["mean"] > 0]
     if ys and max(ys) / min(ys) > 10:
         ax.set_yscale("log")
     ax.axvline(0.5, color="0.6", linestyle=":", linewidth=1.0)
